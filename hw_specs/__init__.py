@@ -1,0 +1,1 @@
+# hardware spec data, shipped inside the wheel as roofsim.hw_specs

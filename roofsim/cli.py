@@ -1,0 +1,234 @@
+"""Command line: `roofsim predict | roofline | gpus | hosts | models`.
+
+User mistakes print one line `roofsim: error: ...` and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from roofsim import ops, roofline
+from roofsim.errors import UserError
+from roofsim.plan import FAMILIES, default_plan, plan_from_dict
+from roofsim.predict import Limits, predict
+from roofsim.specs import list_gpus, list_hosts, list_models, load_gpu, load_host, load_model
+from roofsim.sweep import best_per_family
+from roofsim.units import fmt_tokens, parse_bytes, parse_tokens
+from roofsim.workload import Workload
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as for every user error
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _common(p: argparse.ArgumentParser, context_required: bool = False) -> None:
+    p.add_argument("--gpu", required=True, help="GPU name (see `roofsim gpus`) or path to a GPU spec TOML")
+    p.add_argument(
+        "--model", default="llama-3-8b", help="model name (see `roofsim models`) or path to a HF config.json"
+    )
+    p.add_argument(
+        "--context", required=context_required, help="prompt tokens: 512000, 128K, 1M (K, M = 1024, 1024^2)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
+    p.add_argument("--gen", default="32", help="tokens generated per sequence (default 32)")
+    p.add_argument("--host", help="host platform (default: the GPU spec's) or path to a host spec TOML")
+    p.add_argument("--gpu-mem", help="cap GPU memory below the card's, e.g. 24GB")
+    p.add_argument("--host-mem", help="host RAM available for the KV, e.g. 1TB (default: the host spec's)")
+
+
+def _specs(args):
+    gpu = load_gpu(args.gpu)
+    host = load_host(args.host or gpu.default_host)
+    model = load_model(args.model)
+    if args.batch <= 0:
+        raise UserError(f"--batch must be a positive number of sequences, got {args.batch}")
+    limits = Limits(
+        gpu_mem_bytes=parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem else None,
+        host_mem_bytes=parse_bytes(args.host_mem, "--host-mem") if args.host_mem else None,
+    )
+    return model, gpu, host, limits
+
+
+def _load_plan(text: str):
+    path = Path(text)
+    if text.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"plan file {text!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"plan file {text!r} is not valid JSON: {e}") from None
+        return plan_from_dict(data, where=f"plan file {text!r}")
+    return default_plan(text)
+
+
+def _title(model, gpu, host, work: Workload | None) -> str:
+    w = f", context {fmt_tokens(work.context)}, batch {work.batch}, gen {work.gen}" if work else ""
+    return f"{model.name} on {gpu.name} (host {host.name}){w}"
+
+
+def cmd_predict(args) -> int:
+    from roofsim.display import console, context_sweep_table, predictions_table, roofline_table
+
+    model, gpu, host, limits = _specs(args)
+    gen = parse_tokens(args.gen, "--gen")
+    out = console()
+    if args.context is None:
+        if args.plan:
+            raise UserError(
+                "--plan needs --context; without --context predict sweeps contexts with the best plan at each"
+            )
+        return _context_sweep(model, gpu, host, limits, args, gen, out, context_sweep_table)
+    work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=gen)
+    if args.plan:
+        preds = [predict(_load_plan(args.plan), model, gpu, host, work, limits)]
+    else:
+        preds = best_per_family(model, gpu, host, work, limits)
+    if args.json:
+        doc = {
+            "model": model.name,
+            "gpu": gpu.name,
+            "host": host.name,
+            "workload": work.model_dump(),
+            "predictions": [p.summary() for p in preds],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        out.print(predictions_table(preds, _title(model, gpu, host, work)))
+        for p in preds if args.plan else []:
+            for note in p.notes:
+                out.print(f"note: {note}")
+        if args.roofline:
+            chunk = min(work.context, getattr(preds[0].plan, "prefill_chunk", None) or work.context)
+            _print_roofline(out, roofline_table, model, gpu, work, chunk)
+    if args.plan and not preds[0].feasible:
+        raise UserError(
+            f"plan {preds[0].plan.family} does not fit: {preds[0].reason}; try `roofsim predict` without --plan"
+        )
+    return 0
+
+
+def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
+    from roofsim.plan import EXACT_FAMILIES
+
+    rows = []
+    ctx = 4096
+    families = list(FAMILIES) if args.allow_approximate else EXACT_FAMILIES
+    while ctx <= 2**28:
+        work = Workload(context=ctx, batch=args.batch, gen=gen)
+        best = [p for p in best_per_family(model, gpu, host, work, limits, families) if p.feasible]
+        if not best:
+            rows.append((ctx, None))
+            break
+        rows.append((ctx, min(best, key=lambda p: (p.decode.time_s, p.prefill.time_s))))
+        ctx *= 2
+    if args.json:
+        print(json.dumps([{"context": c, "best": p.summary() if p else None} for c, p in rows], indent=2))
+    else:
+        out.print(table(rows, _title(model, gpu, host, None) + ": best exact plan by context"))
+    return 0
+
+
+def _print_roofline(out, table, model, gpu, work: Workload, chunk: int) -> None:
+    P = work.context - chunk
+    pre = ops.layer_ops(model, chunk, P, work.batch)
+    dec = ops.layer_ops(model, 1, work.context, work.batch) + ops.head_ops(model, work.batch)
+    out.print(
+        table(roofline.rows(pre, gpu), f"one decoder layer, prefill chunk of {chunk} after {P} cached tokens")
+    )
+    out.print(
+        table(roofline.rows(dec, gpu), f"one decoder layer and the LM head, decode at context {work.context}")
+    )
+
+
+def cmd_roofline(args) -> int:
+    from roofsim.display import console, roofline_table
+
+    model, gpu, _, _ = _specs(args)
+    work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
+    chunk = min(parse_tokens(args.chunk, "--chunk") if args.chunk else work.context, work.context)
+    _print_roofline(console(), roofline_table, model, gpu, work, chunk)
+    return 0
+
+
+def cmd_list(kind: str) -> int:
+    from roofsim.display import console
+
+    out = console()
+    if kind == "gpus":
+        for name in list_gpus():
+            g = load_gpu(name)
+            out.print(
+                f"{name:16s} {g.full_name:36s} {g.memory.capacity_gib.value:6.1f} GiB  "
+                f"{g.compute.bf16_tflops.value:7.1f} TFLOP/s bf16  {g.memory.bandwidth_gbps.value:6.0f} GB/s  "
+                f"{g.link.name} {g.link.h2d_gbps.value:.0f}/{g.link.d2h_gbps.value:.0f} GB/s  host {g.default_host}"
+            )
+    elif kind == "hosts":
+        for name in list_hosts():
+            h = load_host(name)
+            out.print(
+                f"{name:16s} {h.full_name:60s} {h.ram_bandwidth_gbps.value:6.1f} GB/s  {h.ram_capacity_gib.value:.0f} GiB"
+            )
+    else:
+        for name in list_models():
+            m = load_model(name)
+            out.print(
+                f"{name:16s} {m.params / 1e9:6.2f} B params  {m.n_layers} layers  {m.n_heads}/{m.n_kv_heads} heads  "
+                f"KV {m.kv_bytes_per_token // 1024} KiB/token  {m.source}"
+            )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="roofsim", description="Plan, predict and run long-context inference whose KV outgrows the GPU."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("predict", help="predict prefill and decode time and memory for each plan family")
+    _common(p)
+    p.add_argument(
+        "--plan", help=f"a family ({', '.join(FAMILIES)}) or a plan.json; default: best of each family"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
+    p.add_argument("--roofline", action="store_true", help="also print the per-operator roofline table")
+    p.add_argument(
+        "--allow-approximate", action="store_true", help="let approximate families win the context sweep"
+    )
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("roofline", help="per-operator FLOPs, bytes, intensity, time and bound")
+    _common(p, context_required=True)
+    p.add_argument("--chunk", help="prefill chunk (default: the whole context)")
+    p.set_defaults(func=cmd_roofline)
+
+    for kind, text in (
+        ("gpus", "list built-in GPUs"),
+        ("hosts", "list built-in host platforms"),
+        ("models", "list built-in models"),
+    ):
+        p = sub.add_parser(kind, help=text)
+        p.set_defaults(func=lambda args, kind=kind: cmd_list(kind))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as e:
+        print(f"roofsim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("roofsim: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Terminal tables for predictions and roofline rows (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from roofsim.prediction import Prediction
+from roofsim.roofline import RooflineRow
+from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
+
+
+def _fmt_flops(x: float) -> str:
+    for unit, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= size:
+            return f"{x / size:.2f} {unit}"
+    return f"{x:.0f}"
+
+
+def bound_text(p: Prediction, phase: str) -> str:
+    cost = getattr(p, phase)
+    return f"{cost.bound} {cost.bound_share:.0%}"
+
+
+def predictions_table(preds: list[Prediction], title: str) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col, kw in [
+        ("family", {}),
+        ("knobs", {"overflow": "fold", "max_width": 40}),
+        ("fits", {}),
+        ("prefill", {"justify": "right"}),
+        ("decode/token", {"justify": "right"}),
+        ("peak GPU", {"justify": "right"}),
+        ("peak host", {"justify": "right"}),
+        ("bound prefill", {}),
+        ("bound decode", {}),
+    ]:
+        t.add_column(col, **kw)
+    for p in preds:
+        family = p.plan.family + (" ~" if p.approximate else "")
+        fits = "yes" if p.feasible else f"[red]no[/red]: {p.reason}"
+        t.add_row(
+            family,
+            p.plan.knobs(),
+            fits,
+            fmt_seconds(p.prefill.time_s),
+            fmt_seconds(p.decode.time_s),
+            fmt_bytes(p.peak_gpu_bytes),
+            fmt_bytes(p.peak_host_bytes),
+            bound_text(p, "prefill"),
+            bound_text(p, "decode"),
+        )
+    if any(p.approximate for p in preds):
+        t.caption = "~ approximate: attends only part of the context (accuracy not modelled)"
+    return t
+
+
+def context_sweep_table(rows: list[tuple[int, Prediction | None]], title: str) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in ("context", "best plan", "decode/token", "prefill", "peak GPU", "peak host", "bound decode"):
+        t.add_column(col, justify="right" if col not in ("best plan", "bound decode") else "left")
+    for ctx, p in rows:
+        if p is None:
+            t.add_row(fmt_tokens(ctx), "[red]nothing fits[/red]", "-", "-", "-", "-", "-")
+            continue
+        t.add_row(
+            fmt_tokens(ctx),
+            f"{p.plan.family} {p.plan.knobs()}",
+            fmt_seconds(p.decode.time_s),
+            fmt_seconds(p.prefill.time_s),
+            fmt_bytes(p.peak_gpu_bytes),
+            fmt_bytes(p.peak_host_bytes),
+            bound_text(p, "decode"),
+        )
+    return t
+
+
+def roofline_table(rows: list[RooflineRow], title: str) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in ("operator", "FLOPs", "bytes", "FLOP/byte", "time", "bound"):
+        t.add_column(col, justify="left" if col in ("operator", "bound") else "right")
+    for r in rows:
+        t.add_row(
+            r.name,
+            _fmt_flops(r.flops),
+            fmt_bytes(r.hbm_bytes),
+            f"{r.intensity:.1f}",
+            fmt_seconds(r.time_s),
+            r.bound,
+        )
+    return t
+
+
+def console() -> Console:
+    c = Console()
+    return c if c.is_terminal else Console(width=180)

@@ -1,0 +1,113 @@
+"""CPU attention beside the host KV: at decode, cpu_kv_heads KV heads per layer are attended by the CPU where
+their KV lives; only q (D2H) and the partial outputs with their log-sum-exp (H2D) cross the link. The other
+heads stream in slots (or stay resident) as in head_offload, and the two partial outputs are merged.
+
+This splits one decode step across the three bandwidth pools, HBM, PCIe and CPU RAM, which no published system
+does. Per layer, CPU time = max(KV bytes / cpu_attention rate, FLOPs / CPU FLOP/s), on the critical path in
+parallel with the GPU's own attention; the q/out round trip adds two small-copy latencies and one host sync.
+Prefill attends every head on the GPU (CPU attention over a chunk of queries would be compute-bound).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from roofsim import link
+from roofsim.families.base import (
+    Ctx,
+    Evaluation,
+    activation_bytes,
+    check_divides,
+    combine,
+    decode_steps,
+    kv_bytes,
+    logits_bytes,
+    outside_layers,
+    peak_memory,
+    prefill_steps,
+)
+from roofsim.families.streaming import first_unit_fill, slot_loads
+from roofsim.plan import CpuAttentionPlan
+
+
+def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
+    from roofsim.errors import UserError
+
+    m, w, gpu, host = ctx.model, ctx.work, ctx.gpu, ctx.host
+    hc = plan.cpu_kv_heads
+    if hc > m.n_kv_heads:
+        raise UserError(f"cpu_kv_heads={hc} exceeds the model's {m.n_kv_heads} KV heads")
+    g = plan.kv_heads_per_slot
+    gpu_heads = m.n_kv_heads - hc
+    if gpu_heads:
+        check_divides(gpu_heads, g, "kv_heads_per_slot (of the heads left on the GPU)")
+    gpu_slots = gpu_heads // g if gpu_heads else 0
+    if plan.resident_slots > gpu_slots:
+        raise UserError(f"resident_slots={plan.resident_slots} exceeds the {gpu_slots} GPU slots per layer")
+    common = dict(
+        depth=plan.prefetch_depth,
+        buffers=plan.slot_buffers,
+        write_back="incremental",
+        token_block=None,
+        syncs_per_slot=0,
+        streamed_weights=plan.weights == "streamed",
+    )
+
+    dec = decode_steps([w.context, w.context + w.gen])
+    loads = (
+        slot_loads(
+            ctx, dec, group=g, resident=[plan.resident_slots] * m.n_layers, gpu_kv_heads=gpu_heads, **common
+        )
+        if gpu_heads
+        else slot_loads(ctx, dec, group=m.n_kv_heads, resident=[0] * m.n_layers, gpu_kv_heads=0, **common)
+    )
+    B, e = w.batch, m.dtype_bytes
+    cpu_kv = kv_bytes(ctx, 1, hc) * (dec.P + dec.C)
+    cpu_flops = 4.0 * B * hc * m.group * m.head_dim * (dec.P + dec.C)
+    ram_s = cpu_kv / (host.cpu_attention_gbps.value * 1e9)
+    compute_s = cpu_flops / (host.cpu_tflops.value * 1e12)
+    q_bytes = float(B * hc * m.group * m.head_dim * e)
+    out_bytes = q_bytes + B * hc * m.group * 4  # partial output and its log-sum-exp
+    round_trip = (
+        link.isolated_copy_s(q_bytes, gpu, "d2h")
+        + link.isolated_copy_s(out_bytes, gpu, "h2d")
+        + gpu.runtime.sync_us.value * 1e-6
+    )
+    if hc:
+        for ll in loads:
+            ll.cpu_path_s = np.maximum(ram_s, compute_s) + round_trip
+            ll.cpu_ram_s = ram_s
+            ll.cpu_compute_s = compute_s
+            ll.cpu_bytes = cpu_kv
+            ll.h2d_bytes = ll.h2d_bytes + out_bytes
+            ll.h2d_copies = ll.h2d_copies + 1
+            ll.d2h_bytes = ll.d2h_bytes + q_bytes + kv_bytes(ctx, 1, hc) * dec.C
+            ll.d2h_copies = ll.d2h_copies + 2
+            ll.syncs += 1
+    fill = first_unit_fill(ctx, dec, g, None, gpu_slots > plan.resident_slots)
+    decode = combine(loads, outside_layers(ctx, dec), fill, gpu)
+
+    # prefill: every head on the GPU; the CPU heads' slots stream like the rest
+    pre = prefill_steps(w.context, plan.prefill_chunk)
+    pg = g if m.n_kv_heads % g == 0 else 1
+    pre_loads = slot_loads(ctx, pre, group=pg, resident=[plan.resident_slots] * m.n_layers, **common)
+    prefill = combine(pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, pg, None, True), gpu)
+
+    T = w.max_tokens
+    streamed_slots = m.n_layers * (m.n_kv_heads // pg - plan.resident_slots)
+    gpu_kv = {
+        "kv_resident": m.n_layers * plan.resident_slots * kv_bytes(ctx, T, pg),
+        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, pg),
+    }
+    host_mem = {"kv": streamed_slots * kv_bytes(ctx, T, pg)}
+    c = int(pre.C.max())
+    mem = peak_memory(
+        ctx,
+        [
+            ({**gpu_kv, "activations": activation_bytes(ctx, c), "logits": logits_bytes(ctx)}, host_mem),
+            ({**gpu_kv, "activations": activation_bytes(ctx, 1), "logits": logits_bytes(ctx)}, host_mem),
+        ],
+        plan.weights == "streamed",
+    )
+    notes = [f"{hc} of {m.n_kv_heads} KV heads per layer attended on the CPU at decode"]
+    return Evaluation(prefill=prefill, decode=decode, memory=mem, notes=notes)

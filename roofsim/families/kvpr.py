@@ -1,0 +1,163 @@
+"""KVPR (arXiv 2411.17089): per layer, send the activations X of the first l tokens and recompute their K/V on the
+GPU while the KV of the other s - l tokens streams.
+
+Per token and layer: a = B*h*dtype bytes of X, k = B*2*Hkv*d*dtype bytes of KV, r = 2*B*h*2*Hkv*d recompute FLOPs.
+    intra_layer (the paper):  T(l) = a*l/Bw + max(r*l/F, k*(s-l)/Bw) + rest
+    inter_layer (their code): T(l) = max((a*l + k*(s-l))/Bw, r*l/F + rest)    (layer j+1's copies under layer j)
+Both are piecewise linear in l, so the optimum is at 0, s or where the two lines cross. For MHA the intra form
+gives l* = s / (1 + h*Bw/F). Sending X pays only while a < k, i.e. GQA group g < 2: for Llama-3 (g = 4) l* = 0.
+RoPE models pay the rotary re-application on the recomputed K.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from roofsim import link
+from roofsim.families.base import (
+    Ctx,
+    Evaluation,
+    LayerLoad,
+    activation_bytes,
+    attn_work,
+    combine,
+    decode_steps,
+    kv_bytes,
+    logits_bytes,
+    nonattn_work,
+    outside_layers,
+    peak_memory,
+    weight_stream,
+)
+from roofsim.families.streaming import first_unit_fill, slot_loads
+from roofsim.ops import Op
+from roofsim.plan import KvprPlan
+from roofsim.roofline import work
+
+
+def closed_form_split(s, hidden: int, bw: float, flops: float):
+    """The paper's optimum for MHA with fp16 X and KV: l* = s / (1 + h*Bw/F)."""
+    return np.asarray(s, dtype=float) / (1.0 + hidden * bw / flops)
+
+
+def optimal_split(
+    s, a: float, k: float, r: float, bw: float, flops: float, rest_s=0.0, overlap: str = "intra_layer"
+):
+    """The split l in [0, s] minimising the step time of the chosen overlap form (vectorised over s and rest_s)."""
+    s = np.asarray(s, dtype=float)
+    rest = np.asarray(rest_s, dtype=float)
+    if a >= k:  # sending X costs at least as much as sending the KV it replaces
+        return np.zeros_like(s)
+    if overlap == "intra_layer":
+        l_cross = s * (k / bw) / (r / flops + k / bw)
+    else:
+        l_cross = (k * s / bw - rest) / ((k - a) / bw + r / flops)
+    return np.clip(l_cross, 0.0, s)
+
+
+def split_time(split, s, a, k, r, bw, flops, rest_s=0.0, overlap: str = "intra_layer"):
+    split = np.asarray(split, dtype=float)
+    if overlap == "intra_layer":
+        return a * split / bw + np.maximum(r * split / flops, k * (s - split) / bw) + rest_s
+    return np.maximum((a * split + k * (s - split)) / bw, r * split / flops + rest_s)
+
+
+def per_token(ctx: Ctx) -> tuple[float, float, float]:
+    """(a, k, r): X bytes, KV bytes and recompute FLOPs per token per layer for the batch."""
+    m, B = ctx.model, ctx.work.batch
+    return (
+        float(B * m.hidden * m.dtype_bytes),
+        kv_bytes(ctx, 1, m.n_kv_heads),
+        float(2 * B * m.hidden * 2 * m.kv_dim),
+    )
+
+
+def recompute_ops(ctx: Ctx, tokens) -> list[Op]:
+    m, B = ctx.model, ctx.work.batch
+    rows = B * np.asarray(tokens, dtype=float)
+    e = m.dtype_bytes
+    n = 2 * m.kv_dim
+    ops = [
+        Op("kv_recompute", "gemm", 2.0 * rows * m.hidden * n, (m.hidden * n + rows * (m.hidden + n)) * e, 2)
+    ]
+    if m.positions == "rope":
+        ops.append(Op("rope_recompute", "vector", 3.0 * rows * m.kv_dim, 2.0 * rows * m.kv_dim * e, 5))
+    return ops
+
+
+def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
+    m, w, gpu = ctx.model, ctx.work, ctx.gpu
+    a, k, r = per_token(ctx)
+    bw = link.rate(gpu, "h2d")
+    dec = decode_steps([w.context, w.context + w.gen])
+    nonattn = nonattn_work(ctx, dec)
+    attn = attn_work(ctx, dec)
+    rest = nonattn.total_s + attn.total_s
+    s = dec.P
+    if plan.recompute_tokens == "auto":
+        split = np.floor(optimal_split(s, a, k, r, bw, gpu.tensor_flops, rest, plan.overlap))
+    else:
+        split = np.minimum(float(plan.recompute_tokens), s)
+    w_bytes, w_copies = weight_stream(ctx, plan.weights == "streamed")
+    recompute = work(recompute_ops(ctx, split), gpu)
+    h2d = a * split + k * (s - split) + w_bytes
+    copies = (split > 0).astype(float) + (s - split > 0).astype(float) + w_copies
+    d2h = k + a * (split > 0)  # the new token's KV, and its X while a prefix is recomputed
+    load = LayerLoad(
+        count=m.n_layers,
+        nonattn=nonattn + recompute,
+        attn=attn,
+        h2d_bytes=h2d,
+        h2d_copies=copies,
+        d2h_bytes=d2h,
+        d2h_copies=np.ones_like(s) + (split > 0),
+        units=np.ones_like(s),
+        depth=1,
+    )
+    if plan.overlap == "intra_layer":
+        act_s = link.engine_s(a * split, (split > 0).astype(float), gpu, "h2d")
+        kv_s = link.engine_s(k * (s - split) + w_bytes, 1.0, gpu, "h2d")
+        load.override_s = act_s + np.maximum(recompute.total_s, kv_s) + rest
+    fill = first_unit_fill(ctx, dec, m.n_kv_heads, None, True) if plan.overlap == "inter_layer" else 0.0
+    decode = combine([load], outside_layers(ctx, dec), fill, gpu)
+
+    from roofsim.families.base import prefill_steps
+
+    pre = prefill_steps(w.context, plan.prefill_chunk)
+    pre_loads = slot_loads(
+        ctx,
+        pre,
+        group=m.n_kv_heads,
+        resident=[0] * m.n_layers,
+        depth=1,
+        buffers=2,
+        write_back="incremental",
+        token_block=None,
+        syncs_per_slot=0,
+        streamed_weights=plan.weights == "streamed",
+    )
+    l_end = float(split[-1])
+    if l_end > 0:  # X of the prefix goes to the host too
+        for ll in pre_loads:
+            ll.d2h_bytes = ll.d2h_bytes + a * np.clip(l_end - pre.P, 0, pre.C)
+    prefill = combine(
+        pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, m.n_kv_heads, None, True), gpu
+    )
+
+    T = w.max_tokens
+    layer_kv = kv_bytes(ctx, T, m.n_kv_heads)
+    gpu_kv = {"kv_buffers": 2 * layer_kv, "workspace": 2 * a * l_end}
+    host = {"kv": m.n_layers * layer_kv, "activations": m.n_layers * a * l_end}
+    c = int(pre.C.max())
+    mem = peak_memory(
+        ctx,
+        [
+            ({**gpu_kv, "activations": activation_bytes(ctx, c), "logits": logits_bytes(ctx)}, host),
+            ({**gpu_kv, "activations": activation_bytes(ctx, 1), "logits": logits_bytes(ctx)}, host),
+        ],
+        plan.weights == "streamed",
+    )
+    notes = [f"recompute split l = {int(split[0])} of {int(s[0])} tokens ({split[0] / s[0]:.2f})"]
+    if a >= k:
+        notes.append(f"GQA group {m.group} >= 2: sending X costs more than the KV it replaces, so l = 0")
+    return Evaluation(prefill=prefill, decode=decode, memory=mem, notes=notes)

@@ -1,0 +1,135 @@
+"""InfiniGen (OSDI'24): the whole KV lives in host RAM. A GPU-resident partial key cache (ratio r of the key
+columns) and r of W_q let layer i-1 speculate which tokens layer i needs; the CPU gathers those rows into a
+pinned buffer and one bulk copy brings them up, hidden behind layer i-1. The first `dense_layers` layers fetch
+their whole KV. Approximate: attention sees only the fetched tokens.
+
+Per sparse layer and step: H2D = f*P tokens of KV, CPU RAM = 2x that (scattered read, pinned write),
+GPU extra = the partial-q GEMV, scores over P keys x r*d columns (reads r of K), a top-k, one host sync.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from roofsim.families.base import (
+    Ctx,
+    Evaluation,
+    LayerLoad,
+    activation_bytes,
+    attn_work,
+    combine,
+    decode_steps,
+    kv_bytes,
+    logits_bytes,
+    nonattn_work,
+    outside_layers,
+    peak_memory,
+    prefill_steps,
+    weight_stream,
+)
+from roofsim.families.streaming import first_unit_fill, slot_loads
+from roofsim.ops import Op
+from roofsim.plan import SparseFetchPlan
+from roofsim.roofline import work
+
+
+def speculation_ops(ctx: Ctx, P, r: float) -> list[Op]:
+    m, B, e = ctx.model, ctx.work.batch, ctx.model.dtype_bytes
+    cols = r * m.head_dim
+    partial_wq = m.hidden * m.n_heads * cols
+    return [
+        Op("spec_q", "gemm", 2.0 * B * partial_wq, (partial_wq + B * (m.hidden + m.n_heads * cols)) * e, 2),
+        Op("spec_scores", "gemm", 2.0 * B * m.n_heads * P * cols, B * P * m.n_kv_heads * cols * e, 2),
+        Op("spec_topk", "vector", 2.0 * B * m.n_heads * P, 2.0 * B * m.n_heads * P * 2, 3),
+    ]
+
+
+def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
+    m, w, gpu, host = ctx.model, ctx.work, ctx.gpu, ctx.host
+    dense = min(plan.dense_layers, m.n_layers)
+    sparse = m.n_layers - dense
+    streamed = plan.weights == "streamed"
+    dec = decode_steps([w.context, w.context + w.gen])
+    loads = []
+    if dense:
+        loads += slot_loads(
+            ctx,
+            dec,
+            group=m.n_kv_heads,
+            resident=[0] * dense,
+            depth=1,
+            buffers=2,
+            write_back="incremental",
+            token_block=None,
+            syncs_per_slot=0,
+            streamed_weights=streamed,
+        )
+    if sparse:
+        sel = np.ceil(plan.fetch_fraction * dec.P)
+        w_bytes, w_copies = weight_stream(ctx, streamed)
+        fetched = kv_bytes(ctx, 1, m.n_kv_heads) * sel
+        gather_s = 2 * fetched / host.ram_bytes_per_s
+        loads.append(
+            LayerLoad(
+                count=sparse,
+                nonattn=nonattn_work(ctx, dec)
+                + work(speculation_ops(ctx, dec.P, plan.partial_key_ratio), gpu),
+                attn=attn_work(ctx, dec, keys=sel),
+                h2d_bytes=fetched + w_bytes,
+                h2d_copies=1.0 + w_copies,
+                d2h_bytes=kv_bytes(ctx, 1, m.n_kv_heads) * dec.C,
+                d2h_copies=np.ones_like(dec.P),
+                units=np.ones_like(dec.P),
+                depth=1,
+                pre_copy_s=gather_s,
+                syncs=1,
+                cpu_ram_s=gather_s,
+                cpu_bytes=2 * fetched,
+            )
+        )
+    decode = combine(
+        loads, outside_layers(ctx, dec), first_unit_fill(ctx, dec, m.n_kv_heads, None, dense > 0), gpu
+    )
+
+    pre = prefill_steps(w.context, plan.prefill_chunk)
+    pre_loads = slot_loads(
+        ctx,
+        pre,
+        group=m.n_kv_heads,
+        resident=[0] * m.n_layers,
+        depth=1,
+        buffers=2,
+        write_back="incremental",
+        token_block=None,
+        syncs_per_slot=0,
+        streamed_weights=streamed,
+    )
+    prefill = combine(
+        pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, m.n_kv_heads, None, True), gpu
+    )
+
+    T = w.max_tokens
+    layer_kv = kv_bytes(ctx, T, m.n_kv_heads)
+    fetch_buf = kv_bytes(ctx, int(np.ceil(plan.fetch_fraction * T)), m.n_kv_heads)
+    partial_k = sparse * layer_kv / 2 * plan.partial_key_ratio
+    partial_wq = sparse * m.hidden * m.n_heads * plan.partial_key_ratio * m.head_dim * m.dtype_bytes
+    gpu_kv = {
+        "kv_buffers": 2 * (layer_kv if dense else fetch_buf),
+        "workspace": partial_k + partial_wq,
+    }
+    host_mem = {"kv": m.n_layers * layer_kv, "activations": 2 * fetch_buf}
+    c = int(pre.C.max())
+    mem = peak_memory(
+        ctx,
+        [
+            ({**gpu_kv, "activations": activation_bytes(ctx, c), "logits": logits_bytes(ctx)}, host_mem),
+            ({**gpu_kv, "activations": activation_bytes(ctx, 1), "logits": logits_bytes(ctx)}, host_mem),
+        ],
+        streamed,
+    )
+    notes = [
+        f"approximate: attends {plan.fetch_fraction:.0%} of each layer's tokens after layer {dense - 1}"
+        if dense
+        else f"approximate: attends {plan.fetch_fraction:.0%} of each layer's tokens"
+    ]
+    return Evaluation(prefill=prefill, decode=decode, memory=mem, notes=notes)

@@ -1,0 +1,62 @@
+"""Host-link copy cost by copy size, per direction.
+
+- Isolated copy of n bytes: max(copy_min, copy_latency + n / rate). On the H100 probe: 6 us + n / 55 GB/s from
+  256 KB up, with a ~10 us floor that governs 64 KB copies.
+- k copies issued back to back: the copy engine spends copy_gap + n / rate on each, the issuing host thread
+  copy_issue on each, and the two overlap, so the batch takes max(engine, host) plus one latency.
+- Both directions at once: each keeps duplex_efficiency of its rate while the other runs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from roofsim.specs.hardware import GpuSpec
+
+Direction = Literal["h2d", "d2h"]
+
+
+def rate(gpu: GpuSpec, direction: Direction, pinned: bool = True) -> float:
+    link = gpu.link
+    if not pinned:
+        return link.pageable_h2d_gbps.value * 1e9
+    return (link.h2d_gbps if direction == "h2d" else link.d2h_gbps).value * 1e9
+
+
+def isolated_copy_s(nbytes, gpu: GpuSpec, direction: Direction = "h2d"):
+    link = gpu.link
+    t = link.copy_latency_us.value * 1e-6 + np.asarray(nbytes, dtype=float) / rate(gpu, direction)
+    return np.maximum(link.copy_min_us.value * 1e-6, t)
+
+
+def engine_s(total_bytes, copies, gpu: GpuSpec, direction: Direction = "h2d"):
+    """Copy-engine busy time for `copies` back-to-back copies moving `total_bytes` in all."""
+    return np.asarray(copies, dtype=float) * gpu.link.copy_gap_us.value * 1e-6 + np.asarray(
+        total_bytes, dtype=float
+    ) / rate(gpu, direction)
+
+
+def issue_s(copies, gpu: GpuSpec):
+    """Host-thread time to issue `copies` copies."""
+    return np.asarray(copies, dtype=float) * gpu.runtime.copy_issue_us.value * 1e-6
+
+
+def batch_s(total_bytes, copies, gpu: GpuSpec, direction: Direction = "h2d"):
+    """Wall time of `copies` equal copies issued back to back from one host thread."""
+    link = gpu.link
+    tail = (link.copy_latency_us.value - link.copy_gap_us.value) * 1e-6
+    return np.maximum(engine_s(total_bytes, copies, gpu, direction), issue_s(copies, gpu)) + tail
+
+
+def duplex(h2d_s, d2h_s, efficiency: float):
+    """Busy times of both copy directions when they run in the same window.
+
+    While both run each keeps `efficiency` of its rate: the shorter one finishes at min/eff, the longer one then
+    runs alone. Returns (h2d, d2h) wall times: each is its own time plus the overlap penalty min*(1/eff - 1).
+    """
+    a = np.asarray(h2d_s, dtype=float)
+    b = np.asarray(d2h_s, dtype=float)
+    penalty = np.minimum(a, b) * (1.0 / efficiency - 1.0)
+    return a + penalty, b + penalty

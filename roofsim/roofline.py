@@ -1,0 +1,119 @@
+"""Roofline time of an operator: max(FLOPs / achievable FLOP/s, bytes / achievable HBM bandwidth) plus a fixed
+per-kernel cost, and which ceiling binds. Achievable = datasheet peak x the efficiency in the GPU spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from roofsim.ops import Op
+from roofsim.specs.hardware import GpuSpec
+
+
+def peak_flops(op: Op, gpu: GpuSpec) -> float:
+    if op.kind == "gemm":
+        return gpu.tensor_flops
+    if op.kind == "attention":
+        return gpu.attention_flops
+    return gpu.vector_flops
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """Busy time of one operator split by what binds it: compute (tensor), HBM, or launch overhead."""
+
+    tensor_s: np.ndarray
+    hbm_s: np.ndarray
+    launch_s: float
+
+    @property
+    def total_s(self) -> np.ndarray:
+        return self.tensor_s + self.hbm_s + self.launch_s
+
+
+def op_time(op: Op, gpu: GpuSpec) -> OpTime:
+    compute = np.asarray(op.flops, dtype=float) / peak_flops(op, gpu)
+    memory = np.asarray(op.hbm_bytes, dtype=float) / gpu.hbm_bytes_per_s
+    compute_bound = compute >= memory
+    return OpTime(
+        tensor_s=np.where(compute_bound, compute, 0.0),
+        hbm_s=np.where(compute_bound, 0.0, memory),
+        launch_s=op.kernels * gpu.kernel_s,
+    )
+
+
+@dataclass(frozen=True)
+class GpuWork:
+    """Summed GPU-stream work of a list of operators (arrays broadcast over steps)."""
+
+    tensor_s: np.ndarray
+    hbm_s: np.ndarray
+    launch_s: np.ndarray
+    flops: np.ndarray
+    hbm_bytes: np.ndarray
+
+    @property
+    def total_s(self) -> np.ndarray:
+        return self.tensor_s + self.hbm_s + self.launch_s
+
+    def __add__(self, other: GpuWork) -> GpuWork:
+        return GpuWork(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
+
+    def scale(self, k) -> GpuWork:
+        return GpuWork(*(getattr(self, f) * k for f in _FIELDS))
+
+
+_FIELDS = ("tensor_s", "hbm_s", "launch_s", "flops", "hbm_bytes")
+ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
+
+
+def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
+    total = ZERO
+    for op in ops:
+        t = op_time(op, gpu)
+        total = total + GpuWork(
+            t.tensor_s,
+            t.hbm_s,
+            np.asarray(t.launch_s, dtype=float),
+            np.asarray(op.flops, dtype=float),
+            np.asarray(op.hbm_bytes, dtype=float),
+        )
+    return total
+
+
+@dataclass(frozen=True)
+class RooflineRow:
+    name: str
+    flops: float
+    hbm_bytes: float
+    intensity: float
+    time_s: float
+    bound: str
+
+
+def rows(ops: list[Op], gpu: GpuSpec) -> list[RooflineRow]:
+    """One row per operator, for printing: FLOPs, bytes, intensity, time and the ceiling that binds."""
+    out = []
+    for op in ops:
+        t = op_time(op, gpu)
+        flops, nbytes = float(np.sum(op.flops)), float(np.sum(op.hbm_bytes))
+        tensor, hbm = float(np.sum(t.tensor_s)), float(np.sum(t.hbm_s))
+        launch = t.launch_s * np.size(op.flops)
+        if launch > max(tensor, hbm):
+            bound = "launch"
+        else:
+            bound = (
+                "tensor" if tensor >= hbm and op.kind != "vector" else ("compute" if tensor >= hbm else "hbm")
+            )
+        out.append(
+            RooflineRow(
+                op.name,
+                flops,
+                nbytes,
+                flops / nbytes if nbytes else float("inf"),
+                tensor + hbm + launch,
+                bound,
+            )
+        )
+    return out

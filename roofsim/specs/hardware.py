@@ -1,0 +1,213 @@
+"""GPU and host-platform specs, loaded from the TOML files in hw_specs/ (or a user's own file).
+
+Every figure carries its provenance (see sourced.py). Effective rates used by the roofline are the
+datasheet peaks times the achievable fractions in [efficiency]; the copy-cost model lives in link.py.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from roofsim.errors import UserError
+from roofsim.specs.sourced import SourcedNumber, positive
+from roofsim.specs.tomlfile import load_model_file
+
+GiB = 1024**3
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComputeSpec(_Section):
+    """Dense tensor peaks (no 2:4 sparsity), fp16/bf16 with fp32 accumulate: what cuBLAS uses for bf16 GEMMs."""
+
+    bf16_tflops: SourcedNumber
+    fp16_tflops: SourcedNumber
+    fp32_tflops: SourcedNumber
+    sms: SourcedNumber
+
+    _pos = field_validator("bf16_tflops", "fp16_tflops", "fp32_tflops", "sms")(
+        lambda v, info: positive(info.field_name, v)
+    )
+
+
+class MemorySpec(_Section):
+    capacity_gib: SourcedNumber
+    bandwidth_gbps: SourcedNumber
+    l2_mib: SourcedNumber
+    reserved_gib: SourcedNumber  # CUDA context and allocator slack: not available to the plan
+
+    _pos = field_validator("capacity_gib", "bandwidth_gbps")(lambda v, info: positive(info.field_name, v))
+
+
+class LinkSpec(_Section):
+    """Host link, per direction. Isolated copy of n bytes: max(copy_min_us, copy_latency_us + n / rate).
+    Back-to-back copies on one engine: each costs copy_gap_us + n / rate on the engine (see link.py)."""
+
+    name: str
+    h2d_gbps: SourcedNumber
+    d2h_gbps: SourcedNumber
+    pageable_h2d_gbps: SourcedNumber
+    copy_latency_us: SourcedNumber
+    copy_min_us: SourcedNumber
+    copy_gap_us: SourcedNumber
+    duplex_efficiency: SourcedNumber
+    copy_engines: SourcedNumber
+
+    _pos = field_validator("h2d_gbps", "d2h_gbps", "pageable_h2d_gbps", "duplex_efficiency", "copy_engines")(
+        lambda v, info: positive(info.field_name, v)
+    )
+
+    @field_validator("duplex_efficiency")
+    @classmethod
+    def _fraction(cls, v):
+        if v.value > 1:
+            raise ValueError(f"duplex_efficiency is a fraction in (0, 1], got {v.value}")
+        return v
+
+
+class EfficiencySpec(_Section):
+    """Achievable fractions of peak, and the fixed cost of one kernel from eager PyTorch."""
+
+    gemm: SourcedNumber
+    attention: SourcedNumber
+    memory: SourcedNumber
+    kernel_us: SourcedNumber
+
+    _pos = field_validator("gemm", "attention", "memory")(lambda v, info: positive(info.field_name, v))
+
+
+class RuntimeSpec(_Section):
+    """Host-side costs of driving the GPU from Python: they bound plans with many small copies."""
+
+    copy_issue_us: SourcedNumber
+    sync_us: SourcedNumber
+
+
+class GpuSpec(_Section):
+    name: str
+    full_name: str
+    default_host: str
+    compute: ComputeSpec
+    memory: MemorySpec
+    link: LinkSpec
+    efficiency: EfficiencySpec
+    runtime: RuntimeSpec
+
+    # Effective rates, in SI units per second.
+    @property
+    def tensor_flops(self) -> float:
+        return self.compute.bf16_tflops.value * 1e12 * self.efficiency.gemm.value
+
+    @property
+    def attention_flops(self) -> float:
+        return self.compute.bf16_tflops.value * 1e12 * self.efficiency.attention.value
+
+    @property
+    def vector_flops(self) -> float:
+        return self.compute.fp32_tflops.value * 1e12 * self.efficiency.memory.value
+
+    @property
+    def hbm_bytes_per_s(self) -> float:
+        return self.memory.bandwidth_gbps.value * 1e9 * self.efficiency.memory.value
+
+    @property
+    def capacity_bytes(self) -> float:
+        return self.memory.capacity_gib.value * GiB
+
+    @property
+    def usable_bytes(self) -> float:
+        return (self.memory.capacity_gib.value - self.memory.reserved_gib.value) * GiB
+
+    @property
+    def kernel_s(self) -> float:
+        return self.efficiency.kernel_us.value * 1e-6
+
+
+class HostSpec(_Section):
+    name: str
+    full_name: str
+    ram_capacity_gib: SourcedNumber
+    ram_bandwidth_gbps: SourcedNumber
+    ram_efficiency: SourcedNumber
+    cpu_cores: SourcedNumber
+    cpu_tflops: SourcedNumber
+    cpu_attention_gbps: SourcedNumber  # KV bytes/s a many-threaded CPU attention kernel scans at decode
+
+    _pos = field_validator(
+        "ram_capacity_gib",
+        "ram_bandwidth_gbps",
+        "ram_efficiency",
+        "cpu_cores",
+        "cpu_tflops",
+        "cpu_attention_gbps",
+    )(lambda v, info: positive(info.field_name, v))
+
+    @property
+    def ram_bytes_per_s(self) -> float:
+        return self.ram_bandwidth_gbps.value * 1e9 * self.ram_efficiency.value
+
+    @property
+    def capacity_bytes(self) -> float:
+        return self.ram_capacity_gib.value * GiB
+
+
+def _data_dir(kind: str) -> Path:
+    return Path(str(resources.files("roofsim.hw_specs") / kind))
+
+
+def _names(kind: str) -> list[str]:
+    return sorted(p.stem for p in _data_dir(kind).glob("*.toml"))
+
+
+def list_gpus() -> list[str]:
+    return _names("gpus")
+
+
+def list_hosts() -> list[str]:
+    return _names("hosts")
+
+
+def _resolve(kind: str, name_or_path: str, label: str) -> Path:
+    candidate = Path(name_or_path)
+    if name_or_path.endswith(".toml") or candidate.exists() and candidate.is_file():
+        if not candidate.is_file():
+            raise UserError(f"{label} spec file {name_or_path!r} does not exist")
+        return candidate
+    key = name_or_path.strip().lower()
+    path = _data_dir(kind) / f"{key}.toml"
+    if path.is_file():
+        return path
+    names = _names(kind)
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    cmd = "roofsim gpus" if kind == "gpus" else "roofsim hosts"
+    raise UserError(
+        f"unknown {label} {name_or_path!r}: {hint}`{cmd}` lists them, or pass a path to a TOML spec file"
+    )
+
+
+@cache
+def _load_gpu(path: str, mtime_ns: int) -> GpuSpec:
+    return load_model_file(GpuSpec, Path(path), "hw_specs/gpus/h100-sxm.toml")
+
+
+@cache
+def _load_host(path: str, mtime_ns: int) -> HostSpec:
+    return load_model_file(HostSpec, Path(path), "hw_specs/hosts/sapphire-rapids.toml")
+
+
+def load_gpu(name_or_path: str) -> GpuSpec:
+    path = _resolve("gpus", name_or_path, "GPU")
+    return _load_gpu(str(path), path.stat().st_mtime_ns)
+
+
+def load_host(name_or_path: str) -> HostSpec:
+    path = _resolve("hosts", name_or_path, "host")
+    return _load_host(str(path), path.stat().st_mtime_ns)
