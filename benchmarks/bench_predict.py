@@ -1,6 +1,6 @@
 """Time `roofsim predict` at 1M context for every family (process start-up included), against the 2 s target.
 
-    python benchmarks/bench_predict.py
+python benchmarks/bench_predict.py
 """
 
 from __future__ import annotations
@@ -11,7 +11,18 @@ import sys
 import time
 
 TARGET_S = 2.0
-CMD = [sys.executable, "-m", "roofsim.cli", "predict", "--gpu", "rtx4090", "--model", "llama-3-8b", "--context", "1M"]
+CMD = [
+    sys.executable,
+    "-m",
+    "roofsim.cli",
+    "predict",
+    "--gpu",
+    "rtx4090",
+    "--model",
+    "llama-3-8b",
+    "--context",
+    "1M",
+]
 
 
 def main(repeats: int = 5) -> None:
@@ -21,7 +32,9 @@ def main(repeats: int = 5) -> None:
         subprocess.run(CMD, check=True, capture_output=True)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(f"roofsim predict --context 1M, all families: median {med:.3f} s over {repeats} runs (min {min(times):.3f})")
+    print(
+        f"roofsim predict --context 1M, all families: median {med:.3f} s over {repeats} runs (min {min(times):.3f})"
+    )
     print(f"ratio to the {TARGET_S:.0f} s target: {med / TARGET_S:.2f}")
 
 
