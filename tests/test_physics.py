@@ -172,3 +172,11 @@ def test_cpu_attention_moves_its_heads_off_the_link():
     assert some.decode.h2d_bytes < 0.55 * none.decode.h2d_bytes
     assert some.decode.busy_s["cpu_ram"] > 0 == none.decode.busy_s["cpu_ram"]
     assert np.isclose(some.decode.cpu_bytes, LLAMA.n_layers * 4 * 128 * 2 * 2 * (work.context + 1))
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_plan_json_round_trip(plan):
+    from roofsim.plan import plan_from_dict
+
+    again = plan_from_dict(__import__("json").loads(plan.model_dump_json()))
+    assert again == plan and type(again) is type(plan)
