@@ -183,6 +183,12 @@ def cmd_list(kind: str) -> int:
     return 0
 
 
+def _no_executor(args) -> int:
+    raise UserError(
+        "the executor is not installed: pip install 'roofsim[executor]' (torch, transformers, safetensors)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="roofsim", description="Plan, predict and run long-context inference whose KV outgrows the GPU."
