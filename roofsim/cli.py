@@ -212,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", help="prefill chunk (default: the whole context)")
     p.set_defaults(func=cmd_roofline)
 
+    p = sub.add_parser("run", help="run a plan for real with the torch executor and write a measured trace")
+    try:
+        from roofsim.executor.cli import add_arguments, run
+    except ImportError:
+        p.set_defaults(func=_no_executor)
+    else:
+        add_arguments(p)
+        p.set_defaults(func=run)
+
     for kind, text in (
         ("gpus", "list built-in GPUs"),
         ("hosts", "list built-in host platforms"),
