@@ -88,6 +88,7 @@ def cmd_predict(args) -> int:
         preds = [predict(_load_plan(args.plan), model, gpu, host, work, limits)]
     else:
         preds = best_per_family(model, gpu, host, work, limits)
+    traces = _simulate_all(preds, model, gpu, host, work, limits) if args.simulate else None
     if args.json:
         doc = {
             "model": model.name,
@@ -96,9 +97,12 @@ def cmd_predict(args) -> int:
             "workload": work.model_dump(),
             "predictions": [p.summary() for p in preds],
         }
+        if traces:
+            for d, t in zip(doc["predictions"], traces, strict=True):
+                d["simulated"] = t.summary.model_dump(exclude={"prefill_chunk_s", "decode_step_s"})
         print(json.dumps(doc, indent=2))
     else:
-        out.print(predictions_table(preds, _title(model, gpu, host, work)))
+        out.print(predictions_table(preds, _title(model, gpu, host, work), traces))
         for p in preds if args.plan else []:
             for note in p.notes:
                 out.print(f"note: {note}")
@@ -109,6 +113,41 @@ def cmd_predict(args) -> int:
         raise UserError(
             f"plan {preds[0].plan.family} does not fit: {preds[0].reason}; try `roofsim predict` without --plan"
         )
+    return 0
+
+
+def _simulate_all(preds, model, gpu, host, work, limits):
+    from rich.progress import Progress
+
+    from roofsim.sim import simulate
+
+    traces = []
+    with Progress(transient=True) as bar:
+        job = bar.add_task("simulating", total=len(preds))
+        for p in preds:
+            traces.append(
+                simulate(p.plan, model, gpu, host, work, limits, decode_steps=min(work.gen, 8), keep="none")
+            )
+            bar.advance(job)
+    return traces
+
+
+def cmd_simulate(args) -> int:
+    from roofsim.display import console, trace_table
+    from roofsim.sim import simulate
+
+    model, gpu, host, limits = _specs(args)
+    work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
+    plan = _load_plan(args.plan)
+    steps = parse_tokens(args.decode_steps, "--decode-steps") if args.decode_steps else work.gen
+    trace = simulate(plan, model, gpu, host, work, limits, decode_steps=steps, keep=args.keep)
+    if args.json:
+        trace.write(args.json)
+    console().print(trace_table(trace, _title(model, gpu, host, work)))
+    if args.json:
+        print(f"trace written to {args.json} ({len(trace.spans)} spans, {len(trace.memory)} memory samples)")
+    if not trace.summary.feasible:
+        raise UserError(f"plan {plan.family} does not fit: {trace.summary.reason}")
     return 0
 
 
@@ -205,7 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-approximate", action="store_true", help="let approximate families win the context sweep"
     )
+    p.add_argument(
+        "--simulate", action="store_true", help="also run the discrete-event simulator on each plan"
+    )
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("simulate", help="simulate one plan event by event and write its predicted trace")
+    _common(p, context_required=True)
+    p.add_argument("--plan", required=True, help=f"a family ({', '.join(FAMILIES)}) or a plan.json")
+    p.add_argument("--json", metavar="OUT", help="write the Trace (JSON) to this file")
+    p.add_argument("--decode-steps", help="decode steps to simulate (default: --gen)")
+    p.add_argument(
+        "--keep", choices=["all", "sample", "none"], default="sample", help="which steps keep their spans"
+    )
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("roofline", help="per-operator FLOPs, bytes, intensity, time and bound")
     _common(p, context_required=True)

@@ -22,7 +22,7 @@ def bound_text(p: Prediction, phase: str) -> str:
     return f"{cost.bound} {cost.bound_share:.0%}"
 
 
-def predictions_table(preds: list[Prediction], title: str) -> Table:
+def predictions_table(preds: list[Prediction], title: str, traces: list | None = None) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for col, kw in [
         ("family", {}),
@@ -34,10 +34,17 @@ def predictions_table(preds: list[Prediction], title: str) -> Table:
         ("peak host", {"justify": "right"}),
         ("bound prefill", {}),
         ("bound decode", {}),
-    ]:
+    ] + ([("sim prefill", {"justify": "right"}), ("sim decode", {"justify": "right"})] if traces else []):
         t.add_column(col, **kw)
-    for p in preds:
+    for i, p in enumerate(preds):
         family = p.plan.family + (" ~" if p.approximate else "")
+        sim = []
+        if traces:
+            s = traces[i].summary
+            sim = [
+                fmt_seconds(s.prefill_s or float("nan")),
+                fmt_seconds(s.decode_s_per_token or float("nan")),
+            ]
         fits = "yes" if p.feasible else f"[red]no[/red]: {p.reason}"
         t.add_row(
             family,
@@ -49,6 +56,7 @@ def predictions_table(preds: list[Prediction], title: str) -> Table:
             fmt_bytes(p.peak_host_bytes),
             bound_text(p, "prefill"),
             bound_text(p, "decode"),
+            *sim,
         )
     if any(p.approximate for p in preds):
         t.caption = "~ approximate: attends only part of the context (accuracy not modelled)"
@@ -94,3 +102,26 @@ def roofline_table(rows: list[RooflineRow], title: str) -> Table:
 def console() -> Console:
     c = Console()
     return c if c.is_terminal else Console(width=180)
+
+
+def trace_table(trace, title: str) -> Table:
+    s = trace.summary
+    t = Table(
+        title=f"{title}: {trace.header.plan.family} {trace.header.plan.knobs()} ({trace.header.producer})",
+        title_justify="left",
+    )
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_row("fits", "yes" if s.feasible else f"no: {s.reason}")
+    t.add_row("prefill", fmt_seconds(s.prefill_s or float("nan")))
+    t.add_row("prefill chunks", str(len(s.prefill_chunk_s)))
+    t.add_row("decode / token (median)", fmt_seconds(s.decode_s_per_token or float("nan")))
+    t.add_row("peak GPU memory", fmt_bytes(s.peak_gpu_bytes or 0))
+    t.add_row("pinned host memory", fmt_bytes(s.pinned_host_bytes or 0))
+    for phase, b in s.busy_s.items():
+        total = s.prefill_s if phase == "prefill" else s.decode_s_per_token
+        share = ", ".join(
+            f"{r} {v / total:.0%}" for r, v in sorted(b.items(), key=lambda kv: -kv[1]) if total
+        )
+        t.add_row(f"busy in {phase}", share)
+    return t

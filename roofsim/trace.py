@@ -96,7 +96,9 @@ class PhaseSummary(BaseModel):
     peak_gpu_reserved_bytes: float | None = None
     pinned_host_bytes: float | None = None
     bound: dict[str, str] = Field(default_factory=dict, description="phase -> binding resource, where known")
-    busy_s: dict[str, dict[str, float]] = Field(default_factory=dict, description="phase -> resource -> busy s")
+    busy_s: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="phase -> resource -> busy s"
+    )
     feasible: bool | None = None
     reason: str | None = Field(None, description="why the plan does not fit: the moment and the shortfall")
 

@@ -10,7 +10,7 @@ overlap; the host thread issues kernels and copies. With streamed units prefetch
     t_layer = max(t_layer, host) + syncs * sync_s
 
 A plan that orders the write-back on the compute stream (transformers) puts D2H on the critical path instead.
-Step time = sum over layers + embedding and LM head + the first unit's copy (pipeline fill).
+Step time = max(sum over layers, first unit's copy + sum of the compute chains) + embedding and LM head.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class LayerLoad:
         0.0  # CPU work that must precede the H2D copy (a gather), pipelined with it
     )
     override_s: np.ndarray | None = None  # a family's own layer time (before host and sync costs)
+    crit_s: np.ndarray | float = 0.0  # set by layer_time: the compute chain alone (the fill delays it)
     d2h_on_compute: bool = False
     syncs: float = 0.0
     cpu_path_s: np.ndarray | float = 0.0  # CPU work on the critical path, in parallel with GPU attention
@@ -120,9 +121,9 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
     elif ll.depth == 0:
         t = crit + copy
     else:
-        # units == 0: nothing streams through the ring, so any copy sits on the critical path
+        # units == 0: nothing comes in through the ring; a write-back still runs beside the compute
         hidden = np.minimum(n, ll.depth * copy / np.maximum(units, 1.0))
-        t = np.where(units > 0, np.maximum(crit, copy + n - hidden), crit + copy)
+        t = np.where(units > 0, np.maximum(crit, copy + n - hidden), np.maximum(crit, copy))
     host = (
         link.issue_s(np.asarray(ll.h2d_copies) + np.asarray(ll.d2h_copies), gpu)
         + ll.nonattn.launch_s
@@ -130,6 +131,7 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
     )
     sync = ll.syncs * gpu.runtime.sync_us.value * 1e-6
     t = np.maximum(t, host) + sync
+    ll.crit_s = crit + sync
     busy = {
         "tensor": ll.nonattn.tensor_s + ll.attn.tensor_s,
         "hbm": ll.nonattn.hbm_s + ll.attn.hbm_s,
@@ -143,8 +145,11 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
 
 
 def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> StepCost:
-    """Sum the layers of a step, add the work outside the layers and the pipeline fill."""
-    total = extra.total_s + fill_s
+    """Sum the layers of a step and add the work outside the layers. The first streamed unit's copy (the fill)
+    delays the compute chain, but a copy-bound step already counts its copies from the start:
+    step = max(sum of layer times, fill + sum of critical paths) + embedding and LM head."""
+    layers_s = np.zeros(())
+    crit_s = np.zeros(())
     busy = {r: np.zeros(()) for r in RESOURCES}
     busy["tensor"] = busy["tensor"] + extra.tensor_s
     busy["hbm"] = busy["hbm"] + extra.hbm_s
@@ -153,7 +158,8 @@ def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> Ste
     h2d = d2h = cpu = np.zeros(())
     for ll in loads:
         t, b = layer_time(ll, gpu)
-        total = total + ll.count * t
+        layers_s = layers_s + ll.count * t
+        crit_s = crit_s + ll.count * ll.crit_s
         for r in RESOURCES:
             busy[r] = busy[r] + ll.count * b[r]
         flops = flops + ll.count * (ll.nonattn.flops + ll.attn.flops)
@@ -161,6 +167,7 @@ def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> Ste
         h2d = h2d + ll.count * np.asarray(ll.h2d_bytes, dtype=float)
         d2h = d2h + ll.count * np.asarray(ll.d2h_bytes, dtype=float)
         cpu = cpu + ll.count * np.asarray(ll.cpu_bytes, dtype=float)
+    total = extra.total_s + np.maximum(layers_s, fill_s + crit_s)
     shape = np.shape(total)
     return StepCost(
         time_s=np.asarray(total, dtype=float),

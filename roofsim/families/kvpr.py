@@ -99,7 +99,7 @@ def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     else:
         split = np.minimum(float(plan.recompute_tokens), s)
     w_bytes, w_copies = weight_stream(ctx, plan.weights == "streamed")
-    recompute = work(recompute_ops(ctx, split), gpu)
+    recompute = work(recompute_ops(ctx, split), gpu).scale((split > 0).astype(float))  # no kernels when l = 0
     h2d = a * split + k * (s - split) + w_bytes
     copies = (split > 0).astype(float) + (s - split > 0).astype(float) + w_copies
     d2h = k + a * (split > 0)  # the new token's KV, and its X while a prefix is recomputed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from roofsim import link
 from roofsim.families.base import (
     Ctx,
     Evaluation,
@@ -69,12 +70,22 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
         w_bytes, w_copies = weight_stream(ctx, streamed)
         fetched = kv_bytes(ctx, 1, m.n_kv_heads) * sel
         gather_s = 2 * fetched / host.ram_bytes_per_s
+        nonattn = nonattn_work(ctx, dec)
+        spec = work(speculation_ops(ctx, dec.P, plan.partial_key_ratio), gpu)
+        attn = attn_work(ctx, dec, keys=sel)
+        # layer i's fetch can start only once layer i-1 has attended and speculated (indices to the host, a
+        # sync, the CPU gather, the copy); it hides behind layer i-1's post- and layer i's pre-attention work only
+        roundtrip = (
+            link.isolated_copy_s(8.0 * w.batch * m.n_heads, gpu, "d2h") + gpu.runtime.sync_us.value * 1e-6
+        )
+        fetch_s = roundtrip + gather_s + link.engine_s(fetched + w_bytes, 1.0 + w_copies, gpu, "h2d")
+        override = attn.total_s + np.maximum(nonattn.total_s + spec.total_s, spec.total_s + fetch_s)
         loads.append(
             LayerLoad(
                 count=sparse,
-                nonattn=nonattn_work(ctx, dec)
-                + work(speculation_ops(ctx, dec.P, plan.partial_key_ratio), gpu),
-                attn=attn_work(ctx, dec, keys=sel),
+                nonattn=nonattn + spec,
+                attn=attn,
+                override_s=override,
                 h2d_bytes=fetched + w_bytes,
                 h2d_copies=1.0 + w_copies,
                 d2h_bytes=kv_bytes(ctx, 1, m.n_kv_heads) * dec.C,

@@ -1,0 +1,715 @@
+"""Programs: the tasks a plan issues, in the order the executor issues them, with their dependencies.
+
+Durations come from the roofline (roofsim.roofline.work over roofsim.ops), the single source of per-operator
+cost; copy sizes from the same slot geometry the analytic families use. Per step (prefill chunk or decode step)
+and layer: the non-attention work before attention, one attention task per slot (or per unit the plan attends
+separately), the copies of streamed units through a ring of GPU buffers prefetched `depth` ahead, the
+write-back, and the work after attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from roofsim import link, ops
+from roofsim.families.base import Ctx, activation_bytes, kv_bytes, logits_bytes, weight_stream
+from roofsim.families.evict import scorer_ops
+from roofsim.families.kvpr import optimal_split, per_token, recompute_ops
+from roofsim.families.sparse_fetch import speculation_ops
+from roofsim.plan import (
+    CpuAttentionPlan,
+    EvictPlan,
+    HeadOffloadPlan,
+    KvprPlan,
+    LayerOffloadPlan,
+    Plan,
+    ResidentPlan,
+    SparseFetchPlan,
+)
+from roofsim.roofline import work
+from roofsim.sim.engine import Task
+
+
+@dataclass
+class Unit:
+    """One thing attended separately in a layer: a group of KV heads, streamed or resident."""
+
+    heads: int
+    streamed: bool
+    h2d_bytes: float = 0.0
+    h2d_copies: int = 1
+    d2h_bytes: float = 0.0
+    full_write_back: bool = False
+    keys: float | None = None  # cached keys attended (sparse plans); None = all P
+
+
+@dataclass
+class Builder:
+    ctx: Ctx
+    tasks: list[Task] = field(default_factory=list)
+    _costs: dict = field(default_factory=dict)
+
+    @property
+    def kernel_s(self) -> float:
+        return self.ctx.gpu.kernel_s
+
+    def add(self, task: Task) -> int:
+        self.tasks.append(task)
+        return len(self.tasks) - 1
+
+    def cost(self, op_list) -> tuple[float, float, int]:
+        """(duration, FLOPs, kernels) of a list of operators, cached: every layer of a step repeats them."""
+        key = tuple((op.name, float(op.flops), float(op.hbm_bytes), op.kernels) for op in op_list)
+        hit = self._costs.get(key)
+        if hit is None:
+            w = work(op_list, self.ctx.gpu)
+            hit = self._costs[key] = (float(w.total_s), float(w.flops), sum(op.kernels for op in op_list))
+        return hit
+
+    def compute(
+        self, op_list, phase, step, layer=None, slot=None, kind="gemm", deps=(), name=None, **kw
+    ) -> int:
+        duration, flops, kernels = self.cost(op_list)
+        return self.add(
+            Task(
+                resource="compute",
+                kind=kind,
+                phase=phase,
+                step=step,
+                layer=layer,
+                slot=slot,
+                duration_s=duration,
+                flops=flops,
+                deps=tuple(deps),
+                issue_s=kernels * self.kernel_s,
+                name=name,
+                **kw,
+            )
+        )
+
+    def copy(
+        self, direction, nbytes, phase, step, layer=None, slot=None, copies=1, deps=(), kind=None, **kw
+    ) -> int:
+        issue = copies * self.ctx.gpu.runtime.copy_issue_us.value * 1e-6
+        return self.add(
+            Task(
+                resource=direction,
+                kind=kind or direction,
+                phase=phase,
+                step=step,
+                layer=layer,
+                slot=slot,
+                nbytes=float(nbytes),
+                copies=int(copies),
+                deps=tuple(deps),
+                issue_s=issue,
+                **kw,
+            )
+        )
+
+    def cpu(
+        self, duration_s, phase, step, layer=None, kind="cpu_attention", deps=(), nbytes=0.0, flops=0.0
+    ) -> int:
+        return self.add(
+            Task(
+                resource="cpu",
+                kind=kind,
+                phase=phase,
+                step=step,
+                layer=layer,
+                duration_s=float(duration_s),
+                nbytes=nbytes,
+                flops=flops,
+                deps=tuple(deps),
+                issue_s=self.ctx.gpu.runtime.sync_us.value * 1e-6 / 2,  # hand-off to the CPU worker thread
+            )
+        )
+
+    def sync(self, on: int, phase, step) -> None:
+        """The host waits for task `on` (e.g. .item() or stream.synchronize())."""
+        t = self.tasks[on]
+        t.host_wait = True
+        t.issue_s += self.ctx.gpu.runtime.sync_us.value * 1e-6
+
+
+# ---- the streamed-layer step shared by most families -------------------------------------------------------------
+
+
+@dataclass
+class Ring:
+    """Slot buffers: unit u's copy may start only once the unit that last used its buffer is released."""
+
+    buffers: int
+    releases: list[int] = field(default_factory=list)
+
+    def dep(self) -> tuple[int, ...]:
+        if len(self.releases) >= self.buffers:
+            return (self.releases[-self.buffers],)
+        return ()
+
+
+def streamed_step(
+    b: Builder,
+    phase: str,
+    step: int,
+    C: float,
+    P: float,
+    layers: list[list[Unit]],
+    *,
+    depth: int,
+    buffers: int,
+    d2h_on_compute: bool = False,
+    syncs_per_unit: int = 0,
+    streamed_weights: bool = False,
+    extra_pre=None,
+    extra_post=None,
+    cpu_heads: int = 0,
+    logits: bool = True,
+) -> int:
+    """Append one step's tasks; returns the id of its last task."""
+    ctx = b.ctx
+    m, B = ctx.model, ctx.work.batch
+    alloc = {"activations": activation_bytes(ctx, int(C))}
+    first = b.compute(ops.embed_ops(m, C, B), phase, step, kind="vector", name="embed", alloc=alloc)
+    w_bytes, w_copies = weight_stream(ctx, streamed_weights)
+    ring = Ring(max(1, buffers))
+    # the stream of (layer, unit) copies, issued `depth` ahead of their attention
+    order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
+    copy_ids: dict[tuple[int, int], int] = {}
+    weight_ids: dict[int, int] = {}
+    post_ids: dict[int, int] = {}
+    issued = 0
+    eff_depth = min(depth, buffers - 1)
+
+    def issue_copies(upto: int):
+        nonlocal issued
+        while issued < min(upto, len(order)):
+            li, ui = order[issued]
+            u = layers[li][ui]
+            copy_ids[(li, ui)] = b.copy(
+                "h2d", u.h2d_bytes, phase, step, li, ui, copies=u.h2d_copies, deps=ring.dep()
+            )
+            issued += 1
+
+    def issue_weights(li: int):
+        if streamed_weights and li < len(layers) and li not in weight_ids:
+            deps = (post_ids[li - 2],) if li - 2 in post_ids else ()
+            weight_ids[li] = b.copy(
+                "h2d", w_bytes, phase, step, li, copies=int(w_copies), deps=deps, name="weights"
+            )
+
+    issue_weights(0)
+    issue_weights(1)
+    issue_copies(eff_depth if eff_depth > 0 else 0)
+    consumed = 0
+    prev = first
+    pre_ops = ops.pre_attention_ops(m, C, B)
+    post_ops = ops.post_attention_ops(m, C, B)
+    for li, units in enumerate(layers):
+        wdep = (weight_ids[li],) if li in weight_ids else ()
+        pre = b.compute(
+            pre_ops + (extra_pre(li) if extra_pre else []), phase, step, li, name="pre_attention", deps=wdep
+        )
+        attn_ids = []
+        for ui, u in enumerate(units):
+            deps = [pre]
+            if u.streamed:
+                if eff_depth == 0:
+                    issue_copies(consumed + 1)
+                else:
+                    issue_copies(consumed + 1 + eff_depth)
+                deps.append(copy_ids[(li, ui)])
+            wb = None
+            if u.streamed and not u.full_write_back and u.d2h_bytes:
+                wb = b.copy("d2h", u.d2h_bytes, phase, step, li, ui, copies=B, deps=(pre,))
+            if u.streamed and d2h_on_compute and u.full_write_back:
+                wb = b.copy("d2h", u.d2h_bytes, phase, step, li, ui, copies=B, deps=(pre,))
+                deps.append(wb)
+            op = ops.attention_op(m, C, P, B, kv_heads=u.heads, keys=u.keys)
+            a = b.compute([op], phase, step, li, ui, kind="attention", deps=deps, name="attention")
+            attn_ids.append(a)
+            if u.streamed:
+                release = a
+                if u.full_write_back and not d2h_on_compute:
+                    release = b.copy("d2h", u.d2h_bytes, phase, step, li, ui, copies=B, deps=(a,))
+                for _ in range(syncs_per_unit):
+                    b.sync(a, phase, step)
+                ring.releases.append(release)
+                consumed += 1
+        post = b.compute(
+            post_ops + (extra_post(li) if extra_post else []),
+            phase,
+            step,
+            li,
+            name="post_attention",
+            deps=attn_ids,
+        )
+        post_ids[li] = post
+        issue_weights(li + 2)
+        prev = post
+    head_ops = ops.head_ops(m, B) if logits else []
+    last = b.compute(
+        head_ops or [ops.Op("noop", "vector", 0.0, 0.0, 0)],
+        phase,
+        step,
+        kind="gemm",
+        name="lm_head",
+        deps=(prev,),
+        free=alloc,
+    )
+    return last
+
+
+# ---- per-family programs ----------------------------------------------------------------------------------------
+
+
+def _slot_units(
+    ctx: Ctx, C, P, group: int, resident: list[int], write_back: str, token_block, heads: int | None = None
+):
+    m = ctx.model
+    heads = m.n_kv_heads if heads is None else heads
+    slots = heads // group
+    layers = []
+    for r in resident:
+        units = []
+        for s in range(slots):
+            streamed = s >= r and P > 0
+            blocks = max(1, math.ceil(P / token_block)) if token_block else 1
+            full = write_back == "full"
+            units.append(
+                Unit(
+                    heads=group,
+                    streamed=s >= r,
+                    h2d_bytes=kv_bytes(ctx, P, group) if streamed else 0.0,
+                    h2d_copies=blocks,
+                    d2h_bytes=kv_bytes(ctx, P + C if full else C, group),
+                    full_write_back=full,
+                )
+            )
+        layers.append(units)
+    return layers
+
+
+@dataclass
+class StepSpec:
+    phase: str
+    step: int
+    C: float
+    P: float
+
+
+def steps_of(ctx: Ctx, chunk: int | None, decode_steps: int) -> list[StepSpec]:
+    w = ctx.work
+    c = min(chunk or w.context, w.context)
+    out = [
+        StepSpec("prefill", k, float(min(c, w.context - k * c)), float(k * c))
+        for k in range(math.ceil(w.context / c))
+    ]
+    out += [StepSpec("decode", t, 1.0, float(w.context + t)) for t in range(decode_steps)]
+    return out
+
+
+def build(plan: Plan, ctx: Ctx, decode_steps: int) -> tuple[list[Task], dict[str, float]]:
+    """All tasks of the run, and the GPU memory present from the start (weights, resident KV, buffers)."""
+    b = Builder(ctx)
+    m, w = ctx.model, ctx.work
+    streamed_w = plan.weights == "streamed"
+    steps = steps_of(ctx, plan.prefill_chunk, decode_steps)
+    T = w.max_tokens
+    base = {"weights": _weights(ctx, streamed_w), "logits": logits_bytes(ctx)}
+
+    if isinstance(plan, (ResidentPlan, LayerOffloadPlan, HeadOffloadPlan)):
+        if isinstance(plan, ResidentPlan):
+            group, resident, depth, buffers, wb, tb, syncs = (
+                m.n_kv_heads,
+                [1] * m.n_layers,
+                1,
+                2,
+                "incremental",
+                None,
+                0,
+            )
+        elif isinstance(plan, LayerOffloadPlan):
+            group, resident, depth, buffers, wb, tb, syncs = (
+                m.n_kv_heads, [0] * m.n_layers, 1, 2, plan.write_back, None, plan.syncs_per_layer
+            )  # fmt: skip
+        else:
+            group = plan.kv_heads_per_slot
+            r = plan.resident_slots
+            resident = [r] * m.n_layers if isinstance(r, int) else list(r)
+            depth, buffers, wb, tb, syncs = (
+                plan.prefetch_depth,
+                plan.slot_buffers,
+                plan.write_back,
+                plan.token_block,
+                plan.syncs_per_slot,
+            )
+        slot_full = kv_bytes(ctx, T, group)
+        streaming = any(m.n_kv_heads // group - r for r in resident)
+        base["kv_resident"] = sum(resident) * slot_full
+        base["kv_buffers"] = (
+            buffers * (kv_bytes(ctx, min(T, tb), group) if tb else slot_full) if streaming else 0.0
+        )
+        d2h_on_compute = isinstance(plan, LayerOffloadPlan) and plan.write_back == "full"
+        for s in steps:
+            layers = _slot_units(ctx, s.C, s.P, group, resident, wb, tb)
+            last = streamed_step(
+                b, s.phase, s.step, s.C, s.P, layers, depth=depth, buffers=buffers,
+                d2h_on_compute=d2h_on_compute, syncs_per_unit=syncs, streamed_weights=streamed_w,
+            )  # fmt: skip
+            b.sync(last, s.phase, s.step)
+    elif isinstance(plan, KvprPlan):
+        _kvpr(b, plan, steps, base)
+    elif isinstance(plan, CpuAttentionPlan):
+        _cpu_attention(b, plan, steps, base)
+    elif isinstance(plan, SparseFetchPlan):
+        _sparse_fetch(b, plan, steps, base)
+    elif isinstance(plan, EvictPlan):
+        _evict(b, plan, steps, base)
+    else:  # pragma: no cover
+        raise TypeError(plan)
+    return b.tasks, base
+
+
+def _weights(ctx: Ctx, streamed: bool) -> float:
+    from roofsim.families.base import weights_gpu_bytes
+
+    return weights_gpu_bytes(ctx, streamed)
+
+
+def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None:
+    ctx = b.ctx
+    m, gpu, B = ctx.model, ctx.gpu, ctx.work.batch
+    a, k, r = per_token(ctx)
+    T = ctx.work.max_tokens
+    base["kv_buffers"] = 2 * kv_bytes(ctx, T, m.n_kv_heads)
+    for s in steps:
+        if s.phase == "prefill":
+            layers = _slot_units(ctx, s.C, s.P, m.n_kv_heads, [0] * m.n_layers, "incremental", None)
+            last = streamed_step(
+                b,
+                s.phase,
+                s.step,
+                s.C,
+                s.P,
+                layers,
+                depth=1,
+                buffers=2,
+                streamed_weights=plan.weights == "streamed",
+            )
+            b.sync(last, s.phase, s.step)
+            continue
+        rest = float(work(ops.layer_ops(m, 1, s.P, B), gpu).total_s)
+        if plan.recompute_tokens == "auto":
+            split = float(
+                np.floor(
+                    optimal_split(
+                        s.P, a, k, r, gpu.link.h2d_gbps.value * 1e9, gpu.tensor_flops, rest, plan.overlap
+                    )
+                )
+            )
+        else:
+            split = float(min(plan.recompute_tokens, s.P))
+        alloc = {"activations": activation_bytes(ctx, 1), "workspace": 2 * a * split}
+        first = b.compute(ops.embed_ops(m, 1, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+        prefetch = plan.overlap == "inter_layer"
+        copies: dict[int, tuple[int | None, int]] = {}
+        releases: list[int] = []
+
+        def issue(li: int, s=s, split=split, copies=copies, releases=releases):
+            deps = (releases[li - 2],) if li >= 2 else ()
+            act = (
+                b.copy("h2d", a * split, s.phase, s.step, li, name="activations", deps=deps)
+                if split > 0
+                else None
+            )
+            kv = b.copy("h2d", k * (s.P - split), s.phase, s.step, li, deps=deps)
+            copies[li] = (act, kv)
+
+        if prefetch:
+            issue(0)
+        prev = first
+        for li in range(m.n_layers):
+            pre = b.compute(
+                ops.pre_attention_ops(m, 1, B), s.phase, s.step, li, name="pre_attention", deps=(prev,)
+            )
+            if not prefetch:
+                issue(li)
+            elif li + 1 < m.n_layers:
+                issue(li + 1)
+            act, kv = copies[li]
+            deps = [pre, kv]
+            if act is not None:
+                deps.append(
+                    b.compute(
+                        recompute_ops(ctx, split),
+                        s.phase,
+                        s.step,
+                        li,
+                        kind="recompute",
+                        deps=(act,),
+                        name="recompute",
+                    )
+                )
+            b.copy("d2h", k + (a if split > 0 else 0.0), s.phase, s.step, li, deps=(pre,))
+            att = b.compute(
+                [ops.attention_op(m, 1, s.P, B)],
+                s.phase,
+                s.step,
+                li,
+                kind="attention",
+                deps=deps,
+                name="attention",
+            )
+            releases.append(att)
+            prev = b.compute(
+                ops.post_attention_ops(m, 1, B), s.phase, s.step, li, name="post_attention", deps=(att,)
+            )
+        last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
+        b.sync(last, s.phase, s.step)
+
+
+def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], base: dict) -> None:
+    ctx = b.ctx
+    m, host, B, e = ctx.model, ctx.host, ctx.work.batch, ctx.model.dtype_bytes
+    hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
+    pg = g if m.n_kv_heads % g == 0 else 1
+    T = ctx.work.max_tokens
+    base["kv_resident"] = m.n_layers * plan.resident_slots * kv_bytes(ctx, T, pg)
+    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, pg)
+    gpu_heads = m.n_kv_heads - hc
+    q_bytes = float(B * hc * m.group * m.head_dim * e)
+    out_bytes = q_bytes + B * hc * m.group * 4
+    for s in steps:
+        if s.phase == "prefill":
+            layers = _slot_units(ctx, s.C, s.P, pg, [plan.resident_slots] * m.n_layers, "incremental", None)
+            last = streamed_step(
+                b,
+                s.phase,
+                s.step,
+                s.C,
+                s.P,
+                layers,
+                depth=plan.prefetch_depth,
+                buffers=plan.slot_buffers,
+                streamed_weights=plan.weights == "streamed",
+            )
+            b.sync(last, s.phase, s.step)
+            continue
+        layers = (
+            _slot_units(
+                ctx, s.C, s.P, g, [plan.resident_slots] * m.n_layers, "incremental", None, heads=gpu_heads
+            )
+            if gpu_heads
+            else [[] for _ in range(m.n_layers)]
+        )
+        cpu_kv = kv_bytes(ctx, 1, hc) * (s.P + 1)
+        cpu_s = max(
+            cpu_kv / (host.cpu_attention_gbps.value * 1e9),
+            4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
+        )
+
+        # CPU heads: q down, CPU attention, partial output up; the merge waits for it (inside post)
+        def extra_post(li: int):
+            return [ops.Op("merge", "vector", 4.0 * out_bytes / e, 3.0 * out_bytes, 2)] if hc else []
+
+        last = _cpu_step(
+            b, s, layers, plan, hc, q_bytes, out_bytes, cpu_s, cpu_kv, kv_bytes(ctx, 1, hc), extra_post
+        )
+        b.sync(last, s.phase, s.step)
+
+
+def _cpu_step(b, s, layers, plan, hc, q_bytes, out_bytes, cpu_s, cpu_kv, new_kv, extra_post) -> int:
+    """A decode step of cpu_attention: per layer, the CPU heads' round trip runs beside the GPU heads' attention."""
+    ctx = b.ctx
+    m, B = ctx.model, ctx.work.batch
+    alloc = {"activations": activation_bytes(ctx, 1)}
+    prev = b.compute(ops.embed_ops(m, 1, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+    ring = Ring(max(1, plan.slot_buffers))
+    order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
+    ids: dict[tuple[int, int], int] = {}
+    issued = 0
+    depth = min(plan.prefetch_depth, plan.slot_buffers - 1)
+
+    def issue(upto):
+        nonlocal issued
+        while issued < min(upto, len(order)):
+            li, ui = order[issued]
+            ids[(li, ui)] = b.copy("h2d", layers[li][ui].h2d_bytes, s.phase, s.step, li, ui, deps=ring.dep())
+            issued += 1
+
+    issue(depth)
+    consumed = 0
+    for li, units in enumerate(layers):
+        pre = b.compute(
+            ops.pre_attention_ops(m, 1, B), s.phase, s.step, li, name="pre_attention", deps=(prev,)
+        )
+        deps_post = []
+        if hc:
+            q = b.copy(
+                "d2h", q_bytes + new_kv, s.phase, s.step, li, deps=(pre,), copies=2, name="q_and_new_kv"
+            )
+            # the CPU worker sends its partial output itself (its own stream), so it never queues behind prefetches
+            out_s = float(link.isolated_copy_s(out_bytes, ctx.gpu, "h2d"))
+            deps_post.append(b.cpu(cpu_s + out_s, s.phase, s.step, li, deps=(q,), nbytes=cpu_kv))
+        for ui, u in enumerate(units):
+            deps = [pre]
+            if u.streamed:
+                issue(consumed + 1 + depth if depth else consumed + 1)
+                deps.append(ids[(li, ui)])
+                b.copy("d2h", u.d2h_bytes, s.phase, s.step, li, ui, copies=B, deps=(pre,))
+            op = ops.attention_op(m, 1, s.P, B, kv_heads=u.heads)
+            a = b.compute([op], s.phase, s.step, li, ui, kind="attention", deps=deps, name="attention")
+            deps_post.append(a)
+            if u.streamed:
+                ring.releases.append(a)
+                consumed += 1
+        prev = b.compute(
+            ops.post_attention_ops(m, 1, B) + extra_post(li),
+            s.phase,
+            s.step,
+            li,
+            name="post_attention",
+            deps=deps_post,
+        )
+    return b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
+
+
+def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base: dict) -> None:
+    ctx = b.ctx
+    m, host, B = ctx.model, ctx.host, ctx.work.batch
+    T = ctx.work.max_tokens
+    dense = min(plan.dense_layers, m.n_layers)
+    layer_kv = kv_bytes(ctx, T, m.n_kv_heads)
+    fetch_buf = kv_bytes(ctx, int(np.ceil(plan.fetch_fraction * T)), m.n_kv_heads)
+    sparse = m.n_layers - dense
+    base["kv_buffers"] = 2 * (layer_kv if dense else fetch_buf)
+    base["workspace"] = (
+        sparse * layer_kv / 2 * plan.partial_key_ratio
+        + sparse * m.hidden * m.n_heads * plan.partial_key_ratio * m.head_dim * m.dtype_bytes
+    )
+    for s in steps:
+        if s.phase == "prefill":
+            layers = _slot_units(ctx, s.C, s.P, m.n_kv_heads, [0] * m.n_layers, "incremental", None)
+            last = streamed_step(
+                b,
+                s.phase,
+                s.step,
+                s.C,
+                s.P,
+                layers,
+                depth=1,
+                buffers=2,
+                streamed_weights=plan.weights == "streamed",
+            )
+            b.sync(last, s.phase, s.step)
+            continue
+        alloc = {"activations": activation_bytes(ctx, 1)}
+        prev = b.compute(ops.embed_ops(m, 1, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+        sel = float(np.ceil(plan.fetch_fraction * s.P))
+        fetched = kv_bytes(ctx, sel, m.n_kv_heads)
+        gather_s = 2 * fetched / host.ram_bytes_per_s
+        dense_copy = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, 0) if dense else None
+        fetch: dict[int, int] = {}
+        for li in range(m.n_layers):
+            pre = b.compute(
+                ops.pre_attention_ops(m, 1, B), s.phase, s.step, li, name="pre_attention", deps=(prev,)
+            )
+            if li < dense:
+                deps = [pre, dense_copy]
+                if li + 1 < dense:
+                    nxt = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, li + 1)
+                keys = None
+            else:
+                deps = [pre, fetch[li]]
+                keys = sel
+            b.copy("d2h", kv_bytes(ctx, 1, m.n_kv_heads), s.phase, s.step, li, deps=(pre,))
+            att = b.compute(
+                [ops.attention_op(m, 1, s.P, B, keys=keys)],
+                s.phase,
+                s.step,
+                li,
+                kind="attention",
+                deps=deps,
+                name="attention",
+            )
+            if li + 1 < m.n_layers and li + 1 >= dense:
+                spec = b.compute(
+                    speculation_ops(ctx, s.P, plan.partial_key_ratio),
+                    s.phase,
+                    s.step,
+                    li,
+                    kind="vector",
+                    deps=(att,),
+                    name="speculate",
+                )
+                idx = b.copy("d2h", 8.0 * B * m.n_heads, s.phase, s.step, li, deps=(spec,), name="indices")
+                b.sync(idx, s.phase, s.step)
+                g = b.cpu(gather_s, s.phase, s.step, li, kind="cpu_gather", deps=(idx,), nbytes=2 * fetched)
+                fetch[li + 1] = b.copy("h2d", fetched, s.phase, s.step, li + 1, deps=(g,), name="selected_kv")
+            if li < dense and li + 1 < dense:
+                dense_copy = nxt
+            prev = b.compute(
+                ops.post_attention_ops(m, 1, B), s.phase, s.step, li, name="post_attention", deps=(att,)
+            )
+        last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
+        b.sync(last, s.phase, s.step)
+
+
+def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> None:
+    from roofsim.families.evict import scorer_params
+
+    ctx = b.ctx
+    m, w, B = ctx.model, ctx.work, ctx.work.batch
+    bud = plan.budget_tokens
+    base["workspace"] = float(scorer_params(m) * m.dtype_bytes)
+    for s in steps:
+        alloc = {"activations": activation_bytes(ctx, int(s.C))}
+        if s.phase == "prefill":
+            cached = min(s.P, bud)
+            kv_now = m.n_layers * kv_bytes(ctx, min(s.P + s.C, bud + s.C), m.n_kv_heads)
+            alloc["kv_resident"] = kv_now
+        else:
+            cached = min(s.P, bud + plan.local_tokens + (s.P - w.context))
+            alloc["kv_resident"] = m.n_layers * kv_bytes(
+                ctx, min(w.max_tokens, bud + plan.local_tokens + w.gen), m.n_kv_heads
+            )
+        prev = b.compute(ops.embed_ops(m, s.C, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+        for li in range(m.n_layers):
+            extra = scorer_ops(ctx, s.C) if s.phase == "prefill" else []
+            pre = b.compute(
+                ops.pre_attention_ops(m, s.C, B) + extra,
+                s.phase,
+                s.step,
+                li,
+                name="pre_attention",
+                deps=(prev,),
+            )
+            att = b.compute(
+                [ops.attention_op(m, s.C, s.P, B, keys=cached)],
+                s.phase,
+                s.step,
+                li,
+                kind="attention",
+                deps=(pre,),
+                name="attention",
+            )
+            post_ops = ops.post_attention_ops(m, s.C, B)
+            if s.phase == "prefill" and s.P + s.C > bud:
+                kept = min(s.P + s.C, bud)
+                post_ops = post_ops + [
+                    ops.Op(
+                        "evict_topk",
+                        "vector",
+                        2.0 * B * m.n_kv_heads * (cached + s.C),
+                        8.0 * B * m.n_kv_heads * (cached + s.C),
+                        3,
+                    ),
+                    ops.Op("evict_gather", "vector", 0.0, 2.0 * kv_bytes(ctx, kept, m.n_kv_heads), 2),
+                ]
+            prev = b.compute(post_ops, s.phase, s.step, li, name="post_attention", deps=(att,))
+        last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
+        b.sync(last, s.phase, s.step)
