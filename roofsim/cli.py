@@ -151,6 +151,66 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from rich.progress import Progress
+
+    from roofsim.display import console, pareto_table, ranked_table
+    from roofsim.planner import PlanDocument, SearchSpace, explain, search
+
+    model, gpu, host, limits = _specs(args)
+    context = args.prompt or args.context
+    if context is None:
+        raise UserError("say how long the prompt is: --context 1M (or --prompt 1M)")
+    work = Workload(context=parse_tokens(context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
+    space = SearchSpace(
+        allow_approximate=args.allow_approximate,
+        restrict=args.restrict,
+        fetch_fraction=args.fetch_fraction,
+        evict_budget=parse_tokens(args.evict_budget, "--evict-budget") if args.evict_budget else None,
+        families=tuple(args.families.split(",")) if args.families else None,
+    )
+    out = console()
+    with Progress(console=out, transient=True) as bar:
+        job = bar.add_task("searching plans", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(job, completed=done, total=total)
+
+        result = search(
+            model, gpu, host, work, limits, space, args.objective, refine_top=args.top, progress=progress
+        )
+    best = result.best
+    text = explain(result, model, gpu, host, limits)
+    doc = PlanDocument(
+        plan=best.plan,
+        model=model.name,
+        gpu=gpu.name,
+        host=host.name,
+        workload=best.prediction.workload,
+        objective=args.objective,
+        gpu_mem_bytes=limits.gpu_mem_bytes,
+        host_mem_bytes=limits.host_mem_bytes,
+        prediction=best.prediction.summary(),
+        simulated=best.simulated,
+        explanation=text,
+    )
+    if args.output:
+        Path(args.output).write_text(doc.model_dump_json(indent=2, by_alias=True))
+    if args.json:
+        print(doc.model_dump_json(indent=2, by_alias=True))
+        return 0
+    title = _title(model, gpu, host, best.prediction.workload)
+    out.print(f"[bold]best plan[/bold] for {title}, objective {args.objective}:")
+    out.print(f"  {best.plan.family} {best.plan.knobs()}")
+    out.print(f"  {text}")
+    out.print(ranked_table(result, f"top alternatives ({result.screened} plans screened analytically)"))
+    if result.pareto:
+        out.print(pareto_table(result))
+    if args.output:
+        out.print(f"plan written to {args.output}: run it with `roofsim run {args.output}`")
+    return 0
+
+
 def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
     from roofsim.plan import EXACT_FAMILIES
 
@@ -258,6 +318,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", choices=["all", "sample", "none"], default="sample", help="which steps keep their spans"
     )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("plan", help="search the plan space for the fastest plan that fits, and explain it")
+    _common(p)
+    p.add_argument("--prompt", help="same as --context")
+    p.add_argument(
+        "--objective",
+        choices=["decode", "prefill", "e2e", "throughput", "max-context"],
+        default="decode",
+        help="decode time per token (default), prefill time, prefill + gen decode steps, tokens/s at --batch, or "
+        "the longest context that fits",
+    )
+    p.add_argument("--allow-approximate", action="store_true", help="also consider sparse_fetch and evict")
+    p.add_argument(
+        "--fetch-fraction", type=float, default=0.2, help="sparse_fetch: share of tokens fetched (0.2)"
+    )
+    p.add_argument("--evict-budget", help="evict: tokens kept per head (Locret: 16384, 6000 for Phi-3)")
+    p.add_argument(
+        "--restrict", choices=["headinfer"], help="headinfer: one KV head per slot, as HeadInfer's code"
+    )
+    p.add_argument("--families", help="comma-separated families to search (default: all)")
+    p.add_argument("--top", type=int, default=10, help="how many of the best plans the simulator refines")
+    p.add_argument("-o", "--output", help="write the plan document (JSON) here")
+    p.add_argument("--json", action="store_true", help="print the plan document instead of tables")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("roofline", help="per-operator FLOPs, bytes, intensity, time and bound")
     _common(p, context_required=True)

@@ -125,3 +125,57 @@ def trace_table(trace, title: str) -> Table:
         )
         t.add_row(f"busy in {phase}", share)
     return t
+
+
+def _distinct(cands, n: int):
+    """The best candidate of each distinct plan once the prefill chunk is set aside, best first."""
+    seen, out = set(), []
+    for c in cands:
+        key = (
+            c.plan.family,
+            tuple(sorted((k, str(v)) for k, v in c.plan.model_dump().items() if k != "prefill_chunk")),
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(c)
+        if len(out) == n:
+            break
+    return out
+
+
+def ranked_table(result, title: str, n: int = 10) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    objective = result.objective
+    for col in ("#", "family", "knobs", objective, "decode/token", "prefill", "peak GPU", "bound", "model"):
+        t.add_column(
+            col,
+            justify="right" if col in ("#", objective, "decode/token", "prefill", "peak GPU") else "left",
+            overflow="fold",
+        )
+    for i, c in enumerate(_distinct(result.ranked, n), 1):
+        p = c.prediction
+        value = fmt_tokens(int(-c.score)) if objective == "max-context" else fmt_seconds(c.score)
+        t.add_row(
+            str(i),
+            p.plan.family + (" ~" if p.approximate else ""),
+            p.plan.knobs(),
+            value,
+            fmt_seconds(p.decode.time_s),
+            fmt_seconds(p.prefill.time_s),
+            fmt_bytes(p.peak_gpu_bytes),
+            bound_text(p, "prefill" if objective == "prefill" else "decode"),
+            "simulated" if c.simulated is not None else "analytic",
+        )
+    return t
+
+
+def pareto_table(result) -> Table:
+    t = Table(title="Pareto frontier: less GPU memory costs time", title_justify="left", header_style="bold")
+    for col in ("peak GPU", result.objective, "family", "knobs"):
+        t.add_column(
+            col, justify="right" if col in ("peak GPU", result.objective) else "left", overflow="fold"
+        )
+    for c in result.pareto[:12]:
+        t.add_row(fmt_bytes(c.prediction.peak_gpu_bytes), fmt_seconds(c.score), c.plan.family, c.plan.knobs())
+    return t

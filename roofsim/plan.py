@@ -13,6 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from roofsim.errors import UserError
 
 
+def _compact(value) -> str:
+    """[0, 0, 1, 1, 1] -> 2x0+3x1: per-layer lists stay readable."""
+    if not isinstance(value, list):
+        return str(value)
+    runs: list[list] = []
+    for v in value:
+        if runs and runs[-1][1] == v:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, v])
+    return "+".join(f"{n}x{v}" for n, v in runs)
+
+
 class _PlanBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -36,7 +49,7 @@ class _PlanBase(BaseModel):
                 continue
             value = getattr(self, name)
             if value != getattr(default, name):
-                parts.append(f"{name}={value}")
+                parts.append(f"{name}={_compact(value)}")
         return " ".join(parts) or "defaults"
 
 
@@ -72,6 +85,11 @@ class HeadOffloadPlan(_PlanBase):
     token_block: int | None = Field(None, gt=0, description="stream each slot in blocks of this many tokens")
     syncs_per_slot: int = Field(
         0, ge=0, description="host synchronisations per streamed slot (HeadInfer's code: 2)"
+    )
+    slot_alloc: Literal["ring", "cat"] = Field(
+        "ring",
+        description="ring: slot_buffers preallocated buffers; cat: HeadInfer's code, which grows each slot with "
+        "torch.cat, so the current slot is held twice beside the prefetched and the evicting one (4 at the peak)",
     )
 
 

@@ -68,10 +68,13 @@ def fmt_bytes(n: float) -> str:
 
 
 def fmt_tokens(n: int) -> str:
+    """1M, 128K, or 3.93M (K, M = 1024, 1024^2) for counts that are not round."""
     if n % MiB == 0:
         return f"{n // MiB}M"
-    if n % KiB == 0:
+    if n % KiB == 0 and n < MiB:
         return f"{n // KiB}K"
+    if n >= MiB:
+        return f"{n / MiB:.2f}M"
     return str(n)
 
 

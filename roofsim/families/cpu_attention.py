@@ -87,19 +87,19 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     fill = first_unit_fill(ctx, dec, g, None, gpu_slots > plan.resident_slots)
     decode = combine(loads, outside_layers(ctx, dec), fill, gpu)
 
-    # prefill: every head on the GPU; the CPU heads' slots stream like the rest
+    # prefill: every head on the GPU. The resident heads (resident_slots groups of g) stay resident; every other
+    # head, the CPU's included, streams as a one-head slot
+    resident_heads = plan.resident_slots * g
     pre = prefill_steps(w.context, plan.prefill_chunk)
-    pg = g if m.n_kv_heads % g == 0 else 1
-    pre_loads = slot_loads(ctx, pre, group=pg, resident=[plan.resident_slots] * m.n_layers, **common)
-    prefill = combine(pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, pg, None, True), gpu)
+    pre_loads = slot_loads(ctx, pre, group=1, resident=[resident_heads] * m.n_layers, **common)
+    prefill = combine(pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, 1, None, True), gpu)
 
     T = w.max_tokens
-    streamed_slots = m.n_layers * (m.n_kv_heads // pg - plan.resident_slots)
     gpu_kv = {
-        "kv_resident": m.n_layers * plan.resident_slots * kv_bytes(ctx, T, pg),
-        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, pg),
+        "kv_resident": m.n_layers * kv_bytes(ctx, T, resident_heads),
+        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, max(g, 1)),
     }
-    host_mem = {"kv": streamed_slots * kv_bytes(ctx, T, pg)}
+    host_mem = {"kv": m.n_layers * kv_bytes(ctx, T, m.n_kv_heads - resident_heads)}
     c = int(pre.C.max())
     mem = peak_memory(
         ctx,

@@ -36,6 +36,10 @@ from roofsim.families.base import (
 )
 from roofsim.plan import HeadOffloadPlan, LayerOffloadPlan, ResidentPlan
 
+CAT_PEAK_SLOTS = 4
+"""HeadInfer's cache (research/headinfer.md 1.3): the current slot (old and torch.cat output), the prefetched next
+one and the evicting previous one: about 4 slot-sized GPU buffers at the peak."""
+
 
 def slot_loads(
     ctx: Ctx,
@@ -107,6 +111,7 @@ def _evaluate(
     chunk: int | None,
     streamed_weights: bool,
     d2h_on_compute: bool = False,
+    cat_alloc: bool = False,
 ) -> Evaluation:
     m, w = ctx.model, ctx.work
     check_divides(m.n_kv_heads, group, "kv_heads_per_slot")
@@ -143,6 +148,8 @@ def _evaluate(
     slot_full = kv_bytes(ctx, T, group)
     unit = kv_bytes(ctx, min(T, token_block), group) if token_block else slot_full
     kv = {"kv_resident": sum(resident) * slot_full, "kv_buffers": buffers * unit if streaming else 0.0}
+    if cat_alloc and streaming:
+        kv["kv_buffers"] = CAT_PEAK_SLOTS * slot_full
     c = int(pre.C.max())
     # roofsim's executor registers one exact-size pinned pool; transformers' cache (d2h_on_compute) gets each
     # layer's K and V from the caching host allocator, which rounds every block up to a power of two.
@@ -191,6 +198,7 @@ def evaluate_head_offload(plan: HeadOffloadPlan, ctx: Ctx) -> Evaluation:
         syncs_per_slot=plan.syncs_per_slot,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
+        cat_alloc=plan.slot_alloc == "cat",
     )
 
 

@@ -8,11 +8,13 @@ import datetime
 import statistics
 from typing import Literal
 
+import numpy as np
+
 from roofsim.families.base import Ctx
 from roofsim.plan import Plan
 from roofsim.predict import Limits, predict
 from roofsim.sim.engine import Machine
-from roofsim.sim.program import build
+from roofsim.sim.program import build, prefill_chunks, sampled
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 from roofsim.trace import PhaseSummary, Trace, TraceHeader
@@ -41,19 +43,26 @@ def simulate(
     limits: Limits | None = None,
     decode_steps: int | None = None,
     keep: KeepSpans = "sample",
+    prefill: bool = True,
+    prefill_sample: int | None = None,
 ) -> Trace:
+    """Simulate prefill (every chunk, or `prefill_sample` evenly spaced chunks with the others interpolated in
+    the cached length) and `decode_steps` decode steps (default: the workload's gen)."""
     limits = limits or Limits()
     ctx = Ctx(model, gpu, host, work)
     n_decode = decode_steps if decode_steps is not None else work.gen
-    tasks, base = build(plan, ctx, n_decode)
-    n_prefill = sum(1 for t in {(t.phase, t.step) for t in tasks} if t[0] == "prefill")
+    tasks, base = build(plan, ctx, n_decode, prefill, prefill_sample)
+    n_prefill = prefill_chunks(ctx, plan.prefill_chunk) if prefill else 0
+    chunks = sampled(n_prefill, prefill_sample)
     machine = Machine(gpu, base, limits.gpu_bytes(gpu), _keeper(keep, n_prefill, n_decode))
     res = machine.run(tasks)
 
-    prefill_ends = [res.step_end[("prefill", k)] for k in range(n_prefill)]
-    chunk_s = [e - s for s, e in zip([0.0] + prefill_ends[:-1], prefill_ends, strict=True)]
-    decode_ends = [res.step_end[("decode", t)] for t in range(n_decode)]
-    step_s = [e - s for s, e in zip([prefill_ends[-1]] + decode_ends[:-1], decode_ends, strict=True)]
+    ends = [res.step_end[("prefill", k)] for k in chunks] + [
+        res.step_end[("decode", t)] for t in range(n_decode)
+    ]
+    durations = [e - s for s, e in zip([0.0] + ends[:-1], ends, strict=True)]
+    simulated_chunk_s, step_s = durations[: len(chunks)], durations[len(chunks) :]
+    chunk_s = [float(x) for x in np.interp(range(n_prefill), chunks, simulated_chunk_s)] if chunks else []
     busy: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}}
     for (phase, resource), seconds in res.busy.items():
         busy[phase][resource] = seconds / (1 if phase == "prefill" else max(n_decode, 1))
@@ -73,10 +82,15 @@ def simulate(
         )
     notes = [
         f"spans kept: {keep} (prefill chunks and decode steps; busy totals cover every step)",
-        f"every prefill chunk and {n_decode} decode steps simulated in full ({len(tasks)} tasks, {res.events} events)",
+        f"{len(chunks)} of {n_prefill} prefill chunks and {n_decode} decode steps simulated "
+        f"({len(tasks)} tasks, {res.events} events)",
     ]
+    if len(chunks) < n_prefill:
+        notes.append(
+            "prefill chunks not simulated are interpolated linearly in the cached length between sampled ones"
+        )
     summary = PhaseSummary(
-        prefill_s=prefill_ends[-1],
+        prefill_s=float(sum(chunk_s)) if chunk_s else None,
         prefill_chunk_s=chunk_s,
         decode_s_per_token=statistics.median(step_s) if step_s else None,
         decode_step_s=step_s,

@@ -19,6 +19,7 @@ from roofsim.families.base import Ctx, activation_bytes, kv_bytes, logits_bytes,
 from roofsim.families.evict import scorer_ops
 from roofsim.families.kvpr import optimal_split, per_token, recompute_ops
 from roofsim.families.sparse_fetch import speculation_ops
+from roofsim.families.streaming import CAT_PEAK_SLOTS
 from roofsim.plan import (
     CpuAttentionPlan,
     EvictPlan,
@@ -135,6 +136,40 @@ class Builder:
         t.issue_s += self.ctx.gpu.runtime.sync_us.value * 1e-6
 
 
+class WeightStream:
+    """Weights streamed per layer (FlexGen's case): double-buffered, layer j+2's copy waits for layer j to finish."""
+
+    def __init__(self, b: Builder, phase: str, step: int, streamed: bool):
+        self.b, self.phase, self.step = b, phase, step
+        self.bytes, self.copies = weight_stream(b.ctx, streamed)
+        self.layers = b.ctx.model.n_layers
+        self.ids: dict[int, int] = {}
+        self.post: dict[int, int] = {}
+        self._issue(0)
+        self._issue(1)
+
+    def _issue(self, li: int) -> None:
+        if self.bytes and li < self.layers and li not in self.ids:
+            deps = (self.post[li - 2],) if li - 2 in self.post else ()
+            self.ids[li] = self.b.copy(
+                "h2d",
+                self.bytes,
+                self.phase,
+                self.step,
+                li,
+                copies=int(self.copies),
+                deps=deps,
+                name="weights",
+            )
+
+    def dep(self, li: int) -> tuple[int, ...]:
+        return (self.ids[li],) if li in self.ids else ()
+
+    def done(self, li: int, post_id: int) -> None:
+        self.post[li] = post_id
+        self._issue(li + 2)
+
+
 # ---- the streamed-layer step shared by most families -------------------------------------------------------------
 
 
@@ -174,13 +209,11 @@ def streamed_step(
     m, B = ctx.model, ctx.work.batch
     alloc = {"activations": activation_bytes(ctx, int(C))}
     first = b.compute(ops.embed_ops(m, C, B), phase, step, kind="vector", name="embed", alloc=alloc)
-    w_bytes, w_copies = weight_stream(ctx, streamed_weights)
+    weights = WeightStream(b, phase, step, streamed_weights)
     ring = Ring(max(1, buffers))
     # the stream of (layer, unit) copies, issued `depth` ahead of their attention
     order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
     copy_ids: dict[tuple[int, int], int] = {}
-    weight_ids: dict[int, int] = {}
-    post_ids: dict[int, int] = {}
     issued = 0
     eff_depth = min(depth, buffers - 1)
 
@@ -194,22 +227,13 @@ def streamed_step(
             )
             issued += 1
 
-    def issue_weights(li: int):
-        if streamed_weights and li < len(layers) and li not in weight_ids:
-            deps = (post_ids[li - 2],) if li - 2 in post_ids else ()
-            weight_ids[li] = b.copy(
-                "h2d", w_bytes, phase, step, li, copies=int(w_copies), deps=deps, name="weights"
-            )
-
-    issue_weights(0)
-    issue_weights(1)
     issue_copies(eff_depth if eff_depth > 0 else 0)
     consumed = 0
     prev = first
     pre_ops = ops.pre_attention_ops(m, C, B)
     post_ops = ops.post_attention_ops(m, C, B)
     for li, units in enumerate(layers):
-        wdep = (weight_ids[li],) if li in weight_ids else ()
+        wdep = weights.dep(li)
         pre = b.compute(
             pre_ops + (extra_pre(li) if extra_pre else []), phase, step, li, name="pre_attention", deps=wdep
         )
@@ -247,8 +271,7 @@ def streamed_step(
             name="post_attention",
             deps=attn_ids,
         )
-        post_ids[li] = post
-        issue_weights(li + 2)
+        weights.done(li, post)
         prev = post
     head_ops = ops.head_ops(m, B) if logits else []
     last = b.compute(
@@ -301,23 +324,42 @@ class StepSpec:
     P: float
 
 
-def steps_of(ctx: Ctx, chunk: int | None, decode_steps: int) -> list[StepSpec]:
+def prefill_chunks(ctx: Ctx, chunk: int | None) -> int:
+    w = ctx.work
+    return math.ceil(w.context / min(chunk or w.context, w.context))
+
+
+def sampled(n: int, sample: int | None) -> list[int]:
+    """Chunk indices to simulate: all, or `sample` evenly spaced ones including the first and the last."""
+    if sample is None or n <= sample:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (sample - 1)) for i in range(sample)})
+
+
+def steps_of(
+    ctx: Ctx, chunk: int | None, decode_steps: int, prefill: bool = True, prefill_sample: int | None = None
+) -> list[StepSpec]:
     w = ctx.work
     c = min(chunk or w.context, w.context)
-    out = [
-        StepSpec("prefill", k, float(min(c, w.context - k * c)), float(k * c))
-        for k in range(math.ceil(w.context / c))
-    ]
+    out = []
+    if prefill:
+        out = [
+            StepSpec("prefill", k, float(min(c, w.context - k * c)), float(k * c))
+            for k in sampled(prefill_chunks(ctx, chunk), prefill_sample)
+        ]
     out += [StepSpec("decode", t, 1.0, float(w.context + t)) for t in range(decode_steps)]
     return out
 
 
-def build(plan: Plan, ctx: Ctx, decode_steps: int) -> tuple[list[Task], dict[str, float]]:
-    """All tasks of the run, and the GPU memory present from the start (weights, resident KV, buffers)."""
+def build(
+    plan: Plan, ctx: Ctx, decode_steps: int, prefill: bool = True, prefill_sample: int | None = None
+) -> tuple[list[Task], dict[str, float]]:
+    """All tasks of the run, and the GPU memory present from the start (weights, resident KV, buffers).
+    Every step ends with a host synchronisation, so steps are independent and may be sampled."""
     b = Builder(ctx)
     m, w = ctx.model, ctx.work
     streamed_w = plan.weights == "streamed"
-    steps = steps_of(ctx, plan.prefill_chunk, decode_steps)
+    steps = steps_of(ctx, plan.prefill_chunk, decode_steps, prefill, prefill_sample)
     T = w.max_tokens
     base = {"weights": _weights(ctx, streamed_w), "logits": logits_bytes(ctx)}
 
@@ -353,6 +395,8 @@ def build(plan: Plan, ctx: Ctx, decode_steps: int) -> tuple[list[Task], dict[str
         base["kv_buffers"] = (
             buffers * (kv_bytes(ctx, min(T, tb), group) if tb else slot_full) if streaming else 0.0
         )
+        if isinstance(plan, HeadOffloadPlan) and plan.slot_alloc == "cat" and streaming:
+            base["kv_buffers"] = CAT_PEAK_SLOTS * slot_full
         d2h_on_compute = isinstance(plan, LayerOffloadPlan) and plan.write_back == "full"
         for s in steps:
             layers = _slot_units(ctx, s.C, s.P, group, resident, wb, tb)
@@ -431,10 +475,16 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
 
         if prefetch:
             issue(0)
+        weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         prev = first
         for li in range(m.n_layers):
             pre = b.compute(
-                ops.pre_attention_ops(m, 1, B), s.phase, s.step, li, name="pre_attention", deps=(prev,)
+                ops.pre_attention_ops(m, 1, B),
+                s.phase,
+                s.step,
+                li,
+                name="pre_attention",
+                deps=(prev, *weights.dep(li)),
             )
             if not prefetch:
                 issue(li)
@@ -468,6 +518,7 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
             prev = b.compute(
                 ops.post_attention_ops(m, 1, B), s.phase, s.step, li, name="post_attention", deps=(att,)
             )
+            weights.done(li, prev)
         last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
         b.sync(last, s.phase, s.step)
 
@@ -476,16 +527,16 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
     ctx = b.ctx
     m, host, B, e = ctx.model, ctx.host, ctx.work.batch, ctx.model.dtype_bytes
     hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
-    pg = g if m.n_kv_heads % g == 0 else 1
     T = ctx.work.max_tokens
-    base["kv_resident"] = m.n_layers * plan.resident_slots * kv_bytes(ctx, T, pg)
-    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, pg)
+    resident_heads = plan.resident_slots * g
+    base["kv_resident"] = m.n_layers * kv_bytes(ctx, T, resident_heads)
+    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, g)
     gpu_heads = m.n_kv_heads - hc
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4
     for s in steps:
         if s.phase == "prefill":
-            layers = _slot_units(ctx, s.C, s.P, pg, [plan.resident_slots] * m.n_layers, "incremental", None)
+            layers = _slot_units(ctx, s.C, s.P, 1, [resident_heads] * m.n_layers, "incremental", None)
             last = streamed_step(
                 b,
                 s.phase,
@@ -542,10 +593,16 @@ def _cpu_step(b, s, layers, plan, hc, q_bytes, out_bytes, cpu_s, cpu_kv, new_kv,
             issued += 1
 
     issue(depth)
+    weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
     consumed = 0
     for li, units in enumerate(layers):
         pre = b.compute(
-            ops.pre_attention_ops(m, 1, B), s.phase, s.step, li, name="pre_attention", deps=(prev,)
+            ops.pre_attention_ops(m, 1, B),
+            s.phase,
+            s.step,
+            li,
+            name="pre_attention",
+            deps=(prev, *weights.dep(li)),
         )
         deps_post = []
         if hc:
@@ -575,6 +632,7 @@ def _cpu_step(b, s, layers, plan, hc, q_bytes, out_bytes, cpu_s, cpu_kv, new_kv,
             name="post_attention",
             deps=deps_post,
         )
+        weights.done(li, prev)
     return b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
 
 
@@ -614,9 +672,34 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
         gather_s = 2 * fetched / host.ram_bytes_per_s
         dense_copy = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, 0) if dense else None
         fetch: dict[int, int] = {}
+
+        def speculate_for(li: int, after: int, s=s, sel=sel, fetched=fetched, gather_s=gather_s, fetch=fetch):
+            """Layer li's tokens are picked after `after` (layer li-1's attention, or the embedding)."""
+            spec = b.compute(
+                speculation_ops(ctx, s.P, plan.partial_key_ratio),
+                s.phase,
+                s.step,
+                li - 1 if li else None,
+                kind="vector",
+                deps=(after,),
+                name="speculate",
+            )
+            idx = b.copy("d2h", 8.0 * B * m.n_heads, s.phase, s.step, li, deps=(spec,), name="indices")
+            b.sync(idx, s.phase, s.step)
+            g = b.cpu(gather_s, s.phase, s.step, li, kind="cpu_gather", deps=(idx,), nbytes=2 * fetched)
+            fetch[li] = b.copy("h2d", fetched, s.phase, s.step, li, deps=(g,), name="selected_kv")
+
+        if not dense:
+            speculate_for(0, prev)
+        weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         for li in range(m.n_layers):
             pre = b.compute(
-                ops.pre_attention_ops(m, 1, B), s.phase, s.step, li, name="pre_attention", deps=(prev,)
+                ops.pre_attention_ops(m, 1, B),
+                s.phase,
+                s.step,
+                li,
+                name="pre_attention",
+                deps=(prev, *weights.dep(li)),
             )
             if li < dense:
                 deps = [pre, dense_copy]
@@ -637,24 +720,13 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
                 name="attention",
             )
             if li + 1 < m.n_layers and li + 1 >= dense:
-                spec = b.compute(
-                    speculation_ops(ctx, s.P, plan.partial_key_ratio),
-                    s.phase,
-                    s.step,
-                    li,
-                    kind="vector",
-                    deps=(att,),
-                    name="speculate",
-                )
-                idx = b.copy("d2h", 8.0 * B * m.n_heads, s.phase, s.step, li, deps=(spec,), name="indices")
-                b.sync(idx, s.phase, s.step)
-                g = b.cpu(gather_s, s.phase, s.step, li, kind="cpu_gather", deps=(idx,), nbytes=2 * fetched)
-                fetch[li + 1] = b.copy("h2d", fetched, s.phase, s.step, li + 1, deps=(g,), name="selected_kv")
+                speculate_for(li + 1, att)
             if li < dense and li + 1 < dense:
                 dense_copy = nxt
             prev = b.compute(
                 ops.post_attention_ops(m, 1, B), s.phase, s.step, li, name="post_attention", deps=(att,)
             )
+            weights.done(li, prev)
         last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
         b.sync(last, s.phase, s.step)
 
@@ -678,6 +750,7 @@ def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> No
                 ctx, min(w.max_tokens, bud + plan.local_tokens + w.gen), m.n_kv_heads
             )
         prev = b.compute(ops.embed_ops(m, s.C, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+        weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         for li in range(m.n_layers):
             extra = scorer_ops(ctx, s.C) if s.phase == "prefill" else []
             pre = b.compute(
@@ -686,7 +759,7 @@ def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> No
                 s.step,
                 li,
                 name="pre_attention",
-                deps=(prev,),
+                deps=(prev, *weights.dep(li)),
             )
             att = b.compute(
                 [ops.attention_op(m, s.C, s.P, B, keys=cached)],
@@ -711,5 +784,6 @@ def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> No
                     ops.Op("evict_gather", "vector", 0.0, 2.0 * kv_bytes(ctx, kept, m.n_kv_heads), 2),
                 ]
             prev = b.compute(post_ops, s.phase, s.step, li, name="post_attention", deps=(att,))
+            weights.done(li, prev)
         last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
         b.sync(last, s.phase, s.step)
