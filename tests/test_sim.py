@@ -205,3 +205,17 @@ def test_trace_round_trip_and_compare(tmp_path):
     c = compare(t, again)
     assert all(r.error_pct == 0 for r in c.phases)
     assert {r.name for r in c.span_kinds["decode"]} >= {"h2d", "attention"}
+
+
+@pytest.mark.parametrize(
+    "plan", [HeadOffloadPlan(prefill_chunk=2048), LayerOffloadPlan(prefill_chunk=2048)], ids=["head", "layer"]
+)
+def test_sampled_prefill_equals_the_full_simulation(plan):
+    """The planner simulates 16 evenly spaced prefill chunks and interpolates the rest (noted in the header)."""
+    work = Workload(context=80 * 2048, gen=2)
+    full = simulate(plan, LLAMA, GPU, HOST, work, decode_steps=1, keep="none")
+    short = simulate(plan, LLAMA, GPU, HOST, work, decode_steps=1, keep="none", prefill_sample=8)
+    assert len(short.summary.prefill_chunk_s) == len(full.summary.prefill_chunk_s) == 80
+    assert short.summary.prefill_s == pytest.approx(full.summary.prefill_s, rel=0.01)
+    assert any("interpolated" in n for n in short.header.notes)
+    assert not any("interpolated" in n for n in full.header.notes)
