@@ -15,6 +15,7 @@ from roofsim.errors import UserError
 from roofsim.plan import FAMILIES, default_plan, plan_from_dict
 from roofsim.predict import Limits, predict
 from roofsim.specs import list_gpus, list_hosts, list_models, load_gpu, load_host, load_model
+from roofsim.specs.hardware import default_host_of
 from roofsim.sweep import best_per_family
 from roofsim.units import fmt_tokens, parse_bytes, parse_tokens
 from roofsim.workload import Workload
@@ -42,7 +43,7 @@ def _common(p: argparse.ArgumentParser, context_required: bool = False) -> None:
 
 def _specs(args):
     gpu = load_gpu(args.gpu)
-    host = load_host(args.host or gpu.default_host)
+    host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
     model = load_model(args.model)
     if args.batch <= 0:
         raise UserError(f"--batch must be a positive number of sequences, got {args.batch}")
@@ -211,6 +212,41 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from rich.progress import Progress
+
+    from roofsim.calibration import write_profile
+    from roofsim.display import console
+
+    try:
+        from roofsim.executor.calibrate import measure
+    except ImportError:
+        raise UserError(
+            "roofsim calibrate needs torch: pip install 'roofsim[executor]' on the GPU machine"
+        ) from None
+    gpu = load_gpu(args.gpu)
+    host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+    model = load_model(args.model)
+    steps = [
+        "pinned copies",
+        "pageable and batched copies",
+        "HBM copy",
+        "GEMMs and attention",
+        "fixed costs",
+        "CPU",
+    ]
+    with Progress(console=console(), transient=True) as bar:
+        job = bar.add_task("calibrating", total=len(steps))
+
+        def progress(step: str) -> None:
+            bar.update(job, description=step, completed=steps.index(step))
+
+        m = measure(model, progress)
+    gpu_path, host_path = write_profile(gpu, host, m, Path(args.output))
+    print(f"calibrated profile: {gpu_path} (host {host_path}); use it with --gpu {gpu_path}")
+    return 0
+
+
 def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
     from roofsim.plan import EXACT_FAMILIES
 
@@ -342,6 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the plan document (JSON) here")
     p.add_argument("--json", action="store_true", help="print the plan document instead of tables")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "calibrate", help="measure this GPU machine (micro-benchmarks) and write a calibrated profile"
+    )
+    p.add_argument("--gpu", required=True, help="the base spec whose datasheet peaks the profile keeps")
+    p.add_argument("--host", help="the base host spec (default: the GPU spec's)")
+    p.add_argument(
+        "--model", default="llama-3-8b", help="GEMM and attention shapes to measure (default llama-3-8b)"
+    )
+    p.add_argument(
+        "-o", "--output", default="calibrated", help="folder for the profile (default ./calibrated)"
+    )
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("roofline", help="per-operator FLOPs, bytes, intensity, time and bound")
     _common(p, context_required=True)

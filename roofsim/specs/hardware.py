@@ -93,7 +93,8 @@ class RuntimeSpec(_Section):
 class GpuSpec(_Section):
     name: str
     full_name: str
-    default_host: str
+    default_host: str  # a host name, or a host TOML path relative to this file (calibrated profiles)
+    fingerprint: dict[str, str | int | float | None] | None = None  # where a calibrated profile was measured
     compute: ComputeSpec
     memory: MemorySpec
     link: LinkSpec
@@ -206,6 +207,14 @@ def _load_host(path: str, mtime_ns: int) -> HostSpec:
 def load_gpu(name_or_path: str) -> GpuSpec:
     path = _resolve("gpus", name_or_path, "GPU")
     return _load_gpu(str(path), path.stat().st_mtime_ns)
+
+
+def default_host_of(gpu_name_or_path: str, gpu: GpuSpec) -> HostSpec:
+    """The GPU spec's default host; a calibrated profile names its host file relative to itself."""
+    if gpu.default_host.endswith(".toml"):
+        base = Path(gpu_name_or_path).parent if Path(gpu_name_or_path).is_file() else Path(".")
+        return load_host(str(base / gpu.default_host))
+    return load_host(gpu.default_host)
 
 
 def load_host(name_or_path: str) -> HostSpec:

@@ -1,0 +1,284 @@
+"""`roofsim calibrate`: micro-benchmarks on the GPU machine (a few minutes), never a whole model or plan.
+
+Pinned and pageable copies by size in each direction and both at once, many small copies, GEMMs at the model's
+shapes, SDPA prefill and decode attention by context length, host-sync cost, one decoder layer at tiny shapes
+(the framework's per-kernel cost), CPU RAM bandwidth, CPU attention and CPU matmul. Results are fitted and
+written by roofsim.calibration.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, Measurements
+from roofsim.specs.model import ModelSpec
+
+KiB, MiB = 1024, 1024**2
+
+
+def _cuda_time(fn: Callable[[], None], repeat: int = 5, warmup: int = 2) -> float:
+    """Median seconds of fn on the current stream, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _wall_time(fn: Callable[[], None], repeat: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def fingerprint() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    fp = {
+        "gpu_name": props.name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    try:
+        import transformers
+
+        fp["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    try:
+        import subprocess
+
+        q = "driver_version,pcie.link.gen.current,pcie.link.width.current"
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")[0]
+        driver, gen, width = (x.strip() for x in out.split(","))
+        fp.update(driver=driver, pcie_gen=int(gen), pcie_width=int(width))
+    except Exception:  # noqa: BLE001 - nvidia-smi missing or unparsable: the fingerprint says less
+        pass
+    return fp
+
+
+def _copies(direction: str, sizes: list[int], pinned: bool = True) -> list[CopyPoint]:
+    out = []
+    for n in sizes:
+        host = torch.empty(n, dtype=torch.uint8, pin_memory=pinned)
+        dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+        if direction == "h2d":
+            fn = lambda d=dev, h=host: d.copy_(h, non_blocking=True)  # noqa: E731
+        else:
+            fn = lambda d=dev, h=host: h.copy_(d, non_blocking=True)  # noqa: E731
+        out.append(CopyPoint(nbytes=n, seconds=_cuda_time(fn, repeat=7 if n < 64 * MiB else 3)))
+        del host, dev
+    return out
+
+
+def _back_to_back(total: int, copies: int) -> BatchPoint:
+    host = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(total, dtype=torch.uint8, device="cuda")
+    size = total // copies
+    pairs = [(dev[i * size : (i + 1) * size], host[i * size : (i + 1) * size]) for i in range(copies)]
+
+    def run():
+        for d, h in pairs:
+            d.copy_(h, non_blocking=True)
+
+    return BatchPoint(copies=copies, nbytes_each=size, seconds=_wall_time(run, repeat=3))
+
+
+def _bidirectional(n: int = 256 * MiB) -> float:
+    h_up, h_down = (torch.empty(n, dtype=torch.uint8, pin_memory=True) for _ in range(2))
+    d_up, d_down = (torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2))
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+
+    def run():
+        with torch.cuda.stream(s1):
+            d_up.copy_(h_up, non_blocking=True)
+        with torch.cuda.stream(s2):
+            h_down.copy_(d_down, non_blocking=True)
+
+    return 2 * n / _wall_time(run, repeat=3) / 1e9
+
+
+def _d2d_gbps(n: int = 1 << 30) -> float:
+    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty(n, dtype=torch.uint8, device="cuda")
+    return 2 * n / _cuda_time(lambda: dst.copy_(src)) / 1e9
+
+
+def _gemms(model: ModelSpec) -> list[FlopPoint]:
+    out = []
+    h = model.hidden
+    for rows in (4096, 16384):
+        for name, k, n in (
+            ("qkv", h, model.q_dim + 2 * model.kv_dim),
+            ("mlp_up", h, 2 * model.intermediate),
+            ("mlp_down", model.intermediate, h),
+        ):
+            a = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+            t = _cuda_time(lambda a=a, b=b: a @ b)
+            out.append(FlopPoint(label=f"{name} {rows}x{k}x{n}", flops=2.0 * rows * k * n, seconds=t))
+    return out
+
+
+def _attention(model: ModelSpec, prefill_lens=(4096, 16384, 32768), decode_lens=(4096, 32768, 131072)):
+    hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
+    prefill, decode = [], []
+    for L in prefill_lens:
+        q = torch.randn(1, hq, L, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, hk, L, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        t = _cuda_time(
+            lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+            repeat=3,
+        )
+        prefill.append(FlopPoint(label=f"sdpa prefill {L}", flops=2.0 * hq * d * L * L, seconds=t))
+    for L in decode_lens:
+        q = torch.randn(1, hq, 1, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, hk, L, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        t = _cuda_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+        decode.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=t))
+    return prefill, decode
+
+
+def _tiny_layer() -> tuple[float, ModelSpec]:
+    """One Llama decoder layer at tiny shapes in eager transformers: its time is launch and dispatch cost."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=1,
+        vocab_size=128,
+    )
+    cfg._attn_implementation = "sdpa"
+    layer = LlamaDecoderLayer(cfg, 0).cuda().to(torch.bfloat16)
+    rope = LlamaRotaryEmbedding(cfg).cuda()
+    x = torch.randn(1, 1, 64, device="cuda", dtype=torch.bfloat16)
+    pos = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+    emb = rope(x, pos)
+
+    def run():
+        with torch.no_grad():
+            for _ in range(20):
+                layer(x, position_embeddings=emb, attention_mask=None)
+
+    seconds = _wall_time(run, repeat=5) / 20
+    spec = ModelSpec(
+        name="tiny-llama", source="roofsim calibrate", family="llama", n_layers=1, hidden=64, n_heads=4,
+        n_kv_heads=2, head_dim=16, intermediate=128, vocab=128, max_positions=1024,
+    )  # fmt: skip
+    return seconds, spec
+
+
+def _sync_us() -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / 200 * 1e6
+
+
+def _cpu(model: ModelSpec) -> tuple[float, list[CopyPoint], float]:
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8)
+    b = torch.empty(n, dtype=torch.uint8)
+    a.fill_(1)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        b.copy_(a)
+    copy_gbps = 3 * 2 * n / (time.perf_counter() - t0) / 1e9
+    del a, b
+    points = []
+    hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
+    for L in (32768, 131072):
+        q = torch.randn(1, hq, 1, d, dtype=torch.bfloat16)
+        k = torch.randn(1, hk, L, d, dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        points.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=(time.perf_counter() - t0) / 3))
+    m = torch.randn(4096, 4096)
+    m @ m
+    t0 = time.perf_counter()
+    m @ m
+    tflops = 2 * 4096**3 / (time.perf_counter() - t0) / 1e12
+    return copy_gbps, points, tflops
+
+
+def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: None) -> Measurements:
+    if not torch.cuda.is_available():
+        from roofsim.errors import UserError
+
+        raise UserError("roofsim calibrate needs a CUDA GPU; run it on the GPU machine")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    sizes = [64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB]
+    progress("pinned copies")
+    h2d, d2h = _copies("h2d", sizes), _copies("d2h", sizes)
+    progress("pageable and batched copies")
+    pageable = _copies("h2d", [64 * MiB, 256 * MiB], pinned=False)
+    batches = [_back_to_back(64 * MiB, c) for c in (16, 256, 1024)]
+    bidir = _bidirectional()
+    progress("HBM copy")
+    d2d = _d2d_gbps()
+    progress("GEMMs and attention")
+    gemm = _gemms(model)
+    prefill, decode = _attention(model)
+    progress("fixed costs")
+    tiny_s, tiny_model = _tiny_layer()
+    sync = _sync_us()
+    progress("CPU")
+    cpu_copy, cpu_attn, cpu_tflops = _cpu(model)
+    return Measurements(
+        fingerprint=fingerprint(),
+        total_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
+        h2d=h2d,
+        d2h=d2h,
+        pageable_h2d=pageable,
+        back_to_back_h2d=batches,
+        bidirectional_total_gbps=bidir,
+        d2d_copy_gbps=d2d,
+        gemm=gemm,
+        attention_prefill=prefill,
+        attention_decode=decode,
+        sync_us=sync,
+        tiny_layer_s=tiny_s,
+        tiny_layer_model=tiny_model,
+        cpu_copy_gbps=cpu_copy,
+        cpu_attention=cpu_attn,
+        cpu_matmul_tflops=cpu_tflops,
+        cpu_threads=torch.get_num_threads(),
+        host_ram_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
+    )

@@ -1,0 +1,190 @@
+"""Calibration: turn micro-benchmark measurements into a hardware profile in the hw_specs schema.
+
+The measurements come from `roofsim calibrate` (roofsim.executor.calibrate, torch, on the GPU machine); this
+module only fits and writes, so it runs anywhere. Calibration never runs a model or a plan end to end: those are
+for validation. Fitting rules (each value in the profile says which one produced it):
+- h2d/d2h rate: median rate of isolated pinned copies of 64 MiB and more;
+- copy latency: median of t - n/rate over isolated copies from 256 KiB to 16 MiB; copy floor: the smallest copy;
+- copy gap: 16 back-to-back copies, per-copy time minus its bytes at the rate; copy issue: 1024 back-to-back
+  64 KiB copies, whose time is the issuing thread's;
+- duplex efficiency: both directions at once over the sum of their rates alone;
+- GEMM / attention efficiency: best achieved FLOP/s at the model's prefill shapes over the datasheet peak;
+- memory efficiency: device-to-device copy over datasheet bandwidth;
+- per-kernel cost: one decoder layer at tiny shapes, divided by the kernels roofsim's operator model counts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from roofsim import ops
+from roofsim.specs.hardware import GpuSpec, HostSpec
+from roofsim.specs.model import ModelSpec
+
+
+class CopyPoint(BaseModel):
+    nbytes: int
+    seconds: float
+
+
+class BatchPoint(BaseModel):
+    copies: int
+    nbytes_each: int
+    seconds: float
+
+
+class FlopPoint(BaseModel):
+    label: str
+    flops: float
+    seconds: float
+
+
+class Measurements(BaseModel):
+    """Raw results of the micro-benchmarks, committed beside the profile they produced."""
+
+    fingerprint: dict[str, str | int | float | None]
+    total_memory_bytes: int
+    h2d: list[CopyPoint]
+    d2h: list[CopyPoint]
+    pageable_h2d: list[CopyPoint]
+    back_to_back_h2d: list[BatchPoint]
+    bidirectional_total_gbps: float
+    d2d_copy_gbps: float = Field(description="device-to-device copy, bytes read plus written per second")
+    gemm: list[FlopPoint]
+    attention_prefill: list[FlopPoint]
+    attention_decode: list[CopyPoint] = Field(description="KV bytes read per decode attention call")
+    sync_us: float
+    tiny_layer_s: float
+    tiny_layer_model: ModelSpec
+    cpu_copy_gbps: float = Field(description="host memcpy, bytes read plus written per second")
+    cpu_attention: list[CopyPoint] = Field(description="KV bytes scanned by CPU decode attention")
+    cpu_matmul_tflops: float
+    cpu_threads: int
+    host_ram_bytes: float
+
+
+def _rate(points: list[CopyPoint], min_bytes: int) -> float:
+    big = [p.nbytes / p.seconds for p in points if p.nbytes >= min_bytes]
+    return statistics.median(big)
+
+
+def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]]]:
+    """Section -> field -> (value, how it was measured)."""
+    h2d = _rate(m.h2d, 64 * 2**20)
+    d2h = _rate(m.d2h, 64 * 2**20)
+    mid = [p for p in m.h2d if 256 * 1024 <= p.nbytes <= 16 * 2**20]
+    latency = (
+        statistics.median(p.seconds - p.nbytes / h2d for p in mid)
+        if mid
+        else base.link.copy_latency_us.value * 1e-6
+    )
+    smallest = min(m.h2d, key=lambda p: p.nbytes)
+    few = min(m.back_to_back_h2d, key=lambda b: b.copies)
+    many = max(m.back_to_back_h2d, key=lambda b: b.copies)
+    gap = max(0.0, few.seconds / few.copies - few.nbytes_each / h2d)
+    issue = many.seconds / many.copies
+    duplex = min(1.0, m.bidirectional_total_gbps * 1e9 / (h2d + d2h))
+    peak = base.compute.bf16_tflops.value * 1e12
+    gemm = max(p.flops / p.seconds for p in m.gemm) / peak
+    attention = max(p.flops / p.seconds for p in m.attention_prefill) / peak
+    memory = m.d2d_copy_gbps / base.memory.bandwidth_gbps.value
+    tiny = m.tiny_layer_model
+    kernels = sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
+    kernel_us = m.tiny_layer_s / kernels * 1e6
+    fp = m.fingerprint.get("gpu_name", "this GPU")
+    return {
+        "memory": {"capacity_gib": (m.total_memory_bytes / 2**30, f"torch total_memory on {fp}")},
+        "link": {
+            "h2d_gbps": (h2d / 1e9, "median pinned H2D rate of isolated copies >= 64 MiB"),
+            "d2h_gbps": (d2h / 1e9, "median pinned D2H rate of isolated copies >= 64 MiB"),
+            "pageable_h2d_gbps": (_rate(m.pageable_h2d, 0) / 1e9, "median pageable H2D rate"),
+            "copy_latency_us": (latency * 1e6, "median of t - n/rate over isolated copies 256 KiB-16 MiB"),
+            "copy_min_us": (smallest.seconds * 1e6, f"isolated {smallest.nbytes // 1024} KiB copy"),
+            "copy_gap_us": (gap * 1e6, f"{few.copies} back-to-back {few.nbytes_each // 2**20} MiB copies"),
+            "duplex_efficiency": (duplex, "both directions at once over the sum of their rates alone"),
+        },
+        "efficiency": {
+            "gemm": (gemm, "best bf16 GEMM at the model's prefill shapes over the datasheet peak"),
+            "attention": (attention, "best SDPA prefill over the datasheet peak"),
+            "memory": (memory, "device-to-device copy over the datasheet bandwidth"),
+            "kernel_us": (
+                kernel_us,
+                f"one decoder layer at tiny shapes / {kernels} kernels in roofsim's model",
+            ),
+        },
+        "runtime": {
+            "copy_issue_us": (
+                issue * 1e6,
+                f"{many.copies} back-to-back {many.nbytes_each // 1024} KiB copies",
+            ),
+            "sync_us": (m.sync_us, "torch.cuda.synchronize() on an idle device"),
+        },
+    }
+
+
+def fit_host(m: Measurements) -> dict[str, tuple[float, str]]:
+    cpu_attn = _rate(m.cpu_attention, 0)
+    return {
+        "ram_capacity_gib": (m.host_ram_bytes / 2**30, "MemTotal"),
+        "ram_bandwidth_gbps": (m.cpu_copy_gbps, "host memcpy of a 1 GiB tensor, bytes read plus written"),
+        "ram_efficiency": (1.0, "the bandwidth above is already the sustained rate"),
+        "cpu_cores": (float(m.cpu_threads), "torch.get_num_threads()"),
+        "cpu_tflops": (m.cpu_matmul_tflops, "fp32 CPU matmul 4096^3"),
+        "cpu_attention_gbps": (cpu_attn / 1e9, "KV bytes/s of torch CPU SDPA decode, many threads"),
+    }
+
+
+def _v(value: float, how: str) -> str:
+    return f"{{ value = {round(float(value), 6)!r}, measured = {json.dumps(how)} }}"
+
+
+def _carried(s) -> str:
+    kind, text = s.provenance.split(": ", 1)
+    return f"{{ value = {s.value!r}, {kind} = {json.dumps(text)} }}"
+
+
+def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: Path) -> tuple[Path, Path]:
+    """Write <gpu>-calibrated.toml and <gpu>-calibrated-host.toml (the GPU file names the host file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{base.name}-calibrated"
+    host_file = f"{name}-host.toml"
+    fitted = fit(base, m)
+    lines = [
+        f"# Calibrated profile of {json.dumps(str(m.fingerprint.get('gpu_name')))} written by `roofsim calibrate`.",
+        "# Measured values say how; datasheet peaks are carried from the base spec with their sources.",
+        f"name = {json.dumps(name)}",
+        f"full_name = {json.dumps(base.full_name + ' (calibrated)')}",
+        f"default_host = {json.dumps(host_file)}",
+        "fingerprint = { "
+        + ", ".join(f"{k} = {json.dumps(v)}" for k, v in m.fingerprint.items() if v is not None)
+        + " }",
+    ]
+    for section in ("compute", "memory", "link", "efficiency", "runtime"):
+        lines.append(f"\n[{section}]")
+        if section == "link":
+            lines.append(f"name = {json.dumps(base.link.name)}")
+        model = getattr(base, section)
+        for field in type(model).model_fields:
+            if field == "name":
+                continue
+            if field in fitted.get(section, {}):
+                lines.append(f"{field} = {_v(*fitted[section][field])}")
+            else:
+                lines.append(f"{field} = {_carried(getattr(model, field))}")
+    gpu_path = out_dir / f"{name}.toml"
+    gpu_path.write_text("\n".join(lines) + "\n")
+    host_fit = fit_host(m)
+    hl = [
+        f"# Host of the calibrated profile {name}, measured by `roofsim calibrate`.",
+        f"name = {json.dumps(name + '-host')}",
+        f"full_name = {json.dumps(str(m.fingerprint.get('cpu') or base_host.full_name))}",
+    ]
+    hl += [f"{k} = {_v(*v)}" for k, v in host_fit.items()]
+    host_path = out_dir / host_file
+    host_path.write_text("\n".join(hl) + "\n")
+    (out_dir / f"{name}-measurements.json").write_text(m.model_dump_json(indent=1))
+    return gpu_path, host_path

@@ -1,0 +1,99 @@
+"""Fitting calibration measurements into a profile: fed the H100 probe's numbers, the fit must give back the
+values the shipped H100 spec derived from them by hand, and the written profile must load as a --gpu."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, Measurements, fit, write_profile
+from roofsim.specs import load_gpu, load_host, load_model
+from roofsim.specs.hardware import default_host_of
+from roofsim.specs.model import ModelSpec
+
+PROBE = json.loads((Path(__file__).parent.parent / "validation/results/h100/h100-probe.json").read_text())
+TINY = ModelSpec(
+    name="tiny", source="test", family="llama", n_layers=1, hidden=64, n_heads=4, n_kv_heads=2, head_dim=16,
+    intermediate=128, vocab=128, max_positions=1024,
+)  # fmt: skip
+
+
+def probe_measurements() -> Measurements:
+    pinned = PROBE["pcie_pinned"]
+    sizes = [int(n) for n in pinned if int(n) != 67108864]  # the probe's 64 MiB point is an outlier (23 GB/s)
+
+    def points(key):
+        return [CopyPoint(nbytes=n, seconds=n / (pinned[str(n)][key] * 1e9)) for n in sizes]
+
+    mm = PROBE["mm_8192x8192x8192"]
+    att = PROBE["attention"]["prefill_L32768"]
+    return Measurements(
+        fingerprint={"gpu_name": "NVIDIA H100 80GB HBM3", "torch": PROBE["torch"]},
+        total_memory_bytes=PROBE["props"]["mem"],
+        h2d=points("h2d_GBps"),
+        d2h=points("d2h_GBps"),
+        pageable_h2d=[CopyPoint(nbytes=2**28, seconds=2**28 / (PROBE["pcie_pageable_h2d_GBps"] * 1e9))],
+        back_to_back_h2d=[
+            BatchPoint(
+                copies=c,
+                nbytes_each=2**26 // c,
+                seconds=2**26 / (PROBE[f"h2d_64MB_in_{c}_chunks_GBps"] * 1e9),
+            )
+            for c in (16, 256, 1024)
+        ],
+        bidirectional_total_gbps=PROBE["bidir_total_GBps"],
+        d2d_copy_gbps=PROBE["hbm_copy_GBps_rw"],
+        gemm=[FlopPoint(label="8192^3", flops=2 * 8192**3, seconds=mm["s"])],
+        attention_prefill=[
+            FlopPoint(label="L32768", flops=att["tflops"] * 1e12 * att["s"], seconds=att["s"])
+        ],
+        attention_decode=[CopyPoint(nbytes=2**28, seconds=1e-4)],
+        sync_us=23.0,
+        tiny_layer_s=150e-6,
+        tiny_layer_model=TINY,
+        cpu_copy_gbps=PROBE["cpu_copy_GBps_rw"],
+        cpu_attention=[CopyPoint(nbytes=2**28, seconds=2**28 / 20e9)],
+        cpu_matmul_tflops=1.5,
+        cpu_threads=PROBE["cpu_threads"],
+        host_ram_bytes=128e9,
+    )
+
+
+def test_fit_gives_back_the_hand_derived_h100_values():
+    spec = load_gpu("h100-sxm")
+    f = fit(spec, probe_measurements())
+    link, eff, run = f["link"], f["efficiency"], f["runtime"]
+    assert link["h2d_gbps"][0] == pytest.approx(spec.link.h2d_gbps.value, rel=0.03)
+    assert link["d2h_gbps"][0] == pytest.approx(spec.link.d2h_gbps.value, rel=0.03)
+    assert link["copy_latency_us"][0] == pytest.approx(spec.link.copy_latency_us.value, abs=1.5)
+    assert link["copy_min_us"][0] == pytest.approx(spec.link.copy_min_us.value, rel=0.02)
+    assert link["copy_gap_us"][0] == pytest.approx(spec.link.copy_gap_us.value, abs=1.0)
+    assert link["duplex_efficiency"][0] == pytest.approx(spec.link.duplex_efficiency.value, abs=0.02)
+    assert run["copy_issue_us"][0] == pytest.approx(spec.runtime.copy_issue_us.value, rel=0.03)
+    assert eff["gemm"][0] == pytest.approx(spec.efficiency.gemm.value, abs=0.01)
+    assert eff["attention"][0] == pytest.approx(spec.efficiency.attention.value, abs=0.01)
+    assert eff["memory"][0] == pytest.approx(spec.efficiency.memory.value, abs=0.01)
+
+
+def test_written_profile_loads_as_a_gpu_with_its_host(tmp_path):
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    gpu_path, host_path = write_profile(spec, host, probe_measurements(), tmp_path)
+    profile = load_gpu(str(gpu_path))
+    assert profile.name == "h100-sxm-calibrated" and profile.fingerprint["gpu_name"].startswith("NVIDIA H100")
+    assert profile.link.h2d_gbps.measured and profile.compute.bf16_tflops.source  # measured vs carried
+    assert profile.link.copy_engines.value == spec.link.copy_engines.value
+    calibrated_host = default_host_of(str(gpu_path), profile)
+    assert calibrated_host.cpu_attention_gbps.value == pytest.approx(20, rel=0.01)
+    assert (tmp_path / "h100-sxm-calibrated-measurements.json").is_file()
+    from roofsim.cli import main
+
+    assert main(["predict", "--gpu", str(gpu_path), "--context", "64K", "--plan", "head_offload"]) == 0
+
+
+def test_kernel_cost_comes_from_the_tiny_layer_and_the_operator_model():
+    f = fit(load_gpu("h100-sxm"), probe_measurements())
+    from roofsim import ops
+
+    kernels = sum(op.kernels for op in ops.layer_ops(TINY, 1, 16, 1))
+    assert f["efficiency"]["kernel_us"][0] == pytest.approx(150 / kernels)
+    assert load_model("llama-3-8b")  # the default calibration model exists
