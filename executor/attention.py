@@ -1,0 +1,163 @@
+"""Attention kernels with log-sum-exp, the fp32 merge of partial outputs, and bottom-right causality.
+
+`attend(q, k, v, causal=..)` returns the output and its natural-log LSE. GQA is handled without repeating K/V
+where no mask is needed: the G query heads of a KV head are folded into the query axis, `[B, Hkv, G*C, D]`
+against `[B, Hkv, S, D]`. A causal part is always square (a chunk against its own keys), where top-left and
+bottom-right alignment agree; a chunk of C queries after P cached keys is two parts, the P keys unmasked and the
+chunk's own C keys causal, merged by their LSE:
+
+    lse = logaddexp(lse_a, lse_b);  o = o_a * exp(lse_a - lse) + o_b * exp(lse_b - lse)      (in fp32)
+
+Kernels: on CUDA `aten._scaled_dot_product_flash_attention` (FlashAttention-2 inside torch, LSE returned), on
+the CPU `aten._scaled_dot_product_flash_attention_for_cpu` (multi-threaded, LSE returned); fp32 on CUDA or an
+unsupported head size falls back to an fp32 reference. Each backend is checked once against that reference on
+strided inputs laid out as the cache lays them out, and dropped if it disagrees.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_checked: dict[tuple[str, torch.dtype], str] = {}
+
+
+def _math(q, k, v, causal: bool, scale: float):
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if causal:
+        L, S = s.shape[-2], s.shape[-1]
+        mask = torch.ones(L, S, dtype=torch.bool, device=s.device).tril(S - L)
+        s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.matmul(torch.exp(s - lse[..., None]), v.float())
+    return out.to(q.dtype), lse
+
+
+def _flash_cuda(q, k, v, causal, scale):
+    r = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+    return r[0], r[1][..., : q.shape[-2]]
+
+
+def _flash_cpu(q, k, v, causal, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, causal, attn_mask=None, scale=scale
+    )
+    return out, lse
+
+
+def _backend(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    if device.type == "cuda":
+        if dtype not in (torch.float16, torch.bfloat16) or head_dim % 8 or head_dim > 256:
+            return "math"
+        name = "flash_cuda"
+    else:
+        name = "flash_cpu"
+    key = (f"{device.type}:{head_dim}", dtype)
+    if key not in _checked:
+        _checked[key] = name if _self_check(name, device, dtype, head_dim) else "math"
+    return _checked[key]
+
+
+def _self_check(name: str, device, dtype, head_dim: int) -> bool:
+    """Compare the kernel with the fp32 reference on token-major strided K/V, both causal and not."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    fn = _flash_cuda if name == "flash_cuda" else _flash_cpu
+    tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    try:
+        for L, S, causal in ((3, 70, False), (9, 9, True), (130, 130, True)):
+            q = torch.randn(2, 2, L, head_dim, generator=g).to(device, dtype)
+            buf = torch.randn(S, 2, 2, 2, head_dim, generator=g).to(device, dtype)
+            k, v = buf[:, :, 0].permute(1, 2, 0, 3), buf[:, :, 1].permute(1, 2, 0, 3)
+            out, lse = fn(q, k, v, causal, head_dim**-0.5)
+            ref, ref_lse = _math(q, k, v, causal, head_dim**-0.5)
+            err = (out.float() - ref.float()).norm() / ref.float().norm()
+            if not (err < tol and torch.allclose(lse.float(), ref_lse, atol=tol * 10, rtol=tol)):
+                return False
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def _kernel(q, k, v, causal: bool, scale: float):
+    """Equal head counts. Returns (out [B, H, L, D], lse [B, H, L] fp32)."""
+    name = _backend(q.device, q.dtype, q.shape[-1])
+    if name == "flash_cuda":
+        return _flash_cuda(q, k, v, causal, scale)
+    if name == "flash_cpu":
+        return _flash_cpu(q, k, v, causal, scale)
+    return _math(q, k, v, causal, scale)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float):
+    """q [B, Hq, C, D] against k, v [B, Hkv, S, D] (any strides, last dim contiguous).
+
+    causal=True needs C == S (a chunk against its own keys). Returns (out [B, Hq, C, D], lse [B, Hq, C])."""
+    B, Hq, C, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    if not causal:
+        qf = q.reshape(B, Hkv, G * C, D)
+        out, lse = _kernel(qf, k, v, False, scale)
+        return out.reshape(B, Hq, C, D), lse.reshape(B, Hq, C)
+    if k.shape[-2] != C:
+        raise ValueError(f"a causal part must be square, got {C} queries and {k.shape[-2]} keys")
+    if G > 1:
+        k = k.repeat_interleave(G, dim=1)
+        v = v.repeat_interleave(G, dim=1)
+    return _kernel(q, k, v, True, scale)
+
+
+def merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine partial attention outputs over disjoint key sets, in fp32."""
+    if len(outs) == 1:
+        return outs[0], lses[0]
+    lse = lses[0].float()
+    for x in lses[1:]:
+        lse = torch.logaddexp(lse, x.float())
+    acc = None
+    for o, x in zip(outs, lses, strict=True):
+        term = o.float() * torch.exp(x.float() - lse)[..., None]
+        acc = term if acc is None else acc + term
+    return acc.to(outs[0].dtype), lse
+
+
+Part = tuple[torch.Tensor, torch.Tensor, bool]
+
+
+def attend_parts(q: torch.Tensor, parts: list[Part], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q over the union of the parts' keys; parts with no keys are skipped."""
+    outs, lses = [], []
+    for k, v, causal in parts:
+        if k.shape[-2] == 0:
+            continue
+        o, lse = attend(q, k, v, causal=causal, scale=scale)
+        outs.append(o)
+        lses.append(lse)
+    return merge(outs, lses)
+
+
+def chunk_parts(k: torch.Tensor, v: torch.Tensor, P: int, C: int) -> list[Part]:
+    """Keys [0, P+C) of a chunk of C queries at positions P..P+C-1: bottom-right causal as parts."""
+    if C == 1:
+        return [(k[..., : P + 1, :], v[..., : P + 1, :], False)]
+    return [
+        (k[..., :P, :], v[..., :P, :], False),
+        (k[..., P : P + C, :], v[..., P : P + C, :], True),
+    ]
+
+
+def kv_views(buf: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V [B, g, end-start, D] of a token-major block [T, B, 2, g, D] (strided views, no copy)."""
+    rows = buf[start:end]
+    return rows[:, :, 0].permute(1, 2, 0, 3), rows[:, :, 1].permute(1, 2, 0, 3)
+
+
+def pack_kv(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """New K, V [B, H, C, D] -> token-major [C, B, 2, H, D] (one copy)."""
+    return torch.stack((k, v), dim=0).permute(3, 1, 0, 2, 4).contiguous()
+
+
+def causal_attention(q, k, v, scale: float) -> torch.Tensor:
+    """Plain bottom-right causal attention over k, v (used when no plan cache is attached)."""
+    C, S = q.shape[-2], k.shape[-2]
+    out, _ = attend_parts(q, chunk_parts(k, v, S - C, C), scale)
+    return out

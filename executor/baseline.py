@@ -1,0 +1,90 @@
+"""The baseline users have today: stock transformers `DynamicCache(offloading=True)` with SDPA attention, run and
+measured the same way as a plan (whole-layer KV up on a side stream, the whole layer back to pinned memory on the
+default stream ahead of attention, every step). Its trace carries the layer_offload plan with full write-back,
+the family the simulator prices for it."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import statistics
+
+import torch
+from roofsim.executor.runner import _describe, _peaks, fingerprint, host_allocator_bytes
+
+from roofsim.plan import LayerOffloadPlan
+from roofsim.trace import PhaseSummary, Trace, TraceHeader
+from roofsim.workload import Workload
+
+
+def run_hf_offloaded(
+    model, *, model_name: str, prompt_len: int, gen: int, chunk: int, warmup: int = 1, seed=0
+):
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    plan = LayerOffloadPlan(write_back="full", prefill_chunk=chunk)
+    import transformers
+
+    header = TraceHeader(
+        producer="measured",
+        tool="roofsim.executor",
+        plan=plan,
+        model=model_name,
+        gpu=torch.cuda.get_device_name(device),
+        host="",
+        workload=Workload(context=prompt_len, gen=max(gen, 1)),
+        fingerprint=fingerprint(device),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        notes=[
+            f"baseline: stock transformers {transformers.__version__} DynamicCache(offloading=True), sdpa"
+        ],
+    )
+    trace = Trace(header=header, summary=PhaseSummary(), complete=False)
+    s = trace.summary
+    cache = None
+    try:
+        torch.cuda.reset_peak_memory_stats(device)
+        cache = DynamicCache(config=model.config, offloading=True)
+        ids = torch.randint(
+            0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed)
+        )
+        ids = ids.to(device)
+        ev = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
+        first = None
+        for i in range(math.ceil(prompt_len / chunk)):
+            a, b = ev(), ev()
+            a.record()
+            first = first or a
+            o = model(
+                ids[:, i * chunk : (i + 1) * chunk], past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
+            b.record()
+            torch.cuda.synchronize()
+            s.prefill_chunk_s.append(a.elapsed_time(b) / 1e3)
+            s.prefill_s = first.elapsed_time(b) / 1e3
+        nxt = o.logits[:, -1].argmax(-1, keepdim=True)
+        steps = []
+        for _ in range(gen):
+            a, b = ev(), ev()
+            a.record()
+            o = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            nxt = o.logits[:, -1].argmax(-1, keepdim=True)
+            b.record()
+            torch.cuda.synchronize()
+            steps.append(a.elapsed_time(b) / 1e3)
+            s.decode_step_s = steps[warmup:]
+            s.decode_s_per_token = statistics.median(steps[warmup:]) if len(steps) > warmup else None
+        s.pinned_host_bytes = float(host_allocator_bytes())
+        trace.complete = True
+    except BaseException as e:  # noqa: B036 - partial trace, then re-raise
+        trace.error = _describe(e)
+        raise
+    finally:
+        s.peak_gpu_bytes, s.peak_gpu_reserved_bytes = _peaks(device)
+        del cache
+        model.set_attn_implementation(previous)
+        torch.cuda.empty_cache()
+    return trace

@@ -1,0 +1,146 @@
+"""cpu_attention: at decode, the last cpu_kv_heads KV heads of each layer are attended by the CPU beside their
+host KV; the other heads are slots as in head_offload (resident or streamed). Heads are independent, so the
+outputs are concatenated. Per layer at decode:
+
+    compute: q of the CPU heads and their new K/V -> GPU staging;  D2H q -> pinned q, new K/V -> host block[P]
+    compute: the GPU heads' slots (their H2D prefetches keep running)
+    host:    wait for the q copy (one sync), attend on the CPU (torch's flash kernel, all threads) over
+             host block[:P+1], write the output to pinned memory, H2D it; compute waits for it
+
+Prefill attends every head on the GPU: the CPU heads' block streams as one more slot.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from roofsim.executor.attention import attend_parts, chunk_parts, kv_views, pack_kv
+from roofsim.executor.cache import Runtime
+from roofsim.executor.hostpool import pinned_empty
+from roofsim.executor.slots import Slot, SlotLayer, cut_slots
+
+from roofsim.errors import UserError
+
+
+class CpuAttnLayer(SlotLayer):
+    def __init__(self, rt: Runtime, idx: int, slots: list[Slot], cpu_slot: Slot | None):
+        super().__init__(rt, idx, slots + ([cpu_slot] if cpu_slot else []))
+        self.cpu_slot = cpu_slot
+        self.stage: dict[int, tuple] = {}
+        self.out_consumed = None
+        self.out_sent = None
+
+    def _buffers(self, C: int):
+        """Per-layer staging for C query tokens: q and new K/V on the GPU, q and output in pinned memory."""
+        if C not in self.stage:
+            sh, s = self.rt.shape, self.cpu_slot
+            pinned = self.rt.engine.kind == "cuda"
+            qshape = (sh.batch, s.g * sh.group, C, sh.head_dim)
+            kvshape = (C, sh.batch, 2, s.g, sh.head_dim)
+            self.stage[C] = (
+                torch.empty(qshape, dtype=sh.dtype, device=sh.device),
+                torch.empty(kvshape, dtype=sh.dtype, device=sh.device),
+                pinned_empty(qshape, sh.dtype, pinned),
+                pinned_empty(qshape, sh.dtype, pinned),
+                torch.empty(qshape, dtype=sh.dtype, device=sh.device),
+            )
+            self.rt.pinned_extra += (
+                2 * self.stage[C][2].numel() * self.stage[C][2].element_size() if pinned else 0
+            )
+        return self.stage[C]
+
+    def _attend(self, module, q, scale):
+        if self.cpu_slot is None or self.rt.phase != "decode":
+            return super()._attend(module, q, scale)
+        eng, rec, sh, s = self.rt.engine, self.rt.rec, self.rt.shape, self.cpu_slot
+        P, C = self.P, self.C
+        new = pack_kv(self.k_new, self.v_new)
+        q_gpu, kv_gpu, q_host, out_host, out_gpu = self._buffers(C)
+        q_gpu.copy_(self.slot_q(q, s))
+        kv_gpu.copy_(new[:, :, :, s.h0 : s.h1])
+        staged = eng.event(eng.compute)
+        eng.wait(eng.d2h, staged)
+        d0 = rec.mark(eng.d2h)
+        eng.copy(eng.d2h, q_host, q_gpu)
+        eng.copy(eng.d2h, s.host[P : P + C], kv_gpu)
+        q_ready = s.written = eng.event(eng.d2h)
+        rec.span(
+            "d2h",
+            "d2h",
+            d0,
+            q_ready,
+            layer=self.idx,
+            slot=s.index,
+            nbytes=2 * q_gpu.numel() * q_gpu.element_size(),
+        )
+        outs = [self.attend_slot(g, q, new, scale) for g in self.slots if g is not s]
+
+        t0 = time.perf_counter()
+        eng.host_wait(q_ready)
+        t1 = time.perf_counter()
+        rec.host_span("host", "sync", t0, t1, layer=self.idx, name="wait for q")
+        K, V = kv_views(s.host, 0, P + C)
+        o_cpu, _ = attend_parts(q_host, chunk_parts(K, V, P, C), scale)
+        if self.out_sent is not None:
+            eng.host_wait(self.out_sent)  # the previous step's H2D from out_host is done
+        out_host.copy_(o_cpu)
+        t2 = time.perf_counter()
+        rec.host_span(
+            "cpu",
+            "cpu_attention",
+            t1,
+            t2,
+            layer=self.idx,
+            slot=s.index,
+            nbytes=(P + C) * sh.kv_row_bytes(s.g),
+            flops=4.0 * sh.batch * s.g * sh.group * C * (P + C) * sh.head_dim,
+        )
+        eng.wait(eng.h2d, self.out_consumed)
+        h0 = rec.mark(eng.h2d)
+        eng.copy(eng.h2d, out_gpu, out_host)
+        self.out_sent = eng.event(eng.h2d)
+        rec.span(
+            "h2d",
+            "h2d",
+            h0,
+            self.out_sent,
+            layer=self.idx,
+            slot=s.index,
+            nbytes=out_host.numel() * out_host.element_size(),
+        )
+        eng.wait(eng.compute, self.out_sent)
+        out = torch.cat([*outs, out_gpu], dim=1)
+        self.out_consumed = eng.event(eng.compute)
+        return out
+
+
+def build(rt: Runtime, plan, model, **_):
+    from roofsim.executor.build import attach_host, check_divides, make_ring
+
+    sh = rt.shape
+    hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
+    if hc > sh.n_kv_heads:
+        raise UserError(f"cpu_kv_heads={hc} exceeds the model's {sh.n_kv_heads} KV heads")
+    gpu_heads = sh.n_kv_heads - hc
+    if gpu_heads:
+        check_divides(gpu_heads, g, "kv_heads_per_slot (of the heads left on the GPU)")
+    gpu_slots = gpu_heads // g if gpu_heads else 0
+    if plan.resident_slots > gpu_slots:
+        raise UserError(f"resident_slots={plan.resident_slots} exceeds the {gpu_slots} GPU slots per layer")
+    layers_slots, cpu_slots = [], []
+    for _ in range(sh.n_layers):
+        slots = cut_slots(gpu_heads, g, plan.resident_slots) if gpu_heads else []
+        cpu = Slot(len(slots), gpu_heads, sh.n_kv_heads, resident=False, cpu_decode=True) if hc else None
+        layers_slots.append(slots + ([cpu] if cpu else []))
+        cpu_slots.append(cpu)
+    attach_host(rt, layers_slots)
+    make_ring(rt, plan.slot_buffers, rt.capacity, max(g if gpu_heads else 0, hc), plan.prefetch_depth)
+    rt.notes.append(
+        f"cpu_attention: {hc} of {sh.n_kv_heads} KV heads per layer attended on the CPU at decode "
+        f"with {torch.get_num_threads()} threads"
+    )
+    return [
+        CpuAttnLayer(rt, i, [s for s in layers_slots[i] if not s.cpu_decode], cpu_slots[i])
+        for i in range(sh.n_layers)
+    ]

@@ -1,0 +1,107 @@
+"""evict (Locret-style, approximate): every layer keeps at most budget_tokens KV per KV head on the GPU, plus the
+last local_tokens of the prompt, which are never evicted. After each prefill chunk's attention the lowest-scored
+cached tokens are dropped, per head. Nothing crosses the link.
+
+Score (a documented proxy): Locret's trained retaining heads are not available, so each cached token is scored
+by the attention it receives from the chunk's last 32 queries (SnapKV's observation window), softmax
+probabilities summed over those queries and the KV head's query group. Keys stay RoPE-rotated at their original
+positions, so attention over the kept set needs no re-rotation; positions continue from the tokens seen.
+"""
+
+from __future__ import annotations
+
+import torch
+from roofsim.executor.attention import attend_parts
+from roofsim.executor.cache import PlanLayer, Runtime
+
+WINDOW = 32
+SCORER = (
+    "evict: tokens scored by a proxy, the attention they receive from the last 32 queries of each prefill chunk "
+    "(SnapKV's observation window); Locret's trained retaining heads are not available"
+)
+
+
+class EvictLayer(PlanLayer):
+    grows = True
+
+    def __init__(self, rt: Runtime, idx: int, budget: int, local: int):
+        super().__init__(rt, idx)
+        self.budget, self.local = budget, local
+        self.n = 0
+        self.k = self.v = self.pos = None
+        self.evicted = 0
+
+    def gpu_bytes(self) -> dict[str, int]:
+        if self.k is None:
+            return {"kv_resident": 0}
+        return {"kv_resident": 2 * self.k.numel() * self.k.element_size() + self.pos.numel() * 8}
+
+    def _ensure(self, need: int) -> None:
+        if self.k is not None and self.k.shape[2] >= need:
+            return
+        sh = self.rt.shape
+        cap = max(need, self.budget + self.local + 256, 0 if self.k is None else int(1.25 * self.k.shape[2]))
+        k = torch.empty(sh.batch, sh.n_kv_heads, cap, sh.head_dim, dtype=sh.dtype, device=sh.device)
+        v = torch.empty_like(k)
+        pos = torch.empty(sh.batch, sh.n_kv_heads, cap, dtype=torch.long, device=sh.device)
+        if self.k is not None:
+            k[:, :, : self.n] = self.k[:, :, : self.n]
+            v[:, :, : self.n] = self.v[:, :, : self.n]
+            pos[:, :, : self.n] = self.pos[:, :, : self.n]
+        self.k, self.v, self.pos = k, v, pos
+
+    def _attend(self, module, q, scale):
+        eng, rec, sh = self.rt.engine, self.rt.rec, self.rt.shape
+        P, C, n = self.P, self.C, self.n
+        self._ensure(n + C)
+        self.k[:, :, n : n + C] = self.k_new
+        self.v[:, :, n : n + C] = self.v_new
+        self.pos[:, :, n : n + C] = torch.arange(P, P + C, device=sh.device)
+        a0 = rec.mark(eng.compute)
+        if C == 1:
+            parts = [(self.k[:, :, : n + 1], self.v[:, :, : n + 1], False)]
+        else:
+            parts = [
+                (self.k[:, :, :n], self.v[:, :, :n], False),
+                (self.k[:, :, n : n + C], self.v[:, :, n : n + C], True),
+            ]
+        out, _ = attend_parts(q, parts, scale)
+        self.attn_span(a0, rec.mark(eng.compute), None, n + C, sh.n_kv_heads, C)
+        self.n = n + C
+        if C > 1:
+            e0 = rec.mark(eng.compute)
+            self._evict(q, scale)
+            rec.span("compute", "vector", e0, rec.mark(eng.compute), layer=self.idx, name="evict")
+        return out
+
+    def _evict(self, q, scale) -> None:
+        sh, n = self.rt.shape, self.n
+        prompt_end = self.rt.prompt_end if self.rt.prompt_end is not None else self.seen
+        positions = self.pos[:, :, :n]
+        candidate = positions < prompt_end - self.local
+        n_cand = int(candidate[0, 0].sum())
+        if n_cand <= self.budget:
+            return
+        B, Hq, C, D = q.shape
+        w = min(WINDOW, C)
+        qw = q[:, :, C - w :].reshape(B, sh.n_kv_heads, sh.group * w, D).float()
+        s = torch.matmul(qw, self.k[:, :, :n].float().transpose(-1, -2)) * scale
+        q_pos = torch.arange(self.seen - w, self.seen, device=q.device).repeat(sh.group)
+        s = s.masked_fill(positions[:, :, None, :] > q_pos[None, None, :, None], float("-inf"))
+        score = torch.softmax(s, dim=-1).sum(dim=-2)
+        score = score.masked_fill(~candidate, float("-inf"))
+        top = score.topk(self.budget, dim=-1).indices
+        protected = (~candidate[0, 0]).nonzero().flatten()
+        keep = torch.cat([top, protected.expand(B, sh.n_kv_heads, -1)], dim=-1).sort(dim=-1).values
+        m = keep.shape[-1]
+        idx = keep[..., None].expand(B, sh.n_kv_heads, m, D)
+        self.k[:, :, :m] = self.k[:, :, :n].gather(2, idx)
+        self.v[:, :, :m] = self.v[:, :, :n].gather(2, idx)
+        self.pos[:, :, :m] = positions.gather(2, keep)
+        self.evicted += n - m
+        self.n = m
+
+
+def build(rt: Runtime, plan, model, **_):
+    rt.notes.append(SCORER)
+    return [EvictLayer(rt, i, plan.budget_tokens, plan.local_tokens) for i in range(rt.shape.n_layers)]

@@ -1,0 +1,110 @@
+"""Stock transformers models for the executor: a built-in roofsim model name or a config.json, built with random
+weights, or a local checkpoint directory (config.json + *.safetensors). Nothing is downloaded.
+
+Random weights: built on the meta device, `to_empty` on the target device, then `initialize_weights()`, which
+draws every weight and recomputes the RoPE buffers (`to_empty` leaves `inv_freq` as garbage).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from roofsim.errors import UserError
+from roofsim.specs.model import ModelSpec
+
+FAMILIES = ("llama", "qwen2", "mistral", "phi3")
+
+_ROPE_THETA = {"llama-3": 500000.0, "llama-2": 10000.0, "qwen2.5": 1000000.0, "mistral-7b-v0.3": 1000000.0}
+_LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+def config_for_spec(spec: ModelSpec, max_positions: int | None = None):
+    """A transformers config with the spec's shapes (RoPE per the public config; Phi-3's longrope factors are
+    not reproduced: default RoPE)."""
+    from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+
+    if spec.family not in FAMILIES:
+        raise UserError(
+            f"model {spec.name!r} is {spec.family}; the executor runs {', '.join(FAMILIES)} models"
+        )
+    theta = next((v for k, v in _ROPE_THETA.items() if spec.name.startswith(k)), 10000.0)
+    rope = (
+        dict(_LLAMA31_ROPE)
+        if spec.name.startswith("llama-3.1")
+        else {"rope_type": "default", "rope_theta": theta}
+    )
+    common = dict(
+        vocab_size=spec.vocab,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads,
+        num_key_value_heads=spec.n_kv_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=max(spec.max_positions, max_positions or 0),
+        tie_word_embeddings=spec.tied_embeddings,
+        rope_parameters=rope,
+    )
+    if spec.family == "llama":
+        return LlamaConfig(**common, attention_bias=spec.qkv_bias, rms_norm_eps=1e-5)
+    if spec.family == "qwen2":
+        return Qwen2Config(**common, use_sliding_window=False, rms_norm_eps=1e-6)
+    if spec.family == "mistral":
+        return MistralConfig(**common, sliding_window=None, rms_norm_eps=1e-5)
+    common.pop("head_dim")
+    return Phi3Config(**common, rms_norm_eps=1e-5)
+
+
+def random_model(config, device, dtype=torch.bfloat16, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    if config.model_type not in FAMILIES:
+        raise UserError(
+            f"model_type {config.model_type!r} is not supported by the executor; use one of {', '.join(FAMILIES)}"
+        )
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    model.to_empty(device=device)
+    model.initialize_weights()
+    return model.eval().requires_grad_(False)
+
+
+def load_model(source: str, *, device="cpu", dtype=torch.bfloat16, seed: int = 0, max_positions=None):
+    """(model, name): a roofsim model name or config.json (random weights) or a checkpoint directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(source)
+    if path.is_dir() and any(path.glob("*.safetensors")):
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        if cfg.model_type not in FAMILIES:
+            raise UserError(f"{source}: model_type {cfg.model_type!r} is not supported by the executor")
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+        )
+        return model.to(device).eval().requires_grad_(False), path.name
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{str(path)!r} is not valid JSON: {e}") from None
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        if max_positions and getattr(cfg, "max_position_embeddings", 0) < max_positions:
+            cfg.max_position_embeddings = max_positions
+        return random_model(cfg, device, dtype, seed), path.parent.name or path.stem
+    from roofsim.specs import load_model as load_spec
+
+    spec = load_spec(source)
+    return random_model(config_for_spec(spec, max_positions), device, dtype, seed), spec.name

@@ -1,0 +1,293 @@
+"""Run a plan end to end and measure it: chunked prefill, greedy decode, a measured Trace.
+
+Phase times come from events on the compute stream around each forward (the device synchronises after each
+forward, never inside it); the first `warmup` decode steps are excluded from decode_s_per_token (the median of
+the rest). Spans are kept for at most `trace_steps` steps per phase (the first and last prefill chunks, the
+first decode steps after warm-up). A run that fails (out of memory, Ctrl-C) still returns and writes the trace
+measured so far, with complete=False and the error, and frees the GPU and the pinned store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from roofsim.executor.build import make_cache
+from roofsim.executor.engine import make_engine
+
+from roofsim.trace import Fingerprint, MemorySample, PhaseSummary, Trace, TraceHeader
+from roofsim.workload import Workload
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _host_ram() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def fingerprint(device: torch.device) -> Fingerprint:
+    import transformers
+
+    fp = Fingerprint(
+        gpu_name=torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "cpu (stand-in for the GPU)",
+        cuda=torch.version.cuda,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        cpu=_cpu_name(),
+        host_ram_bytes=_host_ram(),
+        cpu_threads=torch.get_num_threads(),
+    )
+    if device.type == "cuda":
+        q = "driver_version,pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,pcie.link.width.max"
+        try:
+            idx = device.index if device.index is not None else torch.cuda.current_device()
+            out = subprocess.run(
+                ["nvidia-smi", f"--id={idx}", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+            drv, gen, gen_max, width, width_max = [x.strip() for x in out.split(",")]
+            fp.driver = drv
+            fp.pcie_gen = int(gen_max) if gen_max.isdigit() else None
+            fp.pcie_width = int(width_max) if width_max.isdigit() else None
+            fp.pcie_gen_current = int(gen) if gen.isdigit() else None
+            fp.pcie_width_current = int(width) if width.isdigit() else None
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    return fp
+
+
+@dataclass
+class RunResult:
+    trace: Trace
+    logits: list[torch.Tensor] = field(default_factory=list)
+    cache: object = None
+
+
+def _trace_prefill(i: int, n: int, k: int) -> bool:
+    half = max(k // 2, 1) if k else 0
+    return k < 0 or i < half or i >= n - half
+
+
+def _oom_types():
+    types = [torch.cuda.OutOfMemoryError] if hasattr(torch.cuda, "OutOfMemoryError") else []
+    return tuple(types) or (RuntimeError,)
+
+
+def run_plan(
+    plan,
+    model,
+    *,
+    model_name: str,
+    prompt_len: int,
+    gen: int,
+    batch: int = 1,
+    warmup: int = 1,
+    seed: int = 0,
+    trace_steps: int = 8,
+    out: str | Path | None = None,
+    keep_logits: bool = False,
+    keep_cache: bool = False,
+    gpu_spec: str | None = None,
+    gpu_mem_bytes: float | None = None,
+    engine=None,
+    notes: list[str] | None = None,
+) -> RunResult:
+    """Prefill `prompt_len` random tokens in the plan's chunks, then `gen` greedy decode steps, measured."""
+    device = next(model.parameters()).device
+    engine = engine or make_engine(device)
+    cuda = device.type == "cuda"
+    header = TraceHeader(
+        producer="measured",
+        tool="roofsim.executor",
+        plan=plan,
+        model=model_name,
+        gpu=torch.cuda.get_device_name(device) if cuda else "cpu",
+        host=_cpu_name(),
+        workload=Workload(context=prompt_len, batch=batch, gen=max(gen, 1)),
+        fingerprint=fingerprint(device),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        notes=list(notes or []),
+    )
+    if gpu_mem_bytes:
+        header.notes.append(
+            f"GPU memory capped at {gpu_mem_bytes / 1e9:.1f} GB (set_per_process_memory_fraction)"
+        )
+    trace = Trace(header=header, complete=False)
+    summary = trace.summary = PhaseSummary()
+    result = RunResult(trace=trace)
+    cache = None
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    try:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        cache = make_cache(
+            model,
+            plan,
+            max_tokens=prompt_len + gen,
+            batch_size=batch,
+            engine=engine,
+            record=True,
+            gpu_spec=gpu_spec,
+        )
+        rt, rec = cache.runtime, cache.runtime.rec
+        trace.spans = rec.spans
+        summary.pinned_host_bytes = float(cache.pinned_host_bytes)
+        header.notes.append(
+            f"cache set-up {time.perf_counter() - t0:.2f} s (pinned store {cache.pinned_host_bytes / 2**30:.2f} GiB)"
+        )
+        cache.set_prompt_length(prompt_len)
+        g = torch.Generator().manual_seed(seed)
+        vocab = model.config.get_text_config(decoder=True).vocab_size
+        ids = torch.randint(0, vocab, (batch, prompt_len), generator=g).to(device)
+        rec.start()
+        chunk = min(plan.prefill_chunk or prompt_len, prompt_len)
+        n_chunks = math.ceil(prompt_len / chunk)
+        first = None
+        logits = None
+        for i in range(n_chunks):
+            rec.enabled = _trace_prefill(i, n_chunks, trace_steps)
+            a, b = i * chunk, min(prompt_len, (i + 1) * chunk)
+            s0 = engine.event(engine.compute)
+            first = first or s0
+            o = model(ids[:, a:b], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            s1 = engine.event(engine.compute)
+            engine.synchronize()
+            rec.flush()
+            summary.prefill_chunk_s.append(engine.elapsed_s(s0, s1))
+            summary.prefill_s = engine.elapsed_s(first, s1)
+            logits = o.logits[:, -1]
+        if keep_logits:
+            result.logits.append(logits.float().cpu())
+        trace.memory.append(_memory_sample(cache, rec, device, weights, "prefill"))
+        summary.peak_gpu_bytes, summary.peak_gpu_reserved_bytes = _peaks(device)
+        nxt = logits.argmax(-1, keepdim=True)
+        steps = []
+        for i in range(gen):
+            rec.enabled = trace_steps < 0 or warmup <= i < warmup + trace_steps
+            s0 = engine.event(engine.compute)
+            o = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            nxt = o.logits[:, -1].argmax(-1, keepdim=True)
+            s1 = engine.event(engine.compute)
+            engine.synchronize()
+            rec.flush()
+            steps.append(engine.elapsed_s(s0, s1))
+            if keep_logits:
+                result.logits.append(o.logits[:, -1].float().cpu())
+            measured = steps[warmup:] if len(steps) > warmup else []
+            summary.decode_step_s = measured
+            summary.decode_s_per_token = statistics.median(measured) if measured else None
+        trace.memory.append(_memory_sample(cache, rec, device, weights, "decode"))
+        if warmup and gen:
+            header.notes.append(
+                f"decode: first {min(warmup, gen)} step(s) are warm-up, excluded from decode_step_s"
+            )
+        header.notes += rt.notes + _family_notes(cache)
+        trace.complete = True
+        if keep_cache:
+            result.cache = cache
+    except BaseException as e:  # noqa: B036 - the partial trace is written for every failure, then re-raised
+        trace.error = _describe(e)
+        if cache is not None:
+            cache.runtime.rec.drop()
+        raise
+    finally:
+        summary.peak_gpu_bytes, summary.peak_gpu_reserved_bytes = _peaks(device)
+        if out is not None:
+            trace.write(out)
+        if cache is not None and result.cache is None:
+            cache.close()
+            del cache
+            if cuda:
+                torch.cuda.empty_cache()
+    return result
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    if isinstance(e, _oom_types()) and "out of memory" in str(e).lower():
+        return f"out of GPU memory: {first}"
+    return f"{type(e).__name__}: {first}"
+
+
+def _peaks(device):
+    if device.type != "cuda":
+        return None, None
+    return float(torch.cuda.max_memory_allocated(device)), float(torch.cuda.max_memory_reserved(device))
+
+
+def _memory_sample(cache, rec, device, weights: int, phase: str) -> MemorySample:
+    gpu = {"weights": float(weights), **{k: float(v) for k, v in cache.gpu_bytes().items()}}
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        gpu["activations"] = max(0.0, float(peak) - sum(gpu.values()))
+    t = rec.time_of(rec.engine.event(rec.engine.compute)) if rec.origin is not None else 0.0
+    return MemorySample(t_s=t, gpu=gpu, pinned_host_bytes=float(cache.pinned_host_bytes))
+
+
+def _family_notes(cache) -> list[str]:
+    rt = cache.runtime
+    notes = []
+    st = getattr(rt, "sparse_state", None)
+    if st is not None and st.full_bytes:
+        notes.append(
+            f"sparse_fetch moved {st.fetched_bytes / st.full_bytes:.1%} of the sparse layers' cached KV at decode "
+            f"({st.fetched_bytes / 2**20:.1f} of {st.full_bytes / 2**20:.1f} MiB)"
+        )
+    kept = [layer.n for layer in cache.layers if hasattr(layer, "evicted")]
+    if kept:
+        seen = cache.layers[0].seen
+        notes.append(
+            f"evict: {kept[0]} of {seen} tokens kept per KV head at the end ({kept[0] / max(seen, 1):.1%})"
+        )
+    return notes
+
+
+def host_allocator_bytes() -> int:
+    """Pinned bytes held by torch's caching host allocator (power-of-two rounded)."""
+    try:
+        stats = torch.cuda.host_memory_stats()
+    except (AttributeError, RuntimeError):
+        return 0
+    for key in ("allocated_bytes.current", "allocated_bytes.all.current", "reserved_bytes.current"):
+        if key in stats:
+            return int(stats[key])
+    return 0
+
+
+def cap_gpu_memory(gpu_mem_bytes: float, device) -> None:
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_mem_bytes / total), device)
+
+
+def env_summary() -> dict:
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}

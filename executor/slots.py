@@ -1,0 +1,258 @@
+"""Slot plans: resident, layer_offload, head_offload (and the GPU side of cpu_attention).
+
+A layer's KV heads are cut into slots of g heads. A resident slot keeps `[T, B, 2, g, D]` in GPU memory; a
+streamed slot lives in its pinned host block and comes up through the ring each forward:
+
+    H2D   host[:P]       -> ring buffer[:P]           (h2d stream, prefetched `depth` units ahead)
+    write new K/V        -> ring buffer[P:P+C]        (compute, after the unit's ready event)
+    attention over ring buffer[:P+C]                  (compute; heads are independent, so no merge)
+    D2H   buffer[P:P+C]  -> host[P:P+C]               (d2h stream after the attention; incremental)
+          buffer[:P+C]   -> host[:P+C]                (write_back="full"; on the compute stream ahead of the
+                                                       attention for transformers' layer_offload)
+    release event of the buffer = the D2H's end (or the attention's end)
+
+With token_block the slot streams in blocks of that many tokens, each attended on its own and merged with the
+new tokens' part by LSE; the new tokens go down from a staging copy kept alive for the D2H by record_stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from roofsim.executor.attention import attend, attend_parts, chunk_parts, kv_views, merge, pack_kv
+from roofsim.executor.cache import PlanLayer, Runtime, Unit
+
+
+@dataclass
+class Slot:
+    index: int
+    h0: int
+    h1: int
+    resident: bool
+    cpu_decode: bool = False
+    gpu: torch.Tensor | None = None
+    host: torch.Tensor | None = None
+    written: object = None  # event after the last D2H into `host`
+
+    @property
+    def g(self) -> int:
+        return self.h1 - self.h0
+
+
+class SlotLayer(PlanLayer):
+    def __init__(
+        self,
+        rt: Runtime,
+        idx: int,
+        slots: list[Slot],
+        *,
+        write_back: str = "incremental",
+        d2h_on_compute: bool = False,
+        syncs: int = 0,
+        token_block: int | None = None,
+    ):
+        super().__init__(rt, idx)
+        self.slots = slots
+        self.write_back = write_back
+        self.d2h_on_compute = d2h_on_compute
+        self.syncs = syncs
+        self.token_block = token_block
+        self.grows = all(s.resident for s in slots)
+
+    def gpu_bytes(self) -> dict[str, int]:
+        n = sum(s.gpu.numel() * s.gpu.element_size() for s in self.slots if s.gpu is not None)
+        return {"kv_resident": n}
+
+    # ---- streamed units ----------------------------------------------------------------------------------------
+
+    def streams_now(self, s: Slot) -> bool:
+        return not s.resident and not (s.cpu_decode and self.rt.phase == "decode")
+
+    def units(self, P: int, C: int) -> list[Unit]:
+        out = []
+        for s in self.slots:
+            if not self.streams_now(s):
+                continue
+            if self.token_block:
+                for b, t0 in enumerate(range(0, P, self.token_block)):
+                    t1 = min(P, t0 + self.token_block)
+                    out.append(
+                        Unit(
+                            (self.idx, s.index, b),
+                            self.idx,
+                            s.index,
+                            partial(self._load, s, t0, t1),
+                            [s.written],
+                        )
+                    )
+            else:
+                out.append(
+                    Unit((self.idx, s.index), self.idx, s.index, partial(self._load, s, 0, P), [s.written])
+                )
+        return out
+
+    def ring_view(self, flat: torch.Tensor, s: Slot) -> torch.Tensor:
+        sh = self.rt.shape
+        T = self.token_block or self.rt.capacity
+        return flat[: T * sh.batch * 2 * s.g * sh.head_dim].view(T, sh.batch, 2, s.g, sh.head_dim)
+
+    def _load(self, s: Slot, t0: int, t1: int, flat: torch.Tensor):
+        if t1 <= t0:
+            return []
+        view = self.ring_view(flat, s)
+        return [(view[: t1 - t0], s.host[t0:t1])]
+
+    # ---- attention ---------------------------------------------------------------------------------------------
+
+    def _attend(self, module, q: torch.Tensor, scale: float) -> torch.Tensor:
+        new = pack_kv(self.k_new, self.v_new)
+        outs = [self.attend_slot(s, q, new, scale) for s in self.slots]
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+    def slot_q(self, q: torch.Tensor, s: Slot) -> torch.Tensor:
+        G = self.rt.shape.group
+        return q[:, s.h0 * G : s.h1 * G]
+
+    def attend_slot(self, s: Slot, q: torch.Tensor, new: torch.Tensor, scale: float) -> torch.Tensor:
+        qs = self.slot_q(q, s)
+        if s.resident:
+            return self._attend_resident(s, qs, new, scale)
+        if self.token_block:
+            return self._attend_blocks(s, qs, new, scale)
+        return self._attend_streamed(s, qs, new, scale)
+
+    def _grow(self, s: Slot, need: int) -> None:
+        sh = self.rt.shape
+        if self.rt.capacity is not None and need <= self.rt.capacity:
+            cap = self.rt.capacity
+        else:
+            cap = max(need, int(1.5 * (0 if s.gpu is None else s.gpu.shape[0])) + 256)
+        buf = torch.empty(cap, sh.batch, 2, s.g, sh.head_dim, dtype=sh.dtype, device=sh.device)
+        if s.gpu is not None:
+            buf[: self.P].copy_(s.gpu[: self.P])
+        s.gpu = buf
+
+    def _attend_resident(self, s: Slot, qs, new, scale):
+        P, C = self.P, self.C
+        if s.gpu is None or s.gpu.shape[0] < P + C:
+            self._grow(s, P + C)
+        s.gpu[P : P + C].copy_(new[:, :, :, s.h0 : s.h1])
+        rec, eng = self.rt.rec, self.rt.engine
+        a0 = rec.mark(eng.compute)
+        K, V = kv_views(s.gpu, 0, P + C)
+        out, _ = attend_parts(qs, chunk_parts(K, V, P, C), scale)
+        self.attn_span(a0, rec.mark(eng.compute), s.index, P + C, s.g, C)
+        return out
+
+    def host_syncs(self) -> None:
+        """HeadInfer's code synchronises the host with compute, then with the prefetch stream, per slot."""
+        eng, rec = self.rt.engine, self.rt.rec
+        for i in range(self.syncs):
+            t0 = time.perf_counter()
+            eng.stream_sync(eng.compute if i % 2 == 0 else eng.h2d)
+            rec.host_span("host", "sync", t0, time.perf_counter(), layer=self.idx)
+
+    def _attend_streamed(self, s: Slot, qs, new, scale):
+        rt, eng, rec = self.rt, self.rt.engine, self.rt.rec
+        P, C = self.P, self.C
+        self.host_syncs()
+        flat, unit = rt.acquire((self.idx, s.index))
+        view = self.ring_view(flat, s)
+        view[P : P + C].copy_(new[:, :, :, s.h0 : s.h1])
+        full = self.write_back == "full"
+        if full and self.d2h_on_compute:  # transformers: offload on the default stream, before attention
+            d0 = rec.mark(eng.compute)
+            eng.copy(eng.compute, s.host[: P + C], view[: P + C], "d2h")
+            rec.span(
+                "d2h",
+                "d2h",
+                d0,
+                rec.mark(eng.compute),
+                layer=self.idx,
+                slot=s.index,
+                nbytes=(P + C) * rt.shape.kv_row_bytes(s.g),
+                name="on compute stream",
+            )
+        a0 = rec.mark(eng.compute)
+        K, V = kv_views(view, 0, P + C)
+        out, _ = attend_parts(qs, chunk_parts(K, V, P, C), scale)
+        done = eng.event(eng.compute)
+        self.attn_span(a0, done, s.index, P + C, s.g, C)
+        if full and self.d2h_on_compute:
+            rt.release(unit, done)
+            s.written = done
+        else:
+            lo = 0 if full else P
+            eng.wait(eng.d2h, done)
+            d0 = rec.mark(eng.d2h)
+            eng.copy(eng.d2h, s.host[lo : P + C], view[lo : P + C])
+            rel = s.written = eng.event(eng.d2h)
+            rec.span(
+                "d2h",
+                "d2h",
+                d0,
+                rel,
+                layer=self.idx,
+                slot=s.index,
+                nbytes=(P + C - lo) * rt.shape.kv_row_bytes(s.g),
+            )
+            rt.release(unit, rel)
+        return out
+
+    def _attend_blocks(self, s: Slot, qs, new, scale):
+        rt, eng, rec = self.rt, self.rt.engine, self.rt.rec
+        P, C, tb = self.P, self.C, self.token_block
+        stage = new[:, :, :, s.h0 : s.h1].contiguous()
+        staged = eng.event(eng.compute)
+        outs, lses = [], []
+        self.host_syncs()
+        for b, t0 in enumerate(range(0, P, tb)):
+            t1 = min(P, t0 + tb)
+            flat, unit = rt.acquire((self.idx, s.index, b))
+            view = self.ring_view(flat, s)
+            K, V = kv_views(view, 0, t1 - t0)
+            a0 = rec.mark(eng.compute)
+            o, lse = attend(qs, K, V, causal=False, scale=scale)
+            done = eng.event(eng.compute)
+            self.attn_span(a0, done, s.index, t1 - t0, s.g, C)
+            rel = done
+            if self.write_back == "full":
+                eng.wait(eng.d2h, done)
+                d0 = rec.mark(eng.d2h)
+                eng.copy(eng.d2h, s.host[t0:t1], view[: t1 - t0])
+                rel = eng.event(eng.d2h)
+                rec.span(
+                    "d2h",
+                    "d2h",
+                    d0,
+                    rel,
+                    layer=self.idx,
+                    slot=s.index,
+                    nbytes=(t1 - t0) * rt.shape.kv_row_bytes(s.g),
+                )
+            rt.release(unit, rel)
+            outs.append(o)
+            lses.append(lse)
+        K, V = kv_views(stage, 0, C)
+        o, lse = attend(qs, K, V, causal=C > 1, scale=scale)
+        out, _ = merge([*outs, o], [*lses, lse])
+        eng.wait(eng.d2h, staged)
+        d0 = rec.mark(eng.d2h)
+        eng.copy(eng.d2h, s.host[P : P + C], stage)
+        eng.keep_alive(stage, eng.d2h)  # freed below while the D2H may still read it
+        s.written = eng.event(eng.d2h)
+        rec.span(
+            "d2h", "d2h", d0, s.written, layer=self.idx, slot=s.index, nbytes=C * rt.shape.kv_row_bytes(s.g)
+        )
+        return out
+
+
+def cut_slots(n_heads: int, group: int, resident: int, start: int = 0) -> list[Slot]:
+    """Slots of `group` heads over heads [start, start + n_heads); the first `resident` stay on the GPU."""
+    return [
+        Slot(index=i, h0=start + i * group, h1=start + (i + 1) * group, resident=i < resident)
+        for i in range(n_heads // group)
+    ]

