@@ -247,6 +247,33 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from rich.progress import Progress
+
+    from roofsim.display import console
+    from roofsim.validate import format_table, load_configs, summarize, validate_one
+
+    configs = load_configs(args.configs)
+    if args.only:
+        wanted = set(args.only.split(","))
+        configs = [c for c in configs if c.name in wanted]
+    if not configs:
+        raise UserError(f"{args.configs}: no configuration to run (a [[config]] table per configuration)")
+    gpu = load_gpu(args.gpu)
+    host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+    out = Path(args.output)
+    with Progress(console=console(), transient=True) as bar:
+        job = bar.add_task("validating", total=len(configs))
+        for cfg in configs:
+            bar.update(job, description=cfg.name)
+            validate_one(cfg, args.gpu, gpu, host, out, args.device, args.timeout)
+            bar.advance(job)
+    rows, line = summarize(out)
+    print(format_table(rows))
+    print(line)
+    return 0
+
+
 def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
     from roofsim.plan import EXACT_FAMILIES
 
@@ -391,6 +418,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", default="calibrated", help="folder for the profile (default ./calibrated)"
     )
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("validate", help="predict and run configurations, write predicted and measured traces")
+    p.add_argument(
+        "configs", help="TOML file with [[config]] tables (name, model, context, plan, gen, gpu_mem)"
+    )
+    p.add_argument("--gpu", required=True, help="the (calibrated) GPU profile the predictions use")
+    p.add_argument("--host", help="host spec (default: the profile's)")
+    p.add_argument(
+        "-o", "--output", required=True, help="results folder, e.g. validation/results/h100/campaign"
+    )
+    p.add_argument(
+        "--device", choices=["cuda", "cpu"], help="where the executor runs (default: cuda if present)"
+    )
+    p.add_argument("--only", help="comma-separated configuration names to run")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per executor run (default 900)")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("roofline", help="per-operator FLOPs, bytes, intensity, time and bound")
     _common(p, context_required=True)

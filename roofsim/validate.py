@@ -1,0 +1,241 @@
+"""`roofsim validate`: predict each configuration (analytic and simulated, with a calibrated profile), run it with
+the executor, and write the predicted Trace, the measured Trace and their comparison, per configuration.
+
+The executor runs in a subprocess per run (`roofsim run`), so a crash or an out-of-memory in one configuration
+costs only that configuration, GPU memory is free again for the next, and what was measured is kept.
+Configurations come from a TOML file:
+
+    [[config]]
+    name = "llama3-8b-head-64k"
+    model = "llama-3-8b"
+    context = "64K"
+    plan = "head_offload"            # a family, an inline table of knobs, or "planner" (its pick and runners-up)
+    gen = 16
+    gpu_mem = "24GB"                 # optional cap
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from roofsim.errors import UserError
+from roofsim.plan import Plan, default_plan, plan_from_dict
+from roofsim.predict import Limits, predict
+from roofsim.sim import simulate
+from roofsim.specs.hardware import GpuSpec, HostSpec
+from roofsim.specs.model import load_model
+from roofsim.specs.tomlfile import first_error, read_toml
+from roofsim.trace import Trace, compare
+from roofsim.units import parse_bytes, parse_tokens
+from roofsim.workload import Workload
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    model: str
+    context: str | int
+    plan: str | dict[str, Any]
+    batch: int = 1
+    gen: int = 16
+    gpu_mem: str | None = None
+    runners_up: int = Field(2, description="planner configs: how many runners-up are measured for the regret")
+
+
+def load_configs(path: str) -> list[Config]:
+    data = read_toml(Path(path))
+    try:
+        return [Config.model_validate(c) for c in data.get("config", [])]
+    except ValidationError as e:
+        raise UserError(f"{path}: {first_error(e)}") from None
+
+
+def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[Plan], str]:
+    """The plans to measure: the configured one, or the planner's pick followed by its runners-up."""
+    if cfg.plan == "planner":
+        from roofsim.planner import search
+
+        result = search(model, gpu, host, work, limits, refine_top=5)
+        seen, plans = set(), []
+        for c in result.ranked:
+            key = c.plan.model_dump_json()
+            if key not in seen and c.simulated is not None:
+                seen.add(key)
+                plans.append(c.plan)
+            if len(plans) == 1 + cfg.runners_up:
+                break
+        return plans, "planner"
+    if isinstance(cfg.plan, dict):
+        return [plan_from_dict(cfg.plan, where=f"config {cfg.name}")], "given"
+    return [default_plan(cfg.plan)], "given"
+
+
+def run_executor(
+    plan_path: Path, cfg: Config, work: Workload, out: Path, device: str | None, timeout_s: float
+) -> dict:
+    cmd = [
+        sys.executable, "-m", "roofsim.cli", "run", str(plan_path), "--model", cfg.model,
+        "--prompt-len", str(work.context), "--gen", str(work.gen), "--batch", str(work.batch), "-o", str(out),
+    ]  # fmt: skip
+    if cfg.gpu_mem:
+        cmd += ["--gpu-mem", cfg.gpu_mem]
+    if device:
+        cmd += ["--device", device]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        status = {"returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
+    except subprocess.TimeoutExpired:
+        status = {"returncode": None, "stderr_tail": f"timed out after {timeout_s:.0f} s"}
+    status.update(command=" ".join(cmd[1:]), wall_s=time.perf_counter() - t0)
+    return status
+
+
+def validate_one(
+    cfg: Config,
+    gpu_arg: str,
+    gpu: GpuSpec,
+    host: HostSpec,
+    out_dir: Path,
+    device: str | None,
+    timeout_s: float,
+) -> dict:
+    model = load_model(cfg.model)
+    work = Workload(context=parse_tokens(cfg.context), batch=cfg.batch, gen=cfg.gen)
+    limits = Limits(gpu_mem_bytes=parse_bytes(cfg.gpu_mem, "gpu_mem") if cfg.gpu_mem else None)
+    plans, how = _plans(cfg, model, gpu, host, work, limits)
+    folder = out_dir / cfg.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(cfg.model_dump_json(indent=1))
+    runs = []
+    for i, plan in enumerate(plans):
+        tag = "pick" if i == 0 else f"alt{i}"
+        sub = folder if i == 0 else folder / tag
+        sub.mkdir(exist_ok=True)
+        analytic = predict(plan, model, gpu, host, work, limits)
+        predicted = simulate(plan, model, gpu, host, work, limits, keep="sample")
+        predicted.header.notes.append(f"profile: {gpu_arg}")
+        predicted.write(sub / "predicted.json")
+        (sub / "analytic.json").write_text(json.dumps(analytic.summary(), indent=1))
+        plan_path = sub / "plan.json"
+        plan_path.write_text(
+            json.dumps({"plan": plan.model_dump(), "model": cfg.model, "workload": work.model_dump()})
+        )
+        status = run_executor(plan_path, cfg, work, sub / "measured.json", device, timeout_s)
+        (sub / "run.json").write_text(json.dumps(status, indent=1))
+        row = {
+            "config": cfg.name,
+            "run": tag,
+            "plan": plan.model_dump(),
+            "how": how,
+            "status": status["returncode"],
+        }
+        measured_path = sub / "measured.json"
+        if measured_path.is_file():
+            measured = Trace.read(measured_path)
+            comparison = compare(predicted, measured)
+            (sub / "comparison.json").write_text(comparison.model_dump_json(indent=1))
+            row.update(
+                complete=measured.complete,
+                error=measured.error,
+                **{f"{r.name}_predicted": r.predicted for r in comparison.phases},
+                **{f"{r.name}_measured": r.measured for r in comparison.phases},
+            )
+        runs.append(row)
+    (folder / "runs.json").write_text(json.dumps(runs, indent=1))
+    return {"config": cfg.name, "runs": runs}
+
+
+# ---- the summary (validation/summarize.py prints it) --------------------------------------------------------------
+
+PHASES = ("prefill_s", "decode_s_per_token", "peak_gpu_bytes")
+
+
+def _err(pred, meas) -> float | None:
+    if pred is None or meas in (None, 0):
+        return None
+    return 100.0 * (pred - meas) / meas
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
+    """Rows (one per configuration's pick) and the closing line, read only from the committed files."""
+    root = Path(results_dir)
+    rows, time_errs, mem_errs, regrets = [], [], [], []
+    for runs_file in sorted(root.rglob("runs.json")):
+        runs = json.loads(runs_file.read_text())
+        pick = runs[0]
+        if pick.get("decode_s_per_token_measured") is None:
+            rows.append({"config": pick["config"], "family": pick["plan"]["family"], "failed": True})
+            continue
+        row = {"config": pick["config"], "family": pick["plan"]["family"], "failed": False}
+        for phase in PHASES:
+            p, m = pick.get(f"{phase}_predicted"), pick.get(f"{phase}_measured")
+            row[phase] = (p, m, _err(p, m))
+        for phase in ("prefill_s", "decode_s_per_token"):
+            e = row[phase][2]
+            if e is not None and pick.get("complete", True):
+                time_errs.append(abs(e))
+        if row["peak_gpu_bytes"][2] is not None:
+            mem_errs.append(abs(row["peak_gpu_bytes"][2]))
+        measured = [
+            r.get("decode_s_per_token_measured") for r in runs if r.get("decode_s_per_token_measured")
+        ]
+        if len(measured) > 1:
+            regret = 100.0 * (measured[0] / min(measured) - 1)
+            row["regret_pct"] = regret
+            regrets.append(regret)
+        rows.append(row)
+    n = sum(not r["failed"] for r in rows)
+    line = (
+        f"n={n} median_abs_err_pct={statistics.median(time_errs) if time_errs else math.nan:.1f} "
+        f"p90_abs_err_pct={_pct(time_errs, 0.9):.1f} mem_err_max_pct={max(mem_errs) if mem_errs else math.nan:.1f} "
+        f"regret_max_pct={max(regrets) if regrets else math.nan:.1f}"
+    )
+    return rows, line
+
+
+def _cell(row: dict, phase: str, unit: float) -> str:
+    p, m, e = row[phase]
+    if p is None or m is None:
+        return "-"
+    return f"{p * unit:.3f}/{m * unit:.3f} ({e:+.1f}%)"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Prefill in s, decode in ms per token, predicted/measured (error)."""
+    head = (
+        f"{'config':34s} {'family':14s} {'prefill s pred/meas (err)':>30s} {'decode ms pred/meas (err)':>34s} "
+        f"{'peak GPU err':>12s} {'regret':>7s}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["failed"]:
+            lines.append(f"{r['config']:34s} {r['family']:14s} {'run failed: see run.json':>30s}")
+            continue
+        mem = r["peak_gpu_bytes"][2]
+        mem_text = f"{mem:+.1f}%" if mem is not None else "-"
+        regret = f"{r['regret_pct']:.1f}%" if "regret_pct" in r else "-"
+        lines.append(
+            f"{r['config']:34s} {r['family']:14s} {_cell(r, 'prefill_s', 1):>30s} "
+            f"{_cell(r, 'decode_s_per_token', 1e3):>34s} {mem_text:>12s} {regret:>7s}"
+        )
+    return "\n".join(lines)

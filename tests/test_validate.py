@@ -1,0 +1,107 @@
+"""`roofsim validate` end to end on a tiny model with the executor on the CPU, so the pipeline (predict, simulate,
+run in a subprocess, compare, summarize) cannot rot between GPU campaigns."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from roofsim.cli import main  # noqa: E402
+from roofsim.validate import summarize  # noqa: E402
+
+TINY = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 128, "max_position_embeddings": 1024,
+    "head_dim": 16, "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    root = tmp_path_factory.mktemp("campaign")
+    (root / "tiny").mkdir()
+    (root / "tiny" / "config.json").write_text(json.dumps(TINY))
+    model = root / "tiny" / "config.json"
+    (root / "configs.toml").write_text(
+        f"""
+[[config]]
+name = "tiny-resident"
+model = "{model}"
+context = 64
+plan = "resident"
+gen = 3
+
+[[config]]
+name = "tiny-head"
+model = "{model}"
+context = 64
+plan = {{ family = "head_offload", prefill_chunk = 16, resident_slots = 1 }}
+gen = 3
+
+[[config]]
+name = "tiny-planner"
+model = "{model}"
+context = 48
+plan = "planner"
+gen = 3
+runners_up = 1
+"""
+    )
+    out = root / "results"
+    code = main(
+        [
+            "validate",
+            str(root / "configs.toml"),
+            "--gpu",
+            "h100-sxm",
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+            "--timeout",
+            "300",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_every_configuration_writes_predicted_measured_and_comparison(campaign):
+    for name in ("tiny-resident", "tiny-head", "tiny-planner"):
+        folder = campaign / name
+        for f in (
+            "config.json",
+            "plan.json",
+            "predicted.json",
+            "analytic.json",
+            "measured.json",
+            "comparison.json",
+            "runs.json",
+        ):
+            assert (folder / f).is_file(), (name, f)
+        measured = json.loads((folder / "measured.json").read_text())
+        assert measured["header"]["producer"] == "measured" and measured["summary"]["decode_s_per_token"] > 0
+        predicted = json.loads((folder / "predicted.json").read_text())
+        assert predicted["header"]["producer"] == "predicted"
+    assert (campaign / "tiny-planner" / "alt1" / "measured.json").is_file()
+
+
+def test_summary_ends_with_the_closing_line(campaign):
+    rows, line = summarize(campaign)
+    assert len(rows) == 3 and not any(r["failed"] for r in rows)
+    assert line.startswith("n=3 median_abs_err_pct=") and "p90_abs_err_pct=" in line
+    assert "mem_err_max_pct=" in line and "regret_max_pct=" in line
+    assert "regret_pct" in next(r for r in rows if r["config"] == "tiny-planner")
+
+
+def test_summarize_script_prints_the_same_line(campaign):
+    script = Path(__file__).parent.parent / "validation" / "summarize.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(campaign)], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip().splitlines()[-1] == summarize(campaign)[1]
