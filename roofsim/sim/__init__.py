@@ -68,6 +68,8 @@ def simulate(
         busy[phase][resource] = seconds / (1 if phase == "prefill" else max(n_decode, 1))
 
     analytic = predict(plan, model, gpu, host, work, limits)  # host memory and its limit
+    for sample in res.memory:  # the pinned KV pool is allocated once, before the first step
+        sample.pinned_host_bytes = analytic.peak_host_bytes
     reasons = []
     if res.over_capacity is not None:
         t, short = res.over_capacity
