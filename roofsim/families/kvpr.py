@@ -29,7 +29,7 @@ from roofsim.families.base import (
     peak_memory,
     weight_stream,
 )
-from roofsim.families.streaming import first_unit_fill, slot_loads
+from roofsim.families.streaming import first_unit_fill, layerwise_loads
 from roofsim.ops import Op
 from roofsim.plan import KvprPlan
 from roofsim.roofline import work
@@ -124,18 +124,7 @@ def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     from roofsim.families.base import prefill_steps
 
     pre = prefill_steps(w.context, plan.prefill_chunk)
-    pre_loads = slot_loads(
-        ctx,
-        pre,
-        group=m.n_kv_heads,
-        resident=[0] * m.n_layers,
-        depth=1,
-        buffers=2,
-        write_back="incremental",
-        token_block=None,
-        syncs_per_slot=0,
-        streamed_weights=plan.weights == "streamed",
-    )
+    pre_loads = layerwise_loads(ctx, pre, m.n_layers, plan.weights == "streamed")
     l_end = float(split[-1])
     if l_end > 0:  # X of the prefix goes to the host too
         for ll in pre_loads:

@@ -28,7 +28,7 @@ from roofsim.families.base import (
     prefill_steps,
     weight_stream,
 )
-from roofsim.families.streaming import first_unit_fill, slot_loads
+from roofsim.families.streaming import first_unit_fill, layerwise_loads
 from roofsim.ops import Op
 from roofsim.plan import SparseFetchPlan
 from roofsim.roofline import work
@@ -53,18 +53,7 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
     dec = decode_steps([w.context, w.context + w.gen])
     loads = []
     if dense:
-        loads += slot_loads(
-            ctx,
-            dec,
-            group=m.n_kv_heads,
-            resident=[0] * dense,
-            depth=1,
-            buffers=2,
-            write_back="incremental",
-            token_block=None,
-            syncs_per_slot=0,
-            streamed_weights=streamed,
-        )
+        loads += layerwise_loads(ctx, dec, dense, streamed)
     if sparse:
         sel = np.ceil(plan.fetch_fraction * dec.P)
         w_bytes, w_copies = weight_stream(ctx, streamed)
@@ -103,18 +92,7 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
     )
 
     pre = prefill_steps(w.context, plan.prefill_chunk)
-    pre_loads = slot_loads(
-        ctx,
-        pre,
-        group=m.n_kv_heads,
-        resident=[0] * m.n_layers,
-        depth=1,
-        buffers=2,
-        write_back="incremental",
-        token_block=None,
-        syncs_per_slot=0,
-        streamed_weights=streamed,
-    )
+    pre_loads = layerwise_loads(ctx, pre, m.n_layers, streamed)
     prefill = combine(
         pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, m.n_kv_heads, None, True), gpu
     )

@@ -89,6 +89,23 @@ def slot_loads(
     return loads
 
 
+def layerwise_loads(ctx: Ctx, steps: Steps, layers: int, streamed_weights: bool) -> list[LayerLoad]:
+    """Whole layers streamed through two buffers with incremental write-back (kvpr's and sparse_fetch's prefill,
+    InfiniGen's dense layers)."""
+    return slot_loads(
+        ctx,
+        steps,
+        group=ctx.model.n_kv_heads,
+        resident=[0] * layers,
+        depth=1,
+        buffers=2,
+        write_back="incremental",
+        token_block=None,
+        syncs_per_slot=0,
+        streamed_weights=streamed_weights,
+    )
+
+
 def first_unit_fill(ctx: Ctx, steps: Steps, group: int, token_block: int | None, streaming: bool):
     """The first streamed unit of a step cannot hide behind anything."""
     if not streaming:

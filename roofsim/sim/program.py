@@ -424,6 +424,16 @@ def _weights(ctx: Ctx, streamed: bool) -> float:
     return weights_gpu_bytes(ctx, streamed)
 
 
+def _layerwise_prefill_step(b: Builder, s: StepSpec, streamed_weights: bool) -> None:
+    """A prefill chunk with whole layers streamed (kvpr, sparse_fetch): history up, new tokens back."""
+    m = b.ctx.model
+    layers = _slot_units(b.ctx, s.C, s.P, m.n_kv_heads, [0] * m.n_layers, "incremental", None)
+    last = streamed_step(
+        b, s.phase, s.step, s.C, s.P, layers, depth=1, buffers=2, streamed_weights=streamed_weights
+    )
+    b.sync(last, s.phase, s.step)
+
+
 def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None:
     ctx = b.ctx
     m, gpu, B = ctx.model, ctx.gpu, ctx.work.batch
@@ -432,19 +442,7 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
     base["kv_buffers"] = 2 * kv_bytes(ctx, T, m.n_kv_heads)
     for s in steps:
         if s.phase == "prefill":
-            layers = _slot_units(ctx, s.C, s.P, m.n_kv_heads, [0] * m.n_layers, "incremental", None)
-            last = streamed_step(
-                b,
-                s.phase,
-                s.step,
-                s.C,
-                s.P,
-                layers,
-                depth=1,
-                buffers=2,
-                streamed_weights=plan.weights == "streamed",
-            )
-            b.sync(last, s.phase, s.step)
+            _layerwise_prefill_step(b, s, plan.weights == "streamed")
             continue
         rest = float(work(ops.layer_ops(m, 1, s.P, B), gpu).total_s)
         if plan.recompute_tokens == "auto":
@@ -651,19 +649,7 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
     )
     for s in steps:
         if s.phase == "prefill":
-            layers = _slot_units(ctx, s.C, s.P, m.n_kv_heads, [0] * m.n_layers, "incremental", None)
-            last = streamed_step(
-                b,
-                s.phase,
-                s.step,
-                s.C,
-                s.P,
-                layers,
-                depth=1,
-                buffers=2,
-                streamed_weights=plan.weights == "streamed",
-            )
-            b.sync(last, s.phase, s.step)
+            _layerwise_prefill_step(b, s, plan.weights == "streamed")
             continue
         alloc = {"activations": activation_bytes(ctx, 1)}
         prev = b.compute(ops.embed_ops(m, 1, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
