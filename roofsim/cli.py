@@ -83,6 +83,8 @@ def cmd_predict(args) -> int:
             raise UserError(
                 "--plan needs --context; without --context predict sweeps contexts with the best plan at each"
             )
+        if args.report is not None:
+            raise UserError("--report needs --context: a report shows one workload")
         return _context_sweep(model, gpu, host, limits, args, gen, out, context_sweep_table)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=gen)
     if args.plan:
@@ -110,6 +112,10 @@ def cmd_predict(args) -> int:
         if args.roofline:
             chunk = min(work.context, getattr(preds[0].plan, "prefill_chunk", None) or work.context)
             _print_roofline(out, roofline_table, model, gpu, work, chunk)
+    if args.report is not None:
+        from roofsim.report.cli import report_prediction
+
+        report_prediction(args.report, preds, model, gpu, host, work, limits, quiet=args.json)
     if args.plan and not preds[0].feasible:
         raise UserError(
             f"plan {preds[0].plan.family} does not fit: {preds[0].reason}; try `roofsim predict` without --plan"
@@ -197,6 +203,10 @@ def cmd_plan(args) -> int:
     )
     if args.output:
         Path(args.output).write_text(doc.model_dump_json(indent=2, by_alias=True))
+    if args.report is not None:
+        from roofsim.report.cli import report_plan
+
+        report_plan(args.report, result, model, gpu, host, limits, text, quiet=args.json)
     if args.json:
         print(doc.model_dump_json(indent=2, by_alias=True))
         return 0
@@ -370,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--simulate", action="store_true", help="also run the discrete-event simulator on each plan"
     )
+    p.add_argument(
+        "--report",
+        nargs="?",
+        const="",
+        metavar="OUT.html",
+        help="also write an HTML report (default name: roofsim-predict-MODEL-GPU-CONTEXT.html)",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("simulate", help="simulate one plan event by event and write its predicted trace")
@@ -404,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many of the best plans the simulator refines")
     p.add_argument("-o", "--output", help="write the plan document (JSON) here")
     p.add_argument("--json", action="store_true", help="print the plan document instead of tables")
+    p.add_argument(
+        "--report",
+        nargs="?",
+        const="",
+        metavar="OUT.html",
+        help="also write an HTML report (default name: roofsim-plan-MODEL-GPU-CONTEXT.html)",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
@@ -448,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_arguments(p)
         p.set_defaults(func=run)
+
+    p = sub.add_parser("report", help="write an HTML report of a trace or a validation results folder")
+    from roofsim.report.cli import add_arguments as add_report_arguments
+    from roofsim.report.cli import cmd_report
+
+    add_report_arguments(p)
+    p.set_defaults(func=cmd_report)
 
     for kind, text in (
         ("gpus", "list built-in GPUs"),

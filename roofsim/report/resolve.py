@@ -1,0 +1,88 @@
+"""The specs a trace names, resolved to roofsim's: a measured trace names its GPU by the device name CUDA reports
+("NVIDIA H100 80GB HBM3") and its host by the CPU, so these are matched to the built-in specs when one matches
+unambiguously, and each guess is said in the report."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from roofsim.errors import UserError
+from roofsim.predict import Limits
+from roofsim.specs import list_gpus, load_gpu, load_host, load_model
+from roofsim.specs.hardware import GpuSpec, HostSpec
+from roofsim.specs.model import ModelSpec
+from roofsim.trace import Trace
+
+_CAP = re.compile(r"GPU memory capped at ([0-9.]+) GB")
+_PROFILE = re.compile(r"^profile: (.+)$")
+
+
+@dataclass
+class Resolved:
+    model: ModelSpec | None = None
+    gpu: GpuSpec | None = None
+    host: HostSpec | None = None
+    limits: Limits = field(default_factory=Limits)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.model is not None and self.gpu is not None and self.host is not None
+
+
+def _tokens(name: str) -> set[str]:
+    return set(re.split(r"[\s\-_/()]+", name.lower())) - {""}
+
+
+def gpu_by_device_name(device: str) -> GpuSpec | None:
+    """The one built-in GPU whose full name holds every word of the device name, if exactly one does."""
+    want = _tokens(device)
+    if not want:
+        return None
+    hits = []
+    for name in list_gpus():
+        g = load_gpu(name)
+        if want <= _tokens(g.full_name) or want <= _tokens(g.name):
+            hits.append(g)
+    return hits[0] if len(hits) == 1 else None
+
+
+def _try(loader, name: str):
+    try:
+        return loader(name)
+    except (UserError, OSError):
+        return None
+
+
+def resolve(trace: Trace, predicted: Trace | None = None) -> Resolved:
+    """Specs for `trace` (and the predicted trace beside it, whose names are roofsim's own)."""
+    out = Resolved()
+    headers = [t.header for t in (predicted, trace) if t is not None]
+    for h in headers:
+        out.model = out.model or _try(load_model, h.model)
+    if out.model is None:
+        out.notes.append(f"model {trace.header.model!r} is not one roofsim knows by name")
+    for h in headers:
+        profiles = [m.group(1) for n in h.notes if (m := _PROFILE.match(n))]
+        for candidate in [*profiles, h.gpu]:
+            out.gpu = out.gpu or _try(load_gpu, candidate)
+    if out.gpu is None:
+        device = trace.header.fingerprint.gpu_name if trace.header.fingerprint else trace.header.gpu
+        out.gpu = gpu_by_device_name(device)
+        if out.gpu is not None:
+            out.notes.append(f"GPU spec {out.gpu.name} chosen for the device {device!r}")
+        else:
+            out.notes.append(f"no roofsim GPU spec matches {trace.header.gpu!r}")
+    for h in headers:
+        if out.host is None and h.host:
+            out.host = _try(load_host, h.host)
+    if out.host is None and out.gpu is not None:
+        out.host = _try(load_host, out.gpu.default_host)
+        if out.host is not None and trace.header.host:
+            out.notes.append(f"host spec {out.host.name} (the GPU spec's default) for {trace.header.host!r}")
+    for n in trace.header.notes:
+        m = _CAP.search(n)
+        if m:
+            out.limits = Limits(gpu_mem_bytes=float(m.group(1)) * 1e9)
+    return out

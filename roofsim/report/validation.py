@@ -1,0 +1,245 @@
+"""Validation view: predicted against measured per phase (prefill time, decode time per token, peak GPU memory)
+for every configuration of a results directory, with the +-5% and +-10% bands.
+
+A results directory (`validation/results/<gpu>/`) holds, per configuration, a predicted and a measured Trace
+named `*predicted*.json` and `*measured*.json`, in a subfolder per configuration or side by side with a shared
+name (`cfg-predicted.json`, `cfg-measured.json`). Other JSON files (probes, comparisons) are left alone."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from roofsim.report.alternatives import FAMILY_COLOURS
+from roofsim.report.page import Raw, esc, table
+from roofsim.report.style import font
+from roofsim.trace import Comparison, Trace, compare
+from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
+
+METRICS = {
+    "prefill_s": ("prefill", "s", fmt_seconds),
+    "decode_s_per_token": ("decode per token", "s", fmt_seconds),
+    "peak_gpu_bytes": ("peak GPU memory", "bytes", fmt_bytes),
+}
+BANDS = (0.05, 0.10)
+_ROLE = re.compile(r"predicted|measured", re.IGNORECASE)
+
+
+@dataclass
+class Pair:
+    name: str
+    predicted_path: Path
+    measured_path: Path
+    predicted: Trace
+    measured: Trace
+    comparison: Comparison
+
+
+@dataclass
+class Results:
+    root: Path
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _role(path: Path) -> str | None:
+    name = path.name.lower()
+    if "compar" in name:
+        return None
+    roles = {m.group(0).lower() for m in _ROLE.finditer(name)}
+    return roles.pop() if len(roles) == 1 else None
+
+
+def _read(path: Path, problems: list[str], root: Path) -> Trace | None:
+    try:
+        return Trace.model_validate_json(path.read_text())
+    except (ValueError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        problems.append(f"{path.relative_to(root)}: not a roofsim trace ({first})")
+        return None
+
+
+def find_pairs(root: str | Path) -> Results:
+    """Pair predicted and measured traces: alone in their folder, or by the name they share."""
+    root = Path(root)
+    out = Results(root)
+    by_dir: dict[Path, dict[str, list[Path]]] = {}
+    for path in sorted(root.rglob("*.json")):
+        role = _role(path)
+        if role:
+            by_dir.setdefault(path.parent, {"predicted": [], "measured": []})[role].append(path)
+    for folder, files in sorted(by_dir.items()):
+        preds, meas = files["predicted"], files["measured"]
+        if len(preds) == 1 and len(meas) == 1:
+            matches = [(preds[0], meas[0])]
+        else:
+            key = {p: _ROLE.sub("", p.name.lower()) for p in preds + meas}
+            mkeys = {key[m]: m for m in meas}
+            matches = [(p, mkeys[key[p]]) for p in preds if key[p] in mkeys]
+        paired = {x for pair in matches for x in pair}
+        for lone in [p for p in preds + meas if p not in paired]:
+            out.problems.append(f"{lone.relative_to(root)}: no matching predicted/measured partner")
+        several = len(matches) > 1
+        for p, m in matches:
+            pt, mt = _read(p, out.problems, root), _read(m, out.problems, root)
+            if pt is None or mt is None:
+                continue
+            rel = folder.relative_to(root).as_posix()
+            name = rel if rel != "." else ""
+            if several or not name:
+                stem = _ROLE.sub("", p.stem).strip("-_. ") or p.stem
+                name = f"{name}/{stem}" if name else stem
+            out.pairs.append(Pair(name, p, m, pt, mt, compare(pt, mt)))
+    return out
+
+
+def error_pct(predicted: float | None, measured: float | None) -> float | None:
+    if predicted is None or measured in (None, 0):
+        return None
+    return 100.0 * (predicted - measured) / measured
+
+
+def _err_cell(e: float | None) -> Raw:
+    if e is None:
+        return Raw("&ndash;")
+    cls = "err-ok" if abs(e) <= 5 else "err-mid" if abs(e) <= 10 else "err-bad"
+    return Raw(f'<span class="{cls}">{e:+.1f}%</span>')
+
+
+def pairs_table(results: Results) -> Raw:
+    rows = []
+    for pr in results.pairs:
+        h = pr.measured.header
+        row: list = [pr.name, h.plan.family, h.plan.knobs(), fmt_tokens(h.workload.context)]
+        for metric, (_, _, fmt) in METRICS.items():
+            r = pr.comparison.row(metric)
+            row += [
+                fmt(r.predicted) if r.predicted is not None else None,
+                fmt(r.measured) if r.measured is not None else None,
+                _err_cell(error_pct(r.predicted, r.measured)),
+            ]
+        if not pr.measured.complete:
+            row[0] = f"{pr.name} (incomplete: {pr.measured.error or 'stopped early'})"
+        rows.append(row)
+    headers = ["configuration", "family", "knobs", "context"]
+    for _, (label, _, _) in METRICS.items():
+        headers += [f"{label} predicted", "measured", "error"]
+    return table(headers, rows, numeric=set(range(3, 3 + 1 + 3 * len(METRICS))))
+
+
+def band_summary(results: Results) -> list[str]:
+    lines = []
+    for metric, (label, _, _) in METRICS.items():
+        errs = [
+            e
+            for pr in results.pairs
+            if (e := error_pct(pr.comparison.row(metric).predicted, pr.comparison.row(metric).measured))
+            is not None
+        ]
+        if errs:
+            within = ", ".join(f"{sum(abs(e) <= 100 * b for e in errs)} within {b:.0%}" for b in BANDS)
+            worst = max(errs, key=abs)
+            lines.append(f"{label}: {len(errs)} configurations, {within}; worst {worst:+.1f}%")
+    return lines
+
+
+def scatter_figure(results: Results) -> go.Figure | None:
+    """One panel per metric: predicted (y) against measured (x), log-log, y = x with the error bands."""
+    metrics = [
+        m
+        for m in METRICS
+        if any(
+            (r := pr.comparison.row(m)).predicted and r.measured and r.predicted > 0 and r.measured > 0
+            for pr in results.pairs
+        )
+    ]
+    if not metrics:
+        return None
+    fig = make_subplots(
+        rows=1,
+        cols=len(metrics),
+        subplot_titles=[esc(f"{METRICS[m][0]} ({METRICS[m][1]})") for m in metrics],
+        horizontal_spacing=0.08,
+    )
+    shown: set[str] = set()
+    for col, m in enumerate(metrics, start=1):
+        label, unit, fmt = METRICS[m]
+        pts = []
+        for pr in results.pairs:
+            r = pr.comparison.row(m)
+            if r.predicted and r.measured and r.predicted > 0 and r.measured > 0:
+                pts.append((pr, r.measured, r.predicted))
+        lo = min(min(x, y) for _, x, y in pts) / 1.5
+        hi = max(max(x, y) for _, x, y in pts) * 1.5
+        xs = [lo * (hi / lo) ** (i / 40) for i in range(41)]
+        for b, shade in zip(BANDS[::-1], ("rgba(250,176,5,0.13)", "rgba(47,158,68,0.18)"), strict=True):
+            fig.add_trace(
+                go.Scatter(
+                    x=xs + xs[::-1],
+                    y=[x * (1 + b) for x in xs] + [x * (1 - b) for x in xs[::-1]],
+                    fill="toself",
+                    fillcolor=shade,
+                    line={"width": 0},
+                    name=f"±{b:.0%}",
+                    legendgroup=f"band{b}",
+                    showlegend=col == 1,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=[lo, hi],
+                y=[lo, hi],
+                mode="lines",
+                line={"color": "#52606d", "width": 1, "dash": "dot"},
+                name="predicted = measured",
+                legendgroup="diag",
+                showlegend=col == 1,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=col,
+        )
+        for fam in sorted({pr.measured.header.plan.family for pr, _, _ in pts}):
+            fp = [(pr, x, y) for pr, x, y in pts if pr.measured.header.plan.family == fam]
+            fig.add_trace(
+                go.Scatter(
+                    x=[x for _, x, _ in fp],
+                    y=[y for _, _, y in fp],
+                    mode="markers",
+                    name=esc(fam),
+                    legendgroup=fam,
+                    showlegend=fam not in shown,
+                    marker={
+                        "size": 10,
+                        "color": FAMILY_COLOURS.get(fam, "#888"),
+                        "line": {"width": 1, "color": "#fff"},
+                    },
+                    hovertext=[
+                        f"<b>{esc(pr.name)}</b><br>{esc(label)}: predicted {esc(fmt(y))}, measured {esc(fmt(x))}"
+                        f"<br>error {error_pct(y, x):+.1f}%"
+                        for pr, x, y in fp
+                    ],
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+            shown.add(fam)
+        rng = [math.log10(lo), math.log10(hi)]
+        fig.update_xaxes(type="log", range=rng, title_text=esc(f"measured ({unit})"), row=1, col=col)
+        fig.update_yaxes(type="log", range=rng, title_text=esc(f"predicted ({unit})"), row=1, col=col)
+    fig.update_layout(
+        height=480,
+        font=font(),
+        template="plotly_white",
+        margin={"t": 60, "l": 70, "r": 20, "b": 60},
+    )
+    return fig
