@@ -300,7 +300,7 @@ def validation_report(root: str | Path) -> Page:
         Section(
             "Predicted against measured",
             "Each point is one configuration: the simulator's prediction (y) against the measurement (x). On "
-            "the dotted line the prediction is exact; the shaded bands are +-5% and +-10%.",
+            "the dotted line the prediction is exact; the shaded bands are ±5% and ±10%.",
             anchor="validation",
         )
     )

@@ -8,6 +8,7 @@ per HBM byte, per H2D byte, per CPU-RAM byte), which shows which ceiling the who
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -295,8 +296,7 @@ def roofline_figure(
             "type": "log",
             "title": "attained FLOP/s",
             "range": _log_range(min(ys) / 2, peak * 3),
-            "dtick": 1,
-            "exponentformat": "SI",
+            **_decade_ticks(min(ys) / 2, peak * 3, ""),
         },
         height=620,
         font=font(),
@@ -308,6 +308,10 @@ def roofline_figure(
 
 
 def _log_range(lo: float, hi: float) -> list[float]:
-    import math
-
     return [math.log10(lo), math.log10(hi)]
+
+
+def _decade_ticks(lo: float, hi: float, unit: str) -> dict:
+    """Ticks at each power of ten, labelled with SI prefixes up to P (plotly's own stop at T)."""
+    decades = [10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
+    return {"tickvals": decades, "ticktext": [_si(d, unit).replace(" ", "") for d in decades]}

@@ -220,12 +220,13 @@ def timeline_figure(traces: list[Trace]) -> go.Figure | None:
                     rows.append(label)
         rows_per_panel.append(rows)
     heights = [max(len(r), 1) for r in rows_per_panel]
+    height = 180 + 34 * sum(heights) + 110 * len(panels)
     fig = make_subplots(
         rows=len(panels),
         cols=1,
         subplot_titles=[esc(_step_title(phase, lanes, traces[0])) for phase, lanes in panels],
         row_heights=[h / sum(heights) for h in heights],
-        vertical_spacing=0.16 if len(panels) > 1 else 0.08,
+        vertical_spacing=min(0.3, 120 / height) if len(panels) > 1 else 0.08,
     )
     seen_kinds: set[str] = set()
     for i, (_, lanes) in enumerate(panels, start=1):
@@ -275,10 +276,9 @@ def timeline_figure(traces: list[Trace]) -> go.Figure | None:
                     row=i,
                     col=1,
                 )
-    n_rows = sum(heights)
     fig.update_layout(
         barmode="overlay",
-        height=180 + 34 * n_rows + 60 * len(panels),
+        height=height,
         font=font(),
         template="plotly_white",
         legend={"title": {"text": "span kind"}},

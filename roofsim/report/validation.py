@@ -21,11 +21,12 @@ from roofsim.report.style import font
 from roofsim.trace import Comparison, Trace, compare
 from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
 
-METRICS = {
+METRICS = {  # label, chart unit, text format
     "prefill_s": ("prefill", "s", fmt_seconds),
     "decode_s_per_token": ("decode per token", "s", fmt_seconds),
-    "peak_gpu_bytes": ("peak GPU memory", "bytes", fmt_bytes),
+    "peak_gpu_bytes": ("peak GPU memory", "GiB", fmt_bytes),
 }
+SCALE = {"s": 1.0, "GiB": 1 / 1024**3}
 BANDS = (0.05, 0.10)
 _ROLE = re.compile(r"predicted|measured", re.IGNORECASE)
 
@@ -173,7 +174,7 @@ def scatter_figure(results: Results) -> go.Figure | None:
         for pr in results.pairs:
             r = pr.comparison.row(m)
             if r.predicted and r.measured and r.predicted > 0 and r.measured > 0:
-                pts.append((pr, r.measured, r.predicted))
+                pts.append((pr, r.measured * SCALE[unit], r.predicted * SCALE[unit]))
         lo = min(min(x, y) for _, x, y in pts) / 1.5
         hi = max(max(x, y) for _, x, y in pts) * 1.5
         xs = [lo * (hi / lo) ** (i / 40) for i in range(41)]
@@ -223,7 +224,8 @@ def scatter_figure(results: Results) -> go.Figure | None:
                         "line": {"width": 1, "color": "#fff"},
                     },
                     hovertext=[
-                        f"<b>{esc(pr.name)}</b><br>{esc(label)}: predicted {esc(fmt(y))}, measured {esc(fmt(x))}"
+                        f"<b>{esc(pr.name)}</b><br>{esc(label)}: predicted {esc(fmt(y / SCALE[unit]))}, "
+                        f"measured {esc(fmt(x / SCALE[unit]))}"
                         f"<br>error {error_pct(y, x):+.1f}%"
                         for pr, x, y in fp
                     ],
@@ -234,8 +236,9 @@ def scatter_figure(results: Results) -> go.Figure | None:
             )
             shown.add(fam)
         rng = [math.log10(lo), math.log10(hi)]
-        fig.update_xaxes(type="log", range=rng, title_text=esc(f"measured ({unit})"), row=1, col=col)
-        fig.update_yaxes(type="log", range=rng, title_text=esc(f"predicted ({unit})"), row=1, col=col)
+        axis = {"type": "log", "range": rng, "exponentformat": "SI"}
+        fig.update_xaxes(title_text=esc(f"measured ({unit})"), row=1, col=col, **axis)
+        fig.update_yaxes(title_text=esc(f"predicted ({unit})"), row=1, col=col, **axis)
     fig.update_layout(
         height=480,
         font=font(),
