@@ -244,7 +244,7 @@ def roofline_figure(
                     y=[p.flops_per_s for p in ps],
                     mode="markers+text",
                     text=[esc(f"{p.name} ({phase})") if p.name == "attention" else "" for p in ps],
-                    textposition="middle right",
+                    textposition="bottom center",
                     textfont={"size": 10, "color": "#52606d"},
                     name=esc(f"{phase}, {bound}-bound"),
                     marker={
