@@ -8,10 +8,10 @@ chunk's own C keys causal, merged by their LSE:
 
     lse = logaddexp(lse_a, lse_b);  o = o_a * exp(lse_a - lse) + o_b * exp(lse_b - lse)      (in fp32)
 
-Kernels: on CUDA `aten._scaled_dot_product_flash_attention` (FlashAttention-2 inside torch, LSE returned), on
-the CPU `aten._scaled_dot_product_flash_attention_for_cpu` (multi-threaded, LSE returned); fp32 on CUDA or an
-unsupported head size falls back to an fp32 reference. Each backend is checked once against that reference on
-strided inputs laid out as the cache lays them out, and dropped if it disagrees.
+Kernels: on CUDA `aten._scaled_dot_product_flash_attention` (FlashAttention-2 inside torch, LSE returned), else
+torch's memory-efficient kernel (also with LSE); on the CPU `aten._scaled_dot_product_flash_attention_for_cpu`
+(multi-threaded, LSE returned); last, an fp32 reference in query blocks. Each kernel is checked once against
+that reference on strided inputs laid out as the cache lays them out, and skipped if it disagrees.
 """
 
 from __future__ import annotations
@@ -22,18 +22,29 @@ _checked: dict[tuple[str, torch.dtype], str] = {}
 
 
 def _math(q, k, v, causal: bool, scale: float):
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    if causal:
-        L, S = s.shape[-2], s.shape[-1]
-        mask = torch.ones(L, S, dtype=torch.bool, device=s.device).tril(S - L)
-        s = s.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    out = torch.matmul(torch.exp(s - lse[..., None]), v.float())
-    return out.to(q.dtype), lse
+    """fp32 reference, in query blocks so that the score matrix stays under ~2^27 elements per block."""
+    L, S = q.shape[-2], k.shape[-2]
+    step = max(1, (1 << 27) // max(1, S * q.shape[0] * q.shape[1]))
+    outs, lses = [], []
+    kf, vf = k.float(), v.float()
+    for a in range(0, L, step):
+        s = torch.matmul(q[..., a : a + step, :].float(), kf.transpose(-1, -2)) * scale
+        if causal:
+            rows = torch.arange(a, min(L, a + step), device=s.device)[:, None] + (S - L)
+            s = s.masked_fill(torch.arange(S, device=s.device)[None, :] > rows, float("-inf"))
+        lse = torch.logsumexp(s, dim=-1)
+        outs.append(torch.matmul(torch.exp(s - lse[..., None]), vf))
+        lses.append(lse)
+    return torch.cat(outs, dim=-2).to(q.dtype), torch.cat(lses, dim=-1)
 
 
 def _flash_cuda(q, k, v, causal, scale):
     r = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+    return r[0], r[1][..., : q.shape[-2]]
+
+
+def _efficient_cuda(q, k, v, causal, scale):
+    r = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)
     return r[0], r[1][..., : q.shape[-2]]
 
 
@@ -44,23 +55,36 @@ def _flash_cpu(q, k, v, causal, scale):
     return out, lse
 
 
+_KERNELS = {
+    "flash_cuda": _flash_cuda,
+    "efficient_cuda": _efficient_cuda,
+    "flash_cpu": _flash_cpu,
+    "math": _math,
+}
+
+
 def _backend(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
-    if device.type == "cuda":
-        if dtype not in (torch.float16, torch.bfloat16) or head_dim % 8 or head_dim > 256:
-            return "math"
-        name = "flash_cuda"
-    else:
-        name = "flash_cpu"
+    """The first kernel that passes the self-check for this device, dtype and head size."""
     key = (f"{device.type}:{head_dim}", dtype)
     if key not in _checked:
-        _checked[key] = name if _self_check(name, device, dtype, head_dim) else "math"
+        if device.type == "cuda":
+            names = ["efficient_cuda"]
+            if dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256:
+                names.insert(0, "flash_cuda")
+        else:
+            names = ["flash_cpu"]
+        _checked[key] = next((n for n in names if _self_check(n, device, dtype, head_dim)), "math")
     return _checked[key]
+
+
+def backend_name(device, dtype, head_dim: int) -> str:
+    return _backend(torch.device(device), dtype, head_dim)
 
 
 def _self_check(name: str, device, dtype, head_dim: int) -> bool:
     """Compare the kernel with the fp32 reference on token-major strided K/V, both causal and not."""
     g = torch.Generator(device="cpu").manual_seed(0)
-    fn = _flash_cuda if name == "flash_cuda" else _flash_cpu
+    fn = _KERNELS[name]
     tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
     try:
         for L, S, causal in ((3, 70, False), (9, 9, True), (130, 130, True)):
@@ -79,12 +103,7 @@ def _self_check(name: str, device, dtype, head_dim: int) -> bool:
 
 def _kernel(q, k, v, causal: bool, scale: float):
     """Equal head counts. Returns (out [B, H, L, D], lse [B, H, L] fp32)."""
-    name = _backend(q.device, q.dtype, q.shape[-1])
-    if name == "flash_cuda":
-        return _flash_cuda(q, k, v, causal, scale)
-    if name == "flash_cpu":
-        return _flash_cpu(q, k, v, causal, scale)
-    return _math(q, k, v, causal, scale)
+    return _KERNELS[_backend(q.device, q.dtype, q.shape[-1])](q, k, v, causal, scale)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float):

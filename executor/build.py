@@ -220,3 +220,24 @@ def release_gpu(*objs) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def resident_copy(cache: RoofCache, model) -> RoofCache:
+    """A resident-plan cache holding the same KV as a slot-plan cache (resident, layer or head offload): the
+    'same context, nothing streamed' reference of the benchmark, without a second prefill."""
+    from roofsim.plan import ResidentPlan
+
+    rt = cache.runtime
+    rt.engine.synchronize()
+    sh = rt.shape
+    n = cache.layers[0].seen
+    out = make_cache(model, ResidentPlan(), max_tokens=rt.capacity, batch_size=sh.batch)
+    for src, dst in zip(cache.layers, out.layers, strict=True):
+        slot = dst.slots[0]
+        dst.P = 0
+        dst._grow(slot, max(n, 1))
+        for s in src.slots:
+            data = s.gpu[:n] if s.resident else s.host[:n].to(sh.device)
+            slot.gpu[:n, :, :, s.h0 : s.h1].copy_(data)
+        dst.seen = n
+    return out

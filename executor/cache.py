@@ -198,6 +198,17 @@ class Runtime:
         for cb in self.close_callbacks:
             cb()
         self.close_callbacks.clear()
+        self.engine.synchronize()
+        # layers and runtime reference each other: drop the memory now rather than at the next gc pass
+        for layer in self.layers:
+            layer.__dict__.update(
+                {k: None for k, v in layer.__dict__.items() if k not in ("rt", "idx", "seen")}
+            )
+        self.layers = []
+        self.units = []
+        self.ring = None
+        self.x_pending.clear()
+        _TLS.pending = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None

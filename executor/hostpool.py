@@ -43,6 +43,7 @@ class HostPool:
         shift = (-self.buffer.data_ptr()) % ALIGN
         self.buffer = self.buffer[shift : shift + max(self.nbytes, 1)]
         if self.pinned and self.nbytes:
+            self.buffer.zero_()  # fault the pages in with all threads; registering then only pins them
             err = int(torch.cuda.cudart().cudaHostRegister(self.buffer.data_ptr(), self.nbytes, 0))
             if err != 0:
                 raise RuntimeError(

@@ -10,6 +10,7 @@ measured so far, with complete=False and the error, and frees the GPU and the pi
 from __future__ import annotations
 
 import datetime
+import gc
 import math
 import os
 import platform
@@ -117,6 +118,7 @@ def run_plan(
     gpu_mem_bytes: float | None = None,
     engine=None,
     notes: list[str] | None = None,
+    extra_tokens: int = 0,
 ) -> RunResult:
     """Prefill `prompt_len` random tokens in the plan's chunks, then `gen` greedy decode steps, measured."""
     device = next(model.parameters()).device
@@ -150,7 +152,7 @@ def run_plan(
         cache = make_cache(
             model,
             plan,
-            max_tokens=prompt_len + gen,
+            max_tokens=prompt_len + gen + extra_tokens,
             batch_size=batch,
             engine=engine,
             record=True,
@@ -224,6 +226,7 @@ def run_plan(
         if cache is not None and result.cache is None:
             cache.close()
             del cache
+            gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
     return result
@@ -250,7 +253,11 @@ def _memory_sample(cache, rec, device, weights: int, phase: str) -> MemorySample
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
         gpu["activations"] = max(0.0, float(peak) - sum(gpu.values()))
-    t = rec.time_of(rec.engine.event(rec.engine.compute)) if rec.origin is not None else 0.0
+    t = 0.0
+    if rec.origin is not None:
+        ev = rec.engine.event(rec.engine.compute)
+        rec.engine.host_wait(ev)
+        t = rec.time_of(ev)
     return MemorySample(t_s=t, gpu=gpu, pinned_host_bytes=float(cache.pinned_host_bytes))
 
 
@@ -285,8 +292,9 @@ def host_allocator_bytes() -> int:
 
 
 def cap_gpu_memory(gpu_mem_bytes: float, device) -> None:
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_mem_bytes / total), device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_mem_bytes / total), index)
 
 
 def env_summary() -> dict:
