@@ -40,7 +40,7 @@ class EvictLayer(PlanLayer):
         if self.k is not None and self.k.shape[2] >= need:
             return
         sh = self.rt.shape
-        cap = max(need, self.budget + self.local + 256, 0 if self.k is None else int(1.25 * self.k.shape[2]))
+        cap = need + 64 if self.k is None else max(need, int(1.25 * self.k.shape[2]))
         k = torch.empty(sh.batch, sh.n_kv_heads, cap, sh.head_dim, dtype=sh.dtype, device=sh.device)
         v = torch.empty_like(k)
         pos = torch.empty(sh.batch, sh.n_kv_heads, cap, dtype=torch.long, device=sh.device)

@@ -116,6 +116,8 @@ def test_sparse_fetch_all_tokens_is_exact_and_fraction_is_measured():
     got = greedy_logits(model, cache, ids, CHUNK, GEN, tokens=tokens)
     st = cache.runtime.sparse_state
     assert got.shape == ref.shape and torch.isfinite(got).all()
+    # memory: the one sparse layer keeps r = 20% of the key columns (3 of 16) for every token on the GPU
+    assert cache.gpu_bytes()["workspace"] == 1 * 2 * (PROMPT + GEN) * 3 * 4
     # ceil(0.25 * P) rows per decode step of the one sparse layer, P = 37..40
     assert st.fetched_bytes / st.full_bytes == pytest.approx(
         sum(-(-p // 4) for p in range(37, 41)) / sum(range(37, 41))
@@ -138,6 +140,21 @@ def test_evict_keeps_budget_plus_local_and_is_exact_within_budget():
     kept = cache.layers[0].pos[0, :, : cache.layers[0].n]
     assert (kept[:, -(5 + GEN) :] == torch.arange(PROMPT - 5, PROMPT + GEN)).all()  # local + generated kept
     assert cache.get_seq_length() == PROMPT + GEN  # positions continue from the tokens seen
+
+
+def test_evict_memory_stays_near_the_budget():
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=13)
+    prompt, chunk = 600, 64
+    ids = torch.randint(0, 128, (1, prompt), generator=torch.Generator().manual_seed(14))
+    cache = make_cache(model, EvictPlan(budget_tokens=32, local_tokens=8, prefill_chunk=chunk))
+    cache.set_prompt_length(prompt)
+    greedy_logits(model, cache, ids, chunk, 2)
+    row = 2 * 2 * 16 * 4  # K and V, 2 KV heads, fp32
+    kv = cache.gpu_bytes()["kv_resident"]
+    assert [layer.n for layer in cache.layers] == [32 + 8 + 2] * 2
+    # storage for budget + local + one chunk (+ slack), not the whole prompt
+    assert kv < 2 * (32 + 8 + chunk + 64) * 1.25 * (row + 2 * 8)
+    assert kv < 2 * prompt * row / 2
 
 
 def test_plan_errors_are_user_errors():
