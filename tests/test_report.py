@@ -23,6 +23,7 @@ from roofsim.sim import simulate
 from roofsim.specs import load_gpu, load_host, load_model
 from roofsim.specs.sourced import Sourced
 from roofsim.trace import Fingerprint, MemorySample, Span, Trace
+from roofsim.units import fmt_bytes
 from roofsim.workload import Workload
 
 GPU = load_gpu("h100-sxm")
@@ -218,6 +219,13 @@ def test_memory_is_stacked_by_kind_under_the_usable_line():
     lines = [s.y0 for s in fig.layout.shapes if s.y0 == s.y1]
     assert pytest.approx(limits.gpu_bytes(GPU) / 2**30) in lines
     assert any(d.name.startswith("pinned host") for d in fig.data)
+
+
+def test_memory_by_kind_at_the_peak_adds_up():
+    pred = predict(PLAN, MODEL, GPU, HOST, WORK)
+    html = build.memory_table(pred).markup
+    assert "slot buffers" in html and "KV" in html
+    assert fmt_bytes(pred.memory.gpu_bytes) in html and fmt_bytes(pred.memory.host_bytes) in html
 
 
 # ---- plan comparison -----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from roofsim.report.memory import memory_figure
 from roofsim.report.page import Page, Raw, Section, esc, paragraph, table
 from roofsim.report.resolve import resolve
 from roofsim.report.roofline import roofline_figure
+from roofsim.report.style import MEMORY_LABELS
 from roofsim.report.summary import phase_table
 from roofsim.report.timeline import timeline_figure
 from roofsim.report.validation import band_summary, find_pairs, pairs_table, scatter_figure
@@ -24,7 +25,7 @@ from roofsim.sim import simulate
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 from roofsim.trace import Trace
-from roofsim.units import fmt_tokens
+from roofsim.units import fmt_bytes, fmt_tokens
 from roofsim.workload import Workload
 
 MAX_SIMULATED_CHUNKS = 256  # beyond this, simulate evenly spaced prefill chunks and interpolate the rest
@@ -120,6 +121,9 @@ def _detail_sections(
         s.blocks.append(paragraph("No memory samples in the trace.", "note"))
     else:
         s.blocks.append(fig)
+    if pred is not None:
+        s.blocks.append(Raw("<h3>At the peak, by kind (analytic)</h3>"))
+        s.blocks.append(memory_table(pred))
         notes = [
             n
             for t in traces
@@ -129,6 +133,22 @@ def _detail_sections(
         ]
         for note in dict.fromkeys(notes):
             s.blocks.append(paragraph(f"simulator: {note}", "note"))
+
+
+def memory_table(pred: Prediction) -> Raw:
+    gpu, host = pred.memory.gpu, pred.memory.host
+    kinds = list(dict.fromkeys([*gpu, *host]))
+    rows = [
+        [
+            MEMORY_LABELS.get(k, k),
+            fmt_bytes(gpu[k]) if k in gpu else None,
+            fmt_bytes(host[k]) if k in host else None,
+        ]
+        for k in kinds
+        if gpu.get(k) or host.get(k)
+    ]
+    rows.append(["total", fmt_bytes(pred.memory.gpu_bytes), fmt_bytes(pred.memory.host_bytes)])
+    return table(["kind", "GPU", "host"], rows, numeric={1, 2})
 
 
 def _alternatives_section(page: Page, alt: alternatives.Alternatives, gpu_limit: float, intro: str) -> None:

@@ -53,6 +53,8 @@ MEMORY_LABELS = {
     "activations": "activations",
     "logits": "logits",
     "workspace": "workspace",
+    "kv": "KV",  # host kinds
+    "pinned_rounding": "pinned rounding",
 }
 EXTRA_COLOURS = ["#15aabf", "#fab005", "#d6336c", "#66a80f", "#5c7cfa", "#495057"]
 
