@@ -201,6 +201,11 @@ def build_head_offload(rt, plan, model, **_):
     check_divides(sh.n_kv_heads, g, "kv_heads_per_slot")
     resident = resident_per_layer(plan.resident_slots, sh.n_layers, sh.n_kv_heads // g)
     slots = [cut_slots(sh.n_kv_heads, g, r) for r in resident]
+    if getattr(plan, "slot_alloc", "ring") != "ring":
+        rt.notes.append(
+            f"slot_alloc={plan.slot_alloc} is run with the ring of slot buffers: HeadInfer's torch.cat growth "
+            "(and its extra GPU memory) is not reproduced"
+        )
     if any(not s.resident for layer in slots for s in layer):
         attach_host(rt, slots)
         make_ring(rt, plan.slot_buffers, plan.token_block or rt.capacity, g, plan.prefetch_depth)
