@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from plotly.offline import get_plotlyjs
@@ -15,7 +16,7 @@ from roofsim.cli import main
 from roofsim.plan import HeadOffloadPlan, ResidentPlan
 from roofsim.planner import search
 from roofsim.predict import Limits, predict
-from roofsim.report import alternatives, build, memory, timeline, validation
+from roofsim.report import alternatives, build, memory, summary, timeline, validation
 from roofsim.report.page import Page, Section, esc, table
 from roofsim.report.resolve import gpu_by_device_name, resolve
 from roofsim.report.roofline import operator_points, roofline_figure
@@ -228,6 +229,27 @@ def test_memory_by_kind_at_the_peak_adds_up():
     assert fmt_bytes(pred.memory.gpu_bytes) in html and fmt_bytes(pred.memory.host_bytes) in html
 
 
+def test_busy_from_spans_counts_overlaps_once_and_waits_not_at_all():
+    def span(resource, kind, a, b, step=0):
+        return Span(resource=resource, kind=kind, phase="decode", step=step, start_s=a, end_s=b)
+
+    t = predicted_trace(keep="none").model_copy(
+        update={
+            "spans": [
+                span("compute", "layer", 0.0, 1.0),
+                span("compute", "attention", 0.2, 0.4),  # inside the layer span: no extra time
+                span("h2d", "h2d", 0.0, 0.5),
+                span("h2d", "h2d", 0.4, 0.8),
+                span("host", "sync", 0.0, 1.0),
+                span("compute", "gemm", 2.0, 2.5, step=1),
+            ]
+        }
+    )
+    busy, total = summary.busy_from_spans(t, "decode")
+    assert total == pytest.approx(1.5)
+    assert busy == {"compute": pytest.approx(1.5), "h2d": pytest.approx(0.8)}
+
+
 # ---- plan comparison -----------------------------------------------------------------------------------------
 
 
@@ -314,6 +336,28 @@ def test_device_names_resolve_to_builtin_specs():
     assert found.complete and found.gpu.name == "h100-sxm" and found.host.name == GPU.default_host
     assert found.limits.gpu_mem_bytes == 24e9
     assert any("chosen for the device" in n for n in found.notes)
+
+
+H100_RESULTS = Path(__file__).parent.parent / "validation/results/h100"
+CALIBRATED = H100_RESULTS / "calibrated/h100-sxm-calibrated.toml"
+
+
+@pytest.mark.skipif(not CALIBRATED.is_file(), reason="no calibrated H100 profile committed")
+def test_a_calibrated_profile_brings_its_host_file():
+    found = resolve(measured_trace(keep="none"), gpu=str(CALIBRATED))
+    assert found.gpu.name == "h100-sxm-calibrated" and found.host is not None
+
+
+@pytest.mark.skipif(
+    not (H100_RESULTS / "executor_trace_head_offload_64K.json").is_file(), reason="no measured H100 trace"
+)
+def test_report_of_a_real_h100_trace(tmp_path, capsys):
+    src = H100_RESULTS / "executor_trace_head_offload_64K.json"
+    out = tmp_path / "h100.html"
+    assert main(["report", str(src), "--gpu", str(CALIBRATED), "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "measured vs predicted" in html and "NVIDIA H100 80GB HBM3" in html
+    assert "compute stream · measured" in html and out.stat().st_size < 10e6
 
 
 # ---- pages: self-contained and escaped -----------------------------------------------------------------------

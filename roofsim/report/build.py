@@ -133,6 +133,11 @@ def _detail_sections(
         ]
         for note in dict.fromkeys(notes):
             s.blocks.append(paragraph(f"simulator: {note}", "note"))
+        for t in traces:
+            if t.memory and t.header.producer == "measured":
+                first, last = t.memory[0].t_s, t.memory[-1].t_s
+                text = f"measured: {len(t.memory)} memory samples, from {first:.3g} s to {last:.3g} s"
+                s.blocks.append(paragraph(text, "note"))
 
 
 def memory_table(pred: Prediction) -> Raw:
@@ -250,13 +255,20 @@ def plan_report(
     return page
 
 
-def trace_report(trace: Trace, source: str = "", predicted: Trace | None = None) -> Page:
+def trace_report(
+    trace: Trace,
+    source: str = "",
+    predicted: Trace | None = None,
+    gpu: str | None = None,
+    host: str | None = None,
+) -> Page:
     """One trace. A measured one is drawn beside a predicted trace of the same plan: `predicted` when given (the
     validation campaign writes one beside each measurement), else the simulator's, when roofsim has specs for
-    the model and hardware the trace names; otherwise alone, with the reason."""
+    the model and hardware the trace names (or `gpu`/`host`: names or spec files); otherwise alone, with the
+    reason."""
     h = trace.header
     measured = h.producer == "measured"
-    found = resolve(trace, predicted if measured else None)
+    found = resolve(trace, predicted if measured else None, gpu, host)
     notes = list(found.notes)
     pred: Prediction | None = None
     traces = [trace]

@@ -25,6 +25,12 @@ def add_arguments(p) -> None:
         "--output",
         help="HTML file to write (default: the trace's name with .html, or cwd for a directory)",
     )
+    p.add_argument(
+        "--gpu",
+        help="GPU spec (name or TOML, e.g. a calibrated profile) for the prediction beside a measured trace "
+        "(default: the one the trace names, or the built-in matching its device name)",
+    )
+    p.add_argument("--host", help="host spec (name or TOML) for that prediction (default: the GPU spec's)")
 
 
 def _safe(text: str) -> str:
@@ -63,7 +69,9 @@ def cmd_report(args) -> int:
         out = args.output or Path.cwd() / f"validation-{_safe(src.resolve().name)}.html"
     elif src.is_file():
         trace = Trace.read(src)
-        page = trace_report(trace, source=src.name, predicted=_predicted_beside(src, trace))
+        page = trace_report(
+            trace, source=src.name, predicted=_predicted_beside(src, trace), gpu=args.gpu, host=args.host
+        )
         out = args.output or src.with_suffix(".html")
     else:
         raise UserError(f"{args.input!r} does not exist: give a trace JSON or a validation results directory")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from roofsim.errors import UserError
 from roofsim.predict import Limits
@@ -55,9 +56,17 @@ def _try(loader, name: str):
         return None
 
 
-def resolve(trace: Trace, predicted: Trace | None = None) -> Resolved:
-    """Specs for `trace` (and the predicted trace beside it, whose names are roofsim's own)."""
+def resolve(
+    trace: Trace, predicted: Trace | None = None, gpu: str | None = None, host: str | None = None
+) -> Resolved:
+    """Specs for `trace` (and the predicted trace beside it, whose names are roofsim's own). `gpu` and `host`
+    (names or spec files, e.g. a calibrated profile) take precedence; a bad one is the user's error."""
     out = Resolved()
+    if gpu:
+        out.gpu = load_gpu(gpu)
+        out.notes.append(f"GPU spec {out.gpu.name} from {gpu!r}, as asked")
+    if host:
+        out.host = load_host(host)
     headers = [t.header for t in (predicted, trace) if t is not None]
     for h in headers:
         out.model = out.model or _try(load_model, h.model)
@@ -79,6 +88,8 @@ def resolve(trace: Trace, predicted: Trace | None = None) -> Resolved:
             out.host = _try(load_host, h.host)
     if out.host is None and out.gpu is not None:
         out.host = _try(load_host, out.gpu.default_host)
+        if out.host is None and gpu and Path(gpu).is_file():  # a profile names its host file beside it
+            out.host = _try(load_host, str(Path(gpu).parent / out.gpu.default_host))
         if out.host is not None and trace.header.host:
             out.notes.append(f"host spec {out.host.name} (the GPU spec's default) for {trace.header.host!r}")
     for n in trace.header.notes:

@@ -42,6 +42,50 @@ def _err(pred: float | None, meas: float | None) -> Raw | None:
     return Raw(f'<span class="{cls}">{e:+.1f}%</span>')
 
 
+def busy_from_spans(trace: Trace, phase: str) -> tuple[dict[str, float], float]:
+    """Busy time per resource over the steps whose spans the trace kept, and those steps' total time: for a
+    measured trace, whose summary carries no busy times. Overlapping spans on one resource count once; the
+    host thread's waits (sync) are not work."""
+    steps: dict[int, list] = {}
+    for s in trace.spans:
+        if s.phase == phase:
+            steps.setdefault(s.step, []).append(s)
+    busy: dict[str, float] = {}
+    total = 0.0
+    for spans in steps.values():
+        total += max(s.end_s for s in spans) - min(s.start_s for s in spans)
+        by_resource: dict[str, list[tuple[float, float]]] = {}
+        for s in spans:
+            if s.kind != "sync":
+                by_resource.setdefault(s.resource, []).append((s.start_s, s.end_s))
+        for resource, intervals in by_resource.items():
+            covered, end = 0.0, -float("inf")
+            for a, b in sorted(intervals):
+                if b > end:
+                    covered += b - max(a, end)
+                    end = b
+            busy[resource] = busy.get(resource, 0.0) + covered
+    return busy, total
+
+
+def _trace_phase_cells(t: Trace, phase: str) -> dict[str, str | None]:
+    """Bound and busy shares of a trace's phase: from its summary, or for a measured trace (whose summary has
+    none) from the spans of the steps it kept."""
+    s = t.summary
+    busy = s.busy_s.get(phase) or {}
+    total = s.prefill_s if phase == "prefill" else s.decode_s_per_token
+    tag = ""
+    if not busy:
+        busy, total = busy_from_spans(t, phase)
+        tag = " (from the kept steps' spans)" if busy else ""
+    bound = s.bound.get(phase) or (max(busy, key=busy.get) if busy else None)
+    text = _busy_text(busy, total)
+    return {
+        f"bound {phase}": (_bound(bound, busy, total) or "") + tag if bound else None,
+        f"busy {phase}": text + tag if text else None,
+    }
+
+
 def phase_table(pred: Prediction | None, traces: list[Trace]) -> Raw:
     """Columns: analytic (if `pred`), then one per trace by producer; an error column when a measured trace
     sits beside a predicted one (predicted vs measured, in % of measured)."""
@@ -74,12 +118,8 @@ def phase_table(pred: Prediction | None, traces: list[Trace]) -> Raw:
                 "decode": s.decode_s_per_token,
                 "gpu": s.peak_gpu_bytes,
                 "host": s.pinned_host_bytes,
-                "bound prefill": _bound(s.bound.get("prefill"), s.busy_s.get("prefill", {}), s.prefill_s),
-                "bound decode": _bound(
-                    s.bound.get("decode"), s.busy_s.get("decode", {}), s.decode_s_per_token
-                ),
-                "busy prefill": _busy_text(s.busy_s.get("prefill", {}), s.prefill_s),
-                "busy decode": _busy_text(s.busy_s.get("decode", {}), s.decode_s_per_token),
+                **_trace_phase_cells(t, "prefill"),
+                **_trace_phase_cells(t, "decode"),
             }
         )
     predicted = next((t for t in traces if t.header.producer == "predicted"), None)
