@@ -83,9 +83,13 @@ def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[Plan], str
 def run_executor(
     plan_path: Path, cfg: Config, work: Workload, out: Path, device: str | None, timeout_s: float
 ) -> dict:
+    # Absolute paths, and the run's own folder as working directory: `python -m` puts the working directory first
+    # on sys.path, and from a source checkout that would shadow the installed package (and roofsim.executor).
+    model = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
     cmd = [
-        sys.executable, "-m", "roofsim.cli", "run", str(plan_path), "--model", cfg.model,
-        "--prompt-len", str(work.context), "--gen", str(work.gen), "--batch", str(work.batch), "-o", str(out),
+        sys.executable, "-m", "roofsim.cli", "run", str(plan_path.resolve()), "--model", model,
+        "--prompt-len", str(work.context), "--gen", str(work.gen), "--batch", str(work.batch),
+        "-o", str(out.resolve()),
     ]  # fmt: skip
     if cfg.gpu_mem:
         cmd += ["--gpu-mem", cfg.gpu_mem]
@@ -93,7 +97,7 @@ def run_executor(
         cmd += ["--device", device]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=out.parent)
         status = {"returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
     except subprocess.TimeoutExpired:
         status = {"returncode": None, "stderr_tail": f"timed out after {timeout_s:.0f} s"}
