@@ -261,7 +261,7 @@ def cmd_validate(args) -> int:
     from rich.progress import Progress
 
     from roofsim.display import console
-    from roofsim.validate import format_table, load_configs, summarize, validate_one
+    from roofsim.validate import archive_results, format_table, load_configs, summarize, validate_one
 
     configs = load_configs(args.configs)
     if args.only:
@@ -277,6 +277,8 @@ def cmd_validate(args) -> int:
         for cfg in configs:
             bar.update(job, description=cfg.name)
             validate_one(cfg, args.gpu, gpu, host, out, args.device, args.timeout)
+            if args.archive:
+                archive_results(out, Path(args.archive))
             bar.advance(job)
     rows, line = summarize(out)
     print(format_table(rows))
@@ -457,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--only", help="comma-separated configuration names to run")
     p.add_argument("--timeout", type=float, default=900, help="seconds per executor run (default 900)")
+    p.add_argument(
+        "--archive",
+        help="also write the results folder as this .tar.gz after every configuration (one file to bring back "
+        "from a machine that returns few files; a run stopped midway keeps what it measured)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("roofline", help="per-operator FLOPs, bytes, intensity, time and bound")

@@ -160,6 +160,16 @@ def validate_one(
     return {"config": cfg.name, "runs": runs}
 
 
+def archive_results(out_dir: Path, archive: Path) -> None:
+    """Write the results folder as one .tar.gz, atomically (a half-written archive never replaces a good one)."""
+    import tarfile
+
+    tmp = archive.with_name(archive.name + ".part")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(out_dir, arcname=out_dir.name)
+    tmp.replace(archive)
+
+
 # ---- the summary (validation/summarize.py prints it) --------------------------------------------------------------
 
 PHASES = ("prefill_s", "decode_s_per_token", "peak_gpu_bytes")
