@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, Measurements
 from roofsim.specs.model import ModelSpec
@@ -147,23 +146,39 @@ def _gemms(model: ModelSpec) -> list[FlopPoint]:
     return out
 
 
-def _attention(model: ModelSpec, prefill_lens=(4096, 16384, 32768), decode_lens=(4096, 32768, 131072)):
+def _attention(model: ModelSpec):
+    """Attention through the executor's own kernels (roofsim.executor.attention: FlashAttention-2 with its LSE, a
+    chunk split into past and causal parts merged in fp32), at the shapes plans run: whole layers and one-KV-head
+    slots, chunks after a cached past, and decode. An efficiency measured on another SDPA backend would not hold
+    for the executor (the first H100 campaign predicted prefill ~2x too fast that way)."""
+    from roofsim.executor.attention import attend, attend_parts, chunk_parts
+
     hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
+    g = hq // hk
+    scale = d**-0.5
     prefill, decode = [], []
-    for L in prefill_lens:
-        q = torch.randn(1, hq, L, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, hk, L, d, device="cuda", dtype=torch.bfloat16)
+    for heads, C, P in (
+        (hk, 8192, 0),
+        (hk, 8192, 24576),
+        (hk, 16384, 49152),
+        (1, 8192, 24576),
+        (1, 16384, 49152),
+    ):
+        q = torch.randn(1, heads * g, C, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, heads, P + C, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn_like(k)
         t = _cuda_time(
-            lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-            repeat=3,
+            lambda q=q, k=k, v=v, P=P, C=C: attend_parts(q, chunk_parts(k, v, P, C), scale), repeat=3
         )
-        prefill.append(FlopPoint(label=f"sdpa prefill {L}", flops=2.0 * hq * d * L * L, seconds=t))
-    for L in decode_lens:
+        flops = 4.0 * heads * g * d * C * (P + (C + 1) / 2)
+        prefill.append(
+            FlopPoint(label=f"executor prefill {heads} kv heads, {C} after {P}", flops=flops, seconds=t)
+        )
+    for L in (4096, 32768, 131072):
         q = torch.randn(1, hq, 1, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(1, hk, L, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn_like(k)
-        t = _cuda_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+        t = _cuda_time(lambda q=q, k=k, v=v: attend(q, k, v, causal=False, scale=scale))
         decode.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=t))
     return prefill, decode
 
@@ -220,16 +235,22 @@ def _cpu(model: ModelSpec) -> tuple[float, list[CopyPoint], float]:
         b.copy_(a)
     copy_gbps = 3 * 2 * n / (time.perf_counter() - t0) / 1e9
     del a, b
+    from roofsim.executor.attention import attend
+
     points = []
     hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
-    for L in (32768, 131072):
-        q = torch.randn(1, hq, 1, d, dtype=torch.bfloat16)
-        k = torch.randn(1, hk, L, d, dtype=torch.bfloat16)
+    for heads, L in (
+        (1, 65536),
+        (hk // 2 or 1, 65536),
+        (hk, 131072),
+    ):  # the executor's CPU kernel, per layer call
+        q = torch.randn(1, heads * (hq // hk), 1, d, dtype=torch.bfloat16)
+        k = torch.randn(1, heads, L, d, dtype=torch.bfloat16)
         v = torch.randn_like(k)
-        F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        attend(q, k, v, causal=False, scale=d**-0.5)
         t0 = time.perf_counter()
         for _ in range(3):
-            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            attend(q, k, v, causal=False, scale=d**-0.5)
         points.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=(time.perf_counter() - t0) / 3))
     m = torch.randn(4096, 4096)
     m @ m

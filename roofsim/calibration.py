@@ -8,7 +8,8 @@ for validation. Fitting rules (each value in the profile says which one produced
 - copy gap: 16 back-to-back copies, per-copy time minus its bytes at the rate; copy issue: 1024 back-to-back
   64 KiB copies, whose time is the issuing thread's;
 - duplex efficiency: both directions at once over the sum of their rates alone;
-- GEMM / attention efficiency: best achieved FLOP/s at the model's prefill shapes over the datasheet peak;
+- GEMM efficiency: best achieved FLOP/s at the model's prefill shapes over the datasheet peak; attention: the
+  median over the executor's own kernels at the chunk shapes plans run (whole layers and one-head slots);
 - memory efficiency: device-to-device copy over datasheet bandwidth;
 - per-kernel cost: one decoder layer at tiny shapes, divided by the kernels roofsim's operator model counts.
 """
@@ -68,6 +69,7 @@ class Measurements(BaseModel):
 
 
 def _rate(points: list[CopyPoint], min_bytes: int) -> float:
+    """Median bytes per second over the points of at least min_bytes."""
     big = [p.nbytes / p.seconds for p in points if p.nbytes >= min_bytes]
     return statistics.median(big)
 
@@ -90,7 +92,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     duplex = min(1.0, m.bidirectional_total_gbps * 1e9 / (h2d + d2h))
     peak = base.compute.bf16_tflops.value * 1e12
     gemm = max(p.flops / p.seconds for p in m.gemm) / peak
-    attention = max(p.flops / p.seconds for p in m.attention_prefill) / peak
+    attention = statistics.median(p.flops / p.seconds for p in m.attention_prefill) / peak
     memory = m.d2d_copy_gbps / base.memory.bandwidth_gbps.value
     tiny = m.tiny_layer_model
     kernels = sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
@@ -109,7 +111,10 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
         },
         "efficiency": {
             "gemm": (gemm, "best bf16 GEMM at the model's prefill shapes over the datasheet peak"),
-            "attention": (attention, "best SDPA prefill over the datasheet peak"),
+            "attention": (
+                attention,
+                "median of the executor's chunked-prefill attention over the datasheet peak",
+            ),
             "memory": (memory, "device-to-device copy over the datasheet bandwidth"),
             "kernel_us": (
                 kernel_us,
@@ -134,7 +139,7 @@ def fit_host(m: Measurements) -> dict[str, tuple[float, str]]:
         "ram_efficiency": (1.0, "the bandwidth above is already the sustained rate"),
         "cpu_cores": (float(m.cpu_threads), "torch.get_num_threads()"),
         "cpu_tflops": (m.cpu_matmul_tflops, "fp32 CPU matmul 4096^3"),
-        "cpu_attention_gbps": (cpu_attn / 1e9, "KV bytes/s of torch CPU SDPA decode, many threads"),
+        "cpu_attention_gbps": (cpu_attn / 1e9, "KV bytes/s of the executor's CPU decode attention kernel"),
     }
 
 
