@@ -229,11 +229,15 @@ def cmd_calibrate(args) -> int:
     from roofsim.display import console
 
     try:
+        import torch
+
         from roofsim.executor.calibrate import measure
     except ImportError:
         raise UserError(
             "roofsim calibrate needs torch: pip install 'roofsim[executor]' on the GPU machine"
         ) from None
+    if not torch.cuda.is_available():
+        raise UserError("roofsim calibrate needs a CUDA GPU; run it on the GPU machine")
     gpu = load_gpu(args.gpu)
     host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
     model = load_model(args.model)

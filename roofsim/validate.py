@@ -53,7 +53,7 @@ class Config(BaseModel):
 
 
 def load_configs(path: str) -> list[Config]:
-    data = read_toml(Path(path))
+    data = read_toml(Path(path), "configuration file")
     try:
         return [Config.model_validate(c) for c in data.get("config", [])]
     except ValidationError as e:

@@ -18,14 +18,14 @@ else:  # pragma: no cover
 M = TypeVar("M", bound=BaseModel)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "spec file") -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise UserError(f"spec file {str(path)!r} does not exist") from None
+        raise UserError(f"{what} {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"spec file {str(path)!r} is not valid TOML: {e}") from None
+        raise UserError(f"{what} {str(path)!r} is not valid TOML: {e}") from None
 
 
 def first_error(e: ValidationError) -> str:
