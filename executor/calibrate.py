@@ -183,37 +183,43 @@ def _attention(model: ModelSpec):
     return prefill, decode
 
 
-def _tiny_layer() -> tuple[float, ModelSpec]:
-    """One Llama decoder layer at tiny shapes in eager transformers: its time is launch and dispatch cost."""
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, ModelSpec]:
+    """Seconds one decoder layer adds to a decode step at tiny shapes, through the executor itself (stock
+    transformers layer, the plan's cache, the registered attention): the framework's per-layer cost, which
+    bounds decode at short contexts. Measured as the difference between a 6-layer and a 2-layer tiny model, so
+    the embedding, the LM head and sampling cancel out."""
+    from roofsim.executor.build import make_cache
+    from roofsim.executor.check import tiny_config
+    from roofsim.executor.models import random_model
 
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=1,
-        vocab_size=128,
-    )
-    cfg._attn_implementation = "sdpa"
-    layer = LlamaDecoderLayer(cfg, 0).cuda().to(torch.bfloat16)
-    rope = LlamaRotaryEmbedding(cfg).cuda()
-    x = torch.randn(1, 1, 64, device="cuda", dtype=torch.bfloat16)
-    pos = torch.zeros(1, 1, dtype=torch.long, device="cuda")
-    emb = rope(x, pos)
+    from roofsim.plan import ResidentPlan
 
-    def run():
-        with torch.no_grad():
-            for _ in range(20):
-                layer(x, position_embeddings=emb, attention_mask=None)
+    def step_s(layers: int) -> float:
+        model = random_model(tiny_config("llama", layers=layers), device, torch.bfloat16, seed=0)
+        cache = make_cache(model, ResidentPlan(), max_tokens=16 + steps + 8)
+        try:
+            with torch.no_grad():
+                ids = torch.randint(0, 128, (1, 16), device=device)
+                model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                token = ids[:, -1:]
+                model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)  # warm-up step
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                return (time.perf_counter() - t0) / steps
+        finally:
+            cache.close()
 
-    seconds = _wall_time(run, repeat=5) / 20
+    per_layer = max(0.0, (step_s(6) - step_s(2)) / 4)
     spec = ModelSpec(
         name="tiny-llama", source="roofsim calibrate", family="llama", n_layers=1, hidden=64, n_heads=4,
-        n_kv_heads=2, head_dim=16, intermediate=128, vocab=128, max_positions=1024,
+        n_kv_heads=2, head_dim=16, intermediate=128, vocab=128, max_positions=4096,
     )  # fmt: skip
-    return seconds, spec
+    return per_layer, spec
 
 
 def _sync_us() -> float:
@@ -279,7 +285,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     gemm = _gemms(model)
     prefill, decode = _attention(model)
     progress("fixed costs")
-    tiny_s, tiny_model = _tiny_layer()
+    tiny_s, tiny_model = decode_layer_cost("cuda")
     sync = _sync_us()
     progress("CPU")
     cpu_copy, cpu_attn, cpu_tflops = _cpu(model)

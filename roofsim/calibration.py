@@ -11,7 +11,8 @@ for validation. Fitting rules (each value in the profile says which one produced
 - GEMM efficiency: best achieved FLOP/s at the model's prefill shapes over the datasheet peak; attention: the
   median over the executor's own kernels at the chunk shapes plans run (whole layers and one-head slots);
 - memory efficiency: device-to-device copy over datasheet bandwidth;
-- per-kernel cost: one decoder layer at tiny shapes, divided by the kernels roofsim's operator model counts.
+- per-kernel cost: what one decoder layer adds to a decode step at tiny shapes through the executor (its cache and
+  attention included), divided by the kernels roofsim's operator model counts for that layer.
 """
 
 from __future__ import annotations
