@@ -42,6 +42,9 @@ class Task:
     name: str | None = None
     host_wait: bool = False
     issue_t: float = 0.0  # when the host finished issuing it (set by the machine)
+    stream: str | None = (
+        None  # a second CUDA stream on the same engine (e.g. weights); None: the engine's own
+    )
     alloc: dict[str, float] = field(default_factory=dict)
     free: dict[str, float] = field(default_factory=dict)
 
@@ -78,7 +81,8 @@ class Machine:
         self.duplex = link.duplex_efficiency.value
         self.moving = {"h2d": False, "d2h": False}
         self.wake: dict[str, simpy.Event | None] = {"h2d": None, "d2h": None}
-        self.pending: dict[str, deque] = {r: deque() for r in STREAMS}
+        self.pending: dict[str, deque] = {r: deque() for r in STREAMS}  # per CUDA stream, in issue order
+        self.streams_of: dict[str, list[str]] = {r: [r] for r in STREAMS}  # the streams each engine serves
         self.arrival: dict[str, simpy.Event | None] = {r: None for r in STREAMS}
         self.mem = dict(base_memory)
         self.capacity = capacity_bytes
@@ -149,7 +153,10 @@ class Machine:
                 key = (task.phase, "host")
                 self.busy[key] = self.busy.get(key, 0.0) + task.issue_s
                 self._host_span_add(task, t - task.issue_s, t, "issue")
-            self.pending[task.resource].append((i, task))
+            if task.stream and task.stream not in self.pending:
+                self.pending[task.stream] = deque()
+                self.streams_of[task.resource].append(task.stream)
+            self.pending[task.stream or task.resource].append((i, task))
             arrival = self.arrival[task.resource]
             if arrival is not None and not arrival.triggered:
                 arrival.succeed()
@@ -187,12 +194,18 @@ class Machine:
         self.spans.append(self._host_span)
 
     def _next(self, resource: str, done: list[simpy.Event]):
-        """Wait for the next task of a stream to be issued and its dependencies to be done."""
+        """Wait for the next task of a stream to be issued and its dependencies to be done. An engine fed by
+        several streams takes the first head (in issue order) that is ready: streams are in order, the engine is
+        not bound to one stream's order."""
         env = self.env
         queue = self.pending[resource]
         while not queue:
+            if len(self.streams_of[resource]) > 1:  # a second stream appeared while this one was empty
+                return (yield from self._next_of_many(resource, done))
             self.arrival[resource] = env.event()
             yield self.arrival[resource]
+        if len(self.streams_of[resource]) > 1:
+            return (yield from self._next_of_many(resource, done))
         i, task = queue.popleft()
         if task.issue_t > env.now:
             yield env.timeout(task.issue_t - env.now)
@@ -202,6 +215,26 @@ class Machine:
         elif waiting:
             yield env.all_of(waiting)
         return i, task
+
+    def _next_of_many(self, resource: str, done: list[simpy.Event]):
+        env = self.env
+        while True:
+            heads = [self.pending[k][0] for k in self.streams_of[resource] if self.pending[k]]
+            ready = [
+                (i, t) for i, t in heads if t.issue_t <= env.now and all(done[d].triggered for d in t.deps)
+            ]
+            if ready:
+                i, task = min(ready, key=lambda it: it[0])
+                self.pending[task.stream or task.resource].popleft()
+                return i, task
+            self.arrival[resource] = env.event()
+            waits = [self.arrival[resource]]
+            for _, t in heads:
+                if t.issue_t > env.now:
+                    waits.append(env.timeout(t.issue_t - env.now))
+                else:
+                    waits.append(env.all_of([done[d] for d in t.deps if not done[d].triggered]))
+            yield env.any_of(waits)
 
     def _stream(self, resource: str, done: list[simpy.Event]):
         env = self.env

@@ -160,6 +160,7 @@ class WeightStream:
                 copies=int(self.copies),
                 deps=deps,
                 name="weights",
+                stream="h2d_weights",  # its own stream: a copy waiting for its buffer must not block the KV's
             )
 
     def dep(self, li: int) -> tuple[int, ...]:
