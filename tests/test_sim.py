@@ -219,3 +219,23 @@ def test_sampled_prefill_equals_the_full_simulation(plan):
     assert short.summary.prefill_s == pytest.approx(full.summary.prefill_s, rel=0.01)
     assert any("interpolated" in n for n in short.header.notes)
     assert not any("interpolated" in n for n in full.header.notes)
+
+
+def test_a_waiting_copy_blocks_its_own_stream_only():
+    """CUDA streams are in order; the copy engine is not bound to one stream's order."""
+    H = load_gpu("h100-sxm")
+
+    def run(stream):
+        tasks = [
+            Task(resource="compute", kind="gemm", phase="decode", step=0, duration_s=1e-3),
+            Task(resource="h2d", kind="h2d", phase="decode", step=0, nbytes=2**20, deps=(0,), stream=stream),
+            Task(resource="h2d", kind="h2d", phase="decode", step=0, nbytes=2**20),
+        ]
+        m = Machine(H, {}, 1e12)
+        m.run(tasks)
+        return {s.start_s for s in m.spans if s.resource == "h2d"}
+
+    separate = run("weights")
+    assert min(separate) == 0.0  # the ready copy on the default stream starts at once
+    same = run(None)
+    assert min(same) >= 1e-3  # on one stream it waits behind the copy that waits for the compute
