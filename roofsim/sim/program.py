@@ -129,6 +129,50 @@ class Builder:
             )
         )
 
+    # ---- the parts of every step: embedding, the layer's work around attention, attention, LM head ----------
+    def embed(self, s: StepSpec, alloc: dict[str, float]) -> int:
+        m = self.ctx.model
+        return self.compute(
+            ops.embed_ops(m, s.C, self.ctx.work.batch),
+            s.phase,
+            s.step,
+            kind="vector",
+            name="embed",
+            alloc=alloc,
+        )
+
+    def pre(self, s: StepSpec, li: int, deps, extra=()) -> int:
+        m, B = self.ctx.model, self.ctx.work.batch
+        return self.compute(
+            ops.pre_attention_ops(m, s.C, B) + list(extra),
+            s.phase,
+            s.step,
+            li,
+            name="pre_attention",
+            deps=deps,
+        )
+
+    def attention(self, s: StepSpec, li: int, deps, slot=None, kv_heads=None, keys=None) -> int:
+        op = ops.attention_op(self.ctx.model, s.C, s.P, self.ctx.work.batch, kv_heads=kv_heads, keys=keys)
+        return self.compute([op], s.phase, s.step, li, slot, kind="attention", deps=deps, name="attention")
+
+    def post(self, s: StepSpec, li: int, deps, extra=()) -> int:
+        m, B = self.ctx.model, self.ctx.work.batch
+        return self.compute(
+            ops.post_attention_ops(m, s.C, B) + list(extra),
+            s.phase,
+            s.step,
+            li,
+            name="post_attention",
+            deps=deps,
+        )
+
+    def finish(self, s: StepSpec, prev: int, alloc: dict[str, float]) -> None:
+        """LM head on the last token, free the step's activations, and the host waits (sampling)."""
+        m, B = self.ctx.model, self.ctx.work.batch
+        last = self.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
+        self.sync(last, s.phase, s.step)
+
     def sync(self, on: int, phase, step) -> None:
         """The host waits for task `on` (e.g. .item() or stream.synchronize())."""
         t = self.tasks[on]
@@ -457,7 +501,7 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
         else:
             split = float(min(plan.recompute_tokens, s.P))
         alloc = {"activations": activation_bytes(ctx, 1), "workspace": 2 * a * split}
-        first = b.compute(ops.embed_ops(m, 1, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+        first = b.embed(s, alloc)
         prefetch = plan.overlap == "inter_layer"
         copies: dict[int, tuple[int | None, int]] = {}
         releases: list[int] = []
@@ -477,14 +521,7 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         prev = first
         for li in range(m.n_layers):
-            pre = b.compute(
-                ops.pre_attention_ops(m, 1, B),
-                s.phase,
-                s.step,
-                li,
-                name="pre_attention",
-                deps=(prev, *weights.dep(li)),
-            )
+            pre = b.pre(s, li, (prev, *weights.dep(li)))
             if not prefetch:
                 issue(li)
             elif li + 1 < m.n_layers:
@@ -504,22 +541,11 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
                     )
                 )
             b.copy("d2h", k + (a if split > 0 else 0.0), s.phase, s.step, li, deps=(pre,))
-            att = b.compute(
-                [ops.attention_op(m, 1, s.P, B)],
-                s.phase,
-                s.step,
-                li,
-                kind="attention",
-                deps=deps,
-                name="attention",
-            )
+            att = b.attention(s, li, deps)
             releases.append(att)
-            prev = b.compute(
-                ops.post_attention_ops(m, 1, B), s.phase, s.step, li, name="post_attention", deps=(att,)
-            )
+            prev = b.post(s, li, (att,))
             weights.done(li, prev)
-        last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
-        b.sync(last, s.phase, s.step)
+        b.finish(s, prev, alloc)
 
 
 def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], base: dict) -> None:
@@ -562,22 +588,20 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
             4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
         )
 
-        # CPU heads: q down, CPU attention, partial output up; the merge waits for it (inside post)
-        def extra_post(li: int):
-            return [ops.Op("merge", "vector", 4.0 * out_bytes / e, 3.0 * out_bytes, 2)] if hc else []
-
-        last = _cpu_step(
-            b, s, layers, plan, hc, q_bytes, out_bytes, cpu_s, cpu_kv, kv_bytes(ctx, 1, hc), extra_post
-        )
-        b.sync(last, s.phase, s.step)
+        # the CPU worker sends its partial output itself (its own stream), so it never queues behind prefetches
+        out_s = float(link.isolated_copy_s(out_bytes, ctx.gpu, "h2d"))
+        merge = [ops.Op("merge", "vector", 4.0 * out_bytes / e, 3.0 * out_bytes, 2)] if hc else []
+        _cpu_decode_step(b, plan, s, layers, hc, q_bytes + kv_bytes(ctx, 1, hc), cpu_s + out_s, cpu_kv, merge)
 
 
-def _cpu_step(b, s, layers, plan, hc, q_bytes, out_bytes, cpu_s, cpu_kv, new_kv, extra_post) -> int:
-    """A decode step of cpu_attention: per layer, the CPU heads' round trip runs beside the GPU heads' attention."""
-    ctx = b.ctx
-    m, B = ctx.model, ctx.work.batch
-    alloc = {"activations": activation_bytes(ctx, 1)}
-    prev = b.compute(ops.embed_ops(m, 1, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+def _cpu_decode_step(
+    b: Builder, plan, s: StepSpec, layers, hc: int, q_and_new_kv, cpu_s, cpu_kv, merge
+) -> None:
+    """Per layer, the CPU heads' round trip (q and the new K/V down, CPU attention, partial output up) runs
+    beside the GPU heads' attention; the merge after attention waits for both."""
+    B = b.ctx.work.batch
+    alloc = {"activations": activation_bytes(b.ctx, 1)}
+    prev = b.embed(s, alloc)
     ring = Ring(max(1, plan.slot_buffers))
     order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
     ids: dict[tuple[int, int], int] = {}
@@ -595,44 +619,25 @@ def _cpu_step(b, s, layers, plan, hc, q_bytes, out_bytes, cpu_s, cpu_kv, new_kv,
     weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
     consumed = 0
     for li, units in enumerate(layers):
-        pre = b.compute(
-            ops.pre_attention_ops(m, 1, B),
-            s.phase,
-            s.step,
-            li,
-            name="pre_attention",
-            deps=(prev, *weights.dep(li)),
-        )
+        pre = b.pre(s, li, (prev, *weights.dep(li)))
         deps_post = []
         if hc:
-            q = b.copy(
-                "d2h", q_bytes + new_kv, s.phase, s.step, li, deps=(pre,), copies=2, name="q_and_new_kv"
-            )
-            # the CPU worker sends its partial output itself (its own stream), so it never queues behind prefetches
-            out_s = float(link.isolated_copy_s(out_bytes, ctx.gpu, "h2d"))
-            deps_post.append(b.cpu(cpu_s + out_s, s.phase, s.step, li, deps=(q,), nbytes=cpu_kv))
+            q = b.copy("d2h", q_and_new_kv, s.phase, s.step, li, deps=(pre,), copies=2, name="q_and_new_kv")
+            deps_post.append(b.cpu(cpu_s, s.phase, s.step, li, deps=(q,), nbytes=cpu_kv))
         for ui, u in enumerate(units):
             deps = [pre]
             if u.streamed:
                 issue(consumed + 1 + depth if depth else consumed + 1)
                 deps.append(ids[(li, ui)])
                 b.copy("d2h", u.d2h_bytes, s.phase, s.step, li, ui, copies=B, deps=(pre,))
-            op = ops.attention_op(m, 1, s.P, B, kv_heads=u.heads)
-            a = b.compute([op], s.phase, s.step, li, ui, kind="attention", deps=deps, name="attention")
+            a = b.attention(s, li, deps, slot=ui, kv_heads=u.heads)
             deps_post.append(a)
             if u.streamed:
                 ring.releases.append(a)
                 consumed += 1
-        prev = b.compute(
-            ops.post_attention_ops(m, 1, B) + extra_post(li),
-            s.phase,
-            s.step,
-            li,
-            name="post_attention",
-            deps=deps_post,
-        )
+        prev = b.post(s, li, deps_post, extra=merge)
         weights.done(li, prev)
-    return b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
+    b.finish(s, prev, alloc)
 
 
 def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base: dict) -> None:
@@ -653,7 +658,7 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
             _layerwise_prefill_step(b, s, plan.weights == "streamed")
             continue
         alloc = {"activations": activation_bytes(ctx, 1)}
-        prev = b.compute(ops.embed_ops(m, 1, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+        prev = b.embed(s, alloc)
         sel = float(np.ceil(plan.fetch_fraction * s.P))
         fetched = kv_bytes(ctx, sel, m.n_kv_heads)
         gather_s = 2 * fetched / host.ram_bytes_per_s
@@ -680,14 +685,7 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
             speculate_for(0, prev)
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         for li in range(m.n_layers):
-            pre = b.compute(
-                ops.pre_attention_ops(m, 1, B),
-                s.phase,
-                s.step,
-                li,
-                name="pre_attention",
-                deps=(prev, *weights.dep(li)),
-            )
+            pre = b.pre(s, li, (prev, *weights.dep(li)))
             if li < dense:
                 deps = [pre, dense_copy]
                 if li + 1 < dense:
@@ -697,25 +695,14 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
                 deps = [pre, fetch[li]]
                 keys = sel
             b.copy("d2h", kv_bytes(ctx, 1, m.n_kv_heads), s.phase, s.step, li, deps=(pre,))
-            att = b.compute(
-                [ops.attention_op(m, 1, s.P, B, keys=keys)],
-                s.phase,
-                s.step,
-                li,
-                kind="attention",
-                deps=deps,
-                name="attention",
-            )
+            att = b.attention(s, li, deps, keys=keys)
             if li + 1 < m.n_layers and li + 1 >= dense:
                 speculate_for(li + 1, att)
             if li < dense and li + 1 < dense:
                 dense_copy = nxt
-            prev = b.compute(
-                ops.post_attention_ops(m, 1, B), s.phase, s.step, li, name="post_attention", deps=(att,)
-            )
+            prev = b.post(s, li, (att,))
             weights.done(li, prev)
-        last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
-        b.sync(last, s.phase, s.step)
+        b.finish(s, prev, alloc)
 
 
 def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> None:
@@ -736,41 +723,20 @@ def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> No
             alloc["kv_resident"] = m.n_layers * kv_bytes(
                 ctx, min(w.max_tokens, bud + plan.local_tokens + w.gen), m.n_kv_heads
             )
-        prev = b.compute(ops.embed_ops(m, s.C, B), s.phase, s.step, kind="vector", name="embed", alloc=alloc)
+        prev = b.embed(s, alloc)
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
+        scorer = scorer_ops(ctx, s.C) if s.phase == "prefill" else []
+        evict = []
+        if s.phase == "prefill" and s.P + s.C > bud:
+            kept = min(s.P + s.C, bud)
+            scores = B * m.n_kv_heads * (cached + s.C)
+            evict = [
+                ops.Op("evict_topk", "vector", 2.0 * scores, 8.0 * scores, 3),
+                ops.Op("evict_gather", "vector", 0.0, 2.0 * kv_bytes(ctx, kept, m.n_kv_heads), 2),
+            ]
         for li in range(m.n_layers):
-            extra = scorer_ops(ctx, s.C) if s.phase == "prefill" else []
-            pre = b.compute(
-                ops.pre_attention_ops(m, s.C, B) + extra,
-                s.phase,
-                s.step,
-                li,
-                name="pre_attention",
-                deps=(prev, *weights.dep(li)),
-            )
-            att = b.compute(
-                [ops.attention_op(m, s.C, s.P, B, keys=cached)],
-                s.phase,
-                s.step,
-                li,
-                kind="attention",
-                deps=(pre,),
-                name="attention",
-            )
-            post_ops = ops.post_attention_ops(m, s.C, B)
-            if s.phase == "prefill" and s.P + s.C > bud:
-                kept = min(s.P + s.C, bud)
-                post_ops = post_ops + [
-                    ops.Op(
-                        "evict_topk",
-                        "vector",
-                        2.0 * B * m.n_kv_heads * (cached + s.C),
-                        8.0 * B * m.n_kv_heads * (cached + s.C),
-                        3,
-                    ),
-                    ops.Op("evict_gather", "vector", 0.0, 2.0 * kv_bytes(ctx, kept, m.n_kv_heads), 2),
-                ]
-            prev = b.compute(post_ops, s.phase, s.step, li, name="post_attention", deps=(att,))
+            pre = b.pre(s, li, (prev, *weights.dep(li)), extra=scorer)
+            att = b.attention(s, li, (pre,), keys=cached)
+            prev = b.post(s, li, (att,), extra=evict)
             weights.done(li, prev)
-        last = b.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
-        b.sync(last, s.phase, s.step)
+        b.finish(s, prev, alloc)
