@@ -83,10 +83,11 @@ def make_cache(
 
     max_tokens: tokens per sequence the cache must hold (prompt + generated); needed by every plan that keeps KV
     in host memory, which is allocated once. record: collect spans (the runner's measured Trace).
-    gpu_spec: GPU spec name for kvpr's recompute split when recompute_tokens="auto"."""
+    gpu_spec: GPU spec name for kvpr's recompute split when recompute_tokens="auto".
+
+    weights="streamed": the decoder layers' parameters move to a pinned host region and stream through two GPU
+    layer buffers on every forward (`roofsim.executor.weights`); `cache.close()` puts them back."""
     plan = coerce_plan(plan)
-    if plan.weights == "streamed":
-        raise UserError('weights="streamed" is not implemented by the executor; use weights="resident"')
     _check_model(model, max_tokens)
     shape = shape_of(model, batch_size)
     engine = engine or make_engine(shape.device)
@@ -96,6 +97,10 @@ def make_cache(
     builder = _builders()[plan.family]
     layers = builder(rt, plan, model, gpu_spec=gpu_spec)
     cache = RoofCache(rt, layers)
+    if plan.weights == "streamed":
+        from roofsim.executor.weights import WeightStreamer
+
+        rt.weights = WeightStreamer(rt, model)
     register_attention()
     model.set_attn_implementation(ATTN_NAME)
     ref = weakref.ref(cache)

@@ -111,6 +111,7 @@ class Runtime:
         self.close_callbacks: list[Callable[[], None]] = []
         self.extra_gpu_bytes: dict[str, int] = {}
         self.pinned_extra = 0
+        self.weights = None  # the WeightStreamer when plan.weights == "streamed"
 
     # ---- steps -----------------------------------------------------------------------------------------------
 
@@ -337,7 +338,8 @@ class RoofCache(Cache):
         return (pool.pinned_bytes if pool is not None else 0) + self.runtime.pinned_extra
 
     def gpu_bytes(self) -> dict[str, int]:
-        """GPU memory the cache holds, by kind."""
+        """GPU memory the cache holds, by kind. With streamed weights also "weights": what of the model stays on
+        the GPU (embeddings, final norm, LM head) plus the two layer buffers."""
         out = {"kv_resident": 0, "kv_buffers": self.runtime.ring.nbytes if self.runtime.ring else 0}
         for layer in self.layers:
             for k, v in layer.gpu_bytes().items():

@@ -1,8 +1,10 @@
 """Streams, events and copies: real CUDA streams, or a CPU stand-in whose copy engines run late.
 
-Every copy between host and GPU memory goes through an Engine, on one of three streams: `compute` (the stream
-the model runs on), `h2d` and `d2h` (one per copy engine). Events order them; the host never synchronises inside
-the layer loop unless the plan asks for it (CPU attention, sparse fetch, HeadInfer's syncs).
+Every copy between host and GPU memory goes through an Engine, on one of its streams: `compute` (the stream
+the model runs on), `h2d` and `d2h` (one per copy engine), and `h2d_weights` (streamed weights: a second stream
+into the H2D copy engine, so a weight copy waiting for its buffer does not hold back the KV's copies). Events
+order them; the host never synchronises inside the layer loop unless the plan asks for it (CPU attention, sparse
+fetch, HeadInfer's syncs).
 
 The CPU stand-in (`CpuEngine`) runs compute eagerly, as the host thread issues it, but queues each copy on its
 stream and runs it only when something waits on an event recorded after it (or at `synchronize`). A copy that
@@ -42,7 +44,7 @@ def _check_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 
 class CudaEngine:
-    """Three CUDA streams; events with timing; copies issued with non_blocking on the given stream."""
+    """CUDA streams; events with timing; copies issued with non_blocking on the given stream."""
 
     kind = "cuda"
 
@@ -53,6 +55,7 @@ class CudaEngine:
         self.compute = torch.cuda.current_stream(self.device)
         self.h2d = torch.cuda.Stream(self.device)
         self.d2h = torch.cuda.Stream(self.device)
+        self.h2d_weights = torch.cuda.Stream(self.device)
         self.stats = {"h2d": CopyStats(), "d2h": CopyStats()}
 
     def event(self, stream) -> torch.cuda.Event:
@@ -126,6 +129,7 @@ class CpuEngine:
         self.compute = _Eager()
         self.h2d = DeferredStream("h2d")
         self.d2h = DeferredStream("d2h")
+        self.h2d_weights = DeferredStream("h2d")  # counted as h2d
         self.lazy = lazy
         self.stats = {"h2d": CopyStats(), "d2h": CopyStats()}
 
@@ -169,7 +173,7 @@ class CpuEngine:
             self._run(stream, None)
 
     def synchronize(self) -> None:
-        for s in (self.h2d, self.d2h):
+        for s in (self.h2d, self.d2h, self.h2d_weights):
             self._run(s, None)
 
     def _run(self, stream: DeferredStream, until: CpuEvent | None) -> None:
