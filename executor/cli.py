@@ -80,7 +80,13 @@ def run(args) -> int:
     model = None
     try:
         model, name = load_model(
-            model_src, device=device, dtype=dtype, seed=args.seed, max_positions=prompt_len + gen
+            model_src,
+            device=device,
+            dtype=dtype,
+            seed=args.seed,
+            max_positions=prompt_len + gen,
+            # streamed weights: the decoder layers never go to the GPU whole (they need not fit there)
+            layers_device="cpu" if plan.weights == "streamed" else None,
         )
         res = run_plan(
             plan,

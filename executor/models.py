@@ -3,6 +3,10 @@ weights, or a local checkpoint directory (config.json + *.safetensors). Nothing 
 
 Random weights: built on the meta device, `to_empty` on the target device, then `initialize_weights()`, which
 draws every weight and recomputes the RoPE buffers (`to_empty` leaves `inv_freq` as garbage).
+
+`layers_device="cpu"` (plans with weights="streamed", a model whose weights need not fit on the GPU): the decoder
+layers stay in host memory and only the embeddings, final norm, LM head and RoPE buffers go to `device`;
+`make_cache` then moves the layers into its pinned region.
 """
 
 from __future__ import annotations
@@ -65,7 +69,32 @@ def config_for_spec(spec: ModelSpec, max_positions: int | None = None):
     return Phi3Config(**common, rms_norm_eps=1e-5)
 
 
-def random_model(config, device, dtype=torch.bfloat16, seed: int = 0):
+def place_outside_layers(model, device) -> None:
+    """Move every parameter and buffer that is not part of a decoder layer to `device` (the layers stay put)."""
+    from roofsim.executor.weights import decoder_layers
+
+    inside = {id(m) for layer in decoder_layers(model) for m in layer.modules()}
+    device = torch.device(device)
+    moved: dict[int, torch.nn.Parameter] = {}  # tied parameters (embeddings and LM head) stay one object
+    for mod in model.modules():
+        if id(mod) in inside:
+            continue
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if id(p) in moved or p.device == device:
+                mod._parameters[name] = moved.get(id(p), p)
+                continue
+            new = p.data.to(device)
+            if torch._has_compatible_shallow_copy_type(p.data, new):  # CPU <-> CUDA: keep the Parameter
+                p.data = new
+                moved[id(p)] = p
+            else:  # e.g. the meta device
+                moved[id(p)] = mod._parameters[name] = torch.nn.Parameter(new, requires_grad=p.requires_grad)
+        for name, b in mod.named_buffers(recurse=False):
+            if b.device != device:
+                mod._buffers[name] = b.to(device)
+
+
+def random_model(config, device, dtype=torch.bfloat16, seed: int = 0, layers_device=None):
     from transformers import AutoModelForCausalLM
 
     if config.model_type not in FAMILIES:
@@ -75,13 +104,18 @@ def random_model(config, device, dtype=torch.bfloat16, seed: int = 0):
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    model.to_empty(device=device)
+    model.to_empty(device=layers_device or device)
+    if layers_device is not None:
+        place_outside_layers(model, device)
     model.initialize_weights()
     return model.eval().requires_grad_(False)
 
 
-def load_model(source: str, *, device="cpu", dtype=torch.bfloat16, seed: int = 0, max_positions=None):
-    """(model, name): a roofsim model name or config.json (random weights) or a checkpoint directory."""
+def load_model(
+    source: str, *, device="cpu", dtype=torch.bfloat16, seed: int = 0, max_positions=None, layers_device=None
+):
+    """(model, name): a roofsim model name or config.json (random weights) or a checkpoint directory.
+    layers_device: where the decoder layers go (default `device`); "cpu" for streamed weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(source)
@@ -92,7 +126,12 @@ def load_model(source: str, *, device="cpu", dtype=torch.bfloat16, seed: int = 0
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
         )
-        return model.to(device).eval().requires_grad_(False), path.name
+        if layers_device is None:
+            model = model.to(device)
+        else:
+            model = model.to(layers_device)
+            place_outside_layers(model, device)
+        return model.eval().requires_grad_(False), path.name
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
@@ -103,8 +142,9 @@ def load_model(source: str, *, device="cpu", dtype=torch.bfloat16, seed: int = 0
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         if max_positions and getattr(cfg, "max_position_embeddings", 0) < max_positions:
             cfg.max_position_embeddings = max_positions
-        return random_model(cfg, device, dtype, seed), path.parent.name or path.stem
+        return random_model(cfg, device, dtype, seed, layers_device), path.parent.name or path.stem
     from roofsim.specs import load_model as load_spec
 
     spec = load_spec(source)
-    return random_model(config_for_spec(spec, max_positions), device, dtype, seed), spec.name
+    model = random_model(config_for_spec(spec, max_positions), device, dtype, seed, layers_device)
+    return model, spec.name

@@ -23,6 +23,9 @@ copies run on their own stream (`engine.h2d_weights`, the same copy engine as th
 waiting for its buffer does not hold back the KV prefetches, as in the simulator. Spans: resource "h2d", kind
 "h2d", name "weights", one per layer per forward, stamped with the forward's phase and step.
 
+Set-up copies each parameter into the region and then frees its old storage, so layers loaded in host memory
+(`load_model(..., layers_device="cpu")`, what `roofsim run` does for streamed plans) are held twice for a moment.
+
 Hooks act on every forward of the model while the cache is open (with or without the cache). Closing the cache
 puts the parameters back on the device they came from. Parameters only: decoder-layer buffers (none in the
 supported families) are not moved.

@@ -223,3 +223,45 @@ def test_a_forward_that_breaks_off_leaves_streaming_consistent(tiny):
     finally:
         cache.close()
     assert rel_err(got, ref) < 1e-5
+
+
+def test_layers_can_stay_on_the_host_while_the_rest_goes_to_the_device():
+    """load_model(layers_device="cpu") for streamed plans: only embeddings, norm, LM head and RoPE buffers go to
+    the device (here the meta device stands in for the GPU); tied weights stay one Parameter."""
+    from roofsim.executor.models import place_outside_layers
+
+    model = random_model(tiny_config("llama"), "meta", torch.float32, layers_device="cpu")
+    inside = {id(p) for layer in decoder_layers(model) for p in layer.parameters()}
+    assert inside and all((p.device.type == "cpu") == (id(p) in inside) for p in model.parameters())
+    assert all(b.device.type == "meta" for b in model.buffers())
+    model = random_model(tiny_config("llama"), "cpu", torch.float32)
+    model.lm_head.weight = model.model.embed_tokens.weight
+    place_outside_layers(model, "meta")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.lm_head.weight.device.type == "meta"
+    assert all(p.device.type == "cpu" for layer in decoder_layers(model) for p in layer.parameters())
+
+
+def test_roofsim_run_with_streamed_weights(tmp_path, capsys):
+    import json
+
+    from roofsim.cli import main
+    from roofsim.trace import Trace
+
+    config = tmp_path / "config.json"
+    tiny_config("llama").to_json_file(config)
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        json.dumps({"plan": {"family": "layer_offload", "prefill_chunk": 16, "weights": "streamed"}})
+    )
+    out = tmp_path / "measured.json"
+    args = ["run", str(plan), "--model", str(config), "--prompt-len", "40", "--gen", "4", "-o", str(out)]
+    assert main([*args, "--device", "cpu", "--dtype", "fp32", "--trace-steps", "-1"]) == 0
+    t = Trace.read(out)
+    assert t.complete and t.header.plan.weights == "streamed"
+    assert any("weights streamed" in n for n in t.header.notes)
+    weights = [s for s in t.spans if s.name == "weights"]
+    assert {(s.phase, s.step) for s in weights} == {("prefill", i) for i in range(3)} | {
+        ("decode", i) for i in range(4)
+    }
+    assert {s.layer for s in weights} == {0, 1}
