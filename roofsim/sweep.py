@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from roofsim.errors import UserError
+from roofsim.families.base import divisors
 from roofsim.plan import (
     FAMILIES,
     CpuAttentionPlan,
@@ -26,10 +27,6 @@ from roofsim.workload import Workload
 CHUNKS = (None, 4096, 16384)
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def candidates(family: str, model: ModelSpec, work: Workload) -> Iterator[Plan]:
     chunks = [c for c in CHUNKS if c is None or c < work.context]
     hkv = model.n_kv_heads
@@ -41,7 +38,7 @@ def candidates(family: str, model: ModelSpec, work: Workload) -> Iterator[Plan]:
             for c in chunks:
                 yield LayerOffloadPlan(write_back=wb, prefill_chunk=c)
     elif family == "head_offload":
-        for g in _divisors(hkv):
+        for g in divisors(hkv):
             slots = hkv // g
             for r in sorted({0, 1, slots // 2, slots - 1} & set(range(slots))):
                 for c in chunks:

@@ -22,7 +22,7 @@ import numpy as np
 
 from roofsim import link, ops
 from roofsim.prediction import RESOURCES, MemoryUse, PhaseCost
-from roofsim.roofline import ZERO, GpuWork, work
+from roofsim.roofline import GpuWork, work
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 from roofsim.workload import Workload
@@ -100,7 +100,6 @@ class StepCost:
     h2d_bytes: np.ndarray
     d2h_bytes: np.ndarray
     cpu_bytes: np.ndarray
-    notes: list[str] = field(default_factory=list)
 
 
 def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -281,24 +280,16 @@ def weight_stream(ctx: Ctx, streamed: bool) -> tuple[float, float]:
     return float(m.layer_weight_bytes), float(tensors)
 
 
+def divisors(n: int) -> list[int]:
+    """The group sizes that split n KV heads evenly."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def check_divides(total: int, part: int, what: str) -> None:
     from roofsim.errors import UserError
 
     if part <= 0 or total % part:
         raise UserError(f"{what}={part} must divide the model's {total} KV heads; pick a divisor of {total}")
-
-
-__all__ = [
-    "Ctx",
-    "LayerLoad",
-    "StepCost",
-    "Steps",
-    "ZERO",
-    "combine",
-    "decode_steps",
-    "prefill_steps",
-    "HostSpec",
-]
 
 
 @dataclass

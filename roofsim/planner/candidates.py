@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from roofsim.families.base import divisors
 from roofsim.plan import (
     FAMILIES,
     CpuAttentionPlan,
@@ -36,10 +37,6 @@ class SearchSpace:
         "inter_layer",
         "intra_layer",
     )  # intra_layer alone: KVPR's paper schedule
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def spread(total: int, layers: int) -> list[int] | int:

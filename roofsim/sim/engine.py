@@ -145,7 +145,6 @@ class Machine:
     def _host(self, tasks: list[Task], done: list[simpy.Event]):
         env = self.env
         t = env.now
-        run_start = t
         for i, task in enumerate(tasks):
             t += task.issue_s
             task.issue_t = t
@@ -168,7 +167,6 @@ class Machine:
                     yield done[i]
                     self._host_span_add(task, start, env.now, "sync")
                 t = env.now
-        del run_start
 
     def _host_span_add(self, task: Task, start: float, end: float, kind: str) -> None:
         if end <= start or not self.keep_span(task.phase, task.step):
