@@ -130,19 +130,32 @@ def _d2d_gbps(n: int = 1 << 30) -> float:
     return 2 * n / _cuda_time(lambda: dst.copy_(src)) / 1e9
 
 
+def layer_gemm_shapes(model: ModelSpec) -> list[tuple[str, int, int]]:
+    """(name, k, n) of the GEMMs one stock transformers decoder layer runs, unfused as the model runs them."""
+    h, inter = model.hidden, model.intermediate
+    if model.fused_qkv:
+        shapes = [("qkv", h, model.q_dim + 2 * model.kv_dim)]
+    else:
+        shapes = [("q", h, model.q_dim), ("k", h, model.kv_dim), ("v", h, model.kv_dim)]
+    shapes.append(("o", model.q_dim, h))
+    if model.mlp == "gated":
+        fused = model.family == "phi3"
+        shapes += [("gate_up", h, 2 * inter)] if fused else [("gate", h, inter), ("up", h, inter)]
+    else:
+        shapes.append(("fc1", h, inter))
+    shapes.append(("down" if model.mlp == "gated" else "fc2", inter, h))
+    return shapes
+
+
 def _gemms(model: ModelSpec) -> list[FlopPoint]:
+    """Every GEMM of one decoder layer at prefill chunk sizes; the fit takes their total FLOPs over total time."""
     out = []
-    h = model.hidden
     for rows in (4096, 16384):
-        for name, k, n in (
-            ("qkv", h, model.q_dim + 2 * model.kv_dim),
-            ("mlp_up", h, 2 * model.intermediate),
-            ("mlp_down", model.intermediate, h),
-        ):
+        for name, k, n in layer_gemm_shapes(model):
             a = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-            b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
-            t = _cuda_time(lambda a=a, b=b: a @ b)
-            out.append(FlopPoint(label=f"{name} {rows}x{k}x{n}", flops=2.0 * rows * k * n, seconds=t))
+            b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)  # nn.Linear's weight layout
+            t = _cuda_time(lambda a=a, b=b: torch.nn.functional.linear(a, b))
+            out.append(FlopPoint(label=f"layer {name} {rows}x{k}x{n}", flops=2.0 * rows * k * n, seconds=t))
     return out
 
 
@@ -151,7 +164,7 @@ def _attention(model: ModelSpec):
     chunk split into past and causal parts merged in fp32), at the shapes plans run: whole layers and one-KV-head
     slots, chunks after a cached past, and decode. An efficiency measured on another SDPA backend would not hold
     for the executor (the first H100 campaign predicted prefill ~2x too fast that way)."""
-    from roofsim.executor.attention import attend, attend_parts, chunk_parts
+    from roofsim.executor.attention import attend, attend_parts, chunk_parts, kv_views
 
     hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
     g = hq // hk
@@ -164,9 +177,10 @@ def _attention(model: ModelSpec):
         (1, 8192, 24576),
         (1, 16384, 49152),
     ):
-        q = torch.randn(1, heads * g, C, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, heads, P + C, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn_like(k)
+        # q as the model hands it over ([B, C, H, D] transposed), K/V as the cache lays them out (token-major)
+        q = torch.randn(1, C, heads * g, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        buf = torch.randn(P + C, 1, 2, heads, d, device="cuda", dtype=torch.bfloat16)
+        k, v = kv_views(buf, 0, P + C)
         t = _cuda_time(
             lambda q=q, k=k, v=v, P=P, C=C: attend_parts(q, chunk_parts(k, v, P, C), scale), repeat=3
         )
@@ -175,9 +189,8 @@ def _attention(model: ModelSpec):
             FlopPoint(label=f"executor prefill {heads} kv heads, {C} after {P}", flops=flops, seconds=t)
         )
     for L in (4096, 32768, 131072):
-        q = torch.randn(1, hq, 1, d, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, hk, L, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn_like(k)
+        q = torch.randn(1, 1, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        k, v = kv_views(torch.randn(L, 1, 2, hk, d, device="cuda", dtype=torch.bfloat16), 0, L)
         t = _cuda_time(lambda q=q, k=k, v=v: attend(q, k, v, causal=False, scale=scale))
         decode.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=t))
     return prefill, decode
@@ -241,7 +254,7 @@ def _cpu(model: ModelSpec) -> tuple[float, list[CopyPoint], float]:
         b.copy_(a)
     copy_gbps = 3 * 2 * n / (time.perf_counter() - t0) / 1e9
     del a, b
-    from roofsim.executor.attention import attend
+    from roofsim.executor.attention import attend, kv_views
 
     points = []
     hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
@@ -251,19 +264,36 @@ def _cpu(model: ModelSpec) -> tuple[float, list[CopyPoint], float]:
         (hk, 131072),
     ):  # the executor's CPU kernel, per layer call
         q = torch.randn(1, heads * (hq // hk), 1, d, dtype=torch.bfloat16)
-        k = torch.randn(1, heads, L, d, dtype=torch.bfloat16)
-        v = torch.randn_like(k)
+        k, v = kv_views(torch.randn(L, 1, 2, heads, d, dtype=torch.bfloat16), 0, L)  # the host store's layout
         attend(q, k, v, causal=False, scale=d**-0.5)
         t0 = time.perf_counter()
         for _ in range(3):
             attend(q, k, v, causal=False, scale=d**-0.5)
         points.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=(time.perf_counter() - t0) / 3))
+    gather = _cpu_gather(model)
     m = torch.randn(4096, 4096)
     m @ m
     t0 = time.perf_counter()
     m @ m
     tflops = 2 * 4096**3 / (time.perf_counter() - t0) / 1e12
-    return copy_gbps, points, tflops
+    return copy_gbps, points, tflops, gather
+
+
+def _cpu_gather(model: ModelSpec, tokens: int = 65536, fraction: float = 0.1) -> float:
+    """sparse_fetch's gather: a tenth of a layer's tokens, per KV head, from the token-major host block into a
+    pinned buffer, as one index_select (executor/sparse.py). Bytes read plus written per second."""
+    hk, d = model.n_kv_heads, model.head_dim
+    host = torch.randn(tokens, 1, 2, hk, d).to(torch.bfloat16)
+    n = int(tokens * fraction)
+    idx = torch.stack([torch.randperm(tokens)[:n].sort().values for _ in range(hk)])
+    rows = (((idx[:, :, None] * 2) + torch.arange(2)) * hk + torch.arange(hk)[:, None, None]).reshape(-1)
+    out = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=torch.cuda.is_available())
+    src = host.view(-1, d)
+    torch.index_select(src, 0, rows, out=out)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        torch.index_select(src, 0, rows, out=out)
+    return 2 * out.numel() * out.element_size() * 5 / (time.perf_counter() - t0) / 1e9
 
 
 def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: None) -> Measurements:
@@ -288,7 +318,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     tiny_s, tiny_model = decode_layer_cost("cuda")
     sync = _sync_us()
     progress("CPU")
-    cpu_copy, cpu_attn, cpu_tflops = _cpu(model)
+    cpu_copy, cpu_attn, cpu_tflops, cpu_gather = _cpu(model)
     return Measurements(
         fingerprint=fingerprint(),
         total_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
@@ -307,6 +337,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_copy_gbps=cpu_copy,
         cpu_attention=cpu_attn,
         cpu_matmul_tflops=cpu_tflops,
+        cpu_gather_gbps=cpu_gather,
         cpu_threads=torch.get_num_threads(),
         host_ram_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
     )

@@ -90,6 +90,12 @@ class SparseLayer(SlotLayer):
         qp = qg.gather(-1, self.cols[None, :, None, :].expand(B, -1, sh.group * C, -1))
         scores = torch.matmul(qp, self.pk[:, :, :P].transpose(-1, -2)).amax(dim=-2)
         idx = scores.topk(n_sel, dim=-1).indices.sort(dim=-1).values
+        # rows of the host block [T, B, 2, Hkv, D] in the stage's order [B, Hkv, n_sel, 2]: one gather call,
+        # which torch spreads over the CPU threads (a loop of per-head gathers ran on one)
+        b_ = torch.arange(B, device=idx.device)[:, None, None, None]
+        h_ = torch.arange(sh.n_kv_heads, device=idx.device)[None, :, None, None]
+        kv_ = torch.arange(2, device=idx.device)
+        rows = (((idx[..., None] * B + b_) * 2 + kv_) * sh.n_kv_heads + h_).reshape(-1)
         rec.span("compute", "vector", s0, rec.mark(eng.compute), layer=self.idx, name="select tokens")
         # new tokens go down as in any streamed plan
         new = pack_kv(self.k_new, self.v_new)
@@ -98,7 +104,7 @@ class SparseLayer(SlotLayer):
         eng.wait(eng.compute, s.written)  # the previous D2H from new_stage is done
         self.new_stage.copy_(new)
         t0 = time.perf_counter()
-        idx_host = idx.to("cpu")  # one host sync: the gather needs the indices
+        rows_host = rows.to("cpu")  # one host sync: the gather needs the indices
         t1 = time.perf_counter()
         rec.host_span("host", "sync", t0, t1, layer=self.idx, name="selected indices")
         turn = st.turn
@@ -107,9 +113,7 @@ class SparseLayer(SlotLayer):
             eng.host_wait(st.sent[turn])  # the H2D from this pinned buffer is done
         numel = B * sh.n_kv_heads * n_sel * 2 * D
         stage = st.host[turn].view(-1)[:numel].view(B, sh.n_kv_heads, n_sel, 2, D)
-        for b in range(B):
-            for h in range(sh.n_kv_heads):
-                torch.index_select(s.host[:, b, :, h, :], 0, idx_host[b, h], out=stage[b, h])
+        torch.index_select(s.host.view(-1, D), 0, rows_host, out=stage.view(-1, D))
         t2 = time.perf_counter()
         nbytes = n_sel * sh.kv_row_bytes(sh.n_kv_heads)
         st.fetched_bytes += nbytes

@@ -8,7 +8,8 @@ for validation. Fitting rules (each value in the profile says which one produced
 - copy gap: 16 back-to-back copies, per-copy time minus its bytes at the rate; copy issue: 1024 back-to-back
   64 KiB copies, whose time is the issuing thread's;
 - duplex efficiency: both directions at once over the sum of their rates alone;
-- GEMM efficiency: best achieved FLOP/s at the model's prefill shapes over the datasheet peak; attention: the
+- GEMM efficiency: total FLOPs over total time of one decoder layer's GEMMs (as the stock model runs them) at
+  prefill chunk sizes, over the datasheet peak (the best single shape overstated it by ~6%); attention: the
   median over the executor's own kernels at the chunk shapes plans run (whole layers and one-head slots);
 - memory efficiency: device-to-device copy over datasheet bandwidth;
 - per-kernel cost: what one decoder layer adds to a decode step at tiny shapes through the executor (its cache and
@@ -65,6 +66,10 @@ class Measurements(BaseModel):
     cpu_copy_gbps: float = Field(description="host memcpy, bytes read plus written per second")
     cpu_attention: list[CopyPoint] = Field(description="KV bytes scanned by CPU decode attention")
     cpu_matmul_tflops: float
+    cpu_gather_gbps: float | None = Field(
+        default=None,
+        description="gather of scattered KV rows into pinned memory, bytes read plus written per second",
+    )
     cpu_threads: int
     host_ram_bytes: float
 
@@ -92,7 +97,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     issue = many.seconds / many.copies
     duplex = min(1.0, m.bidirectional_total_gbps * 1e9 / (h2d + d2h))
     peak = base.compute.bf16_tflops.value * 1e12
-    gemm = max(p.flops / p.seconds for p in m.gemm) / peak
+    gemm = sum(p.flops for p in m.gemm) / sum(p.seconds for p in m.gemm) / peak
     attention = statistics.median(p.flops / p.seconds for p in m.attention_prefill) / peak
     memory = m.d2d_copy_gbps / base.memory.bandwidth_gbps.value
     tiny = m.tiny_layer_model
@@ -111,7 +116,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             "duplex_efficiency": (duplex, "both directions at once over the sum of their rates alone"),
         },
         "efficiency": {
-            "gemm": (gemm, "best bf16 GEMM at the model's prefill shapes over the datasheet peak"),
+            "gemm": (gemm, "a decoder layer's bf16 GEMMs at prefill shapes: total FLOPs / total time / peak"),
             "attention": (
                 attention,
                 "median of the executor's chunked-prefill attention over the datasheet peak",
@@ -134,7 +139,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
 
 def fit_host(m: Measurements) -> dict[str, tuple[float, str]]:
     cpu_attn = _rate(m.cpu_attention, 0)
-    return {
+    out = {
         "ram_capacity_gib": (m.host_ram_bytes / 2**30, "MemTotal"),
         "ram_bandwidth_gbps": (m.cpu_copy_gbps, "host memcpy of a 1 GiB tensor, bytes read plus written"),
         "ram_efficiency": (1.0, "the bandwidth above is already the sustained rate"),
@@ -142,6 +147,12 @@ def fit_host(m: Measurements) -> dict[str, tuple[float, str]]:
         "cpu_tflops": (m.cpu_matmul_tflops, "fp32 CPU matmul 4096^3"),
         "cpu_attention_gbps": (cpu_attn / 1e9, "KV bytes/s of the executor's CPU decode attention kernel"),
     }
+    if m.cpu_gather_gbps is not None:
+        out["cpu_gather_gbps"] = (
+            m.cpu_gather_gbps,
+            "index_select of scattered KV rows, bytes read plus written",
+        )
+    return out
 
 
 def _v(value: float, how: str) -> str:

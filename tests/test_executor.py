@@ -170,3 +170,22 @@ def test_plan_errors_are_user_errors():
     cache = make_cache(model, HeadOffloadPlan(), max_tokens=8)
     with pytest.raises(UserError, match="holds 8 tokens"):
         model(torch.zeros(1, 9, dtype=torch.long), past_key_values=cache)
+
+
+@pytest.mark.parametrize("tokens,heads,group", [(9000, 2, 4), (4097, 1, 7)])
+def test_cpu_decode_split_over_keys_matches_one_call(monkeypatch, tokens, heads, group):
+    """The CPU decode kernel cut into key ranges (so every thread has work) gives the one-call output and LSE,
+    remainder range included, on the cache's strided token-major views."""
+    from roofsim.executor import attention as A
+
+    g = torch.Generator().manual_seed(1)
+    buf = torch.randn(tokens, 1, 2, heads, 64, generator=g)
+    K, V = A.kv_views(buf, 0, tokens)
+    q = torch.randn(1, heads * group, 1, 64, generator=g)
+    monkeypatch.setattr(A, "_MIN_SPLIT_KEYS", 10**9)
+    ref, ref_lse = A.attend(q, K, V, causal=False, scale=0.125)
+    monkeypatch.setattr(A, "_MIN_SPLIT_KEYS", 1000)
+    monkeypatch.setattr(A.torch, "get_num_threads", lambda: 8 * heads)
+    assert A._cpu_splits(q.reshape(1, heads, group, 64), K) == min(8, tokens // 1000)
+    out, lse = A.attend(q, K, V, causal=False, scale=0.125)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)

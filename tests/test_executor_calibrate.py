@@ -12,3 +12,27 @@ def test_decode_layer_cost_is_measured_through_the_executor():
     per_layer_s, spec = decode_layer_cost("cpu", steps=5)
     assert 0 < per_layer_s < 0.5  # a tiny layer's decode step on a CPU: well under a second
     assert spec.n_layers == 1 and spec.hidden == 64
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b", "qwen2.5-7b", "phi-3-mini-128k", "opt-6.7b"])
+def test_calibrated_gemms_are_the_layers_gemms(name):
+    """The GEMMs calibration times are exactly one layer's linear weights (k x n summed = its matrix params)."""
+    from roofsim.executor.calibrate import layer_gemm_shapes
+
+    from roofsim.specs.model import load_model
+
+    m = load_model(name)
+    linear = (
+        m.q_dim * m.hidden * 2
+        + 2 * m.kv_dim * m.hidden
+        + (3 if m.mlp == "gated" else 2) * m.hidden * m.intermediate
+    )
+    assert sum(k * n for _, k, n in layer_gemm_shapes(m)) == linear
+
+
+def test_cpu_gather_rate_is_positive():
+    from roofsim.executor.calibrate import _cpu_gather
+
+    from roofsim.specs.model import load_model
+
+    assert _cpu_gather(load_model("llama-3-8b"), tokens=4096) > 0

@@ -2,7 +2,7 @@
 # Run the H100 validation campaign on the GPU machine in parts that each fit one 10-minute device call and bring
 # back one file ($OUT/<part>.tar.gz, rewritten after every configuration, so a call stopped midway keeps what it
 # measured). From the repo root, with .whl carried:
-#   bash validation/run_campaign.sh calibrate   # ~1 min: a fresh calibrated profile into $OUT/calibrated
+#   bash validation/run_campaign.sh calibrate   # ~1 min: a fresh calibrated profile, $OUT/calibrated.tar.gz
 #   bash validation/run_campaign.sh a           # 17 configurations of 16K-64K, ~7 min
 #   bash validation/run_campaign.sh b           # 256K and 512K (24 GB cap), ~6 min
 #   bash validation/run_campaign.sh c           # 128K and the planner's picks with runners-up, ~7 min
@@ -14,8 +14,9 @@ part="${1:?part: calibrate, a, b or c}"
 profile="${PROFILE:-validation/results/h100/calibrated/h100-sxm-calibrated.toml}"
 case "$part" in
   calibrate)
-    roofsim calibrate --gpu h100-sxm -o "$OUT/calibrated"
-    tar czf "$OUT/calibrated.tar.gz" -C "$OUT" calibrated && rm -r "$OUT/calibrated"
+    # into the working copy too, so that a part run after it in the same call predicts with the fresh profile
+    roofsim calibrate --gpu h100-sxm -o validation/results/h100/calibrated
+    tar czf "$OUT/calibrated.tar.gz" -C validation/results/h100 calibrated
     exit 0 ;;
   a) only="l3-resident-16k,l3-resident-64k,l3-layer-full-32k,l3-layer-inc-64k,l3-head-g1-64k,l3-head-g1-r4-64k,l3-kvpr-64k,l3-cpu2-64k,l3-sparse-64k,q7-resident-32k,q7-head-g2-r1-64k,q7-cpu1-64k,l2-resident-16k,l2-layer-inc-32k,l2-kvpr-intra-32k,l2-kvpr-inter-32k,l2-head-g8-r1-32k" ;;
   b) only="l3-head-g1-256k,l3-head-512k-24gb" ;;

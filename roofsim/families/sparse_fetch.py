@@ -58,7 +58,7 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
         sel = np.ceil(plan.fetch_fraction * dec.P)
         w_bytes, w_copies = weight_stream(ctx, streamed)
         fetched = kv_bytes(ctx, 1, m.n_kv_heads) * sel
-        gather_s = 2 * fetched / host.ram_bytes_per_s
+        gather_s = 2 * fetched / host.gather_bytes_per_s
         nonattn = nonattn_work(ctx, dec)
         spec = work(speculation_ops(ctx, dec.P, plan.partial_key_ratio), gpu)
         attn = attn_work(ctx, dec, keys=sel)

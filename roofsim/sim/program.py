@@ -661,7 +661,7 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
         prev = b.embed(s, alloc)
         sel = float(np.ceil(plan.fetch_fraction * s.P))
         fetched = kv_bytes(ctx, sel, m.n_kv_heads)
-        gather_s = 2 * fetched / host.ram_bytes_per_s
+        gather_s = 2 * fetched / host.gather_bytes_per_s
         dense_copy = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, 0) if dense else None
         fetch: dict[int, int] = {}
 

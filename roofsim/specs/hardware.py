@@ -140,6 +140,9 @@ class HostSpec(_Section):
     cpu_cores: SourcedNumber
     cpu_tflops: SourcedNumber
     cpu_attention_gbps: SourcedNumber  # KV bytes/s a many-threaded CPU attention kernel scans at decode
+    # bytes/s (read plus written) of a many-threaded gather of scattered KV rows into pinned memory; None: the
+    # sustained RAM bandwidth
+    cpu_gather_gbps: SourcedNumber | None = None
 
     _pos = field_validator(
         "ram_capacity_gib",
@@ -157,6 +160,12 @@ class HostSpec(_Section):
     @property
     def capacity_bytes(self) -> float:
         return self.ram_capacity_gib.value * GiB
+
+    @property
+    def gather_bytes_per_s(self) -> float:
+        if self.cpu_gather_gbps is None:
+            return self.ram_bytes_per_s
+        return self.cpu_gather_gbps.value * 1e9
 
 
 def _data_dir(kind: str) -> Path:
