@@ -235,6 +235,25 @@ def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, Mod
     return per_layer, spec
 
 
+def _gpu_kernel_us(n: int = 400) -> float:
+    """GPU time per tiny kernel when kernels are queued back to back: the host queues n adds while the GPU sleeps,
+    then they run with no host in the way. A launch-bound eager step costs max(host dispatch, GPU work); this is
+    the GPU side, kernel_us the host side."""
+    x = torch.zeros(256, device="cuda")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(200_000_000)  # ~0.1 s at H100 clocks: far longer than queueing n kernels takes
+        start.record()
+        for _ in range(n):
+            x.add_(1.0)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / n)
+    return sorted(times)[1]
+
+
 def _sync_us() -> float:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -317,6 +336,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     progress("fixed costs")
     tiny_s, tiny_model = decode_layer_cost("cuda")
     sync = _sync_us()
+    gpu_kernel = _gpu_kernel_us()
     progress("CPU")
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather = _cpu(model)
     return Measurements(
@@ -338,6 +358,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_attention=cpu_attn,
         cpu_matmul_tflops=cpu_tflops,
         cpu_gather_gbps=cpu_gather,
+        gpu_kernel_us=gpu_kernel,
         cpu_threads=torch.get_num_threads(),
         host_ram_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
     )

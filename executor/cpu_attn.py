@@ -4,8 +4,9 @@ outputs are concatenated. Per layer at decode:
 
     compute: q of the CPU heads and their new K/V -> GPU staging;  D2H q -> pinned q, new K/V -> host block[P]
     compute: the GPU heads' slots (their H2D prefetches keep running)
-    host:    wait for the q copy (one sync), attend on the CPU (torch's flash kernel, all threads) over
-             host block[:P+1], write the output to pinned memory, H2D it; compute waits for it
+    worker:  (a thread, beside the issuing of the GPU slots) wait for the q copy (one sync), attend on the CPU
+             (torch's flash kernel, all threads, split over key ranges) over host block[:P+1], write the
+             output to pinned memory;  then H2D it; compute waits for it
 
 Prefill attends every head on the GPU: the CPU heads' block streams as one more slot.
 """
@@ -13,6 +14,7 @@ Prefill attends every head on the GPU: the CPU heads' block streams as one more 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from roofsim.executor.attention import attend_parts, chunk_parts, kv_views, pack_kv
@@ -21,6 +23,16 @@ from roofsim.executor.hostpool import pinned_empty
 from roofsim.executor.slots import Slot, SlotLayer, cut_slots
 
 from roofsim.errors import UserError
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _worker() -> ThreadPoolExecutor:
+    """One worker thread for the CPU's share of attention (layers run one after another, so one is enough)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roofsim-cpu-attn")
+    return _pool
 
 
 class CpuAttnLayer(SlotLayer):
@@ -74,28 +86,35 @@ class CpuAttnLayer(SlotLayer):
             slot=s.index,
             nbytes=2 * q_gpu.numel() * q_gpu.element_size(),
         )
-        outs = [self.attend_slot(g, q, new, scale) for g in self.slots if g is not s]
+        out_sent = self.out_sent
 
-        t0 = time.perf_counter()
-        eng.host_wait(q_ready)
-        t1 = time.perf_counter()
-        rec.host_span("host", "sync", t0, t1, layer=self.idx, name="wait for q")
-        K, V = kv_views(s.host, 0, P + C)
-        o_cpu, _ = attend_parts(q_host, chunk_parts(K, V, P, C), scale)
-        if self.out_sent is not None:
-            eng.host_wait(self.out_sent)  # the previous step's H2D from out_host is done
-        out_host.copy_(o_cpu)
-        t2 = time.perf_counter()
-        rec.host_span(
-            "cpu",
-            "cpu_attention",
-            t1,
-            t2,
-            layer=self.idx,
-            slot=s.index,
-            nbytes=(P + C) * sh.kv_row_bytes(s.g),
-            flops=4.0 * sh.batch * s.g * sh.group * C * (P + C) * sh.head_dim,
-        )
+        def cpu_part():
+            t0 = time.perf_counter()
+            eng.host_wait(q_ready)
+            t1 = time.perf_counter()
+            rec.host_span("host", "sync", t0, t1, layer=self.idx, name="wait for q")
+            K, V = kv_views(s.host, 0, P + C)
+            o_cpu, _ = attend_parts(q_host, chunk_parts(K, V, P, C), scale)
+            if out_sent is not None:
+                eng.host_wait(out_sent)  # the previous step's H2D from out_host is done
+            out_host.copy_(o_cpu)
+            t2 = time.perf_counter()
+            rec.host_span(
+                "cpu",
+                "cpu_attention",
+                t1,
+                t2,
+                layer=self.idx,
+                slot=s.index,
+                nbytes=(P + C) * sh.kv_row_bytes(s.g),
+                flops=4.0 * sh.batch * s.g * sh.group * C * (P + C) * sh.head_dim,
+            )
+
+        # the CPU attends on a worker thread (torch's kernels release the GIL) while this thread issues the GPU
+        # heads' slots: the two run side by side, as the plan's cost model has them
+        job = _worker().submit(cpu_part)
+        outs = [self.attend_slot(g, q, new, scale) for g in self.slots if g is not s]
+        job.result()
         eng.wait(eng.h2d, self.out_consumed)
         h0 = rec.mark(eng.h2d)
         eng.copy(eng.h2d, out_gpu, out_host)

@@ -16,6 +16,8 @@ Both engines refuse a non-contiguous host<->device copy: torch would silently st
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -117,6 +119,15 @@ class _Eager:
     name = "compute"
 
 
+def _locked(method):
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class CpuEngine:
     """CPU stand-in: 'GPU' tensors live in ordinary memory, compute runs eagerly, copies run late (see module doc).
 
@@ -125,6 +136,9 @@ class CpuEngine:
     kind = "cpu"
 
     def __init__(self, lazy: bool = True):
+        self.lock = (
+            threading.RLock()
+        )  # cpu_attention's worker thread waits on events while this one queues copies
         self.device = torch.device("cpu")
         self.compute = _Eager()
         self.h2d = DeferredStream("h2d")
@@ -133,6 +147,7 @@ class CpuEngine:
         self.lazy = lazy
         self.stats = {"h2d": CopyStats(), "d2h": CopyStats()}
 
+    @_locked
     def event(self, stream) -> CpuEvent:
         if stream is self.compute:
             return CpuEvent()
@@ -142,6 +157,7 @@ class CpuEngine:
             self._run(stream, ev)
         return ev
 
+    @_locked
     def wait(self, stream, ev) -> None:
         if ev is None or ev.done:
             return
@@ -150,6 +166,7 @@ class CpuEngine:
         else:
             stream.ops.append(("wait", ev))
 
+    @_locked
     def copy(self, stream, dst: torch.Tensor, src: torch.Tensor, direction: str | None = None) -> None:
         _check_copy(dst, src)
         s = self.stats[direction or stream.name]
@@ -168,10 +185,12 @@ class CpuEngine:
     def host_wait(self, ev) -> None:
         self.wait(self.compute, ev)
 
+    @_locked
     def stream_sync(self, stream) -> None:
         if stream is not self.compute:
             self._run(stream, None)
 
+    @_locked
     def synchronize(self) -> None:
         for s in (self.h2d, self.d2h, self.h2d_weights):
             self._run(s, None)

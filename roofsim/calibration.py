@@ -66,6 +66,9 @@ class Measurements(BaseModel):
     cpu_copy_gbps: float = Field(description="host memcpy, bytes read plus written per second")
     cpu_attention: list[CopyPoint] = Field(description="KV bytes scanned by CPU decode attention")
     cpu_matmul_tflops: float
+    gpu_kernel_us: float | None = Field(
+        default=None, description="GPU time per tiny kernel queued back to back behind a sleeping kernel"
+    )
     cpu_gather_gbps: float | None = Field(
         default=None,
         description="gather of scattered KV rows into pinned memory, bytes read plus written per second",
@@ -124,7 +127,12 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             "memory": (memory, "device-to-device copy over the datasheet bandwidth"),
             "kernel_us": (
                 kernel_us,
-                f"one decoder layer at tiny shapes / {kernels} kernels in roofsim's model",
+                f"one decoder layer at tiny shapes / {kernels:g} kernels in roofsim's model",
+            ),
+            **(
+                {"gpu_kernel_us": (m.gpu_kernel_us, "tiny kernels queued back to back: GPU time per kernel")}
+                if m.gpu_kernel_us is not None
+                else {}
             ),
         },
         "runtime": {
@@ -190,7 +198,7 @@ def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: 
                 continue
             if field in fitted.get(section, {}):
                 lines.append(f"{field} = {_v(*fitted[section][field])}")
-            else:
+            elif getattr(model, field) is not None:
                 lines.append(f"{field} = {_carried(getattr(model, field))}")
     gpu_path = out_dir / f"{name}.toml"
     gpu_path.write_text("\n".join(lines) + "\n")

@@ -225,9 +225,22 @@ def cmd_plan(args) -> int:
 def cmd_calibrate(args) -> int:
     from rich.progress import Progress
 
-    from roofsim.calibration import write_profile
+    from roofsim.calibration import Measurements, write_profile
     from roofsim.display import console
 
+    if args.refit:
+        path = Path(args.refit)
+        try:
+            m = Measurements.model_validate_json(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"--refit {path}: not a measurements file written by roofsim calibrate ({e})"
+            ) from None
+        gpu = load_gpu(args.gpu)
+        host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+        gpu_path, host_path = write_profile(gpu, host, m, Path(args.output))
+        print(f"calibrated profile (refitted): {gpu_path} (host {host_path}); use it with --gpu {gpu_path}")
+        return 0
     try:
         import torch
 
@@ -265,8 +278,34 @@ def cmd_validate(args) -> int:
     from rich.progress import Progress
 
     from roofsim.display import console
-    from roofsim.validate import archive_results, format_table, load_configs, summarize, validate_one
+    from roofsim.validate import (
+        archive_results,
+        format_table,
+        load_configs,
+        repredict,
+        summarize,
+        validate_one,
+    )
 
+    if args.repredict:
+        folder = Path(args.repredict)
+        if not folder.is_dir():
+            raise UserError(
+                f"--repredict {folder}: no such results folder (one written by roofsim validate -o)"
+            )
+        gpu = load_gpu(args.gpu)
+        host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+        n = repredict(folder, args.gpu, gpu, host)
+        if not n:
+            raise UserError(
+                f"--repredict {folder}: no runs.json under it (a folder written by roofsim validate)"
+            )
+        rows, line = summarize(folder)
+        print(format_table(rows))
+        print(line)
+        return 0
+    if not args.configs or not args.output:
+        raise UserError("roofsim validate needs a configuration file and -o (or --repredict RESULTS_DIR)")
     configs = load_configs(args.configs)
     if args.only:
         wanted = set(args.only.split(","))
@@ -447,16 +486,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", default="calibrated", help="folder for the profile (default ./calibrated)"
     )
+    p.add_argument(
+        "--refit",
+        metavar="MEASUREMENTS_JSON",
+        help="fit the profile again from a committed *-measurements.json (no GPU, nothing measured)",
+    )
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("validate", help="predict and run configurations, write predicted and measured traces")
     p.add_argument(
-        "configs", help="TOML file with [[config]] tables (name, model, context, plan, gen, gpu_mem)"
+        "configs",
+        nargs="?",
+        help="TOML file with [[config]] tables (name, model, context, plan, gen, gpu_mem)",
     )
     p.add_argument("--gpu", required=True, help="the (calibrated) GPU profile the predictions use")
     p.add_argument("--host", help="host spec (default: the profile's)")
+    p.add_argument("-o", "--output", help="results folder, e.g. validation/results/h100/campaign")
     p.add_argument(
-        "-o", "--output", required=True, help="results folder, e.g. validation/results/h100/campaign"
+        "--repredict",
+        metavar="RESULTS_DIR",
+        help="predict the runs of a results folder again with --gpu and the current model, compare with what "
+        "they measured (no GPU needed, nothing is run)",
     )
     p.add_argument(
         "--device", choices=["cuda", "cpu"], help="where the executor runs (default: cuda if present)"

@@ -26,7 +26,8 @@ class Op:
     kind: OpKind
     flops: Num
     hbm_bytes: Num
-    kernels: int = 1  # eager-mode kernel launches this op costs
+    kernels: Num = 1  # eager-mode kernel launches this op costs
+    extra_bytes: Num = 0.0  # memory-bound passes of the same op that run as separate kernels (not overlapped)
 
 
 def _gemm(name: str, rows: Num, k: int, n: int, e: int, kernels: int = 1) -> Op:
@@ -38,11 +39,37 @@ def _vector(name: str, elems: Num, flops_per: float, passes: float, e: int, kern
     return Op(name, "vector", flops_per * elems, passes * elems * e, kernels)
 
 
+# Host dispatch units (kernel_us each) of one attention call in the executor: the call is ~16 eager aten ops over
+# GPU-resident KV (the query's slice, the new token's write, views, the kernel, its LSE, the output) against ~87
+# for a whole Llama layer that roofsim counts as 38 units; a streamed unit adds ~11 ops (ring buffer, staging,
+# events, two copies). tests/test_executor_dispatch.py counts them in the executor and holds these to it.
+ATTN_CALL_KERNELS = 8
+STREAMED_CALL_EXTRA = 6
+
+
+def _norm(name: str, m: ModelSpec, elems: Num) -> Op:
+    """HF eager RMSNorm upcasts to fp32: to(fp32), pow, mean, (+eps, rsqrt per row), mul, to(dtype), * weight:
+    (e + 4) + 8 + 4 + 8 + (4 + e) + 2e = 28 + 4e bytes per element in 8 kernels. LayerNorm: one fused kernel."""
+    e = m.dtype_bytes
+    if m.norm == "rms":
+        return Op(name, "vector", 4.0 * elems, (28 + 4 * e) * elems, 8)
+    return _vector(name, elems, 4, 2, e, 1)
+
+
 def attention_op(
-    m: ModelSpec, C: Num, P: Num, B: int, kv_heads: Num | None = None, keys: Num | None = None
+    m: ModelSpec,
+    C: Num,
+    P: Num,
+    B: int,
+    kv_heads: Num | None = None,
+    keys: Num | None = None,
+    calls: Num = 1,
+    streamed_calls: Num = 0,
 ) -> Op:
     """Attention of C new queries per sequence over P cached + C new keys, for `kv_heads` KV heads (default:
-    all) and their query groups. `keys` overrides the number of cached keys read (sparse plans)."""
+    all) and their query groups, in `calls` kernel calls of which `streamed_calls` attend streamed units. `keys`
+    overrides the number of cached keys read (sparse plans). A chunk after cached keys is two parts (the past,
+    then the chunk's own causal square) whose outputs the executor merges by their LSE in fp32."""
     hk = m.n_kv_heads if kv_heads is None else kv_heads
     hq = hk * m.group
     e = m.dtype_bytes
@@ -51,7 +78,19 @@ def attention_op(
     flops = 4.0 * B * hq * m.head_dim * C * keys_per_query
     qo = 2.0 * B * C * hq * m.head_dim * e
     kv = 2.0 * B * (cached + C) * hk * m.head_dim * e
-    return Op("attention", "attention", flops, qo + kv, kernels=1)
+    q_elems = B * np.asarray(C, dtype=float) * hq * m.head_dim
+    two_parts = (np.asarray(C) > 1) & (np.asarray(cached) > 0)
+    # the merge: both outputs to fp32, scaled, summed, cast back (~(3e + 40) bytes per query element); a GQA
+    # causal part repeats the chunk's K/V per query head; a GQA query is folded into a contiguous copy
+    merge = np.where(two_parts, q_elems * (3 * e + 40), 0.0)
+    repeat = (
+        np.where(np.asarray(C) > 1, 2.0 * B * C * hk * m.head_dim * e * (1 + m.group), 0.0)
+        if m.group > 1
+        else 0.0
+    )
+    fold = 2.0 * q_elems * e if m.group > 1 else 0.0
+    kernels = calls * ATTN_CALL_KERNELS + streamed_calls * STREAMED_CALL_EXTRA
+    return Op("attention", "attention", flops, qo + kv, kernels=kernels, extra_bytes=merge + repeat + fold)
 
 
 def pre_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:
@@ -59,14 +98,15 @@ def pre_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:
     e = m.dtype_bytes
     rows = B * np.asarray(C, dtype=float)
     h = m.hidden
-    norm_kernels = 7 if m.norm == "rms" else 1  # HF eager RMSNorm: pow, mean, add, rsqrt, mul, cast, mul
     ops = [
-        _vector("input_norm", rows * h, 4, 2, e, norm_kernels),
+        _norm("input_norm", m, rows * h),
         _gemm("qkv_proj", rows, h, m.q_dim + 2 * m.kv_dim, e, kernels=1 if m.fused_qkv else 3),
     ]
     if m.positions == "rope":
-        ops.append(_vector("rope", rows * (m.n_heads + m.n_kv_heads) * m.head_dim, 3, 2, e, kernels=10))
-    ops.append(_vector("kv_write", rows * 2 * m.kv_dim, 0, 2, e, kernels=2))
+        # HF rotary: q*cos, rotate_half (neg of one half, cat), *sin, add, for q and k: ~10 bytes moved per byte
+        ops.append(_vector("rope", rows * (m.n_heads + m.n_kv_heads) * m.head_dim, 3, 10, e, kernels=10))
+    # the new K/V packed token-major (stack, then a contiguous permute) and written into the cache
+    ops.append(_vector("kv_write", rows * 2 * m.kv_dim, 0, 6, e, kernels=3))
     return ops
 
 
@@ -75,16 +115,16 @@ def post_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:
     e = m.dtype_bytes
     rows = B * np.asarray(C, dtype=float)
     h, inter = m.hidden, m.intermediate
-    norm_kernels = 7 if m.norm == "rms" else 1
     ops = [
+        _vector("attn_out", rows * m.q_dim, 0, 2, e, 1),  # [B, H, C, D] -> [B, C, H*D] contiguous for o_proj
         _gemm("o_proj", rows, m.q_dim, h, e),
         _vector("residual_1", rows * h, 1, 3, e, 1),
-        _vector("post_norm", rows * h, 4, 2, e, norm_kernels),
+        _norm("post_norm", m, rows * h),
     ]
     if m.mlp == "gated":
         ops += [
             _gemm("gate_up_proj", rows, h, 2 * inter, e, kernels=1 if m.family == "phi3" else 2),
-            _vector("act_mul", rows * inter, 5, 3, e, 2),
+            _vector("act_mul", rows * inter, 5, 5, e, 2),  # silu(gate) (read, write), * up (read 2, write)
             _gemm("down_proj", rows, inter, h, e),
         ]
     else:
@@ -106,7 +146,7 @@ def head_ops(m: ModelSpec, B: int) -> list[Op]:
     """Final norm and LM head, for the last token of each sequence only (logits kept in fp32)."""
     e = m.dtype_bytes
     return [
-        _vector("final_norm", B * m.hidden, 4, 2, e, 7 if m.norm == "rms" else 1),
+        _norm("final_norm", m, B * m.hidden),
         Op("lm_head", "gemm", 2.0 * B * m.hidden * m.vocab, m.hidden * m.vocab * e + B * m.vocab * 4, 1),
     ]
 

@@ -1,5 +1,7 @@
 """Roofline time of an operator: max(FLOPs / achievable FLOP/s, bytes / achievable HBM bandwidth) plus a fixed
-per-kernel cost, and which ceiling binds. Achievable = datasheet peak x the efficiency in the GPU spec."""
+per-kernel GPU cost, and which ceiling binds. Achievable = datasheet peak x the efficiency in the GPU spec.
+The host's cost of dispatching the kernels (GpuWork.kernels x kernel_us) is separate: the host runs ahead of the
+GPU, so a launch-bound step takes max(host dispatch, GPU work), which the families and the simulator apply."""
 
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ def op_time(op: Op, gpu: GpuSpec) -> OpTime:
     compute = np.asarray(op.flops, dtype=float) / peak_flops(op, gpu)
     memory = np.asarray(op.hbm_bytes, dtype=float) / gpu.hbm_bytes_per_s
     compute_bound = compute >= memory
+    extra = np.asarray(op.extra_bytes, dtype=float) / gpu.hbm_bytes_per_s
     return OpTime(
         tensor_s=np.where(compute_bound, compute, 0.0),
-        hbm_s=np.where(compute_bound, 0.0, memory),
-        launch_s=op.kernels * gpu.kernel_s,
+        hbm_s=np.where(compute_bound, 0.0, memory) + extra,
+        launch_s=np.asarray(op.kernels, dtype=float) * gpu.gpu_kernel_s,
     )
 
 
@@ -52,6 +55,11 @@ class GpuWork:
     launch_s: np.ndarray
     flops: np.ndarray
     hbm_bytes: np.ndarray
+    kernels: np.ndarray
+
+    def dispatch_s(self, gpu: GpuSpec) -> np.ndarray:
+        """Host time to dispatch these kernels."""
+        return self.kernels * gpu.kernel_s
 
     @property
     def total_s(self) -> np.ndarray:
@@ -64,7 +72,7 @@ class GpuWork:
         return GpuWork(*(getattr(self, f) * k for f in _FIELDS))
 
 
-_FIELDS = ("tensor_s", "hbm_s", "launch_s", "flops", "hbm_bytes")
+_FIELDS = ("tensor_s", "hbm_s", "launch_s", "flops", "hbm_bytes", "kernels")
 ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
 
 
@@ -77,7 +85,8 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             t.hbm_s,
             np.asarray(t.launch_s, dtype=float),
             np.asarray(op.flops, dtype=float),
-            np.asarray(op.hbm_bytes, dtype=float),
+            np.asarray(op.hbm_bytes, dtype=float) + np.asarray(op.extra_bytes, dtype=float),
+            np.asarray(op.kernels, dtype=float),
         )
     return total
 

@@ -126,11 +126,7 @@ def validate_one(
         tag = "pick" if i == 0 else f"alt{i}"
         sub = folder if i == 0 else folder / tag
         sub.mkdir(exist_ok=True)
-        analytic = predict(plan, model, gpu, host, work, limits)
-        predicted = simulate(plan, model, gpu, host, work, limits, keep="sample")
-        predicted.header.notes.append(f"profile: {gpu_arg}")
-        predicted.write(sub / "predicted.json")
-        (sub / "analytic.json").write_text(json.dumps(analytic.summary(), indent=1))
+        predicted = _predict_into(sub, plan, model, gpu, host, work, limits, gpu_arg)
         plan_path = sub / "plan.json"
         plan_path.write_text(
             json.dumps({"plan": plan.model_dump(), "model": cfg.model, "workload": work.model_dump()})
@@ -144,20 +140,61 @@ def validate_one(
             "how": how,
             "status": status["returncode"],
         }
-        measured_path = sub / "measured.json"
-        if measured_path.is_file():
-            measured = Trace.read(measured_path)
-            comparison = compare(predicted, measured)
-            (sub / "comparison.json").write_text(comparison.model_dump_json(indent=1))
-            row.update(
-                complete=measured.complete,
-                error=measured.error,
-                **{f"{r.name}_predicted": r.predicted for r in comparison.phases},
-                **{f"{r.name}_measured": r.measured for r in comparison.phases},
-            )
+        _compare_into(sub, predicted, row)
         runs.append(row)
     (folder / "runs.json").write_text(json.dumps(runs, indent=1))
     return {"config": cfg.name, "runs": runs}
+
+
+def _predict_into(sub: Path, plan, model, gpu, host, work, limits, gpu_arg: str) -> Trace:
+    """Write the analytic summary and the simulated Trace of one run's plan into its folder."""
+    analytic = predict(plan, model, gpu, host, work, limits)
+    predicted = simulate(plan, model, gpu, host, work, limits, keep="sample")
+    predicted.header.notes.append(f"profile: {gpu_arg}")
+    predicted.write(sub / "predicted.json")
+    (sub / "analytic.json").write_text(json.dumps(analytic.summary(), indent=1))
+    return predicted
+
+
+def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:
+    """Compare with the measured Trace (if the run wrote one) and add both sides' phase numbers to the row."""
+    for key in [k for k in row if k.endswith(("_predicted", "_measured"))]:
+        del row[key]
+    measured_path = sub / "measured.json"
+    if measured_path.is_file():
+        measured = Trace.read(measured_path)
+        comparison = compare(predicted, measured)
+        (sub / "comparison.json").write_text(comparison.model_dump_json(indent=1))
+        row.update(
+            complete=measured.complete,
+            error=measured.error,
+            **{f"{r.name}_predicted": r.predicted for r in comparison.phases},
+            **{f"{r.name}_measured": r.measured for r in comparison.phases},
+        )
+
+
+def repredict(results_dir: str | Path, gpu_arg: str, gpu: GpuSpec, host: HostSpec) -> int:
+    """Predict every run of a results folder again with the current model and the given profile, and compare with
+    the measured Traces already there (no GPU needed): a model fix is checked against the committed measurements
+    without running the campaign again. The runs themselves, and what they measured, are left untouched."""
+    root = Path(results_dir)
+    count = 0
+    for runs_file in sorted(root.rglob("runs.json")):
+        folder = runs_file.parent
+        cfg = Config.model_validate_json((folder / "config.json").read_text())
+        model = load_model(cfg.model)
+        limits = Limits(gpu_mem_bytes=parse_bytes(cfg.gpu_mem, "gpu_mem") if cfg.gpu_mem else None)
+        runs = json.loads(runs_file.read_text())
+        for row in runs:
+            sub = folder if row["run"] == "pick" else folder / row["run"]
+            saved = json.loads((sub / "plan.json").read_text())
+            plan = plan_from_dict(saved["plan"], where=str(sub / "plan.json"))
+            work = Workload(**saved["workload"])
+            predicted = _predict_into(sub, plan, model, gpu, host, work, limits, gpu_arg)
+            _compare_into(sub, predicted, row)
+            count += 1
+        runs_file.write_text(json.dumps(runs, indent=1))
+    return count
 
 
 def archive_results(out_dir: Path, archive: Path) -> None:
@@ -217,6 +254,7 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
             regret = 100.0 * (measured[0] / min(measured) - 1)
             row["regret_pct"] = regret
             regrets.append(regret)
+        row["why"] = _why(runs_file.parent)
         rows.append(row)
     n = sum(not r["failed"] for r in rows)
     line = (
@@ -225,6 +263,30 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
         f"regret_max_pct={max(regrets) if regrets else math.nan:.1f}"
     )
     return rows, line
+
+
+def _why(folder: Path) -> str:
+    """Where each phase's error sits: the span kind whose busy time differs most (predicted - measured), and for a
+    prefill the first chunk's share (it carries the process's cold start: kernel loading, allocator growth)."""
+    try:
+        comp = json.loads((folder / "comparison.json").read_text())
+        meas = json.loads((folder / "measured.json").read_text())["summary"]
+        pred = json.loads((folder / "predicted.json").read_text())["summary"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    parts = []
+    for phase, unit, label in (("prefill", 1.0, "s"), ("decode", 1e3, "ms")):
+        kinds = [k for k in comp["span_kinds"].get(phase, []) if k["name"] not in ("issue", "sync")]
+        if not kinds or not meas.get("decode_step_s" if phase == "decode" else "prefill_chunk_s"):
+            continue
+        k = max(kinds, key=lambda k: abs(k["predicted"] - k["measured"]))  # busy time per chunk or step
+        step = "chunk" if phase == "prefill" else "step"
+        text = f"{phase} {k['name']} {(k['predicted'] - k['measured']) * unit:+.2f} {label}/{step}"
+        if phase == "prefill" and pred.get("prefill_chunk_s"):
+            first = pred["prefill_chunk_s"][0] - meas["prefill_chunk_s"][0]
+            text += f" (1st chunk {first:+.2f} s)"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _cell(row: dict, phase: str, unit: float) -> str:
@@ -238,7 +300,7 @@ def format_table(rows: list[dict]) -> str:
     """Prefill in s, decode in ms per token, predicted/measured (error)."""
     head = (
         f"{'config':34s} {'family':14s} {'prefill s pred/meas (err)':>30s} {'decode ms pred/meas (err)':>34s} "
-        f"{'peak GPU err':>12s} {'regret':>7s}"
+        f"{'peak GPU err':>12s} {'regret':>7s}  largest span-kind difference, predicted - measured"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -250,6 +312,6 @@ def format_table(rows: list[dict]) -> str:
         regret = f"{r['regret_pct']:.1f}%" if "regret_pct" in r else "-"
         lines.append(
             f"{r['config']:34s} {r['family']:14s} {_cell(r, 'prefill_s', 1):>30s} "
-            f"{_cell(r, 'decode_s_per_token', 1e3):>34s} {mem_text:>12s} {regret:>7s}"
+            f"{_cell(r, 'decode_s_per_token', 1e3):>34s} {mem_text:>12s} {regret:>7s}  {r.get('why', '')}"
         )
     return "\n".join(lines)

@@ -189,3 +189,22 @@ def test_cpu_decode_split_over_keys_matches_one_call(monkeypatch, tokens, heads,
     assert A._cpu_splits(q.reshape(1, heads, group, 64), K) == min(8, tokens // 1000)
     out, lse = A.attend(q, K, V, causal=False, scale=0.125)
     assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
+
+
+def test_prefill_warm_up_is_untimed_and_changes_nothing():
+    """The untimed warm-up forward (no cache) leaves the plan's cache and logits exactly as a cold run's."""
+    from roofsim.executor.runner import run_plan
+
+    plan = HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=1, prefill_chunk=8)
+    runs = []
+    for warm in (False, True):
+        model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=0)
+        runs.append(
+            run_plan(
+                plan, model, model_name="tiny", prompt_len=20, gen=3, keep_logits=True, prefill_warmup=warm
+            )
+        )
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].logits, runs[1].logits, strict=True))
+    assert any("untimed forward" in n for n in runs[1].trace.header.notes)
+    assert not any("untimed forward" in n for n in runs[0].trace.header.notes)
+    assert len(runs[1].trace.summary.prefill_chunk_s) == 3

@@ -125,8 +125,8 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
         t = np.where(units > 0, np.maximum(crit, copy + n - hidden), np.maximum(crit, copy))
     host = (
         link.issue_s(np.asarray(ll.h2d_copies) + np.asarray(ll.d2h_copies), gpu)
-        + ll.nonattn.launch_s
-        + ll.attn.launch_s
+        + ll.nonattn.dispatch_s(gpu)
+        + ll.attn.dispatch_s(gpu)
     )
     sync = ll.syncs * gpu.runtime.sync_us.value * 1e-6
     t = np.maximum(t, host) + sync
@@ -152,7 +152,7 @@ def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> Ste
     busy = {r: np.zeros(()) for r in RESOURCES}
     busy["tensor"] = busy["tensor"] + extra.tensor_s
     busy["hbm"] = busy["hbm"] + extra.hbm_s
-    busy["host"] = busy["host"] + extra.launch_s
+    busy["host"] = busy["host"] + extra.dispatch_s(gpu)
     flops, hbm = extra.flops, extra.hbm_bytes
     h2d = d2h = cpu = np.zeros(())
     for ll in loads:
@@ -226,9 +226,17 @@ def nonattn_work(ctx: Ctx, steps: Steps) -> GpuWork:
     return work(ops.pre_attention_ops(m, steps.C, B) + ops.post_attention_ops(m, steps.C, B), ctx.gpu)
 
 
-def attn_work(ctx: Ctx, steps: Steps, kv_heads=None, keys=None, calls: int = 1) -> GpuWork:
-    op = ops.attention_op(ctx.model, steps.C, steps.P, ctx.work.batch, kv_heads=kv_heads, keys=keys)
-    op = ops.Op(op.name, op.kind, op.flops, op.hbm_bytes, kernels=calls)
+def attn_work(ctx: Ctx, steps: Steps, kv_heads=None, keys=None, calls=1, streamed_calls=0) -> GpuWork:
+    op = ops.attention_op(
+        ctx.model,
+        steps.C,
+        steps.P,
+        ctx.work.batch,
+        kv_heads=kv_heads,
+        keys=keys,
+        calls=calls,
+        streamed_calls=streamed_calls,
+    )
     return work([op], ctx.gpu)
 
 

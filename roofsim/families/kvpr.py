@@ -91,7 +91,7 @@ def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     bw = link.rate(gpu, "h2d")
     dec = decode_steps([w.context, w.context + w.gen])
     nonattn = nonattn_work(ctx, dec)
-    attn = attn_work(ctx, dec)
+    attn = attn_work(ctx, dec, streamed_calls=1)
     rest = nonattn.total_s + attn.total_s
     s = dec.P
     if plan.recompute_tokens == "auto":

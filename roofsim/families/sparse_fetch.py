@@ -61,7 +61,7 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
         gather_s = 2 * fetched / host.gather_bytes_per_s
         nonattn = nonattn_work(ctx, dec)
         spec = work(speculation_ops(ctx, dec.P, plan.partial_key_ratio), gpu)
-        attn = attn_work(ctx, dec, keys=sel)
+        attn = attn_work(ctx, dec, keys=sel, streamed_calls=1)
         # layer i's fetch can start only once layer i-1 has attended and speculated (indices to the host, a
         # sync, the CPU gather, the copy); it hides behind layer i-1's post- and layer i's pre-attention work only
         roundtrip = (

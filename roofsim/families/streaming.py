@@ -66,10 +66,10 @@ def slot_loads(
     w_bytes, w_copies = weight_stream(ctx, streamed_weights)
     nonattn = nonattn_work(ctx, steps)
     attn_calls = max(slots, 1) + (int(np.max(blocks)) if token_block else 0)
-    attn = attn_work(ctx, steps, kv_heads=heads, calls=attn_calls)
     loads = []
     for r, count in sorted(Counter(resident).items()):
         S = slots - r
+        attn = attn_work(ctx, steps, kv_heads=heads, calls=attn_calls, streamed_calls=S * blocks)
         d2h_tokens = C if write_back == "incremental" else P + C
         loads.append(
             LayerLoad(

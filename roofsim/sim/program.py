@@ -152,8 +152,18 @@ class Builder:
             deps=deps,
         )
 
-    def attention(self, s: StepSpec, li: int, deps, slot=None, kv_heads=None, keys=None) -> int:
-        op = ops.attention_op(self.ctx.model, s.C, s.P, self.ctx.work.batch, kv_heads=kv_heads, keys=keys)
+    def attention(
+        self, s: StepSpec, li: int, deps, slot=None, kv_heads=None, keys=None, streamed=False
+    ) -> int:
+        op = ops.attention_op(
+            self.ctx.model,
+            s.C,
+            s.P,
+            self.ctx.work.batch,
+            kv_heads=kv_heads,
+            keys=keys,
+            streamed_calls=int(streamed),
+        )
         return self.compute([op], s.phase, s.step, li, slot, kind="attention", deps=deps, name="attention")
 
     def post(self, s: StepSpec, li: int, deps, extra=()) -> int:
@@ -297,7 +307,7 @@ def streamed_step(
             if u.streamed and d2h_on_compute and u.full_write_back:
                 wb = b.copy("d2h", u.d2h_bytes, phase, step, li, ui, copies=B, deps=(pre,))
                 deps.append(wb)
-            op = ops.attention_op(m, C, P, B, kv_heads=u.heads, keys=u.keys)
+            op = ops.attention_op(m, C, P, B, kv_heads=u.heads, keys=u.keys, streamed_calls=int(u.streamed))
             a = b.compute([op], phase, step, li, ui, kind="attention", deps=deps, name="attention")
             attn_ids.append(a)
             if u.streamed:
@@ -541,7 +551,7 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
                     )
                 )
             b.copy("d2h", k + (a if split > 0 else 0.0), s.phase, s.step, li, deps=(pre,))
-            att = b.attention(s, li, deps)
+            att = b.attention(s, li, deps, streamed=True)
             releases.append(att)
             prev = b.post(s, li, (att,))
             weights.done(li, prev)
@@ -630,7 +640,7 @@ def _cpu_decode_step(
                 issue(consumed + 1 + depth if depth else consumed + 1)
                 deps.append(ids[(li, ui)])
                 b.copy("d2h", u.d2h_bytes, s.phase, s.step, li, ui, copies=B, deps=(pre,))
-            a = b.attention(s, li, deps, slot=ui, kv_heads=u.heads)
+            a = b.attention(s, li, deps, slot=ui, kv_heads=u.heads, streamed=u.streamed)
             deps_post.append(a)
             if u.streamed:
                 ring.releases.append(a)
@@ -695,7 +705,7 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
                 deps = [pre, fetch[li]]
                 keys = sel
             b.copy("d2h", kv_bytes(ctx, 1, m.n_kv_heads), s.phase, s.step, li, deps=(pre,))
-            att = b.attention(s, li, deps, keys=keys)
+            att = b.attention(s, li, deps, keys=keys, streamed=True)
             if li + 1 < m.n_layers and li + 1 >= dense:
                 speculate_for(li + 1, att)
             if li < dense and li + 1 < dense:

@@ -78,9 +78,17 @@ class EfficiencySpec(_Section):
     gemm: SourcedNumber
     attention: SourcedNumber
     memory: SourcedNumber
-    kernel_us: SourcedNumber
+    kernel_us: SourcedNumber  # host: what dispatching one kernel from eager PyTorch costs the issuing thread
+    # GPU: the time one small kernel occupies the stream when kernels are queued back to back; None: the default
+    # below. Separate from kernel_us: a launch-bound step runs max(host dispatch, GPU work), not their sum.
+    gpu_kernel_us: SourcedNumber | None = None
 
     _pos = field_validator("gemm", "attention", "memory")(lambda v, info: positive(info.field_name, v))
+
+
+DEFAULT_GPU_KERNEL_US = (
+    3.0  # assumed: the spacing of back-to-back tiny kernels on recent NVIDIA GPUs (2-4 us)
+)
 
 
 class RuntimeSpec(_Section):
@@ -128,7 +136,14 @@ class GpuSpec(_Section):
 
     @property
     def kernel_s(self) -> float:
+        """Host time to dispatch one kernel."""
         return self.efficiency.kernel_us.value * 1e-6
+
+    @property
+    def gpu_kernel_s(self) -> float:
+        """GPU stream time of one kernel beyond its FLOPs and bytes."""
+        g = self.efficiency.gpu_kernel_us
+        return (DEFAULT_GPU_KERNEL_US if g is None else g.value) * 1e-6
 
 
 class HostSpec(_Section):
