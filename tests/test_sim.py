@@ -173,10 +173,10 @@ def test_a_plan_over_gpu_memory_is_infeasible_with_moment_and_shortfall():
     t = simulate(ResidentPlan(prefill_chunk=65536), LLAMA, GPU, HOST, work, decode_steps=1, keep="none")
     assert t.summary.feasible is False
     assert "exceeds GPU memory at t=" in t.summary.reason and "GiB" in t.summary.reason
-    ok = simulate(HeadOffloadPlan(prefill_chunk=65536), LLAMA, GPU, HOST, work, decode_steps=1, keep="none")
+    ok = simulate(HeadOffloadPlan(prefill_chunk=16384), LLAMA, GPU, HOST, work, decode_steps=1, keep="none")
     assert ok.summary.feasible is True
     capped = simulate(
-        HeadOffloadPlan(prefill_chunk=65536),
+        HeadOffloadPlan(prefill_chunk=16384),
         LLAMA,
         GPU,
         HOST,

@@ -250,10 +250,18 @@ def kv_bytes(ctx: Ctx, tokens, kv_heads) -> float:
 
 
 def activation_bytes(ctx: Ctx, tokens: int) -> float:
-    """Live activations of one layer's forward over `tokens` new tokens per sequence: the residual stream and
-    norm output (2h), gate and up (2I), and q plus the attention output (2 * q_dim)."""
+    """Live activations of one layer's forward over `tokens` new tokens per sequence, at its peak: in the MLP of
+    stock transformers, where the model's input embeddings, the layer's input (the caller's loop variable), the
+    residual and the normed input (4h) are alive with act(gate), up and their product (3I; a plain MLP: fc1's
+    output and its activation, 2I); or in a chunk's attention, where the executor merges two partial outputs in
+    fp32 (larger for MHA models, whose q is as wide as their MLP is narrow)."""
     m = ctx.model
-    return float(ctx.work.batch * tokens * (2 * m.hidden + 2 * m.intermediate + 2 * m.q_dim) * m.dtype_bytes)
+    mlp = 4 * m.hidden + (3 if m.mlp == "gated" else 2) * m.intermediate
+    # attention of a chunk after cached keys: 3h, q, k and v (k, v packed once more), the two partial outputs and
+    # the fp32 LSE merge's temporaries (two upcast outputs, a scaled term, the accumulator: 8 q_dim in bf16 units)
+    merged = 1 < tokens < ctx.work.context  # some chunk attends cached keys as well as its own
+    attn = 3 * m.hidden + 11 * m.q_dim + 2 * m.kv_dim if merged else 0
+    return float(ctx.work.batch * tokens * max(mlp, attn) * m.dtype_bytes)
 
 
 def logits_bytes(ctx: Ctx) -> float:

@@ -97,7 +97,8 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     T = w.max_tokens
     gpu_kv = {
         "kv_resident": m.n_layers * kv_bytes(ctx, T, resident_heads),
-        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, max(g, 1)),
+        # the ring's slots fit a GPU slot or, at prefill, the CPU heads' block streamed as one more slot
+        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, max(g if gpu_heads else 0, hc, 1)),
     }
     host_mem = {"kv": m.n_layers * kv_bytes(ctx, T, m.n_kv_heads - resident_heads)}
     c = int(pre.C.max())

@@ -135,7 +135,9 @@ def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
 
     T = w.max_tokens
     layer_kv = kv_bytes(ctx, T, m.n_kv_heads)
-    gpu_kv = {"kv_buffers": 2 * layer_kv, "workspace": 2 * a * l_end}
+    gpu_kv = {
+        "kv_buffers": 2 * (layer_kv + a * l_end)
+    }  # the executor's ring: a layer's KV and X of the prefix
     host = {"kv": m.n_layers * layer_kv, "activations": m.n_layers * a * l_end}
     c = int(pre.C.max())
     mem = peak_memory(

@@ -494,23 +494,23 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
     m, gpu, B = ctx.model, ctx.gpu, ctx.work.batch
     a, k, r = per_token(ctx)
     T = ctx.work.max_tokens
-    base["kv_buffers"] = 2 * kv_bytes(ctx, T, m.n_kv_heads)
+
+    def split_at(P: float) -> float:
+        if plan.recompute_tokens != "auto":
+            return float(min(plan.recompute_tokens, P))
+        rest = float(work(ops.layer_ops(m, 1, P, B), gpu).total_s)
+        bw = gpu.link.h2d_gbps.value * 1e9
+        return float(np.floor(optimal_split(P, a, k, r, bw, gpu.tensor_flops, rest, plan.overlap)))
+
+    # the two ring buffers hold a layer's KV and the X of the longest prefix recomputed, from the start (the
+    # executor sizes them for its capacity)
+    base["kv_buffers"] = 2 * (kv_bytes(ctx, T, m.n_kv_heads) + a * split_at(T - 1))
     for s in steps:
         if s.phase == "prefill":
             _layerwise_prefill_step(b, s, plan.weights == "streamed")
             continue
-        rest = float(work(ops.layer_ops(m, 1, s.P, B), gpu).total_s)
-        if plan.recompute_tokens == "auto":
-            split = float(
-                np.floor(
-                    optimal_split(
-                        s.P, a, k, r, gpu.link.h2d_gbps.value * 1e9, gpu.tensor_flops, rest, plan.overlap
-                    )
-                )
-            )
-        else:
-            split = float(min(plan.recompute_tokens, s.P))
-        alloc = {"activations": activation_bytes(ctx, 1), "workspace": 2 * a * split}
+        split = split_at(s.P)
+        alloc = {"activations": activation_bytes(ctx, 1)}
         first = b.embed(s, alloc)
         prefetch = plan.overlap == "inter_layer"
         copies: dict[int, tuple[int | None, int]] = {}
@@ -565,8 +565,9 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
     T = ctx.work.max_tokens
     resident_heads = plan.resident_slots * g
     base["kv_resident"] = m.n_layers * kv_bytes(ctx, T, resident_heads)
-    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, g)
     gpu_heads = m.n_kv_heads - hc
+    # the ring's slots fit a GPU slot or, at prefill, the CPU heads' block streamed as one more slot
+    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, max(g if gpu_heads else 0, hc, 1))
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4
     for s in steps:

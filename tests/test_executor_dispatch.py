@@ -1,0 +1,72 @@
+"""The host side of roofsim's cost model counts what the executor dispatches: eager decode is launch-bound, so the
+host units the model charges per attention call (ops.ATTN_CALL_KERNELS, + STREAMED_CALL_EXTRA for a streamed
+unit) must stay in proportion to the aten ops the executor actually dispatches for one, relative to a whole layer.
+Counted on the CPU with a dispatch mode (a count, not a timing): a refactor of the executor that adds or removes
+work per slot shows up here."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from roofsim import ops  # noqa: E402
+from roofsim.plan import HeadOffloadPlan, ResidentPlan  # noqa: E402
+from roofsim.specs.model import ModelSpec  # noqa: E402
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops_per_layer(plan) -> float:
+    """aten ops one decoder layer dispatches in a decode step (6-layer minus 2-layer model, over 4)."""
+    from roofsim.executor.build import make_cache
+    from roofsim.executor.check import tiny_config
+    from roofsim.executor.models import random_model
+
+    counts = []
+    for layers in (6, 2):
+        model = random_model(
+            tiny_config("llama", layers=layers, kv_heads=4, heads=8), "cpu", torch.float32, seed=0
+        )
+        cache = make_cache(model, plan, max_tokens=64)
+        with torch.no_grad():
+            ids = torch.randint(0, 128, (1, 16))
+            model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = ids[:, -1:]
+            model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            c = _Count()
+            with c:
+                model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.close()
+        counts.append(c.n)
+    return (counts[0] - counts[1]) / 4
+
+
+def test_model_host_units_follow_the_executors_dispatches():
+    tiny = ModelSpec(
+        name="tiny", source="test", family="llama", n_layers=1, hidden=128, n_heads=8, n_kv_heads=4, head_dim=16,
+        intermediate=128, vocab=128, max_positions=4096,
+    )  # fmt: skip
+    units_per_layer = sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
+    resident = _ops_per_layer(ResidentPlan())
+    per_unit = resident / units_per_layer  # aten ops per host unit of roofsim's model
+    # three more resident calls per layer: one KV head per slot, all four resident
+    resident_call = (_ops_per_layer(HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4)) - resident) / 3
+    # three more streamed calls per layer: four one-head slots against one four-head slot, all streamed
+    streamed_call = (
+        _ops_per_layer(HeadOffloadPlan(kv_heads_per_slot=1))
+        - _ops_per_layer(HeadOffloadPlan(kv_heads_per_slot=4))
+    ) / 3
+    assert resident_call / per_unit == pytest.approx(ops.ATTN_CALL_KERNELS, rel=0.25)
+    assert streamed_call / per_unit == pytest.approx(
+        ops.ATTN_CALL_KERNELS + ops.STREAMED_CALL_EXTRA, rel=0.25
+    )
