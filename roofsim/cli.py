@@ -282,6 +282,7 @@ def cmd_validate(args) -> int:
         archive_results,
         format_table,
         load_configs,
+        prefill_after_first_chunk_line,
         repredict,
         summarize,
         validate_one,
@@ -302,6 +303,7 @@ def cmd_validate(args) -> int:
             )
         rows, line = summarize(folder)
         print(format_table(rows))
+        print(prefill_after_first_chunk_line(rows))
         print(line)
         return 0
     if not args.configs or not args.output:
@@ -325,6 +327,7 @@ def cmd_validate(args) -> int:
             bar.advance(job)
     rows, line = summarize(out)
     print(format_table(rows))
+    print(prefill_after_first_chunk_line(rows))
     print(line)
     return 0
 

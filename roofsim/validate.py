@@ -255,6 +255,7 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
             row["regret_pct"] = regret
             regrets.append(regret)
         row["why"] = _why(runs_file.parent)
+        row["prefill_after_first_chunk"] = _after_first_chunk(runs_file.parent)
         rows.append(row)
     n = sum(not r["failed"] for r in rows)
     line = (
@@ -263,6 +264,31 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
         f"regret_max_pct={max(regrets) if regrets else math.nan:.1f}"
     )
     return rows, line
+
+
+def _after_first_chunk(folder: Path) -> float | None:
+    """Prefill error (%) over the chunks after the first, or None for a one-chunk prefill."""
+    try:
+        m = json.loads((folder / "measured.json").read_text())["summary"]["prefill_chunk_s"]
+        p = json.loads((folder / "predicted.json").read_text())["summary"]["prefill_chunk_s"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(m) < 2 or len(p) != len(m):
+        return None
+    return _err(sum(p[1:]), sum(m[1:]))
+
+
+def prefill_after_first_chunk_line(rows: list[dict]) -> str:
+    """A diagnostic: the prefill error without the first chunk, which a run without a warm-up pays the process's
+    cold start in (kernel loading, library handles, allocator growth)."""
+    errs = [
+        abs(r["prefill_after_first_chunk"]) for r in rows if r.get("prefill_after_first_chunk") is not None
+    ]
+    med = statistics.median(errs) if errs else math.nan
+    return (
+        f"prefill after the first chunk: n={len(errs)} median_abs_err_pct={med:.1f} "
+        f"p90_abs_err_pct={_pct(errs, 0.9):.1f}"
+    )
 
 
 def _why(folder: Path) -> str:

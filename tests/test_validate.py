@@ -105,3 +105,18 @@ def test_summarize_script_prints_the_same_line(campaign):
         [sys.executable, str(script), str(campaign)], capture_output=True, text=True, check=True
     )
     assert proc.stdout.strip().splitlines()[-1] == summarize(campaign)[1]
+
+
+def test_repredict_keeps_the_measurements_and_reproduces_the_predictions(campaign, tmp_path, capsys):
+    """--repredict predicts every run again (nothing is run): the measured traces stay byte for byte, and with an
+    unchanged model and profile the summary line is the same."""
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(campaign, copy)
+    measured = {p: p.read_bytes() for p in copy.rglob("measured.json")}
+    before = summarize(copy)[1]
+    assert main(["validate", "--repredict", str(copy), "--gpu", "h100-sxm"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == before
+    assert all(p.read_bytes() == b for p, b in measured.items())
+    assert main(["validate", "--repredict", str(tmp_path / "nowhere"), "--gpu", "h100-sxm"]) == 2

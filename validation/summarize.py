@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from roofsim.validate import format_table, summarize
+from roofsim.validate import format_table, prefill_after_first_chunk_line, summarize
 
 
 def main(argv: list[str]) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
         return 2
     rows, line = summarize(argv[0])
     print(format_table(rows))
+    print(prefill_after_first_chunk_line(rows))
     print(line)
     return 0
 
