@@ -28,6 +28,7 @@ class Op:
     hbm_bytes: Num
     kernels: Num = 1  # eager-mode kernel launches this op costs
     extra_bytes: Num = 0.0  # memory-bound passes of the same op that run as separate kernels (not overlapped)
+    runtime_calls: Num = 0  # CUDA runtime calls other than kernels and copies (event records, stream waits)
 
 
 def _gemm(name: str, rows: Num, k: int, n: int, e: int, kernels: int = 1) -> Op:
@@ -45,6 +46,11 @@ def _vector(name: str, elems: Num, flops_per: float, passes: float, e: int, kern
 # events, two copies). tests/test_executor_dispatch.py counts them in the executor and holds these to it.
 ATTN_CALL_KERNELS = 8
 STREAMED_CALL_EXTRA = 6
+# CUDA runtime calls besides kernels and copies (event records, stream waits), each costing the host about one
+# copy issue (copy_issue_us: a Python -> CUDA runtime call on a stream): 2 per attention call over resident KV, 8
+# more for a streamed unit (ring guard, its ready event, write-back ordering, the recorder's marks).
+ATTN_CALL_RUNTIME = 2
+STREAMED_CALL_RUNTIME_EXTRA = 8
 
 
 def _norm(name: str, m: ModelSpec, elems: Num) -> Op:
@@ -90,7 +96,16 @@ def attention_op(
     )
     fold = 2.0 * q_elems * e if m.group > 1 else 0.0
     kernels = calls * ATTN_CALL_KERNELS + streamed_calls * STREAMED_CALL_EXTRA
-    return Op("attention", "attention", flops, qo + kv, kernels=kernels, extra_bytes=merge + repeat + fold)
+    runtime = calls * ATTN_CALL_RUNTIME + streamed_calls * STREAMED_CALL_RUNTIME_EXTRA
+    return Op(
+        "attention",
+        "attention",
+        flops,
+        qo + kv,
+        kernels=kernels,
+        extra_bytes=merge + repeat + fold,
+        runtime_calls=runtime,
+    )
 
 
 def pre_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:

@@ -56,10 +56,11 @@ class GpuWork:
     flops: np.ndarray
     hbm_bytes: np.ndarray
     kernels: np.ndarray
+    runtime_calls: np.ndarray
 
     def dispatch_s(self, gpu: GpuSpec) -> np.ndarray:
-        """Host time to dispatch these kernels."""
-        return self.kernels * gpu.kernel_s
+        """Host time to dispatch these kernels and their event records and stream waits."""
+        return self.kernels * gpu.kernel_s + self.runtime_calls * gpu.runtime.copy_issue_us.value * 1e-6
 
     @property
     def total_s(self) -> np.ndarray:
@@ -72,7 +73,7 @@ class GpuWork:
         return GpuWork(*(getattr(self, f) * k for f in _FIELDS))
 
 
-_FIELDS = ("tensor_s", "hbm_s", "launch_s", "flops", "hbm_bytes", "kernels")
+_FIELDS = ("tensor_s", "hbm_s", "launch_s", "flops", "hbm_bytes", "kernels", "runtime_calls")
 ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
 
 
@@ -87,6 +88,7 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             np.asarray(op.flops, dtype=float),
             np.asarray(op.hbm_bytes, dtype=float) + np.asarray(op.extra_bytes, dtype=float),
             np.asarray(op.kernels, dtype=float),
+            np.asarray(op.runtime_calls, dtype=float),
         )
     return total
 

@@ -70,3 +70,55 @@ def test_model_host_units_follow_the_executors_dispatches():
     assert streamed_call / per_unit == pytest.approx(
         ops.ATTN_CALL_KERNELS + ops.STREAMED_CALL_EXTRA, rel=0.25
     )
+
+
+def _runtime_calls_per_layer(plan, monkeypatch) -> float:
+    """Event records and stream waits one decoder layer makes in a recorded decode step (the CPU engine's calls;
+    on CUDA each is one runtime call)."""
+    from roofsim.executor import engine as E
+    from roofsim.executor.build import make_cache
+    from roofsim.executor.check import tiny_config
+    from roofsim.executor.models import random_model
+
+    count = {"n": 0, "on": False}
+    for name in ("event", "wait"):
+        original = getattr(E.CpuEngine, name)
+
+        def counted(self, *a, _f=original, **k):
+            count["n"] += count["on"]
+            return _f(self, *a, **k)
+
+        monkeypatch.setattr(E.CpuEngine, name, counted)
+    counts = []
+    for layers in (6, 2):
+        model = random_model(
+            tiny_config("llama", layers=layers, kv_heads=4, heads=8), "cpu", torch.float32, seed=0
+        )
+        cache = make_cache(model, plan, max_tokens=64, record=True)
+        with torch.no_grad():
+            ids = torch.randint(0, 128, (1, 16))
+            model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = ids[:, -1:]
+            model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            count["n"], count["on"] = 0, True
+            model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            count["on"] = False
+        cache.close()
+        counts.append(count["n"])
+    return (counts[0] - counts[1]) / 4
+
+
+def test_model_runtime_calls_follow_the_executors(monkeypatch):
+    """Event records and stream waits per attention call, as ops.ATTN_CALL_RUNTIME and
+    STREAMED_CALL_RUNTIME_EXTRA charge them."""
+    resident = _runtime_calls_per_layer(ResidentPlan(), monkeypatch)
+    resident_call = (
+        _runtime_calls_per_layer(HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4), monkeypatch)
+        - resident
+    ) / 3
+    streamed_call = (
+        _runtime_calls_per_layer(HeadOffloadPlan(kv_heads_per_slot=1), monkeypatch)
+        - _runtime_calls_per_layer(HeadOffloadPlan(kv_heads_per_slot=4), monkeypatch)
+    ) / 3
+    assert resident_call == pytest.approx(ops.ATTN_CALL_RUNTIME, abs=1)
+    assert streamed_call == pytest.approx(ops.ATTN_CALL_RUNTIME + ops.STREAMED_CALL_RUNTIME_EXTRA, abs=1.5)

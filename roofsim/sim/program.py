@@ -62,18 +62,22 @@ class Builder:
         return len(self.tasks) - 1
 
     def cost(self, op_list) -> tuple[float, float, int]:
-        """(duration, FLOPs, kernels) of a list of operators, cached: every layer of a step repeats them."""
-        key = tuple((op.name, float(op.flops), float(op.hbm_bytes), op.kernels) for op in op_list)
+        """(duration, FLOPs, host dispatch seconds) of a list of operators, cached: every layer of a step repeats
+        them."""
+        key = tuple(
+            (op.name, float(op.flops), float(op.hbm_bytes), float(op.kernels), float(op.runtime_calls))
+            for op in op_list
+        )
         hit = self._costs.get(key)
         if hit is None:
             w = work(op_list, self.ctx.gpu)
-            hit = self._costs[key] = (float(w.total_s), float(w.flops), sum(op.kernels for op in op_list))
+            hit = self._costs[key] = (float(w.total_s), float(w.flops), float(w.dispatch_s(self.ctx.gpu)))
         return hit
 
     def compute(
         self, op_list, phase, step, layer=None, slot=None, kind="gemm", deps=(), name=None, **kw
     ) -> int:
-        duration, flops, kernels = self.cost(op_list)
+        duration, flops, dispatch_s = self.cost(op_list)
         return self.add(
             Task(
                 resource="compute",
@@ -85,7 +89,7 @@ class Builder:
                 duration_s=duration,
                 flops=flops,
                 deps=tuple(deps),
-                issue_s=kernels * self.kernel_s,
+                issue_s=dispatch_s,
                 name=name,
                 **kw,
             )
