@@ -81,7 +81,11 @@ def recompute_ops(ctx: Ctx, tokens) -> list[Op]:
         Op("kv_recompute", "gemm", 2.0 * rows * m.hidden * n, (m.hidden * n + rows * (m.hidden + n)) * e, 2)
     ]
     if m.positions == "rope":
-        ops.append(Op("rope_recompute", "vector", 3.0 * rows * m.kv_dim, 2.0 * rows * m.kv_dim * e, 5))
+        # the executor re-applies rotary with the model's own apply_rotary_pos_emb(k, k, cos, sin), which rotates
+        # its first argument too: twice HF's rotary (~10 bytes moved per byte of K, executor/kvpr.py), plus the
+        # cos/sin of the l positions in fp32
+        rope = 2 * 10.0 * rows * m.kv_dim * e + 6 * rows * m.head_dim * 4
+        ops.append(Op("rope_recompute", "vector", 6.0 * rows * m.kv_dim, rope, 16))
     return ops
 
 
