@@ -1,7 +1,9 @@
 """InfiniGen (OSDI'24): the whole KV lives in host RAM. A GPU-resident partial key cache (ratio r of the key
-columns) and r of W_q let layer i-1 speculate which tokens layer i needs; the CPU gathers those rows into a
-pinned buffer and one bulk copy brings them up, hidden behind layer i-1. The first `dense_layers` layers fetch
-their whole KV. Approximate: attention sees only the fetched tokens.
+columns) scores the cached tokens; the CPU gathers the selected rows into a pinned buffer and one bulk copy
+brings them up. The first `dense_layers` layers fetch their whole KV. Approximate: attention sees only the
+fetched tokens. InfiniGen speculates layer i's tokens from layer i-1 to hide the fetch; roofsim's executor
+selects with the layer's own query (executor/sparse.py), so the fetch is on the critical path, and this model
+prices that.
 
 Per sparse layer and step: H2D = f*P tokens of KV, CPU RAM = 2x that (scattered read, pinned write),
 GPU extra = the partial-q GEMV, scores over P keys x r*d columns (reads r of K), a top-k, one host sync.
@@ -62,13 +64,14 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
         nonattn = nonattn_work(ctx, dec)
         spec = work(speculation_ops(ctx, dec.P, plan.partial_key_ratio), gpu)
         attn = attn_work(ctx, dec, keys=sel, streamed_calls=1)
-        # layer i's fetch can start only once layer i-1 has attended and speculated (indices to the host, a
-        # sync, the CPU gather, the copy); it hides behind layer i-1's post- and layer i's pre-attention work only
+        # the executor selects with the layer's own query after its pre-attention work, so the fetch (indices
+        # to the host, a sync, the CPU gather, the copy) is on the critical path: InfiniGen's speculation from
+        # the previous layer, which hides it, is not what runs
         roundtrip = (
             link.isolated_copy_s(8.0 * w.batch * m.n_heads, gpu, "d2h") + gpu.runtime.sync_us.value * 1e-6
         )
         fetch_s = roundtrip + gather_s + link.engine_s(fetched + w_bytes, 1.0 + w_copies, gpu, "h2d")
-        override = attn.total_s + np.maximum(nonattn.total_s + spec.total_s, spec.total_s + fetch_s)
+        override = attn.total_s + nonattn.total_s + spec.total_s + fetch_s
         loads.append(
             LayerLoad(
                 count=sparse,

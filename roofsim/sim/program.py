@@ -680,24 +680,23 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
         dense_copy = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, 0) if dense else None
         fetch: dict[int, int] = {}
 
-        def speculate_for(li: int, after: int, s=s, sel=sel, fetched=fetched, gather_s=gather_s, fetch=fetch):
-            """Layer li's tokens are picked after `after` (layer li-1's attention, or the embedding)."""
+        def select_for(li: int, after: int, s=s, sel=sel, fetched=fetched, gather_s=gather_s, fetch=fetch):
+            """Layer li's tokens are picked by its own query, after its pre-attention work (the executor's order:
+            the fetch is on the critical path, not hidden behind layer li-1 as InfiniGen speculates it)."""
             spec = b.compute(
                 speculation_ops(ctx, s.P, plan.partial_key_ratio),
                 s.phase,
                 s.step,
-                li - 1 if li else None,
+                li,
                 kind="vector",
                 deps=(after,),
-                name="speculate",
+                name="select tokens",
             )
             idx = b.copy("d2h", 8.0 * B * m.n_heads, s.phase, s.step, li, deps=(spec,), name="indices")
             b.sync(idx, s.phase, s.step)
             g = b.cpu(gather_s, s.phase, s.step, li, kind="cpu_gather", deps=(idx,), nbytes=2 * fetched)
             fetch[li] = b.copy("h2d", fetched, s.phase, s.step, li, deps=(g,), name="selected_kv")
 
-        if not dense:
-            speculate_for(0, prev)
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         for li in range(m.n_layers):
             pre = b.pre(s, li, (prev, *weights.dep(li)))
@@ -707,12 +706,11 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
                     nxt = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, li + 1)
                 keys = None
             else:
+                select_for(li, pre)
                 deps = [pre, fetch[li]]
                 keys = sel
             b.copy("d2h", kv_bytes(ctx, 1, m.n_kv_heads), s.phase, s.step, li, deps=(pre,))
             att = b.attention(s, li, deps, keys=keys, streamed=True)
-            if li + 1 < m.n_layers and li + 1 >= dense:
-                speculate_for(li + 1, att)
             if li < dense and li + 1 < dense:
                 dense_copy = nxt
             prev = b.post(s, li, (att,))
