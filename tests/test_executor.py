@@ -191,11 +191,23 @@ def test_cpu_decode_split_over_keys_matches_one_call(monkeypatch, tokens, heads,
     assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
 
 
-def test_prefill_warm_up_is_untimed_and_changes_nothing():
-    """The untimed warm-up forward (no cache) leaves the plan's cache and logits exactly as a cold run's."""
+@pytest.mark.parametrize(
+    "plan",
+    [
+        ResidentPlan(prefill_chunk=8),
+        HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=1, prefill_chunk=8),
+        KvprPlan(prefill_chunk=8),
+        CpuAttentionPlan(cpu_kv_heads=1, kv_heads_per_slot=1, prefill_chunk=8),
+        SparseFetchPlan(prefill_chunk=8),
+        EvictPlan(prefill_chunk=8),
+    ],
+    ids=lambda p: p.family,
+)
+def test_prefill_warm_up_is_untimed_and_changes_nothing(plan):
+    """The untimed warm-up forward (no cache) leaves the plan's state and logits exactly as a cold run's (the
+    families that hook the layers, kvpr's X capture and evict's scoring, included)."""
     from roofsim.executor.runner import run_plan
 
-    plan = HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=1, prefill_chunk=8)
     runs = []
     for warm in (False, True):
         model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=0)
