@@ -8,17 +8,21 @@ chunk's own C keys causal, merged by their LSE:
 
     lse = logaddexp(lse_a, lse_b);  o = o_a * exp(lse_a - lse) + o_b * exp(lse_b - lse)      (in fp32)
 
-Kernels: on CUDA `aten._scaled_dot_product_flash_attention` (FlashAttention-2 inside torch, LSE returned), else
-torch's memory-efficient kernel (also with LSE); on the CPU `aten._scaled_dot_product_flash_attention_for_cpu`
-(multi-threaded, LSE returned); last, an fp32 reference in query blocks. Each kernel is checked once against
-that reference on strided inputs laid out as the cache lays them out, and skipped if it disagrees.
+Kernels: on CUDA `aten._scaled_dot_product_flash_attention` (FlashAttention-2 inside torch, LSE returned),
+cuDNN's fused attention (`aten._scaled_dot_product_cudnn_attention`, LSE returned) and torch's memory-efficient
+kernel; prefill-sized calls race them once and keep the fastest (see `_kernel`); on the CPU
+`aten._scaled_dot_product_flash_attention_for_cpu` (multi-threaded, LSE returned); last, an fp32 reference in
+query blocks. Each kernel is checked once against that reference on strided inputs laid out as the cache lays
+them out, and skipped if it disagrees.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-_checked: dict[tuple[str, torch.dtype], str] = {}
+_checked: dict[tuple[str, torch.dtype], list[str]] = {}
 
 
 def _math(q, k, v, causal: bool, scale: float):
@@ -43,6 +47,13 @@ def _flash_cuda(q, k, v, causal, scale):
     return r[0], r[1][..., : q.shape[-2]]
 
 
+def _cudnn_cuda(q, k, v, causal, scale):
+    r = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q, k, v, None, True, 0.0, causal, False, scale=scale
+    )
+    return r[0], r[1].reshape(q.shape[:-1])
+
+
 def _efficient_cuda(q, k, v, causal, scale):
     r = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)
     return r[0], r[1][..., : q.shape[-2]]
@@ -57,28 +68,73 @@ def _flash_cpu(q, k, v, causal, scale):
 
 _KERNELS = {
     "flash_cuda": _flash_cuda,
+    "cudnn_cuda": _cudnn_cuda,
     "efficient_cuda": _efficient_cuda,
     "flash_cpu": _flash_cpu,
     "math": _math,
 }
 
 
-def _backend(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
-    """The first kernel that passes the self-check for this device, dtype and head size."""
+def _candidates(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
+    """The kernels that pass the self-check for this device, dtype and head size, in order of preference."""
     key = (f"{device.type}:{head_dim}", dtype)
     if key not in _checked:
         if device.type == "cuda":
             names = ["efficient_cuda"]
             if dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256:
-                names.insert(0, "flash_cuda")
+                names[:0] = ["flash_cuda", "cudnn_cuda"]
         else:
             names = ["flash_cpu"]
-        _checked[key] = next((n for n in names if _self_check(n, device, dtype, head_dim)), "math")
+        _checked[key] = [n for n in names if _self_check(n, device, dtype, head_dim)] or ["math"]
     return _checked[key]
+
+
+def _backend(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """The preferred kernel that passes the self-check (FlashAttention-2 on CUDA where it does)."""
+    return _candidates(device, dtype, head_dim)[0]
+
+
+_LONG = 256  # query rows from which a call counts as a prefill shape for the kernel race
+_raced: dict[tuple, str] = {}
+
+
+def _seconds(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _race(names: list[str], q, k, v, causal: bool, scale: float) -> str:
+    """The fastest of the kernels on this very call (each run once to warm up, then timed once)."""
+    best, best_s = names[0], float("inf")
+    for name in names:
+        fn = _KERNELS[name]
+        try:
+            fn(q, k, v, causal, scale)
+            t = _seconds(lambda fn=fn: fn(q, k, v, causal, scale), q.device)
+        except (RuntimeError, NotImplementedError):
+            continue
+        if t < best_s:
+            best, best_s = name, t
+    return best
 
 
 def backend_name(device, dtype, head_dim: int) -> str:
     return _backend(torch.device(device), dtype, head_dim)
+
+
+def kernels_used() -> str:
+    """What the runs in this process attend with, for a trace's notes."""
+    short = ", ".join(f"{k[0]} {str(k[1]).removeprefix('torch.')}: {v[0]}" for k, v in _checked.items())
+    raced = ", ".join(f"{'causal' if k[3] else 'past'} d={k[2]}: {v}" for k, v in _raced.items())
+    return f"attention kernels: {short or '-'}; prefill shapes raced: {raced or '-'}"
 
 
 def _self_check(name: str, device, dtype, head_dim: int) -> bool:
@@ -102,8 +158,20 @@ def _self_check(name: str, device, dtype, head_dim: int) -> bool:
 
 
 def _kernel(q, k, v, causal: bool, scale: float):
-    """Equal head counts. Returns (out [B, H, L, D], lse [B, H, L] fp32)."""
-    return _KERNELS[_backend(q.device, q.dtype, q.shape[-1])](q, k, v, causal, scale)
+    """Equal head counts. Returns (out [B, H, L, D], lse [B, H, L] fp32).
+
+    Where several kernels pass the self-check (on CUDA: FlashAttention-2, cuDNN's fused attention, the
+    memory-efficient kernel), the first call of a prefill shape (>= 256 query rows; causal or not) races them and
+    keeps the fastest for that kind of call; short calls (decode) use the preferred one. A run's warm-up forward
+    makes the race, so the timed prefill does not pay it."""
+    names = _candidates(q.device, q.dtype, q.shape[-1])
+    name = names[0]
+    if len(names) > 1 and q.shape[-2] >= _LONG:
+        key = (q.device.type, q.dtype, q.shape[-1], causal)
+        if key not in _raced:
+            _raced[key] = _race(names, q, k, v, causal, scale)
+        name = _raced[key]
+    return _KERNELS[name](q, k, v, causal, scale)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float):

@@ -229,7 +229,9 @@ def run_plan(
             header.notes.append(
                 f"decode: first {min(warmup, gen)} step(s) are warm-up, excluded from decode_step_s"
             )
-        header.notes += rt.notes + _family_notes(cache)
+        from roofsim.executor.attention import kernels_used
+
+        header.notes += [*rt.notes, *_family_notes(cache), kernels_used()]
         trace.complete = True
         if keep_cache:
             result.cache = cache

@@ -220,3 +220,36 @@ def test_prefill_warm_up_is_untimed_and_changes_nothing(plan):
     assert any("untimed forward" in n for n in runs[1].trace.header.notes)
     assert not any("untimed forward" in n for n in runs[0].trace.header.notes)
     assert len(runs[1].trace.summary.prefill_chunk_s) == 3
+
+
+def test_prefill_shapes_race_the_kernels_and_keep_the_fastest(monkeypatch):
+    """Where several kernels pass the self-check, the first prefill-sized call times each and keeps the fastest
+    for that kind of call; decode-sized calls use the preferred one without a race."""
+    import time
+
+    from roofsim.executor import attention as A
+
+    calls = []
+
+    def kernel(name, delay):
+        def run(q, k, v, causal, scale):
+            calls.append(name)
+            time.sleep(delay)
+            return A._math(q, k, v, causal, scale)
+
+        return run
+
+    monkeypatch.setitem(A._KERNELS, "slow", kernel("slow", 0.02))
+    monkeypatch.setitem(A._KERNELS, "quick", kernel("quick", 0.0))
+    monkeypatch.setattr(A, "_candidates", lambda *a: ["slow", "quick"])
+    monkeypatch.setattr(A, "_raced", {})
+    q, k = torch.randn(1, 2, 300, 8), torch.randn(1, 2, 300, 8)
+    A._kernel(q, k, k, True, 0.35)
+    assert A._raced[("cpu", torch.float32, 8, True)] == "quick"
+    calls.clear()
+    A._kernel(q, k, k, True, 0.35)
+    assert calls == ["quick"]
+    calls.clear()
+    A._kernel(q[:, :, :1], k, k, False, 0.35)  # a decode-sized call: the preferred kernel, no race
+    assert calls == ["slow"]
+    assert "quick" in A.kernels_used()
