@@ -254,6 +254,50 @@ def _gpu_kernel_us(n: int = 400) -> float:
     return sorted(times)[1]
 
 
+def attention_call_costs(device: str = "cuda", steps: int = 20) -> tuple[float, float]:
+    """Host seconds of one attention call of the executor over GPU-resident KV, and what a streamed unit's call
+    adds (ring, staging, events, the issue of its two copies): decode steps of a tiny 6-layer model (4 KV heads)
+    under head_offload plans that differ only in their slots, recorded as a measured run records them. At tiny
+    shapes the step is the host's time, so the differences are the calls' host cost."""
+    from roofsim.executor.build import make_cache
+    from roofsim.executor.check import tiny_config
+    from roofsim.executor.models import random_model
+
+    from roofsim.plan import HeadOffloadPlan
+
+    layers = 6
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+
+    def step_s(plan) -> float:
+        model = random_model(tiny_config("llama", layers=layers, kv_heads=4, heads=8), device, dtype, seed=0)
+        cache = make_cache(model, plan, max_tokens=16 + steps + 8, record=True)
+        rec = cache.runtime.rec
+        rec.start()
+        try:
+            with torch.no_grad():
+                ids = torch.randint(0, 128, (1, 16), device=device)
+                model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                token = ids[:, -1:]
+                model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)  # warm-up step
+                cache.runtime.engine.synchronize()
+                rec.flush()
+                times = []
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    cache.runtime.engine.synchronize()
+                    times.append(time.perf_counter() - t0)
+                    rec.flush()
+                return sorted(times)[len(times) // 2]
+        finally:
+            cache.close()
+
+    one = step_s(HeadOffloadPlan(kv_heads_per_slot=4, resident_slots=1))
+    four = step_s(HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4))
+    streamed = step_s(HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=0))
+    return max(0.0, (four - one) / (layers * 3)), max(0.0, (streamed - four) / (layers * 4))
+
+
 def _sync_us() -> float:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -337,6 +381,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     tiny_s, tiny_model = decode_layer_cost("cuda")
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
+    call_s, streamed_s = attention_call_costs("cuda")
     progress("CPU")
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather = _cpu(model)
     return Measurements(
@@ -359,6 +404,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_matmul_tflops=cpu_tflops,
         cpu_gather_gbps=cpu_gather,
         gpu_kernel_us=gpu_kernel,
+        attention_call_s=call_s,
+        streamed_call_s=streamed_s,
         cpu_threads=torch.get_num_threads(),
         host_ram_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
     )

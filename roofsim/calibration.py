@@ -69,6 +69,12 @@ class Measurements(BaseModel):
     gpu_kernel_us: float | None = Field(
         default=None, description="GPU time per tiny kernel queued back to back behind a sleeping kernel"
     )
+    attention_call_s: float | None = Field(
+        default=None, description="host time of one executor attention call over resident KV (tiny shapes)"
+    )
+    streamed_call_s: float | None = Field(
+        default=None, description="what a streamed unit's attention call adds to it (tiny shapes)"
+    )
     cpu_gather_gbps: float | None = Field(
         default=None,
         description="gather of scattered KV rows into pinned memory, bytes read plus written per second",
@@ -141,6 +147,20 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                 f"{many.copies} back-to-back {many.nbytes_each // 1024} KiB copies",
             ),
             "sync_us": (m.sync_us, "torch.cuda.synchronize() on an idle device"),
+            **(
+                {
+                    "attention_call_us": (
+                        m.attention_call_s * 1e6,
+                        "tiny decode steps: 4 resident one-head slots against 1 four-head slot, per call",
+                    ),
+                    "streamed_call_us": (
+                        m.streamed_call_s * 1e6,
+                        "tiny decode steps: 4 streamed one-head slots against 4 resident, per call",
+                    ),
+                }
+                if m.attention_call_s is not None and m.streamed_call_s is not None
+                else {}
+            ),
         },
     }
 

@@ -29,6 +29,8 @@ class Op:
     kernels: Num = 1  # eager-mode kernel launches this op costs
     extra_bytes: Num = 0.0  # memory-bound passes of the same op that run as separate kernels (not overlapped)
     runtime_calls: Num = 0  # CUDA runtime calls other than kernels and copies (event records, stream waits)
+    attn_calls: Num = 0  # attention calls of the executor (a calibrated profile may price them directly)
+    streamed_calls: Num = 0  # of which over streamed units
 
 
 def _gemm(name: str, rows: Num, k: int, n: int, e: int, kernels: int = 1) -> Op:
@@ -105,6 +107,8 @@ def attention_op(
         kernels=kernels,
         extra_bytes=merge + repeat + fold,
         runtime_calls=runtime,
+        attn_calls=calls,
+        streamed_calls=streamed_calls,
     )
 
 

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from roofsim.ops import Op
+from roofsim.ops import (
+    ATTN_CALL_KERNELS,
+    ATTN_CALL_RUNTIME,
+    STREAMED_CALL_EXTRA,
+    STREAMED_CALL_RUNTIME_EXTRA,
+    Op,
+)
 from roofsim.specs.hardware import GpuSpec
 
 
@@ -57,10 +63,24 @@ class GpuWork:
     hbm_bytes: np.ndarray
     kernels: np.ndarray
     runtime_calls: np.ndarray
+    attn_calls: np.ndarray
+    streamed_calls: np.ndarray
 
     def dispatch_s(self, gpu: GpuSpec) -> np.ndarray:
-        """Host time to dispatch these kernels and their event records and stream waits."""
-        return self.kernels * gpu.kernel_s + self.runtime_calls * gpu.runtime.copy_issue_us.value * 1e-6
+        """Host time to dispatch these kernels and their event records and stream waits. Where a calibrated
+        profile measured the executor's attention calls, those replace the counted estimate of them."""
+        issue = gpu.runtime.copy_issue_us.value * 1e-6
+        t = self.kernels * gpu.kernel_s + self.runtime_calls * issue
+        rt = gpu.runtime
+        if rt.attention_call_us is not None and rt.streamed_call_us is not None:
+            counted = ATTN_CALL_KERNELS * gpu.kernel_s + ATTN_CALL_RUNTIME * issue
+            counted_extra = STREAMED_CALL_EXTRA * gpu.kernel_s + STREAMED_CALL_RUNTIME_EXTRA * issue
+            t = (
+                t
+                + self.attn_calls * (rt.attention_call_us.value * 1e-6 - counted)
+                + self.streamed_calls * (rt.streamed_call_us.value * 1e-6 - counted_extra)
+            )
+        return t
 
     @property
     def total_s(self) -> np.ndarray:
@@ -73,7 +93,17 @@ class GpuWork:
         return GpuWork(*(getattr(self, f) * k for f in _FIELDS))
 
 
-_FIELDS = ("tensor_s", "hbm_s", "launch_s", "flops", "hbm_bytes", "kernels", "runtime_calls")
+_FIELDS = (
+    "tensor_s",
+    "hbm_s",
+    "launch_s",
+    "flops",
+    "hbm_bytes",
+    "kernels",
+    "runtime_calls",
+    "attn_calls",
+    "streamed_calls",
+)
 ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
 
 
@@ -89,6 +119,8 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             np.asarray(op.hbm_bytes, dtype=float) + np.asarray(op.extra_bytes, dtype=float),
             np.asarray(op.kernels, dtype=float),
             np.asarray(op.runtime_calls, dtype=float),
+            np.asarray(op.attn_calls, dtype=float),
+            np.asarray(op.streamed_calls, dtype=float),
         )
     return total
 

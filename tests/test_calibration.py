@@ -97,3 +97,40 @@ def test_kernel_cost_comes_from_the_tiny_layer_and_the_operator_model():
     kernels = sum(op.kernels for op in ops.layer_ops(TINY, 1, 16, 1))
     assert f["efficiency"]["kernel_us"][0] == pytest.approx(150 / kernels)
     assert load_model("llama-3-8b")  # the default calibration model exists
+
+
+def test_measured_call_costs_are_written_and_price_the_attention_calls(tmp_path):
+    """The optional micro-benchmarks (GPU kernel floor, attention call costs, CPU gather) land in the profile, and
+    a dearer measured call makes a many-slot decode step slower, never faster."""
+    m = probe_measurements().model_copy(
+        update={
+            "gpu_kernel_us": 2.5,
+            "attention_call_s": 400e-6,
+            "streamed_call_s": 300e-6,
+            "cpu_gather_gbps": 30.0,
+        }
+    )
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    gpu_path, _ = write_profile(spec, host, m, tmp_path)
+    profile = load_gpu(str(gpu_path))
+    assert profile.efficiency.gpu_kernel_us.value == pytest.approx(2.5)
+    assert profile.runtime.attention_call_us.value == pytest.approx(400)
+    assert default_host_of(str(gpu_path), profile).cpu_gather_gbps.value == pytest.approx(30)
+
+    from roofsim.plan import HeadOffloadPlan
+    from roofsim.predict import predict
+    from roofsim.workload import Workload
+
+    work = Workload(context=65536, gen=4)
+    plan = HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4)
+    model = load_model("llama-3-8b")
+    cheap = profile.model_copy(
+        update={
+            "runtime": profile.runtime.model_copy(
+                update={"attention_call_us": None, "streamed_call_us": None}
+            )
+        }
+    )
+    dear = predict(plan, model, profile, host, work).decode_s_per_token
+    counted = predict(plan, model, cheap, host, work).decode_s_per_token
+    assert dear > counted

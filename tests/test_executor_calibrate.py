@@ -36,3 +36,10 @@ def test_cpu_gather_rate_is_positive():
     from roofsim.specs.model import load_model
 
     assert _cpu_gather(load_model("llama-3-8b"), tokens=4096) > 0
+
+
+def test_attention_call_costs_are_measured_through_the_executor():
+    from roofsim.executor.calibrate import attention_call_costs
+
+    call_s, streamed_s = attention_call_costs("cpu", steps=4)
+    assert 0 <= call_s < 0.05 and 0 <= streamed_s < 0.05

@@ -65,7 +65,15 @@ class Builder:
         """(duration, FLOPs, host dispatch seconds) of a list of operators, cached: every layer of a step repeats
         them."""
         key = tuple(
-            (op.name, float(op.flops), float(op.hbm_bytes), float(op.kernels), float(op.runtime_calls))
+            (
+                op.name,
+                float(op.flops),
+                float(op.hbm_bytes),
+                float(op.kernels),
+                float(op.runtime_calls),
+                float(op.attn_calls),
+                float(op.streamed_calls),
+            )
             for op in op_list
         )
         hit = self._costs.get(key)

@@ -96,6 +96,10 @@ class RuntimeSpec(_Section):
 
     copy_issue_us: SourcedNumber
     sync_us: SourcedNumber
+    # host time of one attention call of the executor over GPU-resident KV, and what a streamed unit's call adds
+    # (ring, staging, events, its two copies' issue); None: estimated from counted kernels and runtime calls
+    attention_call_us: SourcedNumber | None = None
+    streamed_call_us: SourcedNumber | None = None
 
 
 class GpuSpec(_Section):
