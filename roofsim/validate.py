@@ -181,13 +181,21 @@ def repredict(results_dir: str | Path, gpu_arg: str, gpu: GpuSpec, host: HostSpe
     count = 0
     for runs_file in sorted(root.rglob("runs.json")):
         folder = runs_file.parent
-        cfg = Config.model_validate_json((folder / "config.json").read_text())
+        try:
+            cfg = Config.model_validate_json((folder / "config.json").read_text())
+            runs = json.loads(runs_file.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"{folder}: not a configuration folder written by roofsim validate ({e})"
+            ) from None
         model = load_model(cfg.model)
         limits = Limits(gpu_mem_bytes=parse_bytes(cfg.gpu_mem, "gpu_mem") if cfg.gpu_mem else None)
-        runs = json.loads(runs_file.read_text())
         for row in runs:
             sub = folder if row["run"] == "pick" else folder / row["run"]
-            saved = json.loads((sub / "plan.json").read_text())
+            try:
+                saved = json.loads((sub / "plan.json").read_text())
+            except (OSError, ValueError) as e:
+                raise UserError(f"{sub}: its plan.json cannot be read ({e})") from None
             plan = plan_from_dict(saved["plan"], where=str(sub / "plan.json"))
             work = Workload(**saved["workload"])
             predicted = _predict_into(sub, plan, model, gpu, host, work, limits, gpu_arg)
