@@ -6,6 +6,7 @@ header saying who produced it. `compare(predicted, measured)` gives per-phase an
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Literal
 
@@ -118,6 +119,35 @@ class TraceHeader(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+def _gz_twin(p: Path) -> Path:
+    return p.with_name(p.name + ".gz")
+
+
+def json_exists(path: str | Path) -> bool:
+    """A JSON file is there, plain or gzip-compressed (`name.json.gz`: committed results keep big traces so)."""
+    p = Path(path)
+    return p.is_file() or (p.suffix != ".gz" and _gz_twin(p).is_file())
+
+
+def read_json_text(path: str | Path) -> str:
+    """The text of a JSON file, or of its gzip-compressed twin where only that exists."""
+    p = Path(path)
+    if p.suffix != ".gz" and not p.is_file() and _gz_twin(p).is_file():
+        p = _gz_twin(p)
+    if p.suffix == ".gz":
+        return gzip.decompress(p.read_bytes()).decode()
+    return p.read_text()
+
+
+def write_json_text(path: str | Path, text: str) -> None:
+    """Write JSON text; gzip-compressed (and reproducibly: no timestamp) where the name ends in .gz."""
+    p = Path(path)
+    if p.suffix == ".gz":
+        p.write_bytes(gzip.compress(text.encode(), mtime=0))
+    else:
+        p.write_text(text)
+
+
 class Trace(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -129,15 +159,17 @@ class Trace(BaseModel):
     error: str | None = Field(None, description="what failed, for a run that stopped early")
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json(indent=1))
+        """As JSON; gzip-compressed where the name ends in .gz."""
+        write_json_text(path, self.model_dump_json(indent=1))
 
     @classmethod
     def read(cls, path: str | Path) -> Trace:
+        """From `path`, or from its compressed twin `path.gz` where only that exists."""
         p = Path(path)
-        if not p.is_file():
+        if not json_exists(p):
             raise UserError(f"trace file {str(path)!r} does not exist")
         try:
-            return cls.model_validate_json(p.read_text())
+            return cls.model_validate_json(read_json_text(p))
         except ValueError as e:
             first = str(e).splitlines()[0]
             raise UserError(f"{str(path)!r} is not a roofsim trace: {first}") from None

@@ -34,7 +34,7 @@ from roofsim.sim import simulate
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import load_model
 from roofsim.specs.tomlfile import first_error, read_toml
-from roofsim.trace import Trace, compare
+from roofsim.trace import Trace, compare, json_exists, read_json_text
 from roofsim.units import parse_bytes, parse_tokens
 from roofsim.workload import Workload
 
@@ -151,7 +151,8 @@ def _predict_into(sub: Path, plan, model, gpu, host, work, limits, gpu_arg: str)
     analytic = predict(plan, model, gpu, host, work, limits)
     predicted = simulate(plan, model, gpu, host, work, limits, keep="sample")
     predicted.header.notes.append(f"profile: {gpu_arg}")
-    predicted.write(sub / "predicted.json")
+    name = "predicted.json.gz" if (sub / "predicted.json.gz").is_file() else "predicted.json"
+    predicted.write(sub / name)  # as it was kept: compressed in committed results
     (sub / "analytic.json").write_text(json.dumps(analytic.summary(), indent=1))
     return predicted
 
@@ -161,7 +162,7 @@ def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:
     for key in [k for k in row if k.endswith(("_predicted", "_measured"))]:
         del row[key]
     measured_path = sub / "measured.json"
-    if measured_path.is_file():
+    if json_exists(measured_path):
         measured = Trace.read(measured_path)
         comparison = compare(predicted, measured)
         (sub / "comparison.json").write_text(comparison.model_dump_json(indent=1))
@@ -203,6 +204,20 @@ def repredict(results_dir: str | Path, gpu_arg: str, gpu: GpuSpec, host: HostSpe
             count += 1
         runs_file.write_text(json.dumps(runs, indent=1))
     return count
+
+
+def compress_traces(root: str | Path) -> int:
+    """gzip every measured.json and predicted.json under a results folder in place (name.json -> name.json.gz):
+    committed campaigns stay small, and every reader here takes either form. Returns how many were compressed."""
+    from roofsim.trace import write_json_text
+
+    n = 0
+    for path in sorted(Path(root).rglob("*.json")):
+        if path.name in ("measured.json", "predicted.json"):
+            write_json_text(path.with_name(path.name + ".gz"), path.read_text())
+            path.unlink()
+            n += 1
+    return n
 
 
 def archive_results(out_dir: Path, archive: Path) -> None:
@@ -277,8 +292,8 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
 def _after_first_chunk(folder: Path) -> float | None:
     """Prefill error (%) over the chunks after the first, or None for a one-chunk prefill."""
     try:
-        m = json.loads((folder / "measured.json").read_text())["summary"]["prefill_chunk_s"]
-        p = json.loads((folder / "predicted.json").read_text())["summary"]["prefill_chunk_s"]
+        m = json.loads(read_json_text(folder / "measured.json"))["summary"]["prefill_chunk_s"]
+        p = json.loads(read_json_text(folder / "predicted.json"))["summary"]["prefill_chunk_s"]
     except (OSError, ValueError, KeyError):
         return None
     if len(m) < 2 or len(p) != len(m):
@@ -304,8 +319,8 @@ def _why(folder: Path) -> str:
     prefill the first chunk's share (it carries the process's cold start: kernel loading, allocator growth)."""
     try:
         comp = json.loads((folder / "comparison.json").read_text())
-        meas = json.loads((folder / "measured.json").read_text())["summary"]
-        pred = json.loads((folder / "predicted.json").read_text())["summary"]
+        meas = json.loads(read_json_text(folder / "measured.json"))["summary"]
+        pred = json.loads(read_json_text(folder / "predicted.json"))["summary"]
     except (OSError, ValueError, KeyError):
         return ""
     parts = []

@@ -120,3 +120,22 @@ def test_repredict_keeps_the_measurements_and_reproduces_the_predictions(campaig
     assert capsys.readouterr().out.strip().splitlines()[-1] == before
     assert all(p.read_bytes() == b for p, b in measured.items())
     assert main(["validate", "--repredict", str(tmp_path / "nowhere"), "--gpu", "h100-sxm"]) == 2
+
+
+def test_compressed_traces_read_the_same(campaign, tmp_path, capsys):
+    """Committed campaigns keep their traces gzip-compressed: the summary, --repredict and the validation report
+    read them as they read plain JSON."""
+    import shutil
+
+    from roofsim.validate import compress_traces
+
+    copy = tmp_path / "results"
+    shutil.copytree(campaign, copy)
+    before = summarize(copy)[1]
+    assert compress_traces(copy) == 2 * (3 + 1)  # three picks and one runner-up, measured and predicted
+    assert not list(copy.rglob("measured.json")) and list(copy.rglob("measured.json.gz"))
+    assert summarize(copy)[1] == before
+    assert main(["validate", "--repredict", str(copy), "--gpu", "h100-sxm"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == before
+    assert not list(copy.rglob("predicted.json"))  # written back compressed, as it was kept
+    assert main(["report", str(copy), "-o", str(tmp_path / "v.html")]) == 0

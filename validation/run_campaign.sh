@@ -6,8 +6,10 @@
 #   bash validation/run_campaign.sh a           # 17 configurations of 16K-64K, ~8 min (466 s on 2026-11-23)
 #   bash validation/run_campaign.sh b           # 256K, 512K (24 GB cap) and one 128K, ~7 min
 #   bash validation/run_campaign.sh c           # 128K and the planner's picks with runners-up, ~8 min
-# Then, here: extract each archive into validation/results/h100/ and run
-#   python validation/summarize.py validation/results/h100/campaign
+# Then, here: extract each archive into validation/results/h100/, compress the traces (the device takes at most
+# 64 MiB of working tree per call) and print the table:
+#   python validation/compress_traces.py validation/results/h100/campaign
+#   python validation/summarize.py validation/results/h100
 set -euo pipefail
 part="${1:?part: calibrate, a, b or c}"
 . validation/device_setup.sh

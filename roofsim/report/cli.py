@@ -86,8 +86,10 @@ def _predicted_beside(src: Path, trace) -> object | None:
 
     if trace.header.producer != "measured" or "measured" not in src.name:
         return None
+    from roofsim.trace import json_exists
+
     other = src.with_name(src.name.replace("measured", "predicted"))
-    if not other.is_file():
+    if not json_exists(other):
         return None
     predicted = Trace.read(other)
     same = predicted.header.plan == trace.header.plan and predicted.header.workload == trace.header.workload

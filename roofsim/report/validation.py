@@ -3,7 +3,8 @@ for every configuration of a results directory, with the +-5% and +-10% bands.
 
 A results directory (`validation/results/<gpu>/`) holds, per configuration, a predicted and a measured Trace
 named `*predicted*.json` and `*measured*.json`, in a subfolder per configuration or side by side with a shared
-name (`cfg-predicted.json`, `cfg-measured.json`). Other JSON files (probes, comparisons) are left alone."""
+name (`cfg-predicted.json`, `cfg-measured.json`), plain or gzip-compressed (`.json.gz`). Other JSON files
+(probes, comparisons) are left alone."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from plotly.subplots import make_subplots
 from roofsim.report.alternatives import FAMILY_COLOURS
 from roofsim.report.page import Raw, esc, table
 from roofsim.report.style import font
-from roofsim.trace import Comparison, Trace, compare
+from roofsim.trace import Comparison, Trace, compare, read_json_text
 from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
 
 METRICS = {  # label, chart unit, text format
@@ -58,7 +59,7 @@ def _role(path: Path) -> str | None:
 
 def _read(path: Path, problems: list[str], root: Path) -> Trace | None:
     try:
-        return Trace.model_validate_json(path.read_text())
+        return Trace.model_validate_json(read_json_text(path))
     except (ValueError, OSError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         problems.append(f"{path.relative_to(root)}: not a roofsim trace ({first})")
@@ -70,7 +71,7 @@ def find_pairs(root: str | Path) -> Results:
     root = Path(root)
     out = Results(root)
     by_dir: dict[Path, dict[str, list[Path]]] = {}
-    for path in sorted(root.rglob("*.json")):
+    for path in sorted([*root.rglob("*.json"), *root.rglob("*.json.gz")]):
         role = _role(path)
         if role:
             by_dir.setdefault(path.parent, {"predicted": [], "measured": []})[role].append(path)
