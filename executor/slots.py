@@ -108,9 +108,14 @@ class SlotLayer(PlanLayer):
     # ---- attention ---------------------------------------------------------------------------------------------
 
     def _attend(self, module, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """Streamed slots first, resident ones after: the next layer's first prefetch (issued when this layer's
+        last streamed slot is acquired) then copies while the resident slots are attended, instead of the copy
+        engine idling through them. The outputs go back in head order."""
         new = pack_kv(self.k_new, self.v_new)
-        outs = [self.attend_slot(s, q, new, scale) for s in self.slots]
-        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        order = sorted(self.slots, key=lambda s: s.resident)
+        outs = {s.index: self.attend_slot(s, q, new, scale) for s in order}
+        heads = [outs[s.index] for s in self.slots]
+        return torch.cat(heads, dim=1) if len(heads) > 1 else heads[0]
 
     def slot_q(self, q: torch.Tensor, s: Slot) -> torch.Tensor:
         G = self.rt.shape.group

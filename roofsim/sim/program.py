@@ -379,7 +379,9 @@ def _slot_units(
                     full_write_back=full,
                 )
             )
-        layers.append(units)
+        layers.append(
+            sorted(units, key=lambda u: not u.streamed)
+        )  # the executor attends streamed slots first
     return layers
 
 
