@@ -133,7 +133,7 @@ def backend_name(device, dtype, head_dim: int) -> str:
 def kernels_used() -> str:
     """What the runs in this process attend with, for a trace's notes."""
     short = ", ".join(f"{k[0]} {str(k[1]).removeprefix('torch.')}: {v[0]}" for k, v in _checked.items())
-    raced = ", ".join(f"{'causal' if k[3] else 'past'} d={k[2]}: {v}" for k, v in _raced.items())
+    raced = ", ".join(f"d={k[2]}: {v}" for k, v in _raced.items())
     return f"attention kernels: {short or '-'}; prefill shapes raced: {raced or '-'}"
 
 
@@ -161,13 +161,13 @@ def _kernel(q, k, v, causal: bool, scale: float):
     """Equal head counts. Returns (out [B, H, L, D], lse [B, H, L] fp32).
 
     Where several kernels pass the self-check (on CUDA: FlashAttention-2, cuDNN's fused attention, the
-    memory-efficient kernel), the first call of a prefill shape (>= 256 query rows; causal or not) races them and
-    keeps the fastest for that kind of call; short calls (decode) use the preferred one. A run's warm-up forward
-    makes the race, so the timed prefill does not pay it."""
+    memory-efficient kernel), the first call of a prefill shape (>= 256 query rows) races them and keeps the
+    fastest for every prefill-shaped call after it; short calls (decode) use the preferred one. A run's warm-up
+    forward makes the race, so the timed prefill does not pay it."""
     names = _candidates(q.device, q.dtype, q.shape[-1])
     name = names[0]
     if len(names) > 1 and q.shape[-2] >= _LONG:
-        key = (q.device.type, q.dtype, q.shape[-1], causal)
+        key = (q.device.type, q.dtype, q.shape[-1])  # one race (the warm-up's causal chunk) serves both kinds
         if key not in _raced:
             _raced[key] = _race(names, q, k, v, causal, scale)
         name = _raced[key]

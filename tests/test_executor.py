@@ -245,9 +245,9 @@ def test_prefill_shapes_race_the_kernels_and_keep_the_fastest(monkeypatch):
     monkeypatch.setattr(A, "_raced", {})
     q, k = torch.randn(1, 2, 300, 8), torch.randn(1, 2, 300, 8)
     A._kernel(q, k, k, True, 0.35)
-    assert A._raced[("cpu", torch.float32, 8, True)] == "quick"
+    assert A._raced[("cpu", torch.float32, 8)] == "quick"
     calls.clear()
-    A._kernel(q, k, k, True, 0.35)
+    A._kernel(q, k, k, False, 0.35)  # the race serves non-causal prefill calls too
     assert calls == ["quick"]
     calls.clear()
     A._kernel(q[:, :, :1], k, k, False, 0.35)  # a decode-sized call: the preferred kernel, no race
