@@ -89,6 +89,15 @@ def recompute_ops(ctx: Ctx, tokens) -> list[Op]:
     return ops
 
 
+def recompute_peak_bytes(ctx: Ctx, tokens) -> float:
+    """GPU memory the recompute of `tokens` tokens' K/V holds at its peak in the executor: K and V, and with
+    rotary apply_rotary_pos_emb(k, k)'s two outputs and its two products before they are added (6 K-sized
+    tensors; 2 without rotary)."""
+    m = ctx.model
+    per = float(ctx.work.batch) * float(tokens) * m.kv_dim * m.dtype_bytes
+    return (6.0 if m.positions == "rope" else 2.0) * per
+
+
 def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     m, w, gpu = ctx.model, ctx.work, ctx.gpu
     a, k, r = per_token(ctx)
@@ -144,11 +153,15 @@ def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     }  # the executor's ring: a layer's KV and X of the prefix
     host = {"kv": m.n_layers * layer_kv, "activations": m.n_layers * a * l_end}
     c = int(pre.C.max())
+    recompute = {"workspace": recompute_peak_bytes(ctx, l_end)}
     mem = peak_memory(
         ctx,
         [
             ({**gpu_kv, "activations": activation_bytes(ctx, c), "logits": logits_bytes(ctx)}, host),
-            ({**gpu_kv, "activations": activation_bytes(ctx, 1), "logits": logits_bytes(ctx)}, host),
+            (
+                {**gpu_kv, **recompute, "activations": activation_bytes(ctx, 1), "logits": logits_bytes(ctx)},
+                host,
+            ),
         ],
         plan.weights == "streamed",
     )

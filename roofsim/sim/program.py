@@ -17,7 +17,7 @@ import numpy as np
 from roofsim import link, ops
 from roofsim.families.base import Ctx, activation_bytes, kv_bytes, logits_bytes, weight_stream
 from roofsim.families.evict import scorer_ops
-from roofsim.families.kvpr import optimal_split, per_token, recompute_ops
+from roofsim.families.kvpr import optimal_split, per_token, recompute_ops, recompute_peak_bytes
 from roofsim.families.sparse_fetch import speculation_ops
 from roofsim.families.streaming import CAT_PEAK_SLOTS
 from roofsim.plan import (
@@ -524,7 +524,7 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
             _layerwise_prefill_step(b, s, plan.weights == "streamed")
             continue
         split = split_at(s.P)
-        alloc = {"activations": activation_bytes(ctx, 1)}
+        alloc = {"activations": activation_bytes(ctx, 1), "workspace": recompute_peak_bytes(ctx, split)}
         first = b.embed(s, alloc)
         prefetch = plan.overlap == "inter_layer"
         copies: dict[int, tuple[int | None, int]] = {}
