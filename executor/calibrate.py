@@ -298,6 +298,18 @@ def attention_call_costs(device: str = "cuda", steps: int = 20) -> tuple[float, 
     return max(0.0, (four - one) / (layers * 3)), max(0.0, (streamed - four) / (layers * 4))
 
 
+def _topk_gelems() -> float:
+    """Elements per second (G) torch.topk ranks when k is a large share of the row, with the sort of the chosen
+    indices after it, as sparse_fetch (a tenth of 64K tokens per KV head) and evict (a 16K budget out of 20K)
+    select: the median over both shapes."""
+    rates = []
+    for rows, n, k in ((8, 65536, 6554), (8, 20480, 16384)):
+        x = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+        t = _cuda_time(lambda x=x, k=k: x.topk(k, dim=-1).indices.sort(dim=-1))
+        rates.append(rows * n / t / 1e9)
+    return sorted(rates)[len(rates) // 2]
+
+
 def _sync_us() -> float:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -381,6 +393,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     tiny_s, tiny_model = decode_layer_cost("cuda")
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
+    topk = _topk_gelems()
     call_s, streamed_s = attention_call_costs("cuda")
     progress("CPU")
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather = _cpu(model)
@@ -404,6 +417,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_matmul_tflops=cpu_tflops,
         cpu_gather_gbps=cpu_gather,
         gpu_kernel_us=gpu_kernel,
+        topk_gelems=topk,
         attention_call_s=call_s,
         streamed_call_s=streamed_s,
         cpu_threads=torch.get_num_threads(),

@@ -69,6 +69,9 @@ class Measurements(BaseModel):
     gpu_kernel_us: float | None = Field(
         default=None, description="GPU time per tiny kernel queued back to back behind a sleeping kernel"
     )
+    topk_gelems: float | None = Field(
+        default=None, description="elements per second (G) a large-k torch.topk (and its index sort) ranks"
+    )
     attention_call_s: float | None = Field(
         default=None, description="host time of one executor attention call over resident KV (tiny shapes)"
     )
@@ -138,6 +141,11 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {"gpu_kernel_us": (m.gpu_kernel_us, "tiny kernels queued back to back: GPU time per kernel")}
                 if m.gpu_kernel_us is not None
+                else {}
+            ),
+            **(
+                {"topk_gelems": (m.topk_gelems, "torch.topk of a large share of 8 rows, then the index sort")}
+                if m.topk_gelems is not None
                 else {}
             ),
         },

@@ -16,7 +16,7 @@ import numpy as np
 
 from roofsim.specs.model import ModelSpec
 
-OpKind = Literal["gemm", "attention", "vector"]
+OpKind = Literal["gemm", "attention", "vector", "topk"]
 Num = float | np.ndarray
 
 
@@ -31,6 +31,13 @@ class Op:
     runtime_calls: Num = 0  # CUDA runtime calls other than kernels and copies (event records, stream waits)
     attn_calls: Num = 0  # attention calls of the executor (a calibrated profile may price them directly)
     streamed_calls: Num = 0  # of which over streamed units
+
+
+def topk_op(name: str, rows: Num, n: Num, k: Num, e: int) -> Op:
+    """torch.topk of k out of n per row, then a sort of the k indices: `flops` counts the n elements ranked
+    (a calibrated profile prices them at its measured rate), bytes the passes a radix select makes."""
+    elems = np.asarray(rows, dtype=float) * np.asarray(n, dtype=float)
+    return Op(name, "topk", elems, elems * e * 4 + np.asarray(rows, dtype=float) * np.asarray(k) * 16, 6)
 
 
 def _gemm(name: str, rows: Num, k: int, n: int, e: int, kernels: int = 1) -> Op:

@@ -41,6 +41,13 @@ class OpTime:
 
 
 def op_time(op: Op, gpu: GpuSpec) -> OpTime:
+    if op.kind == "topk" and gpu.efficiency.topk_gelems is not None:
+        ranked = np.asarray(op.flops, dtype=float) / (gpu.efficiency.topk_gelems.value * 1e9)
+        return OpTime(
+            tensor_s=np.zeros_like(ranked),
+            hbm_s=ranked,
+            launch_s=np.asarray(op.kernels, dtype=float) * gpu.gpu_kernel_s,
+        )
     compute = np.asarray(op.flops, dtype=float) / peak_flops(op, gpu)
     memory = np.asarray(op.hbm_bytes, dtype=float) / gpu.hbm_bytes_per_s
     compute_bound = compute >= memory

@@ -108,6 +108,7 @@ def test_measured_call_costs_are_written_and_price_the_attention_calls(tmp_path)
             "attention_call_s": 400e-6,
             "streamed_call_s": 300e-6,
             "cpu_gather_gbps": 30.0,
+            "topk_gelems": 1.5,
         }
     )
     spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
@@ -115,6 +116,7 @@ def test_measured_call_costs_are_written_and_price_the_attention_calls(tmp_path)
     profile = load_gpu(str(gpu_path))
     assert profile.efficiency.gpu_kernel_us.value == pytest.approx(2.5)
     assert profile.runtime.attention_call_us.value == pytest.approx(400)
+    assert profile.efficiency.topk_gelems.value == pytest.approx(1.5)
     assert default_host_of(str(gpu_path), profile).cpu_gather_gbps.value == pytest.approx(30)
 
     from roofsim.plan import HeadOffloadPlan
@@ -134,3 +136,35 @@ def test_measured_call_costs_are_written_and_price_the_attention_calls(tmp_path)
     dear = predict(plan, model, profile, host, work).decode_s_per_token
     counted = predict(plan, model, cheap, host, work).decode_s_per_token
     assert dear > counted
+
+
+def test_a_measured_topk_rate_prices_the_selections():
+    """sparse_fetch's and evict's top-k take the calibrated rate where a profile has one: a slower rate makes
+    their steps slower, never faster, and leaves the exact families alone."""
+    from roofsim.plan import EvictPlan, HeadOffloadPlan, SparseFetchPlan
+    from roofsim.predict import predict
+    from roofsim.specs.hardware import SourcedNumber
+    from roofsim.workload import Workload
+
+    gpu, host, model = load_gpu("h100-sxm"), load_host("sapphire-rapids"), load_model("llama-3-8b")
+
+    def with_rate(g):
+        eff = gpu.efficiency.model_copy(update={"topk_gelems": SourcedNumber(value=g, assumed="test")})
+        return gpu.model_copy(update={"efficiency": eff})
+
+    work = Workload(context=65536, gen=4)
+    fast, slow = with_rate(100.0), with_rate(0.1)
+    sparse = SparseFetchPlan(prefill_chunk=8192)
+    assert (
+        predict(sparse, model, slow, host, work).decode_s_per_token
+        > predict(sparse, model, fast, host, work).decode_s_per_token
+    )
+    evict = EvictPlan(prefill_chunk=4096)
+    assert (
+        predict(evict, model, slow, host, work).prefill_s > predict(evict, model, fast, host, work).prefill_s
+    )
+    head = HeadOffloadPlan()
+    assert (
+        predict(head, model, slow, host, work).decode_s_per_token
+        == predict(head, model, fast, host, work).decode_s_per_token
+    )

@@ -1,7 +1,8 @@
 """Locret (arXiv 2410.01805): every layer keeps at most budget_tokens KV per head on the GPU. Prefill runs in
-chunks; after each chunk a scorer (Locret's trained retaining heads: qkv -> 1024 -> Hkv per layer) ranks the
-cached units and the lowest-scored ones are evicted (top-k plus a gather through HBM). The last local_tokens of
-the prompt are prefilled without eviction. No KV crosses the link. Approximate.
+chunks; after each chunk the cached tokens are scored and the lowest-scored ones are evicted (top-k plus a
+gather through HBM). Locret scores with trained retaining heads, which are not available: the executor scores by
+the attention each token receives from the chunk's last 32 queries (SnapKV's window), and this model prices that.
+The last local_tokens of the prompt are prefilled without eviction. No KV crosses the link. Approximate.
 """
 
 from __future__ import annotations
@@ -24,39 +25,42 @@ from roofsim.families.base import (
     prefill_steps,
     weight_stream,
 )
-from roofsim.ops import Op
+from roofsim.ops import Op, topk_op
 from roofsim.plan import EvictPlan
 from roofsim.roofline import work
 
-SCORER_HIDDEN = 1024  # Locret's retaining-head width
+WINDOW = 32  # the executor's observation window (executor/evict.py)
 
 
-def scorer_ops(ctx: Ctx, C) -> list[Op]:
+def evict_ops(ctx: Ctx, n, C, keep) -> list[Op]:
+    """The executor's proxy scorer and eviction for one layer after a prefill chunk (executor/evict.py), over n
+    cached keys (the kept ones and the chunk's), keeping `keep`: K upcast to fp32, the last WINDOW queries' scores
+    against it (an fp32 matmul), the causal mask, softmax and the sum over queries, a top-k of `keep` per KV head,
+    and the gather of the kept K, V and positions. Locret's trained retaining heads are not available."""
     m, B, e = ctx.model, ctx.work.batch, ctx.model.dtype_bytes
-    rows = B * np.asarray(C, dtype=float)
-    fan_in = (m.n_heads + 2 * m.n_kv_heads) * m.head_dim
+    n = np.asarray(n, dtype=float)
+    w = np.minimum(WINDOW, np.asarray(C, dtype=float))
+    k_elems = B * m.n_kv_heads * n * m.head_dim
+    scores = B * m.n_heads * w * n
     return [
+        Op("score_k_fp32", "vector", 0.0, k_elems * (e + 4), 2),
         Op(
-            "scorer_fc1",
-            "gemm",
-            2.0 * rows * fan_in * SCORER_HIDDEN,
-            (fan_in * SCORER_HIDDEN + rows * (fan_in + SCORER_HIDDEN)) * e,
+            "score_matmul",
+            "vector",
+            2.0 * scores * m.head_dim,
+            (k_elems + B * m.n_heads * w * m.head_dim) * 4,
             2,
         ),
-        Op(
-            "scorer_fc2",
-            "gemm",
-            2.0 * rows * SCORER_HIDDEN * m.n_kv_heads,
-            (SCORER_HIDDEN * m.n_kv_heads + rows * SCORER_HIDDEN) * e,
-            1,
-        ),
+        Op("score_softmax", "vector", 6.0 * scores, scores * 4 * 7, 6),
+        topk_op("evict_topk", B * m.n_kv_heads, n, keep, e),
+        Op("evict_gather", "vector", 0.0, 2.0 * 2 * B * m.n_kv_heads * keep * (m.head_dim * e + 8), 6),
     ]
 
 
-def scorer_params(m) -> int:
-    return m.n_layers * (
-        (m.n_heads + 2 * m.n_kv_heads) * m.head_dim * SCORER_HIDDEN + SCORER_HIDDEN * m.n_kv_heads
-    )
+def evict_workspace(ctx: Ctx, n) -> float:
+    """The scorer's temporaries at their peak: K in fp32, the scores and their softmax (fp32)."""
+    m, B = ctx.model, ctx.work.batch
+    return float(B * m.n_kv_heads * n * m.head_dim * 4 + 2 * B * m.n_heads * WINDOW * n * 4)
 
 
 def evaluate_evict(plan: EvictPlan, ctx: Ctx) -> Evaluation:
@@ -68,25 +72,11 @@ def evaluate_evict(plan: EvictPlan, ctx: Ctx) -> Evaluation:
     pre = prefill_steps(w.context, plan.prefill_chunk)
     cached = np.minimum(pre.P, b)
     over = (pre.P + pre.C > b).astype(float)
-    evict_ops = [
-        Op(
-            "evict_topk",
-            "vector",
-            2.0 * w.batch * m.n_kv_heads * (cached + pre.C),
-            4.0 * w.batch * m.n_kv_heads * (cached + pre.C) * 2,
-            3,
-        ),
-        Op(
-            "evict_gather",
-            "vector",
-            0.0,
-            2.0 * kv_bytes(ctx, 1, m.n_kv_heads) * np.minimum(pre.P + pre.C, b) * over,
-            2,
-        ),
-    ]
+    n_scored = cached + pre.C
+    scoring = work(evict_ops(ctx, n_scored, pre.C, np.minimum(n_scored, b)), gpu).scale(over)
     pre_load = LayerLoad(
         count=m.n_layers,
-        nonattn=nonattn_work(ctx, pre) + work(scorer_ops(ctx, pre.C) + evict_ops, gpu),
+        nonattn=nonattn_work(ctx, pre) + scoring,
         attn=attn_work(ctx, pre, keys=cached),
         h2d_bytes=w_bytes,
         h2d_copies=w_copies,
@@ -110,7 +100,7 @@ def evaluate_evict(plan: EvictPlan, ctx: Ctx) -> Evaluation:
     T = w.max_tokens
     kv_prefill = m.n_layers * kv_bytes(ctx, min(w.context, b + c), m.n_kv_heads)
     kv_decode = m.n_layers * kv_bytes(ctx, min(T, b + plan.local_tokens + w.gen), m.n_kv_heads)
-    scorer = {"workspace": float(scorer_params(m) * m.dtype_bytes)}
+    scorer = {"workspace": evict_workspace(ctx, min(w.context, b + c))}
     mem = peak_memory(
         ctx,
         [
@@ -137,6 +127,7 @@ def evaluate_evict(plan: EvictPlan, ctx: Ctx) -> Evaluation:
     )
     kept = min(1.0, (b + plan.local_tokens) / w.context)
     notes = [
-        f"approximate: keeps {b} tokens per head ({kept:.1%} of the context); scorer weights count as workspace"
+        f"approximate: keeps {b} tokens per head ({kept:.1%} of the context), scored by the executor's proxy "
+        "(the attention from the last 32 queries of each chunk)"
     ]
     return Evaluation(prefill=prefill, decode=decode, memory=mem, notes=notes)

@@ -31,19 +31,30 @@ from roofsim.families.base import (
     weight_stream,
 )
 from roofsim.families.streaming import first_unit_fill, layerwise_loads
-from roofsim.ops import Op
+from roofsim.ops import Op, topk_op
 from roofsim.plan import SparseFetchPlan
 from roofsim.roofline import work
 
 
-def speculation_ops(ctx: Ctx, P, r: float) -> list[Op]:
+def selection_ops(ctx: Ctx, P, r: float, fraction: float) -> list[Op]:
+    """What the executor runs to pick a layer's tokens (executor/sparse.py): the query's r*d key columns, their
+    scores against the partial key cache, the max over each KV head's query group, a top-k of fraction*P tokens
+    per KV head (sorted), and the flat row numbers of the host gather."""
     m, B, e = ctx.model, ctx.work.batch, ctx.model.dtype_bytes
-    cols = r * m.head_dim
-    partial_wq = m.hidden * m.n_heads * cols
+    cols = max(1.0, round(r * m.head_dim))
+    k = np.ceil(fraction * np.asarray(P, dtype=float))
     return [
-        Op("spec_q", "gemm", 2.0 * B * partial_wq, (partial_wq + B * (m.hidden + m.n_heads * cols)) * e, 2),
-        Op("spec_scores", "gemm", 2.0 * B * m.n_heads * P * cols, B * P * m.n_kv_heads * cols * e, 2),
-        Op("spec_topk", "vector", 2.0 * B * m.n_heads * P, 2.0 * B * m.n_heads * P * 2, 3),
+        Op("select_q", "vector", 0.0, 2.0 * B * m.n_heads * (m.head_dim + cols) * e, 3),
+        Op(
+            "select_scores",
+            "gemm",
+            2.0 * B * m.n_heads * P * cols,
+            (B * m.n_kv_heads * P * cols + B * m.n_heads * P) * e,
+            1,
+        ),
+        Op("select_amax", "vector", B * m.n_heads * P, (B * m.n_heads * P + B * m.n_kv_heads * P) * e, 1),
+        topk_op("select_topk", B * m.n_kv_heads, P, k, e),
+        Op("select_rows", "vector", 12.0 * B * m.n_kv_heads * k, 6 * 8.0 * 2 * B * m.n_kv_heads * k, 8),
     ]
 
 
@@ -62,7 +73,7 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
         fetched = kv_bytes(ctx, 1, m.n_kv_heads) * sel
         gather_s = 2 * fetched / host.gather_bytes_per_s
         nonattn = nonattn_work(ctx, dec)
-        spec = work(speculation_ops(ctx, dec.P, plan.partial_key_ratio), gpu)
+        spec = work(selection_ops(ctx, dec.P, plan.partial_key_ratio, plan.fetch_fraction), gpu)
         attn = attn_work(ctx, dec, keys=sel, streamed_calls=1)
         # the executor selects with the layer's own query after its pre-attention work, so the fetch (indices
         # to the host, a sync, the CPU gather, the copy) is on the critical path: InfiniGen's speculation from

@@ -16,9 +16,9 @@ import numpy as np
 
 from roofsim import link, ops
 from roofsim.families.base import Ctx, activation_bytes, kv_bytes, logits_bytes, weight_stream
-from roofsim.families.evict import scorer_ops
+from roofsim.families.evict import evict_ops, evict_workspace
 from roofsim.families.kvpr import optimal_split, per_token, recompute_ops, recompute_peak_bytes
-from roofsim.families.sparse_fetch import speculation_ops
+from roofsim.families.sparse_fetch import selection_ops
 from roofsim.families.streaming import CAT_PEAK_SLOTS
 from roofsim.plan import (
     CpuAttentionPlan,
@@ -694,7 +694,7 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
             """Layer li's tokens are picked by its own query, after its pre-attention work (the executor's order:
             the fetch is on the critical path, not hidden behind layer li-1 as InfiniGen speculates it)."""
             spec = b.compute(
-                speculation_ops(ctx, s.P, plan.partial_key_ratio),
+                selection_ops(ctx, s.P, plan.partial_key_ratio, plan.fetch_fraction),
                 s.phase,
                 s.step,
                 li,
@@ -729,18 +729,16 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
 
 
 def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> None:
-    from roofsim.families.evict import scorer_params
-
     ctx = b.ctx
-    m, w, B = ctx.model, ctx.work, ctx.work.batch
+    m, w = ctx.model, ctx.work
     bud = plan.budget_tokens
-    base["workspace"] = float(scorer_params(m) * m.dtype_bytes)
     for s in steps:
         alloc = {"activations": activation_bytes(ctx, int(s.C))}
         if s.phase == "prefill":
             cached = min(s.P, bud)
             kv_now = m.n_layers * kv_bytes(ctx, min(s.P + s.C, bud + s.C), m.n_kv_heads)
             alloc["kv_resident"] = kv_now
+            alloc["workspace"] = evict_workspace(ctx, cached + s.C)
         else:
             cached = min(s.P, bud + plan.local_tokens + (s.P - w.context))
             alloc["kv_resident"] = m.n_layers * kv_bytes(
@@ -748,15 +746,10 @@ def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> No
             )
         prev = b.embed(s, alloc)
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
-        scorer = scorer_ops(ctx, s.C) if s.phase == "prefill" else []
+        scorer: list = []
         evict = []
         if s.phase == "prefill" and s.P + s.C > bud:
-            kept = min(s.P + s.C, bud)
-            scores = B * m.n_kv_heads * (cached + s.C)
-            evict = [
-                ops.Op("evict_topk", "vector", 2.0 * scores, 8.0 * scores, 3),
-                ops.Op("evict_gather", "vector", 0.0, 2.0 * kv_bytes(ctx, kept, m.n_kv_heads), 2),
-            ]
+            evict = evict_ops(ctx, cached + s.C, s.C, min(s.P + s.C, bud))
         for li in range(m.n_layers):
             pre = b.pre(s, li, (prev, *weights.dep(li)), extra=scorer)
             att = b.attention(s, li, (pre,), keys=cached)

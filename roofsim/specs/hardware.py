@@ -82,6 +82,9 @@ class EfficiencySpec(_Section):
     # GPU: the time one small kernel occupies the stream when kernels are queued back to back; None: the default
     # below. Separate from kernel_us: a launch-bound step runs max(host dispatch, GPU work), not their sum.
     gpu_kernel_us: SourcedNumber | None = None
+    # elements per second (G) torch.topk ranks when k is a large share of the row (sparse_fetch's and evict's
+    # selections): a sort-like pass that no bandwidth roofline gives; None: priced as a few memory passes
+    topk_gelems: SourcedNumber | None = None
 
     _pos = field_validator("gemm", "attention", "memory")(lambda v, info: positive(info.field_name, v))
 
