@@ -746,13 +746,14 @@ def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> No
             )
         prev = b.embed(s, alloc)
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
-        scorer: list = []
         evict = []
         if s.phase == "prefill" and s.P + s.C > bud:
             evict = evict_ops(ctx, cached + s.C, s.C, min(s.P + s.C, bud))
         for li in range(m.n_layers):
-            pre = b.pre(s, li, (prev, *weights.dep(li)), extra=scorer)
+            pre = b.pre(s, li, (prev, *weights.dep(li)))
             att = b.attention(s, li, (pre,), keys=cached)
-            prev = b.post(s, li, (att,), extra=evict)
+            if evict:  # scored and evicted right after the chunk's attention, as the executor does
+                att = b.compute(evict, s.phase, s.step, li, kind="vector", deps=(att,), name="evict")
+            prev = b.post(s, li, (att,))
             weights.done(li, prev)
         b.finish(s, prev, alloc)
