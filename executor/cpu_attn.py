@@ -8,7 +8,8 @@ outputs are concatenated. Per layer at decode:
              (torch's flash kernel, all threads, split over key ranges) over host block[:P+1], write the
              output to pinned memory;  then H2D it; compute waits for it
 
-Prefill attends every head on the GPU: the CPU heads' block streams as one more slot.
+Prefill attends every head on the GPU: the CPU heads stream like the others, in slots of kv_heads_per_slot heads
+(one head where that does not divide cpu_kv_heads), so the ring stays as small as head_offload's.
 """
 
 from __future__ import annotations
@@ -36,23 +37,36 @@ def _worker() -> ThreadPoolExecutor:
 
 
 class CpuAttnLayer(SlotLayer):
-    def __init__(self, rt: Runtime, idx: int, slots: list[Slot], cpu_slot: Slot | None):
-        super().__init__(rt, idx, slots + ([cpu_slot] if cpu_slot else []))
-        self.cpu_slot = cpu_slot
+    """The GPU heads' slots as in head_offload, then the CPU heads: one or more slots of host KV over the last
+    heads of the layer (a contiguous head range), attended by the CPU at decode and streamed like the others at
+    prefill."""
+
+    def __init__(self, rt: Runtime, idx: int, slots: list[Slot], cpu_slots: list[Slot]):
+        super().__init__(rt, idx, slots + cpu_slots)
+        self.cpu_slots = cpu_slots
         self.stage: dict[int, tuple] = {}
         self.out_consumed = None
         self.out_sent = None
 
+    @property
+    def cpu_heads(self) -> tuple[int, int]:
+        return self.cpu_slots[0].h0, self.cpu_slots[-1].h1
+
     def _buffers(self, C: int):
-        """Per-layer staging for C query tokens: q and new K/V on the GPU, q and output in pinned memory."""
+        """Per-layer staging for C query tokens: q (all CPU heads) and each CPU slot's new K/V on the GPU, q and
+        the output in pinned memory."""
         if C not in self.stage:
-            sh, s = self.rt.shape, self.cpu_slot
+            sh = self.rt.shape
+            h0, h1 = self.cpu_heads
             pinned = self.rt.engine.kind == "cuda"
-            qshape = (sh.batch, s.g * sh.group, C, sh.head_dim)
-            kvshape = (C, sh.batch, 2, s.g, sh.head_dim)
+            qshape = (sh.batch, (h1 - h0) * sh.group, C, sh.head_dim)
+            kv = [
+                torch.empty((C, sh.batch, 2, cs.g, sh.head_dim), dtype=sh.dtype, device=sh.device)
+                for cs in self.cpu_slots
+            ]
             self.stage[C] = (
                 torch.empty(qshape, dtype=sh.dtype, device=sh.device),
-                torch.empty(kvshape, dtype=sh.dtype, device=sh.device),
+                kv,
                 pinned_empty(qshape, sh.dtype, pinned),
                 pinned_empty(qshape, sh.dtype, pinned),
                 torch.empty(qshape, dtype=sh.dtype, device=sh.device),
@@ -63,28 +77,34 @@ class CpuAttnLayer(SlotLayer):
         return self.stage[C]
 
     def _attend(self, module, q, scale):
-        if self.cpu_slot is None or self.rt.phase != "decode":
+        if not self.cpu_slots or self.rt.phase != "decode":
             return super()._attend(module, q, scale)
-        eng, rec, sh, s = self.rt.engine, self.rt.rec, self.rt.shape, self.cpu_slot
-        P, C = self.P, self.C
+        eng, rec, sh = self.rt.engine, self.rt.rec, self.rt.shape
+        P, C, G = self.P, self.C, sh.group
+        h0, h1 = self.cpu_heads
+        first = self.cpu_slots[0]
         new = pack_kv(self.k_new, self.v_new)
         q_gpu, kv_gpu, q_host, out_host, out_gpu = self._buffers(C)
-        q_gpu.copy_(self.slot_q(q, s))
-        kv_gpu.copy_(new[:, :, :, s.h0 : s.h1])
+        q_gpu.copy_(q[:, h0 * G : h1 * G])
+        for cs, kv in zip(self.cpu_slots, kv_gpu, strict=True):
+            kv.copy_(new[:, :, :, cs.h0 : cs.h1])  # contiguous per slot: each goes down as one copy
         staged = eng.event(eng.compute)
         eng.wait(eng.d2h, staged)
         d0 = rec.mark(eng.d2h)
         eng.copy(eng.d2h, q_host, q_gpu)
-        eng.copy(eng.d2h, s.host[P : P + C], kv_gpu)
-        q_ready = s.written = eng.event(eng.d2h)
+        for cs, kv in zip(self.cpu_slots, kv_gpu, strict=True):
+            eng.copy(eng.d2h, cs.host[P : P + C], kv)
+        q_ready = eng.event(eng.d2h)
+        for cs in self.cpu_slots:
+            cs.written = q_ready
         rec.span(
             "d2h",
             "d2h",
             d0,
             q_ready,
             layer=self.idx,
-            slot=s.index,
-            nbytes=2 * q_gpu.numel() * q_gpu.element_size(),
+            slot=first.index,
+            nbytes=q_gpu.numel() * q_gpu.element_size() + C * sh.kv_row_bytes(h1 - h0),
         )
         out_sent = self.out_sent
 
@@ -93,11 +113,17 @@ class CpuAttnLayer(SlotLayer):
             eng.host_wait(q_ready)
             t1 = time.perf_counter()
             rec.host_span("host", "sync", t0, t1, layer=self.idx, name="wait for q")
-            K, V = kv_views(s.host, 0, P + C)
-            o_cpu, _ = attend_parts(q_host, chunk_parts(K, V, P, C), scale)
+            outs = []
+            for cs in self.cpu_slots:
+                K, V = kv_views(cs.host, 0, P + C)
+                a, b = (cs.h0 - h0) * G, (cs.h1 - h0) * G
+                outs.append(attend_parts(q_host[:, a:b], chunk_parts(K, V, P, C), scale)[0])
             if out_sent is not None:
                 eng.host_wait(out_sent)  # the previous step's H2D from out_host is done
-            out_host.copy_(o_cpu)
+            if len(outs) > 1:
+                torch.cat(outs, dim=1, out=out_host)
+            else:
+                out_host.copy_(outs[0])
             t2 = time.perf_counter()
             rec.host_span(
                 "cpu",
@@ -105,27 +131,27 @@ class CpuAttnLayer(SlotLayer):
                 t1,
                 t2,
                 layer=self.idx,
-                slot=s.index,
-                nbytes=(P + C) * sh.kv_row_bytes(s.g),
-                flops=4.0 * sh.batch * s.g * sh.group * C * (P + C) * sh.head_dim,
+                slot=first.index,
+                nbytes=(P + C) * sh.kv_row_bytes(h1 - h0),
+                flops=4.0 * sh.batch * (h1 - h0) * G * C * (P + C) * sh.head_dim,
             )
 
         # the CPU attends on a worker thread (torch's kernels release the GIL) while this thread issues the GPU
         # heads' slots: the two run side by side, as the plan's cost model has them
         job = _worker().submit(cpu_part)
-        outs = [self.attend_slot(g, q, new, scale) for g in self.slots if g is not s]
+        outs = [self.attend_slot(g, q, new, scale) for g in self.slots if not g.cpu_decode]
         job.result()
         eng.wait(eng.h2d, self.out_consumed)
-        h0 = rec.mark(eng.h2d)
+        t0_mark = rec.mark(eng.h2d)
         eng.copy(eng.h2d, out_gpu, out_host)
         self.out_sent = eng.event(eng.h2d)
         rec.span(
             "h2d",
             "h2d",
-            h0,
+            t0_mark,
             self.out_sent,
             layer=self.idx,
-            slot=s.index,
+            slot=first.index,
             nbytes=out_host.numel() * out_host.element_size(),
         )
         eng.wait(eng.compute, self.out_sent)
@@ -137,6 +163,8 @@ class CpuAttnLayer(SlotLayer):
 def build(rt: Runtime, plan, model, **_):
     from roofsim.executor.build import attach_host, check_divides, make_ring
 
+    from roofsim.families.cpu_attention import cpu_slot_heads
+
     sh = rt.shape
     hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
     if hc > sh.n_kv_heads:
@@ -147,17 +175,29 @@ def build(rt: Runtime, plan, model, **_):
     gpu_slots = gpu_heads // g if gpu_heads else 0
     if plan.resident_slots > gpu_slots:
         raise UserError(f"resident_slots={plan.resident_slots} exceeds the {gpu_slots} GPU slots per layer")
+    gc = cpu_slot_heads(hc, g)
     layers_slots, cpu_slots = [], []
     for _ in range(sh.n_layers):
         slots = cut_slots(gpu_heads, g, plan.resident_slots) if gpu_heads else []
-        cpu = Slot(len(slots), gpu_heads, sh.n_kv_heads, resident=False, cpu_decode=True) if hc else None
-        layers_slots.append(slots + ([cpu] if cpu else []))
+        cpu = [
+            Slot(
+                len(slots) + i, gpu_heads + i * gc, gpu_heads + (i + 1) * gc, resident=False, cpu_decode=True
+            )
+            for i in range(hc // gc if hc else 0)
+        ]
+        layers_slots.append(slots + cpu)
         cpu_slots.append(cpu)
     attach_host(rt, layers_slots)
-    make_ring(rt, plan.slot_buffers, rt.capacity, max(g if gpu_heads else 0, hc), plan.prefetch_depth)
+    make_ring(
+        rt,
+        plan.slot_buffers,
+        rt.capacity,
+        max(g if gpu_heads else 0, gc if hc else 0, 1),
+        plan.prefetch_depth,
+    )
     rt.notes.append(
         f"cpu_attention: {hc} of {sh.n_kv_heads} KV heads per layer attended on the CPU at decode "
-        f"with {torch.get_num_threads()} threads"
+        f"with {torch.get_num_threads()} threads, in slots of {gc}"
     )
     return [
         CpuAttnLayer(rt, i, [s for s in layers_slots[i] if not s.cpu_decode], cpu_slots[i])

@@ -34,6 +34,7 @@ EXACT = {
     "kvpr_intra_all": KvprPlan(recompute_tokens=1000, overlap="intra_layer"),
     "cpu_attention": CpuAttentionPlan(),
     "cpu_attention_all": CpuAttentionPlan(cpu_kv_heads=2),
+    "cpu_attention_one_slot": CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=2),
     "cpu_attention_resident": CpuAttentionPlan(resident_slots=1),
 }
 

@@ -30,6 +30,13 @@ from roofsim.families.streaming import first_unit_fill, slot_loads
 from roofsim.plan import CpuAttentionPlan
 
 
+def cpu_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
+    """Heads per slot of the CPU's heads (their host blocks, and how they stream at prefill): the plan's slot
+    size where it divides them, else one."""
+    g = kv_heads_per_slot
+    return g if 0 < g <= cpu_kv_heads and cpu_kv_heads % g == 0 else 1
+
+
 def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     from roofsim.errors import UserError
 
@@ -82,23 +89,25 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
             ll.h2d_bytes = ll.h2d_bytes + out_bytes
             ll.h2d_copies = ll.h2d_copies + 1
             ll.d2h_bytes = ll.d2h_bytes + q_bytes + kv_bytes(ctx, 1, hc) * dec.C
-            ll.d2h_copies = ll.d2h_copies + 2
+            ll.d2h_copies = ll.d2h_copies + 1 + hc // cpu_slot_heads(hc, g)
             ll.syncs += 1
     fill = first_unit_fill(ctx, dec, g, None, gpu_slots > plan.resident_slots)
     decode = combine(loads, outside_layers(ctx, dec), fill, gpu)
 
     # prefill: every head on the GPU. The resident heads (resident_slots groups of g) stay resident; every other
-    # head, the CPU's included, streams as a one-head slot
+    # head streams, the CPU's in slots of gc (the executor's slots: g where it divides them, else one head)
     resident_heads = plan.resident_slots * g
+    gc = cpu_slot_heads(hc, g)
+    pg = g if (not hc or gc == g) else 1  # one slot size for all heads, or one-head slots where they differ
     pre = prefill_steps(w.context, plan.prefill_chunk)
-    pre_loads = slot_loads(ctx, pre, group=1, resident=[resident_heads] * m.n_layers, **common)
+    pre_loads = slot_loads(ctx, pre, group=pg, resident=[resident_heads // pg] * m.n_layers, **common)
     prefill = combine(pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, 1, None, True), gpu)
 
     T = w.max_tokens
     gpu_kv = {
         "kv_resident": m.n_layers * kv_bytes(ctx, T, resident_heads),
-        # the ring's slots fit a GPU slot or, at prefill, the CPU heads' block streamed as one more slot
-        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, max(g if gpu_heads else 0, hc, 1)),
+        # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
+        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, max(g if gpu_heads else 0, gc if hc else 0, 1)),
     }
     host_mem = {"kv": m.n_layers * kv_bytes(ctx, T, m.n_kv_heads - resident_heads)}
     c = int(pre.C.max())

@@ -16,6 +16,7 @@ import numpy as np
 
 from roofsim import link, ops
 from roofsim.families.base import Ctx, activation_bytes, kv_bytes, logits_bytes, weight_stream
+from roofsim.families.cpu_attention import cpu_slot_heads
 from roofsim.families.evict import evict_ops, evict_workspace
 from roofsim.families.kvpr import optimal_split, per_token, recompute_ops, recompute_peak_bytes
 from roofsim.families.sparse_fetch import selection_ops
@@ -580,13 +581,15 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
     resident_heads = plan.resident_slots * g
     base["kv_resident"] = m.n_layers * kv_bytes(ctx, T, resident_heads)
     gpu_heads = m.n_kv_heads - hc
-    # the ring's slots fit a GPU slot or, at prefill, the CPU heads' block streamed as one more slot
-    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, max(g if gpu_heads else 0, hc, 1))
+    gc = cpu_slot_heads(hc, g)
+    pg = g if (not hc or gc == g) else 1  # prefill slot size, as the analytic model takes it
+    # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
+    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, max(g if gpu_heads else 0, gc if hc else 0, 1))
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4
     for s in steps:
         if s.phase == "prefill":
-            layers = _slot_units(ctx, s.C, s.P, 1, [resident_heads] * m.n_layers, "incremental", None)
+            layers = _slot_units(ctx, s.C, s.P, pg, [resident_heads // pg] * m.n_layers, "incremental", None)
             last = streamed_step(
                 b,
                 s.phase,
@@ -647,7 +650,16 @@ def _cpu_decode_step(
         pre = b.pre(s, li, (prev, *weights.dep(li)))
         deps_post = []
         if hc:
-            q = b.copy("d2h", q_and_new_kv, s.phase, s.step, li, deps=(pre,), copies=2, name="q_and_new_kv")
+            q = b.copy(
+                "d2h",
+                q_and_new_kv,
+                s.phase,
+                s.step,
+                li,
+                deps=(pre,),
+                copies=1 + hc // cpu_slot_heads(hc, plan.kv_heads_per_slot),
+                name="q_and_new_kv",
+            )
             deps_post.append(b.cpu(cpu_s, s.phase, s.step, li, deps=(q,), nbytes=cpu_kv))
         for ui, u in enumerate(units):
             deps = [pre]
