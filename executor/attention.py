@@ -165,13 +165,19 @@ def _kernel(q, k, v, causal: bool, scale: float):
     fastest for every prefill-shaped call after it; short calls (decode) use the preferred one. A run's warm-up
     forward makes the race, so the timed prefill does not pay it."""
     names = _candidates(q.device, q.dtype, q.shape[-1])
-    name = names[0]
     if len(names) > 1 and q.shape[-2] >= _LONG:
         key = (q.device.type, q.dtype, q.shape[-1])  # one race (the warm-up's causal chunk) serves both kinds
         if key not in _raced:
             _raced[key] = _race(names, q, k, v, causal, scale)
         name = _raced[key]
-    return _KERNELS[name](q, k, v, causal, scale)
+        if name != names[0]:
+            try:
+                return _KERNELS[name](q, k, v, causal, scale)
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, NotImplementedError):  # a shape the winner does not take: the preferred
+                _raced[key] = names[0]  # kernel from now on
+    return _KERNELS[names[0]](q, k, v, causal, scale)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float):

@@ -254,3 +254,21 @@ def test_prefill_shapes_race_the_kernels_and_keep_the_fastest(monkeypatch):
     A._kernel(q[:, :, :1], k, k, False, 0.35)  # a decode-sized call: the preferred kernel, no race
     assert calls == ["slow"]
     assert "quick" in A.kernels_used()
+
+
+def test_a_raced_kernel_that_fails_a_later_shape_hands_back_to_the_preferred(monkeypatch):
+    from roofsim.executor import attention as A
+
+    def quick(q, k, v, causal, scale):
+        if q.shape[-2] > 300:
+            raise RuntimeError("shape not supported")
+        return A._math(q, k, v, causal, scale)
+
+    monkeypatch.setitem(A._KERNELS, "preferred", A._math)
+    monkeypatch.setitem(A._KERNELS, "quick", quick)
+    monkeypatch.setattr(A, "_candidates", lambda *a: ["preferred", "quick"])
+    monkeypatch.setattr(A, "_raced", {("cpu", torch.float32, 8): "quick"})
+    q, k = torch.randn(1, 2, 400, 8), torch.randn(1, 2, 400, 8)
+    out, _ = A._kernel(q, k, k, True, 0.35)
+    assert torch.allclose(out, A._math(q, k, k, True, 0.35)[0])
+    assert A._raced[("cpu", torch.float32, 8)] == "preferred"
