@@ -277,8 +277,9 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
             regret = 100.0 * (measured[0] / min(measured) - 1)
             row["regret_pct"] = regret
             regrets.append(regret)
-        row["why"] = _why(runs_file.parent)
-        row["prefill_after_first_chunk"] = _after_first_chunk(runs_file.parent)
+        sums = _summaries(runs_file.parent)
+        row["why"] = _why(runs_file.parent, *sums) if sums else ""
+        row["prefill_after_first_chunk"] = _after_first_chunk(*sums) if sums else None
         rows.append(row)
     n = sum(not r["failed"] for r in rows)
     line = (
@@ -289,13 +290,20 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
     return rows, line
 
 
-def _after_first_chunk(folder: Path) -> float | None:
-    """Prefill error (%) over the chunks after the first, or None for a one-chunk prefill."""
+def _summaries(folder: Path) -> tuple[dict, dict] | None:
+    """The measured and predicted traces' summaries of a run's folder (each trace read once), if both are there."""
     try:
-        m = json.loads(read_json_text(folder / "measured.json"))["summary"]["prefill_chunk_s"]
-        p = json.loads(read_json_text(folder / "predicted.json"))["summary"]["prefill_chunk_s"]
+        return (
+            json.loads(read_json_text(folder / "measured.json"))["summary"],
+            json.loads(read_json_text(folder / "predicted.json"))["summary"],
+        )
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _after_first_chunk(meas: dict, pred: dict) -> float | None:
+    """Prefill error (%) over the chunks after the first, or None for a one-chunk prefill."""
+    m, p = meas.get("prefill_chunk_s") or [], pred.get("prefill_chunk_s") or []
     if len(m) < 2 or len(p) != len(m):
         return None
     return _err(sum(p[1:]), sum(m[1:]))
@@ -314,14 +322,12 @@ def prefill_after_first_chunk_line(rows: list[dict]) -> str:
     )
 
 
-def _why(folder: Path) -> str:
+def _why(folder: Path, meas: dict, pred: dict) -> str:
     """Where each phase's error sits: the span kind whose busy time differs most (predicted - measured), and for a
     prefill the first chunk's share (it carries the process's cold start: kernel loading, allocator growth)."""
     try:
         comp = json.loads((folder / "comparison.json").read_text())
-        meas = json.loads(read_json_text(folder / "measured.json"))["summary"]
-        pred = json.loads(read_json_text(folder / "predicted.json"))["summary"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
         return ""
     parts = []
     for phase, unit, label in (("prefill", 1.0, "s"), ("decode", 1e3, "ms")):
