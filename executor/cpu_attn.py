@@ -163,7 +163,7 @@ class CpuAttnLayer(SlotLayer):
 def build(rt: Runtime, plan, model, **_):
     from roofsim.executor.build import attach_host, check_divides, make_ring
 
-    from roofsim.families.cpu_attention import cpu_slot_heads
+    from roofsim.families.cpu_attention import cpu_slot_heads, ring_slot_heads
 
     sh = rt.shape
     hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
@@ -188,13 +188,7 @@ def build(rt: Runtime, plan, model, **_):
         layers_slots.append(slots + cpu)
         cpu_slots.append(cpu)
     attach_host(rt, layers_slots)
-    make_ring(
-        rt,
-        plan.slot_buffers,
-        rt.capacity,
-        max(g if gpu_heads else 0, gc if hc else 0, 1),
-        plan.prefetch_depth,
-    )
+    make_ring(rt, plan.slot_buffers, rt.capacity, ring_slot_heads(sh.n_kv_heads, hc, g), plan.prefetch_depth)
     rt.notes.append(
         f"cpu_attention: {hc} of {sh.n_kv_heads} KV heads per layer attended on the CPU at decode "
         f"with {torch.get_num_threads()} threads, in slots of {gc}"

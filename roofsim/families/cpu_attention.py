@@ -37,6 +37,20 @@ def cpu_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
     return g if 0 < g <= cpu_kv_heads and cpu_kv_heads % g == 0 else 1
 
 
+def ring_slot_heads(n_kv_heads: int, cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
+    """Heads one ring buffer holds: a GPU slot's, or a CPU slot's (those stream too, at prefill)."""
+    gpu = kv_heads_per_slot if n_kv_heads > cpu_kv_heads else 0
+    cpu = cpu_slot_heads(cpu_kv_heads, kv_heads_per_slot) if cpu_kv_heads else 0
+    return max(gpu, cpu, 1)
+
+
+def prefill_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
+    """The slot size the models stream every head in at prefill: the plan's where the CPU heads' slots have it,
+    else one head (the executor's GPU and CPU slots then differ in size)."""
+    g = kv_heads_per_slot
+    return g if not cpu_kv_heads or cpu_slot_heads(cpu_kv_heads, g) == g else 1
+
+
 def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     from roofsim.errors import UserError
 
@@ -97,8 +111,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     # prefill: every head on the GPU. The resident heads (resident_slots groups of g) stay resident; every other
     # head streams, the CPU's in slots of gc (the executor's slots: g where it divides them, else one head)
     resident_heads = plan.resident_slots * g
-    gc = cpu_slot_heads(hc, g)
-    pg = g if (not hc or gc == g) else 1  # one slot size for all heads, or one-head slots where they differ
+    pg = prefill_slot_heads(hc, g)
     pre = prefill_steps(w.context, plan.prefill_chunk)
     pre_loads = slot_loads(ctx, pre, group=pg, resident=[resident_heads // pg] * m.n_layers, **common)
     prefill = combine(pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, 1, None, True), gpu)
@@ -107,7 +120,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     gpu_kv = {
         "kv_resident": m.n_layers * kv_bytes(ctx, T, resident_heads),
         # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
-        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, max(g if gpu_heads else 0, gc if hc else 0, 1)),
+        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, ring_slot_heads(m.n_kv_heads, hc, g)),
     }
     host_mem = {"kv": m.n_layers * kv_bytes(ctx, T, m.n_kv_heads - resident_heads)}
     c = int(pre.C.max())

@@ -16,7 +16,7 @@ import numpy as np
 
 from roofsim import link, ops
 from roofsim.families.base import Ctx, activation_bytes, kv_bytes, logits_bytes, weight_stream
-from roofsim.families.cpu_attention import cpu_slot_heads
+from roofsim.families.cpu_attention import cpu_slot_heads, prefill_slot_heads, ring_slot_heads
 from roofsim.families.evict import evict_ops, evict_workspace
 from roofsim.families.kvpr import optimal_split, per_token, recompute_ops, recompute_peak_bytes
 from roofsim.families.sparse_fetch import selection_ops
@@ -581,10 +581,9 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
     resident_heads = plan.resident_slots * g
     base["kv_resident"] = m.n_layers * kv_bytes(ctx, T, resident_heads)
     gpu_heads = m.n_kv_heads - hc
-    gc = cpu_slot_heads(hc, g)
-    pg = g if (not hc or gc == g) else 1  # prefill slot size, as the analytic model takes it
+    pg = prefill_slot_heads(hc, g)
     # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
-    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, max(g if gpu_heads else 0, gc if hc else 0, 1))
+    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, ring_slot_heads(m.n_kv_heads, hc, g))
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4
     for s in steps:
