@@ -89,11 +89,6 @@ def _candidates(device: torch.device, dtype: torch.dtype, head_dim: int) -> list
     return _checked[key]
 
 
-def _backend(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
-    """The preferred kernel that passes the self-check (FlashAttention-2 on CUDA where it does)."""
-    return _candidates(device, dtype, head_dim)[0]
-
-
 _LONG = 256  # query rows from which a call counts as a prefill shape for the kernel race
 _raced: dict[tuple, str] = {}
 
@@ -127,7 +122,8 @@ def _race(names: list[str], q, k, v, causal: bool, scale: float) -> str:
 
 
 def backend_name(device, dtype, head_dim: int) -> str:
-    return _backend(torch.device(device), dtype, head_dim)
+    """The preferred kernel that passes the self-check (FlashAttention-2 on CUDA where it does)."""
+    return _candidates(torch.device(device), dtype, head_dim)[0]
 
 
 def kernels_used() -> str:
