@@ -12,6 +12,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
@@ -196,36 +197,51 @@ def _attention(model: ModelSpec):
     return prefill, decode
 
 
+@contextmanager
+def _tiny_decoding(plan, device: str, dtype, steps: int, record: bool = False, **config):
+    """A tiny stock Llama under `plan`, through the executor, with 16 prompt tokens prefilled and one decode step
+    run to warm up: yields (step, cache), where step() runs one more decode step."""
+    from roofsim.executor.build import make_cache
+    from roofsim.executor.check import tiny_config
+    from roofsim.executor.models import random_model
+
+    model = random_model(tiny_config("llama", **config), device, dtype, seed=0)
+    cache = make_cache(model, plan, max_tokens=16 + steps + 8, record=record)
+    if record:
+        cache.runtime.rec.start()
+    ids = torch.randint(0, 128, (1, 16), device=device)
+    token = ids[:, -1:]
+
+    @torch.no_grad()
+    def step() -> None:
+        model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+    try:
+        with torch.no_grad():
+            model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        step()  # warm-up step
+        yield step, cache
+    finally:
+        cache.close()
+
+
 def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, ModelSpec]:
     """Seconds one decoder layer adds to a decode step at tiny shapes, through the executor itself (stock
     transformers layer, the plan's cache, the registered attention): the framework's per-layer cost, which
     bounds decode at short contexts. Measured as the difference between a 6-layer and a 2-layer tiny model, so
     the embedding, the LM head and sampling cancel out."""
-    from roofsim.executor.build import make_cache
-    from roofsim.executor.check import tiny_config
-    from roofsim.executor.models import random_model
-
     from roofsim.plan import ResidentPlan
 
     def step_s(layers: int) -> float:
-        model = random_model(tiny_config("llama", layers=layers), device, torch.bfloat16, seed=0)
-        cache = make_cache(model, ResidentPlan(), max_tokens=16 + steps + 8)
-        try:
-            with torch.no_grad():
-                ids = torch.randint(0, 128, (1, 16), device=device)
-                model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                token = ids[:, -1:]
-                model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)  # warm-up step
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                return (time.perf_counter() - t0) / steps
-        finally:
-            cache.close()
+        with _tiny_decoding(ResidentPlan(), device, torch.bfloat16, steps, layers=layers) as (step, _):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return (time.perf_counter() - t0) / steps
 
     per_layer = max(0.0, (step_s(6) - step_s(2)) / 4)
     spec = ModelSpec(
@@ -259,38 +275,25 @@ def attention_call_costs(device: str = "cuda", steps: int = 20) -> tuple[float, 
     adds (ring, staging, events, the issue of its two copies): decode steps of a tiny 6-layer model (4 KV heads)
     under head_offload plans that differ only in their slots, recorded as a measured run records them. At tiny
     shapes the step is the host's time, so the differences are the calls' host cost."""
-    from roofsim.executor.build import make_cache
-    from roofsim.executor.check import tiny_config
-    from roofsim.executor.models import random_model
-
     from roofsim.plan import HeadOffloadPlan
 
     layers = 6
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
 
     def step_s(plan) -> float:
-        model = random_model(tiny_config("llama", layers=layers, kv_heads=4, heads=8), device, dtype, seed=0)
-        cache = make_cache(model, plan, max_tokens=16 + steps + 8, record=True)
-        rec = cache.runtime.rec
-        rec.start()
-        try:
-            with torch.no_grad():
-                ids = torch.randint(0, 128, (1, 16), device=device)
-                model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                token = ids[:, -1:]
-                model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)  # warm-up step
+        config = dict(layers=layers, kv_heads=4, heads=8)
+        with _tiny_decoding(plan, device, dtype, steps, record=True, **config) as (step, cache):
+            rec = cache.runtime.rec
+            cache.runtime.engine.synchronize()
+            rec.flush()
+            times = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step()
                 cache.runtime.engine.synchronize()
+                times.append(time.perf_counter() - t0)
                 rec.flush()
-                times = []
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                    cache.runtime.engine.synchronize()
-                    times.append(time.perf_counter() - t0)
-                    rec.flush()
-                return sorted(times)[len(times) // 2]
-        finally:
-            cache.close()
+            return sorted(times)[len(times) // 2]
 
     one = step_s(HeadOffloadPlan(kv_heads_per_slot=4, resident_slots=1))
     four = step_s(HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4))

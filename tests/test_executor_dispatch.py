@@ -26,29 +26,29 @@ class _Count(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _ops_per_layer(plan) -> float:
-    """aten ops one decoder layer dispatches in a decode step (6-layer minus 2-layer model, over 4)."""
-    from roofsim.executor.build import make_cache
-    from roofsim.executor.check import tiny_config
-    from roofsim.executor.models import random_model
+def _per_layer(plan, count, record: bool = False) -> float:
+    """What one decoder layer adds to a decode step, as `count(step)` counts it (6-layer minus 2-layer model,
+    over 4), through the same tiny-model decoding that calibration times."""
+    from roofsim.executor.calibrate import _tiny_decoding
 
     counts = []
     for layers in (6, 2):
-        model = random_model(
-            tiny_config("llama", layers=layers, kv_heads=4, heads=8), "cpu", torch.float32, seed=0
-        )
-        cache = make_cache(model, plan, max_tokens=64)
-        with torch.no_grad():
-            ids = torch.randint(0, 128, (1, 16))
-            model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = ids[:, -1:]
-            model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            c = _Count()
-            with c:
-                model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.close()
-        counts.append(c.n)
+        config = dict(layers=layers, kv_heads=4, heads=8)
+        with _tiny_decoding(plan, "cpu", torch.float32, 1, record=record, **config) as (step, _):
+            counts.append(count(step))
     return (counts[0] - counts[1]) / 4
+
+
+def _aten_ops(step) -> int:
+    c = _Count()
+    with c:
+        step()
+    return c.n
+
+
+def _ops_per_layer(plan) -> float:
+    """aten ops one decoder layer dispatches in a decode step."""
+    return _per_layer(plan, _aten_ops)
 
 
 def test_model_host_units_follow_the_executors_dispatches():
@@ -72,53 +72,42 @@ def test_model_host_units_follow_the_executors_dispatches():
     )
 
 
-def _runtime_calls_per_layer(plan, monkeypatch) -> float:
-    """Event records and stream waits one decoder layer makes in a recorded decode step (the CPU engine's calls;
-    on CUDA each is one runtime call)."""
+def _runtime_call_counter(monkeypatch):
+    """count(step): the CPU engine's event records and stream waits during one step (on CUDA each is one runtime
+    call)."""
     from roofsim.executor import engine as E
-    from roofsim.executor.build import make_cache
-    from roofsim.executor.check import tiny_config
-    from roofsim.executor.models import random_model
 
-    count = {"n": 0, "on": False}
+    state = {"n": 0, "on": False}
     for name in ("event", "wait"):
         original = getattr(E.CpuEngine, name)
 
         def counted(self, *a, _f=original, **k):
-            count["n"] += count["on"]
+            state["n"] += state["on"]
             return _f(self, *a, **k)
 
         monkeypatch.setattr(E.CpuEngine, name, counted)
-    counts = []
-    for layers in (6, 2):
-        model = random_model(
-            tiny_config("llama", layers=layers, kv_heads=4, heads=8), "cpu", torch.float32, seed=0
-        )
-        cache = make_cache(model, plan, max_tokens=64, record=True)
-        with torch.no_grad():
-            ids = torch.randint(0, 128, (1, 16))
-            model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = ids[:, -1:]
-            model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            count["n"], count["on"] = 0, True
-            model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            count["on"] = False
-        cache.close()
-        counts.append(count["n"])
-    return (counts[0] - counts[1]) / 4
+
+    def count(step) -> int:
+        state["n"], state["on"] = 0, True
+        step()
+        state["on"] = False
+        return state["n"]
+
+    return count
 
 
 def test_model_runtime_calls_follow_the_executors(monkeypatch):
     """Event records and stream waits per attention call, as ops.ATTN_CALL_RUNTIME and
     STREAMED_CALL_RUNTIME_EXTRA charge them."""
-    resident = _runtime_calls_per_layer(ResidentPlan(), monkeypatch)
-    resident_call = (
-        _runtime_calls_per_layer(HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4), monkeypatch)
-        - resident
-    ) / 3
+    count = _runtime_call_counter(monkeypatch)
+
+    def calls(plan) -> float:
+        return _per_layer(plan, count, record=True)
+
+    resident = calls(ResidentPlan())
+    resident_call = (calls(HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4)) - resident) / 3
     streamed_call = (
-        _runtime_calls_per_layer(HeadOffloadPlan(kv_heads_per_slot=1), monkeypatch)
-        - _runtime_calls_per_layer(HeadOffloadPlan(kv_heads_per_slot=4), monkeypatch)
+        calls(HeadOffloadPlan(kv_heads_per_slot=1)) - calls(HeadOffloadPlan(kv_heads_per_slot=4))
     ) / 3
     assert resident_call == pytest.approx(ops.ATTN_CALL_RUNTIME, abs=1)
     assert streamed_call == pytest.approx(ops.ATTN_CALL_RUNTIME + ops.STREAMED_CALL_RUNTIME_EXTRA, abs=1.5)
