@@ -125,6 +125,19 @@ def stage_bw(b: Bench) -> None:
     b.data["h2d_GBps"] = out["h2d_GBps_1GiB"]
 
 
+def _exact_plans() -> dict:
+    """The exact plans the logit checks run, the resident one first (the others are compared with it)."""
+    return {
+        "resident": ResidentPlan(),
+        "layer_offload_full": LayerOffloadPlan(write_back="full"),
+        "layer_offload_incremental": LayerOffloadPlan(write_back="incremental"),
+        "head_offload": HeadOffloadPlan(resident_slots=2, prefetch_depth=2, slot_buffers=3),
+        "head_offload_blocks": HeadOffloadPlan(kv_heads_per_slot=2, token_block=2 * K // SCALE),
+        "kvpr": KvprPlan(recompute_tokens=K // SCALE),
+        "cpu_attention": CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=2, resident_slots=1),
+    }
+
+
 def stage_exact(b: Bench) -> None:
     model = b.get_model(524 * K)
     prompt, chunk, gen = 8 * K // SCALE, 2 * K // SCALE, 4
@@ -134,15 +147,7 @@ def stage_exact(b: Bench) -> None:
 
     stock = reference_logits(model, ids, chunk, gen)
     tokens = stock[:-1].argmax(-1).T
-    plans = {
-        "resident": ResidentPlan(),
-        "layer_offload_full": LayerOffloadPlan(write_back="full"),
-        "layer_offload_incremental": LayerOffloadPlan(write_back="incremental"),
-        "head_offload": HeadOffloadPlan(resident_slots=2, prefetch_depth=2, slot_buffers=3),
-        "head_offload_blocks": HeadOffloadPlan(kv_heads_per_slot=2, token_block=2 * K // SCALE),
-        "kvpr": KvprPlan(recompute_tokens=K // SCALE),
-        "cpu_attention": CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=2, resident_slots=1),
-    }
+    plans = _exact_plans()
     res = {}
     ref = None
     for name, plan in plans.items():
@@ -186,15 +191,7 @@ def stage_exact32(b: Bench) -> None:
     ids = torch.randint(0, cfg.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     stock = reference_logits(model, ids, chunk, gen)
     tokens = stock[:-1].argmax(-1).T
-    plans = {
-        "resident": ResidentPlan(),
-        "layer_offload_full": LayerOffloadPlan(write_back="full"),
-        "layer_offload_incremental": LayerOffloadPlan(write_back="incremental"),
-        "head_offload": HeadOffloadPlan(resident_slots=2, prefetch_depth=2, slot_buffers=3),
-        "head_offload_blocks": HeadOffloadPlan(kv_heads_per_slot=2, token_block=2 * K // SCALE),
-        "kvpr": KvprPlan(recompute_tokens=K // SCALE),
-        "cpu_attention": CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=2, resident_slots=1),
-    }
+    plans = _exact_plans()
     res = {}
     ref = None
     for name, plan in plans.items():
