@@ -191,19 +191,7 @@ class SlotLayer(PlanLayer):
             s.written = done
         else:
             lo = 0 if full else P
-            eng.wait(eng.d2h, done)
-            d0 = rec.mark(eng.d2h)
-            eng.copy(eng.d2h, s.host[lo : P + C], view[lo : P + C])
-            rel = s.written = eng.event(eng.d2h)
-            rec.span(
-                "d2h",
-                "d2h",
-                d0,
-                rel,
-                layer=self.idx,
-                slot=s.index,
-                nbytes=(P + C - lo) * rt.shape.kv_row_bytes(s.g),
-            )
+            rel = s.written = self._write_back(s, lo, P + C, view[lo : P + C], done)
             rt.release(unit, rel)
         return out
 
@@ -225,34 +213,37 @@ class SlotLayer(PlanLayer):
             self.attn_span(a0, done, s.index, t1 - t0, s.g, C)
             rel = done
             if self.write_back == "full":
-                eng.wait(eng.d2h, done)
-                d0 = rec.mark(eng.d2h)
-                eng.copy(eng.d2h, s.host[t0:t1], view[: t1 - t0])
-                rel = eng.event(eng.d2h)
-                rec.span(
-                    "d2h",
-                    "d2h",
-                    d0,
-                    rel,
-                    layer=self.idx,
-                    slot=s.index,
-                    nbytes=(t1 - t0) * rt.shape.kv_row_bytes(s.g),
-                )
+                rel = self._write_back(s, t0, t1, view[: t1 - t0], done)
             rt.release(unit, rel)
             outs.append(o)
             lses.append(lse)
         K, V = kv_views(stage, 0, C)
         o, lse = attend(qs, K, V, causal=C > 1, scale=scale)
         out, _ = merge([*outs, o], [*lses, lse])
-        eng.wait(eng.d2h, staged)
-        d0 = rec.mark(eng.d2h)
-        eng.copy(eng.d2h, s.host[P : P + C], stage)
-        eng.keep_alive(stage, eng.d2h)  # freed below while the D2H may still read it
-        s.written = eng.event(eng.d2h)
-        rec.span(
-            "d2h", "d2h", d0, s.written, layer=self.idx, slot=s.index, nbytes=C * rt.shape.kv_row_bytes(s.g)
-        )
+        # `stage` is freed below while the D2H may still read it: kept alive until the copy is done
+        s.written = self._write_back(s, P, P + C, stage, staged, keep_alive=True)
         return out
+
+    def _write_back(self, s: Slot, lo: int, hi: int, src: torch.Tensor, after, keep_alive: bool = False):
+        """Copy `src` into the slot's host rows [lo, hi) on the D2H stream once `after` has happened, recorded as a
+        d2h span; returns the event that marks the copy done."""
+        eng, rec = self.rt.engine, self.rt.rec
+        eng.wait(eng.d2h, after)
+        d0 = rec.mark(eng.d2h)
+        eng.copy(eng.d2h, s.host[lo:hi], src)
+        if keep_alive:
+            eng.keep_alive(src, eng.d2h)
+        done = eng.event(eng.d2h)
+        rec.span(
+            "d2h",
+            "d2h",
+            d0,
+            done,
+            layer=self.idx,
+            slot=s.index,
+            nbytes=(hi - lo) * self.rt.shape.kv_row_bytes(s.g),
+        )
+        return done
 
 
 def cut_slots(n_heads: int, group: int, resident: int, start: int = 0) -> list[Slot]:
