@@ -154,10 +154,10 @@ class Builder:
             alloc=alloc,
         )
 
-    def pre(self, s: StepSpec, li: int, deps, extra=()) -> int:
+    def pre(self, s: StepSpec, li: int, deps) -> int:
         m, B = self.ctx.model, self.ctx.work.batch
         return self.compute(
-            ops.pre_attention_ops(m, s.C, B) + list(extra),
+            ops.pre_attention_ops(m, s.C, B),
             s.phase,
             s.step,
             li,
@@ -267,8 +267,6 @@ def streamed_step(
     d2h_on_compute: bool = False,
     syncs_per_unit: int = 0,
     streamed_weights: bool = False,
-    extra_pre=None,
-    extra_post=None,
     cpu_heads: int = 0,
     logits: bool = True,
 ) -> int:
@@ -302,9 +300,7 @@ def streamed_step(
     post_ops = ops.post_attention_ops(m, C, B)
     for li, units in enumerate(layers):
         wdep = weights.dep(li)
-        pre = b.compute(
-            pre_ops + (extra_pre(li) if extra_pre else []), phase, step, li, name="pre_attention", deps=wdep
-        )
+        pre = b.compute(pre_ops, phase, step, li, name="pre_attention", deps=wdep)
         attn_ids = []
         for ui, u in enumerate(units):
             deps = [pre]
@@ -332,7 +328,7 @@ def streamed_step(
                 ring.releases.append(release)
                 consumed += 1
         post = b.compute(
-            post_ops + (extra_post(li) if extra_post else []),
+            post_ops,
             phase,
             step,
             li,
