@@ -41,9 +41,14 @@ def _common(p: argparse.ArgumentParser, context_required: bool = False) -> None:
     p.add_argument("--host-mem", help="host RAM available for the KV, e.g. 1TB (default: the host spec's)")
 
 
-def _specs(args):
+def _gpu_and_host(args):
+    """The GPU spec --gpu names and the host --host names, or the GPU spec's own host."""
     gpu = load_gpu(args.gpu)
-    host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+    return gpu, load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+
+
+def _specs(args):
+    gpu, host = _gpu_and_host(args)
     model = load_model(args.model)
     if args.batch <= 0:
         raise UserError(f"--batch must be a positive number of sequences, got {args.batch}")
@@ -236,8 +241,7 @@ def cmd_calibrate(args) -> int:
             raise UserError(
                 f"--refit {path}: not a measurements file written by roofsim calibrate ({e})"
             ) from None
-        gpu = load_gpu(args.gpu)
-        host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+        gpu, host = _gpu_and_host(args)
         gpu_path, host_path = write_profile(gpu, host, m, Path(args.output))
         print(f"calibrated profile (refitted): {gpu_path} (host {host_path}); use it with --gpu {gpu_path}")
         return 0
@@ -251,8 +255,7 @@ def cmd_calibrate(args) -> int:
         ) from None
     if not torch.cuda.is_available():
         raise UserError("roofsim calibrate needs a CUDA GPU; run it on the GPU machine")
-    gpu = load_gpu(args.gpu)
-    host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+    gpu, host = _gpu_and_host(args)
     model = load_model(args.model)
     steps = [
         "pinned copies",
@@ -294,8 +297,7 @@ def cmd_validate(args) -> int:
             raise UserError(
                 f"--repredict {folder}: no such results folder (one written by roofsim validate -o)"
             )
-        gpu = load_gpu(args.gpu)
-        host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+        gpu, host = _gpu_and_host(args)
         n = repredict(folder, args.gpu, gpu, host)
         if not n:
             raise UserError(
@@ -314,8 +316,7 @@ def cmd_validate(args) -> int:
         configs = [c for c in configs if c.name in wanted]
     if not configs:
         raise UserError(f"{args.configs}: no configuration to run (a [[config]] table per configuration)")
-    gpu = load_gpu(args.gpu)
-    host = load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+    gpu, host = _gpu_and_host(args)
     out = Path(args.output)
     with Progress(console=console(), transient=True) as bar:
         job = bar.add_task("validating", total=len(configs))
