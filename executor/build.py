@@ -22,6 +22,7 @@ from roofsim.executor.recorder import Recorder
 from roofsim.executor.slots import Slot, SlotLayer, cut_slots
 
 from roofsim.errors import UserError
+from roofsim.families.base import check_divides
 from roofsim.plan import PLAN_ADAPTER, plan_from_dict
 
 
@@ -193,11 +194,6 @@ def resident_per_layer(value, n_layers: int, slots: int) -> list[int]:
         if not 0 <= r <= slots:
             raise UserError(f"resident_slots={r} is outside 0..{slots} (slots per layer)")
     return values
-
-
-def check_divides(total: int, part: int, what: str) -> None:
-    if part <= 0 or total % part:
-        raise UserError(f"{what}={part} must divide the model's {total} KV heads")
 
 
 def build_head_offload(rt, plan, model, **_):

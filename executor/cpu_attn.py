@@ -23,8 +23,6 @@ from roofsim.executor.cache import Runtime
 from roofsim.executor.hostpool import pinned_empty
 from roofsim.executor.slots import Slot, SlotLayer, cut_slots
 
-from roofsim.errors import UserError
-
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -161,20 +159,13 @@ class CpuAttnLayer(SlotLayer):
 
 
 def build(rt: Runtime, plan, model, **_):
-    from roofsim.executor.build import attach_host, check_divides, make_ring
+    from roofsim.executor.build import attach_host, make_ring
 
-    from roofsim.families.cpu_attention import cpu_slot_heads, ring_slot_heads
+    from roofsim.families.cpu_attention import check_heads, cpu_slot_heads, ring_slot_heads
 
     sh = rt.shape
     hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
-    if hc > sh.n_kv_heads:
-        raise UserError(f"cpu_kv_heads={hc} exceeds the model's {sh.n_kv_heads} KV heads")
-    gpu_heads = sh.n_kv_heads - hc
-    if gpu_heads:
-        check_divides(gpu_heads, g, "kv_heads_per_slot (of the heads left on the GPU)")
-    gpu_slots = gpu_heads // g if gpu_heads else 0
-    if plan.resident_slots > gpu_slots:
-        raise UserError(f"resident_slots={plan.resident_slots} exceeds the {gpu_slots} GPU slots per layer")
+    gpu_heads, _ = check_heads(plan, sh.n_kv_heads)
     gc = cpu_slot_heads(hc, g)
     layers_slots, cpu_slots = [], []
     for _ in range(sh.n_layers):

@@ -30,6 +30,23 @@ from roofsim.families.streaming import first_unit_fill, slot_loads
 from roofsim.plan import CpuAttentionPlan
 
 
+def check_heads(plan: CpuAttentionPlan, n_kv_heads: int) -> tuple[int, int]:
+    """The KV heads left on the GPU and the slots they make, once the plan's head counts are checked against the
+    model's (a user error, in one line, where they do not fit): shared by this model and the executor."""
+    from roofsim.errors import UserError
+
+    hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
+    if hc > n_kv_heads:
+        raise UserError(f"cpu_kv_heads={hc} exceeds the model's {n_kv_heads} KV heads")
+    gpu_heads = n_kv_heads - hc
+    if gpu_heads:
+        check_divides(gpu_heads, g, "kv_heads_per_slot (of the heads left on the GPU)")
+    gpu_slots = gpu_heads // g if gpu_heads else 0
+    if plan.resident_slots > gpu_slots:
+        raise UserError(f"resident_slots={plan.resident_slots} exceeds the {gpu_slots} GPU slots per layer")
+    return gpu_heads, gpu_slots
+
+
 def cpu_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
     """Heads per slot of the CPU's heads (their host blocks, and how they stream at prefill): the plan's slot
     size where it divides them, else one."""
@@ -52,19 +69,9 @@ def prefill_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
 
 
 def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
-    from roofsim.errors import UserError
-
     m, w, gpu, host = ctx.model, ctx.work, ctx.gpu, ctx.host
-    hc = plan.cpu_kv_heads
-    if hc > m.n_kv_heads:
-        raise UserError(f"cpu_kv_heads={hc} exceeds the model's {m.n_kv_heads} KV heads")
-    g = plan.kv_heads_per_slot
-    gpu_heads = m.n_kv_heads - hc
-    if gpu_heads:
-        check_divides(gpu_heads, g, "kv_heads_per_slot (of the heads left on the GPU)")
-    gpu_slots = gpu_heads // g if gpu_heads else 0
-    if plan.resident_slots > gpu_slots:
-        raise UserError(f"resident_slots={plan.resident_slots} exceeds the {gpu_slots} GPU slots per layer")
+    hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
+    gpu_heads, gpu_slots = check_heads(plan, m.n_kv_heads)
     common = dict(
         depth=plan.prefetch_depth,
         buffers=plan.slot_buffers,
