@@ -7,6 +7,7 @@ Stages (--stages, comma-separated, in this order):
   64k     head_offload with all KV on the host (one KV head per slot, depth 2, 3 buffers, 16K chunks): decode
           s/token against streamed bytes / bw + the resident decode step over the same KV (resident_copy)
   hf64k   stock transformers DynamicCache(offloading=True) on the same model at 64K
+  pick64k the planner's pick for this model on the h100-sxm profile at 64K (no memory cap), measured the same way
   256k    as 64k at 256K
   512k    `roofsim run` of that plan at 512K under --gpu-mem 24GB, 16 measured decode steps (a subprocess)
   extra   layer_offload (incremental) and cpu_attention at 64K, measured the same way
@@ -231,12 +232,13 @@ def summarize(b: Bench) -> None:
             }
     hf = c.get("64K", {}).get("hf_offloaded_s_per_token")
     if hf:
-        for label in ("64K", "64K_resident4"):
+        for label in ("64K", "64K_resident4", "64K_resident", "64K_planner"):
             e = c.get(label, {})
             if e.get("decode_s_per_token"):
                 s[f"{label}_speedup_vs_hf_offloaded"] = {
                     "decode_s_per_token": e["decode_s_per_token"],
                     "hf_offloaded_s_per_token": hf,
+                    "plan": e.get("plan"),
                     "speedup": hf / e["decode_s_per_token"],
                     "peak_gpu_bytes": e.get("peak_gpu_bytes"),
                     "hf_peak_gpu_bytes": c["64K"].get("hf_offloaded", {}).get("peak_gpu_bytes"),
@@ -351,12 +353,26 @@ def stage_hf(b: Bench, context: int) -> None:
     entry["hf_offloaded_s_per_token"] = t.summary.decode_s_per_token
     entry["hf_offloaded"] = t.summary.model_dump()
     entry["hf_offloaded_notes"] = t.header.notes
-    if entry.get("decode_s_per_token"):
-        entry["speedup_vs_hf_offloaded"] = t.summary.decode_s_per_token / entry["decode_s_per_token"]
     try:
         torch._C._host_emptyCache()
     except AttributeError:
         pass
+
+
+def planner_pick(context: int):
+    """The planner's pick for MODEL on the H100 profile at `context` tokens, 16 generated, no memory cap."""
+    from roofsim.planner import search
+    from roofsim.predict import Limits
+    from roofsim.specs import load_gpu, load_model
+    from roofsim.specs.hardware import default_host_of
+    from roofsim.workload import Workload
+
+    gpu = load_gpu("h100-sxm")
+    work = Workload(context=context, batch=1, gen=16)
+    plan = search(load_model("llama-3-8b"), gpu, default_host_of("h100-sxm", gpu), work, Limits()).best.plan
+    if SCALE > 1:  # the dry run's tiny prompt
+        plan = plan.model_copy(update={"prefill_chunk": 16})
+    return plan
 
 
 def stage_512k(b: Bench, repo: Path) -> None:
@@ -425,6 +441,7 @@ def merge(paths: list[str], out: Path) -> None:
         for key, value in d.items():
             if key == "contexts":
                 for label, entry in value.items():
+                    entry = {k: v for k, v in entry.items() if k != "speedup_vs_hf_offloaded"}  # summarize's
                     b.data.setdefault("contexts", {}).setdefault(label, {}).update(entry)
                     for field in entry:
                         b.data["sources"][f"contexts.{label}.{field}"] = name
@@ -476,6 +493,7 @@ def main() -> int:
             b, 64 * K, 9, ResidentPlan(prefill_chunk=16 * K // SCALE), "64K_resident", False
         ),
         "hf64k": lambda: stage_hf(b, 64 * K),
+        "pick64k": lambda: stage_stream(b, 64 * K, 9, planner_pick(64 * K), "64K_planner", False),
         "256k": lambda: stage_stream(b, 256 * K, 5, trace=False),
         "512k": lambda: stage_512k(b, repo),
         "extra": lambda: [
