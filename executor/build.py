@@ -112,6 +112,7 @@ def make_cache(
 
     def post(module, args, kwargs, output):
         if kwargs.get("past_key_values") is ref():
+            rt.in_forward = False
             rt.end_step()
 
     rt.hooks.append(model.register_forward_pre_hook(pre, with_kwargs=True))

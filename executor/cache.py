@@ -100,6 +100,7 @@ class Runtime:
         self.phase_override: str | None = None
         self.steps = {"prefill": 0, "decode": 0}
         self.in_step = False
+        self.in_forward = False  # inside a forward of the model with this cache (build's model hooks)
         self.P = self.C = 0
         self.last_mark = None
         self.forward_mark = None
@@ -122,6 +123,7 @@ class Runtime:
         return "prefill" if self.C > 1 else "decode"
 
     def forward_start(self) -> None:
+        self.in_forward = True
         self.forward_mark = self.rec.mark(self.engine.compute)
 
     def begin_step(self, P: int, C: int) -> None:
@@ -347,6 +349,13 @@ class RoofCache(Cache):
         for k, v in self.runtime.extra_gpu_bytes.items():
             out[k] = out.get(k, 0) + v
         return out
+
+    def kv_heads_per_call(self) -> set[int]:
+        """The KV-head counts one attention call of this plan covers: a whole layer's, and each slot's."""
+        heads = {self.runtime.shape.n_kv_heads}
+        for layer in self.layers:
+            heads |= {s.g for s in getattr(layer, "slots", ())}
+        return heads
 
     def set_prompt_length(self, n: int) -> None:
         """Tell plans that treat the prompt's end specially (evict's local tokens) where it is."""

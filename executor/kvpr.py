@@ -200,7 +200,8 @@ def build(rt: Runtime, plan, model, gpu_spec: str | None = None, **_):
 
     def grab(i):
         def hook(module, args, kwargs):
-            rt.x_pending[i] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            if rt.in_forward:  # not a forward without this cache (the run's warm-up held 2 GB of them)
+                rt.x_pending[i] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
         return hook
 

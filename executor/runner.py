@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from roofsim.executor.attention import warm_up as warm_attention
 from roofsim.executor.build import make_cache
 from roofsim.executor.engine import make_engine
 
@@ -101,12 +102,14 @@ def _oom_types():
 
 
 @torch.no_grad()
-def _warm_up(model, ids: torch.Tensor, engine) -> None:
-    """One forward of a prefill-sized chunk with no cache (the registered attention then attends the chunk alone):
-    the first use of each kernel, cuBLAS's handle and workspace and the allocator's growth happen here, so that
-    the timed prefill is the steady state the model predicts (the first H100 campaign measured ~0.7 s of this
-    in every run's first chunk)."""
+def _warm_up(model, ids: torch.Tensor, engine, cache) -> None:
+    """One forward of a prefill-sized chunk with no cache (the registered attention then attends the chunk alone),
+    then the attention calls of a chunk after a past and of a decode step at the plan's head counts: the first
+    use of each kernel, cuBLAS's handle and workspace and the allocator's growth happen here, so that the timed
+    prefill is the steady state the model predicts (the first H100 campaign measured ~0.7 s of this in every
+    run's first chunk)."""
     model(ids, use_cache=False, logits_to_keep=1)
+    warm_attention(cache.runtime.shape, ids.shape[1], cache.kv_heads_per_call())
     engine.synchronize()
 
 
@@ -182,10 +185,11 @@ def run_plan(
         chunk = min(plan.prefill_chunk or prompt_len, prompt_len)
         n_chunks = math.ceil(prompt_len / chunk)
         if prefill_warmup and plan.weights == "resident":
-            _warm_up(model, ids[:, :chunk], engine)
+            _warm_up(model, ids[:, :chunk], engine, cache)
             header.notes.append(
-                f"prefill: one untimed forward of a {chunk}-token chunk without the cache ran first (kernel "
-                "loading, library handles, allocator growth are not prefill time)"
+                f"prefill: one untimed forward of a {chunk}-token chunk without the cache, and the attention calls "
+                "of a chunk after a past and of a decode step, ran first (kernel loading, library handles, "
+                "allocator growth are not prefill time)"
             )
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)

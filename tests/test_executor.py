@@ -223,6 +223,51 @@ def test_prefill_warm_up_is_untimed_and_changes_nothing(plan):
     assert len(runs[1].trace.summary.prefill_chunk_s) == 3
 
 
+def test_kvpr_keeps_no_activations_of_a_forward_without_its_cache():
+    """kvpr's hooks capture a layer's input only inside a forward with its own cache: the warm-up forward (or a
+    user's forward with another cache) held one chunk's activations per layer otherwise (+2 GB measured at 64K
+    on the H100)."""
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=0)
+    cache = make_cache(model, KvprPlan(prefill_chunk=8), max_tokens=40)
+    try:
+        ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            model(ids, use_cache=False)
+        assert cache.runtime.x_pending == {}
+        with torch.no_grad():
+            model(ids, past_key_values=cache, use_cache=True)
+        assert cache.runtime.x_pending == {}  # each layer took its own back
+    finally:
+        cache.close()
+
+
+def test_attention_warm_up_covers_the_plans_call_shapes(monkeypatch):
+    """The warm-up runs a chunk after a past and a decode step for each KV-head count one call of the plan
+    covers (a whole layer, each slot size)."""
+    from roofsim.executor import attention as A
+
+    seen = []
+    real = A.attend
+
+    def spy(q, k, v, *, causal, scale):
+        seen.append((k.shape[1], q.shape[-2], k.shape[-2], causal))
+        return real(q, k, v, causal=causal, scale=scale)
+
+    monkeypatch.setattr(A, "attend", spy)
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=0)
+    cache = make_cache(model, HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=1), max_tokens=40)
+    try:
+        heads = cache.kv_heads_per_call()
+        A.warm_up(cache.runtime.shape, 8, heads)
+    finally:
+        cache.close()
+    assert heads == {1, cache.runtime.shape.n_kv_heads}
+    for h in heads:
+        assert (h, 8, 8, False) in seen  # the past of a chunk, unmasked
+        assert (h, 8, 8, True) in seen  # the chunk's own keys, causal
+        assert (h, 1, 9, False) in seen  # a decode step
+
+
 def test_prefill_shapes_race_the_kernels_and_keep_the_fastest(monkeypatch):
     """Where several kernels pass the self-check, the first prefill-sized call times each and keeps the fastest
     for that kind of call; decode-sized calls use the preferred one without a race."""
