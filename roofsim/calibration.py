@@ -173,16 +173,44 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     }
 
 
+def _line(points: list[CopyPoint]) -> tuple[float, float] | None:
+    """Least-squares time = fixed + nbytes / rate over the points: (fixed seconds >= 0, bytes/s), or None where
+    the points do not give a positive rate (fewer than two sizes, or time falling with size)."""
+    if len({p.nbytes for p in points}) < 2:
+        return None
+    n_mean = statistics.fmean(p.nbytes for p in points)
+    t_mean = statistics.fmean(p.seconds for p in points)
+    sxx = sum((p.nbytes - n_mean) ** 2 for p in points)
+    slope = sum((p.nbytes - n_mean) * (p.seconds - t_mean) for p in points) / sxx
+    if slope <= 0:
+        return None
+    fixed = t_mean - slope * n_mean
+    if fixed < 0:  # through the origin instead
+        return 0.0, sum(p.nbytes for p in points) / sum(p.seconds for p in points)
+    return fixed, 1.0 / slope
+
+
 def fit_host(m: Measurements) -> dict[str, tuple[float, str]]:
-    cpu_attn = _rate(m.cpu_attention, 0)
+    line = _line(m.cpu_attention)
+    cpu_attn = _rate(m.cpu_attention, 0) if line is None else line[1]
+    how = (
+        "KV bytes/s of the executor's CPU decode attention kernel"
+        if line is None
+        else "KV bytes/s of the executor's CPU decode attention kernel: the slope of time against bytes"
+    )
     out = {
         "ram_capacity_gib": (m.host_ram_bytes / 2**30, "MemTotal"),
         "ram_bandwidth_gbps": (m.cpu_copy_gbps, "host memcpy of a 1 GiB tensor, bytes read plus written"),
         "ram_efficiency": (1.0, "the bandwidth above is already the sustained rate"),
         "cpu_cores": (float(m.cpu_threads), "torch.get_num_threads()"),
         "cpu_tflops": (m.cpu_matmul_tflops, "fp32 CPU matmul 4096^3"),
-        "cpu_attention_gbps": (cpu_attn / 1e9, "KV bytes/s of the executor's CPU decode attention kernel"),
+        "cpu_attention_gbps": (cpu_attn / 1e9, how),
     }
+    if line is not None:
+        out["cpu_attention_call_us"] = (
+            line[0] * 1e6,
+            "the executor's CPU decode attention: time at zero bytes of the line through its sizes",
+        )
     if m.cpu_gather_gbps is not None:
         out["cpu_gather_gbps"] = (
             m.cpu_gather_gbps,

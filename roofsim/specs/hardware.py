@@ -165,6 +165,8 @@ class HostSpec(_Section):
     # bytes/s (read plus written) of a many-threaded gather of scattered KV rows into pinned memory; None: the
     # sustained RAM bandwidth
     cpu_gather_gbps: SourcedNumber | None = None
+    # the fixed time of one CPU attention call beside its scan (waking the threads, the split-K merge); None: 0
+    cpu_attention_call_us: SourcedNumber | None = None
 
     _pos = field_validator(
         "ram_capacity_gib",
@@ -182,6 +184,11 @@ class HostSpec(_Section):
     @property
     def capacity_bytes(self) -> float:
         return self.ram_capacity_gib.value * GiB
+
+    def cpu_attention_s(self, kv_bytes):
+        """Seconds of one CPU decode attention call scanning kv_bytes of KV (a number or an array)."""
+        call = 0.0 if self.cpu_attention_call_us is None else self.cpu_attention_call_us.value * 1e-6
+        return call + kv_bytes / (self.cpu_attention_gbps.value * 1e9)
 
     @property
     def gather_bytes_per_s(self) -> float:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Predict the committed H100 campaign again with the current model (no GPU): each configuration with the
+# calibration made with the executor kernels it ran on. Parts a and c ran at commit 8ce8418 (cuDNN's fused
+# attention won the prefill race): validation/results/h100/calibrated. Part b ran at commit b3d84ae, before cuDNN
+# was a candidate (FlashAttention-2): validation/results/h100/calibrated-fa2, the calibration made then.
+# Then: python validation/summarize.py validation/results/h100
+set -euo pipefail
+root=validation/results/h100
+roofsim validate --repredict "$root/campaign" --gpu "$root/calibrated/h100-sxm-calibrated.toml" >/dev/null
+for name in l3-head-g1-256k l3-head-512k-24gb l3-head-g4-r1-128k; do
+  roofsim validate --repredict "$root/campaign/$name" --gpu "$root/calibrated-fa2/h100-sxm-calibrated.toml" >/dev/null
+done
