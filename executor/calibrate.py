@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -195,6 +196,40 @@ def _attention(model: ModelSpec):
         t = _cuda_time(lambda q=q, k=k, v=v: attend(q, k, v, causal=False, scale=scale))
         decode.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=t))
     return prefill, decode
+
+
+def attention_new_shape_s(model: ModelSpec, device: str = "cuda", chunk: int = 8192, heads: int = 1) -> float:
+    """Seconds the executor's prefill attention spends on its first call at a past length it has not attended
+    before, beyond the same call repeated: cuDNN's fused attention (when it wins the kernel race) builds an
+    execution plan per shape, and each prefill chunk's past is a new key length. Median over three new lengths,
+    after a call that makes the race; wall time with the device synchronised around each call."""
+    from roofsim.executor.attention import attend_parts, chunk_parts, kv_views
+
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    g, d = model.n_heads // model.n_kv_heads, model.head_dim
+    q = torch.randn(1, chunk, heads * g, d, device=dev, dtype=dtype).transpose(1, 2)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def call(kv, P):
+        k, v = kv_views(kv, 0, P + chunk)
+        sync()
+        t0 = time.perf_counter()
+        attend_parts(q, chunk_parts(k, v, P, chunk), d**-0.5)
+        sync()
+        return time.perf_counter() - t0
+
+    kv = torch.randn(5 * chunk + 3, 1, 2, heads, d, device=dev, dtype=dtype)
+    call(kv, chunk)  # the race, and the kernels' first loading
+    extra = []
+    for P in (2 * chunk + 1, 3 * chunk + 2, 4 * chunk + 3):
+        cold = call(kv, P)
+        warm = min(call(kv, P) for _ in range(2))
+        extra.append(cold - warm)
+    return statistics.median(extra)
 
 
 @contextmanager
@@ -398,6 +433,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     gpu_kernel = _gpu_kernel_us()
     topk = _topk_gelems()
     call_s, streamed_s = attention_call_costs("cuda")
+    new_shape = attention_new_shape_s(model)
     progress("CPU")
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather = _cpu(model)
     return Measurements(
@@ -423,6 +459,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         topk_gelems=topk,
         attention_call_s=call_s,
         streamed_call_s=streamed_s,
+        attention_new_shape_s=new_shape,
         cpu_threads=torch.get_num_threads(),
         host_ram_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
     )

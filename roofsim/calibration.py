@@ -78,6 +78,11 @@ class Measurements(BaseModel):
     streamed_call_s: float | None = Field(
         default=None, description="what a streamed unit's attention call adds to it (tiny shapes)"
     )
+    attention_new_shape_s: float | None = Field(
+        default=None,
+        description="a prefill attention call of the executor with a past length not seen before, less the same "
+        "call repeated (host and GPU time, synchronised)",
+    )
     cpu_gather_gbps: float | None = Field(
         default=None,
         description="gather of scattered KV rows into pinned memory, bytes read plus written per second",
@@ -167,6 +172,16 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     ),
                 }
                 if m.attention_call_s is not None and m.streamed_call_s is not None
+                else {}
+            ),
+            **(
+                {
+                    "attention_shape_us": (
+                        max(0.0, m.attention_new_shape_s) * 1e6,
+                        "a chunk-after-a-past attention call at a new past length, less the call repeated",
+                    )
+                }
+                if m.attention_new_shape_s is not None
                 else {}
             ),
         },

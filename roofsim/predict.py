@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from roofsim.families import EVALUATORS
-from roofsim.families.base import Ctx, decode_phase, prefill_phase
+from roofsim.families.base import Ctx, attention_shape_s, decode_phase, prefill_phase
 from roofsim.plan import Plan
 from roofsim.prediction import Prediction
 from roofsim.specs.hardware import GpuSpec, HostSpec
@@ -37,6 +37,10 @@ def predict(
 ) -> Prediction:
     ctx = Ctx(model, gpu, host, work)
     ev = EVALUATORS[plan.family](plan, ctx)
+    shape_s = attention_shape_s(plan, ctx)
+    if shape_s.any():  # the host sets a kernel up while the GPU waits for its first call
+        ev.prefill.time_s = ev.prefill.time_s + shape_s
+        ev.prefill.busy["host"] = ev.prefill.busy["host"] + shape_s
     gpu_need, host_need = ev.memory.gpu_bytes, ev.memory.host_bytes
     gpu_cap, host_cap = limits.gpu_bytes(gpu), limits.host_bytes(host)
     reasons = []

@@ -188,3 +188,29 @@ def test_a_measured_topk_rate_prices_the_selections():
         predict(head, model, slow, host, work).decode_s_per_token
         == predict(head, model, fast, host, work).decode_s_per_token
     )
+
+
+def test_a_measured_shape_set_up_costs_each_new_prefill_chunk_once():
+    """A profile whose attention pays a set-up per new shape: each prefill chunk after the second (the warm-up
+    covers a chunk with no past and one after a chunk) costs that once per KV-head count a call covers, in the
+    analytic model and the simulator alike; decode is untouched."""
+    from roofsim.plan import HeadOffloadPlan, ResidentPlan
+    from roofsim.predict import predict
+    from roofsim.sim import simulate
+    from roofsim.workload import Workload
+
+    gpu, host, model = load_gpu("h100-sxm"), load_host("sapphire-rapids"), load_model("llama-3-8b")
+    rt = gpu.runtime.model_copy(update={"attention_shape_us": Sourced(value=50_000, measured="test")})
+    slow = gpu.model_copy(update={"runtime": rt})
+    work = Workload(context=65536, gen=2)
+    for plan, chunks in ((HeadOffloadPlan(prefill_chunk=8192), 8), (ResidentPlan(prefill_chunk=16384), 4)):
+        extra = 0.05 * (chunks - 2)
+        a, b = predict(plan, model, gpu, host, work), predict(plan, model, slow, host, work)
+        assert b.prefill.time_s - a.prefill.time_s == pytest.approx(extra, rel=1e-6)
+        assert b.decode.time_s == a.decode.time_s
+        sa, sb = simulate(plan, model, gpu, host, work), simulate(plan, model, slow, host, work)
+        assert sb.summary.prefill_s - sa.summary.prefill_s == pytest.approx(extra, rel=0.1)
+        assert sb.summary.decode_step_s == pytest.approx(sa.summary.decode_step_s, rel=1e-9)
+    m = probe_measurements()
+    m.attention_new_shape_s = 0.061
+    assert fit(gpu, m)["runtime"]["attention_shape_us"][0] == pytest.approx(61_000)

@@ -43,3 +43,30 @@ def test_attention_call_costs_are_measured_through_the_executor():
 
     call_s, streamed_s = attention_call_costs("cpu", steps=4)
     assert 0 <= call_s < 0.05 and 0 <= streamed_s < 0.05
+
+
+def test_new_shape_cost_is_the_first_call_at_a_new_past_less_a_repeat(monkeypatch):
+    """A kernel that spends 30 ms setting up each new shape (as cuDNN's fused attention builds a plan per key
+    length) is measured as 30 ms; one that does not is measured as about nothing."""
+    import time
+
+    from roofsim.executor import attention as A
+    from roofsim.executor.calibrate import attention_new_shape_s
+
+    from roofsim.specs.model import load_model
+
+    spec = load_model("llama-3-8b")
+    real = A.attend_parts
+    seen = set()
+
+    def slow_first(q, parts, scale):
+        shape = tuple(k.shape[-2] for k, _, _ in parts)
+        if shape not in seen:
+            seen.add(shape)
+            time.sleep(0.03)
+        return real(q, parts, scale)
+
+    monkeypatch.setattr(A, "attend_parts", slow_first)
+    assert attention_new_shape_s(spec, "cpu", chunk=64) == pytest.approx(0.03, abs=0.01)
+    monkeypatch.setattr(A, "attend_parts", real)
+    assert abs(attention_new_shape_s(spec, "cpu", chunk=64)) < 0.01

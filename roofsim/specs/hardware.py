@@ -103,6 +103,12 @@ class RuntimeSpec(_Section):
     # (ring, staging, events, its two copies' issue); None: estimated from counted kernels and runtime calls
     attention_call_us: SourcedNumber | None = None
     streamed_call_us: SourcedNumber | None = None
+    # host time the first prefill attention call of a new shape costs beyond a repeated one (cuDNN's fused
+    # attention builds an execution plan per shape, and each chunk's past is a new key length); None: 0
+    attention_shape_us: SourcedNumber | None = None
+
+    def attention_shape_s(self) -> float:
+        return 0.0 if self.attention_shape_us is None else self.attention_shape_us.value * 1e-6
 
 
 class GpuSpec(_Section):
