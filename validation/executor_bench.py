@@ -7,6 +7,7 @@ Stages (--stages, comma-separated, in this order):
   64k     head_offload with all KV on the host (one KV head per slot, depth 2, 3 buffers, 16K chunks): decode
           s/token against streamed bytes / bw + the resident decode step over the same KV (resident_copy)
   hf64k   stock transformers DynamicCache(offloading=True) on the same model at 64K
+  hf256k  the same at 256K (5 tokens: the first is warm-up)
   pick64k the planner's pick for this model on the h100-sxm profile at 64K (no memory cap), measured the same way
   256k    as 64k at 256K
   512k    `roofsim run` of that plan at 512K under --gpu-mem 24GB, 16 measured decode steps (a subprocess)
@@ -230,9 +231,11 @@ def summarize(b: Bench) -> None:
                 "ratio": e["ratio_to_bound_plus_resident"],
                 "holds": e["ratio_to_bound_plus_resident"] <= 1.15,
             }
-    hf = c.get("64K", {}).get("hf_offloaded_s_per_token")
-    if hf:
-        for label in ("64K", "64K_resident4", "64K_resident", "64K_planner"):
+    for ctx in ("64K", "256K"):
+        hf = c.get(ctx, {}).get("hf_offloaded_s_per_token")
+        if not hf:
+            continue
+        for label in (ctx, f"{ctx}_resident4", f"{ctx}_resident", f"{ctx}_planner"):
             e = c.get(label, {})
             if e.get("decode_s_per_token"):
                 s[f"{label}_speedup_vs_hf_offloaded"] = {
@@ -241,7 +244,7 @@ def summarize(b: Bench) -> None:
                     "plan": e.get("plan"),
                     "speedup": hf / e["decode_s_per_token"],
                     "peak_gpu_bytes": e.get("peak_gpu_bytes"),
-                    "hf_peak_gpu_bytes": c["64K"].get("hf_offloaded", {}).get("peak_gpu_bytes"),
+                    "hf_peak_gpu_bytes": c[ctx].get("hf_offloaded", {}).get("peak_gpu_bytes"),
                     "holds": hf / e["decode_s_per_token"] >= 10,
                 }
     e = c.get("512K", {})
@@ -340,7 +343,7 @@ def stage_stream(
     torch.cuda.empty_cache()
 
 
-def stage_hf(b: Bench, context: int) -> None:
+def stage_hf(b: Bench, context: int, gen: int = 11) -> None:
     from roofsim.executor.baseline import run_hf_offloaded
 
     model = b.get_model(524 * K)
@@ -348,7 +351,9 @@ def stage_hf(b: Bench, context: int) -> None:
 
     gc.collect()
     torch.cuda.empty_cache()
-    t = run_hf_offloaded(model, model_name=MODEL, prompt_len=context, gen=11, chunk=16 * K, warmup=1)
+    t = run_hf_offloaded(
+        model, model_name=MODEL, prompt_len=context // SCALE, gen=gen, chunk=16 * K // SCALE, warmup=1
+    )
     entry = b.data.setdefault("contexts", {}).setdefault(f"{context // K}K", {})
     entry["hf_offloaded_s_per_token"] = t.summary.decode_s_per_token
     entry["hf_offloaded"] = t.summary.model_dump()
@@ -493,6 +498,7 @@ def main() -> int:
             b, 64 * K, 9, ResidentPlan(prefill_chunk=16 * K // SCALE), "64K_resident", False
         ),
         "hf64k": lambda: stage_hf(b, 64 * K),
+        "hf256k": lambda: stage_hf(b, 256 * K, gen=5),
         "pick64k": lambda: stage_stream(b, 64 * K, 9, planner_pick(64 * K), "64K_planner", False),
         "256k": lambda: stage_stream(b, 256 * K, 5, trace=False),
         "512k": lambda: stage_512k(b, repo),
