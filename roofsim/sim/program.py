@@ -621,7 +621,7 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
         )
         cpu_kv = kv_bytes(ctx, 1, hc) * (s.P + 1)
         cpu_s = max(
-            host.cpu_attention_s(cpu_kv),
+            host.cpu_attention_s(cpu_kv, calls=hc // cpu_slot_heads(hc, plan.kv_heads_per_slot) if hc else 0),
             4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
         )
 

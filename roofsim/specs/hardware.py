@@ -191,10 +191,10 @@ class HostSpec(_Section):
     def capacity_bytes(self) -> float:
         return self.ram_capacity_gib.value * GiB
 
-    def cpu_attention_s(self, kv_bytes):
-        """Seconds of one CPU decode attention call scanning kv_bytes of KV (a number or an array)."""
+    def cpu_attention_s(self, kv_bytes, calls: int = 1):
+        """Seconds of CPU decode attention scanning kv_bytes of KV (a number or an array) in `calls` calls."""
         call = 0.0 if self.cpu_attention_call_us is None else self.cpu_attention_call_us.value * 1e-6
-        return call + kv_bytes / (self.cpu_attention_gbps.value * 1e9)
+        return calls * call + kv_bytes / (self.cpu_attention_gbps.value * 1e9)
 
     @property
     def gather_bytes_per_s(self) -> float:
