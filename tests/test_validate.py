@@ -139,3 +139,17 @@ def test_compressed_traces_read_the_same(campaign, tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == before
     assert not list(copy.rglob("predicted.json"))  # written back compressed, as it was kept
     assert main(["report", str(copy), "-o", str(tmp_path / "v.html")]) == 0
+
+
+def test_runners_up_differ_from_the_pick_in_more_than_the_prefill_chunk():
+    """Runners-up that differ only in the prefill chunk decode alike, so a decode regret over them measures
+    noise: the runners-up are the best plans that differ otherwise, chunk-only variants only as a fill-in."""
+    from roofsim.plan import CpuAttentionPlan, HeadOffloadPlan
+    from roofsim.validate import _pick_and_runners_up
+
+    a = CpuAttentionPlan(cpu_kv_heads=2, prefill_chunk=16384)
+    a8, a4 = a.model_copy(update={"prefill_chunk": 8192}), a.model_copy(update={"prefill_chunk": 4096})
+    b = HeadOffloadPlan(prefill_chunk=8192)
+    assert _pick_and_runners_up([a, a8, a4, b], 2) == [a, b, a8]
+    assert _pick_and_runners_up([a, a8, b], 1) == [a, b]
+    assert _pick_and_runners_up([a, a8], 2) == [a, a8]
