@@ -161,7 +161,7 @@ class CpuAttnLayer(SlotLayer):
 def build(rt: Runtime, plan, model, **_):
     from roofsim.executor.build import attach_host, make_ring
 
-    from roofsim.families.cpu_attention import check_heads, cpu_slot_heads, ring_slot_heads
+    from roofsim.families.cpu_attention import check_heads, cpu_slot_count, cpu_slot_heads, ring_slot_heads
 
     sh = rt.shape
     hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
@@ -174,7 +174,7 @@ def build(rt: Runtime, plan, model, **_):
             Slot(
                 len(slots) + i, gpu_heads + i * gc, gpu_heads + (i + 1) * gc, resident=False, cpu_decode=True
             )
-            for i in range(hc // gc if hc else 0)
+            for i in range(cpu_slot_count(hc, g))
         ]
         layers_slots.append(slots + cpu)
         cpu_slots.append(cpu)

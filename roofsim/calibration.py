@@ -193,13 +193,9 @@ def _line(points: list[CopyPoint]) -> tuple[float, float] | None:
     the points do not give a positive rate (fewer than two sizes, or time falling with size)."""
     if len({p.nbytes for p in points}) < 2:
         return None
-    n_mean = statistics.fmean(p.nbytes for p in points)
-    t_mean = statistics.fmean(p.seconds for p in points)
-    sxx = sum((p.nbytes - n_mean) ** 2 for p in points)
-    slope = sum((p.nbytes - n_mean) * (p.seconds - t_mean) for p in points) / sxx
+    slope, fixed = statistics.linear_regression([p.nbytes for p in points], [p.seconds for p in points])
     if slope <= 0:
         return None
-    fixed = t_mean - slope * n_mean
     if fixed < 0:  # through the origin instead
         return 0.0, sum(p.nbytes for p in points) / sum(p.seconds for p in points)
     return fixed, 1.0 / slope

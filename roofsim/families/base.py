@@ -60,20 +60,14 @@ def prefill_steps(context: int, chunk: int | None) -> Steps:
 
 
 def attention_shape_s(plan, ctx: Ctx) -> np.ndarray:
-    """Per prefill chunk, the host time of its attention calls' first use of a new shape: each chunk's past is a
-    new key length for every KV-head count one call covers (the executor's warm-up ran no past and one chunk's,
-    so the first two chunks pay nothing). Zero unless the profile measured the per-shape set-up."""
+    """Per prefill chunk, the host time of its attention's first call at a new shape: each chunk's past is a new
+    key length (the executor's warm-up ran no past and one chunk's, so the first two chunks pay nothing). The
+    models attend a chunk's heads in calls of one size (whole layers, or every slot alike: cpu_attention's in
+    prefill_slot_heads), so one new shape per chunk, as the simulator's Builder.new_shape counts. Zero unless
+    the profile measured the per-shape set-up."""
     steps = prefill_steps(ctx.work.context, plan.prefill_chunk)
-    m = ctx.model
-    heads = {getattr(plan, "kv_heads_per_slot", m.n_kv_heads)}
-    if plan.family == "cpu_attention" and plan.cpu_kv_heads:
-        from roofsim.families.cpu_attention import check_heads, cpu_slot_heads
-
-        if not check_heads(plan, m.n_kv_heads)[0]:
-            heads = set()
-        heads.add(cpu_slot_heads(plan.cpu_kv_heads, plan.kv_heads_per_slot))
     new = (steps.P != 0) & (steps.P != steps.C[0])
-    return new * len(heads) * ctx.gpu.runtime.attention_shape_s()
+    return new * ctx.gpu.runtime.attention_shape_s()
 
 
 def decode_steps(contexts: list[int]) -> Steps:

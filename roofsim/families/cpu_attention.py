@@ -54,6 +54,11 @@ def cpu_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
     return g if 0 < g <= cpu_kv_heads and cpu_kv_heads % g == 0 else 1
 
 
+def cpu_slot_count(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
+    """CPU slots per layer: the executor attends (and copies back) each one apart."""
+    return cpu_kv_heads // cpu_slot_heads(cpu_kv_heads, kv_heads_per_slot) if cpu_kv_heads else 0
+
+
 def ring_slot_heads(n_kv_heads: int, cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
     """Heads one ring buffer holds: a GPU slot's, or a CPU slot's (those stream too, at prefill)."""
     gpu = kv_heads_per_slot if n_kv_heads > cpu_kv_heads else 0
@@ -92,9 +97,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     B, e = w.batch, m.dtype_bytes
     cpu_kv = kv_bytes(ctx, 1, hc) * (dec.P + dec.C)
     cpu_flops = 4.0 * B * hc * m.group * m.head_dim * (dec.P + dec.C)
-    ram_s = host.cpu_attention_s(
-        cpu_kv, calls=hc // cpu_slot_heads(hc, g) if hc else 0
-    )  # a call per CPU slot
+    ram_s = host.cpu_attention_s(cpu_kv, calls=cpu_slot_count(hc, g))  # a call per CPU slot
     compute_s = cpu_flops / (host.cpu_tflops.value * 1e12)
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4  # partial output and its log-sum-exp
@@ -112,7 +115,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
             ll.h2d_bytes = ll.h2d_bytes + out_bytes
             ll.h2d_copies = ll.h2d_copies + 1
             ll.d2h_bytes = ll.d2h_bytes + q_bytes + kv_bytes(ctx, 1, hc) * dec.C
-            ll.d2h_copies = ll.d2h_copies + 1 + hc // cpu_slot_heads(hc, g)
+            ll.d2h_copies = ll.d2h_copies + 1 + cpu_slot_count(hc, g)
             ll.syncs += 1
     fill = first_unit_fill(ctx, dec, g, None, gpu_slots > plan.resident_slots)
     decode = combine(loads, outside_layers(ctx, dec), fill, gpu)

@@ -16,7 +16,7 @@ import numpy as np
 
 from roofsim import link, ops
 from roofsim.families.base import Ctx, activation_bytes, kv_bytes, logits_bytes, weight_stream
-from roofsim.families.cpu_attention import cpu_slot_heads, prefill_slot_heads, ring_slot_heads
+from roofsim.families.cpu_attention import cpu_slot_count, prefill_slot_heads, ring_slot_heads
 from roofsim.families.evict import evict_ops, evict_workspace
 from roofsim.families.kvpr import optimal_split, per_token, recompute_ops, recompute_peak_bytes
 from roofsim.families.sparse_fetch import selection_ops
@@ -621,7 +621,7 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
         )
         cpu_kv = kv_bytes(ctx, 1, hc) * (s.P + 1)
         cpu_s = max(
-            host.cpu_attention_s(cpu_kv, calls=hc // cpu_slot_heads(hc, plan.kv_heads_per_slot) if hc else 0),
+            host.cpu_attention_s(cpu_kv, calls=cpu_slot_count(hc, plan.kv_heads_per_slot)),
             4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
         )
 
@@ -667,7 +667,7 @@ def _cpu_decode_step(
                 s.step,
                 li,
                 deps=(pre,),
-                copies=1 + hc // cpu_slot_heads(hc, plan.kv_heads_per_slot),
+                copies=1 + cpu_slot_count(hc, plan.kv_heads_per_slot),
                 name="q_and_new_kv",
             )
             cpu_op = b.cpu(cpu_s, s.phase, s.step, li, deps=(q,), nbytes=cpu_kv)
