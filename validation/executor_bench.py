@@ -127,6 +127,22 @@ def stage_bw(b: Bench) -> None:
     b.data["h2d_GBps"] = out["h2d_GBps_1GiB"]
 
 
+def _exact_runs(model, ids, chunk: int, gen: int):
+    """Each exact plan's greedy logits over the stock model's tokens, the resident plan's first: yields (name,
+    logits, the stock model's logits, seconds)."""
+    from roofsim.executor.check import reference_logits
+
+    stock = reference_logits(model, ids, chunk, gen)
+    tokens = stock[:-1].argmax(-1).T
+    for name, plan in _exact_plans().items():
+        cache = make_cache(model, plan, max_tokens=ids.shape[1] + gen)
+        t0 = time.perf_counter()
+        got = greedy_logits(model, cache, ids, chunk, gen, tokens=tokens)
+        cache.runtime.engine.synchronize()
+        cache.close()
+        yield name, got, stock, time.perf_counter() - t0
+
+
 def _exact_plans() -> dict:
     """The exact plans the logit checks run, the resident one first (the others are compared with it)."""
     return {
@@ -145,26 +161,16 @@ def stage_exact(b: Bench) -> None:
     prompt, chunk, gen = 8 * K // SCALE, 2 * K // SCALE, 4
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (1, prompt), generator=torch.Generator().manual_seed(0)).to(DEVICE)
-    from roofsim.executor.check import reference_logits
-
-    stock = reference_logits(model, ids, chunk, gen)
-    tokens = stock[:-1].argmax(-1).T
-    plans = _exact_plans()
     res = {}
     ref = None
-    for name, plan in plans.items():
-        cache = make_cache(model, plan, max_tokens=prompt + gen)
-        t0 = time.perf_counter()
-        got = greedy_logits(model, cache, ids, chunk, gen, tokens=tokens)
-        cache.runtime.engine.synchronize()
-        cache.close()
+    for name, got, stock, wall_s in _exact_runs(model, ids, chunk, gen):
         if ref is None:
             ref = got
         res[name] = {
             "rel_err_vs_resident": rel_err(got, ref),
             "rel_err_vs_stock_sdpa": rel_err(got, stock),
             "argmax_agree_vs_resident": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
-            "wall_s": time.perf_counter() - t0,
+            "wall_s": wall_s,
         }
         b.data["exact"] = {"prompt": prompt, "chunk": chunk, "gen": gen, "plans": res}
         b.save()
@@ -179,7 +185,6 @@ def stage_exact(b: Bench) -> None:
 
 def stage_exact32(b: Bench) -> None:
     """fp32, Llama-3-8B shapes with 4 layers: the exact plans against the resident plan with no bf16 noise."""
-    from roofsim.executor.check import reference_logits
     from roofsim.executor.models import config_for_spec, random_model
 
     from roofsim.specs import load_model as load_spec
@@ -191,15 +196,9 @@ def stage_exact32(b: Bench) -> None:
     model = random_model(cfg, DEVICE, torch.float32, seed=1)
     prompt, chunk, gen = 8 * K // SCALE, 2 * K // SCALE, 4
     ids = torch.randint(0, cfg.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0)).to(DEVICE)
-    stock = reference_logits(model, ids, chunk, gen)
-    tokens = stock[:-1].argmax(-1).T
-    plans = _exact_plans()
     res = {}
     ref = None
-    for name, plan in plans.items():
-        cache = make_cache(model, plan, max_tokens=prompt + gen)
-        got = greedy_logits(model, cache, ids, chunk, gen, tokens=tokens)
-        cache.close()
+    for name, got, stock, _ in _exact_runs(model, ids, chunk, gen):
         ref = got if ref is None else ref
         res[name] = {"rel_err_vs_resident": rel_err(got, ref), "rel_err_vs_stock_sdpa": rel_err(got, stock)}
         b.data["exact_fp32"] = {"layers": 4, "prompt": prompt, "chunk": chunk, "gen": gen, "plans": res}
