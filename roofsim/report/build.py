@@ -100,10 +100,11 @@ def _detail_sections(
             anchor="timeline",
         )
     )
-    if fig is None:
-        s.blocks.append(paragraph("No spans in the trace (it was written with spans kept: none).", "note"))
-    else:
-        s.blocks.append(fig)
+    s.blocks.append(
+        paragraph("No spans in the trace (it was written with spans kept: none).", "note")
+        if fig is None
+        else fig
+    )
     fig = memory_figure(
         traces,
         capacity_bytes=info.gpu.capacity_bytes if info.gpu else None,
@@ -117,10 +118,7 @@ def _detail_sections(
             anchor="memory",
         )
     )
-    if fig is None:
-        s.blocks.append(paragraph("No memory samples in the trace.", "note"))
-    else:
-        s.blocks.append(fig)
+    s.blocks.append(paragraph("No memory samples in the trace.", "note") if fig is None else fig)
     if pred is not None:
         s.blocks.append(Raw("<h3>At the peak, by kind (analytic)</h3>"))
         s.blocks.append(memory_table(pred))
