@@ -134,12 +134,14 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
         # units == 0: nothing comes in through the ring; a write-back still runs beside the compute
         hidden = np.minimum(n, ll.depth * copy / np.maximum(units, 1.0))
         t = np.where(units > 0, np.maximum(crit, copy + n - hidden), np.maximum(crit, copy))
-    # the issuing thread joins the CPU's share of attention (cpu_attention) before it issues what follows:
-    # the attention calls and copies it issues meanwhile hide under the CPU path, not the other way round
-    host = ll.nonattn.dispatch_s(gpu) + np.maximum(
-        link.issue_s(np.asarray(ll.h2d_copies) + np.asarray(ll.d2h_copies), gpu) + ll.attn.dispatch_s(gpu),
-        ll.cpu_path_s,
-    )
+    beside_cpu = link.issue_s(
+        np.asarray(ll.h2d_copies) + np.asarray(ll.d2h_copies), gpu
+    ) + ll.attn.dispatch_s(gpu)
+    issue = ll.nonattn.dispatch_s(gpu) + beside_cpu
+    # the issuing thread joins the CPU's share of attention (cpu_attention) before it issues what follows: the
+    # attention calls and copies it issues meanwhile hide under the CPU path (a wait, not host work: busy counts
+    # only the issuing)
+    host = ll.nonattn.dispatch_s(gpu) + np.maximum(beside_cpu, ll.cpu_path_s)
     sync = ll.syncs * gpu.runtime.sync_us.value * 1e-6
     t = np.maximum(t, host) + sync
     ll.crit_s = crit + sync
@@ -150,7 +152,7 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
         "pcie_d2h": d2h_eff,
         "cpu_ram": np.asarray(ll.cpu_ram_s, dtype=float),
         "cpu_compute": np.asarray(ll.cpu_compute_s, dtype=float),
-        "host": host + sync,
+        "host": issue + sync,
     }
     return t, busy
 
