@@ -1,0 +1,76 @@
+"""The facts validation/results/h100/README.md cites from the committed traces beyond the summary table:
+
+  python validation/trace_facts.py validation/results/h100
+
+- per configuration, the first prefill attention call of each traced chunk beyond the call after it (the
+  kernel's set-up for a new shape), summed, beside the whole prefill error (measured - predicted);
+- per cpu_attention run, the measured CPU attention per layer (one span, a call per CPU slot) against the
+  calibrated price of those calls and KV bytes (the profile named in the run's predicted trace), and its decode
+  step times.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from roofsim.trace import Trace
+
+
+def _first_call_excess(measured: Trace) -> tuple[float, int]:
+    spans = [s for s in measured.spans if s.phase == "prefill" and s.kind == "attention"]
+    excess, chunks = 0.0, 0
+    for step in sorted({s.step for s in spans}):
+        calls = sorted((s for s in spans if s.step == step), key=lambda s: s.start_s)
+        if len(calls) > 2:
+            first, second = (c.end_s - c.start_s for c in calls[:2])
+            excess += max(0.0, first - second)
+            chunks += 1
+    return excess, chunks
+
+
+def _profile(predicted: Trace):
+    from roofsim.specs import load_gpu
+    from roofsim.specs.hardware import default_host_of
+
+    path = next(n.split(": ", 1)[1] for n in predicted.header.notes if n.startswith("profile: "))
+    return default_host_of(path, load_gpu(path))
+
+
+def main(root: str) -> int:
+    campaign = Path(root) / "campaign"
+    print("config                    chunks traced  first-call excess s  prefill error s")
+    for runs_file in sorted(campaign.glob("*/runs.json")):
+        folder = runs_file.parent
+        measured = Trace.read(folder / "measured.json.gz")
+        pick = json.loads(runs_file.read_text())[0]
+        excess, traced = _first_call_excess(measured)
+        err = pick["prefill_s_measured"] - pick["prefill_s_predicted"]
+        chunks = len(measured.summary.prefill_chunk_s)
+        print(f"{folder.name:25s} {chunks:6d} {traced:6d} {excess:20.3f} {err:+16.3f}")
+    print()
+    from roofsim.families.cpu_attention import cpu_slot_count
+
+    print(
+        "run                            calls/layer  measured ms/layer  calibrated ms/layer  decode steps ms"
+    )
+    for runs_file in sorted(campaign.glob("*/runs.json")):
+        for row in json.loads(runs_file.read_text()):
+            if row["plan"]["family"] != "cpu_attention":
+                continue
+            sub = runs_file.parent if row["run"] == "pick" else runs_file.parent / row["run"]
+            measured = Trace.read(sub / "measured.json.gz")
+            host = _profile(Trace.read(sub / "predicted.json.gz"))
+            n = cpu_slot_count(row["plan"]["cpu_kv_heads"], row["plan"]["kv_heads_per_slot"])
+            layers = [s for s in measured.spans if s.phase == "decode" and s.kind == "cpu_attention"]
+            took = sum(s.end_s - s.start_s for s in layers) / len(layers)
+            priced = sum(host.cpu_attention_s(s.bytes, calls=n) for s in layers) / len(layers)
+            times = " ".join(f"{t * 1e3:.0f}" for t in measured.summary.decode_step_s)
+            name = f"{runs_file.parent.name}/{row['run']}"
+            print(f"{name:30s} {n:11d} {took * 1e3:18.2f} {priced * 1e3:20.2f}  {times}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "validation/results/h100"))
