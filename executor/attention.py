@@ -209,8 +209,14 @@ def _cpu_splits(q: torch.Tensor, k: torch.Tensor) -> int:
     gives every thread work, and the partial outputs merge by their LSE (flash-decoding's split-K)."""
     if q.device.type != "cpu" or q.shape[0] != 1 or q.shape[-2] > 64:
         return 1
-    work = q.shape[1] * max(1, q.shape[-2] // 64)
-    return max(1, min(torch.get_num_threads() // work, k.shape[-2] // _MIN_SPLIT_KEYS))
+    return cpu_splits(q.shape[1], q.shape[-2], k.shape[-2])
+
+
+def cpu_splits(heads: int, rows: int, keys: int) -> int:
+    """_cpu_splits for a batch-1 call of `heads` KV heads with `rows` query rows each (at most 64) over `keys`
+    keys: one range per thread left after the (head, query block) work items, each at least _MIN_SPLIT_KEYS."""
+    work = heads * max(1, rows // 64)
+    return max(1, min(torch.get_num_threads() // work, keys // _MIN_SPLIT_KEYS))
 
 
 def _split_keys(q, k, v, splits: int, scale: float):
@@ -226,12 +232,10 @@ def _split_keys(q, k, v, splits: int, scale: float):
 
     qs = q.expand(splits, H, L, D).contiguous()
     out, lse = _kernel(qs, ranges(k), ranges(v), False, scale)
-    outs, lses = list(out.unbind(0)), list(lse.unbind(0))
     if S > splits * n:
         o, x = _kernel(q, k[..., splits * n :, :], v[..., splits * n :, :], False, scale)
-        outs.append(o[0])
-        lses.append(x[0])
-    o, x = merge(outs, lses)
+        out, lse = torch.cat([out, o]), torch.cat([lse, x])
+    o, x = merge_stacked(out, lse)
     return o[None], x[None]
 
 
@@ -239,14 +243,17 @@ def merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Ten
     """Combine partial attention outputs over disjoint key sets, in fp32."""
     if len(outs) == 1:
         return outs[0], lses[0]
-    lse = lses[0].float()
-    for x in lses[1:]:
-        lse = torch.logaddexp(lse, x.float())
-    acc = None
-    for o, x in zip(outs, lses, strict=True):
-        term = o.float() * torch.exp(x.float() - lse)[..., None]
-        acc = term if acc is None else acc + term
-    return acc.to(outs[0].dtype), lse
+    return merge_stacked(torch.stack(outs), torch.stack(lses))
+
+
+def merge_stacked(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """merge() of partial outputs stacked on a new first axis ([n, ..., L, D] and [n, ..., L]) in a few whole-tensor
+    ops: CPU attention runs on a worker thread that needs the GIL once per torch call while the issuing thread holds
+    it (up to the 5 ms switch interval each), so a merge of one op per part per step cost more than the kernel."""
+    lse = lse.float()
+    total = torch.logsumexp(lse, dim=0)
+    acc = (out.float() * torch.exp(lse - total)[..., None]).sum(0)
+    return acc.to(out.dtype), total
 
 
 Part = tuple[torch.Tensor, torch.Tensor, bool]

@@ -54,6 +54,8 @@ def _wall_time(fn: Callable[[], None], repeat: int = 5) -> float:
 
 
 def fingerprint() -> dict:
+    from roofsim.executor.cpu_attn import worker_threads
+
     props = torch.cuda.get_device_properties(0)
     fp = {
         "gpu_name": props.name,
@@ -61,6 +63,7 @@ def fingerprint() -> dict:
         "cuda": torch.version.cuda,
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_worker_threads": worker_threads(),
     }
     try:
         import transformers
@@ -356,7 +359,7 @@ def _sync_us() -> float:
     return (time.perf_counter() - t0) / 200 * 1e6
 
 
-def _cpu(model: ModelSpec) -> tuple[float, list[CopyPoint], float]:
+def _cpu(model: ModelSpec) -> tuple:
     n = 1 << 30
     a = torch.empty(n, dtype=torch.uint8)
     b = torch.empty(n, dtype=torch.uint8)
@@ -367,29 +370,79 @@ def _cpu(model: ModelSpec) -> tuple[float, list[CopyPoint], float]:
         b.copy_(a)
     copy_gbps = 3 * 2 * n / (time.perf_counter() - t0) / 1e9
     del a, b
-    from roofsim.executor.attention import attend, kv_views
-
-    points = []
-    hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
-    for heads, L in (
-        (1, 65536),
-        (hk // 2 or 1, 65536),
-        (hk, 131072),
-    ):  # the executor's CPU kernel, per layer call
-        q = torch.randn(1, heads * (hq // hk), 1, d, dtype=torch.bfloat16)
-        k, v = kv_views(torch.randn(L, 1, 2, heads, d, dtype=torch.bfloat16), 0, L)  # the host store's layout
-        attend(q, k, v, causal=False, scale=d**-0.5)
-        t0 = time.perf_counter()
-        for _ in range(3):
-            attend(q, k, v, causal=False, scale=d**-0.5)
-        points.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=(time.perf_counter() - t0) / 3))
+    points = [
+        cpu_attention_point(model, heads, L)[0]
+        for heads, L in ((1, 65536), (model.n_kv_heads // 2 or 1, 65536), (model.n_kv_heads, 131072))
+    ]
+    beside, h2d_rate = cpu_attention_point(model, model.n_kv_heads // 2 or 1, 65536, beside_h2d=True)
     gather = _cpu_gather(model)
     m = torch.randn(4096, 4096)
     m @ m
     t0 = time.perf_counter()
     m @ m
     tflops = 2 * 4096**3 / (time.perf_counter() - t0) / 1e12
-    return copy_gbps, points, tflops, gather
+    return copy_gbps, points, tflops, gather, [beside], h2d_rate
+
+
+def cpu_attention_point(
+    model: ModelSpec, heads: int, L: int, cold_bytes: int = 1 << 30, beside_h2d: bool = False
+) -> tuple[CopyPoint, float | None]:
+    """One layer's CPU decode attention over `heads` KV heads of L tokens, as the executor makes it: on its CPU
+    worker thread (and that thread's thread count), over the host store's layout, with a cold cache. A decode step
+    reads each layer's host KV once (cpu_decode, one TorchScript call), so the timed calls cycle through distinct buffers of at least `cold_bytes`
+    together (a call repeated on one buffer of a few tens of MB would read it from the last-level cache).
+    Median seconds per call. With beside_h2d, pinned 256 MiB H2D copies run back to back meanwhile, as a plan
+    that streams its GPU heads' KV runs them beside the CPU's heads (both read host RAM); then also the H2D rate
+    over those copies, else None."""
+    from roofsim.executor.attention import attend, kv_views
+    from roofsim.executor.cpu_attn import _worker, on_worker
+    from roofsim.executor.cpu_decode import cpu_decode
+
+    hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
+    q = torch.randn(1, heads * (hq // hk), 1, d, dtype=torch.bfloat16)
+    size = L * 2 * heads * d * 2
+    bufs = [
+        torch.empty(L, 1, 2, heads, d, dtype=torch.bfloat16) for _ in range(max(2, -(-cold_bytes // size)))
+    ]
+    for b in bufs:
+        b.normal_()
+
+    out = torch.empty_like(q)
+
+    def calls() -> list[float]:
+        times = []
+        for b in bufs:
+            t0 = time.perf_counter()
+            if not cpu_decode(q, [b], L, d**-0.5, out):
+                attend(q, *kv_views(b, 0, L), causal=False, scale=d**-0.5)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    on_worker(calls)  # first touch, the kernel's first call
+    if not beside_h2d:
+        return CopyPoint(nbytes=size, seconds=statistics.median(on_worker(calls) + on_worker(calls))), None
+    n = 256 * MiB
+    src = torch.empty(n, dtype=torch.uint8, pin_memory=True).fill_(1)
+    dst = torch.empty(n, dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.Stream()
+    times, copies = [], 0
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(2):
+        job = _worker().submit(calls)
+        pending = []
+        while not job.done():  # two copies in flight, so the engine never idles
+            with torch.cuda.stream(stream):
+                dst.copy_(src, non_blocking=True)
+                pending.append(torch.cuda.Event())
+                pending[-1].record(stream)
+            copies += 1
+            if len(pending) > 2:
+                pending.pop(0).synchronize()
+        times += job.result()
+        stream.synchronize()
+    rate = copies * n / (time.perf_counter() - t0) / 1e9
+    return CopyPoint(nbytes=size, seconds=statistics.median(times)), rate
 
 
 def _cpu_gather(model: ModelSpec, tokens: int = 65536, fraction: float = 0.1) -> float:
@@ -435,7 +488,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     call_s, streamed_s = attention_call_costs("cuda")
     new_shape = attention_new_shape_s(model)
     progress("CPU")
-    cpu_copy, cpu_attn, cpu_tflops, cpu_gather = _cpu(model)
+    cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside = _cpu(model)
     return Measurements(
         fingerprint=fingerprint(),
         total_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
@@ -455,6 +508,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_attention=cpu_attn,
         cpu_matmul_tflops=cpu_tflops,
         cpu_gather_gbps=cpu_gather,
+        cpu_attention_beside_h2d=cpu_attn_h2d,
+        h2d_beside_cpu_gbps=h2d_beside,
         gpu_kernel_us=gpu_kernel,
         topk_gelems=topk,
         attention_call_s=call_s,

@@ -5,7 +5,8 @@ outputs are concatenated. Per layer at decode:
     compute: q of the CPU heads and their new K/V -> GPU staging;  D2H q -> pinned q, new K/V -> host block[P]
     compute: the GPU heads' slots (their H2D prefetches keep running)
     worker:  (a thread, beside the issuing of the GPU slots) wait for the q copy (one sync), attend on the CPU
-             (torch's flash kernel, all threads, split over key ranges) over host block[:P+1], write the
+             (torch's flash kernel on all threads but one, split over key ranges, in one TorchScript call:
+             cpu_decode) over host block[:P+1], write the
              output to pinned memory;  then H2D it; compute waits for it
 
 Prefill attends every head on the GPU: the CPU heads stream like the others, in slots of kv_heads_per_slot heads
@@ -14,24 +15,61 @@ Prefill attends every head on the GPU: the CPU heads stream like the others, in 
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from roofsim.executor.attention import attend_parts, chunk_parts, kv_views, pack_kv
 from roofsim.executor.cache import Runtime
+from roofsim.executor.cpu_decode import cpu_decode
 from roofsim.executor.hostpool import pinned_empty
 from roofsim.executor.slots import Slot, SlotLayer, cut_slots
 
 _pool: ThreadPoolExecutor | None = None
 
 
+def worker_threads(base: int | None = None) -> int:
+    """Threads of the CPU worker's kernels: torch's count less one, so that the issuing thread, which launches
+    the GPU heads' kernels while the CPU attends, keeps a core of its own (an OpenMP team as wide as the machine
+    waits at every barrier for whichever thread shares a core with it). ROOFSIM_CPU_THREADS sets it."""
+    env = os.environ.get("ROOFSIM_CPU_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, (base or torch.get_num_threads()) - 1)
+
+
+SWITCH_INTERVAL_S = 1e-4
+
+
 def _worker() -> ThreadPoolExecutor:
-    """One worker thread for the CPU's share of attention (layers run one after another, so one is enough)."""
+    """One worker thread for the CPU's share of attention (layers run one after another, so one is enough).
+
+    Its first use shortens Python's GIL switch interval for the process (5 ms by default, to 0.1 ms): the worker
+    takes the GIL back after each TorchScript call (and after every torch call on the op-by-op fallback), and while
+    the issuing thread runs Python each take waited up to the full interval (validation/results/cpu-2core: an
+    op-by-op call beside a busy thread took 112 ms at 5 ms, 16.8 ms at 0.1 ms, 15.7 ms alone)."""
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roofsim-cpu-attn")
+        _pool = worker_pool(worker_threads())
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     return _pool
+
+
+def worker_pool(threads: int) -> ThreadPoolExecutor:
+    """A one-thread pool whose torch kernels run on `threads` threads (torch's thread count is per thread)."""
+    return ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="roofsim-cpu-attn",
+        initializer=torch.set_num_threads,
+        initargs=(threads,),
+    )
+
+
+def on_worker(fn):
+    """fn() run on the CPU worker, as the executor's CPU attention runs (calibration measures it there)."""
+    return _worker().submit(fn).result()
 
 
 class CpuAttnLayer(SlotLayer):
@@ -111,17 +149,15 @@ class CpuAttnLayer(SlotLayer):
             eng.host_wait(q_ready)
             t1 = time.perf_counter()
             rec.host_span("host", "sync", t0, t1, layer=self.idx, name="wait for q")
-            outs = []
-            for cs in self.cpu_slots:
-                K, V = kv_views(cs.host, 0, P + C)
-                a, b = (cs.h0 - h0) * G, (cs.h1 - h0) * G
-                outs.append(attend_parts(q_host[:, a:b], chunk_parts(K, V, P, C), scale)[0])
             if out_sent is not None:
                 eng.host_wait(out_sent)  # the previous step's H2D from out_host is done
-            if len(outs) > 1:
+            if not cpu_decode(q_host, [cs.host for cs in self.cpu_slots], P + C, scale, out_host):
+                outs = []
+                for cs in self.cpu_slots:
+                    K, V = kv_views(cs.host, 0, P + C)
+                    a, b = (cs.h0 - h0) * G, (cs.h1 - h0) * G
+                    outs.append(attend_parts(q_host[:, a:b], chunk_parts(K, V, P, C), scale)[0])
                 torch.cat(outs, dim=1, out=out_host)
-            else:
-                out_host.copy_(outs[0])
             t2 = time.perf_counter()
             rec.host_span(
                 "cpu",
@@ -182,7 +218,7 @@ def build(rt: Runtime, plan, model, **_):
     make_ring(rt, plan.slot_buffers, rt.capacity, ring_slot_heads(sh.n_kv_heads, hc, g), plan.prefetch_depth)
     rt.notes.append(
         f"cpu_attention: {hc} of {sh.n_kv_heads} KV heads per layer attended on the CPU at decode "
-        f"with {torch.get_num_threads()} threads, in slots of {gc}"
+        f"with {on_worker(torch.get_num_threads)} threads, in slots of {gc}"
     )
     return [
         CpuAttnLayer(rt, i, [s for s in layers_slots[i] if not s.cpu_decode], cpu_slots[i])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import gc
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -320,7 +319,3 @@ def cap_gpu_memory(gpu_mem_bytes: float, device) -> None:
     index = device.index if device.index is not None else torch.cuda.current_device()
     total = torch.cuda.get_device_properties(index).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_mem_bytes / total), index)
-
-
-def env_summary() -> dict:
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}

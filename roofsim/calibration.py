@@ -87,6 +87,13 @@ class Measurements(BaseModel):
         default=None,
         description="gather of scattered KV rows into pinned memory, bytes read plus written per second",
     )
+    cpu_attention_beside_h2d: list[CopyPoint] = Field(
+        default=[],
+        description="CPU decode attention, as cpu_attention, while pinned H2D copies stream from host RAM",
+    )
+    h2d_beside_cpu_gbps: float | None = Field(
+        default=None, description="the pinned H2D rate over those copies, while the CPU attends beside them"
+    )
     cpu_threads: int
     host_ram_bytes: float
 

@@ -317,3 +317,52 @@ def test_a_raced_kernel_that_fails_a_later_shape_hands_back_to_the_preferred(mon
     out, _ = A._kernel(q, k, k, True, 0.35)
     assert torch.allclose(out, A._math(q, k, k, True, 0.35)[0])
     assert A._raced[("cpu", torch.float32, 8)] == "preferred"
+
+
+def test_cpu_worker_leaves_the_issuing_thread_a_core_and_the_gil_often(monkeypatch):
+    """cpu_attention's worker runs torch on one thread fewer than the process (the issuing thread keeps a core) and,
+    once it exists, Python hands the GIL over every 0.1 ms instead of 5 ms."""
+    import sys
+
+    from roofsim.executor import cpu_attn
+
+    monkeypatch.delenv("ROOFSIM_CPU_THREADS", raising=False)
+    assert cpu_attn.worker_threads(16) == 15 and cpu_attn.worker_threads(1) == 1
+    monkeypatch.setenv("ROOFSIM_CPU_THREADS", "3")
+    assert cpu_attn.worker_threads(16) == 3
+    pool = cpu_attn.worker_pool(2)
+    assert pool.submit(torch.get_num_threads).result() == 2
+    pool.shutdown()
+    before = sys.getswitchinterval()
+    monkeypatch.setattr(cpu_attn, "_pool", None)
+    try:
+        sys.setswitchinterval(0.005)
+        assert cpu_attn.on_worker(torch.get_num_threads) == 3
+        assert sys.getswitchinterval() == pytest.approx(cpu_attn.SWITCH_INTERVAL_S)
+    finally:
+        cpu_attn._pool.shutdown()
+        sys.setswitchinterval(before)
+
+
+@pytest.mark.parametrize("scripted", [True, False], ids=["torchscript", "op-by-op"])
+def test_cpu_attention_both_cpu_paths_match_stock_logits(tiny, monkeypatch, scripted):
+    """The worker's one-call TorchScript layer (cpu_decode) and its op-by-op fallback both give stock logits."""
+    from roofsim.executor import cpu_attn
+
+    model, ids, ref = tiny
+    calls = []
+
+    def spy(*args):
+        ok = scripted and real(*args)
+        calls.append(ok)
+        return ok
+
+    real = cpu_attn.cpu_decode
+    monkeypatch.setattr(cpu_attn, "cpu_decode", spy)
+    cache = make_cache(model, CpuAttentionPlan(cpu_kv_heads=1, kv_heads_per_slot=1), max_tokens=PROMPT + GEN)
+    try:
+        got = greedy_logits(model, cache, ids, CHUNK, GEN)
+    finally:
+        cache.close()
+    assert calls and all(c == scripted for c in calls)
+    assert rel_err(got, ref) < 1e-5

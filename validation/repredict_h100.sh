@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Predict the committed H100 campaign again with the current model (no GPU): each configuration with the
-# calibration made with the executor kernels it ran on. Parts a and c ran at commit 8ce8418 (cuDNN's fused
-# attention won the prefill race): validation/results/h100/calibrated. Part b ran at commit b3d84ae, before cuDNN
-# was a candidate (FlashAttention-2): validation/results/h100/calibrated-fa2, the calibration made then.
+# calibration made with the executor kernels it ran on. validation/results/h100/calibrated was made in the same
+# device call, on the same machine, as the runs of `run_campaign.sh cpu` and `l2-planner` (executor with the
+# TorchScript CPU worker); parts a and c's other configurations ran at commit 8ce8418 with the same GPU kernels
+# (cuDNN's fused attention won the prefill race) and are predicted with it too. Part b ran at commit b3d84ae,
+# before cuDNN was a candidate (FlashAttention-2): validation/results/h100/calibrated-fa2, the calibration made then.
 # Then: python validation/summarize.py validation/results/h100
 set -euo pipefail
 root=validation/results/h100

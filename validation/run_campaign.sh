@@ -6,12 +6,14 @@
 #   bash validation/run_campaign.sh a           # 17 configurations of 16K-64K, ~8 min (466 s on 2026-11-23)
 #   bash validation/run_campaign.sh b           # 256K, 512K (24 GB cap) and one 128K, ~7 min
 #   bash validation/run_campaign.sh c           # 128K and the planner's picks with runners-up, ~8 min
+#   bash validation/run_campaign.sh cpu         # the three fixed cpu_attention configurations of a and c, ~3 min
+#   bash validation/run_campaign.sh l2-planner  # part c's Llama-2 planner configuration with its runners-up, ~2 min
 # Then, here: extract each archive into validation/results/h100/, compress the traces (the device takes at most
 # 64 MiB of working tree per call) and print the table:
 #   python validation/compress_traces.py validation/results/h100/campaign
 #   python validation/summarize.py validation/results/h100
 set -euo pipefail
-part="${1:?part: calibrate, a, b or c}"
+part="${1:?part: calibrate, a, b, c, cpu or l2-planner}"
 . validation/device_setup.sh
 profile="${PROFILE:-validation/results/h100/calibrated/h100-sxm-calibrated.toml}"
 case "$part" in
@@ -22,8 +24,10 @@ case "$part" in
     exit 0 ;;
   a) only="l3-resident-16k,l3-resident-64k,l3-layer-full-32k,l3-layer-inc-64k,l3-head-g1-64k,l3-head-g1-r4-64k,l3-kvpr-64k,l3-cpu2-64k,l3-sparse-64k,q7-resident-32k,q7-head-g2-r1-64k,q7-cpu1-64k,l2-resident-16k,l2-layer-inc-32k,l2-kvpr-intra-32k,l2-kvpr-inter-32k,l2-head-g8-r1-32k" ;;
   b) only="l3-head-g1-256k,l3-head-512k-24gb,l3-head-g4-r1-128k" ;;
+  cpu) only="l3-cpu2-64k,q7-cpu1-64k,l3-cpu4-128k" ;;
+  l2-planner) only="l2-planner-32k-24gb" ;;
   c) only="l3-head-g2-r1-128k,l3-cpu4-128k,l3-evict-128k,q7-head-g1-128k,q7-planner-64k-24gb,l2-planner-32k-24gb,l3-planner-128k-24gb" ;;
-  *) echo "unknown part $part: calibrate, a, b or c" >&2; exit 2 ;;
+  *) echo "unknown part $part: calibrate, a, b, c, cpu or l2-planner" >&2; exit 2 ;;
 esac
 mkdir -p /tmp/campaign
 roofsim validate validation/campaign-h100.toml --gpu "$profile" -o /tmp/campaign/campaign --timeout 400 \
