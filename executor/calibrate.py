@@ -384,37 +384,43 @@ def _cpu(model: ModelSpec) -> tuple:
     return copy_gbps, points, tflops, gather, [beside], h2d_rate
 
 
+def cold_kv_blocks(heads: int, L: int, head_dim: int, cold_bytes: int = 1 << 30) -> list[torch.Tensor]:
+    """Distinct host KV blocks [L, 1, 2, heads, head_dim] (bf16, filled) of at least `cold_bytes` together, so
+    that a call cycling through them reads each from RAM (one block of a few tens of MB repeated would come from
+    the last-level cache)."""
+    size = L * 2 * heads * head_dim * 2
+    bufs = [
+        torch.empty(L, 1, 2, heads, head_dim, dtype=torch.bfloat16)
+        for _ in range(max(2, -(-cold_bytes // size)))
+    ]
+    for b in bufs:
+        b.normal_()
+    return bufs
+
+
 def cpu_attention_point(
     model: ModelSpec, heads: int, L: int, cold_bytes: int = 1 << 30, beside_h2d: bool = False
 ) -> tuple[CopyPoint, float | None]:
     """One layer's CPU decode attention over `heads` KV heads of L tokens, as the executor makes it: on its CPU
-    worker thread (and that thread's thread count), over the host store's layout, with a cold cache. A decode step
-    reads each layer's host KV once (cpu_decode, one TorchScript call), so the timed calls cycle through distinct buffers of at least `cold_bytes`
-    together (a call repeated on one buffer of a few tens of MB would read it from the last-level cache).
-    Median seconds per call. With beside_h2d, pinned 256 MiB H2D copies run back to back meanwhile, as a plan
-    that streams its GPU heads' KV runs them beside the CPU's heads (both read host RAM); then also the H2D rate
-    over those copies, else None."""
-    from roofsim.executor.attention import attend, kv_views
+    worker thread (and that thread's thread count), over the host store's layout, in one TorchScript call
+    (attend_host), with a cold cache: a decode step reads each layer's host KV once, so the timed calls cycle
+    through cold_kv_blocks. Median seconds per call. With beside_h2d, pinned 256 MiB H2D copies run back to back
+    meanwhile, as a plan that streams its GPU heads' KV runs them beside the CPU's heads (both read host RAM);
+    then also the H2D rate over those copies, else None."""
     from roofsim.executor.cpu_attn import _worker, on_worker
-    from roofsim.executor.cpu_decode import cpu_decode
+    from roofsim.executor.cpu_decode import attend_host
 
     hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
     q = torch.randn(1, heads * (hq // hk), 1, d, dtype=torch.bfloat16)
-    size = L * 2 * heads * d * 2
-    bufs = [
-        torch.empty(L, 1, 2, heads, d, dtype=torch.bfloat16) for _ in range(max(2, -(-cold_bytes // size)))
-    ]
-    for b in bufs:
-        b.normal_()
-
+    bufs = cold_kv_blocks(heads, L, d, cold_bytes)
+    size = bufs[0].numel() * bufs[0].element_size()
     out = torch.empty_like(q)
 
     def calls() -> list[float]:
         times = []
         for b in bufs:
             t0 = time.perf_counter()
-            if not cpu_decode(q, [b], L, d**-0.5, out):
-                attend(q, *kv_views(b, 0, L), causal=False, scale=d**-0.5)
+            attend_host(q, [b], L, d**-0.5, out)
             times.append(time.perf_counter() - t0)
         return times
 

@@ -21,9 +21,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from roofsim.executor.attention import attend_parts, chunk_parts, kv_views, pack_kv
+from roofsim.executor.attention import pack_kv
 from roofsim.executor.cache import Runtime
-from roofsim.executor.cpu_decode import cpu_decode
+from roofsim.executor.cpu_decode import attend_host
 from roofsim.executor.hostpool import pinned_empty
 from roofsim.executor.slots import Slot, SlotLayer, cut_slots
 
@@ -151,13 +151,7 @@ class CpuAttnLayer(SlotLayer):
             rec.host_span("host", "sync", t0, t1, layer=self.idx, name="wait for q")
             if out_sent is not None:
                 eng.host_wait(out_sent)  # the previous step's H2D from out_host is done
-            if not cpu_decode(q_host, [cs.host for cs in self.cpu_slots], P + C, scale, out_host):
-                outs = []
-                for cs in self.cpu_slots:
-                    K, V = kv_views(cs.host, 0, P + C)
-                    a, b = (cs.h0 - h0) * G, (cs.h1 - h0) * G
-                    outs.append(attend_parts(q_host[:, a:b], chunk_parts(K, V, P, C), scale)[0])
-                torch.cat(outs, dim=1, out=out_host)
+            attend_host(q_host, [cs.host for cs in self.cpu_slots], P + C, scale, out_host)
             t2 = time.perf_counter()
             rec.host_span(
                 "cpu",
@@ -218,7 +212,7 @@ def build(rt: Runtime, plan, model, **_):
     make_ring(rt, plan.slot_buffers, rt.capacity, ring_slot_heads(sh.n_kv_heads, hc, g), plan.prefetch_depth)
     rt.notes.append(
         f"cpu_attention: {hc} of {sh.n_kv_heads} KV heads per layer attended on the CPU at decode "
-        f"with {on_worker(torch.get_num_threads)} threads, in slots of {gc}"
+        f"with {worker_threads()} threads, in slots of {gc}"
     )
     return [
         CpuAttnLayer(rt, i, [s for s in layers_slots[i] if not s.cpu_decode], cpu_slots[i])

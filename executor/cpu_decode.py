@@ -15,7 +15,7 @@ import warnings
 from typing import List  # noqa: UP035 - TorchScript reads the annotation
 
 import torch
-from roofsim.executor.attention import _candidates, cpu_splits
+from roofsim.executor.attention import _candidates, attend_parts, chunk_parts, cpu_splits, kv_views
 
 
 def _layer(
@@ -86,9 +86,33 @@ def cpu_decode(
     op by op."""
     if q.device.type != "cpu" or q.shape[0] != 1 or q.shape[2] != 1 or q.shape[1] % len(blocks):
         return False
-    if _candidates(q.device, q.dtype, q.shape[-1])[0] != "flash_cpu" or _compiled() is None:
+    layer = _compiled() if _candidates(q.device, q.dtype, q.shape[-1])[0] == "flash_cpu" else None
+    if layer is None:
         return False
     g = blocks[0].shape[3]
     per = q.shape[1] // len(blocks)
-    _compiled()(q, blocks, length, [cpu_splits(g, per // g, length)] * len(blocks), scale, out)
+    layer(q, blocks, length, [cpu_splits(g, per // g, length)] * len(blocks), scale, out)
     return True
+
+
+def attend_host(
+    q: torch.Tensor,
+    blocks: list[torch.Tensor],
+    length: int,
+    scale: float,
+    out: torch.Tensor,
+    scripted: bool = True,
+) -> None:
+    """q [B, H, C, D] (the heads of the blocks in order, equally many per block) over the first `length` tokens of
+    each host block [T, B, 2, g, D], the last C of them the queries' own (bottom-right causal), into out (q's
+    shape): in one TorchScript call where cpu_decode applies (and `scripted`), else op by op."""
+    if scripted and cpu_decode(q, blocks, length, scale, out):
+        return
+    C, per = q.shape[2], q.shape[1] // len(blocks)
+    outs = [
+        attend_parts(
+            q[:, i * per : (i + 1) * per], chunk_parts(*kv_views(b, 0, length), length - C, C), scale
+        )[0]
+        for i, b in enumerate(blocks)
+    ]
+    torch.cat(outs, dim=1, out=out)

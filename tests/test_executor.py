@@ -347,7 +347,7 @@ def test_cpu_worker_leaves_the_issuing_thread_a_core_and_the_gil_often(monkeypat
 @pytest.mark.parametrize("scripted", [True, False], ids=["torchscript", "op-by-op"])
 def test_cpu_attention_both_cpu_paths_match_stock_logits(tiny, monkeypatch, scripted):
     """The worker's one-call TorchScript layer (cpu_decode) and its op-by-op fallback both give stock logits."""
-    from roofsim.executor import cpu_attn
+    import roofsim.executor.cpu_decode as cd
 
     model, ids, ref = tiny
     calls = []
@@ -357,8 +357,8 @@ def test_cpu_attention_both_cpu_paths_match_stock_logits(tiny, monkeypatch, scri
         calls.append(ok)
         return ok
 
-    real = cpu_attn.cpu_decode
-    monkeypatch.setattr(cpu_attn, "cpu_decode", spy)
+    real = cd.cpu_decode
+    monkeypatch.setattr(cd, "cpu_decode", spy)
     cache = make_cache(model, CpuAttentionPlan(cpu_kv_heads=1, kv_heads_per_slot=1), max_tokens=PROMPT + GEN)
     try:
         got = greedy_logits(model, cache, ids, CHUNK, GEN)

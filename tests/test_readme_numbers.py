@@ -8,17 +8,18 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 
 
-def _summary() -> str:
+def _run(script: str) -> str:
+    """What validation/<script> prints for the committed H100 results."""
     return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "validation" / "summarize.py"),
-            str(ROOT / "validation" / "results" / "h100"),
-        ],
+        [sys.executable, str(ROOT / "validation" / script), str(ROOT / "validation" / "results" / "h100")],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def _summary() -> str:
+    return _run("summarize.py")
 
 
 def test_h100_readme_holds_the_whole_table():
@@ -35,16 +36,7 @@ def test_readme_quotes_the_last_lines():
 def test_trace_facts_print_what_the_h100_readme_quotes():
     """The figures the H100 README takes from the traces beyond the table (first-call excess, CPU attention per
     layer, the bimodal steps) are what validation/trace_facts.py prints from the committed files."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "validation" / "trace_facts.py"),
-            str(ROOT / "validation" / "results" / "h100"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = _run("trace_facts.py")
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     assert rows["l3-head-g1-64k"][3:] == ["0.354", "+0.105"]
     assert rows["l3-cpu4-128k/pick"][2:4] == ["11.84", "12.86"]

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from roofsim.executor.attention import attend, kv_views
+from roofsim.executor.calibrate import cold_kv_blocks
 from roofsim.executor.cpu_attn import worker_pool
-from roofsim.executor.cpu_decode import cpu_decode
+from roofsim.executor.cpu_decode import attend_host
 
 from roofsim.specs import load_model
 
@@ -34,16 +34,6 @@ def _issue_until(done: threading.Event) -> int:
             x.add_(1.0)
         n += 1
     return n
-
-
-def buffers(model, heads: int, L: int, cold_bytes: int = 1 << 30) -> list[torch.Tensor]:
-    """Distinct host KV blocks of at least `cold_bytes` together, so that each call reads from RAM."""
-    size = L * 2 * heads * model.head_dim * 2
-    count = max(2, -(-cold_bytes // size))
-    bufs = [torch.empty(L, 1, 2, heads, model.head_dim, dtype=torch.bfloat16) for _ in range(count)]
-    for b in bufs:
-        b.normal_()
-    return bufs
 
 
 def case(
@@ -61,8 +51,7 @@ def case(
 
     def one(b) -> float:
         t0 = time.perf_counter()
-        if not (scripted and cpu_decode(q, [b], L, d**-0.5, out)):
-            attend(q, *kv_views(b, 0, L), causal=False, scale=d**-0.5)
+        attend_host(q, [b], L, d**-0.5, out, scripted=scripted)
         return time.perf_counter() - t0
 
     for b in bufs:
@@ -103,7 +92,7 @@ def main() -> None:
     rows = []
     default_switch = sys.getswitchinterval()
     for heads, L in ((2, 65536),):
-        bufs = buffers(model, heads, L)
+        bufs = cold_kv_blocks(heads, L, model.head_dim)
         for threads, scripted in ((n, False), (n - 1, False), (n - 1, True)):
             for beside, switch_s in ((False, default_switch), (True, default_switch), (True, 1e-4)):
                 r = case(model, bufs, threads, beside, switch_s, scripted)
