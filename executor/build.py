@@ -182,7 +182,15 @@ def build_layer_offload(rt, plan, model, **_):
     if full:
         rt.notes.append("layer_offload full: whole-layer write-back on the compute stream before attention")
     return [
-        SlotLayer(rt, i, s, write_back=plan.write_back, d2h_on_compute=full, syncs=plan.syncs_per_layer)
+        SlotLayer(
+            rt,
+            i,
+            s,
+            write_back=plan.write_back,
+            d2h_on_compute=full,
+            syncs=plan.syncs_per_layer,
+            write_back_tokens=plan.write_back_tokens,
+        )
         for i, s in enumerate(slots)
     ]
 
@@ -213,7 +221,13 @@ def build_head_offload(rt, plan, model, **_):
         make_ring(rt, plan.slot_buffers, plan.token_block or rt.capacity, g, plan.prefetch_depth)
     return [
         SlotLayer(
-            rt, i, s, write_back=plan.write_back, syncs=plan.syncs_per_slot, token_block=plan.token_block
+            rt,
+            i,
+            s,
+            write_back=plan.write_back,
+            syncs=plan.syncs_per_slot,
+            token_block=plan.token_block,
+            write_back_tokens=plan.write_back_tokens,
         )
         for i, s in enumerate(slots)
     ]
@@ -235,6 +249,8 @@ def resident_copy(cache: RoofCache, model) -> RoofCache:
     from roofsim.plan import ResidentPlan
 
     rt = cache.runtime
+    for layer in cache.layers:
+        layer.flush()
     rt.engine.synchronize()
     sh = rt.shape
     n = cache.layers[0].seen

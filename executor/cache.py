@@ -281,6 +281,9 @@ class PlanLayer(CacheLayerMixin):
     def gpu_bytes(self) -> dict[str, int]:
         return {}
 
+    def flush(self) -> None:
+        """Send KV the layer still holds back on the GPU to its host store (slot plans' write-back tail)."""
+
     def attend(self, module, q: torch.Tensor, scale: float) -> torch.Tensor:
         rt, rec = self.rt, self.rt.rec
         t0 = rec.mark(rt.engine.compute)

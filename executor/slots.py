@@ -13,6 +13,12 @@ streamed slot lives in its pinned host block and comes up through the ring each 
 
 With token_block the slot streams in blocks of that many tokens, each attended on its own and merged with the
 new tokens' part by LSE; the new tokens go down from a staging copy kept alive for the D2H by record_stream.
+
+With write_back_tokens = N > 1 (incremental, whole slots) the layer keeps its unsent tokens in a GPU tail
+`[N, B, 2, heads, D]` instead of sending each step's token down at once: a streamed slot loads host[:F] (F = the
+rows already sent), the tail's rows F..P and the new ones go into the ring buffer after it, and once N tokens are
+pending the slot sends buffer[F:P+C] down in one copy. Decode then issues one D2H (and its events) per slot every
+N steps instead of every step; the tail is written and read on the compute stream only.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class SlotLayer(PlanLayer):
         d2h_on_compute: bool = False,
         syncs: int = 0,
         token_block: int | None = None,
+        write_back_tokens: int = 1,
     ):
         super().__init__(rt, idx)
         self.slots = slots
@@ -61,10 +68,20 @@ class SlotLayer(PlanLayer):
         self.syncs = syncs
         self.token_block = token_block
         self.grows = all(s.resident for s in slots)
+        self.tail_tokens = write_back_tokens if write_back == "incremental" and not token_block else 1
+        self.tail: torch.Tensor | None = (
+            None  # [N, B, 2, n_kv_heads, D]: rows flushed.. of the streamed slots
+        )
+        self.flushed = 0  # tokens of the streamed slots already in their host blocks
+        self.flush_now = True
+        self.via_tail = False
 
     def gpu_bytes(self) -> dict[str, int]:
         n = sum(s.gpu.numel() * s.gpu.element_size() for s in self.slots if s.gpu is not None)
-        return {"kv_resident": n}
+        out = {"kv_resident": n}
+        if self.tail is not None:
+            out["kv_buffers"] = self.tail.numel() * self.tail.element_size()
+        return out
 
     # ---- streamed units ----------------------------------------------------------------------------------------
 
@@ -89,8 +106,9 @@ class SlotLayer(PlanLayer):
                         )
                     )
             else:
+                F = self.flushed if self.tail_tokens > 1 else P
                 out.append(
-                    Unit((self.idx, s.index), self.idx, s.index, partial(self._load, s, 0, P), [s.written])
+                    Unit((self.idx, s.index), self.idx, s.index, partial(self._load, s, 0, F), [s.written])
                 )
         return out
 
@@ -112,8 +130,22 @@ class SlotLayer(PlanLayer):
         last streamed slot is acquired) then copies while the resident slots are attended, instead of the copy
         engine idling through them. The outputs go back in head order."""
         new = pack_kv(self.k_new, self.v_new)
+        P, C = self.P, self.C
+        pending = P - self.flushed
+        self.flush_now = pending + C >= self.tail_tokens
+        # the new tokens go through the tail whenever they fit (every decode step), so a slot's ring buffer is
+        # filled by one copy of tail[:pending + C]
+        self.via_tail = self.tail_tokens > 1 and pending + C <= self.tail_tokens
+        if self.via_tail and any(self.streams_now(s) for s in self.slots):
+            if self.tail is None:
+                sh = self.rt.shape
+                shape = (self.tail_tokens, sh.batch, 2, sh.n_kv_heads, sh.head_dim)
+                self.tail = torch.empty(shape, dtype=sh.dtype, device=sh.device)
+            self.tail[pending : pending + C].copy_(new)
         order = sorted(self.slots, key=lambda s: s.resident)
         outs = {s.index: self.attend_slot(s, q, new, scale) for s in order}
+        if self.flush_now:
+            self.flushed = P + C
         heads = [outs[s.index] for s in self.slots]
         return torch.cat(heads, dim=1) if len(heads) > 1 else heads[0]
 
@@ -166,7 +198,13 @@ class SlotLayer(PlanLayer):
         self.host_syncs()
         flat, unit = rt.acquire((self.idx, s.index))
         view = self.ring_view(flat, s)
-        view[P : P + C].copy_(new[:, :, :, s.h0 : s.h1])
+        F = self.flushed if self.tail_tokens > 1 else P
+        if self.tail_tokens > 1 and self.via_tail:  # the tail holds rows F..P and the new ones
+            view[F : P + C].copy_(self.tail[: P + C - F, :, :, s.h0 : s.h1])
+        else:
+            if P > F:
+                view[F:P].copy_(self.tail[: P - F, :, :, s.h0 : s.h1])
+            view[P : P + C].copy_(new[:, :, :, s.h0 : s.h1])
         full = self.write_back == "full"
         if full and self.d2h_on_compute:  # transformers: offload on the default stream, before attention
             d0 = rec.mark(eng.compute)
@@ -189,11 +227,28 @@ class SlotLayer(PlanLayer):
         if full and self.d2h_on_compute:
             rt.release(unit, done)
             s.written = done
-        else:
-            lo = 0 if full else P
+        elif self.flush_now or self.tail_tokens == 1:
+            lo = 0 if full else F
             rel = s.written = self._write_back(s, lo, P + C, view[lo : P + C], done)
             rt.release(unit, rel)
+        else:  # the new tokens wait in the tail
+            rt.release(unit, done)
         return out
+
+    def flush(self) -> None:
+        """Send the tail's tokens to the host blocks now (before the host store is read directly)."""
+        n = self.seen - self.flushed
+        if self.tail is None or n <= 0:
+            return
+        eng = self.rt.engine
+        staged = None
+        for s in self.slots:
+            if s.resident or s.host is None:
+                continue
+            stage = self.tail[:n, :, :, s.h0 : s.h1].contiguous()
+            staged = staged or eng.event(eng.compute)
+            s.written = self._write_back(s, self.flushed, self.seen, stage, staged, keep_alive=True)
+        self.flushed = self.seen
 
     def _attend_blocks(self, s: Slot, qs, new, scale):
         rt, eng, rec = self.rt, self.rt.engine, self.rt.rec

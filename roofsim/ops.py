@@ -60,6 +60,26 @@ STREAMED_CALL_EXTRA = 6
 # more for a streamed unit (ring guard, its ready event, write-back ordering, the recorder's marks).
 ATTN_CALL_RUNTIME = 2
 STREAMED_CALL_RUNTIME_EXTRA = 8
+# Of a streamed unit's extras, its write-back: three aten ops (the two slices and the D2H copy, besides the copy's
+# issue), 1.7 host units at the ~1.8 aten ops of one, and three runtime calls (the D2H stream's wait for the
+# attention, the recorder's mark, the done event). With write_back_tokens = N a decode step writes back one step in
+# N, and the layer pays two aten ops more (the new tokens into its GPU tail): tests/test_executor_dispatch.py.
+WRITE_BACK_KERNELS = 1.7
+WRITE_BACK_RUNTIME = 3
+TAIL_KERNELS = 1.1
+
+
+def write_back_share(C: Num, tokens: int) -> Num:
+    """Share of forwards whose new tokens go down to the host: all with write_back_tokens=1, else C/N of them
+    (a forward of N or more new tokens always writes back)."""
+    return np.minimum(1.0, np.asarray(C, dtype=float) / tokens)
+
+
+def tail_pending(C: Num, tokens: int) -> Num:
+    """Tokens of a slot waiting in the GPU tail at a forward, on average: they come from the tail, not up the link
+    (0 .. N-1 in decode; none for a forward of N or more tokens)."""
+    C = np.asarray(C, dtype=float)
+    return np.where(C >= tokens, 0.0, (tokens - C) / 2.0)
 
 
 def _norm(name: str, m: ModelSpec, elems: Num) -> Op:
@@ -80,10 +100,13 @@ def attention_op(
     keys: Num | None = None,
     calls: Num = 1,
     streamed_calls: Num = 0,
+    write_back_tokens: int = 1,
+    tail_kernels: Num = 0,
 ) -> Op:
     """Attention of C new queries per sequence over P cached + C new keys, for `kv_heads` KV heads (default:
     all) and their query groups, in `calls` kernel calls of which `streamed_calls` attend streamed units. `keys`
-    overrides the number of cached keys read (sparse plans). A chunk after cached keys is two parts (the past,
+    overrides the number of cached keys read (sparse plans); `write_back_tokens` > 1 takes off the write-backs a
+    GPU tail skips, and `tail_kernels` adds the layer's writes into the tail. A chunk after cached keys is two parts (the past,
     then the chunk's own causal square) whose outputs the executor merges by their LSE in fp32."""
     hk = m.n_kv_heads if kv_heads is None else kv_heads
     hq = hk * m.group
@@ -106,6 +129,10 @@ def attention_op(
     fold = 2.0 * q_elems * e if m.group > 1 else 0.0
     kernels = calls * ATTN_CALL_KERNELS + streamed_calls * STREAMED_CALL_EXTRA
     runtime = calls * ATTN_CALL_RUNTIME + streamed_calls * STREAMED_CALL_RUNTIME_EXTRA
+    if write_back_tokens > 1:  # the write-backs a GPU tail saves (`tail_kernels`: the layer's writes into it)
+        skipped = 1.0 - write_back_share(C, write_back_tokens)
+        kernels = kernels - streamed_calls * WRITE_BACK_KERNELS * skipped + tail_kernels
+        runtime = runtime - streamed_calls * WRITE_BACK_RUNTIME * skipped
     return Op(
         "attention",
         "attention",

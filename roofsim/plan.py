@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from roofsim.errors import UserError
 
@@ -53,13 +53,27 @@ class _PlanBase(BaseModel):
         return " ".join(parts) or "defaults"
 
 
+class _WriteBackTail:
+    """write_back_tokens > 1 gathers new tokens on the GPU: only for an incremental write-back of whole slots."""
+
+    @model_validator(mode="after")
+    def _tail_needs_incremental(self):
+        if self.write_back_tokens > 1 and (
+            self.write_back != "incremental" or getattr(self, "token_block", None)
+        ):
+            raise ValueError(
+                "write_back_tokens > 1 needs write_back='incremental' and no token_block; set write_back_tokens=1"
+            )
+        return self
+
+
 class ResidentPlan(_PlanBase):
     """All KV on the GPU."""
 
     family: Literal["resident"] = "resident"
 
 
-class LayerOffloadPlan(_PlanBase):
+class LayerOffloadPlan(_WriteBackTail, _PlanBase):
     """Whole-layer KV in host RAM; layer j+1 is prefetched on a side stream while layer j computes.
 
     write_back="full" is transformers 5.x's offloaded cache: the whole layer goes back every step, on the
@@ -67,10 +81,16 @@ class LayerOffloadPlan(_PlanBase):
 
     family: Literal["layer_offload"] = "layer_offload"
     write_back: Literal["full", "incremental"] = "full"
+    write_back_tokens: int = Field(
+        1,
+        ge=1,
+        description="incremental write-back: new tokens gather in a GPU tail and go to the host once this many "
+        "have (one copy per slot per that many tokens instead of one per slot per step)",
+    )
     syncs_per_layer: int = Field(0, ge=0, description="host synchronisations per layer (HeadInfer's code: 2)")
 
 
-class HeadOffloadPlan(_PlanBase):
+class HeadOffloadPlan(_WriteBackTail, _PlanBase):
     """HeadInfer-style: slots of (layer, group of KV heads); some slots per layer stay resident, the rest stream
     from pinned host memory through a ring of GPU slot buffers with a prefetch depth."""
 
@@ -82,6 +102,12 @@ class HeadOffloadPlan(_PlanBase):
     prefetch_depth: int = Field(1, ge=0, description="slots copied ahead of the one being computed")
     slot_buffers: int = Field(2, ge=1, description="GPU buffers in the ring for streamed slots")
     write_back: Literal["full", "incremental"] = "incremental"
+    write_back_tokens: int = Field(
+        1,
+        ge=1,
+        description="incremental write-back: new tokens gather in a GPU tail and go to the host once this many "
+        "have (one copy per slot per that many tokens instead of one per slot per step)",
+    )
     token_block: int | None = Field(None, gt=0, description="stream each slot in blocks of this many tokens")
     syncs_per_slot: int = Field(
         0, ge=0, description="host synchronisations per streamed slot (HeadInfer's code: 2)"

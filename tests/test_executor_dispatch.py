@@ -111,3 +111,32 @@ def test_model_runtime_calls_follow_the_executors(monkeypatch):
     ) / 3
     assert resident_call == pytest.approx(ops.ATTN_CALL_RUNTIME, abs=1)
     assert streamed_call == pytest.approx(ops.ATTN_CALL_RUNTIME + ops.STREAMED_CALL_RUNTIME_EXTRA, abs=1.5)
+
+
+def test_write_back_tail_saves_what_the_model_takes_off(monkeypatch):
+    """write_back_tokens=N: averaged over N decode steps, a layer of four streamed one-head slots dispatches what
+    ops.attention_op takes off (WRITE_BACK_KERNELS and WRITE_BACK_RUNTIME per skipped write-back) and adds
+    (TAIL_KERNELS)."""
+    tiny = ModelSpec(
+        name="tiny", source="test", family="llama", n_layers=1, hidden=128, n_heads=8, n_kv_heads=4, head_dim=16,
+        intermediate=128, vocab=128, max_positions=4096,
+    )  # fmt: skip
+    per_unit = _ops_per_layer(ResidentPlan()) / sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
+    count = _runtime_call_counter(monkeypatch)
+    for n in (2, 8):
+
+        def over_n(counter, _n=n):
+            return lambda step: sum(counter(step) for _ in range(_n)) / _n
+
+        plain, tail = (
+            HeadOffloadPlan(kv_heads_per_slot=1),
+            HeadOffloadPlan(kv_heads_per_slot=1, write_back_tokens=n),
+        )
+        aten = _per_layer(tail, over_n(_aten_ops)) - _per_layer(plain, over_n(_aten_ops))
+        runtime = _per_layer(tail, over_n(count), record=True) - _per_layer(plain, over_n(count), record=True)
+        before = ops.attention_op(tiny, 1, 16, 1, calls=4, streamed_calls=4)
+        after = ops.attention_op(
+            tiny, 1, 16, 1, calls=4, streamed_calls=4, write_back_tokens=n, tail_kernels=ops.TAIL_KERNELS
+        )
+        assert aten / per_unit == pytest.approx(after.kernels - before.kernels, rel=0.2), n
+        assert runtime == pytest.approx(after.runtime_calls - before.runtime_calls, abs=0.5), n

@@ -52,6 +52,64 @@ def test_bytes_moved_are_what_the_plan_prices(llama):
     assert _bytes(model, ids, LayerOffloadPlan(write_back="full")) == (h2d, full)
 
 
+def test_write_back_tail_sends_one_copy_per_slot_every_n_tokens(llama):
+    """write_back_tokens=3: each prefill chunk (>= 3 tokens) still goes down at once, but decode's tokens wait in
+    the GPU tail and go down three at a time, one copy per slot; loads read only what the host holds, and the tail
+    makes up the rest, so the logits stay exact. After flush() the host store holds every token."""
+    from roofsim.executor.build import resident_copy
+
+    model, ids, ref = llama
+    layers, heads, chunks = 2, 2, math.ceil(PROMPT / CHUNK)
+    cache = make_cache(model, HeadOffloadPlan(write_back_tokens=3), max_tokens=PROMPT + GEN)
+    try:
+        got = greedy_logits(model, cache, ids, CHUNK, GEN, tokens=ref[:-1].argmax(-1).T)
+        cache.runtime.engine.synchronize()
+        d2h = cache.runtime.engine.stats["d2h"]
+        # decode P = 37, 38 (tail), 39 (flushes 37..39), 40 (tail)
+        assert d2h.bytes == layers * heads * ROW * (PROMPT + 3)
+        assert d2h.copies == layers * heads * (chunks + 1)
+        h2d = cache.runtime.engine.stats["h2d"].bytes
+        P = [8 * i for i in range(chunks)] + [PROMPT, PROMPT, PROMPT, PROMPT + 3]
+        assert h2d == layers * heads * ROW * sum(P)
+        assert rel_err(got, ref) < 1e-5
+        full = resident_copy(cache, model)  # flushes the tail, then reads the host store
+        try:
+            n = PROMPT + GEN
+            for layer, copy in zip(cache.layers, full.layers, strict=True):
+                assert layer.flushed == n
+                for s in layer.slots:
+                    assert torch.equal(s.host[:n], copy.slots[0].gpu[:n, :, :, s.h0 : s.h1])
+            # the flushed store is the resident plan's: one more step over it gives stock logits
+            nxt = ref[-1].argmax(-1, keepdim=True)
+            a = model(nxt, past_key_values=full, use_cache=True, logits_to_keep=1).logits[:, -1]
+        finally:
+            full.close()
+    finally:
+        cache.close()
+    from transformers import DynamicCache
+
+    stock = DynamicCache(config=model.config)
+    model.set_attn_implementation("sdpa")
+    try:
+        toks = torch.cat([ids, ref[:-1].argmax(-1).T, nxt], dim=1)
+        b = model(toks, past_key_values=stock, use_cache=True).logits[:, -1]
+    finally:
+        model.set_attn_implementation("roofsim")
+    assert rel_err(a.float(), b.float()) < 1e-4
+
+
+def test_write_back_tail_needs_incremental_whole_slots():
+    from roofsim.errors import UserError
+    from roofsim.plan import plan_from_dict
+
+    for bad in (
+        {"family": "layer_offload", "write_back_tokens": 4},
+        {"family": "head_offload", "write_back_tokens": 4, "token_block": 8},
+    ):
+        with pytest.raises(UserError, match="write_back_tokens"):
+            plan_from_dict(bad)
+
+
 def _race_pattern(engine, ring: Ring, host: torch.Tensor, steps: int) -> int:
     """HeadInfer's hazard, in the executor's own terms: fill a buffer, D2H it on the side stream, hand the buffer
     to the next fill. Returns how many host copies came out wrong."""

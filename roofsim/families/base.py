@@ -240,7 +240,13 @@ def nonattn_work(ctx: Ctx, steps: Steps) -> GpuWork:
     return work(ops.pre_attention_ops(m, steps.C, B) + ops.post_attention_ops(m, steps.C, B), ctx.gpu)
 
 
-def attn_work(ctx: Ctx, steps: Steps, kv_heads=None, keys=None, calls=1, streamed_calls=0) -> GpuWork:
+def attn_work(
+    ctx: Ctx, steps: Steps, kv_heads=None, keys=None, calls=1, streamed_calls=0, write_back_tokens: int = 1
+) -> GpuWork:
+    tail = 0.0
+    if write_back_tokens > 1:
+        uses_tail = (np.asarray(streamed_calls) > 0) & (np.asarray(steps.C) < write_back_tokens)
+        tail = np.where(uses_tail, ops.TAIL_KERNELS, 0.0)
     op = ops.attention_op(
         ctx.model,
         steps.C,
@@ -250,6 +256,8 @@ def attn_work(ctx: Ctx, steps: Steps, kv_heads=None, keys=None, calls=1, streame
         keys=keys,
         calls=calls,
         streamed_calls=streamed_calls,
+        write_back_tokens=write_back_tokens,
+        tail_kernels=tail,
     )
     return work([op], ctx.gpu)
 

@@ -34,6 +34,7 @@ from roofsim.families.base import (
     prefill_steps,
     weight_stream,
 )
+from roofsim.ops import tail_pending, write_back_share
 from roofsim.plan import HeadOffloadPlan, LayerOffloadPlan, ResidentPlan
 
 CAT_PEAK_SLOTS = 4
@@ -55,6 +56,7 @@ def slot_loads(
     streamed_weights: bool,
     d2h_on_compute: bool = False,
     gpu_kv_heads: int | None = None,
+    write_back_tokens: int = 1,
 ) -> list[LayerLoad]:
     """Layer loads for slot streaming; `resident` gives the resident slots of each layer.
     `gpu_kv_heads` (default all) is the number of KV heads the GPU attends and the slots are cut from."""
@@ -69,17 +71,26 @@ def slot_loads(
     loads = []
     for r, count in sorted(Counter(resident).items()):
         S = slots - r
-        attn = attn_work(ctx, steps, kv_heads=heads, calls=attn_calls, streamed_calls=S * blocks)
+        attn = attn_work(
+            ctx,
+            steps,
+            kv_heads=heads,
+            calls=attn_calls,
+            streamed_calls=S * blocks,
+            write_back_tokens=write_back_tokens,
+        )
         d2h_tokens = C if write_back == "incremental" else P + C
+        # with a GPU tail, the rows still in it come from there, and one forward in N writes back (on average)
+        from_tail = np.minimum(P, tail_pending(C, write_back_tokens)) if write_back_tokens > 1 else 0.0
         loads.append(
             LayerLoad(
                 count=count,
                 nonattn=nonattn,
                 attn=attn,
-                h2d_bytes=S * kv_bytes(ctx, 1, group) * P + w_bytes,
+                h2d_bytes=S * kv_bytes(ctx, 1, group) * (P - from_tail) + w_bytes,
                 h2d_copies=S * blocks + w_copies,
                 d2h_bytes=S * kv_bytes(ctx, 1, group) * d2h_tokens,
-                d2h_copies=np.full_like(P, S * B),
+                d2h_copies=S * B * write_back_share(C, write_back_tokens),
                 units=S * blocks + (1 if w_bytes else 0),
                 depth=min(depth, buffers - 1),
                 d2h_on_compute=d2h_on_compute,
@@ -87,6 +98,11 @@ def slot_loads(
             )
         )
     return loads
+
+
+def tail_bytes(ctx: Ctx, resident: list[int], slots: int, write_back_tokens: int) -> float:
+    """GPU tails of write_back_tokens tokens, all KV heads, in each layer with streamed slots."""
+    return sum(r < slots for r in resident) * kv_bytes(ctx, write_back_tokens, ctx.model.n_kv_heads)
 
 
 def layerwise_loads(ctx: Ctx, steps: Steps, layers: int, streamed_weights: bool) -> list[LayerLoad]:
@@ -129,6 +145,7 @@ def _evaluate(
     streamed_weights: bool,
     d2h_on_compute: bool = False,
     cat_alloc: bool = False,
+    write_back_tokens: int = 1,
 ) -> Evaluation:
     m, w = ctx.model, ctx.work
     check_divides(m.n_kv_heads, group, "kv_heads_per_slot")
@@ -145,6 +162,7 @@ def _evaluate(
         syncs_per_slot=syncs_per_slot,
         streamed_weights=streamed_weights,
         d2h_on_compute=d2h_on_compute,
+        write_back_tokens=write_back_tokens,
     )
     pre = prefill_steps(w.context, chunk)
     dec = decode_steps([w.context, w.context + w.gen])
@@ -168,6 +186,9 @@ def _evaluate(
     if cat_alloc and streaming:
         kv["kv_buffers"] = CAT_PEAK_SLOTS * slot_full
     c = int(pre.C.max())
+    # each layer with streamed slots keeps a GPU tail of N tokens, all heads, from its first forward of fewer
+    if write_back_tokens > 1 and (w.gen > 0 or c < write_back_tokens):
+        kv["kv_buffers"] += tail_bytes(ctx, resident, slots, write_back_tokens)
     # roofsim's executor registers one exact-size pinned pool; transformers' cache (d2h_on_compute) gets each
     # layer's K and V from the caching host allocator, which rounds every block up to a power of two.
     half = slot_full / 2
@@ -216,6 +237,7 @@ def evaluate_head_offload(plan: HeadOffloadPlan, ctx: Ctx) -> Evaluation:
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
         cat_alloc=plan.slot_alloc == "cat",
+        write_back_tokens=plan.write_back_tokens,
     )
 
 
@@ -233,6 +255,7 @@ def evaluate_layer_offload(plan: LayerOffloadPlan, ctx: Ctx) -> Evaluation:
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
         d2h_on_compute=full,
+        write_back_tokens=plan.write_back_tokens,
     )
     if full:
         ev.notes.append(

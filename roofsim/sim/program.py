@@ -20,7 +20,7 @@ from roofsim.families.cpu_attention import cpu_slot_count, prefill_slot_heads, r
 from roofsim.families.evict import evict_ops, evict_workspace
 from roofsim.families.kvpr import optimal_split, per_token, recompute_ops, recompute_peak_bytes
 from roofsim.families.sparse_fetch import selection_ops
-from roofsim.families.streaming import CAT_PEAK_SLOTS
+from roofsim.families.streaming import CAT_PEAK_SLOTS, tail_bytes
 from roofsim.plan import (
     CpuAttentionPlan,
     EvictPlan,
@@ -46,6 +46,8 @@ class Unit:
     d2h_bytes: float = 0.0
     full_write_back: bool = False
     keys: float | None = None  # cached keys attended (sparse plans); None = all P
+    write_back_tokens: int = 1  # > 1: new tokens wait in the layer's GPU tail (one forward in N writes back)
+    tail_kernels: float = 0.0  # the layer's write into its tail, charged to its first streamed unit
 
 
 @dataclass
@@ -325,11 +327,22 @@ def streamed_step(
                 deps.append(copy_ids[(li, ui)])
             wb = None
             if u.streamed and not u.full_write_back and u.d2h_bytes:
-                wb = b.copy("d2h", u.d2h_bytes, phase, step, li, ui, copies=B, deps=(pre,))
+                share = float(ops.write_back_share(C, u.write_back_tokens))
+                wb = b.copy("d2h", u.d2h_bytes, phase, step, li, ui, copies=B * share, deps=(pre,))
             if u.streamed and d2h_on_compute and u.full_write_back:
                 wb = b.copy("d2h", u.d2h_bytes, phase, step, li, ui, copies=B, deps=(pre,))
                 deps.append(wb)
-            op = ops.attention_op(m, C, P, B, kv_heads=u.heads, keys=u.keys, streamed_calls=int(u.streamed))
+            op = ops.attention_op(
+                m,
+                C,
+                P,
+                B,
+                kv_heads=u.heads,
+                keys=u.keys,
+                streamed_calls=int(u.streamed),
+                write_back_tokens=u.write_back_tokens,
+                tail_kernels=u.tail_kernels,
+            )
             a = b.compute([op], phase, step, li, ui, kind="attention", deps=deps, name="attention")
             b.new_shape(a, u.heads, P if u.keys is None else u.keys, C)
             attn_ids.append(a)
@@ -368,11 +381,21 @@ def streamed_step(
 
 
 def _slot_units(
-    ctx: Ctx, C, P, group: int, resident: list[int], write_back: str, token_block, heads: int | None = None
+    ctx: Ctx,
+    C,
+    P,
+    group: int,
+    resident: list[int],
+    write_back: str,
+    token_block,
+    heads: int | None = None,
+    write_back_tokens: int = 1,
 ):
     m = ctx.model
     heads = m.n_kv_heads if heads is None else heads
     slots = heads // group
+    N = write_back_tokens
+    from_tail = min(P, float(ops.tail_pending(C, N))) if N > 1 else 0.0
     layers = []
     for r in resident:
         units = []
@@ -384,10 +407,12 @@ def _slot_units(
                 Unit(
                     heads=group,
                     streamed=s >= r,
-                    h2d_bytes=kv_bytes(ctx, P, group) if streamed else 0.0,
+                    h2d_bytes=kv_bytes(ctx, P - from_tail, group) if streamed else 0.0,
                     h2d_copies=blocks,
                     d2h_bytes=kv_bytes(ctx, P + C if full else C, group),
                     full_write_back=full,
+                    write_back_tokens=N,
+                    tail_kernels=float(ops.TAIL_KERNELS) if N > 1 and s == r and C < N else 0.0,
                 )
             )
         layers.append(
@@ -477,9 +502,13 @@ def build(
         )
         if isinstance(plan, HeadOffloadPlan) and plan.slot_alloc == "cat" and streaming:
             base["kv_buffers"] = CAT_PEAK_SLOTS * slot_full
+        wbt = getattr(plan, "write_back_tokens", 1)
+        chunk = min(plan.prefill_chunk or w.context, w.context)
+        if wbt > 1 and (w.gen > 0 or chunk < wbt):
+            base["kv_buffers"] += tail_bytes(ctx, resident, m.n_kv_heads // group, wbt)
         d2h_on_compute = isinstance(plan, LayerOffloadPlan) and plan.write_back == "full"
         for s in steps:
-            layers = _slot_units(ctx, s.C, s.P, group, resident, wb, tb)
+            layers = _slot_units(ctx, s.C, s.P, group, resident, wb, tb, write_back_tokens=wbt)
             last = streamed_step(
                 b, s.phase, s.step, s.C, s.P, layers, depth=depth, buffers=buffers,
                 d2h_on_compute=d2h_on_compute, syncs_per_unit=syncs, streamed_weights=streamed_w,
