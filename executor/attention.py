@@ -292,6 +292,28 @@ def pack_kv(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.stack((k, v), dim=0).permute(3, 1, 0, 2, 4).contiguous()
 
 
+RACE_PAST_MAX = 65536  # keys of the past the race attends at most (bounded memory and time)
+
+
+@torch.no_grad()
+def race_prefill(shape, chunk: int, heads: int, prompt_len: int) -> str | None:
+    """Race the kernels on the call that dominates a long prefill: a chunk's queries (GQA folded) against a past
+    of half the prompt (at most RACE_PAST_MAX keys), unmasked, at `heads` KV heads (the fewest one call of the
+    plan attends), and keep the winner for every prefill-sized call. Left to the warm-up forward's causal chunk,
+    the race chose by a square the prefill barely runs: on the H100 at 2048-token chunks FlashAttention-2 won it,
+    while cuDNN attends a 64K past at one head ~1.5x faster. Returns the winner (None without a choice)."""
+    D, G, B = shape.head_dim, shape.group, shape.batch
+    names = _candidates(torch.device(shape.device), shape.dtype, D)
+    if len(names) < 2 or G * chunk < _LONG:
+        return None
+    past = min(max(chunk, prompt_len // 2), RACE_PAST_MAX)
+    q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)
+    k, v = kv_views(torch.randn(past, B, 2, heads, D, device=shape.device, dtype=shape.dtype), 0, past)
+    key = (torch.device(shape.device).type, shape.dtype, D)
+    _raced[key] = _race(names, q, k, v, False, D**-0.5)
+    return _raced[key]
+
+
 @torch.no_grad()
 def warm_up(shape, chunk: int, kv_heads: set[int]) -> None:
     """Run each attention call shape a plan's prefill and decode make, once, untimed: a chunk after a cached past

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from roofsim.executor.attention import race_prefill
 from roofsim.executor.attention import warm_up as warm_attention
 from roofsim.executor.build import make_cache
 from roofsim.executor.engine import make_engine
@@ -101,14 +102,16 @@ def _oom_types():
 
 
 @torch.no_grad()
-def _warm_up(model, ids: torch.Tensor, engine, cache) -> None:
+def _warm_up(model, ids: torch.Tensor, engine, cache, prompt_len: int) -> None:
     """One forward of a prefill-sized chunk with no cache (the registered attention then attends the chunk alone),
     then the attention calls of a chunk after a past and of a decode step at the plan's head counts: the first
     use of each kernel, cuBLAS's handle and workspace and the allocator's growth happen here, so that the timed
     prefill is the steady state the model predicts (the first H100 campaign measured ~0.7 s of this in every
-    run's first chunk)."""
+    run's first chunk). Before all of it, the prefill kernel race on the past part a chunk attends."""
+    heads = cache.kv_heads_per_call()
+    race_prefill(cache.runtime.shape, ids.shape[1], min(heads), prompt_len)
     model(ids, use_cache=False, logits_to_keep=1)
-    warm_attention(cache.runtime.shape, ids.shape[1], cache.kv_heads_per_call())
+    warm_attention(cache.runtime.shape, ids.shape[1], heads)
     engine.synchronize()
 
 
@@ -184,7 +187,7 @@ def run_plan(
         chunk = min(plan.prefill_chunk or prompt_len, prompt_len)
         n_chunks = math.ceil(prompt_len / chunk)
         if prefill_warmup and plan.weights == "resident":
-            _warm_up(model, ids[:, :chunk], engine, cache)
+            _warm_up(model, ids[:, :chunk], engine, cache, prompt_len)
             header.notes.append(
                 f"prefill: one untimed forward of a {chunk}-token chunk without the cache, and the attention calls "
                 "of a chunk after a past and of a decode step, ran first (kernel loading, library handles, "

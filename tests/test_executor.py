@@ -304,6 +304,39 @@ def test_prefill_shapes_race_the_kernels_and_keep_the_fastest(monkeypatch):
     assert "quick" in A.kernels_used()
 
 
+def test_the_prefill_race_runs_on_a_chunk_after_half_the_prompt(monkeypatch):
+    """race_prefill times the kernels on the past part of a chunk (GQA folded, unmasked, the fewest heads a call
+    attends), not on the causal square the warm-up forward starts with, and the winner serves prefill calls."""
+    from roofsim.executor import attention as A
+    from roofsim.executor.cache import Shape
+
+    seen = []
+
+    def kernel(name):
+        def run(q, k, v, causal, scale):
+            seen.append((name, q.shape[1], q.shape[-2], k.shape[-2], causal))
+            if name == "slow" and k.shape[-2] > q.shape[-2]:  # slow only over a long past
+                time.sleep(0.02)
+            return A._math(q, k, v, causal, scale)
+
+        return run
+
+    import time
+
+    monkeypatch.setitem(A._KERNELS, "slow", kernel("slow"))
+    monkeypatch.setitem(A._KERNELS, "quick", kernel("quick"))
+    monkeypatch.setattr(A, "_candidates", lambda *a: ["slow", "quick"])
+    monkeypatch.setattr(A, "_raced", {})
+    shape = Shape(n_layers=2, n_heads=8, n_kv_heads=2, head_dim=8, hidden=64, batch=1, dtype=torch.float32,
+                  device=torch.device("cpu"))  # fmt: skip
+    assert A.race_prefill(shape, 64, 1, 1000) == "quick"
+    assert seen[0][1:] == (1, 4 * 64, 500, False)
+    seen.clear()
+    A._kernel(torch.randn(1, 1, 300, 8), torch.randn(1, 1, 300, 8), torch.randn(1, 1, 300, 8), True, 0.35)
+    assert seen == [("quick", 1, 300, 300, True)]
+    assert A.race_prefill(shape, 16, 1, 1000) is None  # 4 x 16 query rows: no prefill-sized call to race
+
+
 def test_a_raced_kernel_that_fails_a_later_shape_hands_back_to_the_preferred(monkeypatch):
     from roofsim.executor import attention as A
 

@@ -129,6 +129,7 @@ GPU_PLANS = [
     LayerOffloadPlan(write_back="incremental"),
     HeadOffloadPlan(resident_slots=1, prefetch_depth=2, slot_buffers=3),
     HeadOffloadPlan(token_block=64),
+    HeadOffloadPlan(resident_slots=1, write_back_tokens=4),
     KvprPlan(recompute_tokens=100),
     CpuAttentionPlan(),
 ]

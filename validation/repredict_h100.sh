@@ -5,8 +5,10 @@
 # TorchScript CPU worker); parts a and c's other configurations ran at commit 8ce8418 with the same GPU kernels
 # (cuDNN's fused attention won the prefill race) and are predicted with it too. Part b ran at commit b3d84ae,
 # before cuDNN was a candidate (FlashAttention-2): validation/results/h100/calibrated-fa2, the calibration made then.
-# The six configurations of the 2026-11-23 sixth-session call (both planner configurations with runners-up that
-# differ beyond the prefill chunk, and four launch-bound ones) ran with calibrated-s6a, made in that call.
+# Sixth session (2026-11-23): q7-planner-64k-24gb and three launch-bound configurations ran in the call that made
+# calibrated-s6a; l3-planner-128k-24gb, l3-head-g1-r4-64k and l3-head-g1-r4-wb8-64k in the call that made
+# calibrated-s6b (the executor racing the prefill kernels on a chunk's past; their s6a runs, made before that, are
+# in ../h100-superseded/s6a); q7-head-g2-r1-64k and q7-head-g2-r1-wb16-64k in the call that made calibrated-s6c.
 # Then: python validation/summarize.py validation/results/h100
 set -euo pipefail
 root=validation/results/h100
@@ -14,6 +16,12 @@ roofsim validate --repredict "$root/campaign" --gpu "$root/calibrated/h100-sxm-c
 for name in l3-head-g1-256k l3-head-512k-24gb l3-head-g4-r1-128k; do
   roofsim validate --repredict "$root/campaign/$name" --gpu "$root/calibrated-fa2/h100-sxm-calibrated.toml" >/dev/null
 done
-for name in l3-planner-128k-24gb q7-planner-64k-24gb l3-head-g1-r4-64k q7-head-g2-r1-64k l3-resident-64k l2-resident-16k; do
+for name in q7-planner-64k-24gb l3-resident-64k l2-resident-16k; do
   roofsim validate --repredict "$root/campaign/$name" --gpu "$root/calibrated-s6a/h100-sxm-calibrated.toml" >/dev/null
+done
+for name in l3-planner-128k-24gb l3-head-g1-r4-64k l3-head-g1-r4-wb8-64k; do
+  roofsim validate --repredict "$root/campaign/$name" --gpu "$root/calibrated-s6b/h100-sxm-calibrated.toml" >/dev/null
+done
+for name in q7-head-g2-r1-64k q7-head-g2-r1-wb16-64k; do
+  roofsim validate --repredict "$root/campaign/$name" --gpu "$root/calibrated-s6c/h100-sxm-calibrated.toml" >/dev/null
 done

@@ -60,14 +60,29 @@ def prefill_steps(context: int, chunk: int | None) -> Steps:
 
 
 def attention_shape_s(plan, ctx: Ctx) -> np.ndarray:
-    """Per prefill chunk, the host time of its attention's first call at a new shape: each chunk's past is a new
+    """Per prefill chunk, the host time of its attention's first calls at new shapes: each chunk's past is a new
     key length (the executor's warm-up ran no past and one chunk's, so the first two chunks pay nothing). The
     models attend a chunk's heads in calls of one size (whole layers, or every slot alike: cpu_attention's in
-    prefill_slot_heads), so one new shape per chunk, as the simulator's Builder.new_shape counts. Zero unless
-    the profile measured the per-shape set-up."""
+    prefill_slot_heads), so one new shape per chunk; with token blocks, the streamed slots' calls are over each
+    block's keys: the last block's length is new at every chunk, a full block's once, and the resident slots'
+    past P besides. As the simulator's Builder.new_shape counts. Zero unless the profile measured the per-shape
+    set-up."""
     steps = prefill_steps(ctx.work.context, plan.prefill_chunk)
-    new = (steps.P != 0) & (steps.P != steps.C[0])
-    return new * ctx.gpu.runtime.attention_shape_s()
+    tb = getattr(plan, "token_block", None)
+    if not tb:
+        new = (steps.P != 0) & (steps.P != steps.C[0])
+        return new * ctx.gpu.runtime.attention_shape_s()
+    resident = getattr(plan, "resident_slots", 0)
+    resident = any(resident) if isinstance(resident, list) else resident > 0
+    seen = {0.0, float(steps.C[0])}
+    counts = []
+    for P in steps.P:
+        lengths = {float(min(tb, P - t0)) for t0 in range(0, int(P), tb)} | (
+            {float(P)} if resident else set()
+        )
+        counts.append(len(lengths - seen))
+        seen |= lengths
+    return np.asarray(counts, dtype=float) * ctx.gpu.runtime.attention_shape_s()
 
 
 def decode_steps(contexts: list[int]) -> Steps:

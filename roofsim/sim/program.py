@@ -48,6 +48,17 @@ class Unit:
     keys: float | None = None  # cached keys attended (sparse plans); None = all P
     write_back_tokens: int = 1  # > 1: new tokens wait in the layer's GPU tail (one forward in N writes back)
     tail_kernels: float = 0.0  # the layer's write into its tail, charged to its first streamed unit
+    token_block: int | None = None  # a streamed unit attended block by block
+
+    def pasts(self, P) -> list:
+        """Key lengths of the unmasked calls this unit's attention makes after a past of P tokens: P, or with
+        token blocks each block's (the executor attends them one by one and merges)."""
+        if self.keys is not None:
+            return [self.keys]
+        if self.streamed and self.token_block and P > 0:
+            tb = self.token_block
+            return sorted({min(tb, P - t0) for t0 in range(0, int(P), tb)})
+        return [P]
 
 
 @dataclass
@@ -344,7 +355,8 @@ def streamed_step(
                 tail_kernels=u.tail_kernels,
             )
             a = b.compute([op], phase, step, li, ui, kind="attention", deps=deps, name="attention")
-            b.new_shape(a, u.heads, P if u.keys is None else u.keys, C)
+            for past in u.pasts(P):
+                b.new_shape(a, u.heads, past, C)
             attn_ids.append(a)
             if u.streamed:
                 release = a
@@ -413,6 +425,7 @@ def _slot_units(
                     full_write_back=full,
                     write_back_tokens=N,
                     tail_kernels=float(ops.TAIL_KERNELS) if N > 1 and s == r and C < N else 0.0,
+                    token_block=token_block if s >= r else None,
                 )
             )
         layers.append(
