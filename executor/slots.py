@@ -72,9 +72,14 @@ class SlotLayer(PlanLayer):
         self.tail: torch.Tensor | None = (
             None  # [N, B, 2, n_kv_heads, D]: rows flushed.. of the streamed slots
         )
-        self.flushed = 0  # tokens of the streamed slots already in their host blocks
+        self.flushed = 0  # tokens of the streamed slots already in their host blocks (with a tail)
         self.flush_now = True
         self.via_tail = False
+
+    def host_rows(self, P: int) -> int:
+        """Tokens of a streamed slot its host block holds at a forward after P: all P without a tail (subclasses
+        that never write one, cpu_attention's, leave `flushed` alone)."""
+        return self.flushed if self.tail_tokens > 1 else P
 
     def gpu_bytes(self) -> dict[str, int]:
         n = sum(s.gpu.numel() * s.gpu.element_size() for s in self.slots if s.gpu is not None)
@@ -106,7 +111,7 @@ class SlotLayer(PlanLayer):
                         )
                     )
             else:
-                F = self.flushed if self.tail_tokens > 1 else P
+                F = self.host_rows(P)
                 out.append(
                     Unit((self.idx, s.index), self.idx, s.index, partial(self._load, s, 0, F), [s.written])
                 )
@@ -198,8 +203,8 @@ class SlotLayer(PlanLayer):
         self.host_syncs()
         flat, unit = rt.acquire((self.idx, s.index))
         view = self.ring_view(flat, s)
-        F = self.flushed if self.tail_tokens > 1 else P
-        if self.tail_tokens > 1 and self.via_tail:  # the tail holds rows F..P and the new ones
+        F = self.host_rows(P)
+        if self.via_tail:  # the tail holds rows F..P and the new ones
             view[F : P + C].copy_(self.tail[: P + C - F, :, :, s.h0 : s.h1])
         else:
             if P > F:
@@ -227,7 +232,7 @@ class SlotLayer(PlanLayer):
         if full and self.d2h_on_compute:
             rt.release(unit, done)
             s.written = done
-        elif self.flush_now or self.tail_tokens == 1:
+        elif self.flush_now:
             lo = 0 if full else F
             rel = s.written = self._write_back(s, lo, P + C, view[lo : P + C], done)
             rt.release(unit, rel)

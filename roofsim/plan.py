@@ -53,6 +53,16 @@ class _PlanBase(BaseModel):
         return " ".join(parts) or "defaults"
 
 
+WriteBackTokens = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="incremental write-back: new tokens gather in a GPU tail and go to the host once this many "
+        "have (one copy per slot per that many tokens instead of one per slot per step)",
+    ),
+]
+
+
 class _WriteBackTail:
     """write_back_tokens > 1 gathers new tokens on the GPU: only for an incremental write-back of whole slots."""
 
@@ -81,12 +91,7 @@ class LayerOffloadPlan(_WriteBackTail, _PlanBase):
 
     family: Literal["layer_offload"] = "layer_offload"
     write_back: Literal["full", "incremental"] = "full"
-    write_back_tokens: int = Field(
-        1,
-        ge=1,
-        description="incremental write-back: new tokens gather in a GPU tail and go to the host once this many "
-        "have (one copy per slot per that many tokens instead of one per slot per step)",
-    )
+    write_back_tokens: WriteBackTokens = 1
     syncs_per_layer: int = Field(0, ge=0, description="host synchronisations per layer (HeadInfer's code: 2)")
 
 
@@ -102,12 +107,7 @@ class HeadOffloadPlan(_WriteBackTail, _PlanBase):
     prefetch_depth: int = Field(1, ge=0, description="slots copied ahead of the one being computed")
     slot_buffers: int = Field(2, ge=1, description="GPU buffers in the ring for streamed slots")
     write_back: Literal["full", "incremental"] = "incremental"
-    write_back_tokens: int = Field(
-        1,
-        ge=1,
-        description="incremental write-back: new tokens gather in a GPU tail and go to the host once this many "
-        "have (one copy per slot per that many tokens instead of one per slot per step)",
-    )
+    write_back_tokens: WriteBackTokens = 1
     token_block: int | None = Field(None, gt=0, description="stream each slot in blocks of this many tokens")
     syncs_per_slot: int = Field(
         0, ge=0, description="host synchronisations per streamed slot (HeadInfer's code: 2)"

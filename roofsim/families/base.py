@@ -59,6 +59,11 @@ def prefill_steps(context: int, chunk: int | None) -> Steps:
     return Steps(C, P, last)
 
 
+def block_lengths(P, token_block: int) -> set[float]:
+    """Key lengths of the blocks a past of P tokens is attended in, token_block at a time (the last one shorter)."""
+    return {float(min(token_block, P - t0)) for t0 in range(0, int(P), token_block)}
+
+
 def attention_shape_s(plan, ctx: Ctx) -> np.ndarray:
     """Per prefill chunk, the host time of its attention's first calls at new shapes: each chunk's past is a new
     key length (the executor's warm-up ran no past and one chunk's, so the first two chunks pay nothing). The
@@ -77,9 +82,7 @@ def attention_shape_s(plan, ctx: Ctx) -> np.ndarray:
     seen = {0.0, float(steps.C[0])}
     counts = []
     for P in steps.P:
-        lengths = {float(min(tb, P - t0)) for t0 in range(0, int(P), tb)} | (
-            {float(P)} if resident else set()
-        )
+        lengths = block_lengths(P, tb) | ({float(P)} if resident else set())
         counts.append(len(lengths - seen))
         seen |= lengths
     return np.asarray(counts, dtype=float) * ctx.gpu.runtime.attention_shape_s()

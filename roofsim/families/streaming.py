@@ -100,8 +100,11 @@ def slot_loads(
     return loads
 
 
-def tail_bytes(ctx: Ctx, resident: list[int], slots: int, write_back_tokens: int) -> float:
-    """GPU tails of write_back_tokens tokens, all KV heads, in each layer with streamed slots."""
+def tail_bytes(ctx: Ctx, resident: list[int], slots: int, write_back_tokens: int, chunk: int) -> float:
+    """GPU tails of write_back_tokens tokens, all KV heads, in each layer with streamed slots: the executor makes
+    them at the first forward of fewer tokens (decode, or prefill chunks shorter than the tail)."""
+    if write_back_tokens == 1 or (ctx.work.gen == 0 and chunk >= write_back_tokens):
+        return 0.0
     return sum(r < slots for r in resident) * kv_bytes(ctx, write_back_tokens, ctx.model.n_kv_heads)
 
 
@@ -186,9 +189,7 @@ def _evaluate(
     if cat_alloc and streaming:
         kv["kv_buffers"] = CAT_PEAK_SLOTS * slot_full
     c = int(pre.C.max())
-    # each layer with streamed slots keeps a GPU tail of N tokens, all heads, from its first forward of fewer
-    if write_back_tokens > 1 and (w.gen > 0 or c < write_back_tokens):
-        kv["kv_buffers"] += tail_bytes(ctx, resident, slots, write_back_tokens)
+    kv["kv_buffers"] += tail_bytes(ctx, resident, slots, write_back_tokens, c)
     # roofsim's executor registers one exact-size pinned pool; transformers' cache (d2h_on_compute) gets each
     # layer's K and V from the caching host allocator, which rounds every block up to a power of two.
     half = slot_full / 2

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from roofsim import link, ops
-from roofsim.families.base import Ctx, activation_bytes, kv_bytes, logits_bytes, weight_stream
+from roofsim.families.base import Ctx, activation_bytes, block_lengths, kv_bytes, logits_bytes, weight_stream
 from roofsim.families.cpu_attention import cpu_slot_count, prefill_slot_heads, ring_slot_heads
 from roofsim.families.evict import evict_ops, evict_workspace
 from roofsim.families.kvpr import optimal_split, per_token, recompute_ops, recompute_peak_bytes
@@ -56,8 +56,7 @@ class Unit:
         if self.keys is not None:
             return [self.keys]
         if self.streamed and self.token_block and P > 0:
-            tb = self.token_block
-            return sorted({min(tb, P - t0) for t0 in range(0, int(P), tb)})
+            return sorted(block_lengths(P, self.token_block))
         return [P]
 
 
@@ -517,8 +516,7 @@ def build(
             base["kv_buffers"] = CAT_PEAK_SLOTS * slot_full
         wbt = getattr(plan, "write_back_tokens", 1)
         chunk = min(plan.prefill_chunk or w.context, w.context)
-        if wbt > 1 and (w.gen > 0 or chunk < wbt):
-            base["kv_buffers"] += tail_bytes(ctx, resident, m.n_kv_heads // group, wbt)
+        base["kv_buffers"] += tail_bytes(ctx, resident, m.n_kv_heads // group, wbt, chunk)
         d2h_on_compute = isinstance(plan, LayerOffloadPlan) and plan.write_back == "full"
         for s in steps:
             layers = _slot_units(ctx, s.C, s.P, group, resident, wb, tb, write_back_tokens=wbt)
