@@ -263,11 +263,12 @@ def _tiny_decoding(plan, device: str, dtype, steps: int, record: bool = False, *
         cache.close()
 
 
-def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, ModelSpec]:
+def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, ModelSpec, float]:
     """Seconds one decoder layer adds to a decode step at tiny shapes, through the executor itself (stock
     transformers layer, the plan's cache, the registered attention): the framework's per-layer cost, which
     bounds decode at short contexts. Measured as the difference between a 6-layer and a 2-layer tiny model, so
-    the embedding, the LM head and sampling cancel out."""
+    the embedding, the LM head and sampling cancel out. Third: the intercept, the seconds of a step outside its
+    layers (the forward's preamble, embedding, final norm and LM head)."""
     from roofsim.plan import ResidentPlan
 
     def step_s(layers: int) -> float:
@@ -281,12 +282,13 @@ def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, Mod
                 torch.cuda.synchronize()
             return (time.perf_counter() - t0) / steps
 
-    per_layer = max(0.0, (step_s(6) - step_s(2)) / 4)
+    two = step_s(2)
+    per_layer = max(0.0, (step_s(6) - two) / 4)
     spec = ModelSpec(
         name="tiny-llama", source="roofsim calibrate", family="llama", n_layers=1, hidden=64, n_heads=4,
         n_kv_heads=2, head_dim=16, intermediate=128, vocab=128, max_positions=4096,
     )  # fmt: skip
-    return per_layer, spec
+    return per_layer, spec, max(0.0, two - 2 * per_layer)
 
 
 def _gpu_kernel_us(n: int = 400) -> float:
@@ -487,7 +489,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     gemm = _gemms(model)
     prefill, decode = _attention(model)
     progress("fixed costs")
-    tiny_s, tiny_model = decode_layer_cost("cuda")
+    tiny_s, tiny_model, tiny_step = decode_layer_cost("cuda")
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
     topk = _topk_gelems()
@@ -510,6 +512,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         sync_us=sync,
         tiny_layer_s=tiny_s,
         tiny_layer_model=tiny_model,
+        tiny_step_s=tiny_step,
         cpu_copy_gbps=cpu_copy,
         cpu_attention=cpu_attn,
         cpu_matmul_tflops=cpu_tflops,

@@ -74,12 +74,18 @@ class EvictLayer(PlanLayer):
             rec.span("compute", "vector", e0, rec.mark(eng.compute), layer=self.idx, name="evict")
         return out
 
+    def protected_count(self, prompt_end: int) -> int:
+        """Cached tokens never evicted (positions at or after prompt_end - local), counted on the host rather
+        than read back from the GPU (a sync per layer and chunk): the cache holds positions in order and keeps
+        every such token, so they are all there, as its last rows."""
+        return max(0, self.seen - max(0, prompt_end - self.local))
+
     def _evict(self, q, scale) -> None:
         sh, n = self.rt.shape, self.n
         prompt_end = self.rt.prompt_end if self.rt.prompt_end is not None else self.seen
         positions = self.pos[:, :, :n]
         candidate = positions < prompt_end - self.local
-        n_cand = int(candidate[0, 0].sum())
+        n_cand = n - self.protected_count(prompt_end)
         if n_cand <= self.budget:
             return
         B, Hq, C, D = q.shape
@@ -91,7 +97,7 @@ class EvictLayer(PlanLayer):
         score = torch.softmax(s, dim=-1).sum(dim=-2)
         score = score.masked_fill(~candidate, float("-inf"))
         top = score.topk(self.budget, dim=-1).indices
-        protected = (~candidate[0, 0]).nonzero().flatten()
+        protected = torch.arange(n_cand, n, device=q.device)
         keep = torch.cat([top, protected.expand(B, sh.n_kv_heads, -1)], dim=-1).sort(dim=-1).values
         m = keep.shape[-1]
         idx = keep[..., None].expand(B, sh.n_kv_heads, m, D)

@@ -87,13 +87,15 @@ def recompute_kv(module, x: torch.Tensor, rotary, n_kv: int, head_dim: int):
         qkv = module.qkv_proj(x)
         q_end = qkv.shape[-1] - 2 * n_kv * head_dim
         k, v = qkv[..., q_end : q_end + n_kv * head_dim], qkv[..., q_end + n_kv * head_dim :]
-    k = k.view(B, L, n_kv, head_dim).transpose(1, 2)
+    k = k.view(B, L, n_kv, head_dim)
     v = v.view(B, L, n_kv, head_dim).transpose(1, 2)
     pos = torch.arange(L, device=x.device)[None].expand(B, L)
     cos, sin = rotary(x, position_ids=pos)
     apply = sys.modules[type(module).__module__].apply_rotary_pos_emb
-    k, _ = apply(k, k, cos, sin)
-    return k, v
+    # the model's own rotary, on K in its projection's [B, L, H, D] layout (every operand read in order, not a
+    # transposed view against a contiguous one) and once: the query argument gets one head of K, then dropped
+    _, k = apply(k[:, :, :1], k, cos, sin, unsqueeze_dim=2)
+    return k.transpose(1, 2), v
 
 
 class KvprLayer(PlanLayer):

@@ -63,6 +63,10 @@ class Measurements(BaseModel):
     sync_us: float
     tiny_layer_s: float
     tiny_layer_model: ModelSpec
+    tiny_step_s: float | None = Field(
+        default=None,
+        description="a tiny-model decode step outside its layers: the 2-layer step less 2 layers",
+    )
     cpu_copy_gbps: float = Field(description="host memcpy, bytes read plus written per second")
     cpu_attention: list[CopyPoint] = Field(description="KV bytes scanned by CPU decode attention")
     cpu_matmul_tflops: float
@@ -127,6 +131,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     tiny = m.tiny_layer_model
     kernels = sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
     kernel_us = m.tiny_layer_s / kernels * 1e6
+    outside = sum(op.kernels for op in ops.embed_ops(tiny, 1, 1) + ops.head_ops(tiny, 1))
     fp = m.fingerprint.get("gpu_name", "this GPU")
     return {
         "memory": {"capacity_gib": (m.total_memory_bytes / 2**30, f"torch total_memory on {fp}")},
@@ -179,6 +184,16 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     ),
                 }
                 if m.attention_call_s is not None and m.streamed_call_s is not None
+                else {}
+            ),
+            **(
+                {
+                    "step_us": (
+                        max(0.0, m.tiny_step_s - outside * kernel_us * 1e-6) * 1e6,
+                        f"a tiny model's decode step less its layers, less the {outside:g} kernels outside them",
+                    )
+                }
+                if m.tiny_step_s is not None
                 else {}
             ),
             **(

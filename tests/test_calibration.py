@@ -214,3 +214,49 @@ def test_a_measured_shape_set_up_costs_each_new_prefill_chunk_once():
     m = probe_measurements()
     m.attention_new_shape_s = 0.061
     assert fit(gpu, m)["runtime"]["attention_shape_us"][0] == pytest.approx(61_000)
+
+
+def test_step_preamble_adds_to_every_step_and_delays_the_first_prefetch():
+    """A measured step preamble (the forward's host time outside its layers) adds its length to each decode step,
+    in the analytic model and the simulator alike, whether the step waits on the host, the GPU or the link; a
+    streamed step's first copy goes out only after it and layer 0's projections, as the executor issues it at
+    layer 0's cache update. The fit takes the tiny model's intercept less the kernels counted outside layers."""
+    from roofsim import ops
+    from roofsim.plan import CpuAttentionPlan, HeadOffloadPlan, KvprPlan, ResidentPlan
+    from roofsim.predict import predict
+    from roofsim.sim import simulate
+    from roofsim.workload import Workload
+
+    gpu, host, model = load_gpu("h100-sxm"), load_host("sapphire-rapids"), load_model("llama-3-8b")
+    rt = gpu.runtime.model_copy(update={"step_us": Sourced(value=3000, measured="test")})
+    slow = gpu.model_copy(update={"runtime": rt})
+    work = Workload(context=32768, gen=2)
+    plans = (
+        ResidentPlan(prefill_chunk=8192),
+        HeadOffloadPlan(prefill_chunk=8192),
+        KvprPlan(prefill_chunk=8192, overlap="inter_layer"),
+        CpuAttentionPlan(cpu_kv_heads=2, prefill_chunk=8192),
+    )
+    for plan in plans:
+        a, b = predict(plan, model, gpu, host, work), predict(plan, model, slow, host, work)
+        assert b.decode.time_s - a.decode.time_s == pytest.approx(0.003, rel=1e-6)
+        sa = simulate(plan, model, gpu, host, work, keep="all")
+        sb = simulate(plan, model, slow, host, work, keep="all")
+        grew = sb.summary.decode_step_s[0] - sa.summary.decode_step_s[0]
+        assert 0.0029 < grew < 0.0031, plan.family
+        if plan.family == "resident":
+            continue
+        step0 = [s for s in sb.spans if s.phase == "decode" and s.step == 0]
+        t0 = min(s.start_s for s in step0)
+        first_copy = min(s.start_s for s in step0 if s.resource == "h2d")
+        pre0 = min(s.start_s for s in step0 if s.name == "pre_attention" and s.layer == 0)
+        assert first_copy - t0 >= 0.003 and first_copy >= pre0
+    m = probe_measurements()
+    m.tiny_step_s = 0.002
+    f = fit(gpu, m)
+    kernel_us = f["efficiency"]["kernel_us"][0]
+    tiny = m.tiny_layer_model
+    outside = sum(op.kernels for op in ops.embed_ops(tiny, 1, 1) + ops.head_ops(tiny, 1))
+    assert f["runtime"]["step_us"][0] == pytest.approx(2000 - outside * kernel_us)
+    m.tiny_step_s = None
+    assert "step_us" not in fit(gpu, m)["runtime"]

@@ -146,6 +146,34 @@ def test_evict_keeps_budget_plus_local_and_is_exact_within_budget():
     assert cache.get_seq_length() == PROMPT + GEN  # positions continue from the tokens seen
 
 
+def test_evict_counts_its_protected_tokens_on_the_host_as_the_cache_holds_them(monkeypatch):
+    """The never-evicted tokens, counted on the host (no read-back), are the cache's last rows: exactly its
+    positions at or after prompt_end - local, at every eviction of a prefill with and without a known prompt."""
+    from roofsim.executor import evict as E
+
+    checked = []
+    real = E.EvictLayer._evict
+
+    def check(self, q, scale):
+        end = self.rt.prompt_end if self.rt.prompt_end is not None else self.seen
+        pos = self.pos[0, 0, : self.n]
+        k = self.protected_count(end)
+        assert k == int((pos >= end - self.local).sum())
+        assert (pos[self.n - k :] >= end - self.local).all() and (pos[: self.n - k] < end - self.local).all()
+        checked.append(k)
+        return real(self, q, scale)
+
+    monkeypatch.setattr(E.EvictLayer, "_evict", check)
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=13)
+    ids = torch.randint(0, 128, (1, 200), generator=torch.Generator().manual_seed(14))
+    for known in (True, False):
+        cache = make_cache(model, EvictPlan(budget_tokens=24, local_tokens=40, prefill_chunk=32))
+        if known:
+            cache.set_prompt_length(200)
+        greedy_logits(model, cache, ids, 32, 2)
+    assert len(checked) > 8 and max(checked) > 0
+
+
 def test_evict_memory_stays_near_the_budget():
     model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=13)
     prompt, chunk = 600, 64
@@ -269,6 +297,34 @@ def test_attention_warm_up_covers_the_plans_call_shapes(monkeypatch):
         assert (h, 8, 8, False) in seen  # the past of a chunk, unmasked
         assert (h, 8, 8, True) in seen  # the chunk's own keys, causal
         assert (h, 1, 9, False) in seen  # a decode step
+
+
+def test_attention_warm_up_calls_have_the_runs_query_strides(monkeypatch):
+    """The chunk's causal call gets the query as the run passes it (a slot's heads sliced from the layer's
+    [B, C, Hq, D]-major q): the warm-up's calls have the same shapes and strides as the run's first chunk, so a
+    kernel that builds a plan per shape and stride pattern (cuDNN) has built them before the timed prefill."""
+    from roofsim.executor import attention as A
+
+    calls = {"warm": set(), "run": set()}
+    phase = ["warm"]
+    real = A.attend
+
+    def spy(q, k, v, *, causal, scale):
+        if causal:
+            calls[phase[0]].add((tuple(q.shape), q.stride()))
+        return real(q, k, v, causal=causal, scale=scale)
+
+    monkeypatch.setattr(A, "attend", spy)
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=0)
+    cache = make_cache(model, HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=1), max_tokens=40)
+    try:
+        A.warm_up(cache.runtime.shape, 8, cache.kv_heads_per_call())
+        phase[0] = "run"
+        with torch.no_grad():
+            model(torch.randint(0, 128, (1, 8)), past_key_values=cache, use_cache=True)
+    finally:
+        cache.close()
+    assert calls["run"] and calls["run"] <= calls["warm"]
 
 
 def test_prefill_shapes_race_the_kernels_and_keep_the_fastest(monkeypatch):

@@ -178,13 +178,14 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
 def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> StepCost:
     """Sum the layers of a step and add the work outside the layers. The first streamed unit's copy (the fill)
     delays the compute chain, but a copy-bound step already counts its copies from the start:
-    step = max(sum of layer times, fill + sum of critical paths) + embedding and LM head."""
+    step = host preamble + max(sum of layer times, fill + sum of critical paths) + embedding and LM head."""
     layers_s = np.zeros(())
     crit_s = np.zeros(())
     busy = {r: np.zeros(()) for r in RESOURCES}
     busy["tensor"] = busy["tensor"] + extra.tensor_s
     busy["hbm"] = busy["hbm"] + extra.hbm_s
-    busy["host"] = busy["host"] + extra.dispatch_s(gpu)
+    preamble = gpu.runtime.step_s()  # the forward's host preamble: nothing of the step is issued before it
+    busy["host"] = busy["host"] + extra.dispatch_s(gpu) + preamble
     flops, hbm = extra.flops, extra.hbm_bytes
     h2d = d2h = cpu = np.zeros(())
     for ll in loads:
@@ -198,7 +199,7 @@ def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> Ste
         h2d = h2d + ll.count * np.asarray(ll.h2d_bytes, dtype=float)
         d2h = d2h + ll.count * np.asarray(ll.d2h_bytes, dtype=float)
         cpu = cpu + ll.count * np.asarray(ll.cpu_bytes, dtype=float)
-    total = extra.total_s + np.maximum(layers_s, fill_s + crit_s)
+    total = extra.total_s + preamble + np.maximum(layers_s, fill_s + crit_s)
     shape = np.shape(total)
     return StepCost(
         time_s=np.asarray(total, dtype=float),

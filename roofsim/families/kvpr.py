@@ -81,21 +81,21 @@ def recompute_ops(ctx: Ctx, tokens) -> list[Op]:
         Op("kv_recompute", "gemm", 2.0 * rows * m.hidden * n, (m.hidden * n + rows * (m.hidden + n)) * e, 2)
     ]
     if m.positions == "rope":
-        # the executor re-applies rotary with the model's own apply_rotary_pos_emb(k, k, cos, sin), which rotates
-        # its first argument too: twice HF's rotary (~10 bytes moved per byte of K, executor/kvpr.py), plus the
-        # cos/sin of the l positions in fp32
-        rope = 2 * 10.0 * rows * m.kv_dim * e + 6 * rows * m.head_dim * 4
+        # the executor re-applies rotary with the model's own apply_rotary_pos_emb(one head of K, K, cos, sin): HF's
+        # rotary (~10 bytes moved per byte of K, executor/kvpr.py) on K and on the one head its query argument
+        # gets, plus the cos/sin of the l positions in fp32
+        rope = (1.0 + 1.0 / m.n_kv_heads) * 10.0 * rows * m.kv_dim * e + 6 * rows * m.head_dim * 4
         ops.append(Op("rope_recompute", "vector", 6.0 * rows * m.kv_dim, rope, 16))
     return ops
 
 
 def recompute_peak_bytes(ctx: Ctx, tokens) -> float:
     """GPU memory the recompute of `tokens` tokens' K/V holds at its peak in the executor: K and V, and with
-    rotary apply_rotary_pos_emb(k, k)'s two outputs and its two products before they are added (6 K-sized
-    tensors; 2 without rotary)."""
+    rotary the rotation's k*cos and rotate_half(k)*sin as they are added into the rotated K (5 K-sized tensors;
+    2 without rotary)."""
     m = ctx.model
     per = float(ctx.work.batch) * float(tokens) * m.kv_dim * m.dtype_bytes
-    return (6.0 if m.positions == "rope" else 2.0) * per
+    return (5.0 if m.positions == "rope" else 2.0) * per
 
 
 def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:

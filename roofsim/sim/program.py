@@ -158,16 +158,20 @@ class Builder:
         )
 
     # ---- the parts of every step: embedding, the layer's work around attention, attention, LM head ----------
-    def embed(self, s: StepSpec, alloc: dict[str, float]) -> int:
+    def embed(self, phase: str, step: int, C, alloc: dict[str, float]) -> int:
+        """A step's first task: the embedding, after the forward's preamble on the host (runtime.step_us: the
+        framework's set-up of a step outside its layers; the executor issues nothing of the step before it)."""
         m = self.ctx.model
-        return self.compute(
-            ops.embed_ops(m, s.C, self.ctx.work.batch),
-            s.phase,
-            s.step,
+        first = self.compute(
+            ops.embed_ops(m, C, self.ctx.work.batch),
+            phase,
+            step,
             kind="vector",
             name="embed",
             alloc=alloc,
         )
+        self.tasks[first].issue_s += self.ctx.gpu.runtime.step_s()
+        return first
 
     def pre(self, s: StepSpec, li: int, deps) -> int:
         m, B = self.ctx.model, self.ctx.work.batch
@@ -299,7 +303,7 @@ def streamed_step(
     ctx = b.ctx
     m, B = ctx.model, ctx.work.batch
     alloc = {"activations": activation_bytes(ctx, int(C))}
-    first = b.compute(ops.embed_ops(m, C, B), phase, step, kind="vector", name="embed", alloc=alloc)
+    first = b.embed(phase, step, C, alloc)
     weights = WeightStream(b, phase, step, streamed_weights)
     ring = Ring(max(1, buffers))
     # the stream of (layer, unit) copies, issued `depth` ahead of their attention
@@ -318,7 +322,6 @@ def streamed_step(
             )
             issued += 1
 
-    issue_copies(eff_depth if eff_depth > 0 else 0)
     consumed = 0
     prev = first
     pre_ops = ops.pre_attention_ops(m, C, B)
@@ -326,6 +329,8 @@ def streamed_step(
     for li, units in enumerate(layers):
         wdep = weights.dep(li)
         pre = b.compute(pre_ops, phase, step, li, name="pre_attention", deps=wdep)
+        if li == 0:  # the step's first prefetches go out at layer 0's cache update (after its projections)
+            issue_copies(eff_depth if eff_depth > 0 else 0)
         attn_ids = []
         for ui, u in enumerate(units):
             deps = [pre]
@@ -576,7 +581,7 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
             continue
         split = split_at(s.P)
         alloc = {"activations": activation_bytes(ctx, 1), "workspace": recompute_peak_bytes(ctx, split)}
-        first = b.embed(s, alloc)
+        first = b.embed(s.phase, s.step, s.C, alloc)
         prefetch = plan.overlap == "inter_layer"
         copies: dict[int, tuple[int | None, int]] = {}
         releases: list[int] = []
@@ -591,12 +596,12 @@ def _kvpr(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict) -> None
             kv = b.copy("h2d", k * (s.P - split), s.phase, s.step, li, deps=deps)
             copies[li] = (act, kv)
 
-        if prefetch:
-            issue(0)
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         prev = first
         for li in range(m.n_layers):
             pre = b.pre(s, li, (prev, *weights.dep(li)))
+            if prefetch and li == 0:  # the step's first prefetch goes out at layer 0's cache update
+                issue(0)
             if not prefetch:
                 issue(li)
             elif li + 1 < m.n_layers:
@@ -678,7 +683,7 @@ def _cpu_decode_step(
     beside the GPU heads' attention; the merge after attention waits for both."""
     B = b.ctx.work.batch
     alloc = {"activations": activation_bytes(b.ctx, 1)}
-    prev = b.embed(s, alloc)
+    prev = b.embed(s.phase, s.step, s.C, alloc)
     ring = Ring(max(1, plan.slot_buffers))
     order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
     ids: dict[tuple[int, int], int] = {}
@@ -692,11 +697,12 @@ def _cpu_decode_step(
             ids[(li, ui)] = b.copy("h2d", layers[li][ui].h2d_bytes, s.phase, s.step, li, ui, deps=ring.dep())
             issued += 1
 
-    issue(depth)
     weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
     consumed = 0
     for li, units in enumerate(layers):
         pre = b.pre(s, li, (prev, *weights.dep(li)))
+        if li == 0:  # the step's first prefetches go out at layer 0's cache update
+            issue(depth)
         deps_post = []
         cpu_op = None
         if hc:
@@ -748,7 +754,7 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
             _layerwise_prefill_step(b, s, plan.weights == "streamed")
             continue
         alloc = {"activations": activation_bytes(ctx, 1)}
-        prev = b.embed(s, alloc)
+        prev = b.embed(s.phase, s.step, s.C, alloc)
         sel = float(np.ceil(plan.fetch_fraction * s.P))
         fetched = kv_bytes(ctx, sel, m.n_kv_heads)
         gather_s = 2 * fetched / host.gather_bytes_per_s
@@ -809,7 +815,7 @@ def _evict(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict) -> No
             alloc["kv_resident"] = m.n_layers * kv_bytes(
                 ctx, min(w.max_tokens, bud + plan.local_tokens + w.gen), m.n_kv_heads
             )
-        prev = b.embed(s, alloc)
+        prev = b.embed(s.phase, s.step, s.C, alloc)
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         evict = []
         if s.phase == "prefill" and s.P + s.C > bud:

@@ -106,9 +106,16 @@ class RuntimeSpec(_Section):
     # host time the first prefill attention call of a new shape costs beyond a repeated one (cuDNN's fused
     # attention builds an execution plan per shape, and each chunk's past is a new key length); None: 0
     attention_shape_us: SourcedNumber | None = None
+    # host time of a forward outside its decoder layers and before the first layer's KV reaches the cache: the
+    # framework's preamble (position ids, masks, rotary tables) and the step set-up; the executor issues a step's
+    # first prefetch only after it, at layer 0's cache update. None: 0 (only the counted embedding kernel)
+    step_us: SourcedNumber | None = None
 
     def attention_shape_s(self) -> float:
         return 0.0 if self.attention_shape_us is None else self.attention_shape_us.value * 1e-6
+
+    def step_s(self) -> float:
+        return 0.0 if self.step_us is None else self.step_us.value * 1e-6
 
 
 class GpuSpec(_Section):
