@@ -377,13 +377,28 @@ def _cpu(model: ModelSpec) -> tuple:
         for heads, L in ((1, 65536), (model.n_kv_heads // 2 or 1, 65536), (model.n_kv_heads, 131072))
     ]
     beside, h2d_rate = cpu_attention_point(model, model.n_kv_heads // 2 or 1, 65536, beside_h2d=True)
+    groups = cpu_attention_groups(model)
     gather = _cpu_gather(model)
     m = torch.randn(4096, 4096)
     m @ m
     t0 = time.perf_counter()
     m @ m
     tflops = 2 * 4096**3 / (time.perf_counter() - t0) / 1e12
-    return copy_gbps, points, tflops, gather, [beside], h2d_rate
+    return copy_gbps, points, tflops, gather, [beside], h2d_rate, groups
+
+
+CPU_ATTENTION_GROUPS = (1, 2, 4, 7, 8)  # MHA, and the GQA groups of the shipped models
+
+
+def cpu_attention_groups(model: ModelSpec, L: int = 65536) -> dict[int, CopyPoint]:
+    """CPU decode attention over the same cold KV (half the model's KV heads, L tokens) with G query heads per KV
+    head, for each G of CPU_ATTENTION_GROUPS and the model's: the kernel's rate depends on G."""
+    heads = model.n_kv_heads // 2 or 1
+    bufs = cold_kv_blocks(heads, L, model.head_dim)
+    return {
+        g: cpu_attention_point(model, heads, L, group=g, bufs=bufs)[0]
+        for g in sorted({*CPU_ATTENTION_GROUPS, model.group})
+    }
 
 
 def cold_kv_blocks(heads: int, L: int, head_dim: int, cold_bytes: int = 1 << 30) -> list[torch.Tensor]:
@@ -401,20 +416,27 @@ def cold_kv_blocks(heads: int, L: int, head_dim: int, cold_bytes: int = 1 << 30)
 
 
 def cpu_attention_point(
-    model: ModelSpec, heads: int, L: int, cold_bytes: int = 1 << 30, beside_h2d: bool = False
+    model: ModelSpec,
+    heads: int,
+    L: int,
+    cold_bytes: int = 1 << 30,
+    beside_h2d: bool = False,
+    group: int | None = None,
+    bufs: list[torch.Tensor] | None = None,
 ) -> tuple[CopyPoint, float | None]:
     """One layer's CPU decode attention over `heads` KV heads of L tokens, as the executor makes it: on its CPU
     worker thread (and that thread's thread count), over the host store's layout, in one TorchScript call
     (attend_host), with a cold cache: a decode step reads each layer's host KV once, so the timed calls cycle
     through cold_kv_blocks. Median seconds per call. With beside_h2d, pinned 256 MiB H2D copies run back to back
     meanwhile, as a plan that streams its GPU heads' KV runs them beside the CPU's heads (both read host RAM);
-    then also the H2D rate over those copies, else None."""
+    then also the H2D rate over those copies, else None. `group`: query heads per KV head (default the model's);
+    `bufs`: cold blocks of `heads` heads and L tokens to reuse."""
     from roofsim.executor.cpu_attn import _worker, on_worker
     from roofsim.executor.cpu_decode import attend_host
 
-    hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
-    q = torch.randn(1, heads * (hq // hk), 1, d, dtype=torch.bfloat16)
-    bufs = cold_kv_blocks(heads, L, d, cold_bytes)
+    d = model.head_dim
+    q = torch.randn(1, heads * (group or model.group), 1, d, dtype=torch.bfloat16)
+    bufs = bufs or cold_kv_blocks(heads, L, d, cold_bytes)
     size = bufs[0].numel() * bufs[0].element_size()
     out = torch.empty_like(q)
 
@@ -453,21 +475,37 @@ def cpu_attention_point(
     return CopyPoint(nbytes=size, seconds=statistics.median(times)), rate
 
 
-def _cpu_gather(model: ModelSpec, tokens: int = 65536, fraction: float = 0.1) -> float:
-    """sparse_fetch's gather: a tenth of a layer's tokens, per KV head, from the token-major host block into a
-    pinned buffer, as one index_select (executor/sparse.py). Bytes read plus written per second."""
+def _cpu_gather(
+    model: ModelSpec, tokens: int = 65536, fraction: float = 0.2, cold_bytes: int = 1 << 30
+) -> float:
+    """sparse_fetch's gather: a fifth of a layer's tokens (the plan's default), per KV head, from the token-major
+    host block into a pinned buffer, as one index_select (executor/sparse.py). Each call reads another layer's
+    block, as a decode step does, so the timed calls cycle through blocks of `cold_bytes` together with fresh
+    indices each (one block gathered again comes from the last-level cache: the sixth and seventh sessions'
+    calibrations said 49-87 GB/s, l3-sparse-64k's run gathered at 23-41). Bytes read plus written per second."""
     hk, d = model.n_kv_heads, model.head_dim
-    host = torch.randn(tokens, 1, 2, hk, d).to(torch.bfloat16)
     n = int(tokens * fraction)
-    idx = torch.stack([torch.randperm(tokens)[:n].sort().values for _ in range(hk)])
-    rows = (((idx[:, :, None] * 2) + torch.arange(2)) * hk + torch.arange(hk)[:, None, None]).reshape(-1)
+    size = tokens * 2 * hk * d * 2
+    blocks = [
+        torch.empty(tokens, 1, 2, hk, d, dtype=torch.bfloat16) for _ in range(max(2, -(-cold_bytes // size)))
+    ]
+    for b in blocks:
+        b.normal_()
+
+    def rows() -> torch.Tensor:
+        idx = torch.stack([torch.randperm(tokens)[:n].sort().values for _ in range(hk)])
+        return (((idx[:, :, None] * 2) + torch.arange(2)) * hk + torch.arange(hk)[:, None, None]).reshape(-1)
+
+    picks = [rows() for _ in blocks]
     out = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=torch.cuda.is_available())
-    src = host.view(-1, d)
-    torch.index_select(src, 0, rows, out=out)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        torch.index_select(src, 0, rows, out=out)
-    return 2 * out.numel() * out.element_size() * 5 / (time.perf_counter() - t0) / 1e9
+    torch.index_select(blocks[0].view(-1, d), 0, picks[0], out=out)  # first call
+    times = []
+    for _ in range(2):
+        for b, r in zip(blocks, picks, strict=True):
+            t0 = time.perf_counter()
+            torch.index_select(b.view(-1, d), 0, r, out=out)
+            times.append(time.perf_counter() - t0)
+    return 2 * out.numel() * out.element_size() / statistics.median(times) / 1e9
 
 
 def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: None) -> Measurements:
@@ -496,7 +534,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     call_s, streamed_s = attention_call_costs("cuda")
     new_shape = attention_new_shape_s(model)
     progress("CPU")
-    cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside = _cpu(model)
+    cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups = _cpu(model)
     return Measurements(
         fingerprint=fingerprint(),
         total_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
@@ -519,6 +557,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_gather_gbps=cpu_gather,
         cpu_attention_beside_h2d=cpu_attn_h2d,
         h2d_beside_cpu_gbps=h2d_beside,
+        cpu_attention_groups=cpu_groups,
+        cpu_attention_group=model.group,
         gpu_kernel_us=gpu_kernel,
         topk_gelems=topk,
         attention_call_s=call_s,

@@ -98,6 +98,14 @@ class Measurements(BaseModel):
     h2d_beside_cpu_gbps: float | None = Field(
         default=None, description="the pinned H2D rate over those copies, while the CPU attends beside them"
     )
+    cpu_attention_groups: dict[int, CopyPoint] = Field(
+        default={},
+        description="CPU decode attention over the same KV with G query heads per KV head, by G",
+    )
+    cpu_attention_group: int | None = Field(
+        default=None,
+        description="query heads per KV head of the model the cpu_attention points were measured with",
+    )
     cpu_threads: int
     host_ram_bytes: float
 
@@ -223,7 +231,7 @@ def _line(points: list[CopyPoint]) -> tuple[float, float] | None:
     return fixed, 1.0 / slope
 
 
-def fit_host(m: Measurements) -> dict[str, tuple[float, str]]:
+def fit_host(m: Measurements) -> dict[str, tuple[float | dict[int, float], str]]:
     line = _line(m.cpu_attention)
     cpu_attn = _rate(m.cpu_attention, 0) if line is None else line[1]
     how = (
@@ -244,6 +252,16 @@ def fit_host(m: Measurements) -> dict[str, tuple[float, str]]:
             line[0] * 1e6,
             "the executor's CPU decode attention: time at zero bytes of the line through its sizes",
         )
+    if m.cpu_attention_groups and m.cpu_attention_group is not None:
+        out["cpu_attention_group_gbps"] = (
+            {g: p.nbytes / p.seconds / 1e9 for g, p in sorted(m.cpu_attention_groups.items())},
+            f"KV bytes/s of that kernel over {next(iter(m.cpu_attention_groups.values())).nbytes} bytes of KV "
+            "with G query heads per KV head",
+        )
+        out["cpu_attention_group"] = (
+            float(m.cpu_attention_group),
+            "query heads per KV head of the model cpu_attention_gbps was measured with",
+        )
     if m.cpu_gather_gbps is not None:
         out["cpu_gather_gbps"] = (
             m.cpu_gather_gbps,
@@ -252,7 +270,9 @@ def fit_host(m: Measurements) -> dict[str, tuple[float, str]]:
     return out
 
 
-def _v(value: float, how: str) -> str:
+def _v(value: float | dict[int, float], how: str) -> str:
+    if isinstance(value, dict):  # a table keyed by a whole number, each entry measured the same way
+        return "{ " + ", ".join(f"{k} = {_v(v, how)}" for k, v in value.items()) + " }"
     return f"{{ value = {round(float(value), 6)!r}, measured = {json.dumps(how)} }}"
 
 

@@ -260,3 +260,36 @@ def test_step_preamble_adds_to_every_step_and_delays_the_first_prefetch():
     assert f["runtime"]["step_us"][0] == pytest.approx(2000 - outside * kernel_us)
     m.tiny_step_s = None
     assert "step_us" not in fit(gpu, m)["runtime"]
+
+
+def test_cpu_attention_rate_by_group_is_written_and_prices_each_model_at_its_group(tmp_path):
+    """The CPU attention kernel measured per query heads per KV head lands in the host profile; a model whose group
+    ran slower (MHA's single query row, as the H100 host measured for l2-planner-32k-24gb) gets a longer CPU scan,
+    the calibration model's group keeps the measured rate, and groups between measured ones interpolate."""
+    n = 2**27
+    rates = {1: 10e9, 4: 25e9, 8: 20e9}
+    m = probe_measurements().model_copy(
+        update={
+            "cpu_attention_groups": {g: CopyPoint(nbytes=n, seconds=n / r) for g, r in rates.items()},
+            "cpu_attention_group": 4,
+        }
+    )
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    gpu_path, _ = write_profile(spec, host, m, tmp_path)
+    cal = default_host_of(str(gpu_path), load_gpu(str(gpu_path)))
+    assert cal.cpu_attention_group.value == 4 and cal.cpu_attention_group_gbps[1].value == pytest.approx(10)
+    at = {g: cal.cpu_attention_s(n, group=g) for g in (1, 4, 6, 8, 16)}
+    assert at[4] == pytest.approx(cal.cpu_attention_s(n))  # the measured group: the rate as fitted
+    assert at[1] == pytest.approx(2.5 * at[4])
+    assert at[6] == pytest.approx(at[4] * 25 / 22.5)  # halfway from 25 to 20 GB/s
+    assert at[16] == pytest.approx(at[8])  # flat beyond the last measured group
+    assert host.cpu_attention_s(n, group=1) == host.cpu_attention_s(n)  # no table: one rate for all
+
+
+def test_a_group_table_without_its_reference_group_is_refused():
+    from pydantic import ValidationError
+
+    host = load_host("sapphire-rapids")
+    data = host.model_dump() | {"cpu_attention_group_gbps": {1: {"value": 10.0, "measured": "test"}}}
+    with pytest.raises(ValidationError, match="go together"):
+        type(host).model_validate(data)

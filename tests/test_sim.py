@@ -71,10 +71,11 @@ def test_resident_equals_analytic_within_1pct(ctx):
 def test_offload_with_a_free_link_equals_analytic_within_1pct(plan):
     p, t = both(plan, 65536, gpu=free_link(GPU))
     assert t.summary.prefill_s == pytest.approx(p.prefill_s, rel=0.01)
-    # cpu_attention's decode: the issuing thread joins the CPU worker in every layer, so the kernels after the
-    # join run as a chain of each kernel's issue and GPU time (the simulator's), where the analytic model has
-    # only their sums: ~6% apart on the 4090, the simulator slower
-    rel = 0.08 if plan.family == "cpu_attention" else 0.01
+    # cpu_attention's decode: the issuing thread joins the CPU worker in every layer, and sparse_fetch's gathers
+    # on the issuing thread after a sync, so the kernels after the join run as a chain of each kernel's issue and
+    # GPU time (the simulator's), where the analytic model has only their sums: ~4-6% apart on the 4090, the
+    # simulator slower
+    rel = 0.08 if plan.family in ("cpu_attention", "sparse_fetch") else 0.01
     assert t.summary.decode_step_s[0] == pytest.approx(p.decode_s_per_token, rel=rel)
     assert t.summary.decode_step_s[0] >= p.decode_s_per_token * 0.99
 
@@ -244,3 +245,42 @@ def test_a_waiting_copy_blocks_its_own_stream_only():
     assert min(separate) == 0.0  # the ready copy on the default stream starts at once
     same = run(None)
     assert min(same) >= 1e-3  # on one stream it waits behind the copy that waits for the compute
+
+
+def test_a_slower_cpu_attention_group_slows_both_models_for_that_model_only():
+    """A host whose CPU attention kernel runs MHA (group 1) at a tenth of its GQA-4 rate: Llama-2-7B's
+    cpu_attention decode gets slower in the analytic model and the simulator alike, Llama-3-8B's (group 4, the
+    measured one) does not move."""
+    table = {1: Sourced(value=1.5, measured="test"), 4: Sourced(value=15.0, measured="test")}
+    slow_mha = HOST.model_copy(
+        update={"cpu_attention_group_gbps": table, "cpu_attention_group": Sourced(value=4, measured="test")}
+    )
+    plan, work = CpuAttentionPlan(cpu_kv_heads=4, prefill_chunk=8192), Workload(context=32768, gen=2)
+    for name, slower in (("llama-2-7b", True), ("llama-3-8b", False)):
+        model = load_model(name)
+        base = predict(plan, model, H100, HOST, work).decode_s_per_token
+        new = predict(plan, model, H100, slow_mha, work).decode_s_per_token
+        sim_base = simulate(plan, model, H100, HOST, work).summary.decode_step_s[0]
+        sim_new = simulate(plan, model, H100, slow_mha, work).summary.decode_step_s[0]
+        if slower:
+            assert new > base * 1.05 and sim_new > sim_base * 1.05
+        else:
+            assert new == pytest.approx(base) and sim_new == pytest.approx(sim_base)
+
+
+def test_sparse_fetch_gathers_on_the_issuing_thread():
+    """The executor gathers the selected rows on the issuing thread (after the indices' sync), so a slower gather
+    adds its whole time to every sparse layer even where issuing the kernels takes longer than the gather."""
+    plan, work = SparseFetchPlan(prefill_chunk=8192), Workload(context=65536, gen=2)
+    slow_issue = _with(H100, "efficiency", kernel_us=60.0)  # the host, not the GPU, paces the layers
+    steps = {}
+    for gbps in (80.0, 40.0):
+        host = HOST.model_copy(update={"cpu_gather_gbps": Sourced(value=gbps, measured="test")})
+        steps[gbps] = (
+            simulate(plan, LLAMA, slow_issue, host, work).summary.decode_step_s[0],
+            predict(plan, LLAMA, slow_issue, host, work).decode_s_per_token,
+        )
+    fetched = 2 * 0.2 * 65536 * LLAMA.n_kv_heads * LLAMA.head_dim * 2 * 2  # read plus written, K and V
+    added = (LLAMA.n_layers - plan.dense_layers) * (fetched / 40e9 - fetched / 80e9)
+    for i in (0, 1):  # the simulator, the analytic model
+        assert steps[40.0][i] - steps[80.0][i] == pytest.approx(added, rel=0.05)

@@ -115,6 +115,8 @@ class LayerLoad:
     d2h_on_compute: bool = False
     syncs: float = 0.0
     cpu_path_s: np.ndarray | float = 0.0  # CPU work on the critical path, in parallel with GPU attention
+    # CPU work of the issuing thread itself (sparse_fetch's gather): it issues nothing meanwhile
+    host_work_s: np.ndarray | float = 0.0
     cpu_ram_s: np.ndarray | float = 0.0
     cpu_compute_s: np.ndarray | float = 0.0
     cpu_bytes: np.ndarray | float = 0.0
@@ -159,7 +161,7 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
     # the issuing thread joins the CPU's share of attention (cpu_attention) before it issues what follows: the
     # attention calls and copies it issues meanwhile hide under the CPU path (a wait, not host work: busy counts
     # only the issuing)
-    host = ll.nonattn.dispatch_s(gpu) + np.maximum(beside_cpu, ll.cpu_path_s)
+    host = ll.nonattn.dispatch_s(gpu) + np.maximum(beside_cpu, ll.cpu_path_s) + ll.host_work_s
     sync = ll.syncs * gpu.runtime.sync_us.value * 1e-6
     t = np.maximum(t, host) + sync
     ll.crit_s = crit + sync

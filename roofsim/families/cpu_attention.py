@@ -97,7 +97,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     B, e = w.batch, m.dtype_bytes
     cpu_kv = kv_bytes(ctx, 1, hc) * (dec.P + dec.C)
     cpu_flops = 4.0 * B * hc * m.group * m.head_dim * (dec.P + dec.C)
-    ram_s = host.cpu_attention_s(cpu_kv, calls=cpu_slot_count(hc, g))  # a call per CPU slot
+    ram_s = host.cpu_attention_s(cpu_kv, calls=cpu_slot_count(hc, g), group=m.group)  # a call per CPU slot
     compute_s = cpu_flops / (host.cpu_tflops.value * 1e12)
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4  # partial output and its log-sum-exp

@@ -96,6 +96,7 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
                 units=np.ones_like(dec.P),
                 depth=1,
                 pre_copy_s=gather_s,
+                host_work_s=gather_s,  # on the issuing thread (executor/sparse.py), after the indices' sync
                 syncs=1,
                 cpu_ram_s=gather_s,
                 cpu_bytes=2 * fetched,

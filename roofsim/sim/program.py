@@ -666,7 +666,7 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
         )
         cpu_kv = kv_bytes(ctx, 1, hc) * (s.P + 1)
         cpu_s = max(
-            host.cpu_attention_s(cpu_kv, calls=cpu_slot_count(hc, plan.kv_heads_per_slot)),
+            host.cpu_attention_s(cpu_kv, calls=cpu_slot_count(hc, plan.kv_heads_per_slot), group=m.group),
             4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
         )
 
@@ -776,6 +776,7 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
             idx = b.copy("d2h", 8.0 * B * m.n_heads, s.phase, s.step, li, deps=(spec,), name="indices")
             b.sync(idx, s.phase, s.step)
             g = b.cpu(gather_s, s.phase, s.step, li, kind="cpu_gather", deps=(idx,), nbytes=2 * fetched)
+            b.sync(g, s.phase, s.step)  # the issuing thread gathers itself: it issues nothing meanwhile
             fetch[li] = b.copy("h2d", fetched, s.phase, s.step, li, deps=(g,), name="selected_kv")
 
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")

@@ -11,10 +11,10 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from roofsim.errors import UserError
-from roofsim.specs.sourced import SourcedNumber, positive
+from roofsim.specs.sourced import Sourced, SourcedNumber, positive
 from roofsim.specs.tomlfile import load_model_file
 
 GiB = 1024**3
@@ -180,6 +180,12 @@ class HostSpec(_Section):
     cpu_gather_gbps: SourcedNumber | None = None
     # the fixed time of one CPU attention call beside its scan (waking the threads, the split-K merge); None: 0
     cpu_attention_call_us: SourcedNumber | None = None
+    # KV bytes/s of the same kernel by query heads per KV head (the GQA group), at one size: its rate depends on the
+    # group (one query row, as MHA has, is a matrix-vector product per key block). A model's scan runs at
+    # cpu_attention_gbps times the rate at its group over the rate at cpu_attention_group, the group that rate was
+    # measured at. None: cpu_attention_gbps for every group
+    cpu_attention_group_gbps: dict[int, SourcedNumber] | None = None
+    cpu_attention_group: SourcedNumber | None = None
 
     _pos = field_validator(
         "ram_capacity_gib",
@@ -190,6 +196,22 @@ class HostSpec(_Section):
         "cpu_attention_gbps",
     )(lambda v, info: positive(info.field_name, v))
 
+    @model_validator(mode="after")
+    def _groups(self) -> HostSpec:
+        table = self.cpu_attention_group_gbps
+        if (table is None) != (self.cpu_attention_group is None):
+            raise ValueError(
+                "cpu_attention_group_gbps and cpu_attention_group go together: give both or neither"
+            )
+        if table is not None:
+            bad = [g for g, r in table.items() if g < 1 or r.value <= 0]
+            if not table or bad:
+                raise ValueError(
+                    "cpu_attention_group_gbps needs positive rates keyed by groups >= 1"
+                    + (f" (got {bad[0]}: {table[bad[0]].value})" if bad else " (got an empty table)")
+                )
+        return self
+
     @property
     def ram_bytes_per_s(self) -> float:
         return self.ram_bandwidth_gbps.value * 1e9 * self.ram_efficiency.value
@@ -198,16 +220,38 @@ class HostSpec(_Section):
     def capacity_bytes(self) -> float:
         return self.ram_capacity_gib.value * GiB
 
-    def cpu_attention_s(self, kv_bytes, calls: int = 1):
-        """Seconds of CPU decode attention scanning kv_bytes of KV (a number or an array) in `calls` calls."""
+    def cpu_attention_s(self, kv_bytes, calls: int = 1, group: int | None = None):
+        """Seconds of CPU decode attention scanning kv_bytes of KV (a number or an array) in `calls` calls, for a
+        model with `group` query heads per KV head (None: at the rate as measured)."""
         call = 0.0 if self.cpu_attention_call_us is None else self.cpu_attention_call_us.value * 1e-6
-        return calls * call + kv_bytes / (self.cpu_attention_gbps.value * 1e9)
+        return calls * call + kv_bytes / (
+            self.cpu_attention_gbps.value * 1e9 * self.cpu_attention_scale(group)
+        )
+
+    def cpu_attention_scale(self, group: int | None) -> float:
+        """The CPU attention kernel's rate at `group` over its rate at the group cpu_attention_gbps was measured at,
+        linear in the group between measured groups, flat beyond them."""
+        table, ref = self.cpu_attention_group_gbps, self.cpu_attention_group
+        if group is None or table is None or ref is None:
+            return 1.0
+        return _interp(table, group) / _interp(table, ref.value)
 
     @property
     def gather_bytes_per_s(self) -> float:
         if self.cpu_gather_gbps is None:
             return self.ram_bytes_per_s
         return self.cpu_gather_gbps.value * 1e9
+
+
+def _interp(table: dict[int, Sourced], x: float) -> float:
+    keys = sorted(table)
+    if x <= keys[0]:
+        return table[keys[0]].value
+    for lo, hi in zip(keys, keys[1:], strict=False):
+        if x <= hi:
+            a, b = table[lo].value, table[hi].value
+            return a + (b - a) * (x - lo) / (hi - lo)
+    return table[keys[-1]].value
 
 
 def _data_dir(kind: str) -> Path:
