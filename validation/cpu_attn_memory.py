@@ -1,0 +1,136 @@
+"""Why does cpu_attention's CPU scan run 2-4x slower in a measured run than calibrate's kernel alone? One layer's
+CPU decode attention (the executor's kernel on its worker, cold blocks as in calibration) over: ordinary pageable
+blocks (calibrate's), blocks carved from a HostPool (one region registered with cudaHostRegister, as the executor's
+host store), and each of those while pinned H2D copies stream from the same kind of memory, while the calling thread
+issues tiny GPU kernels, or waits spinning on a CUDA event. Prints one line per case, writes OUT/cpu_attn_memory.json.
+
+    python validation/cpu_attn_memory.py --out $OUT      # on the GPU machine, after . validation/device_setup.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import torch
+from roofsim.executor.cpu_attn import _worker
+from roofsim.executor.cpu_decode import attend_host
+from roofsim.executor.hostpool import HostPool
+
+HEADS, L, D, G = 4, 65536, 128, 4
+COLD = 1 << 30
+
+
+def pageable_blocks() -> list[torch.Tensor]:
+    size = L * 2 * HEADS * D * 2
+    bufs = [torch.empty(L, 1, 2, HEADS, D, dtype=torch.bfloat16) for _ in range(COLD // size)]
+    for b in bufs:
+        b.normal_()
+    return bufs
+
+
+def pool_blocks(pool: HostPool) -> list[torch.Tensor]:
+    shape = (L, 1, 2, HEADS, D)
+    size = L * 2 * HEADS * D * 2
+    handles = [pool.reserve(shape, torch.bfloat16) for _ in range(COLD // size)]
+    pool.allocate()
+    bufs = [pool.block(h, shape, torch.bfloat16) for h in handles]
+    for b in bufs:
+        b.normal_()
+    return bufs
+
+
+def scan(bufs, q, out) -> list[float]:
+    times = []
+    for b in bufs:
+        t0 = time.perf_counter()
+        attend_host(q, [b], L, D**-0.5, out)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def beside(kind: str, src: torch.Tensor | None, done: threading.Event) -> None:
+    """What the calling thread does while the worker scans: stream H2D from src, issue kernels, or spin on an event."""
+    if kind == "h2d":
+        dst = torch.empty(src.numel(), dtype=torch.uint8, device="cuda")
+        stream = torch.cuda.Stream()
+        pending = []
+        while not done.is_set():
+            with torch.cuda.stream(stream):
+                dst.copy_(src, non_blocking=True)
+                pending.append(torch.cuda.Event())
+                pending[-1].record(stream)
+            if len(pending) > 2:
+                pending.pop(0).synchronize()
+        stream.synchronize()
+    elif kind == "issue":
+        x = torch.zeros(256, device="cuda")
+        while not done.is_set():
+            for _ in range(50):
+                x.add_(1.0)
+            torch.cuda.synchronize()
+    elif kind == "spin":
+        while not done.is_set():
+            torch.cuda._sleep(1_000_000)
+            ev = torch.cuda.Event()
+            ev.record()
+            ev.synchronize()
+
+
+def case(name, bufs, q, out, kind=None, src=None) -> dict:
+    scan(bufs[:2], q, out)
+    times = []
+    for _ in range(2):
+        done = threading.Event()
+        job = _worker().submit(scan, bufs, q, out)
+        if kind:
+            job.add_done_callback(lambda _f, d=done: d.set())
+            beside(kind, src, done)
+        times += job.result()
+    nbytes = bufs[0].numel() * bufs[0].element_size()
+    med = statistics.median(times)
+    row = {"case": name, "median_ms": med * 1e3, "max_ms": max(times) * 1e3, "gbps": nbytes / med / 1e9}
+    print(f"{name:40s} {row['gbps']:6.1f} GB/s  median {row['median_ms']:.2f} ms  max {row['max_ms']:.2f} ms")
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=".")
+    args = ap.parse_args()
+    q = torch.randn(1, HEADS * G, 1, D, dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    rows = []
+    page = pageable_blocks()
+    pool = HostPool(pinned=True)
+    reg = pool_blocks(pool)
+    pin_src = torch.empty(256 << 20, dtype=torch.uint8, pin_memory=True).fill_(1)
+    pool2 = HostPool(pinned=True)
+    h = pool2.reserve((1 << 30,), torch.uint8)
+    pool2.allocate()
+    reg_src = pool2.block(h, (1 << 30,), torch.uint8)
+    reg_src.fill_(1)
+    for name, bufs in (("pageable", page), ("registered pool", reg)):
+        rows.append(case(f"{name} alone", bufs, q, out))
+        rows.append(case(f"{name} beside h2d (256 MiB pinned)", bufs, q, out, "h2d", pin_src))
+        rows.append(case(f"{name} beside h2d (1 GiB registered)", bufs, q, out, "h2d", reg_src))
+        rows.append(case(f"{name} beside kernel issue", bufs, q, out, "issue"))
+        rows.append(case(f"{name} beside event spin", bufs, q, out, "spin"))
+    Path(args.out, "cpu_attn_memory.json").write_text(
+        json.dumps(
+            {
+                "command": "python validation/cpu_attn_memory.py",
+                "threads": torch.get_num_threads(),
+                "cases": rows,
+            },
+            indent=1,
+        )  # fmt: skip
+    )
+
+
+if __name__ == "__main__":
+    main()
