@@ -33,15 +33,22 @@ def pageable_blocks() -> list[torch.Tensor]:
     return bufs
 
 
-def pool_blocks(pool: HostPool) -> list[torch.Tensor]:
+def pool_blocks(pool: HostPool, total: int = COLD, dma: bool = False) -> list[torch.Tensor]:
+    """Blocks of a HostPool of `total` bytes (the scans use the first COLD of them); dma: written by D2H copies
+    from the GPU, as a run's prefill writes its host store, else by the CPU."""
     shape = (L, 1, 2, HEADS, D)
     size = L * 2 * HEADS * D * 2
-    handles = [pool.reserve(shape, torch.bfloat16) for _ in range(COLD // size)]
+    handles = [pool.reserve(shape, torch.bfloat16) for _ in range(total // size)]
     pool.allocate()
     bufs = [pool.block(h, shape, torch.bfloat16) for h in handles]
+    src = torch.randn(shape, dtype=torch.bfloat16, device="cuda") if dma else None
     for b in bufs:
-        b.normal_()
-    return bufs
+        if dma:
+            b.copy_(src, non_blocking=True)
+        else:
+            b.normal_()
+    torch.cuda.synchronize()
+    return bufs[: COLD // size]
 
 
 def scan(bufs, q, out) -> list[float]:
@@ -101,6 +108,7 @@ def case(name, bufs, q, out, kind=None, src=None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
+    ap.add_argument("--pool-gib", type=int, default=16, help="a registered pool this large, written by D2H")
     args = ap.parse_args()
     q = torch.randn(1, HEADS * G, 1, D, dtype=torch.bfloat16)
     out = torch.empty_like(q)
@@ -114,7 +122,13 @@ def main() -> None:
     pool2.allocate()
     reg_src = pool2.block(h, (1 << 30,), torch.uint8)
     reg_src.fill_(1)
-    for name, bufs in (("pageable", page), ("registered pool", reg)):
+    pool3 = HostPool(pinned=True)
+    big = pool_blocks(pool3, total=args.pool_gib << 30, dma=True)
+    for name, bufs in (
+        ("pageable", page),
+        ("registered pool", reg),
+        (f"{args.pool_gib} GiB pool, DMA-written", big),
+    ):
         rows.append(case(f"{name} alone", bufs, q, out))
         rows.append(case(f"{name} beside h2d (256 MiB pinned)", bufs, q, out, "h2d", pin_src))
         rows.append(case(f"{name} beside h2d (1 GiB registered)", bufs, q, out, "h2d", reg_src))
