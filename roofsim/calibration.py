@@ -13,7 +13,10 @@ for validation. Fitting rules (each value in the profile says which one produced
   median over the executor's own kernels at the chunk shapes plans run (whole layers and one-head slots);
 - memory efficiency: device-to-device copy over datasheet bandwidth;
 - per-kernel cost: what one decoder layer adds to a decode step at tiny shapes through the executor (its cache and
-  attention included), divided by the kernels roofsim's operator model counts for that layer.
+  attention included), divided by the kernels roofsim's operator model counts for that layer;
+- CPU attention: the line time = fixed + bytes / rate through three sizes at the calibration model's GQA group,
+  and the rate at one size for each group of CPU_ATTENTION_GROUPS (a model's scan is scaled to its group); CPU
+  gather: one fifth of a layer's rows from cold blocks.
 """
 
 from __future__ import annotations
