@@ -453,26 +453,33 @@ def cpu_attention_point(
         return CopyPoint(nbytes=size, seconds=statistics.median(on_worker(calls) + on_worker(calls))), None
     n = 256 * MiB
     src = torch.empty(n, dtype=torch.uint8, pin_memory=True).fill_(1)
-    dst = torch.empty(n, dtype=torch.uint8, device="cuda")
-    stream = torch.cuda.Stream()
     times, copies = [], 0
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(2):
         job = _worker().submit(calls)
-        pending = []
-        while not job.done():  # two copies in flight, so the engine never idles
-            with torch.cuda.stream(stream):
-                dst.copy_(src, non_blocking=True)
-                pending.append(torch.cuda.Event())
-                pending[-1].record(stream)
-            copies += 1
-            if len(pending) > 2:
-                pending.pop(0).synchronize()
+        copies += stream_h2d(src, job.done)
         times += job.result()
-        stream.synchronize()
     rate = copies * n / (time.perf_counter() - t0) / 1e9
     return CopyPoint(nbytes=size, seconds=statistics.median(times)), rate
+
+
+def stream_h2d(src: torch.Tensor, until: Callable[[], bool]) -> int:
+    """H2D copies of the bytes of `src` (pinned host memory) back to back on a stream of their own, two in flight
+    so the copy engine never idles, until until() is true; waits for the last and returns how many ran."""
+    dst = torch.empty(src.numel(), dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.Stream()
+    pending, copies = [], 0
+    while not until():
+        with torch.cuda.stream(stream):
+            dst.copy_(src, non_blocking=True)
+            pending.append(torch.cuda.Event())
+            pending[-1].record(stream)
+        copies += 1
+        if len(pending) > 2:
+            pending.pop(0).synchronize()
+    stream.synchronize()
+    return copies
 
 
 def _cpu_gather(
@@ -485,12 +492,7 @@ def _cpu_gather(
     calibrations said 49-87 GB/s, l3-sparse-64k's run gathered at 23-41). Bytes read plus written per second."""
     hk, d = model.n_kv_heads, model.head_dim
     n = int(tokens * fraction)
-    size = tokens * 2 * hk * d * 2
-    blocks = [
-        torch.empty(tokens, 1, 2, hk, d, dtype=torch.bfloat16) for _ in range(max(2, -(-cold_bytes // size)))
-    ]
-    for b in blocks:
-        b.normal_()
+    blocks = cold_kv_blocks(hk, tokens, d, cold_bytes)
 
     def rows() -> torch.Tensor:
         idx = torch.stack([torch.randperm(tokens)[:n].sort().values for _ in range(hk)])

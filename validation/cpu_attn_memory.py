@@ -17,20 +17,13 @@ import time
 from pathlib import Path
 
 import torch
+from roofsim.executor.calibrate import cold_kv_blocks, stream_h2d
 from roofsim.executor.cpu_attn import _worker
 from roofsim.executor.cpu_decode import attend_host
 from roofsim.executor.hostpool import HostPool
 
 HEADS, L, D, G = 4, 65536, 128, 4
 COLD = 1 << 30
-
-
-def pageable_blocks() -> list[torch.Tensor]:
-    size = L * 2 * HEADS * D * 2
-    bufs = [torch.empty(L, 1, 2, HEADS, D, dtype=torch.bfloat16) for _ in range(COLD // size)]
-    for b in bufs:
-        b.normal_()
-    return bufs
 
 
 def pool_blocks(pool: HostPool, total: int = COLD, dma: bool = False) -> list[torch.Tensor]:
@@ -63,17 +56,7 @@ def scan(bufs, q, out) -> list[float]:
 def beside(kind: str, src: torch.Tensor | None, done: threading.Event) -> None:
     """What the calling thread does while the worker scans: stream H2D from src, issue kernels, or spin on an event."""
     if kind == "h2d":
-        dst = torch.empty(src.numel(), dtype=torch.uint8, device="cuda")
-        stream = torch.cuda.Stream()
-        pending = []
-        while not done.is_set():
-            with torch.cuda.stream(stream):
-                dst.copy_(src, non_blocking=True)
-                pending.append(torch.cuda.Event())
-                pending[-1].record(stream)
-            if len(pending) > 2:
-                pending.pop(0).synchronize()
-        stream.synchronize()
+        stream_h2d(src, done.is_set)
     elif kind == "issue":
         x = torch.zeros(256, device="cuda")
         while not done.is_set():
@@ -113,7 +96,7 @@ def main() -> None:
     q = torch.randn(1, HEADS * G, 1, D, dtype=torch.bfloat16)
     out = torch.empty_like(q)
     rows = []
-    page = pageable_blocks()
+    page = cold_kv_blocks(HEADS, L, D, COLD)  # calibrate's own blocks
     pool = HostPool(pinned=True)
     reg = pool_blocks(pool)
     pin_src = torch.empty(256 << 20, dtype=torch.uint8, pin_memory=True).fill_(1)

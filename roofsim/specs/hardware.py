@@ -11,10 +11,11 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from roofsim.errors import UserError
-from roofsim.specs.sourced import Sourced, SourcedNumber, positive
+from roofsim.specs.sourced import SourcedNumber, positive
 from roofsim.specs.tomlfile import load_model_file
 
 GiB = 1024**3
@@ -234,24 +235,15 @@ class HostSpec(_Section):
         table, ref = self.cpu_attention_group_gbps, self.cpu_attention_group
         if group is None or table is None or ref is None:
             return 1.0
-        return _interp(table, group) / _interp(table, ref.value)
+        keys = sorted(table)
+        rates = [table[k].value for k in keys]
+        return float(np.interp(group, keys, rates) / np.interp(ref.value, keys, rates))
 
     @property
     def gather_bytes_per_s(self) -> float:
         if self.cpu_gather_gbps is None:
             return self.ram_bytes_per_s
         return self.cpu_gather_gbps.value * 1e9
-
-
-def _interp(table: dict[int, Sourced], x: float) -> float:
-    keys = sorted(table)
-    if x <= keys[0]:
-        return table[keys[0]].value
-    for lo, hi in zip(keys, keys[1:], strict=False):
-        if x <= hi:
-            a, b = table[lo].value, table[hi].value
-            return a + (b - a) * (x - lo) / (hi - lo)
-    return table[keys[-1]].value
 
 
 def _data_dir(kind: str) -> Path:
