@@ -5,13 +5,16 @@
 - per configuration, the first prefill attention call of each traced chunk beyond the call after it (the
   kernel's set-up for a new shape), summed, beside the whole prefill error (measured - predicted);
 - per cpu_attention run, the measured CPU attention per layer (one span, a call per CPU slot) against the
-  calibrated price of those calls and KV bytes (the profile named in the run's predicted trace), and its decode
-  step times.
+  calibrated price of those calls and KV bytes at the model's GQA group (the profile named in the run's predicted
+  trace), the median rate of those spans (KV GB/s), and its decode step times;
+- per sparse_fetch run, the CPU gather's rate (bytes read plus written, GB/s) over its decode spans: median, least
+  and most, against the profile's.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -51,9 +54,11 @@ def main(root: str) -> int:
         print(f"{folder.name:25s} {chunks:6d} {traced:6d} {excess:20.3f} {err:+16.3f}")
     print()
     from roofsim.families.cpu_attention import cpu_slot_count
+    from roofsim.specs import load_model
 
     print(
-        "run                            calls/layer  measured ms/layer  calibrated ms/layer  decode steps ms"
+        "run                            calls/layer  measured ms/layer  calibrated ms/layer  scan GB/s  "
+        "decode steps ms"
     )
     for runs_file in sorted(campaign.glob("*/runs.json")):
         for row in json.loads(runs_file.read_text()):
@@ -62,14 +67,35 @@ def main(root: str) -> int:
             sub = runs_file.parent if row["run"] == "pick" else runs_file.parent / row["run"]
             measured = Trace.read(sub / "measured.json.gz")
             host = _profile(Trace.read(sub / "predicted.json.gz"))
+            group = load_model(json.loads((runs_file.parent / "config.json").read_text())["model"]).group
             n = cpu_slot_count(row["plan"]["cpu_kv_heads"], row["plan"]["kv_heads_per_slot"])
-            layers = [s for s in measured.spans if s.phase == "decode" and s.kind == "cpu_attention"]
+            layers = _decode_spans(measured, "cpu_attention")
             took = sum(s.end_s - s.start_s for s in layers) / len(layers)
-            priced = sum(host.cpu_attention_s(s.bytes, calls=n) for s in layers) / len(layers)
+            priced = sum(host.cpu_attention_s(s.bytes, calls=n, group=group) for s in layers) / len(layers)
+            rate = statistics.median(_gbps(layers))
             times = " ".join(f"{t * 1e3:.0f}" for t in measured.summary.decode_step_s)
             name = f"{runs_file.parent.name}/{row['run']}"
-            print(f"{name:30s} {n:11d} {took * 1e3:18.2f} {priced * 1e3:20.2f}  {times}")
+            print(f"{name:30s} {n:11d} {took * 1e3:18.2f} {priced * 1e3:20.2f} {rate:10.1f}  {times}")
+    print()
+    print("run                            gather GB/s median  least   most  calibrated")
+    for runs_file in sorted(campaign.glob("*/runs.json")):
+        if json.loads(runs_file.read_text())[0]["plan"]["family"] != "sparse_fetch":
+            continue
+        rates = _gbps(_decode_spans(Trace.read(runs_file.parent / "measured.json.gz"), "cpu_gather"))
+        host = _profile(Trace.read(runs_file.parent / "predicted.json.gz"))
+        print(
+            f"{runs_file.parent.name + '/pick':30s} {statistics.median(rates):18.1f} {min(rates):6.1f} "
+            f"{max(rates):6.1f} {host.gather_bytes_per_s / 1e9:11.1f}"
+        )
     return 0
+
+
+def _decode_spans(measured: Trace, kind: str) -> list:
+    return [s for s in measured.spans if s.phase == "decode" and s.kind == kind]
+
+
+def _gbps(spans) -> list[float]:
+    return [s.bytes / (s.end_s - s.start_s) / 1e9 for s in spans]
 
 
 if __name__ == "__main__":
