@@ -378,13 +378,14 @@ def _cpu(model: ModelSpec) -> tuple:
     ]
     beside, h2d_rate = cpu_attention_point(model, model.n_kv_heads // 2 or 1, 65536, beside_h2d=True)
     groups = cpu_attention_groups(model)
+    slots = cpu_attention_slots(model)
     gather = _cpu_gather(model)
     m = torch.randn(4096, 4096)
     m @ m
     t0 = time.perf_counter()
     m @ m
     tflops = 2 * 4096**3 / (time.perf_counter() - t0) / 1e12
-    return copy_gbps, points, tflops, gather, [beside], h2d_rate, groups
+    return copy_gbps, points, tflops, gather, [beside], h2d_rate, groups, slots
 
 
 CPU_ATTENTION_GROUPS = (1, 2, 4, 7, 8)  # MHA, and the GQA groups of the shipped models
@@ -399,6 +400,54 @@ def cpu_attention_groups(model: ModelSpec, L: int = 65536) -> dict[int, CopyPoin
         g: cpu_attention_point(model, heads, L, group=g, bufs=bufs)[0]
         for g in sorted({*CPU_ATTENTION_GROUPS, model.group})
     }
+
+
+SLOT_HEADS = (
+    1,
+    2,
+    4,
+    8,
+)  # KV heads in one CPU slot: one where the plan's slot size does not divide its CPU heads
+SLOT_TOKENS = (8193, 32769, 65537, 131073)  # a decode step's length: never a multiple of the key ranges
+
+
+def cpu_attention_slots(model: ModelSpec, cold_bytes: int = 1 << 30) -> dict[int, dict[int, list[CopyPoint]]]:
+    """One CPU slot's share of a layer's CPU decode attention, as the executor makes it (attend_host over that
+    slot's host block, on the worker, cut into key ranges by its threads), by GQA group (CPU_ATTENTION_GROUPS and
+    the model's), KV heads in the slot (SLOT_HEADS) and tokens (SLOT_TOKENS): its rate depends on all three, not only
+    on the bytes (on the H100 guest one MHA head of 32K tokens scanned at half the rate of four). Blocks are carved
+    from one filled region and cycled, so each call reads RAM."""
+    from roofsim.executor.cpu_attn import on_worker
+    from roofsim.executor.cpu_decode import attend_host
+
+    d = model.head_dim
+    largest = max(SLOT_TOKENS) * 2 * max(SLOT_HEADS) * d * 2
+    region = torch.empty(max(cold_bytes, 2 * largest) // 2, dtype=torch.bfloat16)
+    region.normal_()
+    out: dict[int, dict[int, list[CopyPoint]]] = {}
+    for g in sorted({*CPU_ATTENTION_GROUPS, model.group}):
+        for h in SLOT_HEADS:
+            q = torch.randn(1, h * g, 1, d, dtype=torch.bfloat16)
+            o = torch.empty_like(q)
+            for L in SLOT_TOKENS:
+                n = L * 2 * h * d
+                blocks = [
+                    region[i * n : (i + 1) * n].view(L, 1, 2, h, d)
+                    for i in range(max(2, min(cold_bytes // (2 * n), region.numel() // n)))
+                ]
+
+                def calls(blocks=blocks, q=q, o=o, L=L) -> list[float]:
+                    times = []
+                    for b in blocks:
+                        t0 = time.perf_counter()
+                        attend_host(q, [b], L, d**-0.5, o)
+                        times.append(time.perf_counter() - t0)
+                    return times
+
+                on_worker(calls)  # the kernel's first calls at this shape
+                seconds = statistics.median(on_worker(calls) + on_worker(calls))
+                out.setdefault(g, {}).setdefault(h, []).append(CopyPoint(nbytes=2 * n, seconds=seconds))
+    return out
 
 
 def cold_kv_blocks(heads: int, L: int, head_dim: int, cold_bytes: int = 1 << 30) -> list[torch.Tensor]:
@@ -536,7 +585,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     call_s, streamed_s = attention_call_costs("cuda")
     new_shape = attention_new_shape_s(model)
     progress("CPU")
-    cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups = _cpu(model)
+    cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots = _cpu(model)
     return Measurements(
         fingerprint=fingerprint(),
         total_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
@@ -561,6 +610,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         h2d_beside_cpu_gbps=h2d_beside,
         cpu_attention_groups=cpu_groups,
         cpu_attention_group=model.group,
+        cpu_attention_slots=cpu_slots,
         gpu_kernel_us=gpu_kernel,
         topk_gelems=topk,
         attention_call_s=call_s,

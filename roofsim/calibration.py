@@ -15,8 +15,9 @@ for validation. Fitting rules (each value in the profile says which one produced
 - per-kernel cost: what one decoder layer adds to a decode step at tiny shapes through the executor (its cache and
   attention included), divided by the kernels roofsim's operator model counts for that layer;
 - CPU attention: the line time = fixed + bytes / rate through three sizes at the calibration model's GQA group,
-  and the rate at one size for each group of CPU_ATTENTION_GROUPS (a model's scan is scaled to its group); CPU
-  gather: one fifth of a layer's rows from cold blocks.
+  the rate at one size for each group of CPU_ATTENTION_GROUPS (a model's scan is scaled to its group), and the rate
+  of one CPU slot's scan by group, KV heads and length (the executor's calls: plans are priced per slot from these);
+  CPU gather: one fifth of a layer's rows from cold blocks.
 """
 
 from __future__ import annotations
@@ -108,6 +109,11 @@ class Measurements(BaseModel):
     cpu_attention_group: int | None = Field(
         default=None,
         description="query heads per KV head of the model the cpu_attention points were measured with",
+    )
+    cpu_attention_slots: dict[int, dict[int, list[CopyPoint]]] = Field(
+        default={},
+        description="CPU decode attention over one CPU slot's host block (one call's share), by GQA group, then "
+        "KV heads in the slot, at several lengths",
     )
     cpu_threads: int
     host_ram_bytes: float
@@ -234,7 +240,7 @@ def _line(points: list[CopyPoint]) -> tuple[float, float] | None:
     return fixed, 1.0 / slope
 
 
-def fit_host(m: Measurements) -> dict[str, tuple[float | dict[int, float], str]]:
+def fit_host(m: Measurements) -> dict[str, tuple[float | dict, str]]:
     line = _line(m.cpu_attention)
     cpu_attn = _rate(m.cpu_attention, 0) if line is None else line[1]
     how = (
@@ -265,6 +271,17 @@ def fit_host(m: Measurements) -> dict[str, tuple[float | dict[int, float], str]]
             float(m.cpu_attention_group),
             "query heads per KV head of the model cpu_attention_gbps was measured with",
         )
+    if m.cpu_attention_slots:
+        out["cpu_attention_slot_gbps"] = (
+            {
+                g: {
+                    h: {p.nbytes: p.nbytes / p.seconds / 1e9 for p in sorted(points, key=lambda p: p.nbytes)}
+                    for h, points in sorted(by_heads.items())
+                }
+                for g, by_heads in sorted(m.cpu_attention_slots.items())
+            },
+            "KV bytes/s of that kernel over one CPU slot's cold host block (group, KV heads, bytes)",
+        )
     if m.cpu_gather_gbps is not None:
         out["cpu_gather_gbps"] = (
             m.cpu_gather_gbps,
@@ -273,7 +290,7 @@ def fit_host(m: Measurements) -> dict[str, tuple[float | dict[int, float], str]]
     return out
 
 
-def _v(value: float | dict[int, float], how: str) -> str:
+def _v(value: float | dict, how: str) -> str:
     if isinstance(value, dict):  # a table keyed by a whole number, each entry measured the same way
         return "{ " + ", ".join(f"{k} = {_v(v, how)}" for k, v in value.items()) + " }"
     return f"{{ value = {round(float(value), 6)!r}, measured = {json.dumps(how)} }}"

@@ -293,3 +293,49 @@ def test_a_group_table_without_its_reference_group_is_refused():
     data = host.model_dump() | {"cpu_attention_group_gbps": {1: {"value": 10.0, "measured": "test"}}}
     with pytest.raises(ValidationError, match="go together"):
         type(host).model_validate(data)
+
+
+def _slot_profile(tmp_path, rates: dict[int, dict[int, dict[int, float]]]):
+    m = probe_measurements().model_copy(
+        update={
+            "cpu_attention_slots": {
+                g: {
+                    h: [CopyPoint(nbytes=n, seconds=n / r) for n, r in row.items()]
+                    for h, row in by_heads.items()
+                }
+                for g, by_heads in rates.items()
+            },
+        }
+    )
+    gpu_path, _ = write_profile(load_gpu("h100-sxm"), load_host("sapphire-rapids"), m, tmp_path)
+    return default_host_of(str(gpu_path), load_gpu(str(gpu_path)))
+
+
+def test_cpu_attention_per_slot_prices_each_call_at_its_group_heads_and_length(tmp_path):
+    """The scan rate of one CPU slot's block, measured by GQA group, KV heads and length, lands in the host profile
+    and prices a layer's CPU attention per slot: one-head slots at their own (slower) rate, lengths between measured
+    ones in log bytes, heads and groups between measured ones linearly, flat beyond the table; `calls` slots of the
+    same bytes each cost their bytes at one slot's rate (the calls run one after another)."""
+    four = {1: {2**24: 10e9, 2**26: 20e9}, 4: {2**26: 40e9, 2**28: 40e9}}
+    one = {1: {2**24: 5e9, 2**26: 5e9}, 4: {2**26: 60e9}}
+    cal = _slot_profile(tmp_path, {4: four, 1: one})
+    assert cal.cpu_attention_slot_gbps[4][1][2**24].value == pytest.approx(10)
+    assert cal.cpu_attention_s(6 * 2**24, calls=6, heads=1, group=4) == pytest.approx(6 * 2**24 / 10e9)
+    assert cal.cpu_attention_s(2**25, heads=1, group=4) == pytest.approx(2**25 / 15e9)  # halfway in log bytes
+    assert cal.cpu_attention_s(2**30, heads=1, group=4) == pytest.approx(2**30 / 20e9)  # flat beyond
+    assert cal.cpu_attention_s(2**26, heads=2, group=4) == pytest.approx(2**26 / (20e9 + 20e9 / 3))
+    assert cal.cpu_attention_s(2**26, heads=16, group=4) == pytest.approx(2**26 / 40e9)
+    assert cal.cpu_attention_s(2**26, heads=1, group=1) == pytest.approx(2**26 / 5e9)  # MHA's own rate
+    assert cal.cpu_attention_s(2**26, heads=1, group=2) == pytest.approx(2**26 / (5e9 + 15e9 / 3))
+    assert cal.cpu_attention_s(2**26, heads=1, group=8) == pytest.approx(2**26 / 20e9)  # flat beyond group 4
+    # without heads: the single rate, as before
+    assert cal.cpu_attention_s(2**26, group=4) == pytest.approx(cal.cpu_attention_s(2**26))
+
+
+def test_an_empty_slot_table_is_refused():
+    from pydantic import ValidationError
+
+    host = load_host("sapphire-rapids")
+    data = host.model_dump() | {"cpu_attention_slot_gbps": {4: {1: {}}}}
+    with pytest.raises(ValidationError, match="cpu_attention_slot_gbps"):
+        type(host).model_validate(data)

@@ -284,3 +284,46 @@ def test_sparse_fetch_gathers_on_the_issuing_thread():
     added = (LLAMA.n_layers - plan.dense_layers) * (fetched / 40e9 - fetched / 80e9)
     for i in (0, 1):  # the simulator, the analytic model
         assert steps[40.0][i] - steps[80.0][i] == pytest.approx(added, rel=0.05)
+
+
+def test_a_slow_one_head_slot_slows_one_head_cpu_slots_only():
+    """A host whose CPU slot scans of one KV head run at half the rate of four-head slots (the H100 guest's kernel
+    at one head and 32K tokens): a cpu_attention plan whose CPU slots hold one head each gets a longer decode in the
+    analytic model and the simulator alike; one with four-head slots does not move."""
+
+    def table(one: float) -> dict:
+        rates = {
+            h: {n: Sourced(value=r, measured="test") for n in (2**20, 2**30)} for h, r in ((1, one), (4, 4.0))
+        }
+        return {LLAMA.group: rates}
+
+    hosts = {one: HOST.model_copy(update={"cpu_attention_slot_gbps": table(one)}) for one in (4.0, 2.0)}
+    work = Workload(context=32768, gen=2)
+    for g, slower in ((1, True), (4, False)):
+        plan = CpuAttentionPlan(cpu_kv_heads=4, kv_heads_per_slot=g, prefill_chunk=8192)
+        base = predict(plan, LLAMA, H100, hosts[4.0], work).decode_s_per_token
+        new = predict(plan, LLAMA, H100, hosts[2.0], work).decode_s_per_token
+        sim_base = simulate(plan, LLAMA, H100, hosts[4.0], work).summary.decode_step_s[0]
+        sim_new = simulate(plan, LLAMA, H100, hosts[2.0], work).summary.decode_step_s[0]
+        if slower:
+            assert new > base * 1.3 and sim_new > sim_base * 1.3
+        else:
+            assert new == pytest.approx(base) and sim_new == pytest.approx(sim_base)
+
+
+def test_cpu_attention_prefill_streams_the_executors_own_slots():
+    """Where the plan's slot size does not divide the CPU heads (two CPU heads, slots of 15 of Llama-2-7B's 32
+    heads), the executor streams the GPU heads in slots of 15 (one resident) and each CPU head apart at prefill:
+    four attention calls a layer and 17 heads' KV over PCIe, not 32 one-head slots. Both models cost those slots."""
+    model = load_model("llama-2-7b")
+    plan = CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=15, resident_slots=1, prefill_chunk=4096)
+    work = Workload(context=32768, gen=2)
+    trace = simulate(plan, model, H100, HOST, work)
+    last = max(s.step for s in trace.spans if s.phase == "prefill")
+    spans = [s for s in trace.spans if s.phase == "prefill" and s.step == last and s.layer == 3]
+    assert sum(s.kind == "attention" for s in spans) == 4
+    past = 32768 - 4096
+    h2d = sum(s.bytes for s in spans if s.resource == "h2d")
+    assert h2d == pytest.approx(17 * past * 2 * model.head_dim * model.dtype_bytes, rel=1e-6)
+    analytic = predict(plan, model, H100, HOST, work).prefill_s
+    assert analytic == pytest.approx(trace.summary.prefill_s, rel=0.15)

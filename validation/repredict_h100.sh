@@ -11,7 +11,10 @@
 # among them) in the call that made calibrated-s7b (l2-planner-32k-24gb's run in the call that made calibrated-s7c
 # is in git at 449980b's results, 9f440d5).
 # Eighth session (executor and model of b56c37c): l3-sparse-64k, q7-cpu1-64k and l2-planner-32k-24gb (with its
-# runners-up) ran in the call that made calibrated-s8a, the first with the CPU attention kernel timed per GQA group.
+# runners-up) ran in the call that made calibrated-s8a, the first with the CPU attention kernel timed per GQA group
+# (l3-sparse-64k's run is still here). Ninth session (executor of 8af2f00, model and calibration with the CPU scan
+# priced per CPU slot): q7-cpu1-64k and l2-planner-32k-24gb (with its runners-up) ran in the call that made
+# calibrated-s9a.
 # Each configuration is predicted once, after the default pass.
 # Then: python validation/summarize.py validation/results/h100
 set -euo pipefail
@@ -34,6 +37,7 @@ done
 for name in l3-planner-128k-24gb l3-head-g2-r1-128k q7-head-g1-128k l3-cpu4-128k l2-layer-inc-32k l3-layer-inc-64k; do
   roofsim validate --repredict "$root/campaign/$name" --gpu "$root/calibrated-s7b/h100-sxm-calibrated.toml" >/dev/null
 done
-for name in l3-sparse-64k q7-cpu1-64k l2-planner-32k-24gb; do
-  roofsim validate --repredict "$root/campaign/$name" --gpu "$root/calibrated-s8a/h100-sxm-calibrated.toml" >/dev/null
+roofsim validate --repredict "$root/campaign/l3-sparse-64k" --gpu "$root/calibrated-s8a/h100-sxm-calibrated.toml" >/dev/null
+for name in q7-cpu1-64k l2-planner-32k-24gb; do
+  roofsim validate --repredict "$root/campaign/$name" --gpu "$root/calibrated-s9a/h100-sxm-calibrated.toml" >/dev/null
 done

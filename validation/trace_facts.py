@@ -53,7 +53,7 @@ def main(root: str) -> int:
         chunks = len(measured.summary.prefill_chunk_s)
         print(f"{folder.name:25s} {chunks:6d} {traced:6d} {excess:20.3f} {err:+16.3f}")
     print()
-    from roofsim.families.cpu_attention import cpu_slot_count
+    from roofsim.families.cpu_attention import cpu_slot_count, cpu_slot_heads
     from roofsim.specs import load_model
 
     print(
@@ -71,7 +71,10 @@ def main(root: str) -> int:
             n = cpu_slot_count(row["plan"]["cpu_kv_heads"], row["plan"]["kv_heads_per_slot"])
             layers = _decode_spans(measured, "cpu_attention")
             took = sum(s.end_s - s.start_s for s in layers) / len(layers)
-            priced = sum(host.cpu_attention_s(s.bytes, calls=n, group=group) for s in layers) / len(layers)
+            heads = cpu_slot_heads(row["plan"]["cpu_kv_heads"], row["plan"]["kv_heads_per_slot"])
+            priced = sum(
+                host.cpu_attention_s(s.bytes, calls=n, group=group, heads=heads) for s in layers
+            ) / len(layers)
             rate = statistics.median(_gbps(layers))
             times = " ".join(f"{t * 1e3:.0f}" for t in measured.summary.decode_step_s)
             name = f"{runs_file.parent.name}/{row['run']}"

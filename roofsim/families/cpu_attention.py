@@ -10,12 +10,15 @@ Prefill attends every head on the GPU (CPU attention over a chunk of queries wou
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import numpy as np
 
 from roofsim import link
 from roofsim.families.base import (
     Ctx,
     Evaluation,
+    LayerLoad,
     activation_bytes,
     check_divides,
     combine,
@@ -28,6 +31,7 @@ from roofsim.families.base import (
 )
 from roofsim.families.streaming import first_unit_fill, slot_loads
 from roofsim.plan import CpuAttentionPlan
+from roofsim.roofline import GpuWork
 
 
 def check_heads(plan: CpuAttentionPlan, n_kv_heads: int) -> tuple[int, int]:
@@ -73,6 +77,22 @@ def prefill_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
     return g if not cpu_kv_heads or cpu_slot_heads(cpu_kv_heads, g) == g else 1
 
 
+def _with_cpu_slots(gpu: LayerLoad, cpu: LayerLoad) -> LayerLoad:
+    """A prefill layer's load of the GPU heads' slots plus the CPU heads' streamed slots (its attention calls,
+    copies and units; the layer's other work once)."""
+    attn = GpuWork(**{f.name: getattr(gpu.attn, f.name) + getattr(cpu.attn, f.name) for f in fields(GpuWork)})
+    return replace(
+        gpu,
+        attn=attn,
+        h2d_bytes=gpu.h2d_bytes + cpu.h2d_bytes,
+        h2d_copies=gpu.h2d_copies + cpu.h2d_copies,
+        d2h_bytes=gpu.d2h_bytes + cpu.d2h_bytes,
+        d2h_copies=gpu.d2h_copies + cpu.d2h_copies,
+        units=gpu.units + cpu.units,
+        syncs=gpu.syncs + cpu.syncs,
+    )
+
+
 def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     m, w, gpu, host = ctx.model, ctx.work, ctx.gpu, ctx.host
     hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
@@ -85,6 +105,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
         syncs_per_slot=0,
         streamed_weights=plan.weights == "streamed",
     )
+    no_weights = {**common, "streamed_weights": False}  # the CPU heads' slots at prefill: the layer's once
 
     dec = decode_steps([w.context, w.context + w.gen])
     loads = (
@@ -97,7 +118,10 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     B, e = w.batch, m.dtype_bytes
     cpu_kv = kv_bytes(ctx, 1, hc) * (dec.P + dec.C)
     cpu_flops = 4.0 * B * hc * m.group * m.head_dim * (dec.P + dec.C)
-    ram_s = host.cpu_attention_s(cpu_kv, calls=cpu_slot_count(hc, g), group=m.group)  # a call per CPU slot
+    # a call per CPU slot, each at its heads' and length's rate
+    ram_s = host.cpu_attention_s(
+        cpu_kv, calls=cpu_slot_count(hc, g), group=m.group, heads=cpu_slot_heads(hc, g)
+    )
     compute_s = cpu_flops / (host.cpu_tflops.value * 1e12)
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4  # partial output and its log-sum-exp
@@ -125,8 +149,29 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     resident_heads = plan.resident_slots * g
     pg = prefill_slot_heads(hc, g)
     pre = prefill_steps(w.context, plan.prefill_chunk)
-    pre_loads = slot_loads(ctx, pre, group=pg, resident=[resident_heads // pg] * m.n_layers, **common)
-    prefill = combine(pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, 1, None, True), gpu)
+    gc = cpu_slot_heads(hc, g)
+    fill_heads = 1
+    if hc and gpu_heads and gc != g:
+        # the executor's own slots: the GPU heads' of g (resident_slots of them resident), the CPU heads' of gc
+        pre_loads = [
+            _with_cpu_slots(
+                ll, slot_loads(ctx, pre, group=gc, resident=[0], gpu_kv_heads=hc, **no_weights)[0]
+            )
+            for ll in slot_loads(
+                ctx,
+                pre,
+                group=g,
+                resident=[plan.resident_slots] * m.n_layers,
+                gpu_kv_heads=gpu_heads,
+                **common,
+            )
+        ]
+        fill_heads = g if gpu_slots > plan.resident_slots else gc  # the first streamed slot, as the executor
+    else:
+        pre_loads = slot_loads(ctx, pre, group=pg, resident=[resident_heads // pg] * m.n_layers, **common)
+    prefill = combine(
+        pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, fill_heads, None, True), gpu
+    )
 
     T = w.max_tokens
     gpu_kv = {

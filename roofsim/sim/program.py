@@ -16,7 +16,7 @@ import numpy as np
 
 from roofsim import link, ops
 from roofsim.families.base import Ctx, activation_bytes, block_lengths, kv_bytes, logits_bytes, weight_stream
-from roofsim.families.cpu_attention import cpu_slot_count, prefill_slot_heads, ring_slot_heads
+from roofsim.families.cpu_attention import cpu_slot_count, cpu_slot_heads, prefill_slot_heads, ring_slot_heads
 from roofsim.families.evict import evict_ops, evict_workspace
 from roofsim.families.kvpr import optimal_split, per_token, recompute_ops, recompute_peak_bytes
 from roofsim.families.sparse_fetch import selection_ops
@@ -643,7 +643,22 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
     out_bytes = q_bytes + B * hc * m.group * 4
     for s in steps:
         if s.phase == "prefill":
-            layers = _slot_units(ctx, s.C, s.P, pg, [resident_heads // pg] * m.n_layers, "incremental", None)
+            gc = cpu_slot_heads(hc, g)
+            if (
+                hc and gpu_heads and gc != g
+            ):  # the executor's own slots: the GPU heads' of g, the CPU heads' of gc
+                gpu_units = _slot_units(
+                    ctx, s.C, s.P, g, [plan.resident_slots] * m.n_layers, "incremental", None, heads=gpu_heads
+                )
+                cpu_units = _slot_units(ctx, s.C, s.P, gc, [0] * m.n_layers, "incremental", None, heads=hc)
+                layers = [
+                    sorted(a + c, key=lambda u: not u.streamed)
+                    for a, c in zip(gpu_units, cpu_units, strict=True)
+                ]
+            else:
+                layers = _slot_units(
+                    ctx, s.C, s.P, pg, [resident_heads // pg] * m.n_layers, "incremental", None
+                )
             last = streamed_step(
                 b,
                 s.phase,
@@ -666,7 +681,12 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
         )
         cpu_kv = kv_bytes(ctx, 1, hc) * (s.P + 1)
         cpu_s = max(
-            host.cpu_attention_s(cpu_kv, calls=cpu_slot_count(hc, plan.kv_heads_per_slot), group=m.group),
+            host.cpu_attention_s(
+                cpu_kv,
+                calls=cpu_slot_count(hc, plan.kv_heads_per_slot),
+                group=m.group,
+                heads=cpu_slot_heads(hc, plan.kv_heads_per_slot),
+            ),
             4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
         )
 

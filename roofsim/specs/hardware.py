@@ -167,6 +167,18 @@ class GpuSpec(_Section):
         return (DEFAULT_GPU_KERNEL_US if g is None else g.value) * 1e-6
 
 
+def _between(key: float, values: dict[int, np.ndarray]) -> np.ndarray:
+    """values at `key`: linear between the two nearest keys of the table, the nearest one's beyond it."""
+    keys = sorted(values)
+    if key <= keys[0] or len(keys) == 1:
+        return values[keys[0]]
+    if key >= keys[-1]:
+        return values[keys[-1]]
+    i = int(np.searchsorted(keys, key))
+    w = (key - keys[i - 1]) / (keys[i] - keys[i - 1])
+    return (1 - w) * values[keys[i - 1]] + w * values[keys[i]]
+
+
 class HostSpec(_Section):
     name: str
     full_name: str
@@ -187,6 +199,13 @@ class HostSpec(_Section):
     # measured at. None: cpu_attention_gbps for every group
     cpu_attention_group_gbps: dict[int, SourcedNumber] | None = None
     cpu_attention_group: SourcedNumber | None = None
+    # KV bytes/s of the same kernel over one CPU slot's host block, by the GQA group, then KV heads in the slot,
+    # then the KV bytes the slot's scan reads: the executor attends each CPU slot apart, cut into key ranges by its
+    # threads, and the rate depends on all three (on the H100 guest one MHA head of 32K tokens scanned at half the
+    # rate of four such heads, and below a GQA-4 head). A layer's scan runs at the rate interpolated there (linear
+    # in group and heads, in log bytes; flat beyond the table). None: cpu_attention_gbps (scaled by group as
+    # above) with cpu_attention_call_us per call
+    cpu_attention_slot_gbps: dict[int, dict[int, dict[int, SourcedNumber]]] | None = None
 
     _pos = field_validator(
         "ram_capacity_gib",
@@ -204,6 +223,28 @@ class HostSpec(_Section):
             raise ValueError(
                 "cpu_attention_group_gbps and cpu_attention_group go together: give both or neither"
             )
+        slots = self.cpu_attention_slot_gbps
+        if slots is not None:
+            bad = [
+                (g, h, n, r.value)
+                for g, by_heads in slots.items()
+                for h, row in by_heads.items()
+                for n, r in row.items()
+                if min(g, h, n) < 1 or r.value <= 0
+            ]
+            empty = (
+                not slots or not all(slots.values()) or not all(r for t in slots.values() for r in t.values())
+            )
+            if empty or bad:
+                raise ValueError(
+                    "cpu_attention_slot_gbps needs positive rates keyed by group >= 1, then heads >= 1, then "
+                    "bytes >= 1"
+                    + (
+                        f" (got group {bad[0][0]}, heads {bad[0][1]}, bytes {bad[0][2]}: {bad[0][3]})"
+                        if bad
+                        else " (got an empty table)"
+                    )
+                )
         if table is not None:
             bad = [g for g, r in table.items() if g < 1 or r.value <= 0]
             if not table or bad:
@@ -221,13 +262,33 @@ class HostSpec(_Section):
     def capacity_bytes(self) -> float:
         return self.ram_capacity_gib.value * GiB
 
-    def cpu_attention_s(self, kv_bytes, calls: int = 1, group: int | None = None):
-        """Seconds of CPU decode attention scanning kv_bytes of KV (a number or an array) in `calls` calls, for a
-        model with `group` query heads per KV head (None: at the rate as measured)."""
+    def cpu_attention_s(self, kv_bytes, calls: int = 1, group: int | None = None, heads: int | None = None):
+        """Seconds of CPU decode attention scanning kv_bytes of KV (a number or an array) in `calls` calls (CPU
+        slots) of `heads` KV heads each, for a model with `group` query heads per KV head (None: at the rate as
+        measured). Priced per slot from cpu_attention_slot_gbps where the profile has it and `heads` and `group`
+        are given."""
+        if self.cpu_attention_slot_gbps is not None and heads is not None and group is not None:
+            return kv_bytes / self.cpu_attention_slot_rate(group, heads, np.asarray(kv_bytes) / calls)
         call = 0.0 if self.cpu_attention_call_us is None else self.cpu_attention_call_us.value * 1e-6
         return calls * call + kv_bytes / (
             self.cpu_attention_gbps.value * 1e9 * self.cpu_attention_scale(group)
         )
+
+    def cpu_attention_slot_rate(self, group: int, heads: int, slot_bytes):
+        """Bytes/s of one CPU slot's scan of slot_bytes (a number or an array) over `heads` KV heads with `group`
+        query heads each: from cpu_attention_slot_gbps, linear in log bytes between measured sizes, in heads and in
+        group between measured ones, flat beyond all three."""
+        x = np.log(np.maximum(np.asarray(slot_bytes, dtype=float), 1.0))
+
+        def at_heads(row: dict) -> np.ndarray:
+            sizes = sorted(row)
+            return np.interp(x, np.log(sizes), [row[n].value for n in sizes])
+
+        def at_group(by_heads: dict) -> np.ndarray:
+            return _between(heads, {h: at_heads(row) for h, row in by_heads.items()})
+
+        table = self.cpu_attention_slot_gbps
+        return _between(group, {g: at_group(by_heads) for g, by_heads in table.items()}) * 1e9
 
     def cpu_attention_scale(self, group: int | None) -> float:
         """The CPU attention kernel's rate at `group` over its rate at the group cpu_attention_gbps was measured at,
