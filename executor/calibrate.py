@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -402,12 +403,33 @@ def cpu_attention_groups(model: ModelSpec, L: int = 65536) -> dict[int, CopyPoin
     }
 
 
-SLOT_HEADS = (
-    1,
-    2,
-    4,
-    8,
-)  # KV heads in one CPU slot: one where the plan's slot size does not divide its CPU heads
+def timed_scans(
+    q: torch.Tensor, calls: list[list[torch.Tensor]], length: int, out: torch.Tensor
+) -> list[float]:
+    """Seconds of each of `calls`: one layer's CPU decode attention (attend_host, head_dim from q) over that call's
+    host blocks, one after another on the calling thread (run it on the CPU worker, as the executor does)."""
+    from roofsim.executor.cpu_decode import attend_host
+
+    times = []
+    for blocks in calls:
+        t0 = time.perf_counter()
+        attend_host(q, blocks, length, q.shape[-1] ** -0.5, out)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def carve_kv_blocks(
+    region: torch.Tensor, heads: int, L: int, head_dim: int, cold_bytes: int, least: int = 2
+) -> list[torch.Tensor]:
+    """Consecutive host blocks [L, 1, 2, heads, head_dim] over a filled bf16 region, enough to cover cold_bytes (at
+    least `least`, at most what the region holds), so that calls cycling through them read RAM."""
+    n = L * 2 * heads * head_dim
+    count = max(least, min(cold_bytes // (2 * n), region.numel() // n))
+    return [region[i * n : (i + 1) * n].view(L, 1, 2, heads, head_dim) for i in range(count)]
+
+
+# KV heads in one CPU slot: one where the plan's slot size does not divide its CPU heads
+SLOT_HEADS = (1, 2, 4, 8)
 SLOT_TOKENS = (8193, 32769, 65537, 131073)  # a decode step's length: never a multiple of the key ranges
 
 
@@ -418,7 +440,6 @@ def cpu_attention_slots(model: ModelSpec, cold_bytes: int = 1 << 30) -> dict[int
     on the bytes (on the H100 guest one MHA head of 32K tokens scanned at half the rate of four). Blocks are carved
     from one filled region and cycled, so each call reads RAM."""
     from roofsim.executor.cpu_attn import on_worker
-    from roofsim.executor.cpu_decode import attend_host
 
     d = model.head_dim
     largest = max(SLOT_TOKENS) * 2 * max(SLOT_HEADS) * d * 2
@@ -430,23 +451,12 @@ def cpu_attention_slots(model: ModelSpec, cold_bytes: int = 1 << 30) -> dict[int
             q = torch.randn(1, h * g, 1, d, dtype=torch.bfloat16)
             o = torch.empty_like(q)
             for L in SLOT_TOKENS:
-                n = L * 2 * h * d
-                blocks = [
-                    region[i * n : (i + 1) * n].view(L, 1, 2, h, d)
-                    for i in range(max(2, min(cold_bytes // (2 * n), region.numel() // n)))
-                ]
-
-                def calls(blocks=blocks, q=q, o=o, L=L) -> list[float]:
-                    times = []
-                    for b in blocks:
-                        t0 = time.perf_counter()
-                        attend_host(q, [b], L, d**-0.5, o)
-                        times.append(time.perf_counter() - t0)
-                    return times
-
+                blocks = carve_kv_blocks(region, h, L, d, cold_bytes)
+                calls = partial(timed_scans, q, [[b] for b in blocks], L, o)
                 on_worker(calls)  # the kernel's first calls at this shape
                 seconds = statistics.median(on_worker(calls) + on_worker(calls))
-                out.setdefault(g, {}).setdefault(h, []).append(CopyPoint(nbytes=2 * n, seconds=seconds))
+                nbytes = blocks[0].numel() * blocks[0].element_size()
+                out.setdefault(g, {}).setdefault(h, []).append(CopyPoint(nbytes=nbytes, seconds=seconds))
     return out
 
 
@@ -481,7 +491,6 @@ def cpu_attention_point(
     then also the H2D rate over those copies, else None. `group`: query heads per KV head (default the model's);
     `bufs`: cold blocks of `heads` heads and L tokens to reuse."""
     from roofsim.executor.cpu_attn import _worker, on_worker
-    from roofsim.executor.cpu_decode import attend_host
 
     d = model.head_dim
     q = torch.randn(1, heads * (group or model.group), 1, d, dtype=torch.bfloat16)
@@ -489,14 +498,7 @@ def cpu_attention_point(
     size = bufs[0].numel() * bufs[0].element_size()
     out = torch.empty_like(q)
 
-    def calls() -> list[float]:
-        times = []
-        for b in bufs:
-            t0 = time.perf_counter()
-            attend_host(q, [b], L, d**-0.5, out)
-            times.append(time.perf_counter() - t0)
-        return times
-
+    calls = partial(timed_scans, q, [[b] for b in bufs], L, out)
     on_worker(calls)  # first touch, the kernel's first call
     if not beside_h2d:
         return CopyPoint(nbytes=size, seconds=statistics.median(on_worker(calls) + on_worker(calls))), None
@@ -513,15 +515,17 @@ def cpu_attention_point(
     return CopyPoint(nbytes=size, seconds=statistics.median(times)), rate
 
 
-def stream_h2d(src: torch.Tensor, until: Callable[[], bool]) -> int:
-    """H2D copies of the bytes of `src` (pinned host memory) back to back on a stream of their own, two in flight
-    so the copy engine never idles, until until() is true; waits for the last and returns how many ran."""
-    dst = torch.empty(src.numel(), dtype=torch.uint8, device="cuda")
+def stream_h2d(src: torch.Tensor | list[torch.Tensor], until: Callable[[], bool]) -> int:
+    """H2D copies of the bytes of `src` (pinned host memory; a list of equal-sized chunks: each in turn) back to
+    back on a stream of their own, two in flight so the copy engine never idles, until until() is true; waits for
+    the last and returns how many ran."""
+    chunks = src if isinstance(src, list) else [src]
+    dst = torch.empty(chunks[0].numel(), dtype=torch.uint8, device="cuda")
     stream = torch.cuda.Stream()
     pending, copies = [], 0
     while not until():
         with torch.cuda.stream(stream):
-            dst.copy_(src, non_blocking=True)
+            dst.copy_(chunks[copies % len(chunks)], non_blocking=True)
             pending.append(torch.cuda.Event())
             pending[-1].record(stream)
         copies += 1

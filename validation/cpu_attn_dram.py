@@ -16,33 +16,16 @@ import json
 import statistics
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from roofsim.executor.calibrate import stream_h2d
+from roofsim.executor.calibrate import carve_kv_blocks, stream_h2d, timed_scans
 from roofsim.executor.cpu_attn import _worker
-from roofsim.executor.cpu_decode import attend_host
 from roofsim.executor.hostpool import HostPool
 
 D = 128
 CHUNK = 256 << 20
-
-
-def stream_cycle(chunks: list[torch.Tensor], until) -> int:
-    """H2D copies of each chunk in turn (two in flight) until until(); returns how many ran."""
-    dst = torch.empty(CHUNK, dtype=torch.uint8, device="cuda")
-    stream = torch.cuda.Stream()
-    pending, copies = [], 0
-    while not until():
-        with torch.cuda.stream(stream):
-            dst.copy_(chunks[copies % len(chunks)], non_blocking=True)
-            pending.append(torch.cuda.Event())
-            pending[-1].record(stream)
-        copies += 1
-        if len(pending) > 2:
-            pending.pop(0).synchronize()
-    stream.synchronize()
-    return copies
 
 
 def main() -> None:
@@ -62,18 +45,11 @@ def main() -> None:
     rows = []
     for name, G, heads, slots, L in (("l2 pick", 1, 1, 2, 32769), ("q7-cpu1", 7, 1, 1, 65537)):
         n = L * 2 * heads * D
-        blocks = [region[i * n : (i + 1) * n].view(L, 1, 2, heads, D) for i in range(region.numel() // n)]
+        blocks = carve_kv_blocks(region, heads, L, D, 2 * region.numel(), least=1)  # the whole region
         calls = [blocks[i : i + slots] for i in range(0, len(blocks) - slots + 1, slots)]
         q = torch.randn(1, slots * heads * G, 1, D, dtype=torch.bfloat16)
         out = torch.empty_like(q)
-
-        def scan(calls=calls, q=q, out=out, L=L) -> list[float]:
-            times = []
-            for c in calls:
-                t0 = time.perf_counter()
-                attend_host(q, c, L, D**-0.5, out)
-                times.append(time.perf_counter() - t0)
-            return times
+        scan = partial(timed_scans, q, calls, L, out)
 
         _worker().submit(scan).result()
         for case in ("alone", "beside h2d, one 256 MiB buffer", f"beside h2d, cycling {args.pool_gib} GiB"):
@@ -89,7 +65,7 @@ def main() -> None:
                 elif "one" in case:
                     copies += stream_h2d(small, done.is_set)
                 else:
-                    copies += stream_cycle(chunks, done.is_set)
+                    copies += stream_h2d(chunks, done.is_set)
                 times += job.result()
             wall = time.perf_counter() - t0
             med = statistics.median(times)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 from roofsim.executor import cpu_attn
-from roofsim.executor.calibrate import cold_kv_blocks
+from roofsim.executor.calibrate import cold_kv_blocks, timed_scans
 from roofsim.executor.cpu_attn import _worker
-from roofsim.executor.cpu_decode import attend_host
 
 
 def thread_times() -> dict[int, tuple[str, int]]:
@@ -54,12 +53,7 @@ def scan(blocks_per_call: list[list[torch.Tensor]], q, length: int, out) -> list
     """attend_host over each call's blocks on the CPU worker, each timed (two passes)."""
 
     def run():
-        times = []
-        for blocks in blocks_per_call:
-            t0 = time.perf_counter()
-            attend_host(q, blocks, length, q.shape[-1] ** -0.5, out)
-            times.append(time.perf_counter() - t0)
-        return times
+        return timed_scans(q, blocks_per_call, length, out)
 
     return _worker().submit(run).result() + _worker().submit(run).result()
 

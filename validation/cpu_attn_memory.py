@@ -13,13 +13,11 @@ import argparse
 import json
 import statistics
 import threading
-import time
 from pathlib import Path
 
 import torch
-from roofsim.executor.calibrate import cold_kv_blocks, stream_h2d
+from roofsim.executor.calibrate import cold_kv_blocks, stream_h2d, timed_scans
 from roofsim.executor.cpu_attn import _worker
-from roofsim.executor.cpu_decode import attend_host
 from roofsim.executor.hostpool import HostPool
 
 HEADS, L, D, G = 4, 65536, 128, 4
@@ -45,12 +43,7 @@ def pool_blocks(pool: HostPool, total: int = COLD, dma: bool = False) -> list[to
 
 
 def scan(bufs, q, out) -> list[float]:
-    times = []
-    for b in bufs:
-        t0 = time.perf_counter()
-        attend_host(q, [b], L, D**-0.5, out)
-        times.append(time.perf_counter() - t0)
-    return times
+    return timed_scans(q, [[b] for b in bufs], L, out)
 
 
 def beside(kind: str, src: torch.Tensor | None, done: threading.Event) -> None:

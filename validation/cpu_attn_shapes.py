@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from roofsim.executor.attention import cpu_splits
+from roofsim.executor.calibrate import carve_kv_blocks
 from roofsim.executor.cpu_attn import _worker, worker_pool
 from roofsim.executor.cpu_decode import _compiled, attend_host
 
@@ -28,9 +29,7 @@ COLD = 1 << 30  # bytes each case cycles through, so every block comes from RAM
 
 def carve(region: torch.Tensor, heads: int, L: int) -> list[torch.Tensor]:
     """Consecutive host blocks [L, 1, 2, heads, D] over the region (bf16), as many as fit in COLD bytes."""
-    n = L * 2 * heads * D
-    count = max(1, min(COLD // (2 * n), region.numel() // n))
-    return [region[i * n : (i + 1) * n].view(L, 1, 2, heads, D) for i in range(count)]
+    return carve_kv_blocks(region, heads, L, D, COLD, least=1)
 
 
 def timed(pool, fn, calls: list) -> list[float]:

@@ -68,7 +68,8 @@ def attention_shape_s(plan, ctx: Ctx) -> np.ndarray:
     """Per prefill chunk, the host time of its attention's first calls at new shapes: each chunk's past is a new
     key length (the executor's warm-up ran no past and one chunk's, so the first two chunks pay nothing). The
     models attend a chunk's heads in calls of one size (whole layers, or every slot alike: cpu_attention's in
-    prefill_slot_heads), so one new shape per chunk; with token blocks, the streamed slots' calls are over each
+    prefill_slot_heads; where its GPU and CPU slots differ in size the simulator counts both, this one), so one new
+    shape per chunk; with token blocks, the streamed slots' calls are over each
     block's keys: the last block's length is new at every chunk, a full block's once, and the resident slots'
     past P besides. As the simulator's Builder.new_shape counts. Zero unless the profile measured the per-shape
     set-up."""

@@ -70,11 +70,15 @@ def ring_slot_heads(n_kv_heads: int, cpu_kv_heads: int, kv_heads_per_slot: int) 
     return max(gpu, cpu, 1)
 
 
-def prefill_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
-    """The slot size the models stream every head in at prefill: the plan's where the CPU heads' slots have it,
-    else one head (the executor's GPU and CPU slots then differ in size)."""
+def prefill_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int, n_kv_heads: int) -> int | None:
+    """The one slot size every head streams in at prefill: the plan's where the CPU heads' slots have it (or there
+    are no CPU heads), the CPU heads' where every head is theirs; None where the executor streams the GPU heads in
+    the plan's slots and the CPU heads in slots of cpu_slot_heads (two sizes)."""
     g = kv_heads_per_slot
-    return g if not cpu_kv_heads or cpu_slot_heads(cpu_kv_heads, g) == g else 1
+    gc = cpu_slot_heads(cpu_kv_heads, g) if cpu_kv_heads else g
+    if gc == g:
+        return g
+    return gc if cpu_kv_heads == n_kv_heads else None
 
 
 def _with_cpu_slots(gpu: LayerLoad, cpu: LayerLoad) -> LayerLoad:
@@ -147,11 +151,11 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     # prefill: every head on the GPU. The resident heads (resident_slots groups of g) stay resident; every other
     # head streams, the CPU's in slots of gc (the executor's slots: g where it divides them, else one head)
     resident_heads = plan.resident_slots * g
-    pg = prefill_slot_heads(hc, g)
+    pg = prefill_slot_heads(hc, g, m.n_kv_heads)
     pre = prefill_steps(w.context, plan.prefill_chunk)
     gc = cpu_slot_heads(hc, g)
     fill_heads = 1
-    if hc and gpu_heads and gc != g:
+    if pg is None:
         # the executor's own slots: the GPU heads' of g (resident_slots of them resident), the CPU heads' of gc
         pre_loads = [
             _with_cpu_slots(

@@ -636,17 +636,15 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
     resident_heads = plan.resident_slots * g
     base["kv_resident"] = m.n_layers * kv_bytes(ctx, T, resident_heads)
     gpu_heads = m.n_kv_heads - hc
-    pg = prefill_slot_heads(hc, g)
+    pg = prefill_slot_heads(hc, g, m.n_kv_heads)
+    gc = cpu_slot_heads(hc, g)
     # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
     base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, ring_slot_heads(m.n_kv_heads, hc, g))
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4
     for s in steps:
         if s.phase == "prefill":
-            gc = cpu_slot_heads(hc, g)
-            if (
-                hc and gpu_heads and gc != g
-            ):  # the executor's own slots: the GPU heads' of g, the CPU heads' of gc
+            if pg is None:  # the executor's own slots: the GPU heads' of g, the CPU heads' of gc
                 gpu_units = _slot_units(
                     ctx, s.C, s.P, g, [plan.resident_slots] * m.n_layers, "incremental", None, heads=gpu_heads
                 )
