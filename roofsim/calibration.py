@@ -86,6 +86,14 @@ class Measurements(BaseModel):
     streamed_call_s: float | None = Field(
         default=None, description="what a streamed unit's attention call adds to it (tiny shapes)"
     )
+    prefill_call_s: float | None = Field(
+        default=None,
+        description="what an executor attention call of a chunk after a past adds to a decode call's host time (its "
+        "second part, the GQA repeat, the LSE merge): back-to-back calls at the model's head_dim, small shapes",
+    )
+    cpu_scan_gap_s: float = Field(
+        default=0.0, description="idle before each timed call of cpu_attention_slots (0: back to back)"
+    )
     attention_new_shape_s: float | None = Field(
         default=None,
         description="a prefill attention call of the executor with a past length not seen before, less the same "
@@ -205,6 +213,16 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             ),
             **(
                 {
+                    "prefill_call_us": (
+                        m.prefill_call_s * 1e6,
+                        "back-to-back attention calls of a chunk after a past against decode calls, per call",
+                    )
+                }
+                if m.prefill_call_s is not None
+                else {}
+            ),
+            **(
+                {
                     "step_us": (
                         max(0.0, m.tiny_step_s - outside * kernel_us * 1e-6) * 1e6,
                         f"a tiny model's decode step less its layers, less the {outside:g} kernels outside them",
@@ -280,7 +298,12 @@ def fit_host(m: Measurements) -> dict[str, tuple[float | dict, str]]:
                 }
                 for g, by_heads in sorted(m.cpu_attention_slots.items())
             },
-            "KV bytes/s of that kernel over one CPU slot's cold host block (group, KV heads, bytes)",
+            "KV bytes/s of that kernel over one CPU slot's cold host block (group, KV heads, bytes)"
+            + (
+                f", each call after {m.cpu_scan_gap_s * 1e3:g} ms idle, the mean of the fastest 95%"
+                if m.cpu_scan_gap_s
+                else ", median of calls back to back"
+            ),
         )
     if m.cpu_gather_gbps is not None:
         out["cpu_gather_gbps"] = (

@@ -31,6 +31,7 @@ class Op:
     runtime_calls: Num = 0  # CUDA runtime calls other than kernels and copies (event records, stream waits)
     attn_calls: Num = 0  # attention calls of the executor (a calibrated profile may price them directly)
     streamed_calls: Num = 0  # of which over streamed units
+    prefill_calls: Num = 0  # of which over a chunk after a past (two parts and their merge)
 
 
 def topk_op(name: str, rows: Num, n: Num, k: Num, e: int) -> Op:
@@ -55,6 +56,10 @@ def _vector(name: str, elems: Num, flops_per: float, passes: float, e: int, kern
 # events, two copies). tests/test_executor_dispatch.py counts them in the executor and holds these to it.
 ATTN_CALL_KERNELS = 8
 STREAMED_CALL_EXTRA = 6
+# A call over a prefill chunk after a past adds ~20 aten ops to it (the chunk's own causal part, the GQA repeat of
+# its K/V, the LSE merge in fp32), resident or streamed alike: 11 units (the same test counts them). A calibrated
+# profile prices them directly (prefill_call_us).
+PREFILL_CALL_EXTRA = 11
 # CUDA runtime calls besides kernels and copies (event records, stream waits), each costing the host about one
 # copy issue (copy_issue_us: a Python -> CUDA runtime call on a stream): 2 per attention call over resident KV, 8
 # more for a streamed unit (ring guard, its ready event, write-back ordering, the recorder's marks).
@@ -127,7 +132,10 @@ def attention_op(
         else 0.0
     )
     fold = 2.0 * q_elems * e if m.group > 1 else 0.0
-    kernels = calls * ATTN_CALL_KERNELS + streamed_calls * STREAMED_CALL_EXTRA
+    prefill_calls = np.where(two_parts, calls, 0.0)
+    kernels = (
+        calls * ATTN_CALL_KERNELS + streamed_calls * STREAMED_CALL_EXTRA + prefill_calls * PREFILL_CALL_EXTRA
+    )
     runtime = calls * ATTN_CALL_RUNTIME + streamed_calls * STREAMED_CALL_RUNTIME_EXTRA
     if write_back_tokens > 1:  # the write-backs a GPU tail saves (`tail_kernels`: the layer's writes into it)
         skipped = 1.0 - write_back_share(C, write_back_tokens)
@@ -143,6 +151,7 @@ def attention_op(
         runtime_calls=runtime,
         attn_calls=calls,
         streamed_calls=streamed_calls,
+        prefill_calls=prefill_calls,
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from roofsim.ops import (
     ATTN_CALL_KERNELS,
     ATTN_CALL_RUNTIME,
+    PREFILL_CALL_EXTRA,
     STREAMED_CALL_EXTRA,
     STREAMED_CALL_RUNTIME_EXTRA,
     Op,
@@ -72,6 +73,7 @@ class GpuWork:
     runtime_calls: np.ndarray
     attn_calls: np.ndarray
     streamed_calls: np.ndarray
+    prefill_calls: np.ndarray
 
     def dispatch_s(self, gpu: GpuSpec) -> np.ndarray:
         """Host time to dispatch these kernels and their event records and stream waits. Where a calibrated
@@ -87,6 +89,8 @@ class GpuWork:
                 + self.attn_calls * (rt.attention_call_us.value * 1e-6 - counted)
                 + self.streamed_calls * (rt.streamed_call_us.value * 1e-6 - counted_extra)
             )
+        if rt.prefill_call_us is not None:
+            t = t + self.prefill_calls * (rt.prefill_call_us.value * 1e-6 - PREFILL_CALL_EXTRA * gpu.kernel_s)
         return t
 
     @property
@@ -110,6 +114,7 @@ _FIELDS = (
     "runtime_calls",
     "attn_calls",
     "streamed_calls",
+    "prefill_calls",
 )
 ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
 
@@ -128,6 +133,7 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             np.asarray(op.runtime_calls, dtype=float),
             np.asarray(op.attn_calls, dtype=float),
             np.asarray(op.streamed_calls, dtype=float),
+            np.asarray(op.prefill_calls, dtype=float),
         )
     return total
 

@@ -158,6 +158,36 @@ def test_measured_call_costs_are_written_and_price_the_attention_calls(tmp_path)
     assert dear > counted
 
 
+def test_a_measured_prefill_call_cost_prices_chunks_after_a_past_only(tmp_path):
+    """prefill_call_s lands in the profile as prefill_call_us; a dearer one makes a chunked prefill of many slots
+    slower in both models, and leaves decode (one-part calls) alone."""
+    from roofsim.plan import HeadOffloadPlan
+    from roofsim.predict import predict
+    from roofsim.sim import simulate
+    from roofsim.workload import Workload
+
+    spec, host, model = load_gpu("h100-sxm"), load_host("sapphire-rapids"), load_model("llama-3-8b")
+    costs = {}
+    for extra in (50e-6, 900e-6):
+        m = probe_measurements().model_copy(update={"prefill_call_s": extra, "cpu_scan_gap_s": 2e-3})
+        gpu_path, host_path = write_profile(spec, host, m, tmp_path / f"{extra}")
+        profile = load_gpu(str(gpu_path))
+        assert profile.runtime.prefill_call_us.value == pytest.approx(extra * 1e6)
+        plan = HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4, prefill_chunk=2048)
+        work = Workload(context=32768, gen=4)
+        analytic = predict(plan, model, profile, host, work)
+        sim = simulate(plan, model, profile, host, work, keep="none")
+        costs[extra] = [
+            (analytic.prefill_s, analytic.decode_s_per_token),
+            (sim.summary.prefill_s, sim.summary.decode_s_per_token),
+        ]
+    for (cheap_prefill, cheap_decode), (dear_prefill, dear_decode) in zip(
+        costs[50e-6], costs[900e-6], strict=True
+    ):
+        assert dear_prefill > cheap_prefill
+        assert dear_decode == pytest.approx(cheap_decode, rel=1e-9)
+
+
 def test_a_measured_topk_rate_prices_the_selections():
     """sparse_fetch's and evict's top-k take the calibrated rate where a profile has one: a slower rate makes
     their steps slower, never faster, and leaves the exact families alone."""

@@ -140,3 +140,65 @@ def test_write_back_tail_saves_what_the_model_takes_off(monkeypatch):
         )
         assert aten / per_unit == pytest.approx(after.kernels - before.kernels, rel=0.2), n
         assert runtime == pytest.approx(after.runtime_calls - before.runtime_calls, abs=0.5), n
+
+
+def _prefill_ops_per_layer(plan, chunk: int = 8, past: int = 16) -> float:
+    """aten ops one decoder layer dispatches in a forward of `chunk` tokens after `past` cached ones (6-layer minus
+    2-layer tiny model, over 4)."""
+    from roofsim.executor.build import make_cache
+    from roofsim.executor.check import tiny_config
+    from roofsim.executor.models import random_model
+
+    counts = []
+    for layers in (6, 2):
+        model = random_model(
+            tiny_config("llama", layers=layers, kv_heads=4, heads=8), "cpu", torch.float32, seed=0
+        )
+        cache = make_cache(model, plan, max_tokens=past + chunk + 8)
+        try:
+            with torch.no_grad():
+                model(
+                    torch.randint(0, 128, (1, past)), past_key_values=cache, use_cache=True, logits_to_keep=1
+                )
+                c = _Count()
+                with c:
+                    model(
+                        torch.randint(0, 128, (1, chunk)),
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
+        finally:
+            cache.close()
+        counts.append(c.n)
+    return (counts[0] - counts[1]) / 4
+
+
+def test_a_chunk_after_a_past_adds_what_the_model_counts_per_call():
+    """An attention call over a prefill chunk after a past (two parts and their merge) dispatches
+    ops.PREFILL_CALL_EXTRA host units more than a decode call, resident and streamed alike."""
+    tiny = ModelSpec(
+        name="tiny", source="test", family="llama", n_layers=1, hidden=128, n_heads=8, n_kv_heads=4, head_dim=16,
+        intermediate=128, vocab=128, max_positions=4096,
+    )  # fmt: skip
+    per_unit = _ops_per_layer(ResidentPlan()) / sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
+    resident, four = (
+        _prefill_ops_per_layer(ResidentPlan()),
+        HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4),
+    )
+    resident_call = (_prefill_ops_per_layer(four) - resident) / 3
+    decode_resident_call = (_ops_per_layer(four) - _ops_per_layer(ResidentPlan())) / 3
+    streamed_call = (
+        _prefill_ops_per_layer(HeadOffloadPlan(kv_heads_per_slot=1))
+        - _prefill_ops_per_layer(HeadOffloadPlan(kv_heads_per_slot=4))
+    ) / 3
+    decode_streamed_call = (
+        _ops_per_layer(HeadOffloadPlan(kv_heads_per_slot=1))
+        - _ops_per_layer(HeadOffloadPlan(kv_heads_per_slot=4))
+    ) / 3
+    for prefill, decode in ((resident_call, decode_resident_call), (streamed_call, decode_streamed_call)):
+        assert (prefill - decode) / per_unit == pytest.approx(ops.PREFILL_CALL_EXTRA, rel=0.25)
+    two_parts = ops.attention_op(tiny, 8, 16, 1, calls=4)
+    one_part = ops.attention_op(tiny, 1, 16, 1, calls=4)
+    assert two_parts.kernels - one_part.kernels == 4 * ops.PREFILL_CALL_EXTRA
+    assert float(two_parts.prefill_calls) == 4 and float(one_part.prefill_calls) == 0

@@ -89,6 +89,7 @@ class Builder:
                 float(op.runtime_calls),
                 float(op.attn_calls),
                 float(op.streamed_calls),
+                float(op.prefill_calls),
             )
             for op in op_list
         )

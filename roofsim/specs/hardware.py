@@ -104,6 +104,9 @@ class RuntimeSpec(_Section):
     # (ring, staging, events, its two copies' issue); None: estimated from counted kernels and runtime calls
     attention_call_us: SourcedNumber | None = None
     streamed_call_us: SourcedNumber | None = None
+    # host time an attention call of a prefill chunk after a past adds to a decode call (the chunk's own causal
+    # part, the GQA repeat of its K/V, the LSE merge in fp32); None: ops.PREFILL_CALL_EXTRA counted kernels
+    prefill_call_us: SourcedNumber | None = None
     # host time the first prefill attention call of a new shape costs beyond a repeated one (cuDNN's fused
     # attention builds an execution plan per shape, and each chunk's past is a new key length); None: 0
     attention_shape_us: SourcedNumber | None = None
