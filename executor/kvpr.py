@@ -51,12 +51,14 @@ class Splitter:
             from roofsim import link
             from roofsim.families.base import Ctx, attn_work, decode_steps, nonattn_work
             from roofsim.families.kvpr import per_token
-            from roofsim.specs import load_gpu, load_host
+            from roofsim.specs import load_gpu
+            from roofsim.specs.hardware import default_host_of
             from roofsim.workload import Workload
 
             gpu = load_gpu(gpu_spec or "h100-sxm")
             spec = model_spec_of(model)
-            self.ctx = Ctx(spec, gpu, load_host(gpu.default_host), Workload(context=1, batch=batch))
+            host = default_host_of(gpu_spec or "h100-sxm", gpu)
+            self.ctx = Ctx(spec, gpu, host, Workload(context=1, batch=batch))
             self.a, self.k, self.r = per_token(self.ctx)
             self.bw, self.flops = link.rate(gpu, "h2d"), gpu.tensor_flops
             self._parts = (attn_work, decode_steps, nonattn_work)

@@ -96,8 +96,16 @@ def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[Plan], str
 
 
 def run_executor(
-    plan_path: Path, cfg: Config, work: Workload, out: Path, device: str | None, timeout_s: float
+    plan_path: Path,
+    cfg: Config,
+    work: Workload,
+    out: Path,
+    device: str | None,
+    timeout_s: float,
+    gpu_arg: str | None = None,
 ) -> dict:
+    """Run one plan with the executor in its own process. gpu_arg, the profile the prediction used, also sets
+    what the executor solves with at run time (kvpr's recompute split with recompute_tokens="auto")."""
     # Absolute paths, and the run's own folder as working directory: `python -m` puts the working directory first
     # on sys.path, and from a source checkout that would shadow the installed package (and roofsim.executor).
     model = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
@@ -106,6 +114,8 @@ def run_executor(
         "--prompt-len", str(work.context), "--gen", str(work.gen), "--batch", str(work.batch),
         "-o", str(out.resolve()),
     ]  # fmt: skip
+    if gpu_arg:
+        cmd += ["--gpu", str(Path(gpu_arg).resolve()) if Path(gpu_arg).is_file() else gpu_arg]
     if cfg.gpu_mem:
         cmd += ["--gpu-mem", cfg.gpu_mem]
     if device:
@@ -146,7 +156,7 @@ def validate_one(
         plan_path.write_text(
             json.dumps({"plan": plan.model_dump(), "model": cfg.model, "workload": work.model_dump()})
         )
-        status = run_executor(plan_path, cfg, work, sub / "measured.json", device, timeout_s)
+        status = run_executor(plan_path, cfg, work, sub / "measured.json", device, timeout_s, gpu_arg)
         (sub / "run.json").write_text(json.dumps(status, indent=1))
         row = {
             "config": cfg.name,

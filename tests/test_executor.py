@@ -458,3 +458,18 @@ def test_cpu_attention_both_cpu_paths_match_stock_logits(tiny, monkeypatch, scri
         cache.close()
     assert calls and all(c == scripted for c in calls)
     assert rel_err(got, ref) < 1e-5
+
+
+def test_kvpr_auto_split_solves_with_a_calibrated_profile_and_its_host():
+    """validate hands the executor the profile it predicted with; a calibrated profile names its host file
+    relative to itself, and the run-time split must load that host, not look the name up among the built-ins."""
+    from pathlib import Path
+
+    from roofsim.executor.kvpr import Splitter
+
+    profile = Path(__file__).parent.parent / "validation/results/h100/calibrated/h100-sxm-calibrated.toml"
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=1)
+    split = Splitter(KvprPlan(), model, batch=1, gpu_spec=str(profile))
+    assert "h100-sxm-calibrated" in split.note
+    assert split.ctx.host.name == "h100-sxm-calibrated-host"
+    assert 0 <= split(4096) <= 4096

@@ -91,6 +91,11 @@ def test_every_configuration_writes_predicted_measured_and_comparison(campaign):
     assert (campaign / "tiny-planner" / "alt1" / "measured.json").is_file()
 
 
+def test_the_executor_runs_with_the_profile_the_prediction_used(campaign):
+    command = json.loads((campaign / "tiny-head" / "run.json").read_text())["command"].split()
+    assert command[command.index("--gpu") + 1] == "h100-sxm"
+
+
 def test_summary_ends_with_the_closing_line(campaign):
     rows, line = summarize(campaign)
     assert len(rows) == 3 and not any(r["failed"] for r in rows)

@@ -9,24 +9,42 @@
 #   bash validation/run_campaign.sh cpu         # the three fixed cpu_attention configurations of a and c, ~3 min
 #   bash validation/run_campaign.sh l2-planner  # part c's Llama-2 planner configuration with its runners-up, ~2 min
 #   bash validation/run_campaign.sh only NAME,NAME  # the named configurations ($OUT/campaign-$LABEL.tar.gz)
-# CALIB=<folder> (default calibrated) names the calibration's folder under validation/results/h100/: calibrate
+# CALIB=<folder> (default calibrated) names the calibration's folder under validation/results/<gpu>/: calibrate
 # writes it, the parts predict with it. Calibrating in the same call as a part predicts that part with the host
 # speed of the machine it ran on (it varies between machines: validation/results/h100/calibrations-other).
+# GPU=<spec> (default h100-sxm) is the base spec calibrate starts from; its results go to validation/results/h100
+# for h100-sxm and validation/results/<spec> otherwise (GPU=h200: validation/results/h200), with the configurations
+# of CAMPAIGN (default validation/campaign-h100.toml: model, context and plan, nothing GPU-specific).
+#   bash validation/run_campaign.sh recalibrate  # calibrate unless this machine already did for CALIB (a warm
+#                                                # machine keeps /tmp between calls): then that profile is reused
 # Then, here: extract each archive into validation/results/h100/, compress the traces (the device takes at most
 # 64 MiB of working tree per call) and print the table:
 #   python validation/compress_traces.py validation/results/h100/campaign
 #   python validation/summarize.py validation/results/h100
 set -euo pipefail
-part="${1:?part: calibrate, a, b, c, cpu, l2-planner or only}"
+part="${1:?part: calibrate, recalibrate, a, b, c, cpu, l2-planner or only}"
 . validation/device_setup.sh
 calib="${CALIB:-calibrated}"
-profile="${PROFILE:-validation/results/h100/$calib/h100-sxm-calibrated.toml}"
+gpu="${GPU:-h100-sxm}"
+if [ "$gpu" = h100-sxm ]; then results=validation/results/h100; else results="validation/results/$gpu"; fi
+profile="${PROFILE:-$results/$calib/$gpu-calibrated.toml}"
+campaign="${CAMPAIGN:-validation/campaign-h100.toml}"
+kept="/tmp/roofsim-calibrations/$calib"
 label="$part"
 case "$part" in
+  recalibrate)
+    if [ -d "$kept" ]; then
+      mkdir -p "$results" && rm -rf "${results:?}/$calib" && cp -r "$kept" "$results/$calib"
+      echo "reusing this machine's calibration $kept (boot $(cat /proc/sys/kernel/random/boot_id))"
+      exit 0
+    fi
+    exec bash "$0" calibrate ;;
   calibrate)
     # into the working copy too, so that a part run after it in the same call predicts with the fresh profile
-    roofsim calibrate --gpu h100-sxm -o "validation/results/h100/$calib"
-    tar czf "$OUT/$calib.tar.gz" -C validation/results/h100 "$calib"
+    roofsim calibrate --gpu "$gpu" -o "$results/$calib"
+    cat /proc/sys/kernel/random/boot_id > "$results/$calib/boot_id.txt"
+    mkdir -p "$(dirname "$kept")" && rm -rf "$kept" && cp -r "$results/$calib" "$kept"
+    tar czf "$OUT/$calib.tar.gz" -C "$results" "$calib"
     exit 0 ;;
   a) only="l3-resident-16k,l3-resident-64k,l3-layer-full-32k,l3-layer-inc-64k,l3-head-g1-64k,l3-head-g1-r4-64k,l3-kvpr-64k,l3-cpu2-64k,l3-sparse-64k,q7-resident-32k,q7-head-g2-r1-64k,q7-cpu1-64k,l2-resident-16k,l2-layer-inc-32k,l2-kvpr-intra-32k,l2-kvpr-inter-32k,l2-head-g8-r1-32k" ;;
   b) only="l3-head-g1-256k,l3-head-512k-24gb,l3-head-g4-r1-128k" ;;
@@ -34,8 +52,8 @@ case "$part" in
   l2-planner) only="l2-planner-32k-24gb" ;;
   only) only="${2:?only: a comma-separated list of configuration names}"; label="${LABEL:-only}" ;;
   c) only="l3-head-g2-r1-128k,l3-cpu4-128k,l3-evict-128k,q7-head-g1-128k,q7-planner-64k-24gb,l2-planner-32k-24gb,l3-planner-128k-24gb" ;;
-  *) echo "unknown part $part: calibrate, a, b, c, cpu, l2-planner or only" >&2; exit 2 ;;
+  *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner or only" >&2; exit 2 ;;
 esac
 mkdir -p /tmp/campaign
-roofsim validate validation/campaign-h100.toml --gpu "$profile" -o /tmp/campaign/campaign --timeout 400 \
+roofsim validate "$campaign" --gpu "$profile" -o /tmp/campaign/campaign --timeout 400 \
   --only "$only" --archive "$OUT/campaign-$label.tar.gz"
