@@ -38,7 +38,7 @@ def test_trace_facts_print_what_the_h100_readme_quotes():
     layer) are what validation/trace_facts.py prints from the committed files."""
     out = _run("trace_facts.py")
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert rows["l3-head-g1-64k"][3:] == ["0.239", "+0.052"]
+    assert rows["l3-head-g1-64k"][3:] == ["0.239", "+0.010"]
     assert rows["l2-planner-32k-24gb/pick"][2:5] == ["3.99", "2.02", "11.4"]
     assert rows["q7-cpu1-64k/pick"][2:5] == ["1.81", "0.99", "19.9"]
     assert rows["l3-sparse-64k/pick"][1:] == ["55.0", "14.7", "74.1", "59.3"]
