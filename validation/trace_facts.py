@@ -8,7 +8,11 @@
   calibrated price of those calls and KV bytes at the model's GQA group (the profile named in the run's predicted
   trace), the median rate of those spans (KV GB/s), and its decode step times;
 - per sparse_fetch run, the CPU gather's rate (bytes read plus written, GB/s) over its decode spans: median, least
-  and most, against the profile's.
+  and most, against the profile's;
+- per configuration prefilled in one chunk, a layer's compute span of norm, projections, RoPE and MLP (mean over
+  layers) measured and predicted, beside that layer's GEMMs as calibration timed them at the chunk's tokens (the
+  measurements file beside the profile);
+- per resident or evict run anywhere under the folder (repeats included), its decode step times.
 """
 
 from __future__ import annotations
@@ -90,7 +94,42 @@ def main(root: str) -> int:
             f"{runs_file.parent.name + '/pick':30s} {statistics.median(rates):18.1f} {min(rates):6.1f} "
             f"{max(rates):6.1f} {host.gather_bytes_per_s / 1e9:11.1f}"
         )
+    print()
+    print("config                    chunk tokens  layer span ms measured  predicted  calibrated GEMMs ms")
+    for runs_file in sorted(campaign.glob("*/runs.json")):
+        measured = Trace.read(runs_file.parent / "measured.json.gz")
+        if len(measured.summary.prefill_chunk_s) != 1:
+            continue
+        predicted = Trace.read(runs_file.parent / "predicted.json.gz")
+        tokens = measured.header.workload.context
+        path = next(n.split(": ", 1)[1] for n in predicted.header.notes if n.startswith("profile: "))
+        raw = json.loads(Path(path.removesuffix(".toml") + "-measurements.json").read_text())
+        gemms = [
+            g["seconds"]
+            for g in raw["gemm"]
+            if g["label"].startswith("layer ") and f" {tokens}x" in g["label"]
+        ]
+        print(
+            f"{runs_file.parent.name:25s} {tokens:12d} {_layer_span_ms(measured):23.2f} "
+            f"{_layer_span_ms(predicted):10.2f} {sum(gemms) * 1e3 if gemms else float('nan'):20.2f}"
+        )
+    print()
+    print("run (resident, evict)                              decode steps ms")
+    for runs_file in sorted(Path(root).rglob("runs.json")):
+        for row in json.loads(runs_file.read_text()):
+            if row["plan"]["family"] not in ("resident", "evict"):
+                continue
+            sub = runs_file.parent if row["run"] == "pick" else runs_file.parent / row["run"]
+            steps = Trace.read(sub / "measured.json.gz").summary.decode_step_s
+            name = f"{sub.relative_to(root)}"
+            print(f"{name:50s} {' '.join(f'{t * 1e3:.0f}' for t in steps)}")
     return 0
+
+
+def _layer_span_ms(trace: Trace) -> float:
+    spans = [s for s in trace.spans if s.phase == "prefill" and s.resource == "compute" and s.kind == "gemm"]
+    layers = {s.layer for s in spans if s.layer is not None}
+    return sum(s.end_s - s.start_s for s in spans if s.layer is not None) / len(layers) * 1e3
 
 
 def _decode_spans(measured: Trace, kind: str) -> list:
