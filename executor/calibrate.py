@@ -2,8 +2,8 @@
 
 Pinned and pageable copies by size in each direction and both at once, many small copies, GEMMs at the model's
 shapes, SDPA prefill and decode attention by context length, host-sync cost, one decoder layer at tiny shapes
-(the framework's per-kernel cost), CPU RAM bandwidth, CPU attention and CPU matmul. Results are fitted and
-written by roofsim.calibration.
+(the framework's per-kernel cost, alone and beside the CPU worker's scan), CPU RAM bandwidth, CPU attention and CPU
+matmul. Results are fitted and written by roofsim.calibration.
 """
 
 from __future__ import annotations
@@ -325,6 +325,36 @@ def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, Mod
     return per_layer, spec, max(0.0, two - 2 * per_layer)
 
 
+def decode_layer_cost_beside_cpu(
+    model: ModelSpec, device: str = "cuda", steps: int = 20, tokens: int = 32769, cold_bytes: int = 1 << 30
+) -> float:
+    """decode_layer_cost's seconds per layer while the CPU worker scans, back to back, one CPU slot of the model's
+    group over cold host blocks (half its KV heads, `tokens` long), on its threads: cpu_attention's issuing thread
+    launches the GPU heads' kernels beside that scan, and on the H200 guest its GPU-side spans ran ~1.5x the idle
+    host's issue rate (validation/results/h200/README.md). The worker's loop stops after the timed steps."""
+    import threading
+
+    from roofsim.executor.cpu_attn import _worker
+
+    heads = model.n_kv_heads // 2 or 1
+    q = torch.randn(1, heads * model.group, 1, model.head_dim, dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    blocks = [[b] for b in cold_kv_blocks(heads, tokens, model.head_dim, cold_bytes)]
+    stop = threading.Event()
+
+    def scans() -> None:
+        while not stop.is_set():
+            timed_scans(q, blocks, tokens, out)
+
+    job = _worker().submit(scans)
+    try:
+        per_layer, _, _ = decode_layer_cost(device, steps)
+    finally:
+        stop.set()
+        job.result()
+    return per_layer
+
+
 def _gpu_kernel_us(n: int = 400) -> float:
     """GPU time per tiny kernel when kernels are queued back to back: the host queues n adds while the GPU sleeps,
     then they run with no host in the way. A launch-bound eager step costs max(host dispatch, GPU work); this is
@@ -642,6 +672,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     new_shape = attention_new_shape_s(model)
     prefill_call = prefill_call_extra_s(model)
     progress("CPU")
+    tiny_beside_cpu = decode_layer_cost_beside_cpu(model, "cuda")
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots = _cpu(model)
     return Measurements(
         fingerprint=fingerprint(),
@@ -659,6 +690,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         tiny_layer_s=tiny_s,
         tiny_layer_model=tiny_model,
         tiny_step_s=tiny_step,
+        tiny_layer_beside_cpu_s=tiny_beside_cpu,
         cpu_copy_gbps=cpu_copy,
         cpu_attention=cpu_attn,
         cpu_matmul_tflops=cpu_tflops,

@@ -71,6 +71,10 @@ class Measurements(BaseModel):
         default=None,
         description="a tiny-model decode step outside its layers: the 2-layer step less 2 layers",
     )
+    tiny_layer_beside_cpu_s: float | None = Field(
+        default=None,
+        description="tiny_layer_s while the CPU worker scans cold host KV back to back (cpu_attention's decode)",
+    )
     cpu_copy_gbps: float = Field(description="host memcpy, bytes read plus written per second")
     cpu_attention: list[CopyPoint] = Field(description="KV bytes scanned by CPU decode attention")
     cpu_matmul_tflops: float
@@ -219,6 +223,16 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     )
                 }
                 if m.prefill_call_s is not None
+                else {}
+            ),
+            **(
+                {
+                    "issue_beside_cpu": (
+                        m.tiny_layer_beside_cpu_s / m.tiny_layer_s,
+                        "tiny decode layers while the CPU worker scans, over the same layers alone",
+                    )
+                }
+                if m.tiny_layer_beside_cpu_s is not None and m.tiny_layer_s > 0
                 else {}
             ),
             **(

@@ -369,3 +369,19 @@ def test_an_empty_slot_table_is_refused():
     data = host.model_dump() | {"cpu_attention_slot_gbps": {4: {1: {}}}}
     with pytest.raises(ValidationError, match="cpu_attention_slot_gbps"):
         type(host).model_validate(data)
+
+
+def test_issue_beside_the_cpu_worker_is_the_ratio_of_the_tiny_layers(tmp_path):
+    """The tiny decode layers timed while the CPU worker scans, over the same alone, land in the profile as the
+    runtime's issue_beside_cpu; a calibration that did not time it leaves it out (the idle host's rate)."""
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    m = probe_measurements()
+    assert load_gpu(str(write_profile(spec, host, m, tmp_path / "a")[0])).runtime.issue_beside_cpu is None
+    slow = m.model_copy(update={"tiny_layer_beside_cpu_s": 1.6 * m.tiny_layer_s})
+    profile = load_gpu(str(write_profile(spec, host, slow, tmp_path / "b")[0]))
+    assert profile.runtime.issue_beside_cpu.value == pytest.approx(1.6)
+    beside = profile.beside_cpu_worker()
+    assert beside.kernel_s == pytest.approx(1.6 * profile.kernel_s)
+    assert beside.runtime.copy_issue_us.value == pytest.approx(1.6 * profile.runtime.copy_issue_us.value)
+    assert beside.runtime.sync_us.value == profile.runtime.sync_us.value  # a wait, not dispatch
+    assert beside.link == profile.link and beside.efficiency.gemm == profile.efficiency.gemm

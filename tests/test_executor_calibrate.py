@@ -71,3 +71,18 @@ def test_new_shape_cost_is_the_first_call_at_a_new_past_less_a_repeat(monkeypatc
     assert attention_new_shape_s(spec, "cpu", chunk=64) == pytest.approx(0.03, abs=0.01)
     monkeypatch.setattr(A, "attend_parts", real)
     assert abs(attention_new_shape_s(spec, "cpu", chunk=64)) < 0.01
+
+
+def test_issue_beside_the_cpu_worker_is_measured_while_it_scans():
+    """The tiny layers timed while the CPU worker scans cold host KV (small blocks here), through the executor's
+    decode path; the worker's loop ends with the measurement."""
+    from roofsim.executor.calibrate import decode_layer_cost_beside_cpu
+    from roofsim.executor.cpu_attn import on_worker
+
+    from roofsim.specs import load_model
+
+    per_layer_s = decode_layer_cost_beside_cpu(
+        load_model("llama-3-8b"), "cpu", steps=3, tokens=1025, cold_bytes=1 << 22
+    )
+    assert 0 < per_layer_s < 0.5
+    assert on_worker(lambda: 7) == 7  # the worker is free again: its scan loop stopped

@@ -327,3 +327,29 @@ def test_cpu_attention_prefill_streams_the_executors_own_slots():
     assert h2d == pytest.approx(17 * past * 2 * model.head_dim * model.dtype_bytes, rel=1e-6)
     analytic = predict(plan, model, H100, HOST, work).prefill_s
     assert analytic == pytest.approx(trace.summary.prefill_s, rel=0.15)
+
+
+def test_a_host_slower_beside_the_cpu_worker_slows_cpu_attention_decode_only():
+    """Where calibration found the issuing thread slower while the CPU worker scans, cpu_attention's decode steps
+    (the worker scans in every layer) dispatch at that rate in the analytic model and the simulator alike: decode
+    slower, prefill (every head on the GPU, no worker) and head_offload unchanged."""
+    slow = H100.model_copy(
+        update={
+            "runtime": H100.runtime.model_copy(
+                update={"issue_beside_cpu": Sourced(value=2.0, measured="test")}
+            )
+        }
+    )
+    work = Workload(context=32768, gen=2)
+    cpu = CpuAttentionPlan(cpu_kv_heads=2, prefill_chunk=8192)
+    for plan, slower in ((cpu, True), (HeadOffloadPlan(prefill_chunk=8192), False)):
+        base, new = predict(plan, LLAMA, H100, HOST, work), predict(plan, LLAMA, slow, HOST, work)
+        sim_base, sim_new = simulate(plan, LLAMA, H100, HOST, work), simulate(plan, LLAMA, slow, HOST, work)
+        assert new.prefill_s == pytest.approx(base.prefill_s)
+        assert sim_new.summary.prefill_s == pytest.approx(sim_base.summary.prefill_s)
+        if slower:
+            assert new.decode_s_per_token > 1.1 * base.decode_s_per_token
+            assert sim_new.summary.decode_s_per_token > 1.1 * sim_base.summary.decode_s_per_token
+        else:
+            assert new.decode_s_per_token == pytest.approx(base.decode_s_per_token)
+            assert sim_new.summary.decode_s_per_token == pytest.approx(sim_base.summary.decode_s_per_token)

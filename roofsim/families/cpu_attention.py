@@ -146,7 +146,8 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
             ll.d2h_copies = ll.d2h_copies + 1 + cpu_slot_count(hc, g)
             ll.syncs += 1
     fill = first_unit_fill(ctx, dec, g, None, gpu_slots > plan.resident_slots)
-    decode = combine(loads, outside_layers(ctx, dec), fill, gpu)
+    # while the worker scans, the issuing thread dispatches at the host's rate beside it (a calibrated ratio)
+    decode = combine(loads, outside_layers(ctx, dec), fill, gpu.beside_cpu_worker() if hc else gpu)
 
     # prefill: every head on the GPU. The resident heads (resident_slots groups of g) stay resident; every other
     # head streams, the CPU's in slots of gc (the executor's slots: g where it divides them, else one head)

@@ -10,7 +10,8 @@ write-back, and the work after attention.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -72,6 +73,16 @@ class Builder:
     @property
     def kernel_s(self) -> float:
         return self.ctx.gpu.kernel_s
+
+    @contextmanager
+    def driven_by(self, gpu):
+        """Build with `gpu`'s costs meanwhile (a host that dispatches at another rate), then the step's own."""
+        saved = self.ctx, self._costs
+        self.ctx, self._costs = replace(self.ctx, gpu=gpu), {}
+        try:
+            yield
+        finally:
+            self.ctx, self._costs = saved
 
     def add(self, task: Task) -> int:
         self.tasks.append(task)
@@ -692,7 +703,11 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
         # the CPU worker sends its partial output itself (its own stream), so it never queues behind prefetches
         out_s = float(link.isolated_copy_s(out_bytes, ctx.gpu, "h2d"))
         merge = [ops.Op("merge", "vector", 4.0 * out_bytes / e, 3.0 * out_bytes, 2)] if hc else []
-        _cpu_decode_step(b, plan, s, layers, hc, q_bytes + kv_bytes(ctx, 1, hc), cpu_s + out_s, cpu_kv, merge)
+        # while the worker scans, the issuing thread dispatches at the host's rate beside it (a calibrated ratio)
+        with b.driven_by(ctx.gpu.beside_cpu_worker() if hc else ctx.gpu):
+            _cpu_decode_step(
+                b, plan, s, layers, hc, q_bytes + kv_bytes(ctx, 1, hc), cpu_s + out_s, cpu_kv, merge
+            )
 
 
 def _cpu_decode_step(

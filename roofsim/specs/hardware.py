@@ -114,6 +114,9 @@ class RuntimeSpec(_Section):
     # framework's preamble (position ids, masks, rotary tables) and the step set-up; the executor issues a step's
     # first prefetch only after it, at layer 0's cache update. None: 0 (only the counted embedding kernel)
     step_us: SourcedNumber | None = None
+    # the issuing thread's dispatch costs while the CPU worker scans (cpu_attention's decode), over the idle
+    # host's: tiny decode layers timed beside a scan loop and alone. None: 1 (the idle host's)
+    issue_beside_cpu: SourcedNumber | None = None
 
     def attention_shape_s(self) -> float:
         return 0.0 if self.attention_shape_us is None else self.attention_shape_us.value * 1e-6
@@ -157,6 +160,30 @@ class GpuSpec(_Section):
     @property
     def usable_bytes(self) -> float:
         return (self.memory.capacity_gib.value - self.memory.reserved_gib.value) * GiB
+
+    def beside_cpu_worker(self) -> GpuSpec:
+        """This GPU as a host drives it while the CPU worker scans: every host dispatch cost (kernels, copy issue,
+        attention calls, the step's preamble) times runtime.issue_beside_cpu; GPU-side costs unchanged."""
+        k = self.runtime.issue_beside_cpu
+        if k is None:
+            return self
+
+        def scaled(section, names):
+            return section.model_copy(
+                update={
+                    n: v.model_copy(update={"value": v.value * k.value})
+                    for n in names
+                    if (v := getattr(section, n)) is not None
+                }
+            )
+
+        runtime = ("copy_issue_us", "attention_call_us", "streamed_call_us", "prefill_call_us", "step_us")
+        return self.model_copy(
+            update={
+                "efficiency": scaled(self.efficiency, ("kernel_us",)),
+                "runtime": scaled(self.runtime, runtime),
+            }
+        )
 
     @property
     def kernel_s(self) -> float:
