@@ -42,13 +42,14 @@ def _cuda_time(fn: Callable[[], None], repeat: int = 5, warmup: int = 2) -> floa
 
 
 def _wall_time(fn: Callable[[], None], repeat: int = 5) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     times = []
     for _ in range(repeat):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
@@ -163,6 +164,43 @@ def _gemms(model: ModelSpec) -> list[FlopPoint]:
             t = _cuda_time(lambda a=a, b=b: torch.nn.functional.linear(a, b))
             out.append(FlopPoint(label=f"layer {name} {rows}x{k}x{n}", flops=2.0 * rows * k * n, seconds=t))
     return out
+
+
+def vector_ops(model: ModelSpec, device: str = "cuda", tokens: int = 16384) -> list[CopyPoint]:
+    """A decoder layer's elementwise kernels at a prefill chunk of `tokens`, as stock transformers runs them (its
+    fp32 RMSNorm module, its rotary on the projections' strided views, SiLU(gate) * up, a residual add), each
+    timed with the HBM bytes roofsim's operator model (ops.py) counts for it: the fit prices "vector" operators
+    at their rate, which need not be a device-to-device copy's (on the H200 a layer's span of these beside its
+    GEMMs ran no faster than on the H100, whose HBM is 1.43x slower)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
+
+    from roofsim import ops
+
+    counted = {
+        op.name: op
+        for op in ops.pre_attention_ops(model, tokens, 1) + ops.post_attention_ops(model, tokens, 1)
+    }
+    kw = dict(device=device, dtype=torch.bfloat16)
+    C, h, d = tokens, model.hidden, model.head_dim
+    x, y = torch.randn(1, C, h, **kw), torch.randn(1, C, h, **kw)
+    cases = {"residual_1": lambda: x + y}
+    if model.norm == "rms":
+        norm = LlamaRMSNorm(h).to(**kw)
+        cases["input_norm"] = lambda: norm(x)
+    if model.positions == "rope":
+        q = torch.randn(1, C, model.n_heads, d, **kw).transpose(1, 2)  # the projection's view, as HF attends
+        k = torch.randn(1, C, model.n_kv_heads, d, **kw).transpose(1, 2)
+        cos, sin = torch.randn(1, C, d, **kw), torch.randn(1, C, d, **kw)
+        cases["rope"] = lambda: apply_rotary_pos_emb(q, k, cos, sin)
+    if model.mlp == "gated":
+        gate, up = torch.randn(1, C, model.intermediate, **kw), torch.randn(1, C, model.intermediate, **kw)
+        cases["act_mul"] = lambda: torch.nn.functional.silu(gate) * up
+    timer = _cuda_time if device == "cuda" else _wall_time
+    with torch.no_grad():
+        return [
+            CopyPoint(nbytes=int(float(counted[name].hbm_bytes)), seconds=timer(fn))
+            for name, fn in cases.items()
+        ]
 
 
 def _attention(model: ModelSpec):
@@ -663,6 +701,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     progress("GEMMs and attention")
     gemm = _gemms(model)
     prefill, decode = _attention(model)
+    vector = vector_ops(model)
     progress("fixed costs")
     tiny_s, tiny_model, tiny_step = decode_layer_cost("cuda")
     sync = _sync_us()
@@ -691,6 +730,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         tiny_layer_model=tiny_model,
         tiny_step_s=tiny_step,
         tiny_layer_beside_cpu_s=tiny_beside_cpu,
+        vector_ops=vector,
         cpu_copy_gbps=cpu_copy,
         cpu_attention=cpu_attn,
         cpu_matmul_tflops=cpu_tflops,

@@ -71,6 +71,11 @@ class Measurements(BaseModel):
         default=None,
         description="a tiny-model decode step outside its layers: the 2-layer step less 2 layers",
     )
+    vector_ops: list[CopyPoint] | None = Field(
+        default=None,
+        description="a decoder layer's elementwise kernels at a prefill chunk as transformers runs them, each with "
+        "the HBM bytes roofsim's operator model counts for it",
+    )
     tiny_layer_beside_cpu_s: float | None = Field(
         default=None,
         description="tiny_layer_s while the CPU worker scans cold host KV back to back (cpu_attention's decode)",
@@ -187,6 +192,19 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {"gpu_kernel_us": (m.gpu_kernel_us, "tiny kernels queued back to back: GPU time per kernel")}
                 if m.gpu_kernel_us is not None
+                else {}
+            ),
+            **(
+                {
+                    "vector": (
+                        sum(p.nbytes for p in m.vector_ops)
+                        / sum(p.seconds for p in m.vector_ops)
+                        / (base.memory.bandwidth_gbps.value * 1e9),
+                        "a layer's elementwise kernels at a prefill chunk (RMSNorm, rotary, SiLU * up, residual): "
+                        "operator-model bytes / time / datasheet bandwidth",
+                    )
+                }
+                if m.vector_ops
                 else {}
             ),
             **(

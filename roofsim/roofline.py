@@ -50,7 +50,8 @@ def op_time(op: Op, gpu: GpuSpec) -> OpTime:
             launch_s=np.asarray(op.kernels, dtype=float) * gpu.gpu_kernel_s,
         )
     compute = np.asarray(op.flops, dtype=float) / peak_flops(op, gpu)
-    memory = np.asarray(op.hbm_bytes, dtype=float) / gpu.hbm_bytes_per_s
+    rate = gpu.vector_bytes_per_s if op.kind == "vector" else gpu.hbm_bytes_per_s
+    memory = np.asarray(op.hbm_bytes, dtype=float) / rate
     compute_bound = compute >= memory
     extra = np.asarray(op.extra_bytes, dtype=float) / gpu.hbm_bytes_per_s
     return OpTime(

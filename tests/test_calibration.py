@@ -385,3 +385,34 @@ def test_issue_beside_the_cpu_worker_is_the_ratio_of_the_tiny_layers(tmp_path):
     assert beside.runtime.copy_issue_us.value == pytest.approx(1.6 * profile.runtime.copy_issue_us.value)
     assert beside.runtime.sync_us.value == profile.runtime.sync_us.value  # a wait, not dispatch
     assert beside.link == profile.link and beside.efficiency.gemm == profile.efficiency.gemm
+
+
+def test_elementwise_kernels_fit_their_own_bandwidth_and_price_vector_operators_only(tmp_path):
+    """A layer's elementwise kernels timed at a prefill chunk, each with the bytes the operator model counts, give
+    the profile a vector efficiency (bytes / time / datasheet bandwidth); roofline prices "vector" operators at it
+    and GEMMs as before, and a calibration without them keeps the copy's efficiency for both."""
+    from roofsim import ops
+    from roofsim.roofline import op_time
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    bw = spec.memory.bandwidth_gbps.value * 1e9
+    m = probe_measurements().model_copy(
+        update={
+            "vector_ops": [
+                CopyPoint(nbytes=2**30, seconds=2**30 / (0.5 * bw)),
+                CopyPoint(nbytes=2**29, seconds=2**29 / (0.5 * bw)),
+            ]
+        }
+    )
+    profile = load_gpu(str(write_profile(spec, host, m, tmp_path)[0]))
+    assert profile.efficiency.vector.value == pytest.approx(0.5)
+    assert profile.vector_bytes_per_s == pytest.approx(0.5 * bw)
+    model = load_model("llama-3-8b")
+    post = {op.name: op for op in ops.post_attention_ops(model, 16384, 1)}
+    act = op_time(post["act_mul"], profile)
+    assert float(act.hbm_s) == pytest.approx(float(post["act_mul"].hbm_bytes) / (0.5 * bw))
+    plain = load_gpu(str(write_profile(spec, host, probe_measurements(), tmp_path / "plain")[0]))
+    assert plain.efficiency.vector is None and plain.vector_bytes_per_s == plain.hbm_bytes_per_s
+    assert float(op_time(post["down_proj"], profile).total_s) == pytest.approx(
+        float(op_time(post["down_proj"], plain).total_s)
+    )

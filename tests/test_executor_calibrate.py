@@ -86,3 +86,19 @@ def test_issue_beside_the_cpu_worker_is_measured_while_it_scans():
     )
     assert 0 < per_layer_s < 0.5
     assert on_worker(lambda: 7) == 7  # the worker is free again: its scan loop stopped
+
+
+def test_elementwise_kernels_are_timed_with_the_bytes_the_operator_model_counts():
+    from roofsim.executor.calibrate import vector_ops
+
+    from roofsim import ops
+    from roofsim.specs import load_model
+
+    model = load_model("llama-3-8b")
+    points = vector_ops(model, "cpu", tokens=64)
+    counted = {
+        op.name: op for op in ops.pre_attention_ops(model, 64, 1) + ops.post_attention_ops(model, 64, 1)
+    }
+    names = ("residual_1", "input_norm", "rope", "act_mul")
+    assert [p.nbytes for p in points] == [int(float(counted[n].hbm_bytes)) for n in names]
+    assert all(p.seconds > 0 for p in points)

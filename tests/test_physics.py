@@ -180,3 +180,25 @@ def test_plan_json_round_trip(plan):
 
     again = plan_from_dict(__import__("json").loads(plan.model_dump_json()))
     assert again == plan and type(again) is type(plan)
+
+
+def test_slower_elementwise_kernels_slow_prefill():
+    """A GPU whose elementwise kernels reach less of its HBM bandwidth prefills more slowly, monotonically in the
+    vector efficiency (None: the copy's, 0.85 in the H200 spec)."""
+    from roofsim.plan import ResidentPlan
+    from roofsim.predict import predict
+    from roofsim.specs import load_gpu, load_host, load_model
+    from roofsim.specs.sourced import Sourced
+    from roofsim.workload import Workload
+
+    gpu, host, model = load_gpu("h200"), load_host("sapphire-rapids"), load_model("llama-3-8b")
+    work = Workload(context=16384, gen=2)
+    times = []
+    for v in (None, 0.8, 0.5):
+        eff = gpu.efficiency.model_copy(
+            update={"vector": None if v is None else Sourced(value=v, measured="test")}
+        )
+        times.append(
+            predict(ResidentPlan(), model, gpu.model_copy(update={"efficiency": eff}), host, work).prefill_s
+        )
+    assert times[0] < times[1] < times[2]

@@ -86,6 +86,10 @@ class EfficiencySpec(_Section):
     # elements per second (G) torch.topk ranks when k is a large share of the row (sparse_fetch's and evict's
     # selections): a sort-like pass that no bandwidth roofline gives; None: priced as a few memory passes
     topk_gelems: SourcedNumber | None = None
+    # the fraction of HBM bandwidth a decoder layer's elementwise kernels (RMSNorm in fp32, rotary, SiLU * up,
+    # residual adds) reach at prefill shapes, as roofsim's operator model counts their bytes; None: `memory` (a
+    # device-to-device copy's, which they need not reach)
+    vector: SourcedNumber | None = None
 
     _pos = field_validator("gemm", "attention", "memory")(lambda v, info: positive(info.field_name, v))
 
@@ -152,6 +156,12 @@ class GpuSpec(_Section):
     @property
     def hbm_bytes_per_s(self) -> float:
         return self.memory.bandwidth_gbps.value * 1e9 * self.efficiency.memory.value
+
+    @property
+    def vector_bytes_per_s(self) -> float:
+        """HBM bytes per second of elementwise ("vector") operators."""
+        v = self.efficiency.vector
+        return self.hbm_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
 
     @property
     def capacity_bytes(self) -> float:
