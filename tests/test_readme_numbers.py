@@ -24,6 +24,16 @@ def _summary(gpu: str = "h100") -> str:
     return _run("summarize.py", gpu)
 
 
+def _table(out: str, header: str) -> dict[str, list[str]]:
+    """The rows, by their first word, of the table of `out` (trace_facts' tables part at blank lines) whose header
+    line starts with `header`."""
+    for block in out.split("\n\n"):
+        lines = [line for line in block.splitlines() if line.strip()]
+        if lines and lines[0].startswith(header):
+            return {line.split()[0]: line.split() for line in lines[1:]}
+    raise AssertionError(f"no table headed {header!r}")
+
+
 @pytest.mark.parametrize("gpu", ["h100", "h200"])
 def test_gpu_readme_holds_the_whole_table(gpu):
     readme = (ROOT / "validation" / "results" / gpu / "README.md").read_text()
@@ -41,24 +51,43 @@ def test_trace_facts_print_what_the_h100_readme_quotes():
     """The figures the H100 README takes from the traces beyond the table (first-call excess, CPU attention per
     layer) are what validation/trace_facts.py prints from the committed files."""
     out = _run("trace_facts.py")
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert rows["l3-head-g1-64k"][3:] == ["0.239", "+0.010"]
-    assert rows["l2-planner-32k-24gb/pick"][2:5] == ["3.99", "2.02", "11.4"]
-    assert rows["q7-cpu1-64k/pick"][2:5] == ["1.81", "0.99", "19.9"]
-    assert rows["l3-sparse-64k/pick"][1:] == ["55.0", "14.7", "74.1", "59.3"]
-    assert rows["l3-cpu2-64k/pick"][2:4] == ["2.31", "3.22"]
+    assert _table(out, "config                    chunks")["l3-head-g1-64k"][3:] == ["0.239", "+0.010"]
+    cpu = _table(out, "run                            calls/layer")
+    assert cpu["l2-planner-32k-24gb/pick"][2:5] == ["3.99", "2.02", "11.4"]
+    assert cpu["q7-cpu1-64k/pick"][2:5] == ["1.81", "0.99", "19.9"]
+    assert cpu["l3-cpu2-64k/pick"][2:4] == ["2.31", "3.22"]
+    assert _table(out, "run                            gather")["l3-sparse-64k/pick"][1:] == [
+        "55.0",
+        "14.7",
+        "74.1",
+        "59.3",
+    ]
 
 
 def test_trace_facts_print_what_the_h200_readme_quotes():
-    out = _run("trace_facts.py", "h200")
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert rows["l3-resident-16k"][1:] == ["16384", "13.60", "11.73", "9.10"]
-    assert rows["l2-resident-16k"][2:4] == ["12.83", "11.47"]
-    assert rows["q7-cpu1-64k/pick"][2:5] == ["3.04", "1.30", "11.8"]
-    assert rows["l3-planner-128k-24gb/pick"][2:4] == ["4.29", "4.24"]
-    assert rows["l3-sparse-64k/pick"][1] == "63.5" and rows["l3-sparse-64k/pick"][4] == "91.2"
-    h100 = {line.split()[0]: line.split() for line in _run("trace_facts.py").splitlines() if line.strip()}
-    assert h100["l3-resident-16k"][1:] == ["16384", "13.54", "13.14", "9.42"]
-    out = _run("trace_facts.py", "h200-repeats")
-    repeats = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    """The figures validation/results/h200/README.md takes from the traces (and the H100 figures it compares them
+    with) are what validation/trace_facts.py prints."""
+    out, h100 = _run("trace_facts.py", "h200"), _run("trace_facts.py")
+    spans, h100_spans = (
+        _table(out, "config                    chunk tokens"),
+        _table(h100, "config                    chunk tokens"),
+    )
+    assert spans["l3-resident-16k"][1:] == ["16384", "13.60", "11.73", "9.10"]
+    assert spans["l2-resident-16k"][2:4] == ["12.83", "11.47"]
+    assert h100_spans["l3-resident-16k"][1:] == ["16384", "13.54", "13.14", "9.42"]
+    assert h100_spans["l2-resident-16k"][2:4] == ["13.42", "13.23"]
+    cpu = _table(out, "run                            calls/layer")
+    assert cpu["q7-cpu1-64k/pick"][2:5] == ["3.04", "1.30", "11.8"]
+    assert cpu["l3-planner-128k-24gb/pick"][2:4] == ["4.29", "4.24"]
+    assert cpu["l3-cpu2-64k/pick"][2:4] == ["2.83", "2.47"]
+    assert cpu["l2-planner-32k-24gb/pick"][2:4] == ["3.16", "2.68"]
+    assert cpu["l3-cpu4-128k/pick"][2:4] == ["7.30", "7.87"]
+    gather = _table(out, "run                            gather")["l3-sparse-64k/pick"]
+    assert gather[1] == "63.5" and gather[4] == "91.2"
+    issue, h100_issue = _table(out, "config (head_offload)"), _table(h100, "config (head_offload)")
+    assert issue["l3-head-g1-r4-wb8-64k"][1:] == "1.37 1.33 1.38 1.34 1.33 1.33 1.35 1.34".split()
+    assert issue["l3-head-g1-r4-64k"][1:] == "0.30 0.31 0.31 0.70 1.19 0.73 0.40 0.37".split()
+    assert h100_issue["q7-head-g2-r1-64k"][1:] == "1.42 1.38 1.40 1.39 1.36 1.38 1.34 1.35".split()
+    assert h100_issue["q7-head-g2-r1-wb16-64k"][1:] == "0.36 0.36 0.58 0.64 0.41 0.36 0.36 0.36".split()
+    repeats = _table(_run("trace_facts.py", "h200-repeats"), "run (resident, evict)")
     assert repeats["rep1/q7-resident-32k"][1:] == "38 38 38 37 38 38 38 38 36 35 28 24 25 26 24".split()

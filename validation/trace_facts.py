@@ -12,7 +12,9 @@
 - per configuration prefilled in one chunk, a layer's compute span of norm, projections, RoPE and MLP (mean over
   layers) measured and predicted, beside that layer's GEMMs as calibration timed them at the chunk's tokens (the
   measurements file beside the profile);
-- per resident or evict run anywhere under the folder (repeats included), its decode step times.
+- per resident or evict run anywhere under the folder (repeats included), its decode step times;
+- per head_offload configuration, a layer's non-attention compute span (ms, mean over layers) in each traced
+  decode step: the GPU's own time where the host runs ahead, the host's issue pace where it falls behind.
 """
 
 from __future__ import annotations
@@ -123,6 +125,18 @@ def main(root: str) -> int:
             steps = Trace.read(sub / "measured.json.gz").summary.decode_step_s
             name = f"{sub.relative_to(root)}"
             print(f"{name:50s} {' '.join(f'{t * 1e3:.0f}' for t in steps)}")
+    print()
+    print("config (head_offload)     non-attention span ms a layer, per traced decode step")
+    for runs_file in sorted(campaign.glob("*/runs.json")):
+        if json.loads(runs_file.read_text())[0]["plan"]["family"] != "head_offload":
+            continue
+        spans = [s for s in _decode_spans(Trace.read(runs_file.parent / "measured.json.gz"), "gemm")]
+        per_step: dict[int, list[float]] = {}
+        for s in spans:
+            if s.layer is not None:
+                per_step.setdefault(s.step, []).append(s.end_s - s.start_s)
+        means = " ".join(f"{statistics.fmean(v) * 1e3:.2f}" for _, v in sorted(per_step.items()))
+        print(f"{runs_file.parent.name:25s} {means}")
     return 0
 
 
