@@ -170,8 +170,8 @@ def vector_ops(model: ModelSpec, device: str = "cuda", tokens: int = 16384) -> l
     """A decoder layer's elementwise kernels at a prefill chunk of `tokens`, as stock transformers runs them (its
     fp32 RMSNorm module, its rotary on the projections' strided views, SiLU(gate) * up, a residual add), each
     timed with the HBM bytes roofsim's operator model (ops.py) counts for it: the fit prices "vector" operators
-    at their rate, which need not be a device-to-device copy's (on the H200 a layer's span of these beside its
-    GEMMs ran no faster than on the H100, whose HBM is 1.43x slower)."""
+    at their rate, which need not be a device-to-device copy's (a prefill layer's span of these and its GEMMs took
+    as long on the H200 as on the H100, whose HBM is slower: validation/results/h200/README.md)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
     from roofsim import ops
@@ -368,8 +368,9 @@ def decode_layer_cost_beside_cpu(
 ) -> float:
     """decode_layer_cost's seconds per layer while the CPU worker scans, back to back, one CPU slot of the model's
     group over cold host blocks (half its KV heads, `tokens` long), on its threads: cpu_attention's issuing thread
-    launches the GPU heads' kernels beside that scan, and on the H200 guest its GPU-side spans ran ~1.5x the idle
-    host's issue rate (validation/results/h200/README.md). The worker's loop stops after the timed steps."""
+    launches the GPU heads' kernels beside that scan, and in the H200 campaign its decode steps lost most of their
+    time in the GPU-side spans the host issues, not in the scan (validation/results/h200/README.md). The worker's
+    loop stops after the timed steps."""
     import threading
 
     from roofsim.executor.cpu_attn import _worker
