@@ -39,12 +39,26 @@ def _first_call_excess(measured: Trace) -> tuple[float, int]:
     return excess, chunks
 
 
+def _profile_path(predicted: Trace) -> str:
+    """The calibrated profile a predicted trace was made with (its "profile: PATH" note)."""
+    return next(n.split(": ", 1)[1] for n in predicted.header.notes if n.startswith("profile: "))
+
+
 def _profile(predicted: Trace):
     from roofsim.specs import load_gpu
     from roofsim.specs.hardware import default_host_of
 
-    path = next(n.split(": ", 1)[1] for n in predicted.header.notes if n.startswith("profile: "))
+    path = _profile_path(predicted)
     return default_host_of(path, load_gpu(path))
+
+
+def _runs(runs_files, families: tuple[str, ...]):
+    """(configuration folder, run folder, runs.json row) of every run, pick or runner-up, of these families."""
+    for runs_file in runs_files:
+        for row in json.loads(runs_file.read_text()):
+            if row["plan"]["family"] in families:
+                folder = runs_file.parent
+                yield folder, (folder if row["run"] == "pick" else folder / row["run"]), row
 
 
 def main(root: str) -> int:
@@ -66,25 +80,21 @@ def main(root: str) -> int:
         "run                            calls/layer  measured ms/layer  calibrated ms/layer  scan GB/s  "
         "decode steps ms"
     )
-    for runs_file in sorted(campaign.glob("*/runs.json")):
-        for row in json.loads(runs_file.read_text()):
-            if row["plan"]["family"] != "cpu_attention":
-                continue
-            sub = runs_file.parent if row["run"] == "pick" else runs_file.parent / row["run"]
-            measured = Trace.read(sub / "measured.json.gz")
-            host = _profile(Trace.read(sub / "predicted.json.gz"))
-            group = load_model(json.loads((runs_file.parent / "config.json").read_text())["model"]).group
-            n = cpu_slot_count(row["plan"]["cpu_kv_heads"], row["plan"]["kv_heads_per_slot"])
-            layers = _decode_spans(measured, "cpu_attention")
-            took = sum(s.end_s - s.start_s for s in layers) / len(layers)
-            heads = cpu_slot_heads(row["plan"]["cpu_kv_heads"], row["plan"]["kv_heads_per_slot"])
-            priced = sum(
-                host.cpu_attention_s(s.bytes, calls=n, group=group, heads=heads) for s in layers
-            ) / len(layers)
-            rate = statistics.median(_gbps(layers))
-            times = " ".join(f"{t * 1e3:.0f}" for t in measured.summary.decode_step_s)
-            name = f"{runs_file.parent.name}/{row['run']}"
-            print(f"{name:30s} {n:11d} {took * 1e3:18.2f} {priced * 1e3:20.2f} {rate:10.1f}  {times}")
+    for folder, sub, row in _runs(sorted(campaign.glob("*/runs.json")), ("cpu_attention",)):
+        measured = Trace.read(sub / "measured.json.gz")
+        host = _profile(Trace.read(sub / "predicted.json.gz"))
+        group = load_model(json.loads((folder / "config.json").read_text())["model"]).group
+        n = cpu_slot_count(row["plan"]["cpu_kv_heads"], row["plan"]["kv_heads_per_slot"])
+        layers = _decode_spans(measured, "cpu_attention")
+        took = sum(s.end_s - s.start_s for s in layers) / len(layers)
+        heads = cpu_slot_heads(row["plan"]["cpu_kv_heads"], row["plan"]["kv_heads_per_slot"])
+        priced = sum(host.cpu_attention_s(s.bytes, calls=n, group=group, heads=heads) for s in layers) / len(
+            layers
+        )
+        rate = statistics.median(_gbps(layers))
+        times = " ".join(f"{t * 1e3:.0f}" for t in measured.summary.decode_step_s)
+        name = f"{folder.name}/{row['run']}"
+        print(f"{name:30s} {n:11d} {took * 1e3:18.2f} {priced * 1e3:20.2f} {rate:10.1f}  {times}")
     print()
     print("run                            gather GB/s median  least   most  calibrated")
     for runs_file in sorted(campaign.glob("*/runs.json")):
@@ -104,7 +114,7 @@ def main(root: str) -> int:
             continue
         predicted = Trace.read(runs_file.parent / "predicted.json.gz")
         tokens = measured.header.workload.context
-        path = next(n.split(": ", 1)[1] for n in predicted.header.notes if n.startswith("profile: "))
+        path = _profile_path(predicted)
         raw = json.loads(Path(path.removesuffix(".toml") + "-measurements.json").read_text())
         gemms = [
             g["seconds"]
@@ -117,22 +127,16 @@ def main(root: str) -> int:
         )
     print()
     print("run (resident, evict)                              decode steps ms")
-    for runs_file in sorted(Path(root).rglob("runs.json")):
-        for row in json.loads(runs_file.read_text()):
-            if row["plan"]["family"] not in ("resident", "evict"):
-                continue
-            sub = runs_file.parent if row["run"] == "pick" else runs_file.parent / row["run"]
-            steps = Trace.read(sub / "measured.json.gz").summary.decode_step_s
-            name = f"{sub.relative_to(root)}"
-            print(f"{name:50s} {' '.join(f'{t * 1e3:.0f}' for t in steps)}")
+    for _, sub, _ in _runs(sorted(Path(root).rglob("runs.json")), ("resident", "evict")):
+        steps = Trace.read(sub / "measured.json.gz").summary.decode_step_s
+        print(f"{str(sub.relative_to(root)):50s} {' '.join(f'{t * 1e3:.0f}' for t in steps)}")
     print()
     print("config (head_offload)     non-attention span ms a layer, per traced decode step")
     for runs_file in sorted(campaign.glob("*/runs.json")):
         if json.loads(runs_file.read_text())[0]["plan"]["family"] != "head_offload":
             continue
-        spans = [s for s in _decode_spans(Trace.read(runs_file.parent / "measured.json.gz"), "gemm")]
         per_step: dict[int, list[float]] = {}
-        for s in spans:
+        for s in _decode_spans(Trace.read(runs_file.parent / "measured.json.gz"), "gemm"):
             if s.layer is not None:
                 per_step.setdefault(s.step, []).append(s.end_s - s.start_s)
         means = " ".join(f"{statistics.fmean(v) * 1e3:.2f}" for _, v in sorted(per_step.items()))
