@@ -367,6 +367,15 @@ def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, Mod
     return per_layer, spec, max(0.0, two - 2 * per_layer)
 
 
+def median_tiny(samples: list[tuple[float, ModelSpec, float]]) -> tuple[float, ModelSpec, float]:
+    """decode_layer_cost's (per layer, model, intercept) over several samples: the median of each figure."""
+    return (
+        statistics.median(s[0] for s in samples),
+        samples[0][1],
+        statistics.median(s[2] for s in samples),
+    )
+
+
 def decode_layer_cost_beside_cpu(
     model: ModelSpec, device: str = "cuda", steps: int = 20, tokens: int = 32769, cold_bytes: int = 1 << 30
 ) -> float:
@@ -694,6 +703,9 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
 
         raise UserError("roofsim calibrate needs a CUDA GPU; run it on the GPU machine")
     torch.backends.cuda.matmul.allow_tf32 = True
+    tiny = [
+        decode_layer_cost("cuda")
+    ]  # at the start, the middle and the end: the host's speed moves in spells
     sizes = [64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB]
     progress("pinned copies")
     h2d, d2h = _copies("h2d", sizes), _copies("d2h", sizes)
@@ -708,7 +720,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     prefill, decode = _attention(model)
     vector = vector_ops(model)
     progress("fixed costs")
-    tiny_s, tiny_model, tiny_step = decode_layer_cost("cuda")
+    tiny.append(decode_layer_cost("cuda"))
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
     topk = _topk_gelems()
@@ -717,6 +729,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     prefill_call = prefill_call_extra_s(model)
     progress("CPU")
     tiny_beside_cpu = decode_layer_cost_beside_cpu(model, "cuda")
+    tiny.append(decode_layer_cost("cuda"))
+    tiny_s, tiny_model, tiny_step = median_tiny(tiny)
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots = _cpu(model)
     return Measurements(
         fingerprint=fingerprint(),
@@ -733,6 +747,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         sync_us=sync,
         tiny_layer_s=tiny_s,
         tiny_layer_model=tiny_model,
+        tiny_layer_samples_s=[t[0] for t in tiny],
         tiny_step_s=tiny_step,
         tiny_layer_beside_cpu_s=tiny_beside_cpu,
         vector_ops=vector,

@@ -65,8 +65,13 @@ class Measurements(BaseModel):
     attention_prefill: list[FlopPoint]
     attention_decode: list[CopyPoint] = Field(description="KV bytes read per decode attention call")
     sync_us: float
-    tiny_layer_s: float
+    tiny_layer_s: float = Field(description="the median of tiny_layer_samples_s where those were taken")
     tiny_layer_model: ModelSpec
+    tiny_layer_samples_s: list[float] | None = Field(
+        default=None,
+        description="tiny_layer_s measured at the start, the middle and the end of the calibration: a guest's host "
+        "speed moves in spells of seconds, and one sample stood for one spell",
+    )
     tiny_step_s: float | None = Field(
         default=None,
         description="a tiny-model decode step outside its layers: the 2-layer step less 2 layers",

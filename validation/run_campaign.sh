@@ -17,6 +17,7 @@
 # of CAMPAIGN (default validation/campaign-h100.toml: model, context and plan, nothing GPU-specific).
 #   bash validation/run_campaign.sh recalibrate  # calibrate unless this machine already did for CALIB (a warm
 #                                                # machine keeps /tmp between calls): then that profile is reused
+# HOST_MONITOR=1 writes $OUT/host-<part or LABEL>.csv beside the part: the host's speed every half second.
 # Then, here: extract each archive into validation/results/h100/, compress the traces (the device takes at most
 # 64 MiB of working tree per call) and print the table:
 #   python validation/compress_traces.py validation/results/h100/campaign
@@ -31,6 +32,12 @@ profile="${PROFILE:-$results/$calib/$gpu-calibrated.toml}"
 campaign="${CAMPAIGN:-validation/campaign-h100.toml}"
 kept="/tmp/roofsim-calibrations/$calib"
 label="$part"
+if [ "$part" = only ]; then label="${LABEL:-only}"; fi
+if [ -n "${HOST_MONITOR:-}" ] && [ "$part" != recalibrate ]; then
+  # the host's speed beside the part, every half second: validation/host_monitor.py
+  python3 validation/host_monitor.py "$OUT/host-$label.csv" & monitor=$!
+  trap 'kill $monitor 2>/dev/null || true' EXIT
+fi
 case "$part" in
   recalibrate)
     if [ -d "$kept" ]; then
@@ -50,7 +57,7 @@ case "$part" in
   b) only="l3-head-g1-256k,l3-head-512k-24gb,l3-head-g4-r1-128k" ;;
   cpu) only="l3-cpu2-64k,q7-cpu1-64k,l3-cpu4-128k" ;;
   l2-planner) only="l2-planner-32k-24gb" ;;
-  only) only="${2:?only: a comma-separated list of configuration names}"; label="${LABEL:-only}" ;;
+  only) only="${2:?only: a comma-separated list of configuration names}" ;;
   c) only="l3-head-g2-r1-128k,l3-cpu4-128k,l3-evict-128k,q7-head-g1-128k,q7-planner-64k-24gb,l2-planner-32k-24gb,l3-planner-128k-24gb" ;;
   *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner or only" >&2; exit 2 ;;
 esac
