@@ -65,12 +65,12 @@ class Measurements(BaseModel):
     attention_prefill: list[FlopPoint]
     attention_decode: list[CopyPoint] = Field(description="KV bytes read per decode attention call")
     sync_us: float
-    tiny_layer_s: float = Field(description="the median of tiny_layer_samples_s where those were taken")
+    tiny_layer_s: float = Field(description="the mean of tiny_layer_samples_s where those were taken")
     tiny_layer_model: ModelSpec
     tiny_layer_samples_s: list[float] | None = Field(
         default=None,
-        description="tiny_layer_s measured at the start, the middle and the end of the calibration: a guest's host "
-        "speed moves in spells of seconds, and one sample stood for one spell",
+        description="tiny_layer_s measured at the start, the middle and (right after tiny_layer_beside_cpu_s) the end "
+        "of the calibration: a guest's host speed moves between two levels ~1.7x apart, and one sample stood for one",
     )
     tiny_step_s: float | None = Field(
         default=None,
@@ -169,7 +169,12 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     memory = m.d2d_copy_gbps / base.memory.bandwidth_gbps.value
     tiny = m.tiny_layer_model
     kernels = sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
-    kernel_us = m.tiny_layer_s / kernels * 1e6
+    # a decode step pays the host's mean speed: the mean of the samples (the committed s12 measurements hold
+    # their median in tiny_layer_s); the beside-the-worker ratio against the sample taken right after it, in
+    # the same spell of the host, not against samples taken minutes apart
+    samples = m.tiny_layer_samples_s or [m.tiny_layer_s]
+    tiny_s = statistics.fmean(samples)
+    kernel_us = tiny_s / kernels * 1e6
     outside = sum(op.kernels for op in ops.embed_ops(tiny, 1, 1) + ops.head_ops(tiny, 1))
     fp = m.fingerprint.get("gpu_name", "this GPU")
     return {
@@ -251,11 +256,11 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {
                     "issue_beside_cpu": (
-                        m.tiny_layer_beside_cpu_s / m.tiny_layer_s,
-                        "tiny decode layers while the CPU worker scans, over the same layers alone",
+                        m.tiny_layer_beside_cpu_s / samples[-1],
+                        "tiny decode layers while the CPU worker scans, over the same layers alone right after",
                     )
                 }
-                if m.tiny_layer_beside_cpu_s is not None and m.tiny_layer_s > 0
+                if m.tiny_layer_beside_cpu_s is not None and samples[-1] > 0
                 else {}
             ),
             **(

@@ -387,6 +387,26 @@ def test_issue_beside_the_cpu_worker_is_the_ratio_of_the_tiny_layers(tmp_path):
     assert beside.link == profile.link and beside.efficiency.gemm == profile.efficiency.gemm
 
 
+def test_tiny_layer_samples_price_kernels_at_their_mean_and_the_beside_ratio_at_the_last(tmp_path):
+    """With the tiny layer sampled at the start, the middle and the end, the kernel cost is priced at the samples'
+    mean (a decode step pays the host's mean speed) and the beside-the-worker ratio against the last sample, which
+    was taken right after it; the figure in tiny_layer_s is not used then."""
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    m = probe_measurements()
+    t = m.tiny_layer_s
+    one = load_gpu(str(write_profile(spec, host, m, tmp_path / "one")[0]))
+    sampled = m.model_copy(
+        update={
+            "tiny_layer_samples_s": [t, 2 * t, 3 * t],
+            "tiny_layer_s": t,
+            "tiny_layer_beside_cpu_s": 4.5 * t,
+        }
+    )
+    profile = load_gpu(str(write_profile(spec, host, sampled, tmp_path / "three")[0]))
+    assert profile.kernel_s == pytest.approx(2 * one.kernel_s)
+    assert profile.runtime.issue_beside_cpu.value == pytest.approx(1.5)
+
+
 def test_elementwise_kernels_fit_their_own_bandwidth_and_price_vector_operators_only(tmp_path):
     """A layer's elementwise kernels timed at a prefill chunk, each with the bytes the operator model counts, give
     the profile a vector efficiency (bytes / time / datasheet bandwidth); roofline prices "vector" operators at it

@@ -16,12 +16,13 @@ def test_decode_layer_cost_is_measured_through_the_executor():
     assert spec.n_layers == 1 and spec.hidden == 64
 
 
-def test_tiny_layer_samples_give_the_median_of_each_figure():
-    from roofsim.executor.calibrate import median_tiny
+def test_tiny_layer_samples_give_the_mean_of_each_figure():
+    from roofsim.executor.calibrate import mean_tiny
 
     _, spec, _ = decode_layer_cost("cpu", steps=2)
-    samples = [(3e-3, spec, 1e-3), (1e-3, spec, 5e-3), (2e-3, spec, 2e-3)]
-    assert median_tiny(samples) == (2e-3, spec, 2e-3)  # per layer and intercept each their own median
+    samples = [(3e-3, spec, 1e-3), (1e-3, spec, 5e-3), (2e-3, spec, 3e-3)]
+    per_layer, model, intercept = mean_tiny(samples)
+    assert per_layer == pytest.approx(2e-3) and intercept == pytest.approx(3e-3) and model is spec
 
 
 @pytest.mark.parametrize("name", ["llama-3-8b", "qwen2.5-7b", "phi-3-mini-128k", "opt-6.7b"])
