@@ -113,3 +113,13 @@ def test_elementwise_kernels_are_timed_with_the_bytes_the_operator_model_counts(
     names = ("residual_1", "input_norm", "rope", "act_mul")
     assert [p.nbytes for p in points] == [int(float(counted[n].hbm_bytes)) for n in names]
     assert all(p.seconds > 0 for p in points)
+
+
+def test_trimmed_mean_drops_a_hiccup_but_keeps_a_slow_spell():
+    """The calibration's per-call figures average the host's speed: one outlier step is cut, a run of slow steps
+    (a spell of the host) is not."""
+    from roofsim.executor.calibrate import trimmed_mean
+
+    assert trimmed_mean([1.0] * 9 + [100.0]) == 1.0
+    assert trimmed_mean([1.0] * 5 + [2.0] * 5) == 1.5
+    assert trimmed_mean([1.0, 3.0]) == 2.0
