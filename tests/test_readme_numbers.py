@@ -34,13 +34,22 @@ def _table(out: str, header: str) -> dict[str, list[str]]:
     raise AssertionError(f"no table headed {header!r}")
 
 
-@pytest.mark.parametrize("gpu", ["h100", "h200"])
-def test_gpu_readme_holds_the_whole_table(gpu):
-    readme = (ROOT / "validation" / "results" / gpu / "README.md").read_text()
-    assert _summary(gpu) in readme
+@pytest.mark.parametrize(
+    ("gpu", "readme"),
+    [
+        ("h100", "h100"),
+        ("h200", "h200"),
+        ("h200-s12", "h200-s12"),
+        ("h200-s13/a", "h200-s13"),
+        ("h200-s13/b", "h200-s13"),
+    ],
+)
+def test_gpu_readme_holds_the_whole_table(gpu, readme):
+    text = (ROOT / "validation" / "results" / readme / "README.md").read_text()
+    assert _summary(gpu) in text
 
 
-@pytest.mark.parametrize("gpu", ["h100", "h200"])
+@pytest.mark.parametrize("gpu", ["h100", "h200", "h200-s12"])
 def test_readme_quotes_the_last_lines(gpu):
     readme = (ROOT / "README.md").read_text()
     for line in _summary(gpu).strip().splitlines()[-2:]:
