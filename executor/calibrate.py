@@ -203,6 +203,13 @@ def vector_ops(model: ModelSpec, device: str = "cuda", tokens: int = 16384) -> l
         ]
 
 
+# Chunk-after-a-past calls of few query rows, as the planner's short chunks and one-head slots make them (KV heads,
+# 0 for the model's all; chunk; past): on the H200 a one-head call of a 2048-token chunk ran at 0.23 of the bf16
+# peak against 0.56 for the calls above, and calls of equal GQA-folded rows ran alike whatever their heads and chunk
+# (validation/results/h200-s15/probes/call6-shapes/prefill_attn_shapes.json). They give efficiency.attention_rows.
+SHORT_PREFILL_CALLS = ((1, 2048, 24576), (1, 4096, 24576), (0, 2048, 24576))
+
+
 def _attention(model: ModelSpec):
     """Attention through the executor's own kernels (roofsim.executor.attention: FlashAttention-2 with its LSE, a
     chunk split into past and causal parts merged in fp32), at the shapes plans run: whole layers and one-KV-head
@@ -213,13 +220,15 @@ def _attention(model: ModelSpec):
     hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
     g = hq // hk
     scale = d**-0.5
-    prefill, decode = [], []
+    prefill, short, decode = [], [], []
+    shorts = [(h or hk, C, P) for h, C, P in SHORT_PREFILL_CALLS]
     for heads, C, P in (
         (hk, 8192, 0),
         (hk, 8192, 24576),
         (hk, 16384, 49152),
         (1, 8192, 24576),
         (1, 16384, 49152),
+        *shorts,
     ):
         # q as the model hands it over ([B, C, H, D] transposed), K/V as the cache lays them out (token-major)
         q = torch.randn(1, C, heads * g, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
@@ -229,15 +238,19 @@ def _attention(model: ModelSpec):
             lambda q=q, k=k, v=v, P=P, C=C: attend_parts(q, chunk_parts(k, v, P, C), scale), repeat=3
         )
         flops = 4.0 * heads * g * d * C * (P + (C + 1) / 2)
-        prefill.append(
-            FlopPoint(label=f"executor prefill {heads} kv heads, {C} after {P}", flops=flops, seconds=t)
+        point = FlopPoint(
+            label=f"executor prefill {heads} kv heads, {C} after {P}",
+            flops=flops,
+            seconds=t,
+            rows=heads * g * C if P else None,
         )
+        (short if (heads, C, P) in shorts else prefill).append(point)
     for L in (4096, 32768, 131072):
         q = torch.randn(1, 1, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         k, v = kv_views(torch.randn(L, 1, 2, hk, d, device="cuda", dtype=torch.bfloat16), 0, L)
         t = _cuda_time(lambda q=q, k=k, v=v: attend(q, k, v, causal=False, scale=scale))
         decode.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=t))
-    return prefill, decode
+    return prefill, short, decode
 
 
 def attention_new_shape_s(model: ModelSpec, device: str = "cuda", chunk: int = 8192, heads: int = 1) -> float:
@@ -406,6 +419,38 @@ def decode_layer_cost_beside_cpu(
         stop.set()
         job.result()
     return per_layer
+
+
+def worker_round_trip_s(n: int = 500) -> float:
+    """Median seconds from handing a job to the CPU worker to having its result back, for a job shaped like
+    cpu_attention's CPU part less its scan (a completed event's wait, the span bookkeeping): the worker's wake-up
+    and the issuing thread's, which every layer of a cpu_attention decode step pays on the CPU part's path beside
+    the scan (on the H200, the time from one layer's scan to the next measured 0.6 ms more than the model had:
+    validation/results/h200-s15/README.md)."""
+    from roofsim.executor.cpu_attn import _worker
+
+    ev = torch.cuda.Event() if torch.cuda.is_available() else None
+    if ev is not None:
+        ev.record()
+        torch.cuda.synchronize()
+    marks: list[tuple[float, float]] = []
+
+    def job() -> None:
+        t0 = time.perf_counter()
+        if ev is not None:
+            ev.synchronize()
+        marks.append((t0, time.perf_counter()))
+        if len(marks) > 64:
+            marks.clear()
+
+    pool = _worker()
+    pool.submit(job).result()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        pool.submit(job).result()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _gpu_kernel_us(n: int = 400) -> float:
@@ -736,7 +781,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     d2d = _d2d_gbps()
     progress("GEMMs and attention")
     gemm = _gemms(model)
-    prefill, decode = _attention(model)
+    prefill, short, decode = _attention(model)
     vector = vector_ops(model)
     progress("fixed costs")
     tiny.append(decode_layer_cost("cuda"))
@@ -748,6 +793,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     prefill_call = prefill_call_extra_s(model)
     progress("CPU")
     tiny_beside_cpu = decode_layer_cost_beside_cpu(model, "cuda")
+    round_trip = worker_round_trip_s()
     tiny.append(decode_layer_cost("cuda"))
     tiny_s, tiny_model, tiny_step = mean_tiny(tiny)
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots = _cpu(model)
@@ -762,6 +808,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         d2d_copy_gbps=d2d,
         gemm=gemm,
         attention_prefill=prefill,
+        attention_prefill_short=short,
         attention_decode=decode,
         sync_us=sync,
         tiny_layer_s=tiny_s,
@@ -769,6 +816,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         tiny_layer_samples_s=[t[0] for t in tiny],
         tiny_step_s=tiny_step,
         tiny_layer_beside_cpu_s=tiny_beside_cpu,
+        worker_round_trip_s=round_trip,
         vector_ops=vector,
         cpu_copy_gbps=cpu_copy,
         cpu_attention=cpu_attn,

@@ -48,6 +48,7 @@ class FlopPoint(BaseModel):
     label: str
     flops: float
     seconds: float
+    rows: float | None = None  # attention over a chunk after a past: its GQA-folded query rows
 
 
 class Measurements(BaseModel):
@@ -64,6 +65,11 @@ class Measurements(BaseModel):
     gemm: list[FlopPoint]
     attention_prefill: list[FlopPoint]
     attention_decode: list[CopyPoint] = Field(description="KV bytes read per decode attention call")
+    attention_prefill_short: list[FlopPoint] = Field(
+        default=[],
+        description="the executor's chunk-after-a-past attention at few query rows (short chunks, one-head "
+        "slots): with attention_prefill's rows they give efficiency.attention_rows",
+    )
     sync_us: float
     tiny_layer_s: float = Field(description="the mean of tiny_layer_samples_s where those were taken")
     tiny_layer_model: ModelSpec
@@ -84,6 +90,10 @@ class Measurements(BaseModel):
     tiny_layer_beside_cpu_s: float | None = Field(
         default=None,
         description="tiny_layer_s while the CPU worker scans cold host KV back to back (cpu_attention's decode)",
+    )
+    worker_round_trip_s: float | None = Field(
+        default=None,
+        description="handing cpu_attention's CPU part (less its scan) to the CPU worker and having it back, median",
     )
     cpu_copy_gbps: float = Field(description="host memcpy, bytes read plus written per second")
     cpu_attention: list[CopyPoint] = Field(description="KV bytes scanned by CPU decode attention")
@@ -166,6 +176,10 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     peak = base.compute.bf16_tflops.value * 1e12
     gemm = sum(p.flops for p in m.gemm) / sum(p.seconds for p in m.gemm) / peak
     attention = statistics.median(p.flops / p.seconds for p in m.attention_prefill) / peak
+    by_rows: dict[int, list[float]] = {}
+    for p in m.attention_prefill + m.attention_prefill_short:
+        if p.rows:
+            by_rows.setdefault(int(p.rows), []).append(p.flops / p.seconds / peak)
     memory = m.d2d_copy_gbps / base.memory.bandwidth_gbps.value
     tiny = m.tiny_layer_model
     kernels = sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
@@ -198,6 +212,17 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             "kernel_us": (
                 kernel_us,
                 f"one decoder layer at tiny shapes / {kernels:g} kernels in roofsim's model",
+            ),
+            **(
+                {
+                    "attention_rows": (
+                        {r: statistics.median(e) for r, e in sorted(by_rows.items())},
+                        "the executor's chunk-after-a-past attention at that many GQA-folded query rows over the "
+                        "datasheet peak (median where shapes share the rows)",
+                    )
+                }
+                if m.attention_prefill_short and len(by_rows) > 1
+                else {}
             ),
             **(
                 {"gpu_kernel_us": (m.gpu_kernel_us, "tiny kernels queued back to back: GPU time per kernel")}
@@ -261,6 +286,17 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     )
                 }
                 if m.tiny_layer_beside_cpu_s is not None and samples[-1] > 0
+                else {}
+            ),
+            **(
+                {
+                    "worker_round_trip_us": (
+                        m.worker_round_trip_s * 1e6,
+                        "a job shaped like cpu_attention's CPU part less its scan, submitted to the CPU worker and "
+                        "its result back, median",
+                    )
+                }
+                if m.worker_round_trip_s is not None
                 else {}
             ),
             **(
@@ -361,7 +397,9 @@ def _v(value: float | dict, how: str) -> str:
     return f"{{ value = {round(float(value), 6)!r}, measured = {json.dumps(how)} }}"
 
 
-def _carried(s) -> str:
+def _carried(s) -> str | None:
+    if isinstance(s, dict):  # a table measured on another machine: not carried into this profile
+        return None
     kind, text = s.provenance.split(": ", 1)
     return f"{{ value = {s.value!r}, {kind} = {json.dumps(text)} }}"
 
@@ -392,8 +430,8 @@ def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: 
                 continue
             if field in fitted.get(section, {}):
                 lines.append(f"{field} = {_v(*fitted[section][field])}")
-            elif getattr(model, field) is not None:
-                lines.append(f"{field} = {_carried(getattr(model, field))}")
+            elif getattr(model, field) is not None and (carried := _carried(getattr(model, field))):
+                lines.append(f"{field} = {carried}")
     gpu_path = out_dir / f"{name}.toml"
     gpu_path.write_text("\n".join(lines) + "\n")
     host_fit = fit_host(m)

@@ -32,6 +32,9 @@ class Op:
     attn_calls: Num = 0  # attention calls of the executor (a calibrated profile may price them directly)
     streamed_calls: Num = 0  # of which over streamed units
     prefill_calls: Num = 0  # of which over a chunk after a past (two parts and their merge)
+    # GQA-folded query rows of each such call (KV heads per call x group x chunk x batch): the kernel's tiles, so
+    # its parallelism; a calibrated profile prices the call at that many rows' efficiency. 0: not such a call
+    query_rows: Num = 0
 
 
 def topk_op(name: str, rows: Num, n: Num, k: Num, e: int) -> Op:
@@ -133,6 +136,9 @@ def attention_op(
     )
     fold = 2.0 * q_elems * e if m.group > 1 else 0.0
     prefill_calls = np.where(two_parts, calls, 0.0)
+    query_rows = np.where(
+        two_parts, B * (hq / np.asarray(calls, dtype=float)) * np.asarray(C, dtype=float), 0.0
+    )
     kernels = (
         calls * ATTN_CALL_KERNELS + streamed_calls * STREAMED_CALL_EXTRA + prefill_calls * PREFILL_CALL_EXTRA
     )
@@ -152,6 +158,7 @@ def attention_op(
         attn_calls=calls,
         streamed_calls=streamed_calls,
         prefill_calls=prefill_calls,
+        query_rows=query_rows,
     )
 
 

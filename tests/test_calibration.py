@@ -436,3 +436,91 @@ def test_elementwise_kernels_fit_their_own_bandwidth_and_price_vector_operators_
     assert float(op_time(post["down_proj"], profile).total_s) == pytest.approx(
         float(op_time(post["down_proj"], plain).total_s)
     )
+
+
+def test_short_prefill_calls_give_an_efficiency_by_query_rows_that_prices_short_chunks_only(tmp_path):
+    """Chunk-after-a-past calls measured at few query rows land as efficiency.attention_rows; a profile whose
+    short calls ran at half the rate makes a 2048-token chunked prefill of one-head slots slower, in both models,
+    and leaves decode and the scalar efficiency alone. Without short points (the committed measurements) no table
+    is written."""
+    from roofsim.plan import HeadOffloadPlan
+    from roofsim.predict import predict
+    from roofsim.sim import simulate
+    from roofsim.workload import Workload
+
+    spec, host, model = load_gpu("h100-sxm"), load_host("sapphire-rapids"), load_model("llama-3-8b")
+    att = PROBE["attention"]["prefill_L32768"]
+    rate = att["tflops"] * 1e12
+
+    def point(rows, share):
+        return FlopPoint(label=f"{rows} rows", flops=rate * share * 1e-3, seconds=1e-3, rows=rows)
+
+    base = probe_measurements()
+    assert "attention_rows" not in fit(spec, base)["efficiency"]
+    out = {}
+    for share in (1.0, 0.5):
+        m = base.model_copy(
+            update={
+                "attention_prefill": [point(32768, 1.0), point(262144, 1.0)],
+                "attention_prefill_short": [point(8192, share), point(16384, (1 + share) / 2)],
+                "cpu_scan_gap_s": 2e-3,
+            }
+        )
+        profile = load_gpu(str(write_profile(spec, host, m, tmp_path / f"{share}")[0]))
+        table = profile.efficiency.attention_rows
+        assert sorted(table) == [8192, 16384, 32768, 262144]
+        assert profile.efficiency.attention.value == pytest.approx(
+            rate / (spec.compute.bf16_tflops.value * 1e12)
+        )
+        # held at the ends, interpolated between, the scalar where a call has no rows (decode)
+        assert profile.attention_flops_at(1000) == pytest.approx(profile.attention_flops_at(8192))
+        assert profile.attention_flops_at(0) == profile.attention_flops
+        plan = HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4, prefill_chunk=2048)
+        work = Workload(context=32768, gen=4)
+        analytic = predict(plan, model, profile, host, work)
+        sim = simulate(plan, model, profile, host, work, keep="none")
+        out[share] = (analytic.prefill_s, sim.summary.prefill_s, analytic.decode_s_per_token)
+    assert out[0.5][0] > out[1.0][0] * 1.05
+    assert out[0.5][1] > out[1.0][1] * 1.05
+    assert out[0.5][2] == pytest.approx(out[1.0][2], rel=1e-9)
+
+
+def test_an_empty_attention_rows_table_is_refused():
+    spec = load_gpu("h100-sxm")
+    data = spec.model_dump()
+    data["efficiency"]["attention_rows"] = {}
+    with pytest.raises(ValueError, match="attention_rows"):
+        type(spec).model_validate(data)
+
+
+def test_a_measured_worker_round_trip_lands_in_the_profile_and_slows_cpu_attention_decode_only(tmp_path):
+    """worker_round_trip_s lands as runtime.worker_round_trip_us; a dear one lengthens every layer's CPU part in
+    both models, so a cpu_attention plan whose decode the CPU path binds slows by about a round trip per layer,
+    and head_offload (no worker) is unchanged."""
+    from roofsim.plan import CpuAttentionPlan, HeadOffloadPlan
+    from roofsim.predict import predict
+    from roofsim.sim import simulate
+    from roofsim.workload import Workload
+
+    spec, host, model = load_gpu("h100-sxm"), load_host("sapphire-rapids"), load_model("llama-3-8b")
+    m = probe_measurements().model_copy(update={"cpu_scan_gap_s": 2e-3})
+    plain = load_gpu(str(write_profile(spec, host, m, tmp_path / "plain")[0]))
+    assert plain.runtime.worker_round_trip_us is None
+    dear = load_gpu(
+        str(
+            write_profile(spec, host, m.model_copy(update={"worker_round_trip_s": 2e-3}), tmp_path / "dear")[
+                0
+            ]
+        )
+    )
+    assert dear.runtime.worker_round_trip_us.value == pytest.approx(2000.0)
+    work = Workload(context=32768, gen=2)
+    cpu = CpuAttentionPlan(cpu_kv_heads=8, prefill_chunk=8192)  # every head on the CPU: its path binds
+    rt = 2e-3 * model.n_layers
+    for plan, extra in ((cpu, rt), (HeadOffloadPlan(prefill_chunk=8192), 0.0)):
+        a0, a1 = predict(plan, model, plain, host, work), predict(plan, model, dear, host, work)
+        s0 = simulate(plan, model, plain, host, work, keep="none").summary
+        s1 = simulate(plan, model, dear, host, work, keep="none").summary
+        assert a1.decode_s_per_token - a0.decode_s_per_token == pytest.approx(extra, rel=0.2, abs=1e-6)
+        assert s1.decode_s_per_token - s0.decode_s_per_token == pytest.approx(extra, rel=0.2, abs=1e-6)
+        assert s1.prefill_s == pytest.approx(s0.prefill_s)

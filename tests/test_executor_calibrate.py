@@ -123,3 +123,16 @@ def test_trimmed_mean_drops_a_hiccup_but_keeps_a_slow_spell():
     assert trimmed_mean([1.0] * 9 + [100.0]) == 1.0
     assert trimmed_mean([1.0] * 5 + [2.0] * 5) == 1.5
     assert trimmed_mean([1.0, 3.0]) == 2.0
+
+
+def test_the_worker_round_trip_is_timed_on_the_cpu_worker():
+    """worker_round_trip_s runs its job on cpu_attention's worker thread (not the caller's) and returns a
+    positive median well under a second."""
+    import threading
+
+    from roofsim.executor import calibrate
+    from roofsim.executor.cpu_attn import _worker
+
+    seconds = calibrate.worker_round_trip_s(n=20)
+    assert 0.0 < seconds < 1.0
+    assert _worker().submit(threading.get_ident).result() != threading.get_ident()

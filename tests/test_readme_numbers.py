@@ -42,6 +42,7 @@ def _table(out: str, header: str) -> dict[str, list[str]]:
         ("h200-s12", "h200-s12"),
         ("h200-s13/a", "h200-s13"),
         ("h200-s13/b", "h200-s13"),
+        ("h200-s15", "h200-s15"),
     ],
 )
 def test_gpu_readme_holds_the_whole_table(gpu, readme):

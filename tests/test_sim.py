@@ -353,3 +353,38 @@ def test_a_host_slower_beside_the_cpu_worker_slows_cpu_attention_decode_only():
         else:
             assert new.decode_s_per_token == pytest.approx(base.decode_s_per_token)
             assert sim_new.summary.decode_s_per_token == pytest.approx(sim_base.summary.decode_s_per_token)
+
+
+def test_a_beside_ratio_below_one_prices_the_host_at_its_idle_rate():
+    """issue_beside_cpu < 1 (the host's speed moved between the two tiny-layer samples) is held at 1: the same
+    decode as a profile without the ratio, never faster."""
+
+    def with_ratio(k):
+        rt = H100.runtime.model_copy(update={"issue_beside_cpu": Sourced(value=k, measured="test")})
+        return H100.model_copy(update={"runtime": rt})
+
+    work = Workload(context=32768, gen=2)
+    plan = CpuAttentionPlan(cpu_kv_heads=2, prefill_chunk=8192)
+    idle = simulate(plan, LLAMA, H100, HOST, work).summary.decode_s_per_token
+    assert simulate(plan, LLAMA, with_ratio(0.7), HOST, work).summary.decode_s_per_token == pytest.approx(
+        idle
+    )
+    assert predict(plan, LLAMA, with_ratio(0.7), HOST, work).decode_s_per_token == pytest.approx(
+        predict(plan, LLAMA, H100, HOST, work).decode_s_per_token
+    )
+
+
+def test_the_cpu_heads_output_queues_on_the_h2d_stream_behind_the_prefetch_issued_before_it():
+    """cpu_attention's decode sends each layer's CPU output up on the H2D stream after the issuing thread joined
+    the worker, as the executor does: one output copy per layer, and with a big streamed slot each starts only
+    once the H2D copy issued before it (the next layer's prefetch) is done."""
+    plan = CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=6, resident_slots=0, prefill_chunk=8192)
+    work = Workload(context=65536, gen=2)
+    trace = simulate(plan, LLAMA, H100, HOST, work, keep="all", prefill=False)
+    spans = [s for s in trace.spans if s.phase == "decode" and s.step == 1]
+    outs = [s for s in spans if s.resource == "h2d" and s.name == "cpu_output"]
+    assert len(outs) == LLAMA.n_layers
+    big = [s for s in spans if s.resource == "h2d" and s.name != "cpu_output"]
+    for o in outs[:-1]:
+        before = [b for b in big if b.start_s < o.start_s]
+        assert before and o.start_s >= max(b.end_s for b in before) - 1e-12

@@ -5,6 +5,11 @@ host store), and each of those while pinned H2D copies stream from the same kind
 issues tiny GPU kernels, or waits spinning on a CUDA event. Prints one line per case, writes OUT/cpu_attn_memory.json.
 
     python validation/cpu_attn_memory.py --out $OUT      # on the GPU machine, after . validation/device_setup.sh
+    python validation/cpu_attn_memory.py --heads 2 --tokens 131073 --cases pageable,pool --out $OUT
+
+--heads and --tokens set the block's shape [tokens, 1, 2, heads, 128] (default 4 heads of 64K), --cases which
+memory kinds run (pageable, pool, dma: the big DMA-written pool) and --beside what runs beside (alone, h2d,
+h2d-registered, issue, spin); the output file is named for the shape.
 """
 
 from __future__ import annotations
@@ -85,35 +90,53 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--pool-gib", type=int, default=16, help="a registered pool this large, written by D2H")
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--cases", default="pageable,pool,dma")
+    ap.add_argument("--beside", default="alone,h2d,h2d-registered,issue,spin")
     args = ap.parse_args()
+    global HEADS, L
+    HEADS, L = args.heads, args.tokens
+    kinds, besides = args.cases.split(","), args.beside.split(",")
     q = torch.randn(1, HEADS * G, 1, D, dtype=torch.bfloat16)
     out = torch.empty_like(q)
     rows = []
-    page = cold_kv_blocks(HEADS, L, D, COLD)  # calibrate's own blocks
-    pool = HostPool(pinned=True)
-    reg = pool_blocks(pool)
     pin_src = torch.empty(256 << 20, dtype=torch.uint8, pin_memory=True).fill_(1)
     pool2 = HostPool(pinned=True)
     h = pool2.reserve((1 << 30,), torch.uint8)
     pool2.allocate()
     reg_src = pool2.block(h, (1 << 30,), torch.uint8)
     reg_src.fill_(1)
-    pool3 = HostPool(pinned=True)
-    big = pool_blocks(pool3, total=args.pool_gib << 30, dma=True)
-    for name, bufs in (
-        ("pageable", page),
-        ("registered pool", reg),
-        (f"{args.pool_gib} GiB pool, DMA-written", big),
-    ):
-        rows.append(case(f"{name} alone", bufs, q, out))
-        rows.append(case(f"{name} beside h2d (256 MiB pinned)", bufs, q, out, "h2d", pin_src))
-        rows.append(case(f"{name} beside h2d (1 GiB registered)", bufs, q, out, "h2d", reg_src))
-        rows.append(case(f"{name} beside kernel issue", bufs, q, out, "issue"))
-        rows.append(case(f"{name} beside event spin", bufs, q, out, "spin"))
-    Path(args.out, "cpu_attn_memory.json").write_text(
+    pools = [pool2]
+    for kind in kinds:
+        if kind == "pageable":
+            name, bufs = "pageable", cold_kv_blocks(HEADS, L, D, COLD)  # calibrate's own blocks
+        elif kind == "pool":
+            pools.append(HostPool(pinned=True))
+            name, bufs = "registered pool", pool_blocks(pools[-1])
+        else:
+            pools.append(HostPool(pinned=True))
+            name, bufs = (
+                f"{args.pool_gib} GiB pool, DMA-written",
+                pool_blocks(pools[-1], args.pool_gib << 30, True),
+            )
+        cases = {
+            "alone": (f"{name} alone", None, None),
+            "h2d": (f"{name} beside h2d (256 MiB pinned)", "h2d", pin_src),
+            "h2d-registered": (f"{name} beside h2d (1 GiB registered)", "h2d", reg_src),
+            "issue": (f"{name} beside kernel issue", "issue", None),
+            "spin": (f"{name} beside event spin", "spin", None),
+        }
+        for b in besides:
+            label, how, src = cases[b]
+            rows.append(case(label, bufs, q, out, how, src))
+        del bufs
+    suffix = "" if (HEADS, L) == (4, 65536) else f"-h{HEADS}-{L}"
+    Path(args.out, f"cpu_attn_memory{suffix}.json").write_text(
         json.dumps(
             {
-                "command": "python validation/cpu_attn_memory.py",
+                "command": "python validation/cpu_attn_memory.py "
+                f"--heads {HEADS} --tokens {L} --cases {args.cases} --beside {args.beside}",
                 "threads": torch.get_num_threads(),
                 "cases": rows,
             },

@@ -133,6 +133,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
         link.isolated_copy_s(q_bytes, gpu, "d2h")
         + link.isolated_copy_s(out_bytes, gpu, "h2d")
         + gpu.runtime.sync_us.value * 1e-6
+        + gpu.worker_round_trip_s  # the worker's wake-up and the issuing thread's, on the CPU part's path
     )
     if hc:
         for ll in loads:

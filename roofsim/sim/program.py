@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from roofsim import link, ops
+from roofsim import ops
 from roofsim.families.base import Ctx, activation_bytes, block_lengths, kv_bytes, logits_bytes, weight_stream
 from roofsim.families.cpu_attention import cpu_slot_count, cpu_slot_heads, prefill_slot_heads, ring_slot_heads
 from roofsim.families.evict import evict_ops, evict_workspace
@@ -101,6 +101,7 @@ class Builder:
                 float(op.attn_calls),
                 float(op.streamed_calls),
                 float(op.prefill_calls),
+                float(op.query_rows),
             )
             for op in op_list
         )
@@ -700,21 +701,33 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
             4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
         )
 
-        # the CPU worker sends its partial output itself (its own stream), so it never queues behind prefetches
-        out_s = float(link.isolated_copy_s(out_bytes, ctx.gpu, "h2d"))
         merge = [ops.Op("merge", "vector", 4.0 * out_bytes / e, 3.0 * out_bytes, 2)] if hc else []
         # while the worker scans, the issuing thread dispatches at the host's rate beside it (a calibrated ratio)
         with b.driven_by(ctx.gpu.beside_cpu_worker() if hc else ctx.gpu):
             _cpu_decode_step(
-                b, plan, s, layers, hc, q_bytes + kv_bytes(ctx, 1, hc), cpu_s + out_s, cpu_kv, merge
+                b,
+                plan,
+                s,
+                layers,
+                hc,
+                q_bytes + kv_bytes(ctx, 1, hc),
+                cpu_s + ctx.gpu.worker_round_trip_s,  # the worker's wake-up and the issuing thread's
+                out_bytes,
+                cpu_kv,
+                merge,
             )
 
 
 def _cpu_decode_step(
-    b: Builder, plan, s: StepSpec, layers, hc: int, q_and_new_kv, cpu_s, cpu_kv, merge
+    b: Builder, plan, s: StepSpec, layers, hc: int, q_and_new_kv, cpu_s, out_bytes, cpu_kv, merge
 ) -> None:
     """Per layer, the CPU heads' round trip (q and the new K/V down, CPU attention, partial output up) runs
-    beside the GPU heads' attention; the merge after attention waits for both."""
+    beside the GPU heads' attention; the merge after attention waits for both. The output goes up on the H2D
+    stream once the issuing thread has joined the worker, as the executor sends it: behind the prefetch it
+    issued meanwhile (the next layer's slot), so with a large streamed slot the layer's merge, and the next
+    layer's work, wait for that copy (in l2-planner-32k-24gb's measured trace on the H200 of
+    validation/results/h200-s13/b, a layer's output, ready 0.8 ms before the 240 MB prefetch ahead of it ended,
+    went up when it did)."""
     B = b.ctx.work.batch
     alloc = {"activations": activation_bytes(b.ctx, 1)}
     prev = b.embed(s.phase, s.step, s.C, alloc)
@@ -765,6 +778,7 @@ def _cpu_decode_step(
                 consumed += 1
         if cpu_op is not None:  # the issuing thread joins the CPU worker before it goes on (job.result())
             b.sync(b.cpu(0.0, s.phase, s.step, li, kind="sync", deps=(cpu_op,)), s.phase, s.step)
+            deps_post.append(b.copy("h2d", out_bytes, s.phase, s.step, li, deps=(cpu_op,), name="cpu_output"))
         prev = b.post(s, li, deps_post, extra=merge)
         weights.done(li, prev)
     b.finish(s, prev, alloc)

@@ -90,8 +90,19 @@ class EfficiencySpec(_Section):
     # residual adds) reach at prefill shapes, as roofsim's operator model counts their bytes; None: `memory` (a
     # device-to-device copy's, which they need not reach)
     vector: SourcedNumber | None = None
+    # the executor's chunk-after-a-past attention call by its GQA-folded query rows (KV heads per call x group x
+    # chunk): a call of few rows (a one-head slot, a short chunk) fills fewer of the GPU's SMs than the calls
+    # `attention` comes from. Interpolated in log(rows), held at the ends; None: `attention` for every call
+    attention_rows: dict[int, SourcedNumber] | None = None
 
     _pos = field_validator("gemm", "attention", "memory")(lambda v, info: positive(info.field_name, v))
+
+    @field_validator("attention_rows")
+    @classmethod
+    def _rows(cls, v):
+        if v is not None and (not v or any(k < 1 or e.value <= 0 for k, e in v.items())):
+            raise ValueError("attention_rows needs positive efficiencies keyed by query rows >= 1")
+        return v
 
 
 DEFAULT_GPU_KERNEL_US = (
@@ -121,6 +132,9 @@ class RuntimeSpec(_Section):
     # the issuing thread's dispatch costs while the CPU worker scans (cpu_attention's decode), over the idle
     # host's: tiny decode layers timed beside a scan loop and alone. None: 1 (the idle host's)
     issue_beside_cpu: SourcedNumber | None = None
+    # cpu_attention's hand-off per layer: the CPU worker woken for the CPU part and the issuing thread woken by its
+    # result, on the CPU part's path beside the scan; None: not measured (0)
+    worker_round_trip_us: SourcedNumber | None = None
 
     def attention_shape_s(self) -> float:
         return 0.0 if self.attention_shape_us is None else self.attention_shape_us.value * 1e-6
@@ -149,6 +163,19 @@ class GpuSpec(_Section):
     def attention_flops(self) -> float:
         return self.compute.bf16_tflops.value * 1e12 * self.efficiency.attention.value
 
+    def attention_flops_at(self, query_rows) -> float | np.ndarray:
+        """Attention FLOP/s of calls of `query_rows` GQA-folded rows (0: a call the table does not cover, e.g. a
+        decode step's): the calibrated table where there is one, else `attention_flops`."""
+        table = self.efficiency.attention_rows
+        if table is None or not np.any(np.asarray(query_rows) > 0):
+            return self.attention_flops
+        keys = sorted(table)
+        rows = np.asarray(query_rows, dtype=float)
+        eff = np.interp(np.log(np.maximum(rows, 1.0)), np.log(keys), [table[k].value for k in keys])
+        return (
+            self.compute.bf16_tflops.value * 1e12 * np.where(rows > 0, eff, self.efficiency.attention.value)
+        )
+
     @property
     def vector_flops(self) -> float:
         return self.compute.fp32_tflops.value * 1e12 * self.efficiency.memory.value
@@ -171,11 +198,19 @@ class GpuSpec(_Section):
     def usable_bytes(self) -> float:
         return (self.memory.capacity_gib.value - self.memory.reserved_gib.value) * GiB
 
+    @property
+    def worker_round_trip_s(self) -> float:
+        v = self.runtime.worker_round_trip_us
+        return 0.0 if v is None else v.value * 1e-6
+
     def beside_cpu_worker(self) -> GpuSpec:
         """This GPU as a host drives it while the CPU worker scans: every host dispatch cost (kernels, copy issue,
-        attention calls, the step's preamble) times runtime.issue_beside_cpu; GPU-side costs unchanged."""
+        attention calls, the step's preamble) times runtime.issue_beside_cpu; GPU-side costs unchanged. A measured
+        ratio below 1 is held at 1: a scanning worker cannot speed the issuing thread up, and the calibrations that
+        measured one (0.84 and 0.77 on two H200 guests) timed the tiny layers beside the worker in a faster spell
+        of the host than the sample after them."""
         k = self.runtime.issue_beside_cpu
-        if k is None:
+        if k is None or k.value <= 1.0:
             return self
 
         def scaled(section, names):
