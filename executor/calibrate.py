@@ -425,8 +425,8 @@ def worker_round_trip_s(n: int = 500) -> float:
     """Median seconds from handing a job to the CPU worker to having its result back, for a job shaped like
     cpu_attention's CPU part less its scan (a completed event's wait, the span bookkeeping): the worker's wake-up
     and the issuing thread's, which every layer of a cpu_attention decode step pays on the CPU part's path beside
-    the scan (on the H200, the time from one layer's scan to the next measured 0.6 ms more than the model had:
-    validation/results/h200-s15/README.md)."""
+    the scan (on an H200 guest 35 us with the issuing thread idle, 70 us while another thread issues kernels:
+    validation/results/h200-s15/probes/call8-handoff)."""
     from roofsim.executor.cpu_attn import _worker
 
     ev = torch.cuda.Event() if torch.cuda.is_available() else None
