@@ -423,14 +423,22 @@ def decode_layer_cost_beside_cpu(
     return per_layer
 
 
-def worker_round_trip_s(n: int = 500) -> float:
-    """Median seconds from handing a job to the CPU worker to having its result back, for a job shaped like
-    cpu_attention's CPU part less its scan (a completed event's wait, the span bookkeeping): the worker's wake-up
-    and the issuing thread's, which every layer of a cpu_attention decode step pays on the CPU part's path beside
-    the scan (on an H200 guest 35 us with the issuing thread idle, 70 us while another thread issues kernels:
-    validation/results/h200-s15/probes/call8-handoff)."""
+def worker_round_trips(job: Callable[[], None], n: int) -> list[float]:
+    """Seconds of n hand-offs of `job` to the CPU worker, each from submit to its result back (after one untimed)."""
     from roofsim.executor.cpu_attn import _worker
 
+    pool = _worker()
+    pool.submit(job).result()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        pool.submit(job).result()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def cpu_part_job() -> Callable[[], None]:
+    """A job shaped like cpu_attention's CPU part less its scan: a completed event's wait, the span bookkeeping."""
     ev = torch.cuda.Event() if torch.cuda.is_available() else None
     if ev is not None:
         ev.record()
@@ -445,14 +453,16 @@ def worker_round_trip_s(n: int = 500) -> float:
         if len(marks) > 64:
             marks.clear()
 
-    pool = _worker()
-    pool.submit(job).result()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        pool.submit(job).result()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return job
+
+
+def worker_round_trip_s(n: int = 500) -> float:
+    """Median seconds from handing a job to the CPU worker to having its result back, for a job shaped like
+    cpu_attention's CPU part less its scan (a completed event's wait, the span bookkeeping): the worker's wake-up
+    and the issuing thread's, which every layer of a cpu_attention decode step pays on the CPU part's path beside
+    the scan (on an H200 guest 35 us with the issuing thread idle, 70 us while another thread issues kernels:
+    validation/results/h200-s15/probes/call8-handoff)."""
+    return statistics.median(worker_round_trips(cpu_part_job(), n))
 
 
 def _gpu_kernel_us(n: int = 400) -> float:

@@ -16,47 +16,23 @@ import argparse
 import json
 import statistics
 import threading
-import time
 from pathlib import Path
 
 import torch
-from roofsim.executor.cpu_attn import _worker
+from roofsim.executor.calibrate import cpu_part_job, worker_round_trips
 
 N = 2000
-
-
-def round_trips(job, n: int = N) -> list[float]:
-    pool = _worker()
-    pool.submit(job).result()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        pool.submit(job).result()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
-    ev = torch.cuda.Event()
-    ev.record()
-    torch.cuda.synchronize()
-    marks = []
 
     def empty():
         return None
 
-    def shaped():  # the executor's cpu_part less the scan: wait for q's copy, note spans, return
-        t0 = time.perf_counter()
-        ev.synchronize()
-        t1 = time.perf_counter()
-        marks.append((t0, t1))
-        marks.append((t1, time.perf_counter()))
-        if len(marks) > 64:
-            marks.clear()
-
+    shaped = cpu_part_job()  # the executor's cpu_part less the scan: wait for q's copy, note a span, return
     cases = {}
 
     def run(name, job, busy: bool):
@@ -73,7 +49,7 @@ def main() -> None:
 
             t = threading.Thread(target=issue)
             t.start()
-        times = round_trips(job)
+        times = worker_round_trips(job, N)
         stop.set()
         if t is not None:
             t.join()
