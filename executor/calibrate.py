@@ -212,12 +212,25 @@ def vector_ops(model: ModelSpec, device: str = "cuda", tokens: int = 16384) -> l
 SHORT_PREFILL_CALLS = tuple((h, C, P) for h, C in ((1, 2048), (1, 4096), (0, 2048)) for P in (24576, 98304))
 
 
+def chunk_call(heads: int, group: int, head_dim: int, C: int, P: int) -> tuple[float, float]:
+    """(seconds, FLOPs) of the executor's attention call of a C-token chunk after P cached keys over `heads` KV
+    heads of `group` query heads each (attend_parts over chunk_parts, CUDA-event timed, median of 3): q as the model
+    hands it over ([B, C, H, D] transposed), K/V as the cache lays them out (token-major)."""
+    from roofsim.executor.attention import attend_parts, chunk_parts, kv_views
+
+    q = torch.randn(1, C, heads * group, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    buf = torch.randn(P + C, 1, 2, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    k, v = kv_views(buf, 0, P + C)
+    t = _cuda_time(lambda: attend_parts(q, chunk_parts(k, v, P, C), head_dim**-0.5), repeat=3)
+    return t, 4.0 * heads * group * head_dim * C * (P + (C + 1) / 2)
+
+
 def _attention(model: ModelSpec):
     """Attention through the executor's own kernels (roofsim.executor.attention: FlashAttention-2 with its LSE, a
     chunk split into past and causal parts merged in fp32), at the shapes plans run: whole layers and one-KV-head
     slots, chunks after a cached past, and decode. An efficiency measured on another SDPA backend would not hold
     for the executor (the first H100 campaign predicted prefill ~2x too fast that way)."""
-    from roofsim.executor.attention import attend, attend_parts, chunk_parts, kv_views
+    from roofsim.executor.attention import attend, kv_views
 
     hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
     g = hq // hk
@@ -232,14 +245,7 @@ def _attention(model: ModelSpec):
         (1, 16384, 49152),
         *shorts,
     ):
-        # q as the model hands it over ([B, C, H, D] transposed), K/V as the cache lays them out (token-major)
-        q = torch.randn(1, C, heads * g, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        buf = torch.randn(P + C, 1, 2, heads, d, device="cuda", dtype=torch.bfloat16)
-        k, v = kv_views(buf, 0, P + C)
-        t = _cuda_time(
-            lambda q=q, k=k, v=v, P=P, C=C: attend_parts(q, chunk_parts(k, v, P, C), scale), repeat=3
-        )
-        flops = 4.0 * heads * g * d * C * (P + (C + 1) / 2)
+        t, flops = chunk_call(heads, g, d, C, P)
         point = FlopPoint(
             label=f"executor prefill {heads} kv heads, {C} after {P}",
             flops=flops,

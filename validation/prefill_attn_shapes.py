@@ -14,10 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from roofsim.executor import attention
-from roofsim.executor.attention import attend_parts, chunk_parts, kv_views
-from roofsim.executor.calibrate import _cuda_time
+from roofsim.executor.calibrate import chunk_call
 
 from roofsim.specs import load_gpu, load_model
 
@@ -32,23 +30,14 @@ def main() -> None:
     g, d = m.n_heads // m.n_kv_heads, m.head_dim
     # the kernel race first, on calibrate's first prefill call (the whole layer's causal 8192-token chunk), so
     # that the calls below run the kernel a run and the calibration run (the race's winner, not the first kernel)
-    q = torch.randn(1, 8192, m.n_heads, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    k, v = kv_views(torch.randn(8192, 1, 2, m.n_kv_heads, d, device="cuda", dtype=torch.bfloat16), 0, 8192)
-    attend_parts(q, chunk_parts(k, v, 0, 8192), d**-0.5)
+    chunk_call(m.n_kv_heads, g, d, 8192, 0)
     winner = dict(attention._raced)
     print(f"kernel race: {winner}")
     rows = []
     for heads in (1, 2, 4, m.n_kv_heads):
         for C in (1024, 2048, 4096, 8192, 16384):
             for P in (24576, 98304):
-                q = torch.randn(1, C, heads * g, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-                buf = torch.randn(P + C, 1, 2, heads, d, device="cuda", dtype=torch.bfloat16)
-                k, v = kv_views(buf, 0, P + C)
-                t = _cuda_time(
-                    lambda q=q, k=k, v=v, P=P, C=C: attend_parts(q, chunk_parts(k, v, P, C), d**-0.5),
-                    repeat=3,
-                )
-                flops = 4.0 * heads * g * d * C * (P + (C + 1) / 2)
+                t, flops = chunk_call(heads, g, d, C, P)
                 row = {"kv_heads": heads, "chunk": C, "past": P, "rows": heads * g * C, "seconds": t}
                 row["efficiency"] = flops / t / peak
                 rows.append(row)
@@ -57,7 +46,6 @@ def main() -> None:
                     f"{t * 1e3:8.3f} ms, efficiency {row['efficiency']:.3f}",
                     flush=True,
                 )
-                del q, buf, k, v
     Path(args.out, "prefill_attn_shapes.json").write_text(
         json.dumps(
             {
