@@ -19,6 +19,7 @@ from functools import partial
 import torch
 
 from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, Measurements
+from roofsim.hostpace import loop_us
 from roofsim.specs.model import ModelSpec
 
 KiB, MiB = 1024, 1024**2
@@ -356,12 +357,15 @@ def _tiny_decoding(plan, device: str, dtype, steps: int, record: bool = False, *
         cache.close()
 
 
-def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, ModelSpec, float]:
+def decode_layer_cost(
+    device: str = "cuda", steps: int = 20, pace: list[float] | None = None
+) -> tuple[float, ModelSpec, float]:
     """Seconds one decoder layer adds to a decode step at tiny shapes, through the executor itself (stock
     transformers layer, the plan's cache, the registered attention): the framework's per-layer cost, which
     bounds decode at short contexts. Measured as the difference between a 6-layer and a 2-layer tiny model, so
     the embedding, the LM head and sampling cancel out. Third: the intercept, the seconds of a step outside its
-    layers (the forward's preamble, embedding, final norm and LM head)."""
+    layers (the forward's preamble, embedding, final norm and LM head). `pace`, where given, gets the host's pace
+    (roofsim.hostpace) timed once per pair of steps."""
     from roofsim.plan import ResidentPlan
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -374,6 +378,8 @@ def decode_layer_cost(device: str = "cuda", steps: int = 20) -> tuple[float, Mod
         spent = {2: 0.0, 6: 0.0}
         sync()
         for _ in range(steps):
+            if pace is not None:
+                pace.append(loop_us())
             for layers, step in ((2, step2), (6, step6)):
                 t0 = time.perf_counter()
                 step()
@@ -490,7 +496,9 @@ def _gpu_kernel_us(n: int = 400) -> float:
     return sorted(times)[1]
 
 
-def attention_call_costs(device: str = "cuda", steps: int = 20) -> tuple[float, float]:
+def attention_call_costs(
+    device: str = "cuda", steps: int = 20, pace: list[float] | None = None
+) -> tuple[float, float]:
     """Host seconds of one attention call of the executor over GPU-resident KV, and what a streamed unit's call
     adds (ring, staging, events, the issue of its two copies): decode steps of a tiny 6-layer model (4 KV heads)
     under head_offload plans that differ only in their slots, recorded as a measured run records them. At tiny
@@ -519,6 +527,8 @@ def attention_call_costs(device: str = "cuda", steps: int = 20) -> tuple[float, 
         # plan timed after another put a slow spell into one difference (545 us per streamed call against 232)
         calls, streamed = [], []
         for _ in range(steps):
+            if pace is not None:
+                pace.append(loop_us())
             took = {}
             for name, (step, cache) in runs.items():
                 t0 = time.perf_counter()
@@ -785,8 +795,9 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
 
         raise UserError("roofsim calibrate needs a CUDA GPU; run it on the GPU machine")
     torch.backends.cuda.matmul.allow_tf32 = True
+    pace: list[float] = []  # the host's pace beside every tiny timing behind the host-side costs
     tiny = [
-        decode_layer_cost("cuda")
+        decode_layer_cost("cuda", pace=pace)
     ]  # at the start, the middle and the end: the host's speed moves in spells
     sizes = [64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB]
     progress("pinned copies")
@@ -802,17 +813,17 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     prefill, short, decode = _attention(model)
     vector = vector_ops(model)
     progress("fixed costs")
-    tiny.append(decode_layer_cost("cuda"))
+    tiny.append(decode_layer_cost("cuda", pace=pace))
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
     topk = _topk_gelems()
-    call_s, streamed_s = attention_call_costs("cuda")
+    call_s, streamed_s = attention_call_costs("cuda", pace=pace)
     new_shape = attention_new_shape_s(model)
     prefill_call = prefill_call_extra_s(model)
     progress("CPU")
     tiny_beside_cpu = decode_layer_cost_beside_cpu(model, "cuda")
     round_trip = worker_round_trip_s()
-    tiny.append(decode_layer_cost("cuda"))
+    tiny.append(decode_layer_cost("cuda", pace=pace))
     tiny_s, tiny_model, tiny_step = mean_tiny(tiny)
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots = _cpu(model)
     return Measurements(
@@ -849,6 +860,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         topk_gelems=topk,
         attention_call_s=call_s,
         streamed_call_s=streamed_s,
+        host_pace_us=pace,
         attention_new_shape_s=new_shape,
         prefill_call_s=prefill_call,
         cpu_scan_gap_s=SCAN_GAP_S,

@@ -25,6 +25,7 @@ from roofsim.executor.attention import warm_up as warm_attention
 from roofsim.executor.build import make_cache
 from roofsim.executor.engine import make_engine
 
+from roofsim.hostpace import loop_us
 from roofsim.trace import Fingerprint, MemorySample, PhaseSummary, Trace, TraceHeader
 from roofsim.workload import Workload
 
@@ -218,6 +219,10 @@ def run_plan(
         steps = []
         for i in range(gen):
             rec.enabled = trace_steps < 0 or warmup <= i < warmup + trace_steps
+            if (
+                i >= warmup
+            ):  # the host's pace before the step, with the device idle (outside the step's timing)
+                summary.host_pace_us.append(loop_us())
             s0 = engine.event(engine.compute)
             o = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
             nxt = o.logits[:, -1].argmax(-1, keepdim=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from roofsim import ops
+from roofsim.hostpace import LOOP
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 
@@ -106,6 +107,11 @@ class Measurements(BaseModel):
     )
     attention_call_s: float | None = Field(
         default=None, description="host time of one executor attention call over resident KV (tiny shapes)"
+    )
+    host_pace_us: list[float] | None = Field(
+        default=None,
+        description="roofsim.hostpace's loop, timed once per step inside the tiny decode timings (tiny_layer_samples_s, "
+        "attention_call_s, streamed_call_s): the host's pace the host-side costs were measured at",
     )
     streamed_call_s: float | None = Field(
         default=None, description="what a streamed unit's attention call adds to it (tiny shapes)"
@@ -297,6 +303,17 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     )
                 }
                 if m.worker_round_trip_s is not None
+                else {}
+            ),
+            **(
+                {
+                    "host_pace_us": (
+                        statistics.fmean(m.host_pace_us),
+                        f"a {LOOP}-iteration Python loop (roofsim.hostpace), mean of {len(m.host_pace_us)} timed "
+                        "between the tiny decode steps behind kernel_us, attention_call_us and streamed_call_us",
+                    )
+                }
+                if m.host_pace_us
                 else {}
             ),
             **(

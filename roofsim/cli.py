@@ -283,6 +283,7 @@ def cmd_validate(args) -> int:
     from roofsim.display import console
     from roofsim.validate import (
         archive_results,
+        as_calibrated_line,
         format_table,
         load_configs,
         prefill_after_first_chunk_line,
@@ -306,6 +307,8 @@ def cmd_validate(args) -> int:
         rows, line = summarize(folder)
         print(format_table(rows))
         print(prefill_after_first_chunk_line(rows))
+        if (calibrated := as_calibrated_line(folder)) is not None:
+            print(calibrated)
         print(line)
         return 0
     if not args.configs or not args.output:
@@ -329,6 +332,8 @@ def cmd_validate(args) -> int:
     rows, line = summarize(out)
     print(format_table(rows))
     print(prefill_after_first_chunk_line(rows))
+    if (calibrated := as_calibrated_line(out)) is not None:
+        print(calibrated)
     print(line)
     return 0
 

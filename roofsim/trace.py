@@ -96,6 +96,10 @@ class PhaseSummary(BaseModel):
     peak_gpu_bytes: float | None = None
     peak_gpu_reserved_bytes: float | None = None
     pinned_host_bytes: float | None = None
+    host_pace_us: list[float] = Field(
+        default_factory=list,
+        description="measured runs: roofsim.hostpace's loop timed before each decode step (outside its timing), us",
+    )
     bound: dict[str, str] = Field(default_factory=dict, description="phase -> binding resource, where known")
     busy_s: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="phase -> resource -> busy s"

@@ -387,6 +387,40 @@ def test_issue_beside_the_cpu_worker_is_the_ratio_of_the_tiny_layers(tmp_path):
     assert beside.link == profile.link and beside.efficiency.gemm == profile.efficiency.gemm
 
 
+def test_host_pace_prices_host_costs_in_proportion_and_leaves_the_gpu_alone(tmp_path):
+    """The host-pace loop timed beside the tiny timings lands in the profile as their mean; at a run's pace the
+    host-side costs scale by the ratio of the paces, GPU-side costs, copies and the CPU's do not, and a resident
+    decode step a host at half speed drives is predicted slower (never faster) with the same GPU work."""
+    from roofsim.plan import ResidentPlan
+    from roofsim.predict import Limits
+    from roofsim.sim import simulate
+    from roofsim.workload import Workload
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    m = probe_measurements()
+    assert load_gpu(str(write_profile(spec, host, m, tmp_path / "a")[0])).runtime.host_pace_us is None
+    paced = m.model_copy(update={"host_pace_us": [800.0, 1200.0, 1000.0]})
+    profile = load_gpu(str(write_profile(spec, host, paced, tmp_path / "b")[0]))
+    assert profile.runtime.host_pace_us.value == pytest.approx(1000.0)
+    assert profile.at_host_pace(None) is profile and profile.at_host_pace(1000.0).kernel_s == profile.kernel_s
+    slow = profile.at_host_pace(2000.0)
+    assert slow.kernel_s == pytest.approx(2 * profile.kernel_s)
+    for name in ("copy_issue_us", "attention_call_us", "streamed_call_us", "step_us"):
+        if getattr(profile.runtime, name) is not None:
+            assert getattr(slow.runtime, name).value == pytest.approx(
+                2 * getattr(profile.runtime, name).value
+            )
+    assert slow.runtime.sync_us == profile.runtime.sync_us and slow.link == profile.link
+    assert slow.efficiency.gemm == profile.efficiency.gemm and slow.memory == profile.memory
+    assert spec.at_host_pace(2000.0) is spec  # a profile that never timed the loop is priced as it is
+    model, work = load_model("llama-3-8b"), Workload(context=4096, gen=4)
+    steps = [
+        simulate(ResidentPlan(), model, g, host, work, Limits()).summary.decode_s_per_token
+        for g in (profile.at_host_pace(500.0), profile, slow)
+    ]
+    assert steps[0] <= steps[1] <= steps[2] and steps[2] > steps[1]
+
+
 def test_tiny_layer_samples_price_kernels_at_their_mean_and_the_beside_ratio_at_the_last(tmp_path):
     """With the tiny layer sampled at the start, the middle and the end, the kernel cost is priced at the samples'
     mean (a decode step pays the host's mean speed) and the beside-the-worker ratio against the last sample, which

@@ -158,3 +158,38 @@ def test_runners_up_differ_from_the_pick_in_more_than_the_prefill_chunk():
     assert _pick_and_runners_up([a, a8, a4, b], 2) == [a, b, a8]
     assert _pick_and_runners_up([a, a8, b], 1) == [a, b]
     assert _pick_and_runners_up([a, a8], 2) == [a, a8]
+
+
+def test_runs_are_predicted_at_their_own_host_pace_where_the_profile_timed_it(campaign, tmp_path, capsys):
+    """Every measured run times the host-pace loop before its decode steps; with a profile that timed it too, the
+    prediction is made again at the run's pace: the row keeps the figures at the calibration's pace (those of the
+    plain profile) and the ratio, the predicted trace says so, and the summary adds the as-calibrated line."""
+    import shutil
+
+    from roofsim.validate import as_calibrated_line
+
+    copy = tmp_path / "results"
+    shutil.copytree(campaign, copy)
+    measured = json.loads((copy / "tiny-resident" / "measured.json").read_text())
+    paces = measured["summary"]["host_pace_us"]
+    assert len(paces) == 2 and all(p > 0 for p in paces)  # gen 3, one warm-up step
+    assert as_calibrated_line(copy) is None
+    plain = json.loads((copy / "tiny-resident" / "runs.json").read_text())[0]
+    text = (Path(__file__).parent.parent / "hw_specs" / "gpus" / "h100-sxm.toml").read_text()
+    ref = sorted(paces)[0] / 2  # the calibration's host ran twice as fast as the run's slowest step's
+    text = text.replace(
+        "[runtime]\n", f'[runtime]\nhost_pace_us = {{ value = {ref}, measured = "test" }}\n', 1
+    )
+    profile = tmp_path / "paced.toml"
+    profile.write_text(text)
+    assert main(["validate", "--repredict", str(copy), "--gpu", str(profile)]) == 0
+    row = json.loads((copy / "tiny-resident" / "runs.json").read_text())[0]
+    assert row["host_pace_ratio"] >= 2
+    assert row["decode_s_per_token_predicted_as_calibrated"] == pytest.approx(
+        plain["decode_s_per_token_predicted"]
+    )
+    assert row["decode_s_per_token_predicted"] > plain["decode_s_per_token_predicted"]
+    notes = json.loads((copy / "tiny-resident" / "predicted.json").read_text())["header"]["notes"]
+    assert any("host pace" in n for n in notes)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("n=3 ") and out[-2].startswith("at the calibration's host pace (3 runs")

@@ -14,17 +14,11 @@ import time
 
 import torch
 
+from roofsim.hostpace import LOOP
+from roofsim.hostpace import loop_us as python_loop_us
+
 PERIOD_S = 0.5
-LOOP = 20_000
 CALLS = 200
-
-
-def python_loop_us() -> float:
-    t0 = time.perf_counter()
-    s = 0
-    for i in range(LOOP):
-        s += i
-    return (time.perf_counter() - t0) * 1e6
 
 
 def torch_call_us(x: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from roofsim.validate import format_table, prefill_after_first_chunk_line, summarize
+from roofsim.validate import as_calibrated_line, format_table, prefill_after_first_chunk_line, summarize
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +22,8 @@ def main(argv: list[str]) -> int:
     rows, line = summarize(argv[0])
     print(format_table(rows))
     print(prefill_after_first_chunk_line(rows))
+    if (calibrated := as_calibrated_line(argv[0])) is not None:
+        print(calibrated)
     print(line)
     return 0
 

@@ -135,6 +135,9 @@ class RuntimeSpec(_Section):
     # cpu_attention's hand-off per layer: the CPU worker woken for the CPU part and the issuing thread woken by its
     # result, on the CPU part's path beside the scan; None: not measured (0)
     worker_round_trip_us: SourcedNumber | None = None
+    # roofsim.hostpace's loop timed beside the micro-benchmarks that give the host-side costs above (their mean):
+    # the host's pace those costs hold at. None: not measured (no run is priced at another pace)
+    host_pace_us: SourcedNumber | None = None
 
     def attention_shape_s(self) -> float:
         return 0.0 if self.attention_shape_us is None else self.attention_shape_us.value * 1e-6
@@ -212,17 +215,35 @@ class GpuSpec(_Section):
         k = self.runtime.issue_beside_cpu
         if k is None or k.value <= 1.0:
             return self
+        return self.host_costs_times(k.value)
+
+    def at_host_pace(self, pace_us: float | None) -> GpuSpec:
+        """This GPU driven by a host at `pace_us` (roofsim.hostpace's loop) where the profile's host-side costs
+        were measured at runtime.host_pace_us: those costs times the ratio of the two paces (a launch-bound
+        decode step follows the loop in proportion: validation/results/h200-s12/README.md); GPU-side costs,
+        copies and the CPU's scans unchanged. Unchanged where either pace is unknown."""
+        ref = self.runtime.host_pace_us
+        if ref is None or not pace_us or ref.value <= 0:
+            return self
+        return self.host_costs_times(pace_us / ref.value)
+
+    def host_costs_times(self, k: float) -> GpuSpec:
+        """This GPU with every host dispatch cost (kernels, copy issue, attention calls, a prefill call's extra,
+        a new shape's set-up, the step's preamble) times k."""
 
         def scaled(section, names):
             return section.model_copy(
                 update={
-                    n: v.model_copy(update={"value": v.value * k.value})
+                    n: v.model_copy(update={"value": v.value * k})
                     for n in names
                     if (v := getattr(section, n)) is not None
                 }
             )
 
-        runtime = ("copy_issue_us", "attention_call_us", "streamed_call_us", "prefill_call_us", "step_us")
+        runtime = (
+            "copy_issue_us", "attention_call_us", "streamed_call_us", "prefill_call_us", "step_us",
+            "attention_shape_us",
+        )  # fmt: skip
         return self.model_copy(
             update={
                 "efficiency": scaled(self.efficiency, ("kernel_us",)),
