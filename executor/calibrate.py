@@ -330,14 +330,22 @@ def prefill_call_extra_s(model: ModelSpec, device: str = "cuda", chunk: int = 25
 
 
 @contextmanager
-def _tiny_decoding(plan, device: str, dtype, steps: int, record: bool = False, **config):
+def _tiny_decoding(plan, device: str, dtype, steps: int, record: bool = False, width=None, **config):
     """A tiny stock Llama under `plan`, through the executor, with 16 prompt tokens prefilled and one decode step
-    run to warm up: yields (step, cache), where step() runs one more decode step."""
+    run to warm up: yields (step, cache), where step() runs one more decode step. width: a ModelSpec whose layer
+    shapes (hidden, heads, MLP, family) the model takes instead of the tiny ones, at config["layers"] layers and a
+    128-token vocabulary."""
     from roofsim.executor.build import make_cache
     from roofsim.executor.check import tiny_config
-    from roofsim.executor.models import random_model
+    from roofsim.executor.models import config_for_spec, random_model
 
-    model = random_model(tiny_config("llama", **config), device, dtype, seed=0)
+    if width is None:
+        hf_config = tiny_config("llama", **config)
+    else:
+        hf_config = config_for_spec(width)
+        hf_config.num_hidden_layers = config["layers"]
+        hf_config.vocab_size = 128
+    model = random_model(hf_config, device, dtype, seed=0)
     cache = make_cache(model, plan, max_tokens=16 + steps + 8, record=record)
     if record:
         cache.runtime.rec.start()
@@ -358,20 +366,28 @@ def _tiny_decoding(plan, device: str, dtype, steps: int, record: bool = False, *
 
 
 def decode_layer_cost(
-    device: str = "cuda", steps: int = 20, pace: list[float] | None = None
+    device: str = "cuda", steps: int = 20, pace: list[float] | None = None, width: ModelSpec | None = None
 ) -> tuple[float, ModelSpec, float]:
-    """Seconds one decoder layer adds to a decode step at tiny shapes, through the executor itself (stock
-    transformers layer, the plan's cache, the registered attention): the framework's per-layer cost, which
-    bounds decode at short contexts. Measured as the difference between a 6-layer and a 2-layer tiny model, so
-    the embedding, the LM head and sampling cancel out. Third: the intercept, the seconds of a step outside its
-    layers (the forward's preamble, embedding, final norm and LM head). `pace`, where given, gets the host's pace
-    (roofsim.hostpace) timed once per pair of steps."""
+    """Seconds one decoder layer adds to a decode step's host issue, through the executor itself (stock
+    transformers layer, the plan's cache, the registered attention, the recorder on as in a measured run's traced
+    steps): the framework's per-layer cost, which bounds decode at short contexts. Measured as the difference
+    between a 6-layer and a 2-layer model, so the embedding, the LM head and sampling cancel out; at tiny shapes,
+    or with `width` at that model's layer shapes (a 128-token vocabulary): on an H200 guest a llama-3-8b layer
+    issued in 1.17x the loop's time where a tiny one took 1.07x, and recording its spans added ~0.1x
+    (validation/results/h200-s16/probes/layer-host-cost). Each step is timed from an idle device to the end of
+    its issue (no sync inside the timing), so a GPU slower than the host at these shapes does not enter it. Third:
+    the intercept, the seconds of a step outside its layers (the forward's preamble, embedding, final norm and LM
+    head). `pace`, where given, gets the host's pace (roofsim.hostpace) timed once per pair of steps."""
     from roofsim.plan import ResidentPlan
 
+    if device != "cuda":
+        width = (
+            None  # on the CPU (tests) a step's issue is its compute: the model's shapes would time its GEMMs
+        )
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with (
-        _tiny_decoding(ResidentPlan(), device, torch.bfloat16, steps, layers=2) as (step2, _),
-        _tiny_decoding(ResidentPlan(), device, torch.bfloat16, steps, layers=6) as (step6, _),
+        _tiny_decoding(ResidentPlan(), device, torch.bfloat16, steps, True, width, layers=2) as (step2, c2),
+        _tiny_decoding(ResidentPlan(), device, torch.bfloat16, steps, True, width, layers=6) as (step6, c6),
     ):
         # the two models' steps interleaved, so that a slower spell of the host (a guest's speed moves within
         # seconds: validation/results/h200/README.md) or of a busy CI machine weighs on both alike
@@ -380,17 +396,22 @@ def decode_layer_cost(
         for _ in range(steps):
             if pace is not None:
                 pace.append(loop_us())
-            for layers, step in ((2, step2), (6, step6)):
+            for layers, step, cache in ((2, step2, c2), (6, step6, c6)):
                 t0 = time.perf_counter()
                 step()
-                sync()
                 spent[layers] += time.perf_counter() - t0
+                sync()
+                cache.runtime.rec.flush()  # outside the timing, as a run flushes after its step's sync
+                cache.runtime.rec.spans.clear()
     two, six = spent[2] / steps, spent[6] / steps
     per_layer = max(0.0, (six - two) / 4)
-    spec = ModelSpec(
-        name="tiny-llama", source="roofsim calibrate", family="llama", n_layers=1, hidden=64, n_heads=4,
-        n_kv_heads=2, head_dim=16, intermediate=128, vocab=128, max_positions=4096,
-    )  # fmt: skip
+    if width is None:
+        spec = ModelSpec(
+            name="tiny-llama", source="roofsim calibrate", family="llama", n_layers=1, hidden=64, n_heads=4,
+            n_kv_heads=2, head_dim=16, intermediate=128, vocab=128, max_positions=4096,
+        )  # fmt: skip
+    else:
+        spec = width.model_copy(update={"n_layers": 1, "vocab": 128, "name": f"{width.name}-layer"})
     return per_layer, spec, max(0.0, two - 2 * per_layer)
 
 
@@ -428,7 +449,7 @@ def decode_layer_cost_beside_cpu(
 
     job = _worker().submit(scans)
     try:
-        per_layer, _, _ = decode_layer_cost(device, steps)
+        per_layer, _, _ = decode_layer_cost(device, steps, width=model)
     finally:
         stop.set()
         job.result()
@@ -797,7 +818,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     torch.backends.cuda.matmul.allow_tf32 = True
     pace: list[float] = []  # the host's pace beside every tiny timing behind the host-side costs
     tiny = [
-        decode_layer_cost("cuda", pace=pace)
+        decode_layer_cost("cuda", pace=pace, width=model)
     ]  # at the start, the middle and the end: the host's speed moves in spells
     sizes = [64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB]
     progress("pinned copies")
@@ -813,7 +834,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     prefill, short, decode = _attention(model)
     vector = vector_ops(model)
     progress("fixed costs")
-    tiny.append(decode_layer_cost("cuda", pace=pace))
+    tiny.append(decode_layer_cost("cuda", pace=pace, width=model))
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
     topk = _topk_gelems()
@@ -823,7 +844,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     progress("CPU")
     tiny_beside_cpu = decode_layer_cost_beside_cpu(model, "cuda")
     round_trip = worker_round_trip_s()
-    tiny.append(decode_layer_cost("cuda", pace=pace))
+    tiny.append(decode_layer_cost("cuda", pace=pace, width=model))
     tiny_s, tiny_model, tiny_step = mean_tiny(tiny)
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots = _cpu(model)
     return Measurements(

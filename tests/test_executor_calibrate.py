@@ -136,3 +136,18 @@ def test_the_worker_round_trip_is_timed_on_the_cpu_worker():
     seconds = calibrate.worker_round_trip_s(n=20)
     assert 0.0 < seconds < 1.0
     assert _worker().submit(threading.get_ident).result() != threading.get_ident()
+
+
+@pytest.mark.gpu
+def test_decode_layer_cost_at_the_models_width_times_its_layer_shapes():
+    """On a GPU the per-layer issue cost is timed at the calibrated model's layer shapes (a 128-token vocabulary),
+    and the spec it returns for the kernel count is that model's layer."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from roofsim.specs import load_model
+
+    per_layer_s, spec, step_s = decode_layer_cost("cuda", steps=5, width=load_model("llama-3-8b"))
+    assert 0 < per_layer_s < 0.05 and step_s >= 0
+    assert spec.hidden == 4096 and spec.n_layers == 1 and spec.vocab == 128
