@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 
 import torch
+from roofsim.executor.launchpace import launch_us
 
 from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, Measurements
 from roofsim.hostpace import loop_us
@@ -366,7 +367,11 @@ def _tiny_decoding(plan, device: str, dtype, steps: int, record: bool = False, w
 
 
 def decode_layer_cost(
-    device: str = "cuda", steps: int = 20, pace: list[float] | None = None, width: ModelSpec | None = None
+    device: str = "cuda",
+    steps: int = 20,
+    pace: list[float] | None = None,
+    width: ModelSpec | None = None,
+    launch: list[float] | None = None,
 ) -> tuple[float, ModelSpec, float]:
     """Seconds one decoder layer adds to a decode step's host issue, through the executor itself (stock
     transformers layer, the plan's cache, the registered attention, the recorder on as in a measured run's traced
@@ -377,7 +382,8 @@ def decode_layer_cost(
     (validation/results/h200-s16/probes/layer-host-cost). Each step is timed from an idle device to the end of
     its issue (no sync inside the timing), so a GPU slower than the host at these shapes does not enter it. Third:
     the intercept, the seconds of a step outside its layers (the forward's preamble, embedding, final norm and LM
-    head). `pace`, where given, gets the host's pace (roofsim.hostpace) timed once per pair of steps."""
+    head). `pace`, where given, gets the host's pace (roofsim.hostpace) timed once per pair of steps, and `launch`
+    the launch pace (roofsim.executor.launchpace) right after it."""
     from roofsim.plan import ResidentPlan
 
     if device != "cuda":
@@ -396,6 +402,8 @@ def decode_layer_cost(
         for _ in range(steps):
             if pace is not None:
                 pace.append(loop_us())
+            if launch is not None:
+                launch.append(launch_us(device))
             for layers, step, cache in ((2, step2, c2), (6, step6, c6)):
                 t0 = time.perf_counter()
                 step()
@@ -518,7 +526,7 @@ def _gpu_kernel_us(n: int = 400) -> float:
 
 
 def attention_call_costs(
-    device: str = "cuda", steps: int = 20, pace: list[float] | None = None
+    device: str = "cuda", steps: int = 20, pace: list[float] | None = None, launch: list[float] | None = None
 ) -> tuple[float, float]:
     """Host seconds of one attention call of the executor over GPU-resident KV, and what a streamed unit's call
     adds (ring, staging, events, the issue of its two copies): decode steps of a tiny 6-layer model (4 KV heads)
@@ -550,6 +558,8 @@ def attention_call_costs(
         for _ in range(steps):
             if pace is not None:
                 pace.append(loop_us())
+            if launch is not None:
+                launch.append(launch_us(device))
             took = {}
             for name, (step, cache) in runs.items():
                 t0 = time.perf_counter()
@@ -817,8 +827,9 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         raise UserError("roofsim calibrate needs a CUDA GPU; run it on the GPU machine")
     torch.backends.cuda.matmul.allow_tf32 = True
     pace: list[float] = []  # the host's pace beside every tiny timing behind the host-side costs
+    launch: list[float] = []  # and the launch pace right after each
     tiny = [
-        decode_layer_cost("cuda", pace=pace, width=model)
+        decode_layer_cost("cuda", pace=pace, width=model, launch=launch)
     ]  # at the start, the middle and the end: the host's speed moves in spells
     sizes = [64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB]
     progress("pinned copies")
@@ -834,17 +845,17 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     prefill, short, decode = _attention(model)
     vector = vector_ops(model)
     progress("fixed costs")
-    tiny.append(decode_layer_cost("cuda", pace=pace, width=model))
+    tiny.append(decode_layer_cost("cuda", pace=pace, width=model, launch=launch))
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
     topk = _topk_gelems()
-    call_s, streamed_s = attention_call_costs("cuda", pace=pace)
+    call_s, streamed_s = attention_call_costs("cuda", pace=pace, launch=launch)
     new_shape = attention_new_shape_s(model)
     prefill_call = prefill_call_extra_s(model)
     progress("CPU")
     tiny_beside_cpu = decode_layer_cost_beside_cpu(model, "cuda")
     round_trip = worker_round_trip_s()
-    tiny.append(decode_layer_cost("cuda", pace=pace, width=model))
+    tiny.append(decode_layer_cost("cuda", pace=pace, width=model, launch=launch))
     tiny_s, tiny_model, tiny_step = mean_tiny(tiny)
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots = _cpu(model)
     return Measurements(
@@ -882,6 +893,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         attention_call_s=call_s,
         streamed_call_s=streamed_s,
         host_pace_us=pace,
+        launch_pace_us=launch,
         attention_new_shape_s=new_shape,
         prefill_call_s=prefill_call,
         cpu_scan_gap_s=SCAN_GAP_S,

@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from roofsim import ops
-from roofsim.hostpace import LOOP
+from roofsim.hostpace import LAUNCHES, LOOP
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 
@@ -112,6 +112,10 @@ class Measurements(BaseModel):
         default=None,
         description="roofsim.hostpace's loop, timed once per step inside the tiny decode timings (tiny_layer_samples_s, "
         "attention_call_s, streamed_call_s): the host's pace the host-side costs were measured at",
+    )
+    launch_pace_us: list[float] | None = Field(
+        default=None,
+        description="roofsim.executor.launchpace's kernel launches, timed right after each host_pace_us sample",
     )
     streamed_call_s: float | None = Field(
         default=None, description="what a streamed unit's attention call adds to it (tiny shapes)"
@@ -314,6 +318,17 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     )
                 }
                 if m.host_pace_us
+                else {}
+            ),
+            **(
+                {
+                    "launch_pace_us": (
+                        statistics.fmean(m.launch_pace_us),
+                        f"{LAUNCHES} one-element in-place adds issued back to back (roofsim.executor.launchpace), "
+                        f"mean of {len(m.launch_pace_us)} timed right after each host_pace_us loop",
+                    )
+                }
+                if m.launch_pace_us
                 else {}
             ),
             **(

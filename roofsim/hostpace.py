@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 LOOP = 20_000  # iterations: ~0.7-1.3 ms on the H200 guests, short beside a decode step
+LAUNCHES = 200  # roofsim.executor.launchpace's kernels per sample: ~1 ms on the H200 guests
 
 
 def loop_us() -> float:

@@ -196,20 +196,28 @@ def _at_run_pace(sub: Path, predicted: Trace, row: dict, args: tuple) -> Trace:
     and a cloud guest's host moves between levels ~1.7x apart in spells of minutes, so a profile's costs hold only
     at its own pace. Rewrites the run's prediction files; the row keeps the figures at the calibration's pace
     (`<phase>_predicted_as_calibrated`) and the ratio of the paces (`host_pace_ratio`)."""
-    for key in [k for k in row if k.endswith("_as_calibrated") or k == "host_pace_ratio"]:
+    for key in [
+        k for k in row if k.endswith("_as_calibrated") or k in ("host_pace_ratio", "launch_pace_ratio")
+    ]:
         del row[key]
     plan, model, gpu, host, work, limits, gpu_arg = args
     measured_path = sub / "measured.json"
     ref = gpu.runtime.host_pace_us
     if ref is None or not json_exists(measured_path):
         return predicted
-    paces = Trace.read(measured_path).summary.host_pace_us
+    summary = Trace.read(measured_path).summary
+    paces = summary.host_pace_us
     if not paces:
         return predicted
     pace = statistics.median(paces)
     for phase in AS_CALIBRATED:
         row[f"{phase}_predicted_as_calibrated"] = getattr(predicted.summary, phase)
     row["host_pace_ratio"] = pace / ref.value
+    launches, launch_ref = summary.launch_pace_us, gpu.runtime.launch_pace_us
+    if (
+        launches and launch_ref is not None
+    ):  # the second gauge, kept beside the first (roofsim.executor.launchpace)
+        row["launch_pace_ratio"] = statistics.median(launches) / launch_ref.value
     note = (
         f"host-side costs at the run's host pace: {pace:.0f} us (median before its decode steps) against "
         f"{ref.value:.0f} us in the calibration, x{pace / ref.value:.2f}"

@@ -138,6 +138,9 @@ class RuntimeSpec(_Section):
     # roofsim.hostpace's loop timed beside the micro-benchmarks that give the host-side costs above (their mean):
     # the host's pace those costs hold at. None: not measured (no run is priced at another pace)
     host_pace_us: SourcedNumber | None = None
+    # roofsim.executor.launchpace's run of tiny kernel launches, timed right after each of host_pace_us's loops: a
+    # second gauge of the host's pace, through the launch path. None: not measured
+    launch_pace_us: SourcedNumber | None = None
 
     def attention_shape_s(self) -> float:
         return 0.0 if self.attention_shape_us is None else self.attention_shape_us.value * 1e-6
