@@ -26,14 +26,24 @@ from roofsim.specs.model import ModelSpec
 KiB, MiB = 1024, 1024**2
 
 
-def _cuda_time(fn: Callable[[], None], repeat: int = 5, warmup: int = 2) -> float:
-    """Median seconds of fn on the current stream, timed with CUDA events."""
+QUEUE_CYCLES = (
+    20_000_000  # ~10 ms of torch.cuda._sleep at H100/H200 clocks: longer than any timed call's issue
+)
+
+
+def _cuda_time(fn: Callable[[], None], repeat: int = 5, warmup: int = 2, queued: bool = False) -> float:
+    """Median seconds of fn on the current stream, timed with CUDA events. queued: the GPU sleeps while the host
+    issues fn, so the events time its kernels alone, as a run's prefill times them with the host ahead of the GPU;
+    without it a ~1 ms call also times the host's lead to its first kernel (on an H200 guest one call of the same
+    shape timed 0.49 ms and, on a slower host, 0.86: validation/results/h200-s17/README.md)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeat):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if queued:
+            torch.cuda._sleep(QUEUE_CYCLES)
         start.record()
         fn()
         end.record()
@@ -216,14 +226,15 @@ SHORT_PREFILL_CALLS = tuple((h, C, P) for h, C in ((1, 2048), (1, 4096), (0, 204
 
 def chunk_call(heads: int, group: int, head_dim: int, C: int, P: int) -> tuple[float, float]:
     """(seconds, FLOPs) of the executor's attention call of a C-token chunk after P cached keys over `heads` KV
-    heads of `group` query heads each (attend_parts over chunk_parts, CUDA-event timed, median of 3): q as the model
+    heads of `group` query heads each (attend_parts over chunk_parts, CUDA-event timed behind a sleeping kernel so
+    that the host's issue is not in it, median of 3): q as the model
     hands it over ([B, C, H, D] transposed), K/V as the cache lays them out (token-major)."""
     from roofsim.executor.attention import attend_parts, chunk_parts, kv_views
 
     q = torch.randn(1, C, heads * group, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     buf = torch.randn(P + C, 1, 2, heads, head_dim, device="cuda", dtype=torch.bfloat16)
     k, v = kv_views(buf, 0, P + C)
-    t = _cuda_time(lambda: attend_parts(q, chunk_parts(k, v, P, C), head_dim**-0.5), repeat=3)
+    t = _cuda_time(lambda: attend_parts(q, chunk_parts(k, v, P, C), head_dim**-0.5), repeat=3, queued=True)
     return t, 4.0 * heads * group * head_dim * C * (P + (C + 1) / 2)
 
 

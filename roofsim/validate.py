@@ -194,10 +194,14 @@ def _at_run_pace(sub: Path, predicted: Trace, row: dict, args: tuple) -> Trace:
     """The prediction again with the host-side costs at the host's pace in the run (GpuSpec.at_host_pace), where the
     profile and the measured trace both timed roofsim.hostpace's loop: a launch-bound step's time is the host's,
     and a cloud guest's host moves between levels ~1.7x apart in spells of minutes, so a profile's costs hold only
-    at its own pace. Rewrites the run's prediction files; the row keeps the figures at the calibration's pace
-    (`<phase>_predicted_as_calibrated`) and the ratio of the paces (`host_pace_ratio`)."""
+    at its own pace. Where both sides also timed roofsim.executor.launchpace, the ratio is the mean of the loop's
+    and the launches' (GpuSpec.host_pace_ratio). Rewrites the run's prediction files; the row keeps the figures
+    at the calibration's pace (`<phase>_predicted_as_calibrated`), the ratio priced (`host_pace_ratio`) and, with
+    both gauges, each gauge's own (`loop_pace_ratio`, `launch_pace_ratio`)."""
     for key in [
-        k for k in row if k.endswith("_as_calibrated") or k in ("host_pace_ratio", "launch_pace_ratio")
+        k
+        for k in row
+        if k.endswith("_as_calibrated") or k in ("host_pace_ratio", "loop_pace_ratio", "launch_pace_ratio")
     ]:
         del row[key]
     plan, model, gpu, host, work, limits, gpu_arg = args
@@ -210,19 +214,20 @@ def _at_run_pace(sub: Path, predicted: Trace, row: dict, args: tuple) -> Trace:
     if not paces:
         return predicted
     pace = statistics.median(paces)
+    launches, launch_ref = summary.launch_pace_us, gpu.runtime.launch_pace_us
+    launch = statistics.median(launches) if launches and launch_ref is not None else None
     for phase in AS_CALIBRATED:
         row[f"{phase}_predicted_as_calibrated"] = getattr(predicted.summary, phase)
-    row["host_pace_ratio"] = pace / ref.value
-    launches, launch_ref = summary.launch_pace_us, gpu.runtime.launch_pace_us
-    if (
-        launches and launch_ref is not None
-    ):  # the second gauge, kept beside the first (roofsim.executor.launchpace)
-        row["launch_pace_ratio"] = statistics.median(launches) / launch_ref.value
+    row["host_pace_ratio"] = gpu.host_pace_ratio(pace, launch)
     note = (
-        f"host-side costs at the run's host pace: {pace:.0f} us (median before its decode steps) against "
-        f"{ref.value:.0f} us in the calibration, x{pace / ref.value:.2f}"
+        f"host-side costs at the run's host pace: x{row['host_pace_ratio']:.2f}, loop {pace:.0f} us (median before "
+        f"its decode steps) against {ref.value:.0f} us in the calibration"
     )
-    return _predict_into(sub, plan, model, gpu.at_host_pace(pace), host, work, limits, gpu_arg, note)
+    if launch is not None:
+        row["loop_pace_ratio"] = pace / ref.value
+        row["launch_pace_ratio"] = launch / launch_ref.value
+        note += f", launches {launch:.0f} us against {launch_ref.value:.0f} us (the mean of the two ratios)"
+    return _predict_into(sub, plan, model, gpu.at_host_pace(pace, launch), host, work, limits, gpu_arg, note)
 
 
 def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:

@@ -421,6 +421,27 @@ def test_host_pace_prices_host_costs_in_proportion_and_leaves_the_gpu_alone(tmp_
     assert steps[0] <= steps[1] <= steps[2] and steps[2] > steps[1]
 
 
+def test_the_launch_gauge_joins_the_loop_where_both_sides_timed_it(tmp_path):
+    """With the launch pace timed beside the loop, a run's host is priced at the mean of the two gauges' ratios;
+    without a launch figure on either side (older profiles and runs) the loop's ratio alone, as before."""
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    paced = probe_measurements().model_copy(
+        update={"host_pace_us": [1000.0], "launch_pace_us": [2000.0, 2400.0]}
+    )
+    profile = load_gpu(str(write_profile(spec, host, paced, tmp_path / "b")[0]))
+    assert profile.runtime.launch_pace_us.value == pytest.approx(2200.0)
+    assert profile.host_pace_ratio(1500.0) == pytest.approx(1.5)
+    assert profile.host_pace_ratio(1500.0, 2200.0) == pytest.approx(1.25)
+    assert profile.host_pace_ratio(None, 2200.0) is None and profile.at_host_pace(None, 4400.0) is profile
+    assert profile.at_host_pace(1000.0, 4400.0).kernel_s == pytest.approx(1.5 * profile.kernel_s)
+    loop_only = load_gpu(
+        str(write_profile(spec, host, paced.model_copy(update={"launch_pace_us": None}), tmp_path / "c")[0])
+    )
+    assert loop_only.runtime.launch_pace_us is None and loop_only.host_pace_ratio(
+        1500.0, 4400.0
+    ) == pytest.approx(1.5)
+
+
 def test_tiny_layer_samples_price_kernels_at_their_mean_and_the_beside_ratio_at_the_last(tmp_path):
     """With the tiny layer sampled at the start, the middle and the end, the kernel cost is priced at the samples'
     mean (a decode step pays the host's mean speed) and the beside-the-worker ratio against the last sample, which

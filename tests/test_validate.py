@@ -173,6 +173,8 @@ def test_runs_are_predicted_at_their_own_host_pace_where_the_profile_timed_it(ca
     measured = json.loads((copy / "tiny-resident" / "measured.json").read_text())
     paces = measured["summary"]["host_pace_us"]
     assert len(paces) == 2 and all(p > 0 for p in paces)  # gen 3, one warm-up step
+    launches = measured["summary"]["launch_pace_us"]
+    assert len(launches) == 2 and all(p > 0 for p in launches)  # the second gauge, right after each loop
     assert as_calibrated_line(copy) is None
     plain = json.loads((copy / "tiny-resident" / "runs.json").read_text())[0]
     text = (Path(__file__).parent.parent / "hw_specs" / "gpus" / "h100-sxm.toml").read_text()
@@ -185,6 +187,7 @@ def test_runs_are_predicted_at_their_own_host_pace_where_the_profile_timed_it(ca
     assert main(["validate", "--repredict", str(copy), "--gpu", str(profile)]) == 0
     row = json.loads((copy / "tiny-resident" / "runs.json").read_text())[0]
     assert row["host_pace_ratio"] >= 2
+    assert "launch_pace_ratio" not in row  # the profile timed the loop only: the loop's ratio alone
     assert row["decode_s_per_token_predicted_as_calibrated"] == pytest.approx(
         plain["decode_s_per_token_predicted"]
     )
@@ -193,3 +196,14 @@ def test_runs_are_predicted_at_their_own_host_pace_where_the_profile_timed_it(ca
     assert any("host pace" in n for n in notes)
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("n=3 ") and out[-2].startswith("at the calibration's host pace (3 runs")
+    launch_ref = sorted(launches)[0] / 4  # with the launch gauge on both sides: the mean of the two ratios
+    profile.write_text(
+        text.replace(
+            "[runtime]\n", f'[runtime]\nlaunch_pace_us = {{ value = {launch_ref}, measured = "test" }}\n', 1
+        )
+    )
+    assert main(["validate", "--repredict", str(copy), "--gpu", str(profile)]) == 0
+    both = json.loads((copy / "tiny-resident" / "runs.json").read_text())[0]
+    assert both["launch_pace_ratio"] >= 4 and both["loop_pace_ratio"] == pytest.approx(row["host_pace_ratio"])
+    assert both["host_pace_ratio"] == pytest.approx((both["launch_pace_ratio"] + both["loop_pace_ratio"]) / 2)
+    assert both["decode_s_per_token_predicted"] > row["decode_s_per_token_predicted"]

@@ -4,7 +4,7 @@
 # and the shipped hw_specs resolve as in a normal install.
 #   . validation/device_setup.sh && roofsim calibrate --gpu h100-sxm -o "$OUT/calibrated"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --target /tmp/roofsim . || return 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade --target /tmp/roofsim . || return 1  # --upgrade: a warm machine takes the new code
 export PYTHONPATH=/tmp/roofsim:/tmp/site
 export PATH=/tmp/roofsim/bin:$PATH
 export PYTHONUNBUFFERED=1

@@ -220,15 +220,28 @@ class GpuSpec(_Section):
             return self
         return self.host_costs_times(k.value)
 
-    def at_host_pace(self, pace_us: float | None) -> GpuSpec:
-        """This GPU driven by a host at `pace_us` (roofsim.hostpace's loop) where the profile's host-side costs
-        were measured at runtime.host_pace_us: those costs times the ratio of the two paces (a launch-bound
-        decode step follows the loop in proportion: validation/results/h200-s12/README.md); GPU-side costs,
-        copies and the CPU's scans unchanged. Unchanged where either pace is unknown."""
+    def host_pace_ratio(self, pace_us: float | None, launch_us: float | None = None) -> float | None:
+        """How much slower a host at `pace_us` (roofsim.hostpace's loop) and `launch_us` (roofsim.executor.launchpace)
+        issues than the one the profile's host-side costs were measured at: the loop's ratio, or where both gauges
+        were timed on both sides the mean of the loop's and the launches' (a layer's issue is part interpreter, part
+        launch path, and the H200 guests' two gauges moved apart: validation/results/h200-s17). None where the
+        loop's pace is unknown on either side."""
         ref = self.runtime.host_pace_us
         if ref is None or not pace_us or ref.value <= 0:
-            return self
-        return self.host_costs_times(pace_us / ref.value)
+            return None
+        k = pace_us / ref.value
+        launch_ref = self.runtime.launch_pace_us
+        if launch_us and launch_ref is not None and launch_ref.value > 0:
+            k = (k + launch_us / launch_ref.value) / 2
+        return k
+
+    def at_host_pace(self, pace_us: float | None, launch_us: float | None = None) -> GpuSpec:
+        """This GPU driven by a host at `pace_us` (and `launch_us`: host_pace_ratio) where the profile's host-side
+        costs were measured at runtime.host_pace_us: those costs times the ratio (a launch-bound decode step
+        follows the host's pace in proportion: validation/results/h200-s12/README.md); GPU-side costs, copies and
+        the CPU's scans unchanged. Unchanged where the pace is unknown."""
+        k = self.host_pace_ratio(pace_us, launch_us)
+        return self if k is None else self.host_costs_times(k)
 
     def host_costs_times(self, k: float) -> GpuSpec:
         """This GPU with every host dispatch cost (kernels, copy issue, attention calls, a prefill call's extra,
