@@ -341,6 +341,14 @@ def prefill_call_extra_s(model: ModelSpec, device: str = "cuda", chunk: int = 25
     return statistics.median(max(0.0, per_call(chunk) - per_call(1)) for _ in range(5))
 
 
+def _time_gauges(device: str, pace: list[float] | None, launch: list[float] | None) -> None:
+    """One sample of each host-pace gauge asked for: roofsim.hostpace's loop, then roofsim.executor.launchpace."""
+    if pace is not None:
+        pace.append(loop_us())
+    if launch is not None:
+        launch.append(launch_us(device))
+
+
 @contextmanager
 def _tiny_decoding(plan, device: str, dtype, steps: int, record: bool = False, width=None, **config):
     """A tiny stock Llama under `plan`, through the executor, with 16 prompt tokens prefilled and one decode step
@@ -411,10 +419,7 @@ def decode_layer_cost(
         spent = {2: 0.0, 6: 0.0}
         sync()
         for _ in range(steps):
-            if pace is not None:
-                pace.append(loop_us())
-            if launch is not None:
-                launch.append(launch_us(device))
+            _time_gauges(device, pace, launch)
             for layers, step, cache in ((2, step2, c2), (6, step6, c6)):
                 t0 = time.perf_counter()
                 step()
@@ -567,10 +572,7 @@ def attention_call_costs(
         # plan timed after another put a slow spell into one difference (545 us per streamed call against 232)
         calls, streamed = [], []
         for _ in range(steps):
-            if pace is not None:
-                pace.append(loop_us())
-            if launch is not None:
-                launch.append(launch_us(device))
+            _time_gauges(device, pace, launch)
             took = {}
             for name, (step, cache) in runs.items():
                 t0 = time.perf_counter()
