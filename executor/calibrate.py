@@ -102,22 +102,46 @@ def fingerprint() -> dict:
     return fp
 
 
+@contextmanager
+def _store_bytes(n: int, pinned: bool = True):
+    """n host bytes as the executor's KV store holds them (executor/hostpool.py): ordinary memory, written, then
+    registered with cudaHostRegister; pageable: ordinary memory, written. An H200 guest's isolated copies from a
+    never-written torch pinned buffer ran at 49.5 GB/s where the same machine's runs streamed their store at 55
+    (validation/results/h200-s18)."""
+    from roofsim.executor.hostpool import HostPool
+
+    if not pinned:
+        yield torch.zeros(n, dtype=torch.uint8)
+        return
+    pool = HostPool(pinned=True)
+    handle = pool.reserve((n,), torch.uint8)
+    pool.allocate()
+    try:
+        yield pool.block(handle, (n,), torch.uint8)
+    finally:
+        pool.close()
+
+
 def _copies(direction: str, sizes: list[int], pinned: bool = True) -> list[CopyPoint]:
     out = []
     for n in sizes:
-        host = torch.empty(n, dtype=torch.uint8, pin_memory=pinned)
-        dev = torch.empty(n, dtype=torch.uint8, device="cuda")
-        if direction == "h2d":
-            fn = lambda d=dev, h=host: d.copy_(h, non_blocking=True)  # noqa: E731
-        else:
-            fn = lambda d=dev, h=host: h.copy_(d, non_blocking=True)  # noqa: E731
-        out.append(CopyPoint(nbytes=n, seconds=_cuda_time(fn, repeat=7 if n < 64 * MiB else 3)))
-        del host, dev
+        with _store_bytes(n, pinned) as host:
+            dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+            if direction == "h2d":
+                fn = lambda d=dev, h=host: d.copy_(h, non_blocking=True)  # noqa: E731
+            else:
+                fn = lambda d=dev, h=host: h.copy_(d, non_blocking=True)  # noqa: E731
+            out.append(CopyPoint(nbytes=n, seconds=_cuda_time(fn, repeat=7 if n < 64 * MiB else 3)))
+            del dev
     return out
 
 
 def _back_to_back(total: int, copies: int) -> BatchPoint:
-    host = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+    with _store_bytes(total) as host:
+        return _back_to_back_from(host, total, copies)
+
+
+def _back_to_back_from(host: torch.Tensor, total: int, copies: int) -> BatchPoint:
     dev = torch.empty(total, dtype=torch.uint8, device="cuda")
     size = total // copies
     pairs = [(dev[i * size : (i + 1) * size], host[i * size : (i + 1) * size]) for i in range(copies)]
@@ -130,7 +154,11 @@ def _back_to_back(total: int, copies: int) -> BatchPoint:
 
 
 def _bidirectional(n: int = 256 * MiB) -> float:
-    h_up, h_down = (torch.empty(n, dtype=torch.uint8, pin_memory=True) for _ in range(2))
+    with _store_bytes(n) as h_up, _store_bytes(n) as h_down:
+        return _bidirectional_between(h_up, h_down, n)
+
+
+def _bidirectional_between(h_up: torch.Tensor, h_down: torch.Tensor, n: int) -> float:
     d_up, d_down = (torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2))
     s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
 
@@ -632,12 +660,13 @@ def _cpu(model: ModelSpec) -> tuple:
     groups = cpu_attention_groups(model)
     slots = cpu_attention_slots(model)
     gather = _cpu_gather(model)
+    gathered_h2d = h2d_after_gather(model)
     m = torch.randn(4096, 4096)
     m @ m
     t0 = time.perf_counter()
     m @ m
     tflops = 2 * 4096**3 / (time.perf_counter() - t0) / 1e12
-    return copy_gbps, points, tflops, gather, [beside], h2d_rate, groups, slots
+    return copy_gbps, points, tflops, gather, [beside], h2d_rate, groups, slots, gathered_h2d
 
 
 CPU_ATTENTION_GROUPS = (1, 2, 4, 7, 8)  # MHA, and the GQA groups of the shipped models
@@ -805,6 +834,45 @@ def stream_h2d(src: torch.Tensor | list[torch.Tensor], until: Callable[[], bool]
     return copies
 
 
+def h2d_after_gather(
+    model: ModelSpec, tokens: int = 65536, fraction: float = 0.2, cold_bytes: int = 1 << 30
+) -> tuple[float, float]:
+    """sparse_fetch's copy of its gathered rows (executor/sparse.py): a fifth of a layer's tokens gathered by the
+    CPU into a pinned stage, then copied up; its pinned H2D rate right after the gather, and the same stage copied
+    again at once (the control: the same buffer, not written in between). In every H200 and H100 campaign
+    l3-sparse-64k's 53.7 MB copies ran at 41-44 GB/s where isolated copies of never-written pinned buffers ran at
+    50-55. Bytes per second, medians of the calls cycling through cold blocks as _cpu_gather does."""
+    hk, d = model.n_kv_heads, model.head_dim
+    n = int(tokens * fraction)
+    blocks = cold_kv_blocks(hk, tokens, d, cold_bytes)
+    picks = [
+        (((torch.stack([torch.randperm(tokens)[:n].sort().values for _ in range(hk)])[:, :, None] * 2)
+          + torch.arange(2)) * hk + torch.arange(hk)[:, None, None]).reshape(-1)
+        for _ in blocks
+    ]  # fmt: skip
+    stage = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=True)
+    dev = torch.empty_like(stage, device="cuda")
+
+    def copy_s() -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dev.copy_(stage, non_blocking=True)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    after, again = [], []
+    for i in range(2 * len(blocks) + 1):
+        b, r = blocks[i % len(blocks)], picks[i % len(blocks)]
+        torch.index_select(b.view(-1, d), 0, r, out=stage)
+        t_after, t_again = copy_s(), copy_s()
+        if i:  # the first pair warms up
+            after.append(t_after)
+            again.append(t_again)
+    nbytes = stage.numel() * stage.element_size()
+    return nbytes / statistics.median(after), nbytes / statistics.median(again)
+
+
 def _cpu_gather(
     model: ModelSpec, tokens: int = 65536, fraction: float = 0.2, cold_bytes: int = 1 << 30
 ) -> float:
@@ -841,9 +909,14 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     torch.backends.cuda.matmul.allow_tf32 = True
     pace: list[float] = []  # the host's pace beside every tiny timing behind the host-side costs
     launch: list[float] = []  # and the launch pace right after each
-    tiny = [
-        decode_layer_cost("cuda", pace=pace, width=model, launch=launch)
-    ]  # at the start, the middle and the end: the host's speed moves in spells
+    beside: list[str] = []  # what each was timed beside (Measurements.pace_beside)
+
+    def label(name: str) -> None:
+        beside.extend([name] * (len(pace) - len(beside)))
+
+    # at the start, the middle and the end: the host's speed moves in spells
+    tiny = [decode_layer_cost("cuda", pace=pace, width=model, launch=launch)]
+    label("layer0")
     sizes = [64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB]
     progress("pinned copies")
     h2d, d2h = _copies("h2d", sizes), _copies("d2h", sizes)
@@ -859,18 +932,23 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     vector = vector_ops(model)
     progress("fixed costs")
     tiny.append(decode_layer_cost("cuda", pace=pace, width=model, launch=launch))
+    label("layer1")
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
     topk = _topk_gelems()
     call_s, streamed_s = attention_call_costs("cuda", pace=pace, launch=launch)
+    label("calls")
     new_shape = attention_new_shape_s(model)
     prefill_call = prefill_call_extra_s(model)
     progress("CPU")
     tiny_beside_cpu = decode_layer_cost_beside_cpu(model, "cuda")
     round_trip = worker_round_trip_s()
     tiny.append(decode_layer_cost("cuda", pace=pace, width=model, launch=launch))
+    label("layer2")
     tiny_s, tiny_model, tiny_step = mean_tiny(tiny)
-    cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots = _cpu(model)
+    cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots, gathered = (
+        _cpu(model)
+    )
     return Measurements(
         fingerprint=fingerprint(),
         total_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
@@ -896,6 +974,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_attention=cpu_attn,
         cpu_matmul_tflops=cpu_tflops,
         cpu_gather_gbps=cpu_gather,
+        h2d_after_gather_gbps=gathered[0] / 1e9,
+        h2d_stage_again_gbps=gathered[1] / 1e9,
         cpu_attention_beside_h2d=cpu_attn_h2d,
         h2d_beside_cpu_gbps=h2d_beside,
         cpu_attention_groups=cpu_groups,
@@ -907,6 +987,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         streamed_call_s=streamed_s,
         host_pace_us=pace,
         launch_pace_us=launch,
+        pace_beside=beside,
         attention_new_shape_s=new_shape,
         prefill_call_s=prefill_call,
         cpu_scan_gap_s=SCAN_GAP_S,

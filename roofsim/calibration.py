@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from roofsim import ops
-from roofsim.hostpace import LAUNCHES, LOOP
+from roofsim.hostpace import LAUNCHES, LOOP, pace_ratio
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 
@@ -117,6 +117,12 @@ class Measurements(BaseModel):
         default=None,
         description="roofsim.executor.launchpace's kernel launches, timed right after each host_pace_us sample",
     )
+    pace_beside: list[str] | None = Field(
+        default=None,
+        description="what each host_pace_us (and launch_pace_us) sample was timed beside: 'layer<i>' the i-th "
+        "tiny_layer_samples_s, 'calls' attention_call_s and streamed_call_s. Files without it hold measure()'s "
+        "fixed order (PACE_LAYOUT)",
+    )
     streamed_call_s: float | None = Field(
         default=None, description="what a streamed unit's attention call adds to it (tiny shapes)"
     )
@@ -132,6 +138,14 @@ class Measurements(BaseModel):
         default=None,
         description="a prefill attention call of the executor with a past length not seen before, less the same "
         "call repeated (host and GPU time, synchronised)",
+    )
+    h2d_after_gather_gbps: float | None = Field(
+        default=None,
+        description="pinned H2D rate of rows the CPU has just gathered into a pinned stage (sparse_fetch's copy)",
+    )
+    h2d_stage_again_gbps: float | None = Field(
+        default=None,
+        description="the same stage copied again right after, not written in between (h2d_after_gather's control)",
     )
     cpu_gather_gbps: float | None = Field(
         default=None,
@@ -167,6 +181,51 @@ def _rate(points: list[CopyPoint], min_bytes: int) -> float:
     return statistics.median(big)
 
 
+# measure()'s order of the gauges' samples before Measurements.pace_beside was written: 20 steps of each
+PACE_LAYOUT = ("layer0",) * 20 + ("layer1",) * 20 + ("calls",) * 20 + ("layer2",) * 20
+
+
+def pace_beside(m: Measurements) -> list[str] | None:
+    """The label of each host-pace sample (Measurements.pace_beside), or None where the samples cannot be told
+    apart."""
+    if not m.host_pace_us:
+        return None
+    if m.pace_beside is not None:
+        return m.pace_beside if len(m.pace_beside) == len(m.host_pace_us) else None
+    n_layers = len(m.tiny_layer_samples_s or [])
+    return list(PACE_LAYOUT) if len(m.host_pace_us) == len(PACE_LAYOUT) and n_layers == 3 else None
+
+
+def host_paces(m: Measurements) -> tuple[float, float | None, dict[str, float]]:
+    """The gauges' reference readings (loop, launch) the profile's host-side costs are stated at: their means
+    beside the tiny decode layers (kernel_us and step_us rest on those); and each timed cost's ratio to them
+    (pace_ratio of its own samples' means), by label. An H200 guest's host switched speed between the layers'
+    timings and the attention calls' (validation/results/h200-s17/b: loop 607-637 us beside the layers, 1025
+    beside the calls), and one mean over all of them put the layers at the wrong pace. Without labels: the means
+    of all samples and no ratios."""
+    loop, launch = m.host_pace_us or [], m.launch_pace_us or []
+    labels = pace_beside(m)
+    if (
+        labels is None
+        or (launch and len(launch) != len(loop))
+        or not any(x.startswith("layer") for x in labels)
+    ):
+        return statistics.fmean(loop), (statistics.fmean(launch) if launch else None), {}
+
+    def means(keep) -> tuple[float, float | None]:
+        idx = [i for i, lab in enumerate(labels) if keep(lab)]
+        return statistics.fmean(loop[i] for i in idx), (
+            statistics.fmean(launch[i] for i in idx) if launch else None
+        )
+
+    ref = means(lambda lab: lab.startswith("layer"))
+    ratios = {}
+    for lab in sorted(set(labels)):
+        own = means(lambda x, lab=lab: x == lab)
+        ratios[lab] = pace_ratio(own[0], ref[0], own[1], ref[1])
+    return ref[0], ref[1], ratios
+
+
 def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]]]:
     """Section -> field -> (value, how it was measured)."""
     h2d = _rate(m.h2d, 64 * 2**20)
@@ -197,7 +256,11 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     # their median in tiny_layer_s); the beside-the-worker ratio against the sample taken right after it, in
     # the same spell of the host, not against samples taken minutes apart
     samples = m.tiny_layer_samples_s or [m.tiny_layer_s]
-    tiny_s = statistics.fmean(samples)
+    # each cost timed beside the gauges restated at their readings beside the layers (host_paces)
+    loop_ref, launch_ref, ratios = host_paces(m) if m.host_pace_us else (None, None, {})
+    tiny_s = statistics.fmean(t / ratios.get(f"layer{i}", 1.0) for i, t in enumerate(samples))
+    calls = ratios.get("calls", 1.0)
+    restated = f", restated at the layers' host pace (x{1 / calls:.2f})" if "calls" in ratios else ""
     kernel_us = tiny_s / kernels * 1e6
     outside = sum(op.kernels for op in ops.embed_ops(tiny, 1, 1) + ops.head_ops(tiny, 1))
     fp = m.fingerprint.get("gpu_name", "this GPU")
@@ -211,6 +274,22 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             "copy_min_us": (smallest.seconds * 1e6, f"isolated {smallest.nbytes // 1024} KiB copy"),
             "copy_gap_us": (gap * 1e6, f"{few.copies} back-to-back {few.nbytes_each // 2**20} MiB copies"),
             "duplex_efficiency": (duplex, "both directions at once over the sum of their rates alone"),
+            **(
+                {
+                    "h2d_gathered_gbps": (
+                        m.h2d_after_gather_gbps,
+                        "pinned H2D of a fifth of a layer's KV rows right after the CPU gathered them into the "
+                        "pinned stage (sparse_fetch's copy), median"
+                        + (
+                            f"; the same stage copied again at once: {m.h2d_stage_again_gbps:.1f} GB/s"
+                            if m.h2d_stage_again_gbps
+                            else ""
+                        ),
+                    )
+                }
+                if m.h2d_after_gather_gbps
+                else {}
+            ),
         },
         "efficiency": {
             "gemm": (gemm, "a decoder layer's bf16 GEMMs at prefill shapes: total FLOPs / total time / peak"),
@@ -221,7 +300,8 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             "memory": (memory, "device-to-device copy over the datasheet bandwidth"),
             "kernel_us": (
                 kernel_us,
-                f"one decoder layer at tiny shapes / {kernels:g} kernels in roofsim's model",
+                f"one decoder layer at tiny shapes / {kernels:g} kernels in roofsim's model"
+                + (", each sample at its own host pace restated at their mean" if ratios else ""),
             ),
             **(
                 {
@@ -267,12 +347,14 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {
                     "attention_call_us": (
-                        m.attention_call_s * 1e6,
-                        "tiny decode steps: 4 resident one-head slots against 1 four-head slot, per call",
+                        m.attention_call_s / calls * 1e6,
+                        "tiny decode steps: 4 resident one-head slots against 1 four-head slot, per call"
+                        + restated,
                     ),
                     "streamed_call_us": (
-                        m.streamed_call_s * 1e6,
-                        "tiny decode steps: 4 streamed one-head slots against 4 resident, per call",
+                        m.streamed_call_s / calls * 1e6,
+                        "tiny decode steps: 4 streamed one-head slots against 4 resident, per call"
+                        + restated,
                     ),
                 }
                 if m.attention_call_s is not None and m.streamed_call_s is not None
@@ -312,23 +394,28 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {
                     "host_pace_us": (
-                        statistics.fmean(m.host_pace_us),
-                        f"a {LOOP}-iteration Python loop (roofsim.hostpace), mean of {len(m.host_pace_us)} timed "
-                        "between the tiny decode steps behind kernel_us, attention_call_us and streamed_call_us",
+                        loop_ref,
+                        f"a {LOOP}-iteration Python loop (roofsim.hostpace), mean of the samples timed between "
+                        + (
+                            "the tiny decode layers' steps behind kernel_us and step_us (attention_call_us and "
+                            "streamed_call_us restated from their own samples' pace)"
+                            if ratios
+                            else "the tiny decode steps behind kernel_us, attention_call_us and streamed_call_us"
+                        ),
                     )
                 }
-                if m.host_pace_us
+                if loop_ref is not None
                 else {}
             ),
             **(
                 {
                     "launch_pace_us": (
-                        statistics.fmean(m.launch_pace_us),
+                        launch_ref,
                         f"{LAUNCHES} one-element in-place adds issued back to back (roofsim.executor.launchpace), "
-                        f"mean of {len(m.launch_pace_us)} timed right after each host_pace_us loop",
+                        "timed right after each of host_pace_us's loops, their mean",
                     )
                 }
-                if m.launch_pace_us
+                if launch_ref is not None
                 else {}
             ),
             **(

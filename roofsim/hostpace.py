@@ -24,3 +24,16 @@ def loop_us() -> float:
     for i in range(LOOP):
         s += i
     return (time.perf_counter() - t0) * 1e6
+
+
+def pace_ratio(
+    loop: float, loop_ref: float, launch: float | None = None, launch_ref: float | None = None
+) -> float:
+    """How much slower a host whose gauges read `loop` (loop_us) and `launch` (roofsim.executor.launchpace) issues
+    than one that read `loop_ref` and `launch_ref`: the loop's ratio, or where both gauges were read on both sides
+    the mean of the two ratios (a layer's issue is part interpreter, part launch path, and on the H200 guests the
+    two gauges moved apart: validation/results/h200-s17)."""
+    k = loop / loop_ref
+    if launch and launch_ref:
+        k = (k + launch / launch_ref) / 2
+    return k

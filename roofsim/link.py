@@ -25,6 +25,13 @@ def rate(gpu: GpuSpec, direction: Direction, pinned: bool = True) -> float:
     return (link.h2d_gbps if direction == "h2d" else link.d2h_gbps).value * 1e9
 
 
+def gathered_share(gpu: GpuSpec) -> float:
+    """The share of the pinned H2D rate a copy of a stage the CPU has just written reaches (sparse_fetch's
+    gathered rows: link.h2d_gathered_gbps); 1 where the profile does not say."""
+    gathered = gpu.link.h2d_gathered_gbps
+    return 1.0 if gathered is None else gathered.value / gpu.link.h2d_gbps.value
+
+
 def isolated_copy_s(nbytes, gpu: GpuSpec, direction: Direction = "h2d"):
     link = gpu.link
     t = link.copy_latency_us.value * 1e-6 + np.asarray(nbytes, dtype=float) / rate(gpu, direction)

@@ -442,6 +442,56 @@ def test_the_launch_gauge_joins_the_loop_where_both_sides_timed_it(tmp_path):
     ) == pytest.approx(1.5)
 
 
+def test_each_cost_is_restated_from_its_own_host_pace_to_the_layers(tmp_path):
+    """Where the host slowed down while the attention calls were timed, the profile states the calls at the
+    layers' pace: the reference readings are the gauges' means beside the tiny layers, each layer sample is
+    divided by its own samples' ratio, and the calls by theirs (the mean of the loop's and the launches'). Files
+    without labels hold measure()'s fixed order of 80 samples; any other unlabelled count keeps one mean."""
+    from roofsim.calibration import PACE_LAYOUT, host_paces
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    t = 150e-6
+    base = probe_measurements().model_copy(
+        update={"tiny_layer_samples_s": [t, 2 * t, t], "attention_call_s": 300e-6, "streamed_call_s": 600e-6}
+    )
+    level = {"layer0": 1.0, "layer1": 2.0, "calls": 3.0, "layer2": 1.0}  # the host's slowness beside each
+    loop = [1000.0 * level[lab] for lab in PACE_LAYOUT]
+    launch = [2000.0 * level[lab] for lab in PACE_LAYOUT]
+    m = base.model_copy(update={"host_pace_us": loop, "launch_pace_us": launch})
+    labelled = m.model_copy(update={"pace_beside": list(PACE_LAYOUT)})
+    loop_ref, launch_ref, ratios = host_paces(m)
+    assert (loop_ref, launch_ref) == (pytest.approx(4000 / 3), pytest.approx(8000 / 3))
+    assert ratios["calls"] == pytest.approx(3000 / loop_ref) and host_paces(labelled) == host_paces(m)
+    profile = load_gpu(str(write_profile(spec, host, m, tmp_path / "p")[0]))
+    flat = load_gpu(
+        str(
+            write_profile(
+                spec, host, base.model_copy(update={"tiny_layer_samples_s": [t] * 3}), tmp_path / "f"
+            )[0]
+        )
+    )
+    # every layer sample restated at the reference is t * 4/3: kernel_us 4/3 of a flat host's at t
+    assert profile.kernel_s == pytest.approx(flat.kernel_s * 4 / 3)
+    assert profile.runtime.attention_call_us.value == pytest.approx(300.0 / ratios["calls"])
+    assert profile.runtime.streamed_call_us.value == pytest.approx(600.0 / ratios["calls"])
+    assert profile.runtime.host_pace_us.value == pytest.approx(loop_ref)
+    odd = m.model_copy(update={"host_pace_us": loop[:79], "launch_pace_us": launch[:79]})
+    assert host_paces(odd)[2] == {} and host_paces(odd)[0] == pytest.approx(sum(loop[:79]) / 79)
+
+
+def test_a_measured_gathered_stage_rate_lands_in_the_link_with_its_control(tmp_path):
+    """The copy of rows the CPU has just gathered is written as link.h2d_gathered_gbps, the control named in
+    its provenance; without the measurement the field stays absent (copies at h2d_gbps)."""
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    m = probe_measurements()
+    assert load_gpu(str(write_profile(spec, host, m, tmp_path / "a")[0])).link.h2d_gathered_gbps is None
+    with_it = m.model_copy(update={"h2d_after_gather_gbps": 42.0, "h2d_stage_again_gbps": 51.5})
+    link = load_gpu(str(write_profile(spec, host, with_it, tmp_path / "b")[0])).link
+    assert (
+        link.h2d_gathered_gbps.value == pytest.approx(42.0) and "51.5 GB/s" in link.h2d_gathered_gbps.measured
+    )
+
+
 def test_tiny_layer_samples_price_kernels_at_their_mean_and_the_beside_ratio_at_the_last(tmp_path):
     """With the tiny layer sampled at the start, the middle and the end, the kernel cost is priced at the samples'
     mean (a decode step pays the host's mean speed) and the beside-the-worker ratio against the last sample, which

@@ -151,3 +151,20 @@ def test_decode_layer_cost_at_the_models_width_times_its_layer_shapes():
     per_layer_s, spec, step_s = decode_layer_cost("cuda", steps=5, width=load_model("llama-3-8b"))
     assert 0 < per_layer_s < 0.05 and step_s >= 0
     assert spec.hidden == 4096 and spec.n_layers == 1 and spec.vocab == 128
+
+
+@pytest.mark.gpu
+def test_the_gathered_stage_copy_is_timed_with_its_control():
+    """On the GPU: the copy of rows just gathered into a pinned stage and the same stage again both give a rate
+    below the link's physical ceiling (PCIe 5.0 x16: 64 GB/s) and above a tenth of it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from roofsim.executor.calibrate import h2d_after_gather
+
+    from roofsim.specs import load_model
+
+    after, again = h2d_after_gather(load_model("llama-3-8b"), tokens=16384, cold_bytes=1 << 28)
+    for rate in (after, again):
+        assert 6.4e9 < rate < 64e9

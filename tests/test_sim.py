@@ -286,6 +286,33 @@ def test_sparse_fetch_gathers_on_the_issuing_thread():
         assert steps[40.0][i] - steps[80.0][i] == pytest.approx(added, rel=0.05)
 
 
+def test_gathered_rows_copy_at_their_own_rate_and_move_the_same_bytes():
+    """With link.h2d_gathered_gbps at half the pinned rate, each sparse layer's copy of its gathered rows takes
+    twice its time in the simulator (the same bytes moved: the trace's h2d bytes do not change), and both models'
+    decode grows by the sparse layers' extra copy time; the dense layers' copies keep the pinned rate."""
+    plan, work = SparseFetchPlan(prefill_chunk=8192), Workload(context=65536, gen=2)
+    half = H100.link.h2d_gbps.value / 2
+    slow = _with(H100, "link", h2d_gathered_gbps=half)
+    base, new = (simulate(plan, LLAMA, g, HOST, work) for g in (H100, slow))
+
+    def copies(trace, name):
+        return [s for s in trace.spans if s.phase == "decode" and s.kind == "h2d" and s.name == name]
+
+    sel_base, sel_new = copies(base, "selected_kv"), copies(new, "selected_kv")
+    assert sel_base and len(sel_base) == len(sel_new)
+    assert sum(s.bytes for s in sel_new) == pytest.approx(sum(s.bytes for s in sel_base))
+    for a, b in zip(sel_base, sel_new, strict=True):
+        assert b.end_s - b.start_s == pytest.approx(2 * (a.end_s - a.start_s), rel=0.02)
+    fetched = 0.2 * 65536 * LLAMA.n_kv_heads * LLAMA.head_dim * 2 * 2
+    added = (LLAMA.n_layers - plan.dense_layers) * fetched / (H100.link.h2d_gbps.value * 1e9)
+    sim = new.summary.decode_step_s[0] - base.summary.decode_step_s[0]
+    ana = (
+        predict(plan, LLAMA, slow, HOST, work).decode_s_per_token
+        - predict(plan, LLAMA, H100, HOST, work).decode_s_per_token
+    )
+    assert sim == pytest.approx(added, rel=0.1) and ana == pytest.approx(added, rel=0.1)
+
+
 def test_a_slow_one_head_slot_slows_one_head_cpu_slots_only():
     """A host whose CPU slot scans of one KV head run at half the rate of four-head slots (the H100 guest's kernel
     at one head and 32K tokens): a cpu_attention plan whose CPU slots hold one head each gets a longer decode in the

@@ -78,10 +78,14 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
         # the executor selects with the layer's own query after its pre-attention work, so the fetch (indices
         # to the host, a sync, the CPU gather, the copy) is on the critical path: InfiniGen's speculation from
         # the previous layer, which hides it, is not what runs
-        roundtrip = (
-            link.isolated_copy_s(8.0 * w.batch * m.n_heads, gpu, "d2h") + gpu.runtime.sync_us.value * 1e-6
+        rows = 8.0 * w.batch * m.n_kv_heads * 2 * sel  # int64 host rows of the picked tokens' K and V
+        roundtrip = link.isolated_copy_s(rows, gpu, "d2h") + gpu.runtime.sync_us.value * 1e-6
+        # the gathered rows copy at the rate of a stage the CPU has just written: as bytes at the pinned rate
+        fetch_s = (
+            roundtrip
+            + gather_s
+            + link.engine_s(fetched / link.gathered_share(gpu) + w_bytes, 1.0 + w_copies, gpu, "h2d")
         )
-        fetch_s = roundtrip + gather_s + link.engine_s(fetched + w_bytes, 1.0 + w_copies, gpu, "h2d")
         override = attn.total_s + nonattn.total_s + spec.total_s + fetch_s
         loads.append(
             LayerLoad(

@@ -38,6 +38,9 @@ class Task:
     copies: int = 1
     deps: tuple[int, ...] = ()
     issue_s: float = 0.0
+    # copy tasks: the share of the link's rate the copy reaches (a stage the CPU has just written copies slower:
+    # link.h2d_gathered_gbps)
+    rate_scale: float = 1.0
     flops: float = 0.0
     name: str | None = None
     host_wait: bool = False
@@ -266,7 +269,7 @@ class Machine:
             if remaining > 0:
                 self._set_moving(direction, True)
             while remaining > 0:
-                rate = self.rate[direction] * (self.duplex if self.moving[other] else 1.0)
+                rate = self.rate[direction] * task.rate_scale * (self.duplex if self.moving[other] else 1.0)
                 seg_start = env.now
                 end = seg_start + remaining / rate
                 wake = self.wake[direction] = env.event()

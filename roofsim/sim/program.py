@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from roofsim import ops
+from roofsim import link, ops
 from roofsim.families.base import Ctx, activation_bytes, block_lengths, kv_bytes, logits_bytes, weight_stream
 from roofsim.families.cpu_attention import cpu_slot_count, cpu_slot_heads, prefill_slot_heads, ring_slot_heads
 from roofsim.families.evict import evict_ops, evict_workspace
@@ -806,10 +806,13 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
         sel = float(np.ceil(plan.fetch_fraction * s.P))
         fetched = kv_bytes(ctx, sel, m.n_kv_heads)
         gather_s = 2 * fetched / host.gather_bytes_per_s
+        scale = link.gathered_share(ctx.gpu)  # the stage the CPU has just written copies at its own rate
         dense_copy = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, 0) if dense else None
         fetch: dict[int, int] = {}
 
-        def select_for(li: int, after: int, s=s, sel=sel, fetched=fetched, gather_s=gather_s, fetch=fetch):
+        def select_for(
+            li: int, after: int, s=s, sel=sel, fetched=fetched, gather_s=gather_s, fetch=fetch, scale=scale
+        ):
             """Layer li's tokens are picked by its own query, after its pre-attention work (the executor's order:
             the fetch is on the critical path, not hidden behind layer li-1 as InfiniGen speculates it)."""
             spec = b.compute(
@@ -821,11 +824,15 @@ def _sparse_fetch(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base
                 deps=(after,),
                 name="select tokens",
             )
-            idx = b.copy("d2h", 8.0 * B * m.n_heads, s.phase, s.step, li, deps=(spec,), name="indices")
+            # the host KV block's row of each picked token's K and V per KV head, int64 (executor/sparse.py)
+            rows = 8.0 * B * m.n_kv_heads * 2 * sel
+            idx = b.copy("d2h", rows, s.phase, s.step, li, deps=(spec,), name="indices")
             b.sync(idx, s.phase, s.step)
             g = b.cpu(gather_s, s.phase, s.step, li, kind="cpu_gather", deps=(idx,), nbytes=2 * fetched)
             b.sync(g, s.phase, s.step)  # the issuing thread gathers itself: it issues nothing meanwhile
-            fetch[li] = b.copy("h2d", fetched, s.phase, s.step, li, deps=(g,), name="selected_kv")
+            fetch[li] = b.copy(
+                "h2d", fetched, s.phase, s.step, li, deps=(g,), name="selected_kv", rate_scale=scale
+            )
 
         weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
         for li in range(m.n_layers):
