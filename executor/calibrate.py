@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 
 import torch
-from roofsim.executor.launchpace import launch_us
+from roofsim.executor.launchpace import launch_us, step_us
 
 from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, Measurements
 from roofsim.hostpace import loop_us
@@ -369,12 +369,17 @@ def prefill_call_extra_s(model: ModelSpec, device: str = "cuda", chunk: int = 25
     return statistics.median(max(0.0, per_call(chunk) - per_call(1)) for _ in range(5))
 
 
-def _time_gauges(device: str, pace: list[float] | None, launch: list[float] | None) -> None:
-    """One sample of each host-pace gauge asked for: roofsim.hostpace's loop, then roofsim.executor.launchpace."""
+def _time_gauges(
+    device: str, pace: list[float] | None, launch: list[float] | None, step: list[float] | None = None
+) -> None:
+    """One sample of each host-pace gauge asked for: roofsim.hostpace's loop, then roofsim.executor.launchpace's
+    launches and its tiny decode step."""
     if pace is not None:
         pace.append(loop_us())
     if launch is not None:
         launch.append(launch_us(device))
+    if step is not None:
+        step.append(step_us(device))
 
 
 @contextmanager
@@ -419,6 +424,7 @@ def decode_layer_cost(
     pace: list[float] | None = None,
     width: ModelSpec | None = None,
     launch: list[float] | None = None,
+    step_pace: list[float] | None = None,
 ) -> tuple[float, ModelSpec, float]:
     """Seconds one decoder layer adds to a decode step's host issue, through the executor itself (stock
     transformers layer, the plan's cache, the registered attention, the recorder on as in a measured run's traced
@@ -430,7 +436,7 @@ def decode_layer_cost(
     its issue (no sync inside the timing), so a GPU slower than the host at these shapes does not enter it. Third:
     the intercept, the seconds of a step outside its layers (the forward's preamble, embedding, final norm and LM
     head). `pace`, where given, gets the host's pace (roofsim.hostpace) timed once per pair of steps, and `launch`
-    the launch pace (roofsim.executor.launchpace) right after it."""
+    the launch pace (roofsim.executor.launchpace) right after it, and `step_pace` its tiny decode step after that."""
     from roofsim.plan import ResidentPlan
 
     if device != "cuda":
@@ -447,7 +453,7 @@ def decode_layer_cost(
         spent = {2: 0.0, 6: 0.0}
         sync()
         for _ in range(steps):
-            _time_gauges(device, pace, launch)
+            _time_gauges(device, pace, launch, step_pace)
             for layers, step, cache in ((2, step2, c2), (6, step6, c6)):
                 t0 = time.perf_counter()
                 step()
@@ -570,7 +576,11 @@ def _gpu_kernel_us(n: int = 400) -> float:
 
 
 def attention_call_costs(
-    device: str = "cuda", steps: int = 20, pace: list[float] | None = None, launch: list[float] | None = None
+    device: str = "cuda",
+    steps: int = 20,
+    pace: list[float] | None = None,
+    launch: list[float] | None = None,
+    step_pace: list[float] | None = None,
 ) -> tuple[float, float]:
     """Host seconds of one attention call of the executor over GPU-resident KV, and what a streamed unit's call
     adds (ring, staging, events, the issue of its two copies): decode steps of a tiny 6-layer model (4 KV heads)
@@ -600,7 +610,7 @@ def attention_call_costs(
         # plan timed after another put a slow spell into one difference (545 us per streamed call against 232)
         calls, streamed = [], []
         for _ in range(steps):
-            _time_gauges(device, pace, launch)
+            _time_gauges(device, pace, launch, step_pace)
             took = {}
             for name, (step, cache) in runs.items():
                 t0 = time.perf_counter()
@@ -909,13 +919,14 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     torch.backends.cuda.matmul.allow_tf32 = True
     pace: list[float] = []  # the host's pace beside every tiny timing behind the host-side costs
     launch: list[float] = []  # and the launch pace right after each
+    step_pace: list[float] = []  # and the tiny decode step after that
     beside: list[str] = []  # what each was timed beside (Measurements.pace_beside)
 
     def label(name: str) -> None:
         beside.extend([name] * (len(pace) - len(beside)))
 
     # at the start, the middle and the end: the host's speed moves in spells
-    tiny = [decode_layer_cost("cuda", pace=pace, width=model, launch=launch)]
+    tiny = [decode_layer_cost("cuda", pace=pace, width=model, launch=launch, step_pace=step_pace)]
     label("layer0")
     sizes = [64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB]
     progress("pinned copies")
@@ -931,19 +942,19 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     prefill, short, decode = _attention(model)
     vector = vector_ops(model)
     progress("fixed costs")
-    tiny.append(decode_layer_cost("cuda", pace=pace, width=model, launch=launch))
+    tiny.append(decode_layer_cost("cuda", pace=pace, width=model, launch=launch, step_pace=step_pace))
     label("layer1")
     sync = _sync_us()
     gpu_kernel = _gpu_kernel_us()
     topk = _topk_gelems()
-    call_s, streamed_s = attention_call_costs("cuda", pace=pace, launch=launch)
+    call_s, streamed_s = attention_call_costs("cuda", pace=pace, launch=launch, step_pace=step_pace)
     label("calls")
     new_shape = attention_new_shape_s(model)
     prefill_call = prefill_call_extra_s(model)
     progress("CPU")
     tiny_beside_cpu = decode_layer_cost_beside_cpu(model, "cuda")
     round_trip = worker_round_trip_s()
-    tiny.append(decode_layer_cost("cuda", pace=pace, width=model, launch=launch))
+    tiny.append(decode_layer_cost("cuda", pace=pace, width=model, launch=launch, step_pace=step_pace))
     label("layer2")
     tiny_s, tiny_model, tiny_step = mean_tiny(tiny)
     cpu_copy, cpu_attn, cpu_tflops, cpu_gather, cpu_attn_h2d, h2d_beside, cpu_groups, cpu_slots, gathered = (
@@ -987,6 +998,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         streamed_call_s=streamed_s,
         host_pace_us=pace,
         launch_pace_us=launch,
+        step_pace_us=step_pace,
         pace_beside=beside,
         attention_new_shape_s=new_shape,
         prefill_call_s=prefill_call,

@@ -6,6 +6,12 @@ allocator, the CUDA driver's launch). The H200 guests' host flips between two le
 (validation/results/h200-s16/a/host), and the loop and a torch CPU call, timed side by side there, agreed only in
 part (correlation 0.55): the executor times both before every decode step, and calibrate both beside its host-side
 timings, so that the committed runs say which gauge follows a step.
+
+A third gauge, `step_us`, issues one decode step of a tiny two-layer stock Llama through the executor's resident
+cache: the very code a launch-bound step spends its time in (transformers' modules, the executor's cache and
+attention, the dispatcher, the launches), at tiny shapes. On the H200 guests neither the loop nor the launches
+tracked calibrate's tiny decode layers (their ratio to either moved 1.2-1.9x between samples of one calibration:
+validation/results/h200-s18), so that the runs priced at their pace missed by up to 20%.
 """
 
 from __future__ import annotations
@@ -34,3 +40,58 @@ def launch_us(device: str | torch.device = "cuda") -> float:
     took = time.perf_counter() - t0
     sync()
     return took * 1e6
+
+
+STEP_GAUGE_TOKENS = 4096  # the tiny cache's length; the gauge starts a new one when it is full
+_gauges: dict[str, StepGauge] = {}
+
+
+class StepGauge:
+    """A tiny two-layer stock Llama (roofsim.executor.check.tiny_config) decoding one token per call through the
+    executor's resident cache, with 16 prompt tokens and one step run first (kernel loading, allocator growth)."""
+
+    def __init__(self, device: str):
+        from roofsim.executor.build import make_cache
+        from roofsim.executor.check import tiny_config
+        from roofsim.executor.models import random_model
+
+        from roofsim.plan import ResidentPlan
+
+        self.device = device
+        self.model = random_model(tiny_config("llama", layers=2), device, torch.bfloat16, seed=0)
+        self._new_cache = lambda: make_cache(self.model, ResidentPlan(), max_tokens=STEP_GAUGE_TOKENS)
+        self.token = torch.zeros(1, 1, dtype=torch.long, device=device)
+        self._reset()
+
+    @torch.no_grad()
+    def _reset(self) -> None:
+        if getattr(self, "cache", None) is not None:
+            self.cache.close()
+        self.cache = self._new_cache()
+        self.model(self.token.expand(1, 16), past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.used = 16
+        self.step()
+
+    @torch.no_grad()
+    def step(self) -> float:
+        """Seconds the host takes to issue one decode step from an idle device (the syncs are outside the timing)."""
+        if self.used >= STEP_GAUGE_TOKENS - 1:
+            self._reset()
+        sync = torch.cuda.synchronize if self.token.is_cuda else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        self.model(self.token, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        took = time.perf_counter() - t0
+        sync()
+        self.used += 1
+        return took
+
+
+def step_us(device: str | torch.device = "cuda") -> float:
+    """Microseconds the host takes to issue one decode step of StepGauge's tiny model on `device` (built on the
+    first call)."""
+    key = str(device)
+    gauge = _gauges.get(key)
+    if gauge is None:
+        gauge = _gauges[key] = StepGauge(key)
+    return gauge.step() * 1e6

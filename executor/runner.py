@@ -24,7 +24,7 @@ from roofsim.executor.attention import race_prefill
 from roofsim.executor.attention import warm_up as warm_attention
 from roofsim.executor.build import make_cache
 from roofsim.executor.engine import make_engine
-from roofsim.executor.launchpace import launch_us
+from roofsim.executor.launchpace import launch_us, step_us
 
 from roofsim.hostpace import loop_us
 from roofsim.trace import Fingerprint, MemorySample, PhaseSummary, Trace, TraceHeader
@@ -225,6 +225,7 @@ def run_plan(
             ):  # the host's pace before the step, with the device idle (outside the step's timing)
                 summary.host_pace_us.append(loop_us())
                 summary.launch_pace_us.append(launch_us(device))
+                summary.step_pace_us.append(step_us(device))
             s0 = engine.event(engine.compute)
             o = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
             nxt = o.logits[:, -1].argmax(-1, keepdim=True)

@@ -117,6 +117,10 @@ class Measurements(BaseModel):
         default=None,
         description="roofsim.executor.launchpace's kernel launches, timed right after each host_pace_us sample",
     )
+    step_pace_us: list[float] | None = Field(
+        default=None,
+        description="roofsim.executor.launchpace's tiny decode step, timed right after each launch_pace_us sample",
+    )
     pace_beside: list[str] | None = Field(
         default=None,
         description="what each host_pace_us (and launch_pace_us) sample was timed beside: 'layer<i>' the i-th "
@@ -196,34 +200,38 @@ def pace_beside(m: Measurements) -> list[str] | None:
     return list(PACE_LAYOUT) if len(m.host_pace_us) == len(PACE_LAYOUT) and n_layers == 3 else None
 
 
-def host_paces(m: Measurements) -> tuple[float, float | None, dict[str, float]]:
-    """The gauges' reference readings (loop, launch) the profile's host-side costs are stated at: their means
-    beside the tiny decode layers (kernel_us and step_us rest on those); and each timed cost's ratio to them
-    (pace_ratio of its own samples' means), by label. An H200 guest's host switched speed between the layers'
-    timings and the attention calls' (validation/results/h200-s17/b: loop 607-637 us beside the layers, 1025
-    beside the calls), and one mean over all of them put the layers at the wrong pace. Without labels: the means
-    of all samples and no ratios."""
-    loop, launch = m.host_pace_us or [], m.launch_pace_us or []
+def host_paces(m: Measurements) -> tuple[dict[str, float], dict[str, float]]:
+    """The gauges' reference readings the profile's host-side costs are stated at, by gauge ("loop":
+    host_pace_us, "launch", "step": each where timed): their means beside the tiny decode layers (kernel_us and
+    step_us rest on those); and each timed cost's ratio to them (pace_ratio of its own samples' means), by label.
+    An H200 guest's host switched speed between the layers' timings and the attention calls'
+    (validation/results/h200-s17/b: loop 607-637 us beside the layers, 1025 beside the calls), and one mean over
+    all of them put the layers at the wrong pace. Without labels: the means of all samples and no ratios."""
+    gauges = {
+        name: xs
+        for name, xs in (("loop", m.host_pace_us), ("launch", m.launch_pace_us), ("step", m.step_pace_us))
+        if xs
+    }
     labels = pace_beside(m)
     if (
         labels is None
-        or (launch and len(launch) != len(loop))
+        or any(len(xs) != len(labels) for xs in gauges.values())
         or not any(x.startswith("layer") for x in labels)
     ):
-        return statistics.fmean(loop), (statistics.fmean(launch) if launch else None), {}
+        return {name: statistics.fmean(xs) for name, xs in gauges.items()}, {}
 
-    def means(keep) -> tuple[float, float | None]:
+    def means(keep) -> dict[str, float]:
         idx = [i for i, lab in enumerate(labels) if keep(lab)]
-        return statistics.fmean(loop[i] for i in idx), (
-            statistics.fmean(launch[i] for i in idx) if launch else None
-        )
+        return {name: statistics.fmean(xs[i] for i in idx) for name, xs in gauges.items()}
 
     ref = means(lambda lab: lab.startswith("layer"))
     ratios = {}
     for lab in sorted(set(labels)):
         own = means(lambda x, lab=lab: x == lab)
-        ratios[lab] = pace_ratio(own[0], ref[0], own[1], ref[1])
-    return ref[0], ref[1], ratios
+        ratios[lab] = pace_ratio(
+            own["loop"], ref["loop"], own.get("launch"), ref.get("launch"), own.get("step"), ref.get("step")
+        )
+    return ref, ratios
 
 
 def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]]]:
@@ -257,7 +265,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     # the same spell of the host, not against samples taken minutes apart
     samples = m.tiny_layer_samples_s or [m.tiny_layer_s]
     # each cost timed beside the gauges restated at their readings beside the layers (host_paces)
-    loop_ref, launch_ref, ratios = host_paces(m) if m.host_pace_us else (None, None, {})
+    refs, ratios = host_paces(m) if m.host_pace_us else ({}, {})
     tiny_s = statistics.fmean(t / ratios.get(f"layer{i}", 1.0) for i, t in enumerate(samples))
     calls = ratios.get("calls", 1.0)
     restated = f", restated at the layers' host pace (x{1 / calls:.2f})" if "calls" in ratios else ""
@@ -394,7 +402,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {
                     "host_pace_us": (
-                        loop_ref,
+                        refs.get("loop"),
                         f"a {LOOP}-iteration Python loop (roofsim.hostpace), mean of the samples timed between "
                         + (
                             "the tiny decode layers' steps behind kernel_us and step_us (attention_call_us and "
@@ -404,18 +412,29 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                         ),
                     )
                 }
-                if loop_ref is not None
+                if "loop" in refs
                 else {}
             ),
             **(
                 {
                     "launch_pace_us": (
-                        launch_ref,
+                        refs.get("launch"),
                         f"{LAUNCHES} one-element in-place adds issued back to back (roofsim.executor.launchpace), "
                         "timed right after each of host_pace_us's loops, their mean",
                     )
                 }
-                if launch_ref is not None
+                if "launch" in refs
+                else {}
+            ),
+            **(
+                {
+                    "step_pace_us": (
+                        refs.get("step"),
+                        "one decode step's issue of a tiny two-layer Llama through the executor "
+                        "(roofsim.executor.launchpace.step_us), timed right after each launch_pace_us, their mean",
+                    )
+                }
+                if "step" in refs
                 else {}
             ),
             **(

@@ -27,12 +27,21 @@ def loop_us() -> float:
 
 
 def pace_ratio(
-    loop: float, loop_ref: float, launch: float | None = None, launch_ref: float | None = None
+    loop: float,
+    loop_ref: float,
+    launch: float | None = None,
+    launch_ref: float | None = None,
+    step: float | None = None,
+    step_ref: float | None = None,
 ) -> float:
-    """How much slower a host whose gauges read `loop` (loop_us) and `launch` (roofsim.executor.launchpace) issues
-    than one that read `loop_ref` and `launch_ref`: the loop's ratio, or where both gauges were read on both sides
-    the mean of the two ratios (a layer's issue is part interpreter, part launch path, and on the H200 guests the
-    two gauges moved apart: validation/results/h200-s17)."""
+    """How much slower a host whose gauges read `loop` (loop_us), `launch` and `step` (roofsim.executor.launchpace)
+    issues than one that read the `_ref` figures. Where the tiny decode step was read on both sides, its ratio: it
+    runs the code a launch-bound step runs, where neither other gauge followed calibrate's decode layers
+    (validation/results/h200-s18). Else, where both were read on both sides, the mean of the loop's and the
+    launches' ratios (a layer's issue is part interpreter, part launch path: validation/results/h200-s17); else
+    the loop's."""
+    if step and step_ref:
+        return step / step_ref
     k = loop / loop_ref
     if launch and launch_ref:
         k = (k + launch / launch_ref) / 2

@@ -104,6 +104,10 @@ class PhaseSummary(BaseModel):
         default_factory=list,
         description="measured runs: roofsim.executor.launchpace's kernel launches timed right after host_pace_us, us",
     )
+    step_pace_us: list[float] = Field(
+        default_factory=list,
+        description="measured runs: roofsim.executor.launchpace's tiny decode step timed right after launch_pace_us, us",
+    )
     bound: dict[str, str] = Field(default_factory=dict, description="phase -> binding resource, where known")
     busy_s: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="phase -> resource -> busy s"

@@ -190,19 +190,23 @@ def _predict_into(
 AS_CALIBRATED = ("prefill_s", "decode_s_per_token")
 
 
+PACE_RATIOS = (
+    "loop_pace_ratio",
+    "launch_pace_ratio",
+    "step_pace_ratio",
+)  # each gauge's own, in runs.json rows
+
+
 def _at_run_pace(sub: Path, predicted: Trace, row: dict, args: tuple) -> Trace:
     """The prediction again with the host-side costs at the host's pace in the run (GpuSpec.at_host_pace), where the
     profile and the measured trace both timed roofsim.hostpace's loop: a launch-bound step's time is the host's,
     and a cloud guest's host moves between levels ~1.7x apart in spells of minutes, so a profile's costs hold only
-    at its own pace. Where both sides also timed roofsim.executor.launchpace, the ratio is the mean of the loop's
-    and the launches' (GpuSpec.host_pace_ratio). Rewrites the run's prediction files; the row keeps the figures
+    at its own pace. Where both sides also timed roofsim.executor.launchpace's tiny decode step, the ratio is
+    that step's; else with its launches on both sides the mean of the loop's and the launches' ratios
+    (GpuSpec.host_pace_ratio). Rewrites the run's prediction files; the row keeps the figures
     at the calibration's pace (`<phase>_predicted_as_calibrated`), the ratio priced (`host_pace_ratio`) and, with
-    both gauges, each gauge's own (`loop_pace_ratio`, `launch_pace_ratio`)."""
-    for key in [
-        k
-        for k in row
-        if k.endswith("_as_calibrated") or k in ("host_pace_ratio", "loop_pace_ratio", "launch_pace_ratio")
-    ]:
+    more than the loop, each gauge's own (PACE_RATIOS)."""
+    for key in [k for k in row if k.endswith("_as_calibrated") or k in (*PACE_RATIOS, "host_pace_ratio")]:
         del row[key]
     plan, model, gpu, host, work, limits, gpu_arg = args
     measured_path = sub / "measured.json"
@@ -216,9 +220,11 @@ def _at_run_pace(sub: Path, predicted: Trace, row: dict, args: tuple) -> Trace:
     pace = statistics.median(paces)
     launches, launch_ref = summary.launch_pace_us, gpu.runtime.launch_pace_us
     launch = statistics.median(launches) if launches and launch_ref is not None else None
+    steps, step_ref = summary.step_pace_us, gpu.runtime.step_pace_us
+    step = statistics.median(steps) if steps and step_ref is not None else None
     for phase in AS_CALIBRATED:
         row[f"{phase}_predicted_as_calibrated"] = getattr(predicted.summary, phase)
-    row["host_pace_ratio"] = gpu.host_pace_ratio(pace, launch)
+    row["host_pace_ratio"] = gpu.host_pace_ratio(pace, launch, step)
     note = (
         f"host-side costs at the run's host pace: x{row['host_pace_ratio']:.2f}, loop {pace:.0f} us (median before "
         f"its decode steps) against {ref.value:.0f} us in the calibration"
@@ -226,8 +232,15 @@ def _at_run_pace(sub: Path, predicted: Trace, row: dict, args: tuple) -> Trace:
     if launch is not None:
         row["loop_pace_ratio"] = pace / ref.value
         row["launch_pace_ratio"] = launch / launch_ref.value
-        note += f", launches {launch:.0f} us against {launch_ref.value:.0f} us (the mean of the two ratios)"
-    return _predict_into(sub, plan, model, gpu.at_host_pace(pace, launch), host, work, limits, gpu_arg, note)
+        note += f", launches {launch:.0f} us against {launch_ref.value:.0f} us"
+    if step is not None:
+        row["step_pace_ratio"] = step / step_ref.value
+        note += f", tiny step {step:.0f} us against {step_ref.value:.0f} us (its ratio priced)"
+    elif launch is not None:
+        note += " (the mean of the two ratios)"
+    return _predict_into(
+        sub, plan, model, gpu.at_host_pace(pace, launch, step), host, work, limits, gpu_arg, note
+    )
 
 
 def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:

@@ -434,6 +434,20 @@ def test_the_launch_gauge_joins_the_loop_where_both_sides_timed_it(tmp_path):
     assert profile.host_pace_ratio(1500.0, 2200.0) == pytest.approx(1.25)
     assert profile.host_pace_ratio(None, 2200.0) is None and profile.at_host_pace(None, 4400.0) is profile
     assert profile.at_host_pace(1000.0, 4400.0).kernel_s == pytest.approx(1.5 * profile.kernel_s)
+    stepped = load_gpu(
+        str(
+            write_profile(
+                spec, host, paced.model_copy(update={"step_pace_us": [300.0, 500.0]}), tmp_path / "s"
+            )[0]
+        )
+    )
+    assert stepped.runtime.step_pace_us.value == pytest.approx(
+        400.0
+    )  # the tiny step on both sides: its ratio
+    assert stepped.host_pace_ratio(1500.0, 2200.0, 1200.0) == pytest.approx(3.0)
+    assert stepped.host_pace_ratio(1500.0, 2200.0) == pytest.approx(1.25) and profile.host_pace_ratio(
+        1500.0, 2200.0, 1200.0
+    ) == pytest.approx(1.25)
     loop_only = load_gpu(
         str(write_profile(spec, host, paced.model_copy(update={"launch_pace_us": None}), tmp_path / "c")[0])
     )
@@ -459,8 +473,9 @@ def test_each_cost_is_restated_from_its_own_host_pace_to_the_layers(tmp_path):
     launch = [2000.0 * level[lab] for lab in PACE_LAYOUT]
     m = base.model_copy(update={"host_pace_us": loop, "launch_pace_us": launch})
     labelled = m.model_copy(update={"pace_beside": list(PACE_LAYOUT)})
-    loop_ref, launch_ref, ratios = host_paces(m)
-    assert (loop_ref, launch_ref) == (pytest.approx(4000 / 3), pytest.approx(8000 / 3))
+    refs, ratios = host_paces(m)
+    loop_ref = refs["loop"]
+    assert refs == {"loop": pytest.approx(4000 / 3), "launch": pytest.approx(8000 / 3)}
     assert ratios["calls"] == pytest.approx(3000 / loop_ref) and host_paces(labelled) == host_paces(m)
     profile = load_gpu(str(write_profile(spec, host, m, tmp_path / "p")[0]))
     flat = load_gpu(
@@ -476,7 +491,7 @@ def test_each_cost_is_restated_from_its_own_host_pace_to_the_layers(tmp_path):
     assert profile.runtime.streamed_call_us.value == pytest.approx(600.0 / ratios["calls"])
     assert profile.runtime.host_pace_us.value == pytest.approx(loop_ref)
     odd = m.model_copy(update={"host_pace_us": loop[:79], "launch_pace_us": launch[:79]})
-    assert host_paces(odd)[2] == {} and host_paces(odd)[0] == pytest.approx(sum(loop[:79]) / 79)
+    assert host_paces(odd)[1] == {} and host_paces(odd)[0]["loop"] == pytest.approx(sum(loop[:79]) / 79)
 
 
 def test_a_measured_gathered_stage_rate_lands_in_the_link_with_its_control(tmp_path):

@@ -168,3 +168,15 @@ def test_the_gathered_stage_copy_is_timed_with_its_control():
     after, again = h2d_after_gather(load_model("llama-3-8b"), tokens=16384, cold_bytes=1 << 28)
     for rate in (after, again):
         assert 6.4e9 < rate < 64e9
+
+
+def test_the_step_gauge_times_a_tiny_decode_step_and_starts_a_new_cache_when_full(monkeypatch):
+    """launchpace.step_us issues one decode step of a tiny two-layer Llama through the executor on the CPU; past
+    its cache's length it starts a new cache instead of failing, and goes on timing."""
+    from roofsim.executor import launchpace
+
+    monkeypatch.setattr(launchpace, "STEP_GAUGE_TOKENS", 20)
+    gauge = launchpace.StepGauge("cpu")
+    first = gauge.cache
+    times = [gauge.step() for _ in range(6)]
+    assert all(t > 0 for t in times) and gauge.cache is not first and gauge.used < 20

@@ -207,3 +207,21 @@ def test_runs_are_predicted_at_their_own_host_pace_where_the_profile_timed_it(ca
     assert both["launch_pace_ratio"] >= 4 and both["loop_pace_ratio"] == pytest.approx(row["host_pace_ratio"])
     assert both["host_pace_ratio"] == pytest.approx((both["launch_pace_ratio"] + both["loop_pace_ratio"]) / 2)
     assert both["decode_s_per_token_predicted"] > row["decode_s_per_token_predicted"]
+    steps = measured["summary"]["step_pace_us"]
+    assert len(steps) == 2 and all(p > 0 for p in steps)  # the third gauge, the tiny decode step
+    step_ref = sorted(steps)[0] / 8  # with the tiny step on both sides: its ratio alone
+    profile.write_text(
+        text.replace(
+            "[runtime]\n",
+            f'[runtime]\nlaunch_pace_us = {{ value = {launch_ref}, measured = "test" }}\n'
+            f'step_pace_us = {{ value = {step_ref}, measured = "test" }}\n',
+            1,
+        )
+    )
+    assert main(["validate", "--repredict", str(copy), "--gpu", str(profile)]) == 0
+    three = json.loads((copy / "tiny-resident" / "runs.json").read_text())[0]
+    assert three["step_pace_ratio"] >= 8 and three["host_pace_ratio"] == pytest.approx(
+        three["step_pace_ratio"]
+    )
+    assert three["launch_pace_ratio"] == pytest.approx(both["launch_pace_ratio"])
+    assert three["decode_s_per_token_predicted"] > both["decode_s_per_token_predicted"]

@@ -149,6 +149,9 @@ class RuntimeSpec(_Section):
     # roofsim.executor.launchpace's run of tiny kernel launches, timed right after each of host_pace_us's loops: a
     # second gauge of the host's pace, through the launch path. None: not measured
     launch_pace_us: SourcedNumber | None = None
+    # roofsim.executor.launchpace's tiny decode step (step_us), timed right after each launch_pace_us sample: the
+    # gauge through the code a launch-bound step runs. None: not measured
+    step_pace_us: SourcedNumber | None = None
 
     def attention_shape_s(self) -> float:
         return 0.0 if self.attention_shape_us is None else self.attention_shape_us.value * 1e-6
@@ -228,7 +231,9 @@ class GpuSpec(_Section):
             return self
         return self.host_costs_times(k.value)
 
-    def host_pace_ratio(self, pace_us: float | None, launch_us: float | None = None) -> float | None:
+    def host_pace_ratio(
+        self, pace_us: float | None, launch_us: float | None = None, step_us: float | None = None
+    ) -> float | None:
         """How much slower a host at `pace_us` (roofsim.hostpace's loop) and `launch_us` (roofsim.executor.launchpace)
         issues than the one the profile's host-side costs were measured at: the loop's ratio, or where both gauges
         were timed on both sides the mean of the loop's and the launches' (a layer's issue is part interpreter, part
@@ -237,15 +242,24 @@ class GpuSpec(_Section):
         ref = self.runtime.host_pace_us
         if ref is None or not pace_us or ref.value <= 0:
             return None
-        launch_ref = self.runtime.launch_pace_us
-        return pace_ratio(pace_us, ref.value, launch_us, launch_ref.value if launch_ref is not None else None)
+        launch_ref, step_ref = self.runtime.launch_pace_us, self.runtime.step_pace_us
+        return pace_ratio(
+            pace_us,
+            ref.value,
+            launch_us,
+            launch_ref.value if launch_ref is not None else None,
+            step_us,
+            step_ref.value if step_ref is not None else None,
+        )
 
-    def at_host_pace(self, pace_us: float | None, launch_us: float | None = None) -> GpuSpec:
+    def at_host_pace(
+        self, pace_us: float | None, launch_us: float | None = None, step_us: float | None = None
+    ) -> GpuSpec:
         """This GPU driven by a host at `pace_us` (and `launch_us`: host_pace_ratio) where the profile's host-side
         costs were measured at runtime.host_pace_us: those costs times the ratio (a launch-bound decode step
         follows the host's pace in proportion: validation/results/h200-s12/README.md); GPU-side costs, copies and
         the CPU's scans unchanged. Unchanged where the pace is unknown."""
-        k = self.host_pace_ratio(pace_us, launch_us)
+        k = self.host_pace_ratio(pace_us, launch_us, step_us)
         return self if k is None else self.host_costs_times(k)
 
     def host_costs_times(self, k: float) -> GpuSpec:
