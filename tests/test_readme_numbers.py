@@ -43,6 +43,10 @@ def _table(out: str, header: str) -> dict[str, list[str]]:
         ("h200-s13/a", "h200-s13"),
         ("h200-s13/b", "h200-s13"),
         ("h200-s15", "h200-s15"),
+        ("h200-s16/a", "h200-s16"),
+        ("h200-s18/a", "h200-s18"),
+        ("h200-s18/b", "h200-s18"),
+        ("h200-s18/c", "h200-s18"),
     ],
 )
 def test_gpu_readme_holds_the_whole_table(gpu, readme):
@@ -50,7 +54,7 @@ def test_gpu_readme_holds_the_whole_table(gpu, readme):
     assert _summary(gpu) in text
 
 
-@pytest.mark.parametrize("gpu", ["h100", "h200", "h200-s12"])
+@pytest.mark.parametrize("gpu", ["h100", "h200", "h200-s12", "h200-s18/c"])
 def test_readme_quotes_the_last_lines(gpu):
     readme = (ROOT / "README.md").read_text()
     for line in _summary(gpu).strip().splitlines()[-2:]:

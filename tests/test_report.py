@@ -470,3 +470,22 @@ def test_a_trace_with_tens_of_thousands_of_spans_stays_small(tmp_path):
     assert sum(len(b.x) for b in fig.data if b.xaxis == "x2") <= timeline.MAX_BARS
     size = build.trace_report(t).write(tmp_path / "big.html")
     assert size < 10e6
+
+
+def test_a_calibrated_profile_shows_its_host_pace_and_call_costs_in_the_header():
+    """The header's GPU table lists the calibrated runtime figures (the attention calls' host cost, the host-pace
+    gauges) and the gathered-stage copy rate where the profile has them, and leaves them out where it does not."""
+    from roofsim.report.header import gpu_rows
+
+    calibrated = load_gpu(
+        str(Path(__file__).parent.parent / "validation/results/h200-s18/c/calibrated/h200-calibrated.toml")
+    )
+    names = [row[0] for row in gpu_rows(calibrated)]
+    for name in (
+        "H2D of a just-gathered stage",
+        "attention call (host)",
+        "host pace: loop",
+        "host pace: tiny step",
+    ):
+        assert name in names
+    assert not any(n.startswith("host pace") for n in (row[0] for row in gpu_rows(load_gpu("h100-sxm"))))

@@ -75,6 +75,15 @@ def gpu_rows(g: GpuSpec) -> list[list]:
         ("copy issue (host)", r.copy_issue_us, "us"),
         ("synchronisation (host)", r.sync_us, "us"),
     ]
+    optional = [  # calibrated profiles only
+        ("H2D of a just-gathered stage", link.h2d_gathered_gbps, "GB/s"),
+        ("attention call (host)", r.attention_call_us, "us"),
+        ("streamed call extra (host)", r.streamed_call_us, "us"),
+        ("host pace: loop", r.host_pace_us, "us"),
+        ("host pace: launches", r.launch_pace_us, "us"),
+        ("host pace: tiny step", r.step_pace_us, "us"),
+    ]
+    rows += [row for row in optional if row[1] is not None]
     return [[name, _num(s.value, unit), provenance(s)] for name, s, unit in rows]
 
 
