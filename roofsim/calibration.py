@@ -17,7 +17,11 @@ for validation. Fitting rules (each value in the profile says which one produced
 - CPU attention: the line time = fixed + bytes / rate through three sizes at the calibration model's GQA group,
   the rate at one size for each group of CPU_ATTENTION_GROUPS (a model's scan is scaled to its group), and the rate
   of one CPU slot's scan by group, KV heads and length (the executor's calls: plans are priced per slot from these);
-  CPU gather: one fifth of a layer's rows from cold blocks.
+  CPU gather: one fifth of a layer's rows from cold blocks; the copy of those rows right after the gather at its
+  own rate (link.h2d_gathered_gbps);
+- host pace: the gauges' means beside the tiny decode layers are the profile's reference (runtime.host_pace_us,
+  launch_pace_us, step_pace_us); each layer sample and the attention calls are restated from the pace beside
+  their own timing to it (host_paces).
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ class Measurements(BaseModel):
     )
     pace_beside: list[str] | None = Field(
         default=None,
-        description="what each host_pace_us (and launch_pace_us) sample was timed beside: 'layer<i>' the i-th "
+        description="what each host_pace_us (launch_pace_us, step_pace_us) sample was timed beside: 'layer<i>' the i-th "
         "tiny_layer_samples_s, 'calls' attention_call_s and streamed_call_s. Files without it hold measure()'s "
         "fixed order (PACE_LAYOUT)",
     )
