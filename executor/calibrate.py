@@ -53,6 +53,18 @@ def _cuda_time(fn: Callable[[], None], repeat: int = 5, warmup: int = 2, queued:
     return times[len(times) // 2]
 
 
+def copy_once_s(dst: torch.Tensor, src: torch.Tensor) -> float:
+    """Seconds of one copy of src into dst, timed by CUDA events with no warm-up copy (one between a CPU write of
+    src and the timed copy would change what is timed: h2d_after_gather)."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    dst.copy_(src, non_blocking=True)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def _wall_time(fn: Callable[[], None], repeat: int = 5) -> float:
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
@@ -862,20 +874,11 @@ def h2d_after_gather(
     ]  # fmt: skip
     stage = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=True)
     dev = torch.empty_like(stage, device="cuda")
-
-    def copy_s() -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dev.copy_(stage, non_blocking=True)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-
     after, again = [], []
     for i in range(2 * len(blocks) + 1):
         b, r = blocks[i % len(blocks)], picks[i % len(blocks)]
         torch.index_select(b.view(-1, d), 0, r, out=stage)
-        t_after, t_again = copy_s(), copy_s()
+        t_after, t_again = copy_once_s(dev, stage), copy_once_s(dev, stage)
         if i:  # the first pair warms up
             after.append(t_after)
             again.append(t_again)

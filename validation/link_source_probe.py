@@ -14,22 +14,15 @@ import statistics
 import sys
 
 import torch
+from roofsim.executor.calibrate import copy_once_s
 from roofsim.executor.hostpool import HostPool
 
 MiB = 1 << 20
 
 
-def copy_gbps(dev: torch.Tensor, src: torch.Tensor, direction: str) -> float:
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    if direction == "h2d":
-        dev.copy_(src, non_blocking=True)
-    else:
-        src.copy_(dev, non_blocking=True)
-    end.record()
-    end.synchronize()
-    return src.numel() / (start.elapsed_time(end) / 1e3) / 1e9
+def copy_gbps(dev: torch.Tensor, host: torch.Tensor, direction: str) -> float:
+    dst, src = (dev, host) if direction == "h2d" else (host, dev)
+    return host.numel() / copy_once_s(dst, src) / 1e9
 
 
 def main(out: str) -> None:

@@ -20,26 +20,9 @@ import statistics
 import sys
 
 import torch
-from roofsim.executor.calibrate import QUEUE_CYCLES, cold_kv_blocks
+from roofsim.executor.calibrate import _cuda_time, cold_kv_blocks, copy_once_s
 
 from roofsim.specs import load_model
-
-
-def cuda_s(fn, queued: bool, repeat: int = 9) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        if queued:
-            torch.cuda._sleep(QUEUE_CYCLES)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 def main(out: str) -> None:
@@ -59,14 +42,7 @@ def main(out: str) -> None:
     nbytes = stage.numel() * stage.element_size()
 
     def copy_gbps(src=stage) -> float:
-        """One copy of src, timed by itself: no warm-up copy may come between the CPU's write and it."""
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dev.copy_(src, non_blocking=True)
-        end.record()
-        end.synchronize()
-        return nbytes / (start.elapsed_time(end) / 1e3) / 1e9
+        return nbytes / copy_once_s(dev, src) / 1e9
 
     rates: dict[str, list[float]] = {"never_written": [], "after_memset": [], "after_gather": [], "again": []}
     fresh = torch.empty_like(stage, pin_memory=True)
@@ -84,7 +60,7 @@ def main(out: str) -> None:
     for rows_, length, k in ((8, 65536, 6554), (8, 20480, 16384), (hk, P, n)):
         x = torch.randn(rows_, length, device="cuda", dtype=torch.bfloat16)
         for queued in (False, True):
-            t = cuda_s(lambda x=x, k=k: x.topk(k, dim=-1).indices.sort(dim=-1), queued)
+            t = _cuda_time(lambda x=x, k=k: x.topk(k, dim=-1).indices.sort(dim=-1), repeat=9, queued=queued)
             topk[f"{rows_}x{length} k={k} {'queued' if queued else 'unqueued'}"] = {
                 "s": t,
                 "gelems": rows_ * length / t / 1e9,
@@ -107,8 +83,8 @@ def main(out: str) -> None:
         return (((idx[..., None] * 1 + b_) * 2 + kv_) * hk + h_).reshape(-1)
 
     res["selection_s"] = {
-        "unqueued": cuda_s(select, False),
-        "queued": cuda_s(select, True),
+        "unqueued": _cuda_time(select, repeat=9),
+        "queued": _cuda_time(select, repeat=9, queued=True),
     }
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
