@@ -150,37 +150,29 @@ def _copies(direction: str, sizes: list[int], pinned: bool = True) -> list[CopyP
 
 def _back_to_back(total: int, copies: int) -> BatchPoint:
     with _store_bytes(total) as host:
-        return _back_to_back_from(host, total, copies)
+        dev = torch.empty(total, dtype=torch.uint8, device="cuda")
+        size = total // copies
+        pairs = [(dev[i * size : (i + 1) * size], host[i * size : (i + 1) * size]) for i in range(copies)]
 
+        def run():
+            for d, h in pairs:
+                d.copy_(h, non_blocking=True)
 
-def _back_to_back_from(host: torch.Tensor, total: int, copies: int) -> BatchPoint:
-    dev = torch.empty(total, dtype=torch.uint8, device="cuda")
-    size = total // copies
-    pairs = [(dev[i * size : (i + 1) * size], host[i * size : (i + 1) * size]) for i in range(copies)]
-
-    def run():
-        for d, h in pairs:
-            d.copy_(h, non_blocking=True)
-
-    return BatchPoint(copies=copies, nbytes_each=size, seconds=_wall_time(run, repeat=3))
+        return BatchPoint(copies=copies, nbytes_each=size, seconds=_wall_time(run, repeat=3))
 
 
 def _bidirectional(n: int = 256 * MiB) -> float:
     with _store_bytes(n) as h_up, _store_bytes(n) as h_down:
-        return _bidirectional_between(h_up, h_down, n)
+        d_up, d_down = (torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2))
+        s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
 
+        def run():
+            with torch.cuda.stream(s1):
+                d_up.copy_(h_up, non_blocking=True)
+            with torch.cuda.stream(s2):
+                h_down.copy_(d_down, non_blocking=True)
 
-def _bidirectional_between(h_up: torch.Tensor, h_down: torch.Tensor, n: int) -> float:
-    d_up, d_down = (torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2))
-    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
-
-    def run():
-        with torch.cuda.stream(s1):
-            d_up.copy_(h_up, non_blocking=True)
-        with torch.cuda.stream(s2):
-            h_down.copy_(d_down, non_blocking=True)
-
-    return 2 * n / _wall_time(run, repeat=3) / 1e9
+        return 2 * n / _wall_time(run, repeat=3) / 1e9
 
 
 def _d2d_gbps(n: int = 1 << 30) -> float:
@@ -856,6 +848,16 @@ def stream_h2d(src: torch.Tensor | list[torch.Tensor], until: Callable[[], bool]
     return copies
 
 
+def gather_rows(tokens: int, picked: int, heads: int) -> torch.Tensor:
+    """The host-block rows sparse_fetch's gather reads for `picked` random tokens (sorted) per KV head out of
+    `tokens`: each token's K and V row per head of a token-major block [tokens, 1, 2, heads, head_dim], in the
+    stage's order [heads, picked, 2] (executor/sparse.py)."""
+    idx = torch.stack([torch.randperm(tokens)[:picked].sort().values for _ in range(heads)])
+    return (((idx[:, :, None] * 2) + torch.arange(2)) * heads + torch.arange(heads)[:, None, None]).reshape(
+        -1
+    )
+
+
 def h2d_after_gather(
     model: ModelSpec, tokens: int = 65536, fraction: float = 0.2, cold_bytes: int = 1 << 30
 ) -> tuple[float, float]:
@@ -867,11 +869,7 @@ def h2d_after_gather(
     hk, d = model.n_kv_heads, model.head_dim
     n = int(tokens * fraction)
     blocks = cold_kv_blocks(hk, tokens, d, cold_bytes)
-    picks = [
-        (((torch.stack([torch.randperm(tokens)[:n].sort().values for _ in range(hk)])[:, :, None] * 2)
-          + torch.arange(2)) * hk + torch.arange(hk)[:, None, None]).reshape(-1)
-        for _ in blocks
-    ]  # fmt: skip
+    picks = [gather_rows(tokens, n, hk) for _ in blocks]
     stage = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=True)
     dev = torch.empty_like(stage, device="cuda")
     after, again = [], []
@@ -897,12 +895,7 @@ def _cpu_gather(
     hk, d = model.n_kv_heads, model.head_dim
     n = int(tokens * fraction)
     blocks = cold_kv_blocks(hk, tokens, d, cold_bytes)
-
-    def rows() -> torch.Tensor:
-        idx = torch.stack([torch.randperm(tokens)[:n].sort().values for _ in range(hk)])
-        return (((idx[:, :, None] * 2) + torch.arange(2)) * hk + torch.arange(hk)[:, None, None]).reshape(-1)
-
-    picks = [rows() for _ in blocks]
+    picks = [gather_rows(tokens, n, hk) for _ in blocks]
     out = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=torch.cuda.is_available())
     torch.index_select(blocks[0].view(-1, d), 0, picks[0], out=out)  # first call
     times = []

@@ -57,7 +57,6 @@ class StepGauge:
 
         from roofsim.plan import ResidentPlan
 
-        self.device = device
         self.model = random_model(tiny_config("llama", layers=2), device, torch.bfloat16, seed=0)
         self._new_cache = lambda: make_cache(self.model, ResidentPlan(), max_tokens=STEP_GAUGE_TOKENS)
         self.token = torch.zeros(1, 1, dtype=torch.long, device=device)

@@ -16,7 +16,7 @@ import sys
 import time
 
 import torch
-from roofsim.executor.calibrate import cold_kv_blocks
+from roofsim.executor.calibrate import cold_kv_blocks, gather_rows
 from roofsim.executor.hostpool import HostPool
 
 
@@ -33,11 +33,7 @@ def gbps(blocks: list[torch.Tensor], picks: list[torch.Tensor], out: torch.Tenso
 def main(path: str) -> None:
     hk, d, tokens, layers = 8, 128, 65536, 32
     n = tokens // 5
-    picks = [
-        (((torch.stack([torch.randperm(tokens)[:n].sort().values for _ in range(hk)])[:, :, None] * 2)
-          + torch.arange(2)) * hk + torch.arange(hk)[:, None, None]).reshape(-1)
-        for _ in range(8)
-    ]  # fmt: skip
+    picks = [gather_rows(tokens, n, hk) for _ in range(8)]
     out = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=True)
     res: dict[str, float] = {"threads": torch.get_num_threads()}
     res["calibrate_blocks_1GiB"] = gbps(cold_kv_blocks(hk, tokens, d, 1 << 30), picks, out, d)

@@ -20,7 +20,7 @@ import statistics
 import sys
 
 import torch
-from roofsim.executor.calibrate import _cuda_time, cold_kv_blocks, copy_once_s
+from roofsim.executor.calibrate import _cuda_time, cold_kv_blocks, copy_once_s, gather_rows
 
 from roofsim.specs import load_model
 
@@ -32,11 +32,7 @@ def main(out: str) -> None:
     res: dict[str, object] = {"gpu": torch.cuda.get_device_name(), "tokens": P, "picked": n}
 
     blocks = cold_kv_blocks(hk, P, d, 1 << 30)
-    rows = [
-        ((torch.stack([torch.randperm(P)[:n].sort().values for _ in range(hk)])[:, :, None] * 2 + torch.arange(2))
-         * hk + torch.arange(hk)[:, None, None]).reshape(-1)
-        for _ in blocks
-    ]  # fmt: skip
+    rows = [gather_rows(P, n, hk) for _ in blocks]
     stage = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=True)
     dev = torch.empty_like(stage, device="cuda")
     nbytes = stage.numel() * stage.element_size()
