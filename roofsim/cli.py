@@ -315,8 +315,8 @@ def cmd_validate(args) -> int:
         raise UserError("roofsim validate needs a configuration file and -o (or --repredict RESULTS_DIR)")
     configs = load_configs(args.configs)
     if args.only:
-        wanted = set(args.only.split(","))
-        configs = [c for c in configs if c.name in wanted]
+        order = {name: i for i, name in enumerate(args.only.split(","))}
+        configs = sorted((c for c in configs if c.name in order), key=lambda c: order[c.name])  # as named
     if not configs:
         raise UserError(f"{args.configs}: no configuration to run (a [[config]] table per configuration)")
     gpu, host = _gpu_and_host(args)
@@ -325,6 +325,9 @@ def cmd_validate(args) -> int:
         job = bar.add_task("validating", total=len(configs))
         for cfg in configs:
             bar.update(job, description=cfg.name)
+            if args.resume and (out / cfg.name / "runs.json").is_file():
+                bar.advance(job)  # measured by an earlier call into the same folder
+                continue
             validate_one(cfg, args.gpu, gpu, host, out, args.device, args.timeout)
             if args.archive:
                 archive_results(out, Path(args.archive))
@@ -520,8 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", choices=["cuda", "cpu"], help="where the executor runs (default: cuda if present)"
     )
-    p.add_argument("--only", help="comma-separated configuration names to run")
+    p.add_argument("--only", help="comma-separated configuration names to run, in that order")
     p.add_argument("--timeout", type=float, default=900, help="seconds per executor run (default 900)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the configurations that already have a runs.json in the -o folder (a campaign stopped midway "
+        "goes on where it stopped)",
+    )
     p.add_argument(
         "--archive",
         help="also write the results folder as this .tar.gz after every configuration (one file to bring back "

@@ -112,6 +112,19 @@ def test_summarize_script_prints_the_same_line(campaign):
     assert proc.stdout.strip().splitlines()[-1] == summarize(campaign)[1]
 
 
+def test_resume_runs_only_what_the_folder_lacks_in_the_order_named(campaign, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "results"
+    shutil.copytree(campaign / "tiny-head", out / "tiny-head")
+    before = (out / "tiny-head" / "runs.json").read_text()
+    args = ["validate", str(campaign.parent / "configs.toml"), "--gpu", "h100-sxm", "-o", str(out)]
+    args += ["--device", "cpu", "--only", "tiny-head,tiny-resident", "--resume"]
+    assert main(args) == 0
+    assert (out / "tiny-head" / "runs.json").read_text() == before  # not run again
+    assert (out / "tiny-resident" / "runs.json").is_file() and not (out / "tiny-planner").exists()
+
+
 def test_repredict_keeps_the_measurements_and_reproduces_the_predictions(campaign, tmp_path, capsys):
     """--repredict predicts every run again (nothing is run): the measured traces stay byte for byte, and with an
     unchanged model and profile the summary line is the same."""

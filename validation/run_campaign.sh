@@ -17,6 +17,8 @@
 # of CAMPAIGN (default validation/campaign-h100.toml: model, context and plan, nothing GPU-specific).
 #   bash validation/run_campaign.sh recalibrate  # calibrate unless this machine already did for CALIB (a warm
 #                                                # machine keeps /tmp between calls): then that profile is reused
+# RESUME=1 skips the configurations this machine already measured into /tmp/campaign (a warm machine keeps /tmp
+# between calls), so that one list can be handed to several calls in a row.
 # HOST_MONITOR=1 writes $OUT/host-<part or LABEL>.csv beside the part: the host's speed every half second.
 # Then, here: extract each archive into validation/results/h100/, compress the traces (the device takes at most
 # 64 MiB of working tree per call) and print the table:
@@ -62,5 +64,7 @@ case "$part" in
   *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner or only" >&2; exit 2 ;;
 esac
 mkdir -p /tmp/campaign
+resume=()
+if [ -n "${RESUME:-}" ]; then resume=(--resume); fi
 roofsim validate "$campaign" --gpu "$profile" -o /tmp/campaign/campaign --timeout 400 \
-  --only "$only" --archive "$OUT/campaign-$label.tar.gz"
+  --only "$only" --archive "$OUT/campaign-$label.tar.gz" "${resume[@]}"
