@@ -173,6 +173,30 @@ def test_runners_up_differ_from_the_pick_in_more_than_the_prefill_chunk():
     assert _pick_and_runners_up([a, a8], 2) == [a, a8]
 
 
+def test_the_decode_regret_leaves_out_chunk_only_fill_ins(tmp_path):
+    """A runner-up that differs from the pick only in the prefill chunk runs the same decode program: its faster
+    measured decode is noise, not a better plan, and does not count as regret; a distinct runner-up does."""
+    pick = {"family": "resident", "prefill_chunk": 16384, "weights": "resident"}
+    fill_in = {**pick, "prefill_chunk": 8192}
+    other = {"family": "head_offload", "prefill_chunk": 8192, "weights": "resident", "resident_slots": 1}
+
+    def run(tag, plan, decode):
+        return {
+            "config": "c", "run": tag, "plan": plan, "prefill_s_predicted": 1.0, "prefill_s_measured": 1.0,
+            "decode_s_per_token_predicted": 0.04, "decode_s_per_token_measured": decode,
+            "peak_gpu_bytes_predicted": 1e9, "peak_gpu_bytes_measured": 1e9,
+        }  # fmt: skip
+
+    (tmp_path / "c").mkdir()
+    runs = [run("pick", pick, 0.046), run("alt1", other, 0.069), run("alt2", fill_in, 0.026)]
+    (tmp_path / "c" / "runs.json").write_text(json.dumps(runs))
+    rows, line = summarize(tmp_path)
+    assert rows[0]["regret_pct"] == 0.0 and line.endswith("regret_max_pct=0.0")
+    runs[1]["decode_s_per_token_measured"] = 0.023  # a distinct plan measured faster: the pick's regret
+    (tmp_path / "c" / "runs.json").write_text(json.dumps(runs))
+    assert summarize(tmp_path)[0][0]["regret_pct"] == pytest.approx(100.0)
+
+
 def test_runs_are_predicted_at_their_own_host_pace_where_the_profile_timed_it(campaign, tmp_path, capsys):
     """Every measured run times the host-pace loop before its decode steps; with a profile that timed it too, the
     prediction is made again at the run's pace: the row keeps the figures at the calibration's pace (those of the
