@@ -32,14 +32,17 @@ class SparseState:
         self.gpu = [torch.empty(shape, dtype=sh.dtype, device=sh.device) for _ in range(2)]
         # the selected rows' indices come down into pinned memory: a pageable copy of the 1.7 MB at 64K tokens
         # took 0.18 ms a layer on the H200s (h200-s18), where the model prices a pinned D2H
-        self.rows_host = pinned_empty((sh.batch * sh.n_kv_heads * rows * 2,), torch.int64, pinned)
+        self.rows_host = (
+            pinned_empty((sh.batch * sh.n_kv_heads * rows * 2,), torch.int64, True) if pinned else None
+        )
         self.sent: list = [None, None]
         self.consumed: list = [None, None]
         self.turn = 0
         self.fetched_bytes = 0
         self.full_bytes = 0
-        stages = 2 * self.host[0].numel() * self.host[0].element_size() + self.rows_host.numel() * 8
-        rt.pinned_extra += stages if pinned else 0
+        if pinned:
+            stages = [self.host[0], self.host[1], self.rows_host]
+            rt.pinned_extra += sum(t.numel() * t.element_size() for t in stages)
         rt.extra_gpu_bytes["kv_buffers"] = 2 * self.gpu[0].numel() * self.gpu[0].element_size()
 
 
@@ -108,13 +111,12 @@ class SparseLayer(SlotLayer):
         eng.wait(eng.compute, s.written)  # the previous D2H from new_stage is done
         self.new_stage.copy_(new)
         t0 = time.perf_counter()
-        rows_host = st.rows_host[: rows.numel()]
-        if rows.is_cuda:  # one host sync: the gather needs the indices
+        rows_host = rows
+        if st.rows_host is not None:  # one host sync: the gather needs the indices
+            rows_host = st.rows_host[: rows.numel()]
             with eng.stream(eng.compute):
                 rows_host.copy_(rows, non_blocking=True)
             eng.stream_sync(eng.compute)
-        else:
-            rows_host = rows
         t1 = time.perf_counter()
         rec.host_span("host", "sync", t0, t1, layer=self.idx, name="selected indices")
         turn = st.turn

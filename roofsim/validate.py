@@ -66,13 +66,10 @@ def _pick_and_runners_up(ranked: list[Plan], runners_up: int) -> list[Plan]:
     campaign's 77% "regret" was three such plans' run-to-run variance); plans differing only in the chunk fill
     in where too few others were ranked."""
 
-    def decode_key(p: Plan) -> str:
-        return p.model_copy(update={"prefill_chunk": None}).model_dump_json()
-
     plans, keys = [], set()
     for p in ranked:
-        if decode_key(p) not in keys:
-            keys.add(decode_key(p))
+        if _decode_key(p.model_dump()) not in keys:
+            keys.add(_decode_key(p.model_dump()))
             plans.append(p)
     for p in ranked:
         if len(plans) >= 1 + runners_up:
@@ -360,7 +357,7 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
         measured = [pick["decode_s_per_token_measured"]] + [
             r["decode_s_per_token_measured"]
             for r in runs[1:]
-            if r.get("decode_s_per_token_measured") and not _decode_alike(r["plan"], pick["plan"])
+            if r.get("decode_s_per_token_measured") and _decode_key(r["plan"]) != _decode_key(pick["plan"])
         ]
         if len(measured) > 1:
             regret = 100.0 * (measured[0] / min(measured) - 1)
@@ -379,17 +376,13 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
     return rows, line
 
 
-def _decode_alike(a: dict, b: dict) -> bool:
-    """Two plans (as runs.json keeps them) that differ at most in the prefill chunk: their decode steps are the
-    same program, so the difference between their measured decode is the machine's run-to-run variance, not the
+def _decode_key(plan: dict) -> str:
+    """A plan (as dumped, and as runs.json keeps it) less its prefill chunk: plans with the same key run the same
+    decode program, so the difference between their measured decode is the machine's run-to-run variance, not the
     planner's choice (on h100-s19's q7-planner-64k-24gb, a chunk-only fill-in decoded 1.8x faster than the pick
-    in a fast spell of the host: step gauge 0.71 of the calibration's against 1.13). The decode regret leaves
-    such fill-ins (_pick_and_runners_up) out."""
-
-    def strip(p: dict) -> dict:
-        return {k: v for k, v in p.items() if k != "prefill_chunk"}
-
-    return strip(a) == strip(b)
+    in a fast spell of the host: step gauge 0.71 of the calibration's against 1.13). _pick_and_runners_up takes
+    such plans only as fill-ins, and the decode regret leaves them out."""
+    return json.dumps({**plan, "prefill_chunk": None}, sort_keys=True)
 
 
 def _closing_line(n: int, time_errs: list[float], mem_errs: list[float], regrets: list[float]) -> str:
