@@ -6,8 +6,13 @@ outputs are concatenated. Per layer at decode:
     compute: the GPU heads' slots (their H2D prefetches keep running)
     worker:  (a thread, beside the issuing of the GPU slots) wait for the q copy (one sync), attend on the CPU
              (torch's flash kernel on all threads but one, split over key ranges, in one TorchScript call:
-             cpu_decode) over host block[:P+1], write the
-             output to pinned memory;  then H2D it; compute waits for it
+             cpu_decode) over host block[:P+1], write the output to pinned memory
+    compute: once the issuing thread has joined the worker, the merge (a concatenation) reads that output straight
+             from pinned memory (a device alias of it: zero-copy, a few hundred bytes over the link)
+
+The output does not go up as a copy: on the H2D stream it would queue behind the next layer's prefetch, issued
+while the CPU attended (on the H100 of validation/results/h100/s19, l2-planner-32k-24gb's 2 KB output waited for a
+252 MB slot, 1.8 ms a layer), and copies in one direction on another stream share the same copy engine.
 
 Prefill attends every head on the GPU: the CPU heads stream like the others, in slots of kv_heads_per_slot heads
 (one head where that does not divide cpu_kv_heads), so the ring stays as small as head_offload's.
@@ -24,7 +29,7 @@ import torch
 from roofsim.executor.attention import pack_kv
 from roofsim.executor.cache import Runtime
 from roofsim.executor.cpu_decode import attend_host
-from roofsim.executor.hostpool import pinned_empty
+from roofsim.executor.hostpool import device_alias, pinned_empty
 from roofsim.executor.slots import Slot, SlotLayer, cut_slots
 
 _pool: ThreadPoolExecutor | None = None
@@ -82,7 +87,6 @@ class CpuAttnLayer(SlotLayer):
         self.cpu_slots = cpu_slots
         self.stage: dict[int, tuple] = {}
         self.out_consumed = None
-        self.out_sent = None
 
     @property
     def cpu_heads(self) -> tuple[int, int]:
@@ -90,7 +94,7 @@ class CpuAttnLayer(SlotLayer):
 
     def _buffers(self, C: int):
         """Per-layer staging for C query tokens: q (all CPU heads) and each CPU slot's new K/V on the GPU, q and
-        the output in pinned memory."""
+        the output in pinned memory, and the output's device alias (the merge reads it there)."""
         if C not in self.stage:
             sh = self.rt.shape
             h0, h1 = self.cpu_heads
@@ -100,16 +104,15 @@ class CpuAttnLayer(SlotLayer):
                 torch.empty((C, sh.batch, 2, cs.g, sh.head_dim), dtype=sh.dtype, device=sh.device)
                 for cs in self.cpu_slots
             ]
+            out_host = pinned_empty(qshape, sh.dtype, pinned)
             self.stage[C] = (
                 torch.empty(qshape, dtype=sh.dtype, device=sh.device),
                 kv,
                 pinned_empty(qshape, sh.dtype, pinned),
-                pinned_empty(qshape, sh.dtype, pinned),
-                torch.empty(qshape, dtype=sh.dtype, device=sh.device),
+                out_host,
+                device_alias(out_host, sh.device),
             )
-            self.rt.pinned_extra += (
-                2 * self.stage[C][2].numel() * self.stage[C][2].element_size() if pinned else 0
-            )
+            self.rt.pinned_extra += 2 * out_host.numel() * out_host.element_size() if pinned else 0
         return self.stage[C]
 
     def _attend(self, module, q, scale):
@@ -120,7 +123,7 @@ class CpuAttnLayer(SlotLayer):
         h0, h1 = self.cpu_heads
         first = self.cpu_slots[0]
         new = pack_kv(self.k_new, self.v_new)
-        q_gpu, kv_gpu, q_host, out_host, out_gpu = self._buffers(C)
+        q_gpu, kv_gpu, q_host, out_host, out_dev = self._buffers(C)
         q_gpu.copy_(q[:, h0 * G : h1 * G])
         for cs, kv in zip(self.cpu_slots, kv_gpu, strict=True):
             kv.copy_(new[:, :, :, cs.h0 : cs.h1])  # contiguous per slot: each goes down as one copy
@@ -142,15 +145,15 @@ class CpuAttnLayer(SlotLayer):
             slot=first.index,
             nbytes=q_gpu.numel() * q_gpu.element_size() + C * sh.kv_row_bytes(h1 - h0),
         )
-        out_sent = self.out_sent
+        out_consumed = self.out_consumed
 
         def cpu_part():
             t0 = time.perf_counter()
             eng.host_wait(q_ready)
             t1 = time.perf_counter()
             rec.host_span("host", "sync", t0, t1, layer=self.idx, name="wait for q")
-            if out_sent is not None:
-                eng.host_wait(out_sent)  # the previous step's H2D from out_host is done
+            if out_consumed is not None:
+                eng.host_wait(out_consumed)  # the previous step's merge has read out_host
             attend_host(q_host, [cs.host for cs in self.cpu_slots], P + C, scale, out_host)
             t2 = time.perf_counter()
             rec.host_span(
@@ -169,21 +172,8 @@ class CpuAttnLayer(SlotLayer):
         job = _worker().submit(cpu_part)
         outs = [self.attend_slot(g, q, new, scale) for g in self.slots if not g.cpu_decode]
         job.result()
-        eng.wait(eng.h2d, self.out_consumed)
-        t0_mark = rec.mark(eng.h2d)
-        eng.copy(eng.h2d, out_gpu, out_host)
-        self.out_sent = eng.event(eng.h2d)
-        rec.span(
-            "h2d",
-            "h2d",
-            t0_mark,
-            self.out_sent,
-            layer=self.idx,
-            slot=first.index,
-            nbytes=out_host.numel() * out_host.element_size(),
-        )
-        eng.wait(eng.compute, self.out_sent)
-        out = torch.cat([*outs, out_gpu], dim=1)
+        # the worker has written out_host: the merge, issued only now, reads it there
+        out = torch.cat([*outs, out_dev], dim=1)
         self.out_consumed = eng.event(eng.compute)
         return out
 

@@ -79,3 +79,29 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype, pinned: bool) -> to
     """A small pinned staging buffer (q, partial outputs, gathered rows); sizes are small enough that the caching
     allocator's rounding does not matter, and the trace counts them."""
     return torch.empty(shape, dtype=dtype, pin_memory=pinned)
+
+
+class _DeviceAlias:
+    """A pinned host tensor's memory as the CUDA array interface describes it, as int16 (the interface has no
+    bfloat16): pinned memory is mapped into the GPU's address space at the same address (unified addressing)."""
+
+    def __init__(self, host: torch.Tensor):
+        self.host = host  # kept alive by the CUDA tensor made from this object
+        self.__cuda_array_interface__ = {
+            "shape": (host.numel() * host.element_size() // 2,),
+            "typestr": "<i2",
+            "data": (host.data_ptr(), False),
+            "version": 3,
+        }
+
+
+def device_alias(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The same memory as the pinned, contiguous `host`, as a tensor on `device` (itself on the CPU): a kernel that
+    reads it reads host memory over the link, with no copy engine between (zero-copy). Used for reads of a few
+    hundred bytes that must not queue behind the copy engine's long prefetches."""
+    if device.type != "cuda":
+        return host
+    if not (host.is_contiguous() and host.is_pinned() and (host.numel() * host.element_size()) % 2 == 0):
+        raise ValueError("device_alias needs a pinned, contiguous tensor of whole 16-bit words")
+    alias = torch.as_tensor(_DeviceAlias(host), device=device)
+    return alias.view(host.dtype).view(host.shape)

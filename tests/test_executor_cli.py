@@ -132,6 +132,7 @@ GPU_PLANS = [
     HeadOffloadPlan(resident_slots=1, write_back_tokens=4),
     KvprPlan(recompute_tokens=100),
     CpuAttentionPlan(),
+    CpuAttentionPlan(cpu_kv_heads=2, resident_slots=1),
 ]
 
 

@@ -220,3 +220,21 @@ def test_gpu_pool_is_pinned_and_exact_size():
     gbps = n / (a.elapsed_time(b) / 1e3) / 1e9
     pool.close()
     assert gbps > 20, f"{gbps:.1f} GB/s: the pool is not pinned (pageable copies run near 9 GB/s)"
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_device_alias_reads_host_memory_without_a_copy():
+    """cpu_attention's merge reads the CPU's output through a device alias of its pinned buffer: a kernel sees what
+    the host wrote after the alias was made, and the alias is the host buffer's memory, not a copy of it."""
+    from roofsim.executor.hostpool import device_alias
+
+    host = torch.zeros((1, 4, 1, 64), dtype=torch.bfloat16, pin_memory=True)
+    dev = device_alias(host, torch.device("cuda"))
+    assert dev.is_cuda and dev.shape == host.shape and dev.dtype == host.dtype
+    assert dev.data_ptr() == host.data_ptr()
+    host.copy_(torch.arange(256, dtype=torch.bfloat16).view(host.shape))
+    got = torch.cat([torch.zeros_like(dev), dev], dim=1).cpu()
+    assert torch.equal(got[:, 4:], host)
+    with pytest.raises(ValueError, match="pinned"):
+        device_alias(torch.zeros(8, dtype=torch.bfloat16), torch.device("cuda"))

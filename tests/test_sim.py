@@ -401,17 +401,17 @@ def test_a_beside_ratio_below_one_prices_the_host_at_its_idle_rate():
     )
 
 
-def test_the_cpu_heads_output_queues_on_the_h2d_stream_behind_the_prefetch_issued_before_it():
-    """cpu_attention's decode sends each layer's CPU output up on the H2D stream after the issuing thread joined
-    the worker, as the executor does: one output copy per layer, and with a big streamed slot each starts only
-    once the H2D copy issued before it (the next layer's prefetch) is done."""
+def test_the_cpu_heads_output_does_not_queue_behind_the_prefetch_issued_before_it():
+    """cpu_attention's merge reads each layer's CPU output from pinned memory, as the executor does (no copy up):
+    with a big streamed slot, a layer's post-attention work starts before the next layer's prefetch, issued before
+    the issuing thread joined the worker, is done (a copy of the output on the H2D stream would wait for it)."""
     plan = CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=6, resident_slots=0, prefill_chunk=8192)
     work = Workload(context=65536, gen=2)
     trace = simulate(plan, LLAMA, H100, HOST, work, keep="all", prefill=False)
     spans = [s for s in trace.spans if s.phase == "decode" and s.step == 1]
-    outs = [s for s in spans if s.resource == "h2d" and s.name == "cpu_output"]
-    assert len(outs) == LLAMA.n_layers
-    big = [s for s in spans if s.resource == "h2d" and s.name != "cpu_output"]
-    for o in outs[:-1]:
-        before = [b for b in big if b.start_s < o.start_s]
-        assert before and o.start_s >= max(b.end_s for b in before) - 1e-12
+    assert not [s for s in spans if s.resource == "h2d" and s.name == "cpu_output"]
+    for li in range(LLAMA.n_layers - 1):
+        cpu = next(s for s in spans if s.layer == li and s.kind == "cpu_attention")
+        post = next(s for s in spans if s.layer == li and s.name == "post_attention")
+        nxt = min(s.end_s for s in spans if s.resource == "h2d" and s.layer == li + 1)
+        assert cpu.end_s <= post.start_s < nxt

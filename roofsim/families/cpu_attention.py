@@ -4,7 +4,9 @@ heads stream in slots (or stay resident) as in head_offload, and the two partial
 
 This splits one decode step across the three bandwidth pools, HBM, PCIe and CPU RAM, which no published system
 does. Per layer, CPU time = max(KV bytes / cpu_attention rate, FLOPs / CPU FLOP/s), on the critical path in
-parallel with the GPU's own attention; the q/out round trip adds two small-copy latencies and one host sync.
+parallel with the GPU's own attention; the q/out round trip adds a small copy's latency (q down) and one host
+sync. The output is not copied up: the merge reads it from pinned memory (zero-copy, a few hundred bytes), so it
+never queues behind the H2D stream's prefetches.
 Prefill attends every head on the GPU (CPU attention over a chunk of queries would be compute-bound).
 """
 
@@ -128,10 +130,8 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     )
     compute_s = cpu_flops / (host.cpu_tflops.value * 1e12)
     q_bytes = float(B * hc * m.group * m.head_dim * e)
-    out_bytes = q_bytes + B * hc * m.group * 4  # partial output and its log-sum-exp
     round_trip = (
         link.isolated_copy_s(q_bytes, gpu, "d2h")
-        + link.isolated_copy_s(out_bytes, gpu, "h2d")
         + gpu.runtime.sync_us.value * 1e-6
         + gpu.worker_round_trip_s  # the worker's wake-up and the issuing thread's, on the CPU part's path
     )
@@ -141,8 +141,6 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
             ll.cpu_ram_s = ram_s
             ll.cpu_compute_s = compute_s
             ll.cpu_bytes = cpu_kv
-            ll.h2d_bytes = ll.h2d_bytes + out_bytes
-            ll.h2d_copies = ll.h2d_copies + 1
             ll.d2h_bytes = ll.d2h_bytes + q_bytes + kv_bytes(ctx, 1, hc) * dec.C
             ll.d2h_copies = ll.d2h_copies + 1 + cpu_slot_count(hc, g)
             ll.syncs += 1

@@ -712,22 +712,20 @@ def _cpu_attention(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], ba
                 hc,
                 q_bytes + kv_bytes(ctx, 1, hc),
                 cpu_s + ctx.gpu.worker_round_trip_s,  # the worker's wake-up and the issuing thread's
-                out_bytes,
                 cpu_kv,
                 merge,
             )
 
 
 def _cpu_decode_step(
-    b: Builder, plan, s: StepSpec, layers, hc: int, q_and_new_kv, cpu_s, out_bytes, cpu_kv, merge
+    b: Builder, plan, s: StepSpec, layers, hc: int, q_and_new_kv, cpu_s, cpu_kv, merge
 ) -> None:
-    """Per layer, the CPU heads' round trip (q and the new K/V down, CPU attention, partial output up) runs
-    beside the GPU heads' attention; the merge after attention waits for both. The output goes up on the H2D
-    stream once the issuing thread has joined the worker, as the executor sends it: behind the prefetch it
-    issued meanwhile (the next layer's slot), so with a large streamed slot the layer's merge, and the next
-    layer's work, wait for that copy (in l2-planner-32k-24gb's measured trace on the H200 of
-    validation/results/h200-s13/b, a layer's output, ready 0.8 ms before the 240 MB prefetch ahead of it ended,
-    went up when it did)."""
+    """Per layer, the CPU heads' round trip (q and the new K/V down, CPU attention into pinned memory) runs
+    beside the GPU heads' attention; the merge after attention waits for both, and is issued once the issuing
+    thread has joined the worker. It reads the output where the CPU wrote it (zero-copy), so it does not wait
+    behind the prefetch issued meanwhile on the H2D stream, as a copy of it did (in l2-planner-32k-24gb's
+    measured trace on the H100 of validation/results/h100/s19, a layer's output waited 1.8 ms for the next
+    layer's 252 MB slot)."""
     B = b.ctx.work.batch
     alloc = {"activations": activation_bytes(b.ctx, 1)}
     prev = b.embed(s.phase, s.step, s.C, alloc)
@@ -778,7 +776,7 @@ def _cpu_decode_step(
                 consumed += 1
         if cpu_op is not None:  # the issuing thread joins the CPU worker before it goes on (job.result())
             b.sync(b.cpu(0.0, s.phase, s.step, li, kind="sync", deps=(cpu_op,)), s.phase, s.step)
-            deps_post.append(b.copy("h2d", out_bytes, s.phase, s.step, li, deps=(cpu_op,), name="cpu_output"))
+            deps_post.append(cpu_op)  # the merge reads the output from pinned memory
         prev = b.post(s, li, deps_post, extra=merge)
         weights.done(li, prev)
     b.finish(s, prev, alloc)
