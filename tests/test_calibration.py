@@ -644,3 +644,23 @@ def test_a_measured_worker_round_trip_lands_in_the_profile_and_slows_cpu_attenti
         assert a1.decode_s_per_token - a0.decode_s_per_token == pytest.approx(extra, rel=0.2, abs=1e-6)
         assert s1.decode_s_per_token - s0.decode_s_per_token == pytest.approx(extra, rel=0.2, abs=1e-6)
         assert s1.prefill_s == pytest.approx(s0.prefill_s)
+
+
+def test_link_rate_is_the_slope_and_the_latency_never_negative():
+    """A cost per large copy (one H100 guest's 64 MiB, 256 MiB, 1 GiB at 27, 42, 52 GB/s) does not lower the
+    streaming rate: fit takes the slope between the largest copies, and the latency fitted against it is not
+    negative (a profile with a negative one does not load)."""
+    m = probe_measurements()
+    MiB = 2**20
+    big = [
+        CopyPoint(nbytes=n * MiB, seconds=t) for n, t in ((64, 2.514e-3), (256, 6.383e-3), (1024, 20.567e-3))
+    ]
+    small = [
+        CopyPoint(nbytes=n, seconds=t)
+        for n, t in ((262144, 11.4e-6), (4 * MiB, 86.1e-6), (16 * MiB, 319.9e-6))
+    ]
+    m = m.model_copy(update={"h2d": small + big})
+    link = fit(load_gpu("h100-sxm"), m)["link"]
+    assert link["h2d_gbps"][0] == pytest.approx(960 * MiB / (20.567e-3 - 2.514e-3) / 1e9, rel=1e-6)
+    assert link["h2d_gbps"][0] > max(p.nbytes / p.seconds for p in big) / 1e9
+    assert link["copy_latency_us"][0] >= 0.0
