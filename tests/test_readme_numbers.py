@@ -38,6 +38,8 @@ def _table(out: str, header: str) -> dict[str, list[str]]:
     ("gpu", "readme"),
     [
         ("h100", "h100"),
+        ("h100-s20/a", "h100-s20"),
+        ("h100-s20/b", "h100-s20"),
         ("h200", "h200"),
         ("h200-s12", "h200-s12"),
         ("h200-s13/a", "h200-s13"),
@@ -66,10 +68,19 @@ def test_trace_facts_print_what_the_h100_readme_quotes():
     gather's rate, a resident run's steps) are what validation/trace_facts.py prints from the committed files."""
     out = _run("trace_facts.py")
     cpu = _table(out, "run                            calls/layer")
-    assert cpu["l2-planner-32k-24gb/pick"][2:5] == ["2.93", "2.56", "12.1"]
-    assert cpu["l3-cpu2-64k/pick"][2:4] == ["6.76", "5.76"]
-    assert cpu["q7-cpu1-64k/pick"][2:4] == ["2.79", "3.36"]
-    assert cpu["l3-cpu4-128k/pick"][2:4] == ["10.16", "11.04"]
+    assert cpu["l3-cpu2-64k/pick"][2:4] == ["4.45", "4.12"]
+    assert cpu["l3-cpu4-128k/pick"][2:4] == ["16.31", "17.36"]
+    assert "l2-planner-32k-24gb/pick" not in cpu  # machine C's planner picked head_offload
+    other = {
+        x: _table(_run("trace_facts.py", f"h100-s20/{x}"), "run                            calls/layer")
+        for x in "ab"
+    }
+    assert other["a"]["l3-cpu2-64k/pick"][2:4] == ["3.13", "5.76"]
+    assert other["a"]["l3-cpu4-128k/pick"][2:4] == ["8.52", "11.04"]
+    assert other["a"]["q7-cpu1-64k/pick"][2:4] == ["1.75", "3.36"]
+    assert other["b"]["l3-cpu2-64k/pick"][2:4] == ["1.50", "1.54"]
+    assert other["b"]["l3-cpu4-128k/pick"][2:4] == ["4.78", "5.17"]
+    assert other["b"]["q7-cpu1-64k/pick"][2:4] == ["0.83", "0.87"]
     gather = _table(out, "run                            gather")["l3-sparse-64k/pick"]
     assert gather[1] == "72.2" and gather[-1] == "41.6"
     steps = [int(x) for x in _table(out, "run (resident, evict)")["campaign/q7-resident-32k"][1:]]
@@ -78,8 +89,8 @@ def test_trace_facts_print_what_the_h100_readme_quotes():
 
 def test_cpu_scan_gaps_print_what_the_h100_readme_quotes():
     readme = (ROOT / "validation" / "results" / "h100" / "README.md").read_text()
-    folder = ROOT / "validation" / "results" / "h100" / "campaign" / "l2-planner-32k-24gb"
-    for trace in ("measured.json.gz", "predicted.json.gz"):
+    folder = ROOT / "validation" / "results" / "h100-s20" / "a" / "campaign" / "l2-planner-32k-24gb"
+    for trace in ("measured.json.gz",):
         out = subprocess.run(
             [sys.executable, str(ROOT / "validation" / "cpu_scan_gaps.py"), str(folder / trace)],
             capture_output=True,
