@@ -68,8 +68,9 @@ def _pick_and_runners_up(ranked: list[Plan], runners_up: int) -> list[Plan]:
 
     plans, keys = [], set()
     for p in ranked:
-        if _decode_key(p.model_dump()) not in keys:
-            keys.add(_decode_key(p.model_dump()))
+        key = _decode_key(p.model_dump())
+        if key not in keys:
+            keys.add(key)
             plans.append(p)
     for p in ranked:
         if len(plans) >= 1 + runners_up:
