@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
+from roofsim.limits import Limits
 from roofsim.planner import search
-from roofsim.predict import Limits
 from roofsim.specs import load_gpu, load_host, load_model
 from roofsim.workload import Workload
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from roofsim.plan import HeadOffloadPlan
+from roofsim.families import HeadOffloadPlan
 from roofsim.sim import simulate
 from roofsim.specs import load_gpu, load_host, load_model
 from roofsim.workload import Workload

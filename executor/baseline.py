@@ -12,8 +12,8 @@ import statistics
 import torch
 from roofsim.executor.runner import _describe, _peaks, fingerprint, host_allocator_bytes
 
-from roofsim.plan import LayerOffloadPlan
-from roofsim.trace import PhaseSummary, Trace, TraceHeader
+from roofsim.families import LayerOffloadPlan
+from roofsim.trace import Summary, Trace, TraceHeader
 from roofsim.workload import Workload
 
 
@@ -57,7 +57,7 @@ def run_hf_offloaded(
             "torch's cached pinned host blocks released between prefill chunks, outside the timed spans",
         ],
     )
-    trace = Trace(header=header, summary=PhaseSummary(), complete=False)
+    trace = Trace(header=header, summary=Summary(), complete=False)
     s = trace.summary
     cache = None
     try:
@@ -78,8 +78,8 @@ def run_hf_offloaded(
             )
             b.record()
             torch.cuda.synchronize()
-            s.prefill_chunk_s.append(a.elapsed_time(b) / 1e3)
-            s.prefill_s = sum(s.prefill_chunk_s)
+            s.prefill.step_s.append(a.elapsed_time(b) / 1e3)
+            s.prefill.time_s = sum(s.prefill.step_s)
             release_pinned_cache()
         nxt = o.logits[:, -1].argmax(-1, keepdim=True)
         steps = []
@@ -91,9 +91,9 @@ def run_hf_offloaded(
             b.record()
             torch.cuda.synchronize()
             steps.append(a.elapsed_time(b) / 1e3)
-            s.decode_step_s = steps[warmup:]
-            s.decode_s_per_token = statistics.median(steps[warmup:]) if len(steps) > warmup else None
-        s.pinned_host_bytes = float(host_allocator_bytes())
+            s.decode.step_s = steps[warmup:]
+            s.decode.time_s = statistics.median(steps[warmup:]) if len(steps) > warmup else None
+        s.peak_host_bytes = float(host_allocator_bytes())
         trace.complete = True
     except BaseException as e:  # noqa: B036 - partial trace, then re-raise
         trace.error = _describe(e)

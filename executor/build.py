@@ -15,15 +15,14 @@ import weakref
 from pathlib import Path
 
 import torch
-from roofsim.executor.cache import ATTN_NAME, Ring, RoofCache, Runtime, Shape, register_attention
+from roofsim.executor.cache import ATTN_NAME, RoofCache, Runtime, Shape, register_attention
 from roofsim.executor.engine import make_engine
-from roofsim.executor.hostpool import HostPool
+from roofsim.executor.families import builder_for
 from roofsim.executor.recorder import Recorder
-from roofsim.executor.slots import Slot, SlotLayer, cut_slots
 
 from roofsim.errors import UserError
-from roofsim.families.base import check_divides
-from roofsim.plan import PLAN_ADAPTER, plan_from_dict
+from roofsim.families.registry import family
+from roofsim.plan import PlanBase, default_plan, plan_from_dict
 
 
 def shape_of(model, batch: int) -> Shape:
@@ -51,12 +50,10 @@ def coerce_plan(plan):
         text = str(plan)
         if Path(text).is_file():
             return plan_from_dict(json.loads(Path(text).read_text()), where=f"plan file {text!r}")
-        from roofsim.plan import default_plan
-
         return default_plan(text)
-    if isinstance(plan, dict):
-        return plan_from_dict(plan)
-    return PLAN_ADAPTER.validate_python(plan)
+    if isinstance(plan, PlanBase):
+        return plan
+    return plan_from_dict(plan)
 
 
 def _check_model(model, max_tokens: int | None) -> None:
@@ -93,10 +90,9 @@ def make_cache(
     shape = shape_of(model, batch_size)
     engine = engine or make_engine(shape.device)
     rt = Runtime(shape, plan, engine, Recorder(engine, enabled=record), max_tokens)
-    if plan.family not in ("resident", "evict") and max_tokens is None:
+    if family(plan).host_store and max_tokens is None:
         raise UserError(f"plan {plan.family} keeps KV in host memory: pass max_tokens (prompt + new tokens)")
-    builder = _builders()[plan.family]
-    layers = builder(rt, plan, model, gpu_spec=gpu_spec)
+    layers = builder_for(plan.family)(rt, plan, model, gpu_spec=gpu_spec)
     cache = RoofCache(rt, layers)
     if plan.weights == "streamed":
         from roofsim.executor.weights import WeightStreamer
@@ -121,116 +117,7 @@ def make_cache(
     return cache
 
 
-def _builders():
-    from roofsim.executor import cpu_attn, evict, kvpr, sparse
-
-    return {
-        "resident": build_resident,
-        "layer_offload": build_layer_offload,
-        "head_offload": build_head_offload,
-        "kvpr": kvpr.build,
-        "cpu_attention": cpu_attn.build,
-        "sparse_fetch": sparse.build,
-        "evict": evict.build,
-    }
-
-
 # ---- slot families ---------------------------------------------------------------------------------------------
-
-
-def host_pool(rt: Runtime) -> HostPool:
-    pool = HostPool(pinned=rt.engine.kind == "cuda")
-    rt.pool = pool
-    return pool
-
-
-def attach_host(rt: Runtime, slots_by_layer: list[list[Slot]]) -> None:
-    """One pinned block per streamed slot, [capacity, B, 2, g, D], from one pool allocated once."""
-    sh = rt.shape
-    pool = rt.pool or host_pool(rt)
-    handles = []
-    for slots in slots_by_layer:
-        for s in slots:
-            if not s.resident:
-                shape = (rt.capacity, sh.batch, 2, s.g, sh.head_dim)
-                handles.append((s, pool.reserve(shape, sh.dtype), shape))
-    pool.allocate()
-    for s, h, shape in handles:
-        s.host = pool.block(h, shape, sh.dtype)
-
-
-def make_ring(rt: Runtime, n: int, tokens: int, heads: int, depth: int, extra: int = 0) -> None:
-    sh = rt.shape
-    n = max(n, 1)
-    rt.ring = Ring(n, tokens * sh.batch * 2 * heads * sh.head_dim + extra, sh.dtype, sh.device)
-    rt.depth = min(depth, n - 1)
-    if depth > n - 1:
-        rt.notes.append(f"prefetch_depth {depth} capped at slot_buffers - 1 = {n - 1}")
-
-
-def build_resident(rt, plan, model, **_):
-    sh = rt.shape
-    return [SlotLayer(rt, i, [Slot(0, 0, sh.n_kv_heads, resident=True)]) for i in range(sh.n_layers)]
-
-
-def build_layer_offload(rt, plan, model, **_):
-    sh = rt.shape
-    slots = [[Slot(0, 0, sh.n_kv_heads, resident=False)] for _ in range(sh.n_layers)]
-    attach_host(rt, slots)
-    make_ring(rt, 2, rt.capacity, sh.n_kv_heads, 1)
-    full = plan.write_back == "full"
-    if full:
-        rt.notes.append("layer_offload full: whole-layer write-back on the compute stream before attention")
-    return [
-        SlotLayer(
-            rt,
-            i,
-            s,
-            write_back=plan.write_back,
-            d2h_on_compute=full,
-            syncs=plan.syncs_per_layer,
-            write_back_tokens=plan.write_back_tokens,
-        )
-        for i, s in enumerate(slots)
-    ]
-
-
-def resident_per_layer(value, n_layers: int, slots: int) -> list[int]:
-    values = [value] * n_layers if isinstance(value, int) else list(value)
-    if len(values) != n_layers:
-        raise UserError(f"resident_slots lists {len(values)} layers but the model has {n_layers}")
-    for r in values:
-        if not 0 <= r <= slots:
-            raise UserError(f"resident_slots={r} is outside 0..{slots} (slots per layer)")
-    return values
-
-
-def build_head_offload(rt, plan, model, **_):
-    sh = rt.shape
-    g = plan.kv_heads_per_slot
-    check_divides(sh.n_kv_heads, g, "kv_heads_per_slot")
-    resident = resident_per_layer(plan.resident_slots, sh.n_layers, sh.n_kv_heads // g)
-    slots = [cut_slots(sh.n_kv_heads, g, r) for r in resident]
-    if getattr(plan, "slot_alloc", "ring") != "ring":
-        rt.notes.append(
-            f"slot_alloc={plan.slot_alloc} is run with the ring of slot buffers: HeadInfer's torch.cat growth "
-            "(and its extra GPU memory) is not reproduced"
-        )
-    if any(not s.resident for layer in slots for s in layer):
-        attach_host(rt, slots)
-        make_ring(rt, plan.slot_buffers, plan.token_block or rt.capacity, g, plan.prefetch_depth)
-    return [
-        SlotLayer(
-            rt,
-            i,
-            s,
-            write_back=plan.write_back,
-            syncs=plan.syncs_per_slot,
-            token_block=plan.token_block,
-            write_back_tokens=plan.write_back_tokens,
-        )
-        for i, s in enumerate(slots)
-    ]
 
 
 def release_gpu(*objs) -> None:
@@ -246,7 +133,7 @@ def release_gpu(*objs) -> None:
 def resident_copy(cache: RoofCache, model) -> RoofCache:
     """A resident-plan cache holding the same KV as a slot-plan cache (resident, layer or head offload): the
     'same context, nothing streamed' reference of the benchmark, without a second prefill."""
-    from roofsim.plan import ResidentPlan
+    from roofsim.families import ResidentPlan
 
     rt = cache.runtime
     for layer in cache.layers:

@@ -107,6 +107,7 @@ class Runtime:
         self.prompt_end: int | None = None
         self.pool = None
         self.notes: list[str] = []
+        self.end_notes: list[Callable[[], str | None]] = []  # what the plan did, said once the run ends
         self.x_pending: dict[int, torch.Tensor] = {}
         self.hooks: list = []
         self.close_callbacks: list[Callable[[], None]] = []

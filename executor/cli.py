@@ -120,7 +120,7 @@ def run(args) -> int:
         parts.append(f"decode {s.decode_s_per_token * 1e3:.2f} ms/token")
     if s.peak_gpu_bytes:
         parts.append(f"peak GPU {s.peak_gpu_bytes / 1e9:.2f} GB")
-    if s.pinned_host_bytes:
-        parts.append(f"pinned {s.pinned_host_bytes / 2**30:.2f} GiB")
+    if s.peak_host_bytes:
+        parts.append(f"pinned {s.peak_host_bytes / 2**30:.2f} GiB")
     print(", ".join(parts) + f"; trace in {args.output}")
     return 0

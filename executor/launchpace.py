@@ -55,7 +55,7 @@ class StepGauge:
         from roofsim.executor.check import tiny_config
         from roofsim.executor.models import random_model
 
-        from roofsim.plan import ResidentPlan
+        from roofsim.families import ResidentPlan
 
         self.model = random_model(tiny_config("llama", layers=2), device, torch.bfloat16, seed=0)
         self._new_cache = lambda: make_cache(self.model, ResidentPlan(), max_tokens=STEP_GAUGE_TOKENS)

@@ -27,7 +27,7 @@ from roofsim.executor.engine import make_engine
 from roofsim.executor.launchpace import launch_us, step_us
 
 from roofsim.hostpace import loop_us
-from roofsim.trace import Fingerprint, MemorySample, PhaseSummary, Trace, TraceHeader
+from roofsim.trace import Fingerprint, MemorySample, Summary, Trace, TraceHeader
 from roofsim.workload import Workload
 
 
@@ -151,15 +151,13 @@ def run_plan(
         host=_cpu_name(),
         workload=Workload(context=prompt_len, batch=batch, gen=max(gen, 1)),
         fingerprint=fingerprint(device),
+        gpu_mem_bytes=gpu_mem_bytes or None,
+        profile=gpu_spec,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         notes=list(notes or []),
     )
-    if gpu_mem_bytes:
-        header.notes.append(
-            f"GPU memory capped at {gpu_mem_bytes / 1e9:.1f} GB (set_per_process_memory_fraction)"
-        )
     trace = Trace(header=header, complete=False)
-    summary = trace.summary = PhaseSummary()
+    summary = trace.summary = Summary()
     result = RunResult(trace=trace)
     cache = None
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -178,7 +176,7 @@ def run_plan(
         )
         rt, rec = cache.runtime, cache.runtime.rec
         trace.spans = rec.spans
-        summary.pinned_host_bytes = float(cache.pinned_host_bytes)
+        summary.peak_host_bytes = float(cache.pinned_host_bytes)
         header.notes.append(
             f"cache set-up {time.perf_counter() - t0:.2f} s (pinned store {cache.pinned_host_bytes / 2**30:.2f} GiB)"
         )
@@ -209,8 +207,8 @@ def run_plan(
             s1 = engine.event(engine.compute)
             engine.synchronize()
             rec.flush()
-            summary.prefill_chunk_s.append(engine.elapsed_s(s0, s1))
-            summary.prefill_s = engine.elapsed_s(first, s1)
+            summary.prefill.step_s.append(engine.elapsed_s(s0, s1))
+            summary.prefill.time_s = engine.elapsed_s(first, s1)
             logits = o.logits[:, -1]
         if keep_logits:
             result.logits.append(logits.float().cpu())
@@ -236,8 +234,8 @@ def run_plan(
             if keep_logits:
                 result.logits.append(o.logits[:, -1].float().cpu())
             measured = steps[warmup:] if len(steps) > warmup else []
-            summary.decode_step_s = measured
-            summary.decode_s_per_token = statistics.median(measured) if measured else None
+            summary.decode.step_s = measured
+            summary.decode.time_s = statistics.median(measured) if measured else None
         trace.memory.append(_memory_sample(cache, rec, device, weights, "decode"))
         if warmup and gen:
             header.notes.append(
@@ -245,7 +243,7 @@ def run_plan(
             )
         from roofsim.executor.attention import kernels_used
 
-        header.notes += [*rt.notes, *_family_notes(cache), kernels_used()]
+        header.notes += [*rt.notes, *filter(None, (note() for note in rt.end_notes)), kernels_used()]
         trace.complete = True
         if keep_cache:
             result.cache = cache
@@ -294,24 +292,6 @@ def _memory_sample(cache, rec, device, weights: int, phase: str) -> MemorySample
         rec.engine.host_wait(ev)
         t = rec.time_of(ev)
     return MemorySample(t_s=t, gpu=gpu, pinned_host_bytes=float(cache.pinned_host_bytes))
-
-
-def _family_notes(cache) -> list[str]:
-    rt = cache.runtime
-    notes = []
-    st = getattr(rt, "sparse_state", None)
-    if st is not None and st.full_bytes:
-        notes.append(
-            f"sparse_fetch moved {st.fetched_bytes / st.full_bytes:.1%} of the sparse layers' cached KV at decode "
-            f"({st.fetched_bytes / 2**20:.1f} of {st.full_bytes / 2**20:.1f} MiB)"
-        )
-    kept = [layer.n for layer in cache.layers if hasattr(layer, "evicted")]
-    if kept:
-        seen = cache.layers[0].seen
-        notes.append(
-            f"evict: {kept[0]} of {seen} tokens kept per KV head at the end ({kept[0] / max(seen, 1):.1%})"
-        )
-    return notes
 
 
 def host_allocator_bytes() -> int:

@@ -29,7 +29,8 @@ from functools import partial
 
 import torch
 from roofsim.executor.attention import attend, attend_parts, chunk_parts, kv_views, merge, pack_kv
-from roofsim.executor.cache import PlanLayer, Runtime, Unit
+from roofsim.executor.cache import PlanLayer, Ring, Runtime, Unit
+from roofsim.executor.hostpool import HostPool
 
 
 @dataclass
@@ -312,3 +313,33 @@ def cut_slots(n_heads: int, group: int, resident: int, start: int = 0) -> list[S
         Slot(index=i, h0=start + i * group, h1=start + (i + 1) * group, resident=i < resident)
         for i in range(n_heads // group)
     ]
+
+
+def host_pool(rt: Runtime) -> HostPool:
+    pool = HostPool(pinned=rt.engine.kind == "cuda")
+    rt.pool = pool
+    return pool
+
+
+def attach_host(rt: Runtime, slots_by_layer: list[list[Slot]]) -> None:
+    """One pinned block per streamed slot, [capacity, B, 2, g, D], from one pool allocated once."""
+    sh = rt.shape
+    pool = rt.pool or host_pool(rt)
+    handles = []
+    for slots in slots_by_layer:
+        for s in slots:
+            if not s.resident:
+                shape = (rt.capacity, sh.batch, 2, s.g, sh.head_dim)
+                handles.append((s, pool.reserve(shape, sh.dtype), shape))
+    pool.allocate()
+    for s, h, shape in handles:
+        s.host = pool.block(h, shape, sh.dtype)
+
+
+def make_ring(rt: Runtime, n: int, tokens: int, heads: int, depth: int, extra: int = 0) -> None:
+    sh = rt.shape
+    n = max(n, 1)
+    rt.ring = Ring(n, tokens * sh.batch * 2 * heads * sh.head_dim + extra, sh.dtype, sh.device)
+    rt.depth = min(depth, n - 1)
+    if depth > n - 1:
+        rt.notes.append(f"prefetch_depth {depth} capped at slot_buffers - 1 = {n - 1}")

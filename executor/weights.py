@@ -1,5 +1,5 @@
 """Streamed weights (plan.weights = "streamed", FlexGen's case): the decoder layers' parameters live in one
-pinned host region and cross the link H2D on every forward, double-buffered, as `roofsim.families.base`
+pinned host region and cross the link H2D on every forward, double-buffered, as `roofsim.families.pipeline`
 prices them (`weight_stream`, `weights_gpu_bytes`). Embeddings, the final norm and the LM head stay where they
 are (on the GPU).
 

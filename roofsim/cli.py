@@ -12,8 +12,9 @@ from pathlib import Path
 
 from roofsim import ops, roofline
 from roofsim.errors import UserError
-from roofsim.plan import FAMILIES, default_plan, plan_from_dict
-from roofsim.predict import Limits, predict
+from roofsim.limits import Limits
+from roofsim.plan import default_plan, family_names, plan_from_dict
+from roofsim.predict import predict
 from roofsim.specs import list_gpus, list_hosts, list_models, load_gpu, load_host, load_model
 from roofsim.specs.hardware import default_host_of
 from roofsim.sweep import best_per_family
@@ -103,16 +104,16 @@ def cmd_predict(args) -> int:
             "gpu": gpu.name,
             "host": host.name,
             "workload": work.model_dump(),
-            "predictions": [p.summary() for p in preds],
+            "predictions": [_prediction_doc(p) for p in preds],
         }
         if traces:
             for d, t in zip(doc["predictions"], traces, strict=True):
-                d["simulated"] = t.summary.model_dump(exclude={"prefill_chunk_s", "decode_step_s"})
+                d["simulated"] = t.summary.model_dump(mode="json")
         print(json.dumps(doc, indent=2))
     else:
         out.print(predictions_table(preds, _title(model, gpu, host, work), traces))
         for p in preds if args.plan else []:
-            for note in p.notes:
+            for note in p.header.notes:
                 out.print(f"note: {note}")
         if args.roofline:
             chunk = min(work.context, getattr(preds[0].plan, "prefill_chunk", None) or work.context)
@@ -123,9 +124,14 @@ def cmd_predict(args) -> int:
         report_prediction(args.report, preds, model, gpu, host, work, limits, quiet=args.json)
     if args.plan and not preds[0].feasible:
         raise UserError(
-            f"plan {preds[0].plan.family} does not fit: {preds[0].reason}; try `roofsim predict` without --plan"
+            f"plan {preds[0].plan.family} does not fit: {preds[0].summary.reason}; try `roofsim predict` without --plan"
         )
     return 0
+
+
+def _prediction_doc(p) -> dict:
+    """One prediction as `--json` prints it: the trace's header and summary (an analytic trace has no spans)."""
+    return p.model_dump(mode="json", exclude={"spans", "memory"})
 
 
 def _simulate_all(preds, model, gpu, host, work, limits):
@@ -198,11 +204,11 @@ def cmd_plan(args) -> int:
         model=model.name,
         gpu=gpu.name,
         host=host.name,
-        workload=best.prediction.workload,
+        workload=best.prediction.header.workload,
         objective=args.objective,
         gpu_mem_bytes=limits.gpu_mem_bytes,
         host_mem_bytes=limits.host_mem_bytes,
-        prediction=best.prediction.summary(),
+        prediction=best.prediction.summary,
         simulated=best.simulated,
         explanation=text,
     )
@@ -215,7 +221,7 @@ def cmd_plan(args) -> int:
     if args.json:
         print(doc.model_dump_json(indent=2, by_alias=True))
         return 0
-    title = _title(model, gpu, host, best.prediction.workload)
+    title = _title(model, gpu, host, best.prediction.header.workload)
     out.print(f"[bold]best plan[/bold] for {title}, objective {args.objective}:")
     out.print(f"  {best.plan.family} {best.plan.knobs()}")
     out.print(f"  {text}")
@@ -342,21 +348,23 @@ def cmd_validate(args) -> int:
 
 
 def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
-    from roofsim.plan import EXACT_FAMILIES
+    from roofsim.families.registry import exact_families
 
     rows = []
     ctx = 4096
-    families = list(FAMILIES) if args.allow_approximate else EXACT_FAMILIES
+    families = family_names() if args.allow_approximate else exact_families()
     while ctx <= 2**28:
         work = Workload(context=ctx, batch=args.batch, gen=gen)
         best = [p for p in best_per_family(model, gpu, host, work, limits, families) if p.feasible]
         if not best:
             rows.append((ctx, None))
             break
-        rows.append((ctx, min(best, key=lambda p: (p.decode.time_s, p.prefill.time_s))))
+        rows.append((ctx, min(best, key=lambda p: (p.summary.decode.time_s, p.summary.prefill.time_s))))
         ctx *= 2
     if args.json:
-        print(json.dumps([{"context": c, "best": p.summary() if p else None} for c, p in rows], indent=2))
+        print(
+            json.dumps([{"context": c, "best": _prediction_doc(p) if p else None} for c, p in rows], indent=2)
+        )
     else:
         out.print(table(rows, _title(model, gpu, host, None) + ": best exact plan by context"))
     return 0
@@ -427,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict prefill and decode time and memory for each plan family")
     _common(p)
     p.add_argument(
-        "--plan", help=f"a family ({', '.join(FAMILIES)}) or a plan.json; default: best of each family"
+        "--plan", help=f"a family ({', '.join(family_names())}) or a plan.json; default: best of each family"
     )
     p.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
     p.add_argument("--roofline", action="store_true", help="also print the per-operator roofline table")
@@ -448,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="simulate one plan event by event and write its predicted trace")
     _common(p, context_required=True)
-    p.add_argument("--plan", required=True, help=f"a family ({', '.join(FAMILIES)}) or a plan.json")
+    p.add_argument("--plan", required=True, help=f"a family ({', '.join(family_names())}) or a plan.json")
     p.add_argument("--json", metavar="OUT", help="write the Trace (JSON) to this file")
     p.add_argument("--decode-steps", help="decode steps to simulate (default: --gen)")
     p.add_argument(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from roofsim.prediction import Prediction
 from roofsim.roofline import RooflineRow
+from roofsim.trace import Trace
 from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
 
 
@@ -17,12 +17,12 @@ def _fmt_flops(x: float) -> str:
     return f"{x:.0f}"
 
 
-def bound_text(p: Prediction, phase: str) -> str:
-    cost = getattr(p, phase)
-    return f"{cost.bound} {cost.bound_share:.0%}"
+def bound_text(p: Trace, phase: str) -> str:
+    name, share = p.summary.phase(phase).binding()
+    return f"{name} {share:.0%}"
 
 
-def predictions_table(preds: list[Prediction], title: str, traces: list | None = None) -> Table:
+def predictions_table(preds: list[Trace], title: str, traces: list | None = None) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for col, kw in [
         ("family", {}),
@@ -37,7 +37,7 @@ def predictions_table(preds: list[Prediction], title: str, traces: list | None =
     ] + ([("sim prefill", {"justify": "right"}), ("sim decode", {"justify": "right"})] if traces else []):
         t.add_column(col, **kw)
     for i, p in enumerate(preds):
-        family = p.plan.family + (" ~" if p.approximate else "")
+        family = p.plan.family + (" ~" if p.plan.approximate else "")
         sim = []
         if traces:
             s = traces[i].summary
@@ -45,25 +45,25 @@ def predictions_table(preds: list[Prediction], title: str, traces: list | None =
                 fmt_seconds(s.prefill_s or float("nan")),
                 fmt_seconds(s.decode_s_per_token or float("nan")),
             ]
-        fits = "yes" if p.feasible else f"[red]no[/red]: {p.reason}"
+        fits = "yes" if p.feasible else f"[red]no[/red]: {p.summary.reason}"
         t.add_row(
             family,
             p.plan.knobs(),
             fits,
-            fmt_seconds(p.prefill.time_s),
-            fmt_seconds(p.decode.time_s),
-            fmt_bytes(p.peak_gpu_bytes),
-            fmt_bytes(p.peak_host_bytes),
+            fmt_seconds(p.summary.prefill_s),
+            fmt_seconds(p.summary.decode_s_per_token),
+            fmt_bytes(p.summary.peak_gpu_bytes),
+            fmt_bytes(p.summary.peak_host_bytes),
             bound_text(p, "prefill"),
             bound_text(p, "decode"),
             *sim,
         )
-    if any(p.approximate for p in preds):
+    if any(p.plan.approximate for p in preds):
         t.caption = "~ approximate: attends only part of the context (accuracy not modelled)"
     return t
 
 
-def context_sweep_table(rows: list[tuple[int, Prediction | None]], title: str) -> Table:
+def context_sweep_table(rows: list[tuple[int, Trace | None]], title: str) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in ("context", "best plan", "decode/token", "prefill", "peak GPU", "peak host", "bound decode"):
         t.add_column(col, justify="right" if col not in ("best plan", "bound decode") else "left")
@@ -74,10 +74,10 @@ def context_sweep_table(rows: list[tuple[int, Prediction | None]], title: str) -
         t.add_row(
             fmt_tokens(ctx),
             f"{p.plan.family} {p.plan.knobs()}",
-            fmt_seconds(p.decode.time_s),
-            fmt_seconds(p.prefill.time_s),
-            fmt_bytes(p.peak_gpu_bytes),
-            fmt_bytes(p.peak_host_bytes),
+            fmt_seconds(p.summary.decode_s_per_token),
+            fmt_seconds(p.summary.prefill_s),
+            fmt_bytes(p.summary.peak_gpu_bytes),
+            fmt_bytes(p.summary.peak_host_bytes),
             bound_text(p, "decode"),
         )
     return t
@@ -117,13 +117,15 @@ def trace_table(trace, title: str) -> Table:
     t.add_row("prefill chunks", str(len(s.prefill_chunk_s)))
     t.add_row("decode / token (median)", fmt_seconds(s.decode_s_per_token or float("nan")))
     t.add_row("peak GPU memory", fmt_bytes(s.peak_gpu_bytes or 0))
-    t.add_row("pinned host memory", fmt_bytes(s.pinned_host_bytes or 0))
-    for phase, b in s.busy_s.items():
-        total = s.prefill_s if phase == "prefill" else s.decode_s_per_token
+    t.add_row("host memory", fmt_bytes(s.peak_host_bytes or 0))
+    for phase in ("prefill", "decode"):
+        stats = s.phase(phase)
+        total = stats.time_s
         share = ", ".join(
-            f"{r} {v / total:.0%}" for r, v in sorted(b.items(), key=lambda kv: -kv[1]) if total
+            f"{r} {v / total:.0%}" for r, v in sorted(stats.busy_s.items(), key=lambda kv: -kv[1]) if total
         )
-        t.add_row(f"busy in {phase}", share)
+        if share:
+            t.add_row(f"busy in {phase}", share)
     return t
 
 
@@ -158,12 +160,12 @@ def ranked_table(result, title: str, n: int = 10) -> Table:
         value = fmt_tokens(int(-c.score)) if objective == "max-context" else fmt_seconds(c.score)
         t.add_row(
             str(i),
-            p.plan.family + (" ~" if p.approximate else ""),
+            p.plan.family + (" ~" if p.plan.approximate else ""),
             p.plan.knobs(),
             value,
-            fmt_seconds(p.decode.time_s),
-            fmt_seconds(p.prefill.time_s),
-            fmt_bytes(p.peak_gpu_bytes),
+            fmt_seconds(p.summary.decode_s_per_token),
+            fmt_seconds(p.summary.prefill_s),
+            fmt_bytes(p.summary.peak_gpu_bytes),
             bound_text(p, "prefill" if objective == "prefill" else "decode"),
             "simulated" if c.simulated is not None else "analytic",
         )
@@ -177,5 +179,10 @@ def pareto_table(result) -> Table:
             col, justify="right" if col in ("peak GPU", result.objective) else "left", overflow="fold"
         )
     for c in result.pareto[:12]:
-        t.add_row(fmt_bytes(c.prediction.peak_gpu_bytes), fmt_seconds(c.score), c.plan.family, c.plan.knobs())
+        t.add_row(
+            fmt_bytes(c.prediction.summary.peak_gpu_bytes),
+            fmt_seconds(c.score),
+            c.plan.family,
+            c.plan.knobs(),
+        )
     return t

@@ -1,43 +1,36 @@
-"""Price a plan: run its family's model, check it fits, and wrap the answer as a Prediction."""
+"""Price a plan with its family's analytic model, check it fits, and write the answer as a Trace (the summary of
+both phases and the peak memory by kind; no spans)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from roofsim.families import EVALUATORS
-from roofsim.families.base import Ctx, attention_shape_s, decode_phase, prefill_phase
-from roofsim.plan import Plan
-from roofsim.prediction import Prediction
+from roofsim.families.pipeline import context, decode_phase, new_shapes, prefill_phase, prefill_steps
+from roofsim.families.registry import family
+from roofsim.limits import Limits
+from roofsim.plan import PlanBase
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
-from roofsim.units import GiB, fmt_bytes
+from roofsim.trace import Summary, Trace, TraceHeader
+from roofsim.units import fmt_bytes
 from roofsim.workload import Workload
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Memory the plan may use. gpu_mem caps the card (e.g. to emulate a 24 GB card on a bigger one); the
-    GPU spec's reserved memory (CUDA context, allocator slack) comes off either way."""
-
-    gpu_mem_bytes: float | None = None
-    host_mem_bytes: float | None = None
-
-    def gpu_bytes(self, gpu: GpuSpec) -> float:
-        card = (
-            gpu.capacity_bytes if self.gpu_mem_bytes is None else min(self.gpu_mem_bytes, gpu.capacity_bytes)
-        )
-        return card - gpu.memory.reserved_gib.value * GiB
-
-    def host_bytes(self, host: HostSpec) -> float:
-        return host.capacity_bytes if self.host_mem_bytes is None else self.host_mem_bytes
+__all__ = ["Limits", "predict"]
 
 
 def predict(
-    plan: Plan, model: ModelSpec, gpu: GpuSpec, host: HostSpec, work: Workload, limits: Limits = Limits()
-) -> Prediction:
-    ctx = Ctx(model, gpu, host, work)
-    ev = EVALUATORS[plan.family](plan, ctx)
-    shape_s = attention_shape_s(plan, ctx)
+    plan: PlanBase,
+    model: ModelSpec,
+    gpu: GpuSpec,
+    host: HostSpec,
+    work: Workload,
+    limits: Limits | None = None,
+) -> Trace:
+    limits = limits or Limits()
+    ctx = context(model, gpu, host, work)
+    ev = family(plan).evaluate(plan, ctx)
+    shapes = ev.new_shapes
+    if shapes is None:
+        shapes = new_shapes(prefill_steps(work.context, plan.prefill_chunk))
+    shape_s = shapes * gpu.runtime.attention_shape_s()
     if shape_s.any():  # the host sets a kernel up while the GPU waits for its first call
         ev.prefill.time_s = ev.prefill.time_s + shape_s
         ev.prefill.busy["host"] = ev.prefill.busy["host"] + shape_s
@@ -52,20 +45,27 @@ def predict(
         reasons.append(
             f"needs {fmt_bytes(host_need)} of host memory, {fmt_bytes(host_need - host_cap)} over the {fmt_bytes(host_cap)} available"
         )
-    return Prediction(
+    summary = Summary(
+        prefill=prefill_phase(ev.prefill),
+        decode=decode_phase(ev.decode, 0),
+        decode_end_s_per_token=float(ev.decode.time_s[-1]),
+        peak_gpu_bytes=gpu_need,
+        peak_host_bytes=host_need,
+        memory=ev.memory,
+        feasible=not reasons,
+        reason="; ".join(reasons) or None,
+    )
+    header = TraceHeader(
+        producer="predicted",
+        tool="roofsim.predict",
         plan=plan,
         model=model.name,
         gpu=gpu.name,
         host=host.name,
         workload=work,
-        approximate=plan.approximate,
-        feasible=not reasons,
-        reason="; ".join(reasons) or None,
-        prefill=prefill_phase(ev.prefill),
-        decode=decode_phase(ev.decode, 0),
-        decode_end_s_per_token=float(ev.decode.time_s[-1]),
-        memory=ev.memory,
-        peak_gpu_bytes=gpu_need,
-        peak_host_bytes=host_need,
+        gpu_mem_bytes=limits.gpu_mem_bytes,
+        host_mem_bytes=limits.host_mem_bytes,
+        profile=gpu.source,
         notes=ev.notes,
     )
+    return Trace(header=header, summary=summary)

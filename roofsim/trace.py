@@ -1,12 +1,16 @@
-"""The one schema for what happened in a run, predicted (simulator) or measured (executor).
+"""The one schema for what happened in a run: predicted by the analytic model (a summary, no spans) or the
+simulator, or measured by the executor.
 
-A Trace holds spans (a resource busy with one piece of work), memory samples over time, phase summaries and a
-header saying who produced it. `compare(predicted, measured)` gives per-phase and per-span-kind errors.
+A Trace holds spans (a resource busy with one piece of work), memory samples over time, the phases' summary and a
+header saying who produced it under which plan, limits and profile. `compare(predicted, measured)` gives
+per-phase and per-span-kind errors.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,9 +20,16 @@ from roofsim.errors import UserError
 from roofsim.plan import Plan
 from roofsim.workload import Workload
 
+SCHEMA_VERSION = 2
+
 Resource = Literal["compute", "h2d", "d2h", "cpu", "host"]
 """compute: the GPU compute stream; h2d/d2h: the copy engines; cpu: CPU attention or gathers; host: the issuing
 Python thread (kernel launches, copy issue, synchronisations)."""
+RESOURCES: tuple[str, ...] = ("compute", "h2d", "d2h", "cpu", "host")
+
+Ceiling = Literal["tensor", "hbm", "launch", "cpu_ram", "cpu_compute"]
+"""What limits a resource's work (the roofline): the compute stream's operators are bound by tensor-core FLOPs, HBM
+bytes or their per-kernel cost; the CPU's attention by its RAM bandwidth or its FLOPs."""
 
 SpanKind = Literal[
     "h2d",
@@ -86,16 +97,82 @@ class Fingerprint(BaseModel):
     host_ram_bytes: float | None = None
 
 
-class PhaseSummary(BaseModel):
+class PhaseStats(BaseModel):
+    """One phase: its time, each resource's busy time and the one that binds, and the work it moved.
+
+    Prefill: time_s is the whole prompt, step_s each chunk, busy_s over all chunks. Decode: time_s is one step at
+    the workload's context (the median of the steps, where several ran), step_s each step, busy_s per step."""
+
     model_config = ConfigDict(extra="forbid")
 
-    prefill_s: float | None = None
-    prefill_chunk_s: list[float] = Field(default_factory=list)
-    decode_s_per_token: float | None = None
-    decode_step_s: list[float] = Field(default_factory=list)
+    time_s: float | None = None
+    step_s: list[float] = Field(default_factory=list)
+    busy_s: dict[Resource, float] = Field(default_factory=dict)
+    bound: Resource | None = Field(None, description="the resource with the most busy time")
+    ceiling_s: dict[Ceiling, float] = Field(
+        default_factory=dict,
+        description="predicted: the compute stream's and the CPU's busy time by the ceiling that binds each operator",
+    )
+    flops: float | None = None
+    hbm_bytes: float | None = None
+    h2d_bytes: float | None = None
+    d2h_bytes: float | None = None
+    cpu_bytes: float | None = None
+
+    @property
+    def bound_share(self) -> float:
+        """The binding resource's busy time over the phase's time."""
+        if not self.bound or not self.time_s:
+            return 0.0
+        return self.busy_s.get(self.bound, 0.0) / self.time_s
+
+    def binding(self) -> tuple[str, float]:
+        """What binds the phase and its share of the phase's time, naming the ceiling where one is known: a
+        compute-bound phase is tensor-, HBM- or launch-bound by which ceiling holds most of its operators' time,
+        a CPU-bound one RAM- or FLOP-bound."""
+        if not self.bound:
+            return "-", 0.0
+        sub = {"compute": ("tensor", "hbm", "launch"), "cpu": ("cpu_ram", "cpu_compute")}.get(self.bound, ())
+        if self.time_s and any(self.ceiling_s.get(c) for c in sub):
+            c = max(sub, key=lambda c: self.ceiling_s.get(c, 0.0))
+            return c, self.ceiling_s[c] / self.time_s
+        return self.bound, self.bound_share
+
+
+class MemoryUse(BaseModel):
+    """Bytes by kind at the peak. GPU kinds: weights, kv_resident, kv_buffers, activations, logits, workspace.
+    Host kinds: kv, activations, weights, pinned_rounding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu: dict[str, float]
+    host: dict[str, float]
+
+    @property
+    def gpu_bytes(self) -> float:
+        return sum(self.gpu.values())
+
+    @property
+    def host_bytes(self) -> float:
+        return sum(self.host.values())
+
+
+class Summary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prefill: PhaseStats = Field(default_factory=PhaseStats)
+    decode: PhaseStats = Field(default_factory=PhaseStats)
+    decode_end_s_per_token: float | None = Field(
+        None, description="predicted: the decode step at context + gen (the analytic model prices both ends)"
+    )
     peak_gpu_bytes: float | None = None
     peak_gpu_reserved_bytes: float | None = None
-    pinned_host_bytes: float | None = None
+    peak_host_bytes: float | None = Field(
+        None, description="host memory the plan holds (the pinned KV store, ...)"
+    )
+    memory: MemoryUse | None = Field(None, description="predicted: GPU and host bytes by kind at the peak")
+    feasible: bool | None = None
+    reason: str | None = Field(None, description="why the plan does not fit: the need and the shortfall")
     host_pace_us: list[float] = Field(
         default_factory=list,
         description="measured runs: roofsim.hostpace's loop timed before each decode step (outside its timing), us",
@@ -108,24 +185,37 @@ class PhaseSummary(BaseModel):
         default_factory=list,
         description="measured runs: roofsim.executor.launchpace's tiny decode step timed right after launch_pace_us, us",
     )
-    bound: dict[str, str] = Field(default_factory=dict, description="phase -> binding resource, where known")
-    busy_s: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="phase -> resource -> busy s"
-    )
-    feasible: bool | None = None
-    reason: str | None = Field(None, description="why the plan does not fit: the moment and the shortfall")
+
+    @property
+    def prefill_s(self) -> float | None:
+        return self.prefill.time_s
+
+    @property
+    def decode_s_per_token(self) -> float | None:
+        return self.decode.time_s
+
+    def phase(self, name: str) -> PhaseStats:
+        return self.prefill if name == "prefill" else self.decode
 
 
 class TraceHeader(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    schema_version: int = SCHEMA_VERSION
     producer: Literal["predicted", "measured"]
-    tool: str = Field(description="e.g. roofsim.sim, roofsim.executor")
+    tool: str = Field(description="roofsim.predict (analytic), roofsim.sim or roofsim.executor")
     plan: Plan
     model: str
     gpu: str
     host: str
     workload: Workload
+    gpu_mem_bytes: float | None = Field(
+        None, description="the cap on GPU memory the plan ran or was priced under"
+    )
+    host_mem_bytes: float | None = Field(None, description="the cap on host memory, where one was given")
+    profile: str | None = Field(
+        None, description="the GPU spec (name or file) the prediction was priced with"
+    )
     fingerprint: Fingerprint | None = None
     created: str | None = None
     notes: list[str] = Field(default_factory=list)
@@ -160,13 +250,55 @@ def write_json_text(path: str | Path, text: str) -> None:
         p.write_text(text)
 
 
+_V1_CAP = re.compile(r"^GPU memory capped at ([0-9.]+) GB")
+_V1_PROFILE = re.compile(r"^profile: (.+)$")
+
+
+def upgrade(data: dict) -> dict:
+    """A trace document as the current schema has it. Schema 1 (no schema_version) kept one flat summary with
+    per-phase dicts, called the host memory pinned_host_bytes, and said the GPU memory cap and the profile only in
+    header notes: this maps those onto the typed fields once, at reading."""
+    header = data["header"]
+    if header.get("schema_version", 1) >= SCHEMA_VERSION:
+        return data
+    header = {**header, "schema_version": SCHEMA_VERSION}
+    notes = []
+    for note in header.get("notes", []):
+        if m := _V1_CAP.match(note):
+            header["gpu_mem_bytes"] = float(m.group(1)) * 1e9
+        elif m := _V1_PROFILE.match(note):
+            header["profile"] = m.group(1)
+            continue
+        notes.append(note)
+    header["notes"] = notes
+    old = dict(data.get("summary") or {})
+    bound, busy = old.pop("bound", {}) or {}, old.pop("busy_s", {}) or {}
+    summary = {
+        "prefill": {
+            "time_s": old.pop("prefill_s", None),
+            "step_s": old.pop("prefill_chunk_s", []),
+            "busy_s": busy.get("prefill", {}),
+            "bound": bound.get("prefill"),
+        },
+        "decode": {
+            "time_s": old.pop("decode_s_per_token", None),
+            "step_s": old.pop("decode_step_s", []),
+            "busy_s": busy.get("decode", {}),
+            "bound": bound.get("decode"),
+        },
+        "peak_host_bytes": old.pop("pinned_host_bytes", None),
+        **old,
+    }
+    return {**data, "header": header, "summary": summary}
+
+
 class Trace(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     header: TraceHeader
     spans: list[Span] = Field(default_factory=list)
     memory: list[MemorySample] = Field(default_factory=list)
-    summary: PhaseSummary = Field(default_factory=PhaseSummary)
+    summary: Summary = Field(default_factory=Summary)
     complete: bool = True
     error: str | None = Field(None, description="what failed, for a run that stopped early")
 
@@ -181,10 +313,30 @@ class Trace(BaseModel):
         if not json_exists(p):
             raise UserError(f"trace file {str(path)!r} does not exist")
         try:
-            return cls.model_validate_json(read_json_text(p))
+            data = json.loads(read_json_text(p))
+            if isinstance(data, dict) and isinstance(data.get("header"), dict):
+                data = upgrade(data)
+            return cls.model_validate(data)
         except ValueError as e:
             first = str(e).splitlines()[0]
             raise UserError(f"{str(path)!r} is not a roofsim trace: {first}") from None
+
+    @property
+    def plan(self):
+        return self.header.plan
+
+    @property
+    def feasible(self) -> bool:
+        return self.summary.feasible is not False
+
+    @property
+    def e2e_s(self) -> float:
+        """Prefill plus gen decode steps (the trapezoid between the first and the last step where both are
+        priced)."""
+        s, gen = self.summary, self.header.workload.gen
+        first = s.decode.time_s or 0.0
+        last = s.decode_end_s_per_token if s.decode_end_s_per_token is not None else first
+        return (s.prefill.time_s or 0.0) + gen * 0.5 * (first + last)
 
     def busy_by_kind(self, phase: Phase | None = None) -> dict[str, float]:
         out: dict[str, float] = {}

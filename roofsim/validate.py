@@ -28,13 +28,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from roofsim.errors import UserError
-from roofsim.plan import Plan, default_plan, plan_from_dict
-from roofsim.predict import Limits, predict
+from roofsim.limits import Limits
+from roofsim.plan import PlanBase, default_plan, plan_from_dict
+from roofsim.predict import predict
 from roofsim.sim import simulate
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import load_model
 from roofsim.specs.tomlfile import first_error, read_toml
-from roofsim.trace import Trace, compare, json_exists, read_json_text
+from roofsim.trace import Summary, Trace, compare, json_exists
 from roofsim.units import parse_bytes, parse_tokens
 from roofsim.workload import Workload
 
@@ -60,7 +61,7 @@ def load_configs(path: str) -> list[Config]:
         raise UserError(f"{path}: {first_error(e)}") from None
 
 
-def _pick_and_runners_up(ranked: list[Plan], runners_up: int) -> list[Plan]:
+def _pick_and_runners_up(ranked: list[PlanBase], runners_up: int) -> list[PlanBase]:
     """The first plan and the next best that differ from every plan taken in more than the prefill chunk (the
     regret is measured on decode, where plans that differ only in their chunk run alike: the first H100
     campaign's 77% "regret" was three such plans' run-to-run variance); plans differing only in the chunk fill
@@ -80,7 +81,7 @@ def _pick_and_runners_up(ranked: list[Plan], runners_up: int) -> list[Plan]:
     return plans[: 1 + runners_up]
 
 
-def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[Plan], str]:
+def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[PlanBase], str]:
     """The plans to measure: the configured one, or the planner's pick followed by its runners-up."""
     if cfg.plan == "planner":
         from roofsim.planner import search
@@ -176,12 +177,12 @@ def _predict_into(
     """Write the analytic summary and the simulated Trace of one run's plan into its folder."""
     analytic = predict(plan, model, gpu, host, work, limits)
     predicted = simulate(plan, model, gpu, host, work, limits, keep="sample")
-    predicted.header.notes.append(f"profile: {gpu_arg}")
+    predicted.header.profile = gpu_arg
     if note:
         predicted.header.notes.append(note)
     name = "predicted.json.gz" if (sub / "predicted.json.gz").is_file() else "predicted.json"
     predicted.write(sub / name)  # as it was kept: compressed in committed results
-    (sub / "analytic.json").write_text(json.dumps(analytic.summary(), indent=1))
+    (sub / "analytic.json").write_text(analytic.model_dump_json(indent=1, exclude={"spans", "memory"}))
     return predicted
 
 
@@ -416,20 +417,17 @@ def as_calibrated_line(results_dir: str | Path) -> str | None:
     )
 
 
-def _summaries(folder: Path) -> tuple[dict, dict] | None:
+def _summaries(folder: Path) -> tuple[Summary, Summary] | None:
     """The measured and predicted traces' summaries of a run's folder (each trace read once), if both are there."""
     try:
-        return (
-            json.loads(read_json_text(folder / "measured.json"))["summary"],
-            json.loads(read_json_text(folder / "predicted.json"))["summary"],
-        )
-    except (OSError, ValueError, KeyError):
+        return Trace.read(folder / "measured.json").summary, Trace.read(folder / "predicted.json").summary
+    except UserError:
         return None
 
 
-def _after_first_chunk(meas: dict, pred: dict) -> float | None:
+def _after_first_chunk(meas: Summary, pred: Summary) -> float | None:
     """Prefill error (%) over the chunks after the first, or None for a one-chunk prefill."""
-    m, p = meas.get("prefill_chunk_s") or [], pred.get("prefill_chunk_s") or []
+    m, p = meas.prefill.step_s, pred.prefill.step_s
     if len(m) < 2 or len(p) != len(m):
         return None
     return _err(sum(p[1:]), sum(m[1:]))
@@ -448,7 +446,7 @@ def prefill_after_first_chunk_line(rows: list[dict]) -> str:
     )
 
 
-def _why(folder: Path, meas: dict, pred: dict) -> str:
+def _why(folder: Path, meas: Summary, pred: Summary) -> str:
     """Where each phase's error sits: the span kind whose busy time differs most (predicted - measured), and for a
     prefill the first chunk's share (it carries the process's cold start: kernel loading, allocator growth)."""
     try:
@@ -458,13 +456,13 @@ def _why(folder: Path, meas: dict, pred: dict) -> str:
     parts = []
     for phase, unit, label in (("prefill", 1.0, "s"), ("decode", 1e3, "ms")):
         kinds = [k for k in comp["span_kinds"].get(phase, []) if k["name"] not in ("issue", "sync")]
-        if not kinds or not meas.get("decode_step_s" if phase == "decode" else "prefill_chunk_s"):
+        if not kinds or not meas.phase(phase).step_s:
             continue
         k = max(kinds, key=lambda k: abs(k["predicted"] - k["measured"]))  # busy time per chunk or step
         step = "chunk" if phase == "prefill" else "step"
         text = f"{phase} {k['name']} {(k['predicted'] - k['measured']) * unit:+.2f} {label}/{step}"
-        if phase == "prefill" and pred.get("prefill_chunk_s"):
-            first = pred["prefill_chunk_s"][0] - meas["prefill_chunk_s"][0]
+        if phase == "prefill" and pred.prefill.step_s:
+            first = pred.prefill.step_s[0] - meas.prefill.step_s[0]
             text += f" (1st chunk {first:+.2f} s)"
         parts.append(text)
     return "; ".join(parts)

@@ -139,7 +139,7 @@ def test_measured_call_costs_are_written_and_price_the_attention_calls(tmp_path)
     assert profile.efficiency.topk_gelems.value == pytest.approx(1.5)
     assert default_host_of(str(gpu_path), profile).cpu_gather_gbps.value == pytest.approx(30)
 
-    from roofsim.plan import HeadOffloadPlan
+    from roofsim.families import HeadOffloadPlan
     from roofsim.predict import predict
     from roofsim.workload import Workload
 
@@ -153,15 +153,15 @@ def test_measured_call_costs_are_written_and_price_the_attention_calls(tmp_path)
             )
         }
     )
-    dear = predict(plan, model, profile, host, work).decode_s_per_token
-    counted = predict(plan, model, cheap, host, work).decode_s_per_token
+    dear = predict(plan, model, profile, host, work).summary.decode_s_per_token
+    counted = predict(plan, model, cheap, host, work).summary.decode_s_per_token
     assert dear > counted
 
 
 def test_a_measured_prefill_call_cost_prices_chunks_after_a_past_only(tmp_path):
     """prefill_call_s lands in the profile as prefill_call_us; a dearer one makes a chunked prefill of many slots
     slower in both models, and leaves decode (one-part calls) alone."""
-    from roofsim.plan import HeadOffloadPlan
+    from roofsim.families import HeadOffloadPlan
     from roofsim.predict import predict
     from roofsim.sim import simulate
     from roofsim.workload import Workload
@@ -178,7 +178,7 @@ def test_a_measured_prefill_call_cost_prices_chunks_after_a_past_only(tmp_path):
         analytic = predict(plan, model, profile, host, work)
         sim = simulate(plan, model, profile, host, work, keep="none")
         costs[extra] = [
-            (analytic.prefill_s, analytic.decode_s_per_token),
+            (analytic.summary.prefill_s, analytic.summary.decode_s_per_token),
             (sim.summary.prefill_s, sim.summary.decode_s_per_token),
         ]
     for (cheap_prefill, cheap_decode), (dear_prefill, dear_decode) in zip(
@@ -191,7 +191,7 @@ def test_a_measured_prefill_call_cost_prices_chunks_after_a_past_only(tmp_path):
 def test_a_measured_topk_rate_prices_the_selections():
     """sparse_fetch's and evict's top-k take the calibrated rate where a profile has one: a slower rate makes
     their steps slower, never faster, and leaves the exact families alone."""
-    from roofsim.plan import EvictPlan, HeadOffloadPlan, SparseFetchPlan
+    from roofsim.families import EvictPlan, HeadOffloadPlan, SparseFetchPlan
     from roofsim.predict import predict
     from roofsim.specs.hardware import SourcedNumber
     from roofsim.workload import Workload
@@ -206,17 +206,18 @@ def test_a_measured_topk_rate_prices_the_selections():
     fast, slow = with_rate(100.0), with_rate(0.1)
     sparse = SparseFetchPlan(prefill_chunk=8192)
     assert (
-        predict(sparse, model, slow, host, work).decode_s_per_token
-        > predict(sparse, model, fast, host, work).decode_s_per_token
+        predict(sparse, model, slow, host, work).summary.decode_s_per_token
+        > predict(sparse, model, fast, host, work).summary.decode_s_per_token
     )
     evict = EvictPlan(prefill_chunk=4096)
     assert (
-        predict(evict, model, slow, host, work).prefill_s > predict(evict, model, fast, host, work).prefill_s
+        predict(evict, model, slow, host, work).summary.prefill_s
+        > predict(evict, model, fast, host, work).summary.prefill_s
     )
     head = HeadOffloadPlan()
     assert (
-        predict(head, model, slow, host, work).decode_s_per_token
-        == predict(head, model, fast, host, work).decode_s_per_token
+        predict(head, model, slow, host, work).summary.decode_s_per_token
+        == predict(head, model, fast, host, work).summary.decode_s_per_token
     )
 
 
@@ -224,7 +225,7 @@ def test_a_measured_shape_set_up_costs_each_new_prefill_chunk_once():
     """A profile whose attention pays a set-up per new shape: each prefill chunk after the second (the warm-up
     covers a chunk with no past and one after a chunk) costs that once per KV-head count a call covers, in the
     analytic model and the simulator alike; decode is untouched."""
-    from roofsim.plan import HeadOffloadPlan, ResidentPlan
+    from roofsim.families import HeadOffloadPlan, ResidentPlan
     from roofsim.predict import predict
     from roofsim.sim import simulate
     from roofsim.workload import Workload
@@ -236,11 +237,11 @@ def test_a_measured_shape_set_up_costs_each_new_prefill_chunk_once():
     for plan, chunks in ((HeadOffloadPlan(prefill_chunk=8192), 8), (ResidentPlan(prefill_chunk=16384), 4)):
         extra = 0.05 * (chunks - 2)
         a, b = predict(plan, model, gpu, host, work), predict(plan, model, slow, host, work)
-        assert b.prefill.time_s - a.prefill.time_s == pytest.approx(extra, rel=1e-6)
-        assert b.decode.time_s == a.decode.time_s
+        assert b.summary.prefill.time_s - a.summary.prefill.time_s == pytest.approx(extra, rel=1e-6)
+        assert b.summary.decode.time_s == a.summary.decode.time_s
         sa, sb = simulate(plan, model, gpu, host, work), simulate(plan, model, slow, host, work)
         assert sb.summary.prefill_s - sa.summary.prefill_s == pytest.approx(extra, rel=0.1)
-        assert sb.summary.decode_step_s == pytest.approx(sa.summary.decode_step_s, rel=1e-9)
+        assert sb.summary.decode.step_s == pytest.approx(sa.summary.decode.step_s, rel=1e-9)
     m = probe_measurements()
     m.attention_new_shape_s = 0.061
     assert fit(gpu, m)["runtime"]["attention_shape_us"][0] == pytest.approx(61_000)
@@ -252,7 +253,7 @@ def test_step_preamble_adds_to_every_step_and_delays_the_first_prefetch():
     streamed step's first copy goes out only after it and layer 0's projections, as the executor issues it at
     layer 0's cache update. The fit takes the tiny model's intercept less the kernels counted outside layers."""
     from roofsim import ops
-    from roofsim.plan import CpuAttentionPlan, HeadOffloadPlan, KvprPlan, ResidentPlan
+    from roofsim.families import CpuAttentionPlan, HeadOffloadPlan, KvprPlan, ResidentPlan
     from roofsim.predict import predict
     from roofsim.sim import simulate
     from roofsim.workload import Workload
@@ -269,10 +270,10 @@ def test_step_preamble_adds_to_every_step_and_delays_the_first_prefetch():
     )
     for plan in plans:
         a, b = predict(plan, model, gpu, host, work), predict(plan, model, slow, host, work)
-        assert b.decode.time_s - a.decode.time_s == pytest.approx(0.003, rel=1e-6)
+        assert b.summary.decode.time_s - a.summary.decode.time_s == pytest.approx(0.003, rel=1e-6)
         sa = simulate(plan, model, gpu, host, work, keep="all")
         sb = simulate(plan, model, slow, host, work, keep="all")
-        grew = sb.summary.decode_step_s[0] - sa.summary.decode_step_s[0]
+        grew = sb.summary.decode.step_s[0] - sa.summary.decode.step_s[0]
         assert 0.0029 < grew < 0.0031, plan.family
         if plan.family == "resident":
             continue
@@ -391,8 +392,8 @@ def test_host_pace_prices_host_costs_in_proportion_and_leaves_the_gpu_alone(tmp_
     """The host-pace loop timed beside the tiny timings lands in the profile as their mean; at a run's pace the
     host-side costs scale by the ratio of the paces, GPU-side costs, copies and the CPU's do not, and a resident
     decode step a host at half speed drives is predicted slower (never faster) with the same GPU work."""
-    from roofsim.plan import ResidentPlan
-    from roofsim.predict import Limits
+    from roofsim.families import ResidentPlan
+    from roofsim.limits import Limits
     from roofsim.sim import simulate
     from roofsim.workload import Workload
 
@@ -563,7 +564,7 @@ def test_short_prefill_calls_give_an_efficiency_by_query_rows_that_prices_short_
     short calls ran at half the rate makes a 2048-token chunked prefill of one-head slots slower, in both models,
     and leaves decode and the scalar efficiency alone. Without short points (the committed measurements) no table
     is written."""
-    from roofsim.plan import HeadOffloadPlan
+    from roofsim.families import HeadOffloadPlan
     from roofsim.predict import predict
     from roofsim.sim import simulate
     from roofsim.workload import Workload
@@ -599,7 +600,7 @@ def test_short_prefill_calls_give_an_efficiency_by_query_rows_that_prices_short_
         work = Workload(context=32768, gen=4)
         analytic = predict(plan, model, profile, host, work)
         sim = simulate(plan, model, profile, host, work, keep="none")
-        out[share] = (analytic.prefill_s, sim.summary.prefill_s, analytic.decode_s_per_token)
+        out[share] = (analytic.summary.prefill_s, sim.summary.prefill_s, analytic.summary.decode_s_per_token)
     assert out[0.5][0] > out[1.0][0] * 1.05
     assert out[0.5][1] > out[1.0][1] * 1.05
     assert out[0.5][2] == pytest.approx(out[1.0][2], rel=1e-9)
@@ -617,7 +618,7 @@ def test_a_measured_worker_round_trip_lands_in_the_profile_and_slows_cpu_attenti
     """worker_round_trip_s lands as runtime.worker_round_trip_us; a dear one lengthens every layer's CPU part in
     both models, so a cpu_attention plan whose decode the CPU path binds slows by about a round trip per layer,
     and head_offload (no worker) is unchanged."""
-    from roofsim.plan import CpuAttentionPlan, HeadOffloadPlan
+    from roofsim.families import CpuAttentionPlan, HeadOffloadPlan
     from roofsim.predict import predict
     from roofsim.sim import simulate
     from roofsim.workload import Workload
@@ -641,7 +642,9 @@ def test_a_measured_worker_round_trip_lands_in_the_profile_and_slows_cpu_attenti
         a0, a1 = predict(plan, model, plain, host, work), predict(plan, model, dear, host, work)
         s0 = simulate(plan, model, plain, host, work, keep="none").summary
         s1 = simulate(plan, model, dear, host, work, keep="none").summary
-        assert a1.decode_s_per_token - a0.decode_s_per_token == pytest.approx(extra, rel=0.2, abs=1e-6)
+        assert a1.summary.decode_s_per_token - a0.summary.decode_s_per_token == pytest.approx(
+            extra, rel=0.2, abs=1e-6
+        )
         assert s1.decode_s_per_token - s0.decode_s_per_token == pytest.approx(extra, rel=0.2, abs=1e-6)
         assert s1.prefill_s == pytest.approx(s0.prefill_s)
 

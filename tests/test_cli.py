@@ -37,16 +37,18 @@ def test_predict_json_document(capsys):
     doc = json.loads(out)
     assert doc["workload"]["context"] == 131072
     for p in doc["predictions"]:
-        for key in (
-            "plan",
-            "feasible",
-            "prefill_s",
-            "decode_s_per_token",
-            "peak_gpu_bytes",
-            "peak_host_bytes",
-        ):
-            assert key in p
-        assert set(p["bound"]) == {"prefill", "decode"}
+        assert p["header"]["producer"] == "predicted" and p["header"]["plan"]["family"]
+        summary = p["summary"]
+        for key in ("feasible", "peak_gpu_bytes", "peak_host_bytes"):
+            assert key in summary
+        for phase in ("prefill", "decode"):
+            assert summary[phase]["time_s"] > 0 and summary[phase]["bound"] in (
+                "compute",
+                "h2d",
+                "d2h",
+                "cpu",
+                "host",
+            )
 
 
 def test_predict_one_plan_from_json_file(capsys, tmp_path):
@@ -57,16 +59,16 @@ def test_predict_one_plan_from_json_file(capsys, tmp_path):
     )
     assert code == 0
     (p,) = json.loads(out)["predictions"]
-    assert p["plan"]["kv_heads_per_slot"] == 2 and p["feasible"]
+    assert p["header"]["plan"]["kv_heads_per_slot"] == 2 and p["summary"]["feasible"]
 
 
 def test_predict_without_context_sweeps_until_nothing_fits(capsys):
     code, out, _ = run(capsys, "predict", "--gpu", "rtx4090", "--json")
     assert code == 0
     rows = json.loads(out)
-    assert rows[0]["context"] == 4096 and rows[0]["best"]["family"] == "resident"
+    assert rows[0]["context"] == 4096 and rows[0]["best"]["header"]["plan"]["family"] == "resident"
     assert rows[-1]["best"] is None
-    assert all(r["best"]["feasible"] for r in rows[:-1])
+    assert all(r["best"]["summary"]["feasible"] for r in rows[:-1])
     assert rows[-2]["context"] >= 2**20  # the 4090 with its host's 1 TB reaches millions of tokens
 
 

@@ -10,7 +10,7 @@ from roofsim.executor.build import make_cache  # noqa: E402
 from roofsim.executor.check import greedy_logits, reference_logits, rel_err, tiny_config  # noqa: E402
 from roofsim.executor.models import random_model  # noqa: E402
 
-from roofsim.plan import (  # noqa: E402
+from roofsim.families import (  # noqa: E402
     CpuAttentionPlan,
     EvictPlan,
     HeadOffloadPlan,
@@ -149,7 +149,7 @@ def test_evict_keeps_budget_plus_local_and_is_exact_within_budget():
 def test_evict_counts_its_protected_tokens_on_the_host_as_the_cache_holds_them(monkeypatch):
     """The never-evicted tokens, counted on the host (no read-back), are the cache's last rows: exactly its
     positions at or after prompt_end - local, at every eviction of a prefill with and without a known prompt."""
-    from roofsim.executor import evict as E
+    from roofsim.executor.families import evict as E
 
     checked = []
     real = E.EvictLayer._evict
@@ -251,7 +251,7 @@ def test_prefill_warm_up_is_untimed_and_changes_nothing(plan):
     assert all(torch.equal(a, b) for a, b in zip(runs[0].logits, runs[1].logits, strict=True))
     assert any("untimed forward" in n for n in runs[1].trace.header.notes)
     assert not any("untimed forward" in n for n in runs[0].trace.header.notes)
-    assert len(runs[1].trace.summary.prefill_chunk_s) == 3
+    assert len(runs[1].trace.summary.prefill.step_s) == 3
 
 
 def test_kvpr_keeps_no_activations_of_a_forward_without_its_cache():
@@ -330,22 +330,25 @@ def test_attention_warm_up_calls_have_the_runs_query_strides(monkeypatch):
 def test_prefill_shapes_race_the_kernels_and_keep_the_fastest(monkeypatch):
     """Where several kernels pass the self-check, the first prefill-sized call times each and keeps the fastest
     for that kind of call; decode-sized calls use the preferred one without a race."""
-    import time
-
     from roofsim.executor import attention as A
 
     calls = []
+    seconds = {"slow": 0.02, "quick": 0.001}
 
-    def kernel(name, delay):
+    def kernel(name):
         def run(q, k, v, causal, scale):
             calls.append(name)
-            time.sleep(delay)
             return A._math(q, k, v, causal, scale)
 
         return run
 
-    monkeypatch.setitem(A._KERNELS, "slow", kernel("slow", 0.02))
-    monkeypatch.setitem(A._KERNELS, "quick", kernel("quick", 0.0))
+    def timed(fn, device):  # the race's timer, made deterministic: each kernel takes its listed time
+        fn()
+        return seconds[calls[-1]]
+
+    monkeypatch.setattr(A, "_seconds", timed)
+    monkeypatch.setitem(A._KERNELS, "slow", kernel("slow"))
+    monkeypatch.setitem(A._KERNELS, "quick", kernel("quick"))
     monkeypatch.setattr(A, "_candidates", lambda *a: ["slow", "quick"])
     monkeypatch.setattr(A, "_raced", {})
     q, k = torch.randn(1, 2, 300, 8), torch.randn(1, 2, 300, 8)
@@ -416,23 +419,23 @@ def test_cpu_worker_leaves_the_issuing_thread_a_core_and_the_gil_often(monkeypat
     once it exists, Python hands the GIL over every 0.1 ms instead of 5 ms."""
     import sys
 
-    from roofsim.executor import cpu_attn
+    from roofsim.executor import cpu_worker
 
     monkeypatch.delenv("ROOFSIM_CPU_THREADS", raising=False)
-    assert cpu_attn.worker_threads(16) == 15 and cpu_attn.worker_threads(1) == 1
+    assert cpu_worker.worker_threads(16) == 15 and cpu_worker.worker_threads(1) == 1
     monkeypatch.setenv("ROOFSIM_CPU_THREADS", "3")
-    assert cpu_attn.worker_threads(16) == 3
-    pool = cpu_attn.worker_pool(2)
+    assert cpu_worker.worker_threads(16) == 3
+    pool = cpu_worker.worker_pool(2)
     assert pool.submit(torch.get_num_threads).result() == 2
     pool.shutdown()
     before = sys.getswitchinterval()
-    monkeypatch.setattr(cpu_attn, "_pool", None)
+    monkeypatch.setattr(cpu_worker, "_pool", None)
     try:
         sys.setswitchinterval(0.005)
-        assert cpu_attn.on_worker(torch.get_num_threads) == 3
-        assert sys.getswitchinterval() == pytest.approx(cpu_attn.SWITCH_INTERVAL_S)
+        assert cpu_worker.on_worker(torch.get_num_threads) == 3
+        assert sys.getswitchinterval() == pytest.approx(cpu_worker.SWITCH_INTERVAL_S)
     finally:
-        cpu_attn._pool.shutdown()
+        cpu_worker._pool.shutdown()
         sys.setswitchinterval(before)
 
 
@@ -465,7 +468,7 @@ def test_kvpr_auto_split_solves_with_a_calibrated_profile_and_its_host():
     relative to itself, and the run-time split must load that host, not look the name up among the built-ins."""
     from pathlib import Path
 
-    from roofsim.executor.kvpr import Splitter
+    from roofsim.executor.families.kvpr import Splitter
 
     profile = Path(__file__).parent.parent / "validation/results/h100/calibrated/h100-sxm-calibrated.toml"
     model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=1)

@@ -87,7 +87,7 @@ def test_issue_beside_the_cpu_worker_is_measured_while_it_scans():
     """The tiny layers timed while the CPU worker scans cold host KV (small blocks here), through the executor's
     decode path; the worker's loop ends with the measurement."""
     from roofsim.executor.calibrate import decode_layer_cost_beside_cpu
-    from roofsim.executor.cpu_attn import on_worker
+    from roofsim.executor.cpu_worker import on_worker
 
     from roofsim.specs import load_model
 
@@ -131,7 +131,7 @@ def test_the_worker_round_trip_is_timed_on_the_cpu_worker():
     import threading
 
     from roofsim.executor import calibrate
-    from roofsim.executor.cpu_attn import _worker
+    from roofsim.executor.cpu_worker import worker as _worker
 
     seconds = calibrate.worker_round_trip_s(n=20)
     assert 0.0 < seconds < 1.0

@@ -14,7 +14,7 @@ from roofsim.executor.models import load_model, random_model  # noqa: E402
 from roofsim.executor.runner import run_plan  # noqa: E402
 
 from roofsim.cli import main  # noqa: E402
-from roofsim.plan import CpuAttentionPlan, HeadOffloadPlan, KvprPlan, LayerOffloadPlan  # noqa: E402
+from roofsim.families import CpuAttentionPlan, HeadOffloadPlan, KvprPlan, LayerOffloadPlan  # noqa: E402
 from roofsim.trace import Trace  # noqa: E402
 
 
@@ -44,8 +44,8 @@ def test_roofsim_run_writes_a_measured_trace(tmp_path, config_path, capsys):
     assert t.header.producer == "measured" and t.header.tool == "roofsim.executor"
     assert t.header.plan.family == "head_offload" and t.header.workload.context == 40
     s = t.summary
-    assert len(s.prefill_chunk_s) == 3 and s.prefill_s >= sum(s.prefill_chunk_s) * 0.5
-    assert len(s.decode_step_s) == 3 and s.decode_s_per_token > 0
+    assert len(s.prefill.step_s) == 3 and s.prefill_s >= sum(s.prefill.step_s) * 0.5
+    assert len(s.decode.step_s) == 3 and s.decode_s_per_token > 0
     kinds = {sp.kind for sp in t.spans}
     assert {"h2d", "d2h", "attention", "gemm"} <= kinds
     # every decode step streams one slot per layer (2 layers x 1 streamed slot) of P = 40.. tokens
@@ -83,7 +83,7 @@ def test_interrupted_run_writes_a_partial_trace(tmp_path):
         run_plan(HeadOffloadPlan(prefill_chunk=16), model, model_name="tiny", prompt_len=40, gen=8, out=out)
     t = Trace.read(out)
     assert not t.complete and "interrupted" in t.error
-    assert t.summary.prefill_s > 0 and len(t.summary.prefill_chunk_s) == 3
+    assert t.summary.prefill_s > 0 and len(t.summary.prefill.step_s) == 3
     assert t.summary.decode_s_per_token is None  # only the warm-up step ran
 
 
@@ -144,7 +144,7 @@ def test_gpu_exact_plans_match_resident(family):
     same tokens; resident within 2e-2 of stock transformers SDPA."""
     from roofsim.executor.build import make_cache
 
-    from roofsim.plan import ResidentPlan
+    from roofsim.families import ResidentPlan
 
     model = random_model(
         tiny_config(family, heads=8, kv_heads=4, head_dim=64), "cuda", torch.bfloat16, seed=1

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from roofsim import ops  # noqa: E402
-from roofsim.plan import HeadOffloadPlan, ResidentPlan  # noqa: E402
+from roofsim.families import HeadOffloadPlan, ResidentPlan  # noqa: E402
 from roofsim.specs.model import ModelSpec  # noqa: E402
 
 

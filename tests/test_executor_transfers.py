@@ -15,7 +15,7 @@ from roofsim.executor.engine import CpuEngine  # noqa: E402
 from roofsim.executor.hostpool import HostPool  # noqa: E402
 from roofsim.executor.models import random_model  # noqa: E402
 
-from roofsim.plan import HeadOffloadPlan, LayerOffloadPlan  # noqa: E402
+from roofsim.families import HeadOffloadPlan, LayerOffloadPlan  # noqa: E402
 
 PROMPT, CHUNK, GEN = 37, 8, 4
 ROW = 2 * 16 * 4  # K and V of one head, one token, fp32

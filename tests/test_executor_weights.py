@@ -12,7 +12,7 @@ from roofsim.executor.check import greedy_logits, reference_logits, rel_err, tin
 from roofsim.executor.models import random_model  # noqa: E402
 from roofsim.executor.weights import decoder_layers  # noqa: E402
 
-from roofsim.plan import (  # noqa: E402
+from roofsim.families import (  # noqa: E402
     CpuAttentionPlan,
     EvictPlan,
     HeadOffloadPlan,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
+from roofsim.families import HeadOffloadPlan, KvprPlan, LayerOffloadPlan
 from roofsim.families.kvpr import closed_form_split, optimal_split, split_time
-from roofsim.plan import HeadOffloadPlan, KvprPlan, LayerOffloadPlan
 from roofsim.predict import predict
 from roofsim.specs import load_model
 from roofsim.units import GiB, KiB, MiB
@@ -20,11 +20,11 @@ def test_headinfer_memory_table_llama3_8b_1m(llama8b, rtx4090, epyc):
     assert llama8b.kv_bytes_per_token == 128 * KiB
     work = Workload(context=M, gen=1)
     head = predict(HeadOffloadPlan(prefill_chunk=10240), llama8b, rtx4090, epyc, work)
-    assert head.memory.gpu["kv_resident"] == 0
-    assert head.memory.gpu["kv_buffers"] == pytest.approx(2 * 512 * MiB, rel=1e-5)
-    assert head.memory.host["kv"] == pytest.approx(128 * GiB, rel=1e-5)
+    assert head.summary.memory.gpu["kv_resident"] == 0
+    assert head.summary.memory.gpu["kv_buffers"] == pytest.approx(2 * 512 * MiB, rel=1e-5)
+    assert head.summary.memory.host["kv"] == pytest.approx(128 * GiB, rel=1e-5)
     layer = predict(LayerOffloadPlan(prefill_chunk=10240), llama8b, rtx4090, epyc, work)
-    assert layer.memory.gpu["kv_buffers"] == pytest.approx(8 * GiB, rel=1e-5)
+    assert layer.summary.memory.gpu["kv_buffers"] == pytest.approx(8 * GiB, rel=1e-5)
 
 
 def test_headinfer_decode_on_4090_full_write_back(llama8b, rtx4090, epyc):
@@ -35,12 +35,12 @@ def test_headinfer_decode_on_4090_full_write_back(llama8b, rtx4090, epyc):
     assert rtx4090.link.h2d_gbps.value == 25.0 and rtx4090.link.duplex_efficiency.value == 0.85
     headinfer = HeadOffloadPlan(kv_heads_per_slot=1, write_back="full", syncs_per_slot=2, prefill_chunk=10240)
     p = predict(headinfer, llama8b, rtx4090, epyc, Workload(context=M, gen=1))
-    assert p.decode.time_s == pytest.approx(6.41, rel=0.25)
-    assert p.decode.bound in ("pcie_h2d", "pcie_d2h")
+    assert p.summary.decode.time_s == pytest.approx(6.41, rel=0.25)
+    assert p.summary.decode.bound in ("h2d", "d2h")
 
     hf_style = LayerOffloadPlan(write_back="full", syncs_per_layer=2, prefill_chunk=10240)
     p = predict(hf_style, llama8b, rtx4090, epyc, Workload(context=100 * 1024, gen=1))
-    assert p.decode.time_s == pytest.approx(0.66, rel=0.25)
+    assert p.summary.decode.time_s == pytest.approx(0.66, rel=0.25)
 
 
 OPT67 = dict(h=4096)
@@ -80,7 +80,7 @@ def test_kvpr_split_matches_linear_program(overlap):
 
 def test_kvpr_gqa_llama3_sends_no_activations(llama8b, rtx4090, epyc):
     p = predict(KvprPlan(), llama8b, rtx4090, epyc, Workload(context=64 * 1024))
-    assert "l = 0 of" in p.notes[0]
+    assert "l = 0 of" in p.header.notes[0]
     a, k, _r = 2.0 * 4096, 4.0 * 1024, 0.0
     assert float(optimal_split(65536, a, k, 1.0, 25e9, 1e14)) == 0.0
     assert a >= k
@@ -91,8 +91,8 @@ def test_kvpr_mha_recomputes_a_prefix_and_beats_plain_layer_streaming(rtx4090, e
     work = Workload(context=32 * 1024)
     kvpr = predict(KvprPlan(overlap="intra_layer"), m, rtx4090, epyc, work)
     plain = predict(LayerOffloadPlan(write_back="incremental"), m, rtx4090, epyc, work)
-    share = float(kvpr.notes[0].split("(")[1].rstrip(")"))
+    share = float(kvpr.header.notes[0].split("(")[1].rstrip(")"))
     expected = 1 / (1 + m.hidden * 25e9 / rtx4090.tensor_flops)
     assert share == pytest.approx(expected, abs=0.02)
-    assert kvpr.decode.time_s < plain.decode.time_s
-    assert np.isfinite(kvpr.prefill.time_s)
+    assert kvpr.summary.decode.time_s < plain.summary.decode.time_s
+    assert np.isfinite(kvpr.summary.prefill.time_s)

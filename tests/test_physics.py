@@ -5,9 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roofsim.families.base import prefill_steps
-from roofsim.plan import (
-    FAMILIES,
+from roofsim.families import (
     CpuAttentionPlan,
     EvictPlan,
     HeadOffloadPlan,
@@ -15,7 +13,9 @@ from roofsim.plan import (
     LayerOffloadPlan,
     ResidentPlan,
     SparseFetchPlan,
+    families,
 )
+from roofsim.families.pipeline import prefill_steps
 from roofsim.predict import predict
 from roofsim.specs import load_gpu, load_host, load_model
 from roofsim.specs.sourced import Sourced
@@ -62,8 +62,8 @@ def test_more_link_bandwidth_is_never_slower(ctx, k, plan, batch):
     work = Workload(context=ctx, batch=batch)
     slow = predict(plan, LLAMA, GPU, HOST, work)
     fast = predict(plan, LLAMA, _faster_link(GPU, k), HOST, work)
-    assert fast.decode.time_s <= slow.decode.time_s * (1 + 1e-12)
-    assert fast.prefill.time_s <= slow.prefill.time_s * (1 + 1e-12)
+    assert fast.summary.decode.time_s <= slow.summary.decode.time_s * (1 + 1e-12)
+    assert fast.summary.prefill.time_s <= slow.summary.prefill.time_s * (1 + 1e-12)
 
 
 @settings(max_examples=20, deadline=None)
@@ -73,8 +73,8 @@ def test_more_hbm_bandwidth_or_flops_is_never_slower(ctx, k, plan):
     base = predict(plan, LLAMA, GPU, HOST, work)
     for section, field in (("memory", "bandwidth_gbps"), ("compute", "bf16_tflops")):
         better = predict(plan, LLAMA, _scaled(GPU, section, field, k), HOST, work)
-        assert better.decode.time_s <= base.decode.time_s * (1 + 1e-12)
-        assert better.prefill.time_s <= base.prefill.time_s * (1 + 1e-12)
+        assert better.summary.decode.time_s <= base.summary.decode.time_s * (1 + 1e-12)
+        assert better.summary.prefill.time_s <= base.summary.prefill.time_s * (1 + 1e-12)
 
 
 @settings(max_examples=15, deadline=None)
@@ -92,10 +92,10 @@ def test_more_resident_slots_never_slower_never_less_gpu_memory(ctx, g, wb):
         for r in range(8 // g + 1)
     ]
     for fewer, more in zip(preds, preds[1:], strict=False):
-        assert more.decode.time_s <= fewer.decode.time_s * (1 + 1e-12)
-        assert more.prefill.time_s <= fewer.prefill.time_s * (1 + 1e-12)
-        assert more.memory.gpu["kv_resident"] > fewer.memory.gpu["kv_resident"]
-        assert more.memory.host["kv"] < fewer.memory.host["kv"]
+        assert more.summary.decode.time_s <= fewer.summary.decode.time_s * (1 + 1e-12)
+        assert more.summary.prefill.time_s <= fewer.summary.prefill.time_s * (1 + 1e-12)
+        assert more.summary.memory.gpu["kv_resident"] > fewer.summary.memory.gpu["kv_resident"]
+        assert more.summary.memory.host["kv"] < fewer.summary.memory.host["kv"]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_doubling_context_doubles_decode_kv_traffic(plan):
     one = predict(plan, LLAMA, GPU, HOST, Workload(context=64 * 1024))
     two = predict(plan, LLAMA, GPU, HOST, Workload(context=128 * 1024))
     extra = 1e6  # fixed per-step bytes: q and outputs of CPU attention, the new token's write-back
-    assert two.decode.h2d_bytes == pytest.approx(2 * one.decode.h2d_bytes, abs=extra)
+    assert two.summary.decode.h2d_bytes == pytest.approx(2 * one.summary.decode.h2d_bytes, abs=extra)
 
 
 @pytest.mark.parametrize("g,r", [(1, 0), (2, 1), (4, 0), (8, 0)])
@@ -119,24 +119,24 @@ def test_link_bytes_equal_what_the_plan_needs(g, r, batch):
     p = predict(plan, m, GPU, HOST, Workload(context=ctx, batch=batch))
     streamed_heads = m.n_layers * (m.n_kv_heads - r * g)
     per_token = batch * streamed_heads * m.head_dim * 2 * e
-    assert p.decode.h2d_bytes == pytest.approx(per_token * ctx)
-    assert p.decode.d2h_bytes == pytest.approx(per_token * 1)
+    assert p.summary.decode.h2d_bytes == pytest.approx(per_token * ctx)
+    assert p.summary.decode.d2h_bytes == pytest.approx(per_token * 1)
     steps = prefill_steps(ctx, chunk)
-    assert p.prefill.h2d_bytes == pytest.approx(per_token * steps.P.sum())
-    assert p.prefill.d2h_bytes == pytest.approx(per_token * ctx)  # every KV byte written once
-    assert p.memory.host["kv"] == pytest.approx(per_token * (ctx + 32))
+    assert p.summary.prefill.h2d_bytes == pytest.approx(per_token * steps.P.sum())
+    assert p.summary.prefill.d2h_bytes == pytest.approx(per_token * ctx)  # every KV byte written once
+    assert p.summary.memory.host["kv"] == pytest.approx(per_token * (ctx + 32))
 
 
 def test_full_write_back_moves_the_whole_history_both_ways():
     p = predict(HeadOffloadPlan(write_back="full"), LLAMA, GPU, HOST, Workload(context=65536))
-    assert p.decode.d2h_bytes == pytest.approx(p.decode.h2d_bytes * (65537 / 65536))
+    assert p.summary.decode.d2h_bytes == pytest.approx(p.summary.decode.h2d_bytes * (65537 / 65536))
 
 
 def test_resident_and_evict_move_no_kv_over_the_link():
     for plan in (ResidentPlan(), EvictPlan()):
         p = predict(plan, LLAMA, GPU, HOST, Workload(context=32768))
-        assert p.decode.h2d_bytes == p.decode.d2h_bytes == p.prefill.h2d_bytes == 0
-        assert p.decode.bound in ("hbm", "tensor", "host")
+        assert p.summary.decode.h2d_bytes == p.summary.decode.d2h_bytes == p.summary.prefill.h2d_bytes == 0
+        assert p.summary.decode.binding()[0] in ("hbm", "tensor", "host")
 
 
 def test_resident_equals_pure_roofline():
@@ -147,31 +147,31 @@ def test_resident_equals_pure_roofline():
     p = predict(ResidentPlan(), LLAMA, GPU, HOST, Workload(context=ctx))
     layer = roofline.work(ops.layer_ops(LLAMA, 1, ctx, 1), GPU).total_s
     outside = roofline.work(ops.embed_ops(LLAMA, 1, 1) + ops.head_ops(LLAMA, 1), GPU).total_s
-    assert p.decode.time_s == pytest.approx(float(LLAMA.n_layers * layer + outside))
+    assert p.summary.decode.time_s == pytest.approx(float(LLAMA.n_layers * layer + outside))
 
 
 def test_every_family_has_a_plan_here():
-    assert {p.family for p in PLANS} == set(FAMILIES)
+    assert {p.family for p in PLANS} == set(families())
 
 
 def test_streamed_weights_add_their_bytes_per_layer():
     work = Workload(context=16384)
     base = predict(HeadOffloadPlan(), LLAMA, GPU, HOST, work)
     streamed = predict(HeadOffloadPlan(weights="streamed"), LLAMA, GPU, HOST, work)
-    assert streamed.decode.h2d_bytes - base.decode.h2d_bytes == pytest.approx(
+    assert streamed.summary.decode.h2d_bytes - base.summary.decode.h2d_bytes == pytest.approx(
         LLAMA.n_layers * LLAMA.layer_weight_bytes
     )
-    assert streamed.peak_gpu_bytes < base.peak_gpu_bytes
-    assert streamed.decode.time_s > base.decode.time_s
+    assert streamed.summary.peak_gpu_bytes < base.summary.peak_gpu_bytes
+    assert streamed.summary.decode.time_s > base.summary.decode.time_s
 
 
 def test_cpu_attention_moves_its_heads_off_the_link():
     work = Workload(context=256 * 1024)
     none = predict(CpuAttentionPlan(cpu_kv_heads=0), LLAMA, GPU, HOST, work)
     some = predict(CpuAttentionPlan(cpu_kv_heads=4), LLAMA, GPU, HOST, work)
-    assert some.decode.h2d_bytes < 0.55 * none.decode.h2d_bytes
-    assert some.decode.busy_s["cpu_ram"] > 0 == none.decode.busy_s["cpu_ram"]
-    assert np.isclose(some.decode.cpu_bytes, LLAMA.n_layers * 4 * 128 * 2 * 2 * (work.context + 1))
+    assert some.summary.decode.h2d_bytes < 0.55 * none.summary.decode.h2d_bytes
+    assert some.summary.decode.ceiling_s["cpu_ram"] > 0 == none.summary.decode.ceiling_s["cpu_ram"]
+    assert np.isclose(some.summary.decode.cpu_bytes, LLAMA.n_layers * 4 * 128 * 2 * 2 * (work.context + 1))
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -185,7 +185,6 @@ def test_plan_json_round_trip(plan):
 def test_slower_elementwise_kernels_slow_prefill():
     """A GPU whose elementwise kernels reach less of its HBM bandwidth prefills more slowly, monotonically in the
     vector efficiency (None: the copy's, 0.85 in the H200 spec)."""
-    from roofsim.plan import ResidentPlan
     from roofsim.predict import predict
     from roofsim.specs import load_gpu, load_host, load_model
     from roofsim.specs.sourced import Sourced
@@ -199,6 +198,8 @@ def test_slower_elementwise_kernels_slow_prefill():
             update={"vector": None if v is None else Sourced(value=v, measured="test")}
         )
         times.append(
-            predict(ResidentPlan(), model, gpu.model_copy(update={"efficiency": eff}), host, work).prefill_s
+            predict(
+                ResidentPlan(), model, gpu.model_copy(update={"efficiency": eff}), host, work
+            ).summary.prefill_s
         )
     assert times[0] < times[1] < times[2]

@@ -5,10 +5,12 @@ import json
 import pytest
 
 from roofsim.cli import main
-from roofsim.plan import FAMILIES, KvprPlan, plan_from_dict
+from roofsim.families import KvprPlan, families
+from roofsim.limits import Limits
+from roofsim.plan import plan_from_dict
 from roofsim.planner import SearchSpace, explain, search
 from roofsim.planner.candidates import family_defaults
-from roofsim.predict import Limits, predict
+from roofsim.predict import predict
 from roofsim.sim import simulate
 from roofsim.specs import load_gpu, load_host, load_model
 from roofsim.workload import Workload
@@ -32,7 +34,7 @@ def test_llama3_8b_at_1m_on_4090_picks_a_head_granular_plan_that_fits(llama_1m):
     best = llama_1m.best
     assert best.plan.family in ("head_offload", "cpu_attention")
     assert best.plan.kv_heads_per_slot < LLAMA.n_kv_heads  # head-granular, not whole layers
-    assert best.prediction.peak_gpu_bytes <= 24 * 2**30
+    assert best.prediction.summary.peak_gpu_bytes <= 24 * 2**30
     assert best.prediction.feasible and best.simulated is not None and best.simulated.feasible
 
 
@@ -95,7 +97,7 @@ def test_gqa_models_get_a_zero_kvpr_split(model):
         space=SearchSpace(families=("kvpr",)),
     )
     assert isinstance(r.best.plan, KvprPlan)
-    assert "recompute split l = 0 of" in r.best.prediction.notes[0]
+    assert "recompute split l = 0 of" in r.best.prediction.header.notes[0]
 
 
 def test_opt13b_on_a100_kvpr_split_matches_the_closed_form():
@@ -105,7 +107,7 @@ def test_opt13b_on_a100_kvpr_split_matches_the_closed_form():
     assert 1 / (1 + m.hidden * 32e9 / 312e12) == pytest.approx(0.66, abs=0.01)
     space = SearchSpace(families=("kvpr",), kvpr_overlaps=("intra_layer",))
     r = search(m, gpu, load_host(gpu.default_host), Workload(context=16384, batch=4), space=space)
-    note = r.best.prediction.notes[0]
+    note = r.best.prediction.header.notes[0]
     split = float(note.split("(")[1].rstrip(")"))
     expected = 1 / (1 + m.hidden * gpu.link.h2d_gbps.value * 1e9 / gpu.tensor_flops)
     assert split == pytest.approx(expected, abs=0.02)
@@ -114,10 +116,9 @@ def test_opt13b_on_a100_kvpr_split_matches_the_closed_form():
 def test_approximate_families_only_on_request_and_marked():
     work = Workload(context=512 * 1024)
     exact = search(LLAMA, RTX4090, EPYC, work, TB)
-    assert not any(c.prediction.approximate for c in exact.ranked)
+    assert not any(c.prediction.plan.approximate for c in exact.ranked)
     loose = search(LLAMA, RTX4090, EPYC, work, TB, SearchSpace(allow_approximate=True))
     assert any(c.plan.family in ("sparse_fetch", "evict") for c in loose.ranked)
-    assert all(c.prediction.approximate == c.plan.approximate for c in loose.ranked)
     if loose.best.plan.approximate:
         assert "approximate" in explain(loose, LLAMA, RTX4090, EPYC, TB)
 
@@ -128,7 +129,7 @@ def test_weights_stream_when_they_do_not_fit():
         m, load_gpu("h100-sxm"), load_host("sapphire-rapids"), Workload(context=32768, gen=4), refine_top=3
     )
     assert r.best.plan.weights == "streamed"
-    assert r.best.prediction.peak_gpu_bytes < load_gpu("h100-sxm").usable_bytes
+    assert r.best.prediction.summary.peak_gpu_bytes < load_gpu("h100-sxm").usable_bytes
 
 
 def test_gpu_mem_cap_is_respected():
@@ -136,7 +137,7 @@ def test_gpu_mem_cap_is_respected():
     capped = search(
         LLAMA, h100, EPYC, Workload(context=512 * 1024), Limits(gpu_mem_bytes=24e9, host_mem_bytes=1e12)
     )
-    assert capped.best.prediction.peak_gpu_bytes <= 24e9 - h100.memory.reserved_gib.value * 2**30
+    assert capped.best.prediction.summary.peak_gpu_bytes <= 24e9 - h100.memory.reserved_gib.value * 2**30
     assert capped.best.plan.family != "resident"
 
 
@@ -151,13 +152,15 @@ def test_pareto_frontier_trades_memory_for_time(llama_1m):
     front = llama_1m.pareto
     assert len(front) >= 2
     for a, b in zip(front, front[1:], strict=False):
-        assert b.prediction.peak_gpu_bytes >= a.prediction.peak_gpu_bytes and b.score < a.score
+        assert (
+            b.prediction.summary.peak_gpu_bytes >= a.prediction.summary.peak_gpu_bytes and b.score < a.score
+        )
 
 
 def test_explanation_names_the_binding_resource(llama_1m):
     text = explain(llama_1m, LLAMA, RTX4090, EPYC, TB)
-    bound = llama_1m.best.prediction.decode.bound
-    assert {"cpu_ram": "CPU-RAM-bound", "pcie_h2d": "PCIe-bound"}.get(bound, "bound") in text
+    bound = llama_1m.best.prediction.summary.decode.binding()[0]
+    assert {"cpu_ram": "CPU-RAM-bound", "h2d": "PCIe-bound"}.get(bound, "bound") in text
     assert "slower" in text
 
 
@@ -168,11 +171,11 @@ def test_plan_cli_writes_a_document_the_other_commands_read(tmp_path, capsys):
     )
     assert code == 0
     doc = json.loads(out.read_text())
-    assert doc["schema"] == "roofsim.plan/1" and doc["plan"]["family"] in FAMILIES
-    assert doc["prediction"]["decode_s_per_token"] > 0 and doc["simulated"]["decode_s_per_token"] > 0
+    assert doc["schema"] == "roofsim.plan/2" and doc["plan"]["family"] in families()
+    assert doc["prediction"]["decode"]["time_s"] > 0 and doc["simulated"]["decode"]["time_s"] > 0
     plan = plan_from_dict(doc)
     again = predict(plan, LLAMA, RTX4090, EPYC, Workload(**doc["workload"]), TB)
-    assert again.decode_s_per_token == pytest.approx(doc["prediction"]["decode_s_per_token"])
+    assert again.summary.decode_s_per_token == pytest.approx(doc["prediction"]["decode"]["time_s"])
     capsys.readouterr()
     assert (
         main(["predict", "--gpu", "rtx4090", "--context", "256K", "--host-mem", "1TB", "--plan", str(out)])

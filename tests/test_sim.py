@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from roofsim.plan import (
+from roofsim.families import (
     CpuAttentionPlan,
     EvictPlan,
     HeadOffloadPlan,
@@ -15,7 +15,8 @@ from roofsim.plan import (
     ResidentPlan,
     SparseFetchPlan,
 )
-from roofsim.predict import Limits, predict
+from roofsim.limits import Limits
+from roofsim.predict import predict
 from roofsim.sim import simulate
 from roofsim.sim.engine import Machine, Task
 from roofsim.specs import load_gpu, load_host, load_model
@@ -50,9 +51,9 @@ def both(plan, ctx, gpu=GPU, gen=4, **kw):
 @pytest.mark.parametrize("ctx", [8192, 32768])
 def test_resident_equals_analytic_within_1pct(ctx):
     p, t = both(ResidentPlan(prefill_chunk=4096), ctx, gpu=_with(GPU, "runtime", copy_issue_us=0, sync_us=0))
-    assert t.summary.prefill_s == pytest.approx(p.prefill_s, rel=0.01)
-    assert t.summary.decode_step_s[0] == pytest.approx(p.decode_s_per_token, rel=0.01)
-    assert t.summary.peak_gpu_bytes == pytest.approx(p.peak_gpu_bytes, rel=0.01)
+    assert t.summary.prefill_s == pytest.approx(p.summary.prefill_s, rel=0.01)
+    assert t.summary.decode.step_s[0] == pytest.approx(p.summary.decode_s_per_token, rel=0.01)
+    assert t.summary.peak_gpu_bytes == pytest.approx(p.summary.peak_gpu_bytes, rel=0.01)
 
 
 @pytest.mark.parametrize(
@@ -70,14 +71,14 @@ def test_resident_equals_analytic_within_1pct(ctx):
 )
 def test_offload_with_a_free_link_equals_analytic_within_1pct(plan):
     p, t = both(plan, 65536, gpu=free_link(GPU))
-    assert t.summary.prefill_s == pytest.approx(p.prefill_s, rel=0.01)
+    assert t.summary.prefill_s == pytest.approx(p.summary.prefill_s, rel=0.01)
     # cpu_attention's decode: the issuing thread joins the CPU worker in every layer, and sparse_fetch's gathers
     # on the issuing thread after a sync, so the kernels after the join run as a chain of each kernel's issue and
     # GPU time (the simulator's), where the analytic model has only their sums: ~4-6% apart on the 4090, the
     # simulator slower
     rel = 0.08 if plan.family in ("cpu_attention", "sparse_fetch") else 0.01
-    assert t.summary.decode_step_s[0] == pytest.approx(p.decode_s_per_token, rel=rel)
-    assert t.summary.decode_step_s[0] >= p.decode_s_per_token * 0.99
+    assert t.summary.decode.step_s[0] == pytest.approx(p.summary.decode_s_per_token, rel=rel)
+    assert t.summary.decode.step_s[0] >= p.summary.decode_s_per_token * 0.99
 
 
 def _span_bytes(trace, resource, phase):
@@ -96,11 +97,15 @@ def _span_bytes(trace, resource, phase):
 def test_bytes_over_each_link_equal_what_the_plan_needs(plan):
     gen = 3
     p, t = both(plan, 40000, gen=gen, keep="all")
-    assert _span_bytes(t, "h2d", "prefill") == pytest.approx(p.prefill.h2d_bytes, rel=1e-9)
-    assert _span_bytes(t, "d2h", "prefill") == pytest.approx(p.prefill.d2h_bytes, rel=1e-9)
+    assert _span_bytes(t, "h2d", "prefill") == pytest.approx(p.summary.prefill.h2d_bytes, rel=1e-9)
+    assert _span_bytes(t, "d2h", "prefill") == pytest.approx(p.summary.prefill.d2h_bytes, rel=1e-9)
     first = [s for s in t.spans if s.phase == "decode" and s.step == 0]
-    assert sum(s.bytes for s in first if s.resource == "h2d") == pytest.approx(p.decode.h2d_bytes, rel=1e-9)
-    assert sum(s.bytes for s in first if s.resource == "d2h") == pytest.approx(p.decode.d2h_bytes, rel=1e-9)
+    assert sum(s.bytes for s in first if s.resource == "h2d") == pytest.approx(
+        p.summary.decode.h2d_bytes, rel=1e-9
+    )
+    assert sum(s.bytes for s in first if s.resource == "d2h") == pytest.approx(
+        p.summary.decode.d2h_bytes, rel=1e-9
+    )
 
 
 def test_every_kv_byte_is_written_once_with_incremental_write_back():
@@ -115,7 +120,7 @@ def test_every_kv_byte_is_written_once_with_incremental_write_back():
 
 def _decode(plan, gpu=GPU, ctx=131072):
     t = simulate(plan, LLAMA, gpu, HOST, Workload(context=ctx, gen=2), keep="none")
-    return t.summary.decode_step_s[0], t.summary.prefill_s, t.summary.peak_gpu_bytes
+    return t.summary.decode.step_s[0], t.summary.prefill_s, t.summary.peak_gpu_bytes
 
 
 @pytest.mark.parametrize("k", [1.5, 3.0])
@@ -221,7 +226,7 @@ def test_sampled_prefill_equals_the_full_simulation(plan):
     work = Workload(context=80 * 2048, gen=2)
     full = simulate(plan, LLAMA, GPU, HOST, work, decode_steps=1, keep="none")
     short = simulate(plan, LLAMA, GPU, HOST, work, decode_steps=1, keep="none", prefill_sample=8)
-    assert len(short.summary.prefill_chunk_s) == len(full.summary.prefill_chunk_s) == 80
+    assert len(short.summary.prefill.step_s) == len(full.summary.prefill.step_s) == 80
     assert short.summary.prefill_s == pytest.approx(full.summary.prefill_s, rel=0.01)
     assert any("interpolated" in n for n in short.header.notes)
     assert not any("interpolated" in n for n in full.header.notes)
@@ -258,10 +263,10 @@ def test_a_slower_cpu_attention_group_slows_both_models_for_that_model_only():
     plan, work = CpuAttentionPlan(cpu_kv_heads=4, prefill_chunk=8192), Workload(context=32768, gen=2)
     for name, slower in (("llama-2-7b", True), ("llama-3-8b", False)):
         model = load_model(name)
-        base = predict(plan, model, H100, HOST, work).decode_s_per_token
-        new = predict(plan, model, H100, slow_mha, work).decode_s_per_token
-        sim_base = simulate(plan, model, H100, HOST, work).summary.decode_step_s[0]
-        sim_new = simulate(plan, model, H100, slow_mha, work).summary.decode_step_s[0]
+        base = predict(plan, model, H100, HOST, work).summary.decode_s_per_token
+        new = predict(plan, model, H100, slow_mha, work).summary.decode_s_per_token
+        sim_base = simulate(plan, model, H100, HOST, work).summary.decode.step_s[0]
+        sim_new = simulate(plan, model, H100, slow_mha, work).summary.decode.step_s[0]
         if slower:
             assert new > base * 1.05 and sim_new > sim_base * 1.05
         else:
@@ -277,8 +282,8 @@ def test_sparse_fetch_gathers_on_the_issuing_thread():
     for gbps in (80.0, 40.0):
         host = HOST.model_copy(update={"cpu_gather_gbps": Sourced(value=gbps, measured="test")})
         steps[gbps] = (
-            simulate(plan, LLAMA, slow_issue, host, work).summary.decode_step_s[0],
-            predict(plan, LLAMA, slow_issue, host, work).decode_s_per_token,
+            simulate(plan, LLAMA, slow_issue, host, work).summary.decode.step_s[0],
+            predict(plan, LLAMA, slow_issue, host, work).summary.decode_s_per_token,
         )
     fetched = 2 * 0.2 * 65536 * LLAMA.n_kv_heads * LLAMA.head_dim * 2 * 2  # read plus written, K and V
     added = (LLAMA.n_layers - plan.dense_layers) * (fetched / 40e9 - fetched / 80e9)
@@ -305,10 +310,10 @@ def test_gathered_rows_copy_at_their_own_rate_and_move_the_same_bytes():
         assert b.end_s - b.start_s == pytest.approx(2 * (a.end_s - a.start_s), rel=0.02)
     fetched = 0.2 * 65536 * LLAMA.n_kv_heads * LLAMA.head_dim * 2 * 2
     added = (LLAMA.n_layers - plan.dense_layers) * fetched / (H100.link.h2d_gbps.value * 1e9)
-    sim = new.summary.decode_step_s[0] - base.summary.decode_step_s[0]
+    sim = new.summary.decode.step_s[0] - base.summary.decode.step_s[0]
     ana = (
-        predict(plan, LLAMA, slow, HOST, work).decode_s_per_token
-        - predict(plan, LLAMA, H100, HOST, work).decode_s_per_token
+        predict(plan, LLAMA, slow, HOST, work).summary.decode_s_per_token
+        - predict(plan, LLAMA, H100, HOST, work).summary.decode_s_per_token
     )
     assert sim == pytest.approx(added, rel=0.1) and ana == pytest.approx(added, rel=0.1)
 
@@ -328,10 +333,10 @@ def test_a_slow_one_head_slot_slows_one_head_cpu_slots_only():
     work = Workload(context=32768, gen=2)
     for g, slower in ((1, True), (4, False)):
         plan = CpuAttentionPlan(cpu_kv_heads=4, kv_heads_per_slot=g, prefill_chunk=8192)
-        base = predict(plan, LLAMA, H100, hosts[4.0], work).decode_s_per_token
-        new = predict(plan, LLAMA, H100, hosts[2.0], work).decode_s_per_token
-        sim_base = simulate(plan, LLAMA, H100, hosts[4.0], work).summary.decode_step_s[0]
-        sim_new = simulate(plan, LLAMA, H100, hosts[2.0], work).summary.decode_step_s[0]
+        base = predict(plan, LLAMA, H100, hosts[4.0], work).summary.decode_s_per_token
+        new = predict(plan, LLAMA, H100, hosts[2.0], work).summary.decode_s_per_token
+        sim_base = simulate(plan, LLAMA, H100, hosts[4.0], work).summary.decode.step_s[0]
+        sim_new = simulate(plan, LLAMA, H100, hosts[2.0], work).summary.decode.step_s[0]
         if slower:
             assert new > base * 1.3 and sim_new > sim_base * 1.3
         else:
@@ -352,7 +357,7 @@ def test_cpu_attention_prefill_streams_the_executors_own_slots():
     past = 32768 - 4096
     h2d = sum(s.bytes for s in spans if s.resource == "h2d")
     assert h2d == pytest.approx(17 * past * 2 * model.head_dim * model.dtype_bytes, rel=1e-6)
-    analytic = predict(plan, model, H100, HOST, work).prefill_s
+    analytic = predict(plan, model, H100, HOST, work).summary.prefill_s
     assert analytic == pytest.approx(trace.summary.prefill_s, rel=0.15)
 
 
@@ -372,13 +377,13 @@ def test_a_host_slower_beside_the_cpu_worker_slows_cpu_attention_decode_only():
     for plan, slower in ((cpu, True), (HeadOffloadPlan(prefill_chunk=8192), False)):
         base, new = predict(plan, LLAMA, H100, HOST, work), predict(plan, LLAMA, slow, HOST, work)
         sim_base, sim_new = simulate(plan, LLAMA, H100, HOST, work), simulate(plan, LLAMA, slow, HOST, work)
-        assert new.prefill_s == pytest.approx(base.prefill_s)
+        assert new.summary.prefill_s == pytest.approx(base.summary.prefill_s)
         assert sim_new.summary.prefill_s == pytest.approx(sim_base.summary.prefill_s)
         if slower:
-            assert new.decode_s_per_token > 1.1 * base.decode_s_per_token
+            assert new.summary.decode_s_per_token > 1.1 * base.summary.decode_s_per_token
             assert sim_new.summary.decode_s_per_token > 1.1 * sim_base.summary.decode_s_per_token
         else:
-            assert new.decode_s_per_token == pytest.approx(base.decode_s_per_token)
+            assert new.summary.decode_s_per_token == pytest.approx(base.summary.decode_s_per_token)
             assert sim_new.summary.decode_s_per_token == pytest.approx(sim_base.summary.decode_s_per_token)
 
 
@@ -396,8 +401,8 @@ def test_a_beside_ratio_below_one_prices_the_host_at_its_idle_rate():
     assert simulate(plan, LLAMA, with_ratio(0.7), HOST, work).summary.decode_s_per_token == pytest.approx(
         idle
     )
-    assert predict(plan, LLAMA, with_ratio(0.7), HOST, work).decode_s_per_token == pytest.approx(
-        predict(plan, LLAMA, H100, HOST, work).decode_s_per_token
+    assert predict(plan, LLAMA, with_ratio(0.7), HOST, work).summary.decode_s_per_token == pytest.approx(
+        predict(plan, LLAMA, H100, HOST, work).summary.decode_s_per_token
     )
 
 

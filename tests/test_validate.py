@@ -85,7 +85,7 @@ def test_every_configuration_writes_predicted_measured_and_comparison(campaign):
         ):
             assert (folder / f).is_file(), (name, f)
         measured = json.loads((folder / "measured.json").read_text())
-        assert measured["header"]["producer"] == "measured" and measured["summary"]["decode_s_per_token"] > 0
+        assert measured["header"]["producer"] == "measured" and measured["summary"]["decode"]["time_s"] > 0
         predicted = json.loads((folder / "predicted.json").read_text())
         assert predicted["header"]["producer"] == "predicted"
     assert (campaign / "tiny-planner" / "alt1" / "measured.json").is_file()
@@ -162,7 +162,7 @@ def test_compressed_traces_read_the_same(campaign, tmp_path, capsys):
 def test_runners_up_differ_from_the_pick_in_more_than_the_prefill_chunk():
     """Runners-up that differ only in the prefill chunk decode alike, so a decode regret over them measures
     noise: the runners-up are the best plans that differ otherwise, chunk-only variants only as a fill-in."""
-    from roofsim.plan import CpuAttentionPlan, HeadOffloadPlan
+    from roofsim.families import CpuAttentionPlan, HeadOffloadPlan
     from roofsim.validate import _pick_and_runners_up
 
     a = CpuAttentionPlan(cpu_kv_heads=2, prefill_chunk=16384)

@@ -12,17 +12,19 @@ Prefill attends every head on the GPU (CPU attention over a chunk of queries wou
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import fields, replace
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from roofsim import link
-from roofsim.families.base import (
+from roofsim import link, ops
+from roofsim.families.pipeline import (
     Ctx,
     Evaluation,
     LayerLoad,
     activation_bytes,
-    check_divides,
     combine,
     decode_steps,
     kv_bytes,
@@ -31,56 +33,33 @@ from roofsim.families.base import (
     peak_memory,
     prefill_steps,
 )
-from roofsim.families.streaming import first_unit_fill, slot_loads
-from roofsim.plan import CpuAttentionPlan
+from roofsim.families.registry import Family, register
+from roofsim.families.slot_stream import first_unit_fill, slot_loads
+from roofsim.geometry import CpuHeads, cpu_heads, divisors
+from roofsim.plan import PlanBase
 from roofsim.roofline import GpuWork
+from roofsim.sim.builder import Builder, Ring, StepSpec, WeightStream, slot_units, streamed_step
+from roofsim.space import SearchSpace, chunks, weights_options
+from roofsim.specs.model import ModelSpec
+from roofsim.workload import Workload
 
 
-def check_heads(plan: CpuAttentionPlan, n_kv_heads: int) -> tuple[int, int]:
-    """The KV heads left on the GPU and the slots they make, once the plan's head counts are checked against the
-    model's (a user error, in one line, where they do not fit): shared by this model and the executor."""
-    from roofsim.errors import UserError
+class CpuAttentionPlan(PlanBase):
+    """Decode attention for cpu_kv_heads KV heads per layer runs on the CPU beside the host KV (only q and the
+    partial outputs cross the link); the other heads stream (or stay resident) as in head_offload and their
+    outputs are merged. Prefill attends every head on the GPU (CPU attention would be compute-bound there)."""
 
-    hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
-    if hc > n_kv_heads:
-        raise UserError(f"cpu_kv_heads={hc} exceeds the model's {n_kv_heads} KV heads")
-    gpu_heads = n_kv_heads - hc
-    if gpu_heads:
-        check_divides(gpu_heads, g, "kv_heads_per_slot (of the heads left on the GPU)")
-    gpu_slots = gpu_heads // g if gpu_heads else 0
-    if plan.resident_slots > gpu_slots:
-        raise UserError(f"resident_slots={plan.resident_slots} exceeds the {gpu_slots} GPU slots per layer")
-    return gpu_heads, gpu_slots
+    family: Literal["cpu_attention"] = "cpu_attention"
+    cpu_kv_heads: int = Field(1, ge=0)
+    kv_heads_per_slot: int = Field(1, gt=0)
+    resident_slots: int = Field(0, ge=0)
+    prefetch_depth: int = Field(1, ge=0)
+    slot_buffers: int = Field(2, ge=1)
 
 
-def cpu_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
-    """Heads per slot of the CPU's heads (their host blocks, and how they stream at prefill): the plan's slot
-    size where it divides them, else one."""
-    g = kv_heads_per_slot
-    return g if 0 < g <= cpu_kv_heads and cpu_kv_heads % g == 0 else 1
-
-
-def cpu_slot_count(cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
-    """CPU slots per layer: the executor attends (and copies back) each one apart."""
-    return cpu_kv_heads // cpu_slot_heads(cpu_kv_heads, kv_heads_per_slot) if cpu_kv_heads else 0
-
-
-def ring_slot_heads(n_kv_heads: int, cpu_kv_heads: int, kv_heads_per_slot: int) -> int:
-    """Heads one ring buffer holds: a GPU slot's, or a CPU slot's (those stream too, at prefill)."""
-    gpu = kv_heads_per_slot if n_kv_heads > cpu_kv_heads else 0
-    cpu = cpu_slot_heads(cpu_kv_heads, kv_heads_per_slot) if cpu_kv_heads else 0
-    return max(gpu, cpu, 1)
-
-
-def prefill_slot_heads(cpu_kv_heads: int, kv_heads_per_slot: int, n_kv_heads: int) -> int | None:
-    """The one slot size every head streams in at prefill: the plan's where the CPU heads' slots have it (or there
-    are no CPU heads), the CPU heads' where every head is theirs; None where the executor streams the GPU heads in
-    the plan's slots and the CPU heads in slots of cpu_slot_heads (two sizes)."""
-    g = kv_heads_per_slot
-    gc = cpu_slot_heads(cpu_kv_heads, g) if cpu_kv_heads else g
-    if gc == g:
-        return g
-    return gc if cpu_kv_heads == n_kv_heads else None
+def heads_of(plan: CpuAttentionPlan, n_kv_heads: int) -> CpuHeads:
+    """The plan's split of a layer's KV heads (checked against the model's)."""
+    return cpu_heads(n_kv_heads, plan.cpu_kv_heads, plan.kv_heads_per_slot, plan.resident_slots)
 
 
 def _with_cpu_slots(gpu: LayerLoad, cpu: LayerLoad) -> LayerLoad:
@@ -99,10 +78,11 @@ def _with_cpu_slots(gpu: LayerLoad, cpu: LayerLoad) -> LayerLoad:
     )
 
 
-def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
+def evaluate(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     m, w, gpu, host = ctx.model, ctx.work, ctx.gpu, ctx.host
     hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
-    gpu_heads, gpu_slots = check_heads(plan, m.n_kv_heads)
+    H = heads_of(plan, m.n_kv_heads)
+    gpu_heads, gpu_slots = H.gpu_heads, H.gpu_slots
     common = dict(
         depth=plan.prefetch_depth,
         buffers=plan.slot_buffers,
@@ -125,9 +105,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     cpu_kv = kv_bytes(ctx, 1, hc) * (dec.P + dec.C)
     cpu_flops = 4.0 * B * hc * m.group * m.head_dim * (dec.P + dec.C)
     # a call per CPU slot, each at its heads' and length's rate
-    ram_s = host.cpu_attention_s(
-        cpu_kv, calls=cpu_slot_count(hc, g), group=m.group, heads=cpu_slot_heads(hc, g)
-    )
+    ram_s = host.cpu_attention_s(cpu_kv, calls=H.cpu_slots, group=m.group, heads=H.cpu_slot_heads)
     compute_s = cpu_flops / (host.cpu_tflops.value * 1e12)
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     round_trip = (
@@ -142,7 +120,7 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
             ll.cpu_compute_s = compute_s
             ll.cpu_bytes = cpu_kv
             ll.d2h_bytes = ll.d2h_bytes + q_bytes + kv_bytes(ctx, 1, hc) * dec.C
-            ll.d2h_copies = ll.d2h_copies + 1 + cpu_slot_count(hc, g)
+            ll.d2h_copies = ll.d2h_copies + 1 + H.cpu_slots
             ll.syncs += 1
     fill = first_unit_fill(ctx, dec, g, None, gpu_slots > plan.resident_slots)
     # while the worker scans, the issuing thread dispatches at the host's rate beside it (a calibrated ratio)
@@ -151,9 +129,9 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     # prefill: every head on the GPU. The resident heads (resident_slots groups of g) stay resident; every other
     # head streams, the CPU's in slots of gc (the executor's slots: g where it divides them, else one head)
     resident_heads = plan.resident_slots * g
-    pg = prefill_slot_heads(hc, g, m.n_kv_heads)
+    pg = H.prefill_slot_heads
     pre = prefill_steps(w.context, plan.prefill_chunk)
-    gc = cpu_slot_heads(hc, g)
+    gc = H.cpu_slot_heads
     fill_heads = 1
     if pg is None:
         # the executor's own slots: the GPU heads' of g (resident_slots of them resident), the CPU heads' of gc
@@ -181,9 +159,9 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     gpu_kv = {
         "kv_resident": m.n_layers * kv_bytes(ctx, T, resident_heads),
         # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
-        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, ring_slot_heads(m.n_kv_heads, hc, g)),
+        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, H.ring_slot_heads),
     }
-    host_mem = {"kv": m.n_layers * kv_bytes(ctx, T, m.n_kv_heads - resident_heads)}
+    host_mem = host_memory(plan, ctx)
     c = int(pre.C.max())
     mem = peak_memory(
         ctx,
@@ -195,3 +173,191 @@ def evaluate_cpu_attention(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     )
     notes = [f"{hc} of {m.n_kv_heads} KV heads per layer attended on the CPU at decode"]
     return Evaluation(prefill=prefill, decode=decode, memory=mem, notes=notes)
+
+
+def program(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], base: dict[str, float]) -> None:
+    ctx = b.ctx
+    m, host, B, e = ctx.model, ctx.host, ctx.work.batch, ctx.model.dtype_bytes
+    hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
+    T = ctx.work.max_tokens
+    resident_heads = plan.resident_slots * g
+    base["kv_resident"] = m.n_layers * kv_bytes(ctx, T, resident_heads)
+    gpu_heads = m.n_kv_heads - hc
+    H = heads_of(plan, m.n_kv_heads)
+    pg, gc = H.prefill_slot_heads, H.cpu_slot_heads
+    # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
+    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, H.ring_slot_heads)
+    q_bytes = float(B * hc * m.group * m.head_dim * e)
+    out_bytes = q_bytes + B * hc * m.group * 4
+    for s in steps:
+        if s.phase == "prefill":
+            if pg is None:  # the executor's own slots: the GPU heads' of g, the CPU heads' of gc
+                gpu_units = slot_units(
+                    ctx, s.C, s.P, g, [plan.resident_slots] * m.n_layers, "incremental", None, heads=gpu_heads
+                )
+                cpu_units = slot_units(ctx, s.C, s.P, gc, [0] * m.n_layers, "incremental", None, heads=hc)
+                layers = [
+                    sorted(a + c, key=lambda u: not u.streamed)
+                    for a, c in zip(gpu_units, cpu_units, strict=True)
+                ]
+            else:
+                layers = slot_units(
+                    ctx, s.C, s.P, pg, [resident_heads // pg] * m.n_layers, "incremental", None
+                )
+            last = streamed_step(
+                b,
+                s.phase,
+                s.step,
+                s.C,
+                s.P,
+                layers,
+                depth=plan.prefetch_depth,
+                buffers=plan.slot_buffers,
+                streamed_weights=plan.weights == "streamed",
+            )
+            b.sync(last, s.phase, s.step)
+            continue
+        layers = (
+            slot_units(
+                ctx, s.C, s.P, g, [plan.resident_slots] * m.n_layers, "incremental", None, heads=gpu_heads
+            )
+            if gpu_heads
+            else [[] for _ in range(m.n_layers)]
+        )
+        cpu_kv = kv_bytes(ctx, 1, hc) * (s.P + 1)
+        cpu_s = max(
+            host.cpu_attention_s(
+                cpu_kv,
+                calls=H.cpu_slots,
+                group=m.group,
+                heads=H.cpu_slot_heads,
+            ),
+            4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
+        )
+
+        merge = [ops.Op("merge", "vector", 4.0 * out_bytes / e, 3.0 * out_bytes, 2)] if hc else []
+        # while the worker scans, the issuing thread dispatches at the host's rate beside it (a calibrated ratio)
+        with b.driven_by(ctx.gpu.beside_cpu_worker() if hc else ctx.gpu):
+            _cpu_decode_step(
+                b,
+                plan,
+                s,
+                layers,
+                hc,
+                q_bytes + kv_bytes(ctx, 1, hc),
+                cpu_s + ctx.gpu.worker_round_trip_s,  # the worker's wake-up and the issuing thread's
+                cpu_kv,
+                merge,
+            )
+
+
+def _cpu_decode_step(
+    b: Builder, plan, s: StepSpec, layers, hc: int, q_and_new_kv, cpu_s, cpu_kv, merge
+) -> None:
+    """Per layer, the CPU heads' round trip (q and the new K/V down, CPU attention into pinned memory) runs
+    beside the GPU heads' attention; the merge after attention waits for both, and is issued once the issuing
+    thread has joined the worker. It reads the output where the CPU wrote it (zero-copy), so it does not wait
+    behind the prefetch issued meanwhile on the H2D stream, as a copy of it did (in l2-planner-32k-24gb's
+    measured trace on the H100 of validation/results/h100/s19, a layer's output waited 1.8 ms for the next
+    layer's 252 MB slot)."""
+    B = b.ctx.work.batch
+    alloc = {"activations": activation_bytes(b.ctx, 1)}
+    prev = b.embed(s.phase, s.step, s.C, alloc)
+    ring = Ring(max(1, plan.slot_buffers))
+    order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
+    ids: dict[tuple[int, int], int] = {}
+    issued = 0
+    depth = min(plan.prefetch_depth, plan.slot_buffers - 1)
+
+    def issue(upto):
+        nonlocal issued
+        while issued < min(upto, len(order)):
+            li, ui = order[issued]
+            ids[(li, ui)] = b.copy("h2d", layers[li][ui].h2d_bytes, s.phase, s.step, li, ui, deps=ring.dep())
+            issued += 1
+
+    weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
+    consumed = 0
+    for li, units in enumerate(layers):
+        pre = b.pre(s, li, (prev, *weights.dep(li)))
+        if li == 0:  # the step's first prefetches go out at layer 0's cache update
+            issue(depth)
+        deps_post = []
+        cpu_op = None
+        if hc:
+            q = b.copy(
+                "d2h",
+                q_and_new_kv,
+                s.phase,
+                s.step,
+                li,
+                deps=(pre,),
+                copies=1 + heads_of(plan, b.ctx.model.n_kv_heads).cpu_slots,
+                name="q_and_new_kv",
+            )
+            cpu_op = b.cpu(cpu_s, s.phase, s.step, li, deps=(q,), nbytes=cpu_kv)
+            deps_post.append(cpu_op)
+        for ui, u in enumerate(units):
+            deps = [pre]
+            if u.streamed:
+                issue(consumed + 1 + depth if depth else consumed + 1)
+                deps.append(ids[(li, ui)])
+                b.copy("d2h", u.d2h_bytes, s.phase, s.step, li, ui, copies=B, deps=(pre,))
+            a = b.attention(s, li, deps, slot=ui, kv_heads=u.heads, streamed=u.streamed)
+            deps_post.append(a)
+            if u.streamed:
+                ring.releases.append(a)
+                consumed += 1
+        if cpu_op is not None:  # the issuing thread joins the CPU worker before it goes on (job.result())
+            b.sync(b.cpu(0.0, s.phase, s.step, li, kind="sync", deps=(cpu_op,)), s.phase, s.step)
+            deps_post.append(cpu_op)  # the merge reads the output from pinned memory
+        prev = b.post(s, li, deps_post, extra=merge)
+        weights.done(li, prev)
+    b.finish(s, prev, alloc)
+
+
+def host_memory(plan: CpuAttentionPlan, ctx: Ctx) -> dict[str, float]:
+    """Every head's KV but the resident slots', the CPU's heads included (they are attended where they live)."""
+    m = ctx.model
+    return {
+        "kv": m.n_layers
+        * kv_bytes(ctx, ctx.work.max_tokens, m.n_kv_heads - plan.resident_slots * plan.kv_heads_per_slot)
+    }
+
+
+def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[CpuAttentionPlan]:
+    """Every count of CPU heads, every slot size of the heads left on the GPU, none or one resident slot."""
+    hkv = model.n_kv_heads
+    for weights in weights_options(space):
+        for hc in range(1, hkv + 1):
+            rest = hkv - hc
+            for g in divisors(rest) if rest else [1]:
+                for r in sorted({0, 1} & set(range(rest // g + 1))):
+                    for c in chunks(work):
+                        yield CpuAttentionPlan(
+                            cpu_kv_heads=hc,
+                            kv_heads_per_slot=g,
+                            resident_slots=r,
+                            prefill_chunk=c,
+                            weights=weights,
+                        )
+
+
+def what_if(plan: CpuAttentionPlan, model: ModelSpec) -> tuple[CpuAttentionPlan, str] | None:
+    if plan.cpu_kv_heads >= model.n_kv_heads:
+        return None
+    return plan.model_copy(
+        update={"cpu_kv_heads": plan.cpu_kv_heads + 1}
+    ), "Attending one more KV head per layer on the CPU"
+
+
+FAMILY = register(
+    Family(
+        plan_type=CpuAttentionPlan,
+        candidates=candidates,
+        evaluate=evaluate,
+        program=program,
+        host_memory=host_memory,
+        what_if=what_if,
+    )
+)

@@ -7,9 +7,13 @@ The last local_tokens of the prompt are prefilled without eviction. No KV crosse
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterator
+from typing import Literal
 
-from roofsim.families.base import (
+import numpy as np
+from pydantic import Field
+
+from roofsim.families.pipeline import (
     Ctx,
     Evaluation,
     LayerLoad,
@@ -25,9 +29,29 @@ from roofsim.families.base import (
     prefill_steps,
     weight_stream,
 )
+from roofsim.families.registry import Family, register
 from roofsim.ops import Op, topk_op
-from roofsim.plan import EvictPlan
+from roofsim.plan import PlanBase
 from roofsim.roofline import work
+from roofsim.sim.builder import Builder, StepSpec, WeightStream
+from roofsim.space import SearchSpace, weights_options
+from roofsim.specs.model import ModelSpec
+from roofsim.workload import Workload
+
+
+class EvictPlan(PlanBase):
+    """Locret: a fixed per-head GPU budget of b tokens; after each prefill chunk the lowest-scored KV is evicted.
+    No KV crosses the link. Approximate."""
+
+    family: Literal["evict"] = "evict"
+    prefill_chunk: int | None = Field(1024, gt=0)
+    budget_tokens: int = Field(16384, gt=0)
+    local_tokens: int = Field(100, ge=0, description="last prompt tokens prefilled without eviction")
+
+    @property
+    def approximate(self) -> bool:
+        return True
+
 
 WINDOW = 32  # the executor's observation window (executor/evict.py)
 
@@ -63,7 +87,7 @@ def evict_workspace(ctx: Ctx, n) -> float:
     return float(B * m.n_kv_heads * n * m.head_dim * 4 + 2 * B * m.n_heads * WINDOW * n * 4)
 
 
-def evaluate_evict(plan: EvictPlan, ctx: Ctx) -> Evaluation:
+def evaluate(plan: EvictPlan, ctx: Ctx) -> Evaluation:
     m, w, gpu = ctx.model, ctx.work, ctx.gpu
     b = plan.budget_tokens
     streamed = plan.weights == "streamed"
@@ -131,3 +155,60 @@ def evaluate_evict(plan: EvictPlan, ctx: Ctx) -> Evaluation:
         "(the attention from the last 32 queries of each chunk)"
     ]
     return Evaluation(prefill=prefill, decode=decode, memory=mem, notes=notes)
+
+
+def program(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict[str, float]) -> None:
+    ctx = b.ctx
+    m, w = ctx.model, ctx.work
+    bud = plan.budget_tokens
+    for s in steps:
+        alloc = {"activations": activation_bytes(ctx, int(s.C))}
+        if s.phase == "prefill":
+            cached = min(s.P, bud)
+            kv_now = m.n_layers * kv_bytes(ctx, min(s.P + s.C, bud + s.C), m.n_kv_heads)
+            alloc["kv_resident"] = kv_now
+            alloc["workspace"] = evict_workspace(ctx, cached + s.C)
+        else:
+            cached = min(s.P, bud + plan.local_tokens + (s.P - w.context))
+            alloc["kv_resident"] = m.n_layers * kv_bytes(
+                ctx, min(w.max_tokens, bud + plan.local_tokens + w.gen), m.n_kv_heads
+            )
+        prev = b.embed(s.phase, s.step, s.C, alloc)
+        weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
+        evict = []
+        if s.phase == "prefill" and s.P + s.C > bud:
+            evict = evict_ops(ctx, cached + s.C, s.C, min(s.P + s.C, bud))
+        for li in range(m.n_layers):
+            pre = b.pre(s, li, (prev, *weights.dep(li)))
+            att = b.attention(s, li, (pre,), keys=cached)
+            if evict:  # scored and evicted right after the chunk's attention, as the executor does
+                att = b.compute(evict, s.phase, s.step, li, kind="vector", deps=(att,), name="evict")
+            prev = b.post(s, li, (att,))
+            weights.done(li, prev)
+        b.finish(s, prev, alloc)
+
+
+def host_memory(plan: EvictPlan, ctx: Ctx) -> dict[str, float]:
+    """Nothing: every kept token stays on the GPU."""
+    return {}
+
+
+def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[EvictPlan]:
+    """Locret's budgets (16384 tokens per head for Llama-3.1-8B, 6000 for Phi-3-mini) unless the space sets one,
+    in its chunks of 1024 and 3072 tokens."""
+    budget = space.evict_budget or (6000 if model.family == "phi3" else 16384)
+    for weights in weights_options(space):
+        for c in (1024, 3072):
+            yield EvictPlan(budget_tokens=budget, prefill_chunk=c, weights=weights)
+
+
+FAMILY = register(
+    Family(
+        plan_type=EvictPlan,
+        candidates=candidates,
+        evaluate=evaluate,
+        program=program,
+        host_memory=host_memory,
+        host_store=False,
+    )
+)

@@ -11,10 +11,14 @@ RoPE models pay the rotary re-application on the recomputed K.
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterator
+from typing import Literal
 
-from roofsim import link
-from roofsim.families.base import (
+import numpy as np
+from pydantic import Field
+
+from roofsim import link, ops
+from roofsim.families.pipeline import (
     Ctx,
     Evaluation,
     LayerLoad,
@@ -27,12 +31,30 @@ from roofsim.families.base import (
     nonattn_work,
     outside_layers,
     peak_memory,
+    prefill_steps,
     weight_stream,
 )
-from roofsim.families.streaming import first_unit_fill, layerwise_loads
+from roofsim.families.registry import Family, register
+from roofsim.families.slot_stream import first_unit_fill, layerwise_loads
 from roofsim.ops import Op
-from roofsim.plan import KvprPlan
+from roofsim.plan import PlanBase
 from roofsim.roofline import work
+from roofsim.sim.builder import Builder, StepSpec, WeightStream, layerwise_prefill_step
+from roofsim.space import SearchSpace, chunks, weights_options
+from roofsim.specs.model import ModelSpec
+from roofsim.workload import Workload
+
+
+class KvprPlan(PlanBase):
+    """KVPR: for each layer send the activations of the first l tokens and recompute their K/V on the GPU while
+    the KV of the other tokens streams. recompute_tokens="auto" re-solves l at every step."""
+
+    family: Literal["kvpr"] = "kvpr"
+    recompute_tokens: int | Literal["auto"] = "auto"
+    overlap: Literal["intra_layer", "inter_layer"] = Field(
+        "inter_layer",
+        description="intra_layer: the paper's act + max(recompute, kv); inter_layer: its code's",
+    )
 
 
 def closed_form_split(s, hidden: int, bw: float, flops: float):
@@ -98,19 +120,25 @@ def recompute_peak_bytes(ctx: Ctx, tokens) -> float:
     return (5.0 if m.positions == "rope" else 2.0) * per
 
 
-def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
+def _splits(plan: KvprPlan, ctx: Ctx, dec) -> np.ndarray:
+    """The recompute split l of each decode step: fixed (at most the past), or solved with the step's other work."""
+    if plan.recompute_tokens != "auto":
+        return np.minimum(float(plan.recompute_tokens), dec.P)
+    a, k, r = per_token(ctx)
+    rest = nonattn_work(ctx, dec).total_s + attn_work(ctx, dec, streamed_calls=1).total_s
+    bw = link.rate(ctx.gpu, "h2d")
+    return np.floor(optimal_split(dec.P, a, k, r, bw, ctx.gpu.tensor_flops, rest, plan.overlap))
+
+
+def evaluate(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     m, w, gpu = ctx.model, ctx.work, ctx.gpu
     a, k, r = per_token(ctx)
-    bw = link.rate(gpu, "h2d")
     dec = decode_steps([w.context, w.context + w.gen])
     nonattn = nonattn_work(ctx, dec)
     attn = attn_work(ctx, dec, streamed_calls=1)
     rest = nonattn.total_s + attn.total_s
     s = dec.P
-    if plan.recompute_tokens == "auto":
-        split = np.floor(optimal_split(s, a, k, r, bw, gpu.tensor_flops, rest, plan.overlap))
-    else:
-        split = np.minimum(float(plan.recompute_tokens), s)
+    split = _splits(plan, ctx, dec)
     w_bytes, w_copies = weight_stream(ctx, plan.weights == "streamed")
     recompute = work(recompute_ops(ctx, split), gpu).scale((split > 0).astype(float))  # no kernels when l = 0
     h2d = a * split + k * (s - split) + w_bytes
@@ -134,8 +162,6 @@ def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     fill = first_unit_fill(ctx, dec, m.n_kv_heads, None, True) if plan.overlap == "inter_layer" else 0.0
     decode = combine([load], outside_layers(ctx, dec), fill, gpu)
 
-    from roofsim.families.base import prefill_steps
-
     pre = prefill_steps(w.context, plan.prefill_chunk)
     pre_loads = layerwise_loads(ctx, pre, m.n_layers, plan.weights == "streamed")
     l_end = float(split[-1])
@@ -151,7 +177,7 @@ def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     gpu_kv = {
         "kv_buffers": 2 * (layer_kv + a * l_end)
     }  # the executor's ring: a layer's KV and X of the prefix
-    host = {"kv": m.n_layers * layer_kv, "activations": m.n_layers * a * l_end}
+    host = host_memory(plan, ctx, l_end)
     c = int(pre.C.max())
     recompute = {"workspace": recompute_peak_bytes(ctx, l_end)}
     mem = peak_memory(
@@ -169,3 +195,114 @@ def evaluate_kvpr(plan: KvprPlan, ctx: Ctx) -> Evaluation:
     if a >= k:
         notes.append(f"GQA group {m.group} >= 2: sending X costs more than the KV it replaces, so l = 0")
     return Evaluation(prefill=prefill, decode=decode, memory=mem, notes=notes)
+
+
+def program(b: Builder, plan: KvprPlan, steps: list[StepSpec], base: dict[str, float]) -> None:
+    ctx = b.ctx
+    m, gpu, B = ctx.model, ctx.gpu, ctx.work.batch
+    a, k, r = per_token(ctx)
+    T = ctx.work.max_tokens
+
+    def split_at(P: float) -> float:
+        if plan.recompute_tokens != "auto":
+            return float(min(plan.recompute_tokens, P))
+        rest = float(work(ops.layer_ops(m, 1, P, B), gpu).total_s)
+        bw = gpu.link.h2d_gbps.value * 1e9
+        return float(np.floor(optimal_split(P, a, k, r, bw, gpu.tensor_flops, rest, plan.overlap)))
+
+    # the two ring buffers hold a layer's KV and the X of the longest prefix recomputed, from the start (the
+    # executor sizes them for its capacity)
+    base["kv_buffers"] = 2 * (kv_bytes(ctx, T, m.n_kv_heads) + a * split_at(T - 1))
+    for s in steps:
+        if s.phase == "prefill":
+            layerwise_prefill_step(b, s, plan.weights == "streamed")
+            continue
+        split = split_at(s.P)
+        alloc = {"activations": activation_bytes(ctx, 1), "workspace": recompute_peak_bytes(ctx, split)}
+        first = b.embed(s.phase, s.step, s.C, alloc)
+        prefetch = plan.overlap == "inter_layer"
+        copies: dict[int, tuple[int | None, int]] = {}
+        releases: list[int] = []
+
+        def issue(li: int, s=s, split=split, copies=copies, releases=releases):
+            deps = (releases[li - 2],) if li >= 2 else ()
+            act = (
+                b.copy("h2d", a * split, s.phase, s.step, li, name="activations", deps=deps)
+                if split > 0
+                else None
+            )
+            kv = b.copy("h2d", k * (s.P - split), s.phase, s.step, li, deps=deps)
+            copies[li] = (act, kv)
+
+        weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
+        prev = first
+        for li in range(m.n_layers):
+            pre = b.pre(s, li, (prev, *weights.dep(li)))
+            if prefetch and li == 0:  # the step's first prefetch goes out at layer 0's cache update
+                issue(0)
+            if not prefetch:
+                issue(li)
+            elif li + 1 < m.n_layers:
+                issue(li + 1)
+            act, kv = copies[li]
+            deps = [pre, kv]
+            if act is not None:
+                deps.append(
+                    b.compute(
+                        recompute_ops(ctx, split),
+                        s.phase,
+                        s.step,
+                        li,
+                        kind="recompute",
+                        deps=(act,),
+                        name="recompute",
+                    )
+                )
+            b.copy("d2h", k + (a if split > 0 else 0.0), s.phase, s.step, li, deps=(pre,))
+            att = b.attention(s, li, deps, streamed=True)
+            releases.append(att)
+            prev = b.post(s, li, (att,))
+            weights.done(li, prev)
+        b.finish(s, prev, alloc)
+
+
+def host_memory(plan: KvprPlan, ctx: Ctx, recomputed: float | None = None) -> dict[str, float]:
+    """Every layer's KV, and the attention input X of the longest prefix recomputed (`recomputed` tokens; by
+    default the split at the run's last decode step)."""
+    m, w = ctx.model, ctx.work
+    a, k, r = per_token(ctx)
+    if recomputed is None:
+        recomputed = float(_splits(plan, ctx, decode_steps([w.context, w.context + w.gen]))[-1])
+    return {
+        "kv": m.n_layers * kv_bytes(ctx, w.max_tokens, m.n_kv_heads),
+        "activations": m.n_layers * a * recomputed,
+    }
+
+
+def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[KvprPlan]:
+    for weights in weights_options(space):
+        for overlap in space.kvpr_overlaps:
+            for c in chunks(work):
+                yield KvprPlan(overlap=overlap, prefill_chunk=c, weights=weights)
+
+
+def default(space: SearchSpace) -> KvprPlan:
+    """The default plan in an overlap form the space allows."""
+    plan = KvprPlan()
+    return (
+        plan
+        if plan.overlap in space.kvpr_overlaps
+        else plan.model_copy(update={"overlap": space.kvpr_overlaps[0]})
+    )
+
+
+FAMILY = register(
+    Family(
+        plan_type=KvprPlan,
+        candidates=candidates,
+        evaluate=evaluate,
+        program=program,
+        host_memory=host_memory,
+        default=default,
+    )
+)

@@ -11,10 +11,14 @@ GPU extra = the partial-q GEMV, scores over P keys x r*d columns (reads r of K),
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from roofsim import link
-from roofsim.families.base import (
+from roofsim.families.pipeline import (
     Ctx,
     Evaluation,
     LayerLoad,
@@ -30,10 +34,29 @@ from roofsim.families.base import (
     prefill_steps,
     weight_stream,
 )
-from roofsim.families.streaming import first_unit_fill, layerwise_loads
+from roofsim.families.registry import Family, register
+from roofsim.families.slot_stream import first_unit_fill, layerwise_loads
 from roofsim.ops import Op, topk_op
-from roofsim.plan import SparseFetchPlan
+from roofsim.plan import PlanBase
 from roofsim.roofline import work
+from roofsim.sim.builder import Builder, StepSpec, WeightStream, layerwise_prefill_step
+from roofsim.space import SearchSpace, chunks, weights_options
+from roofsim.specs.model import ModelSpec
+from roofsim.workload import Workload
+
+
+class SparseFetchPlan(PlanBase):
+    """InfiniGen: a GPU-resident partial key cache (ratio r of the key columns) speculates which tokens the next
+    layer needs; only a fraction f of each layer's KV is gathered on the CPU and fetched. Approximate."""
+
+    family: Literal["sparse_fetch"] = "sparse_fetch"
+    fetch_fraction: float = Field(0.2, gt=0, le=1, description="f: share of each layer's tokens fetched")
+    partial_key_ratio: float = Field(0.2, gt=0, le=1, description="r: share of key columns kept on the GPU")
+    dense_layers: int = Field(2, ge=0, description="first layers fetched in full")
+
+    @property
+    def approximate(self) -> bool:
+        return True
 
 
 def selection_ops(ctx: Ctx, P, r: float, fraction: float) -> list[Op]:
@@ -58,7 +81,7 @@ def selection_ops(ctx: Ctx, P, r: float, fraction: float) -> list[Op]:
     ]
 
 
-def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
+def evaluate(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
     m, w, gpu, host = ctx.model, ctx.work, ctx.gpu, ctx.host
     dense = min(plan.dense_layers, m.n_layers)
     sparse = m.n_layers - dense
@@ -125,7 +148,7 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
         "kv_buffers": 2 * (layer_kv if dense else fetch_buf),
         "workspace": partial_k + partial_wq,
     }
-    host_mem = {"kv": m.n_layers * layer_kv, "activations": 2 * fetch_buf}
+    host_mem = host_memory(plan, ctx)
     c = int(pre.C.max())
     mem = peak_memory(
         ctx,
@@ -141,3 +164,98 @@ def evaluate_sparse_fetch(plan: SparseFetchPlan, ctx: Ctx) -> Evaluation:
         else f"approximate: attends {plan.fetch_fraction:.0%} of each layer's tokens"
     ]
     return Evaluation(prefill=prefill, decode=decode, memory=mem, notes=notes)
+
+
+def program(b: Builder, plan: SparseFetchPlan, steps: list[StepSpec], base: dict[str, float]) -> None:
+    ctx = b.ctx
+    m, host, B = ctx.model, ctx.host, ctx.work.batch
+    T = ctx.work.max_tokens
+    dense = min(plan.dense_layers, m.n_layers)
+    layer_kv = kv_bytes(ctx, T, m.n_kv_heads)
+    fetch_buf = kv_bytes(ctx, int(np.ceil(plan.fetch_fraction * T)), m.n_kv_heads)
+    sparse = m.n_layers - dense
+    base["kv_buffers"] = 2 * (layer_kv if dense else fetch_buf)
+    base["workspace"] = (
+        sparse * layer_kv / 2 * plan.partial_key_ratio
+        + sparse * m.hidden * m.n_heads * plan.partial_key_ratio * m.head_dim * m.dtype_bytes
+    )
+    for s in steps:
+        if s.phase == "prefill":
+            layerwise_prefill_step(b, s, plan.weights == "streamed")
+            continue
+        alloc = {"activations": activation_bytes(ctx, 1)}
+        prev = b.embed(s.phase, s.step, s.C, alloc)
+        sel = float(np.ceil(plan.fetch_fraction * s.P))
+        fetched = kv_bytes(ctx, sel, m.n_kv_heads)
+        gather_s = 2 * fetched / host.gather_bytes_per_s
+        scale = link.gathered_share(ctx.gpu)  # the stage the CPU has just written copies at its own rate
+        dense_copy = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, 0) if dense else None
+        fetch: dict[int, int] = {}
+
+        def select_for(
+            li: int, after: int, s=s, sel=sel, fetched=fetched, gather_s=gather_s, fetch=fetch, scale=scale
+        ):
+            """Layer li's tokens are picked by its own query, after its pre-attention work (the executor's order:
+            the fetch is on the critical path, not hidden behind layer li-1 as InfiniGen speculates it)."""
+            spec = b.compute(
+                selection_ops(ctx, s.P, plan.partial_key_ratio, plan.fetch_fraction),
+                s.phase,
+                s.step,
+                li,
+                kind="vector",
+                deps=(after,),
+                name="select tokens",
+            )
+            # the host KV block's row of each picked token's K and V per KV head, int64 (executor/sparse.py)
+            rows = 8.0 * B * m.n_kv_heads * 2 * sel
+            idx = b.copy("d2h", rows, s.phase, s.step, li, deps=(spec,), name="indices")
+            b.sync(idx, s.phase, s.step)
+            g = b.cpu(gather_s, s.phase, s.step, li, kind="cpu_gather", deps=(idx,), nbytes=2 * fetched)
+            b.sync(g, s.phase, s.step)  # the issuing thread gathers itself: it issues nothing meanwhile
+            fetch[li] = b.copy(
+                "h2d", fetched, s.phase, s.step, li, deps=(g,), name="selected_kv", rate_scale=scale
+            )
+
+        weights = WeightStream(b, s.phase, s.step, plan.weights == "streamed")
+        for li in range(m.n_layers):
+            pre = b.pre(s, li, (prev, *weights.dep(li)))
+            if li < dense:
+                deps = [pre, dense_copy]
+                if li + 1 < dense:
+                    nxt = b.copy("h2d", kv_bytes(ctx, s.P, m.n_kv_heads), s.phase, s.step, li + 1)
+                keys = None
+            else:
+                select_for(li, pre)
+                deps = [pre, fetch[li]]
+                keys = sel
+            b.copy("d2h", kv_bytes(ctx, 1, m.n_kv_heads), s.phase, s.step, li, deps=(pre,))
+            att = b.attention(s, li, deps, keys=keys, streamed=True)
+            if li < dense and li + 1 < dense:
+                dense_copy = nxt
+            prev = b.post(s, li, (att,))
+            weights.done(li, prev)
+        b.finish(s, prev, alloc)
+
+
+def host_memory(plan: SparseFetchPlan, ctx: Ctx) -> dict[str, float]:
+    """Every layer's KV, and two pinned stages of the selected rows."""
+    m, T = ctx.model, ctx.work.max_tokens
+    fetch_buf = kv_bytes(ctx, int(np.ceil(plan.fetch_fraction * T)), m.n_kv_heads)
+    return {"kv": m.n_layers * kv_bytes(ctx, T, m.n_kv_heads), "activations": 2 * fetch_buf}
+
+
+def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[SparseFetchPlan]:
+    for weights in weights_options(space):
+        for c in chunks(work):
+            yield SparseFetchPlan(fetch_fraction=space.fetch_fraction, prefill_chunk=c, weights=weights)
+
+
+FAMILY = register(
+    Family(
+        plan_type=SparseFetchPlan,
+        candidates=candidates,
+        evaluate=evaluate,
+        program=program,
+        host_memory=host_memory,
+    )
+)

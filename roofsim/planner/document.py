@@ -6,14 +6,14 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from roofsim.plan import Plan
-from roofsim.trace import PhaseSummary
+from roofsim.trace import Summary
 from roofsim.workload import Workload
 
 
 class PlanDocument(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    schema_: str = Field("roofsim.plan/1", alias="schema")
+    schema_: str = Field("roofsim.plan/2", alias="schema")
     plan: Plan
     model: str
     gpu: str
@@ -22,6 +22,6 @@ class PlanDocument(BaseModel):
     objective: str
     gpu_mem_bytes: float | None = None
     host_mem_bytes: float | None = None
-    prediction: dict  # Prediction.summary(): analytic times, memory and bounds
-    simulated: PhaseSummary | None = None  # the simulator's summary, where the plan was refined
+    prediction: Summary  # the analytic model's: both phases, memory by kind, what binds
+    simulated: Summary | None = None  # the simulator's, where the plan was refined
     explanation: str

@@ -2,39 +2,40 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from roofsim.errors import UserError
-from roofsim.planner.candidates import SearchSpace, candidates, family_defaults
-from roofsim.predict import Limits, predict
-from roofsim.prediction import Prediction
+from roofsim.families.registry import simplicity
+from roofsim.limits import Limits
+from roofsim.planner.candidates import candidates, family_defaults
+from roofsim.predict import predict
 from roofsim.sim import simulate
+from roofsim.space import SearchSpace, with_weights_rule
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
-from roofsim.trace import PhaseSummary
+from roofsim.trace import Summary, Trace
 from roofsim.workload import Workload
 
 Objective = Literal["decode", "prefill", "e2e", "throughput", "max-context"]
 OBJECTIVES: tuple[str, ...] = ("decode", "prefill", "e2e", "throughput", "max-context")
-SIMPLICITY = ["resident", "layer_offload", "head_offload", "kvpr", "cpu_attention", "sparse_fetch", "evict"]
 
 
-def analytic_score(p: Prediction, objective: str) -> float:
+def analytic_score(p: Trace, objective: str) -> float:
     """Seconds to minimise (throughput: seconds per generated token across the batch)."""
+    s = p.summary
     if objective == "prefill":
-        return p.prefill_s
+        return s.prefill_s
     if objective == "e2e":
         return p.e2e_s
     if objective == "throughput":
-        return p.decode_s_per_token / p.workload.batch
-    return p.decode_s_per_token
+        return s.decode_s_per_token / p.header.workload.batch
+    return s.decode_s_per_token
 
 
-def simulated_score(s: PhaseSummary, work: Workload, objective: str) -> float:
+def simulated_score(s: Summary, work: Workload, objective: str) -> float:
     decode = s.decode_s_per_token or math.inf
     if objective == "prefill":
         return s.prefill_s or math.inf
@@ -47,9 +48,9 @@ def simulated_score(s: PhaseSummary, work: Workload, objective: str) -> float:
 
 @dataclass
 class Candidate:
-    prediction: Prediction
+    prediction: Trace  # the analytic model's
     score: float  # by the planner's final model: simulated where refined, else analytic
-    simulated: PhaseSummary | None = None
+    simulated: Summary | None = None
 
     @property
     def plan(self):
@@ -61,7 +62,7 @@ class PlanResult:
     objective: str
     best: Candidate
     ranked: list[Candidate]  # feasible, best first
-    infeasible: list[Prediction]
+    infeasible: list[Trace]
     screened: int
     pareto: list[Candidate] = field(default_factory=list)
     max_context: int | None = None
@@ -69,7 +70,7 @@ class PlanResult:
 
 
 def _rank_key(c: Candidate):
-    return (round(c.score, 12), round(c.prediction.prefill_s, 9), SIMPLICITY.index(c.plan.family))
+    return (round(c.score, 12), round(c.prediction.summary.prefill_s, 9), simplicity(c.plan.family))
 
 
 def _pick(cands: list[Candidate]) -> list[Candidate]:
@@ -79,14 +80,14 @@ def _pick(cands: list[Candidate]) -> list[Candidate]:
         return cands
     best = cands[0].score
     near = [c for c in cands if c.score <= best * 1.01]
-    simplest = min(near, key=lambda c: (SIMPLICITY.index(c.plan.family), c.score))
+    simplest = min(near, key=lambda c: (simplicity(c.plan.family), c.score))
     return [simplest] + [c for c in cands if c is not simplest]
 
 
 def pareto(cands: list[Candidate]) -> list[Candidate]:
     """Plans no other plan beats on both peak GPU memory and score."""
     front, best_score = [], math.inf
-    for c in sorted(cands, key=lambda c: (c.prediction.peak_gpu_bytes, c.score)):
+    for c in sorted(cands, key=lambda c: (c.prediction.summary.peak_gpu_bytes, c.score)):
         if c.score < best_score:
             front.append(c)
             best_score = c.score
@@ -109,14 +110,13 @@ def search(
         raise UserError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     limits = limits or Limits()
     space = space or SearchSpace()
-    if model.weight_bytes > 0.85 * limits.gpu_bytes(gpu) and not space.stream_weights:
-        space = dataclasses.replace(space, stream_weights=True)  # FlexGen's case: weights leave no room
+    space = with_weights_rule(space, model, limits.gpu_bytes(gpu))
     if objective == "max-context":
         return _max_context(model, gpu, host, work, limits, space, progress)
     plans = list(candidates(model, work, space))
     defaults = family_defaults(space)
     feasible: list[Candidate] = []
-    infeasible: list[Prediction] = []
+    infeasible: list[Trace] = []
     total = len(plans) + len(defaults)
     for i, plan in enumerate([*plans, *defaults]):
         try:
@@ -127,9 +127,9 @@ def search(
         if progress and i % 64 == 0:
             progress(i, total)
     if not feasible:
-        closest = min(infeasible, key=lambda p: p.peak_gpu_bytes) if infeasible else None
+        closest = min(infeasible, key=lambda p: p.summary.peak_gpu_bytes) if infeasible else None
         why = (
-            f"; the closest, {closest.plan.family} {closest.plan.knobs()}, {closest.reason}"
+            f"; the closest, {closest.plan.family} {closest.plan.knobs()}, {closest.summary.reason}"
             if closest
             else ""
         )
@@ -173,13 +173,14 @@ def search(
 
 
 def _memory_dedupe_key(plan) -> str:
+    """A plan less the knobs that do not change its memory (the longest context is the same for all of them)."""
     d = plan.model_dump()
-    for knob in ("prefetch_depth", "overlap", "syncs_per_slot", "write_back"):
+    for knob in ("prefill_chunk", "prefetch_depth", "overlap", "syncs_per_slot", "write_back"):
         d.pop(knob, None)
     return repr(sorted(d.items()))
 
 
-def _fits(plan, model, gpu, host, work, limits) -> tuple[bool, Prediction | None]:
+def _fits(plan, model, gpu, host, work, limits) -> tuple[bool, Trace | None]:
     try:
         p = predict(plan, model, gpu, host, work, limits)
     except UserError:
@@ -187,7 +188,7 @@ def _fits(plan, model, gpu, host, work, limits) -> tuple[bool, Prediction | None
     return p.feasible, p
 
 
-def _longest(plan, model, gpu, host, work, limits, hi: int = 2**28) -> tuple[int, Prediction | None]:
+def _longest(plan, model, gpu, host, work, limits, hi: int = 2**28) -> tuple[int, Trace | None]:
     """The longest context that fits. GPU and host memory are affine in the context (beyond one chunk), so solve
     from two points, then bisect the small bracket left by rounding (pinned power-of-two blocks)."""
     lo_ok = 1024
@@ -201,8 +202,8 @@ def _longest(plan, model, gpu, host, work, limits, hi: int = 2**28) -> tuple[int
     if p1 is not None and p2 is not None:
         est = hi
         for need1, need2, cap in (
-            (p1.peak_gpu_bytes, p2.peak_gpu_bytes, limits.gpu_bytes(gpu)),
-            (p1.peak_host_bytes, p2.peak_host_bytes, limits.host_bytes(host)),
+            (p1.summary.peak_gpu_bytes, p2.summary.peak_gpu_bytes, limits.gpu_bytes(gpu)),
+            (p1.summary.peak_host_bytes, p2.summary.peak_host_bytes, limits.host_bytes(host)),
         ):
             slope = (need2 - need1) / (c2 - c1)
             if slope > 0:
@@ -227,15 +228,15 @@ def _longest(plan, model, gpu, host, work, limits, hi: int = 2**28) -> tuple[int
 
 
 def _max_context(model, gpu, host, work, limits, space, progress) -> PlanResult:
-    seen, plans = set(), []
-    smallest = min(c for c in (2048, 4096) if c)
+    """Each memory shape once, at its smallest prefill chunk (the least activation memory), among the candidates
+    of a 16M-token prompt (every chunk the space has)."""
+    smallest: dict[str, object] = {}
     for plan in candidates(model, work.model_copy(update={"context": 2**24}), space):
-        if plan.prefill_chunk not in (None, smallest) and plan.family != "evict":
-            continue
         key = _memory_dedupe_key(plan)
-        if key not in seen:
-            seen.add(key)
-            plans.append(plan)
+        kept = smallest.get(key)
+        if kept is None or (plan.prefill_chunk or math.inf) < (kept.prefill_chunk or math.inf):
+            smallest[key] = plan
+    plans = list(smallest.values())
     results: list[Candidate] = []
     for i, plan in enumerate(plans):
         ctx, p = _longest(plan, model, gpu, host, work, limits)
@@ -245,10 +246,10 @@ def _max_context(model, gpu, host, work, limits, space, progress) -> PlanResult:
             progress(i, len(plans))
     if not results:
         raise UserError(f"nothing fits {model.name} on {gpu.name} even at 1K tokens of context")
-    results.sort(key=lambda c: (c.score, c.prediction.decode_s_per_token))
+    results.sort(key=lambda c: (c.score, c.prediction.summary.decode_s_per_token))
     best = results[0]
-    longer = best.prediction.workload.model_copy(
-        update={"context": int(best.prediction.workload.context * 1.02) + 1024}
+    longer = best.prediction.header.workload.model_copy(
+        update={"context": int(best.prediction.header.workload.context * 1.02) + 1024}
     )
     over = predict(best.plan, model, gpu, host, longer, limits)
     binding = _binding_memory(over, gpu, host, limits)
@@ -264,14 +265,13 @@ def _max_context(model, gpu, host, work, limits, space, progress) -> PlanResult:
     )
 
 
-def _binding_memory(over: Prediction, gpu: GpuSpec, host: HostSpec, limits: Limits) -> str:
-    gpu_over = over.peak_gpu_bytes - limits.gpu_bytes(gpu)
-    host_over = over.peak_host_bytes - limits.host_bytes(host)
+def _binding_memory(over: Trace, gpu: GpuSpec, host: HostSpec, limits: Limits) -> str:
+    s = over.summary
+    gpu_over = s.peak_gpu_bytes - limits.gpu_bytes(gpu)
+    host_over = s.peak_host_bytes - limits.host_bytes(host)
     if host_over >= gpu_over and host_over > 0:
         return "host memory (the KV in pinned host RAM)"
-    kind = max(
-        (k for k in over.memory.gpu if k != "weights"), key=lambda k: over.memory.gpu[k], default="weights"
-    )
+    kind = max((k for k in s.memory.gpu if k != "weights"), key=lambda k: s.memory.gpu[k], default="weights")
     names = {
         "kv_buffers": "GPU slot buffers",
         "kv_resident": "GPU-resident KV",

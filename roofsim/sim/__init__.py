@@ -10,14 +10,15 @@ from typing import Literal
 
 import numpy as np
 
-from roofsim.families.base import Ctx
-from roofsim.plan import Plan
-from roofsim.predict import Limits, predict
+from roofsim.families.pipeline import context, host_memory
+from roofsim.families.registry import family
+from roofsim.limits import Limits
+from roofsim.plan import PlanBase
+from roofsim.sim.builder import build, prefill_chunks, sampled
 from roofsim.sim.engine import Machine
-from roofsim.sim.program import build, prefill_chunks, sampled
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
-from roofsim.trace import PhaseSummary, Trace, TraceHeader
+from roofsim.trace import MemoryUse, PhaseStats, Summary, Trace, TraceHeader
 from roofsim.units import fmt_bytes
 from roofsim.workload import Workload
 
@@ -35,7 +36,7 @@ def _keeper(keep: KeepSpans, n_prefill: int, n_decode: int):
 
 
 def simulate(
-    plan: Plan,
+    plan: PlanBase,
     model: ModelSpec,
     gpu: GpuSpec,
     host: HostSpec,
@@ -49,7 +50,7 @@ def simulate(
     """Simulate prefill (every chunk, or `prefill_sample` evenly spaced chunks with the others interpolated in
     the cached length) and `decode_steps` decode steps (default: the workload's gen)."""
     limits = limits or Limits()
-    ctx = Ctx(model, gpu, host, work)
+    ctx = context(model, gpu, host, work)
     n_decode = decode_steps if decode_steps is not None else work.gen
     tasks, base = build(plan, ctx, n_decode, prefill, prefill_sample)
     n_prefill = prefill_chunks(ctx, plan.prefill_chunk) if prefill else 0
@@ -67,9 +68,10 @@ def simulate(
     for (phase, resource), seconds in res.busy.items():
         busy[phase][resource] = seconds / (1 if phase == "prefill" else max(n_decode, 1))
 
-    analytic = predict(plan, model, gpu, host, work, limits)  # host memory and its limit
+    host_bytes = host_memory(ctx, family(plan).host_memory(plan, ctx), plan.weights == "streamed")
+    host_need = sum(host_bytes.values())
     for sample in res.memory:  # the pinned KV pool is allocated once, before the first step
-        sample.pinned_host_bytes = analytic.peak_host_bytes
+        sample.pinned_host_bytes = host_need
     reasons = []
     if res.over_capacity is not None:
         t, short = res.over_capacity
@@ -78,10 +80,8 @@ def simulate(
             f"usable {fmt_bytes(limits.gpu_bytes(gpu))})"
         )
     host_cap = limits.host_bytes(host)
-    if analytic.peak_host_bytes > host_cap:
-        reasons.append(
-            f"needs {fmt_bytes(analytic.peak_host_bytes)} of host memory, {fmt_bytes(analytic.peak_host_bytes - host_cap)} over"
-        )
+    if host_need > host_cap:
+        reasons.append(f"needs {fmt_bytes(host_need)} of host memory, {fmt_bytes(host_need - host_cap)} over")
     notes = [
         f"spans kept: {keep} (prefill chunks and decode steps; busy totals cover every step)",
         f"{len(chunks)} of {n_prefill} prefill chunks and {n_decode} decode steps simulated "
@@ -91,15 +91,18 @@ def simulate(
         notes.append(
             "prefill chunks not simulated are interpolated linearly in the cached length between sampled ones"
         )
-    summary = PhaseSummary(
-        prefill_s=float(sum(chunk_s)) if chunk_s else None,
-        prefill_chunk_s=chunk_s,
-        decode_s_per_token=statistics.median(step_s) if step_s else None,
-        decode_step_s=step_s,
+
+    def phase(name: str, time_s, step_s) -> PhaseStats:
+        b = busy[name]
+        return PhaseStats(time_s=time_s, step_s=step_s, busy_s=b, bound=max(b, key=b.get) if b else None)
+
+    peak = max(res.memory, key=lambda m: m.gpu_bytes)
+    summary = Summary(
+        prefill=phase("prefill", float(sum(chunk_s)) if chunk_s else None, chunk_s),
+        decode=phase("decode", statistics.median(step_s) if step_s else None, step_s),
         peak_gpu_bytes=res.peak_gpu_bytes,
-        pinned_host_bytes=analytic.peak_host_bytes,
-        bound={p: max(b, key=b.get) for p, b in busy.items() if b},
-        busy_s=busy,
+        peak_host_bytes=host_need,
+        memory=MemoryUse(gpu=dict(peak.gpu), host=host_bytes),
         feasible=not reasons,
         reason="; ".join(reasons) or None,
     )
@@ -111,6 +114,9 @@ def simulate(
         gpu=gpu.name,
         host=host.name,
         workload=work,
+        gpu_mem_bytes=limits.gpu_mem_bytes,
+        host_mem_bytes=limits.host_mem_bytes,
+        profile=gpu.source,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
     )

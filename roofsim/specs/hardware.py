@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from roofsim.errors import UserError
 from roofsim.hostpace import pace_ratio
@@ -170,6 +170,11 @@ class GpuSpec(_Section):
     link: LinkSpec
     efficiency: EfficiencySpec
     runtime: RuntimeSpec
+    source: str | None = Field(
+        None,
+        exclude=True,
+        description="the name or file it was loaded from (set by load_gpu, never in a file)",
+    )
 
     # Effective rates, in SI units per second.
     @property
@@ -485,7 +490,7 @@ def _load_host(path: str, mtime_ns: int) -> HostSpec:
 
 def load_gpu(name_or_path: str) -> GpuSpec:
     path = _resolve("gpus", name_or_path, "GPU")
-    return _load_gpu(str(path), path.stat().st_mtime_ns)
+    return _load_gpu(str(path), path.stat().st_mtime_ns).model_copy(update={"source": name_or_path})
 
 
 def default_host_of(gpu_name_or_path: str, gpu: GpuSpec) -> HostSpec:

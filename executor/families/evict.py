@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from roofsim.executor.attention import attend_parts
 from roofsim.executor.cache import PlanLayer, Runtime
+from roofsim.executor.families import register_builder
 
 WINDOW = 32
 SCORER = (
@@ -108,6 +109,14 @@ class EvictLayer(PlanLayer):
         self.n = m
 
 
+@register_builder("evict")
 def build(rt: Runtime, plan, model, **_):
     rt.notes.append(SCORER)
-    return [EvictLayer(rt, i, plan.budget_tokens, plan.local_tokens) for i in range(rt.shape.n_layers)]
+    layers = [EvictLayer(rt, i, plan.budget_tokens, plan.local_tokens) for i in range(rt.shape.n_layers)]
+
+    def kept() -> str:
+        n, seen = layers[0].n, layers[0].seen
+        return f"evict: {n} of {seen} tokens kept per KV head at the end ({n / max(seen, 1):.1%})"
+
+    rt.end_notes.append(kept)
+    return layers

@@ -17,8 +17,9 @@ import time
 import torch
 from roofsim.executor.attention import attend_parts, kv_views, pack_kv
 from roofsim.executor.cache import Runtime
+from roofsim.executor.families import register_builder
 from roofsim.executor.hostpool import pinned_empty
-from roofsim.executor.slots import Slot, SlotLayer
+from roofsim.executor.slots import Slot, SlotLayer, attach_host, make_ring
 
 
 class SparseState:
@@ -152,9 +153,8 @@ class SparseLayer(SlotLayer):
         return out
 
 
+@register_builder("sparse_fetch")
 def build(rt: Runtime, plan, model, **_):
-    from roofsim.executor.build import attach_host, make_ring
-
     sh = rt.shape
     slots = [Slot(0, 0, sh.n_kv_heads, resident=False) for _ in range(sh.n_layers)]
     attach_host(rt, [[s] for s in slots])
@@ -162,6 +162,16 @@ def build(rt: Runtime, plan, model, **_):
     dense = min(plan.dense_layers, sh.n_layers)
     state = SparseState(rt, max(1, math.ceil(plan.fetch_fraction * rt.capacity)))
     rt.sparse_state = state
+
+    def moved() -> str | None:
+        if not state.full_bytes:
+            return None
+        return (
+            f"sparse_fetch moved {state.fetched_bytes / state.full_bytes:.1%} of the sparse layers' cached KV at "
+            f"decode ({state.fetched_bytes / 2**20:.1f} of {state.full_bytes / 2**20:.1f} MiB)"
+        )
+
+    rt.end_notes.append(moved)
     rt.notes.append(
         f"sparse_fetch (approximate): layers {dense}.. attend the top {plan.fetch_fraction:.0%} of tokens per KV "
         f"head, selected with {plan.partial_key_ratio:.0%} of the key columns; the layer's own query selects"

@@ -20,61 +20,18 @@ Prefill attends every head on the GPU: the CPU heads stream like the others, in 
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from roofsim.executor.attention import pack_kv
 from roofsim.executor.cache import Runtime
 from roofsim.executor.cpu_decode import attend_host
+from roofsim.executor.cpu_worker import worker, worker_threads
+from roofsim.executor.families import register_builder
 from roofsim.executor.hostpool import device_alias, pinned_empty
-from roofsim.executor.slots import Slot, SlotLayer, cut_slots
+from roofsim.executor.slots import Slot, SlotLayer, attach_host, cut_slots, make_ring
 
-_pool: ThreadPoolExecutor | None = None
-
-
-def worker_threads(base: int | None = None) -> int:
-    """Threads of the CPU worker's kernels: torch's count less one, so that the issuing thread, which launches
-    the GPU heads' kernels while the CPU attends, keeps a core of its own (an OpenMP team as wide as the machine
-    waits at every barrier for whichever thread shares a core with it). ROOFSIM_CPU_THREADS sets it."""
-    env = os.environ.get("ROOFSIM_CPU_THREADS")
-    if env:
-        return max(1, int(env))
-    return max(1, (base or torch.get_num_threads()) - 1)
-
-
-SWITCH_INTERVAL_S = 1e-4
-
-
-def _worker() -> ThreadPoolExecutor:
-    """One worker thread for the CPU's share of attention (layers run one after another, so one is enough).
-
-    Its first use shortens Python's GIL switch interval for the process (5 ms by default, to 0.1 ms): the worker
-    takes the GIL back after each TorchScript call (and after every torch call on the op-by-op fallback), and while
-    the issuing thread runs Python each take waited up to the full interval (validation/results/cpu-2core: an
-    op-by-op call beside a busy thread took 112 ms at 5 ms, 16.8 ms at 0.1 ms, 15.7 ms alone)."""
-    global _pool
-    if _pool is None:
-        _pool = worker_pool(worker_threads())
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
-    return _pool
-
-
-def worker_pool(threads: int) -> ThreadPoolExecutor:
-    """A one-thread pool whose torch kernels run on `threads` threads (torch's thread count is per thread)."""
-    return ThreadPoolExecutor(
-        max_workers=1,
-        thread_name_prefix="roofsim-cpu-attn",
-        initializer=torch.set_num_threads,
-        initargs=(threads,),
-    )
-
-
-def on_worker(fn):
-    """fn() run on the CPU worker, as the executor's CPU attention runs (calibration measures it there)."""
-    return _worker().submit(fn).result()
+from roofsim.families.cpu_attention import heads_of
 
 
 class CpuAttnLayer(SlotLayer):
@@ -169,7 +126,7 @@ class CpuAttnLayer(SlotLayer):
 
         # the CPU attends on a worker thread (torch's kernels release the GIL) while this thread issues the GPU
         # heads' slots: the two run side by side, as the plan's cost model has them
-        job = _worker().submit(cpu_part)
+        job = worker().submit(cpu_part)
         outs = [self.attend_slot(g, q, new, scale) for g in self.slots if not g.cpu_decode]
         job.result()
         # the worker has written out_host: the merge, issued only now, reads it there
@@ -178,30 +135,26 @@ class CpuAttnLayer(SlotLayer):
         return out
 
 
+@register_builder("cpu_attention")
 def build(rt: Runtime, plan, model, **_):
-    from roofsim.executor.build import attach_host, make_ring
-
-    from roofsim.families.cpu_attention import check_heads, cpu_slot_count, cpu_slot_heads, ring_slot_heads
-
     sh = rt.shape
-    hc, g = plan.cpu_kv_heads, plan.kv_heads_per_slot
-    gpu_heads, _ = check_heads(plan, sh.n_kv_heads)
-    gc = cpu_slot_heads(hc, g)
+    heads = heads_of(plan, sh.n_kv_heads)
+    gpu_heads, gc = heads.gpu_heads, heads.cpu_slot_heads
     layers_slots, cpu_slots = [], []
     for _ in range(sh.n_layers):
-        slots = cut_slots(gpu_heads, g, plan.resident_slots) if gpu_heads else []
+        slots = cut_slots(gpu_heads, plan.kv_heads_per_slot, plan.resident_slots) if gpu_heads else []
         cpu = [
             Slot(
                 len(slots) + i, gpu_heads + i * gc, gpu_heads + (i + 1) * gc, resident=False, cpu_decode=True
             )
-            for i in range(cpu_slot_count(hc, g))
+            for i in range(heads.cpu_slots)
         ]
         layers_slots.append(slots + cpu)
         cpu_slots.append(cpu)
     attach_host(rt, layers_slots)
-    make_ring(rt, plan.slot_buffers, rt.capacity, ring_slot_heads(sh.n_kv_heads, hc, g), plan.prefetch_depth)
+    make_ring(rt, plan.slot_buffers, rt.capacity, heads.ring_slot_heads, plan.prefetch_depth)
     rt.notes.append(
-        f"cpu_attention: {hc} of {sh.n_kv_heads} KV heads per layer attended on the CPU at decode "
+        f"cpu_attention: {plan.cpu_kv_heads} of {sh.n_kv_heads} KV heads per layer attended on the CPU at decode "
         f"with {worker_threads()} threads, in slots of {gc}"
     )
     return [

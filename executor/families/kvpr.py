@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from roofsim.executor.attention import attend_parts, chunk_parts, kv_views, pack_kv
 from roofsim.executor.cache import PlanLayer, Runtime, Unit
+from roofsim.executor.families import register_builder
+from roofsim.executor.slots import host_pool, make_ring
 
 from roofsim.errors import UserError
 
@@ -49,8 +51,8 @@ class Splitter:
         self.overlap = plan.overlap
         if self.fixed is None:
             from roofsim import link
-            from roofsim.families.base import Ctx, attn_work, decode_steps, nonattn_work
             from roofsim.families.kvpr import per_token
+            from roofsim.families.pipeline import Ctx, attn_work, decode_steps, nonattn_work
             from roofsim.specs import load_gpu
             from roofsim.specs.hardware import default_host_of
             from roofsim.workload import Workload
@@ -175,9 +177,8 @@ class KvprLayer(PlanLayer):
         return out
 
 
+@register_builder("kvpr")
 def build(rt: Runtime, plan, model, gpu_spec: str | None = None, **_):
-    from roofsim.executor.build import host_pool, make_ring
-
     sh = rt.shape
     splitter = Splitter(plan, model, sh.batch, gpu_spec)
     l_max = splitter(rt.capacity - 1)

@@ -11,6 +11,9 @@ overlap; the host thread issues kernels and copies. With streamed units prefetch
 
 A plan that orders the write-back on the compute stream (transformers) puts D2H on the critical path instead.
 Step time = max(sum over layers, first unit's copy + sum of the compute chains) + embedding and LM head.
+
+Busy time is kept per resource (compute, h2d, d2h, cpu, host: the trace's vocabulary) and, for the compute stream
+and the CPU, per ceiling (tensor, hbm, launch; cpu_ram, cpu_compute), which says why a compute-bound phase is.
 """
 
 from __future__ import annotations
@@ -21,19 +24,46 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from roofsim import link, ops
-from roofsim.prediction import RESOURCES, MemoryUse, PhaseCost
+from roofsim.geometry import last_block
 from roofsim.roofline import GpuWork, work
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
+from roofsim.trace import RESOURCES, MemoryUse, PhaseStats
 from roofsim.workload import Workload
 
 
 @dataclass(frozen=True)
 class Ctx:
+    """What a plan is priced against. `memo` keeps the work that does not depend on the plan (the layers' work
+    outside attention, per step shape), so that the many plans of one search price it once."""
+
     model: ModelSpec
     gpu: GpuSpec
     host: HostSpec
     work: Workload
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def cached(self, key: tuple, make):
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = self.memo[key] = make()
+        return hit
+
+
+_RECENT: list[Ctx] = []
+
+
+def context(model: ModelSpec, gpu: GpuSpec, host: HostSpec, work: Workload) -> Ctx:
+    """The Ctx of these specs and workload: the same one while they are the same objects (a search prices
+    thousands of plans against one), so its memo serves them all. Specs are not changed in place (a changed spec is
+    a copy: model_copy), which is what makes identity a safe key."""
+    for c in _RECENT:
+        if c.model is model and c.gpu is gpu and c.host is host and c.work == work:
+            return c
+    c = Ctx(model, gpu, host, work)
+    _RECENT.insert(0, c)
+    del _RECENT[4:]
+    return c
 
 
 @dataclass
@@ -59,34 +89,28 @@ def prefill_steps(context: int, chunk: int | None) -> Steps:
     return Steps(C, P, last)
 
 
-def block_lengths(P, token_block: int) -> set[float]:
-    """Key lengths of the blocks a past of P tokens is attended in, token_block at a time (the last one shorter)."""
-    return {float(min(token_block, P - t0)) for t0 in range(0, int(P), token_block)}
-
-
-def attention_shape_s(plan, ctx: Ctx) -> np.ndarray:
-    """Per prefill chunk, the host time of its attention's first calls at new shapes: each chunk's past is a new
-    key length (the executor's warm-up ran no past and one chunk's, so the first two chunks pay nothing). The
-    models attend a chunk's heads in calls of one size (whole layers, or every slot alike: cpu_attention's in
-    prefill_slot_heads; where its GPU and CPU slots differ in size the simulator counts both, this one), so one new
-    shape per chunk; with token blocks, the streamed slots' calls are over each
-    block's keys: the last block's length is new at every chunk, a full block's once, and the resident slots'
-    past P besides. As the simulator's Builder.new_shape counts. Zero unless the profile measured the per-shape
-    set-up."""
-    steps = prefill_steps(ctx.work.context, plan.prefill_chunk)
-    tb = getattr(plan, "token_block", None)
-    if not tb:
-        new = (steps.P != 0) & (steps.P != steps.C[0])
-        return new * ctx.gpu.runtime.attention_shape_s()
-    resident = getattr(plan, "resident_slots", 0)
-    resident = any(resident) if isinstance(resident, list) else resident > 0
-    seen = {0.0, float(steps.C[0])}
-    counts = []
-    for P in steps.P:
-        lengths = block_lengths(P, tb) | ({float(P)} if resident else set())
-        counts.append(len(lengths - seen))
-        seen |= lengths
-    return np.asarray(counts, dtype=float) * ctx.gpu.runtime.attention_shape_s()
+def new_shapes(steps: Steps, token_block: int | None = None, resident: bool = False) -> np.ndarray:
+    """Per prefill chunk, how many of its attention calls are at a key length the run has not attended yet (each
+    first call at a new shape pays the kernel's set-up on the host, runtime.attention_shape_us). The executor's
+    warm-up ran a chunk with no past and one after a chunk's, so lengths 0 and C[0] are seen from the start.
+    Without token blocks a layer's calls are all at the chunk's past P: one new length per chunk after the first
+    two. With token blocks a streamed slot attends each block's keys, so a chunk brings its last block's length and
+    a full block's, and resident slots (`resident`) attend P besides. Counted per distinct length at its first
+    chunk, in one pass over the chunks (sort and unique), as the simulator's Builder.new_shape counts per call."""
+    P, n = steps.P, steps.P.size
+    if not token_block:
+        return ((P != 0) & (P != steps.C[0])).astype(float)
+    lengths = [last_block(P[P > 0], token_block), np.full(int((P > token_block).sum()), float(token_block))]
+    chunks = [np.nonzero(P > 0)[0], np.nonzero(P > token_block)[0]]
+    if resident:
+        lengths.append(P)
+        chunks.append(np.arange(n))
+    length, chunk = np.concatenate(lengths), np.concatenate(chunks)
+    order = np.argsort(chunk, kind="stable")
+    length, chunk = length[order], chunk[order]
+    values, first = np.unique(length, return_index=True)
+    new = ~np.isin(values, [0.0, float(steps.C[0])])
+    return np.bincount(chunk[first[new]], minlength=n).astype(float)
 
 
 def decode_steps(contexts: list[int]) -> Steps:
@@ -166,16 +190,29 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
     sync = ll.syncs * gpu.runtime.sync_us.value * 1e-6
     t = np.maximum(t, host) + sync
     ll.crit_s = crit + sync
+    gpu_work = ll.nonattn + ll.attn
+    cpu_ram = np.asarray(ll.cpu_ram_s, dtype=float)
+    cpu_compute = np.asarray(ll.cpu_compute_s, dtype=float)
     busy = {
-        "tensor": ll.nonattn.tensor_s + ll.attn.tensor_s,
-        "hbm": ll.nonattn.hbm_s + ll.attn.hbm_s,
-        "pcie_h2d": h2d_eff,
-        "pcie_d2h": d2h_eff,
-        "cpu_ram": np.asarray(ll.cpu_ram_s, dtype=float),
-        "cpu_compute": np.asarray(ll.cpu_compute_s, dtype=float),
+        "compute": gpu_work.total_s,
+        "h2d": h2d_eff,
+        "d2h": d2h_eff,
+        "cpu": np.maximum(cpu_ram, cpu_compute),
         "host": issue + sync,
+        **_ceilings(gpu_work),
+        "cpu_ram": cpu_ram,
+        "cpu_compute": cpu_compute,
     }
     return t, busy
+
+
+CEILINGS = ("tensor", "hbm", "launch", "cpu_ram", "cpu_compute")
+BUSY_KEYS = RESOURCES + CEILINGS
+
+
+def _ceilings(w: GpuWork) -> dict[str, np.ndarray]:
+    """The compute stream's busy time split by what binds each operator."""
+    return {"tensor": w.tensor_s, "hbm": w.hbm_s, "launch": w.launch_s}
 
 
 def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> StepCost:
@@ -184,9 +221,10 @@ def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> Ste
     step = host preamble + max(sum of layer times, fill + sum of critical paths) + embedding and LM head."""
     layers_s = np.zeros(())
     crit_s = np.zeros(())
-    busy = {r: np.zeros(()) for r in RESOURCES}
-    busy["tensor"] = busy["tensor"] + extra.tensor_s
-    busy["hbm"] = busy["hbm"] + extra.hbm_s
+    busy = {r: np.zeros(()) for r in BUSY_KEYS}
+    busy["compute"] = busy["compute"] + extra.total_s
+    for k, v in _ceilings(extra).items():
+        busy[k] = busy[k] + v
     preamble = gpu.runtime.step_s()  # the forward's host preamble: nothing of the step is issued before it
     busy["host"] = busy["host"] + extra.dispatch_s(gpu) + preamble
     flops, hbm = extra.flops, extra.hbm_bytes
@@ -195,7 +233,7 @@ def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> Ste
         t, b = layer_time(ll, gpu)
         layers_s = layers_s + ll.count * t
         crit_s = crit_s + ll.count * ll.crit_s
-        for r in RESOURCES:
+        for r in BUSY_KEYS:
             busy[r] = busy[r] + ll.count * b[r]
         flops = flops + ll.count * (ll.nonattn.flops + ll.attn.flops)
         hbm = hbm + ll.count * (ll.nonattn.hbm_bytes + ll.attn.hbm_bytes)
@@ -215,51 +253,56 @@ def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> Ste
     )
 
 
-def _bound(busy: dict[str, float]) -> str:
-    return max(busy, key=lambda r: busy[r])
-
-
-def prefill_phase(sc: StepCost) -> PhaseCost:
-    busy = {r: float(v.sum()) for r, v in sc.busy.items()}
-    return PhaseCost(
-        time_s=float(sc.time_s.sum()),
+def _phase(sc: StepCost, pick, steps: list[float]) -> PhaseStats:
+    """A phase's statistics from its step costs, each array reduced by `pick` (a sum over chunks, or one step)."""
+    busy = {r: float(pick(sc.busy[r])) for r in RESOURCES}
+    return PhaseStats(
+        time_s=float(pick(sc.time_s)),
+        step_s=steps,
         busy_s=busy,
-        bound=_bound(busy),
-        flops=float(sc.flops.sum()),
-        hbm_bytes=float(sc.hbm_bytes.sum()),
-        h2d_bytes=float(sc.h2d_bytes.sum()),
-        d2h_bytes=float(sc.d2h_bytes.sum()),
-        cpu_bytes=float(sc.cpu_bytes.sum()),
-        steps=int(sc.time_s.size),
-        step_times_s=[float(x) for x in sc.time_s] if sc.time_s.size <= 4096 else [],
+        bound=max(busy, key=lambda r: busy[r]),
+        ceiling_s={c: float(pick(sc.busy[c])) for c in CEILINGS},
+        flops=float(pick(sc.flops)),
+        hbm_bytes=float(pick(sc.hbm_bytes)),
+        h2d_bytes=float(pick(sc.h2d_bytes)),
+        d2h_bytes=float(pick(sc.d2h_bytes)),
+        cpu_bytes=float(pick(sc.cpu_bytes)),
     )
 
 
-def decode_phase(sc: StepCost, i: int = 0) -> PhaseCost:
-    busy = {r: float(v[i]) for r, v in sc.busy.items()}
-    return PhaseCost(
-        time_s=float(sc.time_s[i]),
-        busy_s=busy,
-        bound=_bound(busy),
-        flops=float(sc.flops[i]),
-        hbm_bytes=float(sc.hbm_bytes[i]),
-        h2d_bytes=float(sc.h2d_bytes[i]),
-        d2h_bytes=float(sc.d2h_bytes[i]),
-        cpu_bytes=float(sc.cpu_bytes[i]),
-    )
+def prefill_phase(sc: StepCost) -> PhaseStats:
+    """The whole prefill: every chunk summed (chunk times kept up to 4096 chunks)."""
+    steps = [float(x) for x in sc.time_s] if sc.time_s.size <= 4096 else []
+    return _phase(sc, np.sum, steps)
+
+
+def decode_phase(sc: StepCost, i: int = 0) -> PhaseStats:
+    """Decode step i of the priced ones (0: at the workload's context)."""
+    return _phase(sc, lambda a: a[i], [])
 
 
 # ---- shared pieces of GPU work ------------------------------------------------------------------------------
 
 
 def outside_layers(ctx: Ctx, steps: Steps) -> GpuWork:
+    """The embedding of every step, and the LM head of those that produce logits."""
     m, B = ctx.model, ctx.work.batch
-    return work(ops.embed_ops(m, steps.C, B), ctx.gpu) + work(ops.head_ops(m, B), ctx.gpu).scale(steps.last)
+
+    def make():
+        return work(ops.embed_ops(m, steps.C, B), ctx.gpu) + work(ops.head_ops(m, B), ctx.gpu).scale(
+            steps.last
+        )
+
+    return ctx.cached(("outside", steps.C.tobytes(), steps.last.tobytes()), make)
 
 
 def nonattn_work(ctx: Ctx, steps: Steps) -> GpuWork:
+    """A layer's work outside attention (norms, projections, MLP) for each step's new tokens."""
     m, B = ctx.model, ctx.work.batch
-    return work(ops.pre_attention_ops(m, steps.C, B) + ops.post_attention_ops(m, steps.C, B), ctx.gpu)
+    return ctx.cached(
+        ("nonattn", steps.C.tobytes()),
+        lambda: work(ops.pre_attention_ops(m, steps.C, B) + ops.post_attention_ops(m, steps.C, B), ctx.gpu),
+    )
 
 
 def attn_work(
@@ -324,11 +367,16 @@ def weights_gpu_bytes(ctx: Ctx, streamed: bool) -> float:
     return float(m.embedding_params * m.dtype_bytes + 2 * m.layer_weight_bytes)
 
 
-def memory(ctx: Ctx, *, gpu: dict[str, float], host: dict[str, float], streamed_weights: bool) -> MemoryUse:
-    gpu = {"weights": weights_gpu_bytes(ctx, streamed_weights), **gpu}
+def host_memory(ctx: Ctx, host: dict[str, float], streamed_weights: bool) -> dict[str, float]:
+    """A family's host bytes by kind, with the decoder layers' weights where they stream from host memory."""
     if streamed_weights:
         host = {**host, "weights": float(ctx.model.n_layers * ctx.model.layer_weight_bytes)}
-    return MemoryUse(gpu={k: float(v) for k, v in gpu.items()}, host={k: float(v) for k, v in host.items()})
+    return {k: float(v) for k, v in host.items()}
+
+
+def memory(ctx: Ctx, *, gpu: dict[str, float], host: dict[str, float], streamed_weights: bool) -> MemoryUse:
+    gpu = {"weights": weights_gpu_bytes(ctx, streamed_weights), **gpu}
+    return MemoryUse(gpu={k: float(v) for k, v in gpu.items()}, host=host_memory(ctx, host, streamed_weights))
 
 
 def weight_stream(ctx: Ctx, streamed: bool) -> tuple[float, float]:
@@ -340,26 +388,17 @@ def weight_stream(ctx: Ctx, streamed: bool) -> tuple[float, float]:
     return float(m.layer_weight_bytes), float(tensors)
 
 
-def divisors(n: int) -> list[int]:
-    """The group sizes that split n KV heads evenly."""
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def check_divides(total: int, part: int, what: str) -> None:
-    from roofsim.errors import UserError
-
-    if part <= 0 or total % part:
-        raise UserError(f"{what}={part} must divide the model's {total} KV heads; pick a divisor of {total}")
-
-
 @dataclass
 class Evaluation:
-    """A family's answer for one plan: step costs of both phases and peak memory by kind."""
+    """A family's answer for one plan: step costs of both phases and peak memory by kind. `new_shapes`: attention
+    calls per prefill chunk at a key length not attended before (new_shapes(); None: the calls of a plan without
+    token blocks)."""
 
     prefill: StepCost
     decode: StepCost  # two steps: at the context, and at context + gen
     memory: MemoryUse
     notes: list[str] = field(default_factory=list)
+    new_shapes: np.ndarray | None = None
 
 
 def peak_memory(

@@ -1,0 +1,62 @@
+"""resident: every layer's KV stays on the GPU (the reference every exact plan must match)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from roofsim.families import slot_stream
+from roofsim.families.pipeline import Ctx, Evaluation
+from roofsim.families.registry import Family, register
+from roofsim.plan import PlanBase
+from roofsim.sim.builder import Builder, StepSpec
+from roofsim.space import SearchSpace, chunks, weights_options
+from roofsim.specs.model import ModelSpec
+from roofsim.workload import Workload
+
+
+class ResidentPlan(PlanBase):
+    """All KV on the GPU."""
+
+    family: Literal["resident"] = "resident"
+
+
+def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
+    """One slot per layer of all KV heads, resident."""
+    m = ctx.model
+    return slot_stream.SlotKnobs(
+        group=m.n_kv_heads,
+        resident=(1,) * m.n_layers,
+        chunk=plan.prefill_chunk,
+        streamed_weights=plan.weights == "streamed",
+    )
+
+
+def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[ResidentPlan]:
+    for weights in weights_options(space):
+        for c in chunks(work):
+            yield ResidentPlan(prefill_chunk=c, weights=weights)
+
+
+def evaluate(plan: ResidentPlan, ctx: Ctx) -> Evaluation:
+    return slot_stream.evaluate(knobs(plan, ctx), ctx)
+
+
+def program(b: Builder, plan: ResidentPlan, steps: list[StepSpec], base: dict[str, float]) -> None:
+    slot_stream.program(b, knobs(plan, b.ctx), steps, base)
+
+
+def host_memory(plan: ResidentPlan, ctx: Ctx) -> dict[str, float]:
+    return slot_stream.host_memory(knobs(plan, ctx), ctx)
+
+
+FAMILY = register(
+    Family(
+        plan_type=ResidentPlan,
+        candidates=candidates,
+        evaluate=evaluate,
+        program=program,
+        host_memory=host_memory,
+        host_store=False,
+    )
+)
