@@ -35,7 +35,7 @@ from roofsim.executor.hostpool import HostPool
 from roofsim.executor.models import load_model
 from roofsim.executor.runner import fingerprint, run_plan
 
-from roofsim.plan import (
+from roofsim.families import (
     CpuAttentionPlan,
     HeadOffloadPlan,
     KvprPlan,
@@ -374,8 +374,8 @@ def stage_hf(b: Bench, context: int, gen: int = 11, short: int = 0) -> None:
 
 def planner_pick(context: int):
     """The planner's pick for MODEL on the H100 profile at `context` tokens, 16 generated, no memory cap."""
+    from roofsim.limits import Limits
     from roofsim.planner import search
-    from roofsim.predict import Limits
     from roofsim.specs import load_gpu, load_model
     from roofsim.specs.hardware import default_host_of
     from roofsim.workload import Workload
