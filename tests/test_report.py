@@ -13,9 +13,10 @@ from plotly.offline import get_plotlyjs
 
 from roofsim import ops, roofline
 from roofsim.cli import main
-from roofsim.plan import HeadOffloadPlan, ResidentPlan
+from roofsim.families import HeadOffloadPlan, ResidentPlan
+from roofsim.limits import Limits
 from roofsim.planner import search
-from roofsim.predict import Limits, predict
+from roofsim.predict import predict
 from roofsim.report import alternatives, build, memory, summary, timeline, validation
 from roofsim.report.page import Page, Section, esc, table
 from roofsim.report.resolve import gpu_by_device_name, resolve
@@ -51,6 +52,7 @@ def measured_trace(
     t.header.host = "INTEL(R) XEON(R) PLATINUM 8480+"
     t.header.fingerprint = Fingerprint(gpu_name=gpu_name, driver="580.159.04", torch="2.11.0", pcie_gen=5)
     t.header.notes = ["test stand-in for a measured run"]
+    t.header.profile = None  # an executor run given no GPU spec names none
     return t
 
 
@@ -134,8 +136,9 @@ def test_roofline_places_the_decode_step_per_link_byte():
     pred = predict(PLAN, MODEL, GPU, HOST, WORK)
     fig, _ = roofline_figure(MODEL, GPU, HOST, WORK, PLAN, pred)
     h2d = next(t for t in fig.data if t.name == "decode step, per H2D byte")
-    assert h2d.x[0] == pytest.approx(pred.decode.flops / pred.decode.h2d_bytes)
-    assert h2d.y[0] == pytest.approx(pred.decode.flops / pred.decode.time_s)
+    decode = pred.summary.decode
+    assert h2d.x[0] == pytest.approx(decode.flops / decode.h2d_bytes)
+    assert h2d.y[0] == pytest.approx(decode.flops / decode.time_s)
     points, _ = operator_points(MODEL, GPU, WORK, PLAN)
     assert {p.phase for p in points} == {"prefill", "decode"}
 
@@ -226,7 +229,8 @@ def test_memory_by_kind_at_the_peak_adds_up():
     pred = predict(PLAN, MODEL, GPU, HOST, WORK)
     html = build.memory_table(pred).markup
     assert "slot buffers" in html and "KV" in html
-    assert fmt_bytes(pred.memory.gpu_bytes) in html and fmt_bytes(pred.memory.host_bytes) in html
+    use = pred.summary.memory
+    assert fmt_bytes(use.gpu_bytes) in html and fmt_bytes(use.host_bytes) in html
 
 
 def test_busy_from_spans_counts_overlaps_once_and_waits_not_at_all():
@@ -331,7 +335,7 @@ def test_device_names_resolve_to_builtin_specs():
     assert gpu_by_device_name("NVIDIA H100") is None  # SXM or PCIe: ambiguous, so no guess
     assert gpu_by_device_name("Imaginary GPU 9000") is None
     t = measured_trace(keep="none")
-    t.header.notes.append("GPU memory capped at 24.0 GB (set_per_process_memory_fraction)")
+    t.header.gpu_mem_bytes = 24e9
     found = resolve(t)
     assert found.complete and found.gpu.name == "h100-sxm" and found.host.name == GPU.default_host
     assert found.limits.gpu_mem_bytes == 24e9

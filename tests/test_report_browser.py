@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from test_report import EVIL, GPU, HOST, MODEL, PLAN, WORK, measured_trace, predicted_trace, write_results
 
-from roofsim.predict import Limits, predict
+from roofsim.limits import Limits
+from roofsim.predict import predict
 from roofsim.report import build
 
 

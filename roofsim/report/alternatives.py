@@ -9,22 +9,14 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
+from roofsim.families.registry import simplicity
 from roofsim.planner.search import Candidate, PlanResult, analytic_score, pareto
-from roofsim.prediction import Prediction
 from roofsim.report.page import Raw, esc, table
-from roofsim.report.style import font
+from roofsim.report.style import family_colour, font
+from roofsim.trace import Trace
 from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
 
 GiB = 1024**3
-FAMILY_COLOURS = {
-    "resident": "#1f2933",
-    "layer_offload": "#1c7ed6",
-    "head_offload": "#e8590c",
-    "kvpr": "#2f9e44",
-    "cpu_attention": "#d6336c",
-    "sparse_fetch": "#845ef7",
-    "evict": "#15aabf",
-}
 SCORE_LABELS = {
     "decode": "decode time per token (s)",
     "prefill": "prefill time (s)",
@@ -38,7 +30,7 @@ SCORE_LABELS = {
 class Alternatives:
     objective: str
     ranked: list[Candidate]  # feasible, best first
-    infeasible: list[Prediction]
+    infeasible: list[Trace]  # the analytic model's, of plans that do not fit
     front: list[Candidate]
     screened: int | None = None
     chosen: Candidate | None = None  # the plan the report shows in detail (default: the best)
@@ -56,7 +48,7 @@ def from_plan_result(result: PlanResult) -> Alternatives:
 
 
 def from_predictions(
-    preds: list[Prediction], chosen: Prediction | None = None, objective: str = "decode"
+    preds: list[Trace], chosen: Trace | None = None, objective: str = "decode"
 ) -> Alternatives:
     """predict's best plan per family, ranked by the analytic score of the objective."""
     feasible = sorted(
@@ -90,9 +82,14 @@ def _score_text(alt: Alternatives, score: float) -> str:
     return fmt_tokens(int(-score)) if alt.objective == "max-context" else fmt_seconds(score)
 
 
-def _bound(p: Prediction, phase: str) -> str:
-    cost = getattr(p, phase)
-    return f"{cost.bound} {cost.bound_share:.0%}"
+def _bound(p: Trace, phase: str) -> str:
+    name, share = p.summary.phase(phase).binding()
+    return f"{name} {share:.0%}"
+
+
+def _family(p: Trace) -> str:
+    """The plan's family, marked ~ where attention sees only part of the context."""
+    return p.plan.family + (" ~" if p.plan.approximate else "")
 
 
 def alternatives_table(alt: Alternatives, n: int = 25) -> Raw:
@@ -104,13 +101,13 @@ def alternatives_table(alt: Alternatives, n: int = 25) -> Raw:
         p = c.prediction
         row = [
             i,
-            p.plan.family + (" ~" if p.approximate else ""),
+            _family(p),
             p.plan.knobs(),
             _score_text(alt, c.score),
-            fmt_seconds(p.prefill_s),
-            fmt_seconds(p.decode_s_per_token),
-            fmt_bytes(p.peak_gpu_bytes),
-            fmt_bytes(p.peak_host_bytes),
+            fmt_seconds(p.summary.prefill_s),
+            fmt_seconds(p.summary.decode_s_per_token),
+            fmt_bytes(p.summary.peak_gpu_bytes),
+            fmt_bytes(p.summary.peak_host_bytes),
             _bound(p, "prefill"),
             _bound(p, "decode"),
             "simulated" if c.simulated is not None else "analytic",
@@ -130,12 +127,12 @@ def pareto_table(alt: Alternatives) -> Raw | None:
         return None
     rows = [
         [
-            fmt_bytes(c.prediction.peak_gpu_bytes),
+            fmt_bytes(c.prediction.summary.peak_gpu_bytes),
             _score_text(alt, c.score),
-            c.plan.family + (" ~" if c.prediction.approximate else ""),
+            _family(c.prediction),
             c.plan.knobs(),
         ]
-        for c in sorted(alt.front, key=lambda c: c.prediction.peak_gpu_bytes)
+        for c in sorted(alt.front, key=lambda c: c.prediction.summary.peak_gpu_bytes)
     ]
     return table(["peak GPU", alt.objective, "family", "knobs"], rows, numeric={0, 1}, wrap={3})
 
@@ -143,15 +140,18 @@ def pareto_table(alt: Alternatives) -> Raw | None:
 def infeasible_table(alt: Alternatives) -> Raw | None:
     """Per family that has no fitting plan among the ranked ones: the closest miss and why."""
     fitting = {c.plan.family for c in alt.ranked}
-    closest: dict[str, Prediction] = {}
+    closest: dict[str, Trace] = {}
     for p in alt.infeasible:
         f = p.plan.family
-        if f not in fitting and (f not in closest or p.peak_gpu_bytes < closest[f].peak_gpu_bytes):
+        if f not in fitting and (
+            f not in closest or p.summary.peak_gpu_bytes < closest[f].summary.peak_gpu_bytes
+        ):
             closest[f] = p
     if not closest:
         return None
     rows = [
-        [f, p.plan.knobs(), fmt_bytes(p.peak_gpu_bytes), p.reason or ""] for f, p in sorted(closest.items())
+        [f, p.plan.knobs(), fmt_bytes(p.summary.peak_gpu_bytes), p.summary.reason or ""]
+        for f, p in sorted(closest.items())
     ]
     return table(
         ["family", "closest knobs", "peak GPU", "why it does not fit"], rows, numeric={2}, wrap={1, 3}
@@ -159,12 +159,12 @@ def infeasible_table(alt: Alternatives) -> Raw | None:
 
 
 def _hover(c: Candidate, alt: Alternatives, tag: str = "") -> str:
-    p = c.prediction
+    p, s = c.prediction, c.prediction.summary
     return (
         f"<b>{esc(p.plan.family)}</b> {esc(tag)}<br>{esc(p.plan.knobs())}<br>"
-        f"{esc(alt.objective)}: {esc(_score_text(alt, c.score))}<br>prefill {esc(fmt_seconds(p.prefill_s))}, "
-        f"decode {esc(fmt_seconds(p.decode_s_per_token))}/token<br>peak GPU {esc(fmt_bytes(p.peak_gpu_bytes))}, "
-        f"host {esc(fmt_bytes(p.peak_host_bytes))}<br>bound: prefill {esc(_bound(p, 'prefill'))}, "
+        f"{esc(alt.objective)}: {esc(_score_text(alt, c.score))}<br>prefill {esc(fmt_seconds(s.prefill_s))}, "
+        f"decode {esc(fmt_seconds(s.decode_s_per_token))}/token<br>peak GPU {esc(fmt_bytes(s.peak_gpu_bytes))}, "
+        f"host {esc(fmt_bytes(s.peak_host_bytes))}<br>bound: prefill {esc(_bound(p, 'prefill'))}, "
         f"decode {esc(_bound(p, 'decode'))}"
     )
 
@@ -175,16 +175,16 @@ def _y(alt: Alternatives, score: float) -> float:
 
 def pareto_figure(alt: Alternatives, gpu_limit_bytes: float | None = None) -> go.Figure:
     fig = go.Figure()
-    families = sorted({c.plan.family for c in alt.ranked}, key=lambda f: list(FAMILY_COLOURS).index(f))
+    families = sorted({c.plan.family for c in alt.ranked}, key=simplicity)
     for f in families:
         cs = [c for c in alt.ranked if c.plan.family == f]
         fig.add_trace(
             go.Scatter(
-                x=[c.prediction.peak_gpu_bytes / GiB for c in cs],
+                x=[c.prediction.summary.peak_gpu_bytes / GiB for c in cs],
                 y=[_y(alt, c.score) for c in cs],
                 mode="markers",
                 name=esc(f),
-                marker={"color": FAMILY_COLOURS.get(f, "#888"), "size": 7, "opacity": 0.75},
+                marker={"color": family_colour(f), "size": 7, "opacity": 0.75},
                 hovertext=[_hover(c, alt) for c in cs],
                 hoverinfo="text",
             )
@@ -193,7 +193,7 @@ def pareto_figure(alt: Alternatives, gpu_limit_bytes: float | None = None) -> go
         bad = alt.infeasible[:2000]
         fig.add_trace(
             go.Scatter(
-                x=[p.peak_gpu_bytes / GiB for p in bad],
+                x=[p.summary.peak_gpu_bytes / GiB for p in bad],
                 y=[analytic_score(p, alt.objective) for p in bad],
                 mode="markers",
                 name="does not fit",
@@ -204,7 +204,8 @@ def pareto_figure(alt: Alternatives, gpu_limit_bytes: float | None = None) -> go
                     "line": {"width": 1, "color": "#adb5bd"},
                 },
                 hovertext=[
-                    f"<b>{esc(p.plan.family)}</b> (does not fit)<br>{esc(p.plan.knobs())}<br>{esc(p.reason or '')}"
+                    f"<b>{esc(p.plan.family)}</b> (does not fit)<br>{esc(p.plan.knobs())}<br>"
+                    f"{esc(p.summary.reason or '')}"
                     for p in bad
                 ],
                 hoverinfo="text",
@@ -212,10 +213,10 @@ def pareto_figure(alt: Alternatives, gpu_limit_bytes: float | None = None) -> go
             )
         )
     if alt.front:
-        front = sorted(alt.front, key=lambda c: c.prediction.peak_gpu_bytes)
+        front = sorted(alt.front, key=lambda c: c.prediction.summary.peak_gpu_bytes)
         fig.add_trace(
             go.Scatter(
-                x=[c.prediction.peak_gpu_bytes / GiB for c in front],
+                x=[c.prediction.summary.peak_gpu_bytes / GiB for c in front],
                 y=[_y(alt, c.score) for c in front],
                 mode="lines+markers",
                 line={"shape": "hv", "color": "#1f2933", "width": 1.5},
@@ -229,7 +230,7 @@ def pareto_figure(alt: Alternatives, gpu_limit_bytes: float | None = None) -> go
     if best is not None:
         fig.add_trace(
             go.Scatter(
-                x=[best.prediction.peak_gpu_bytes / GiB],
+                x=[best.prediction.summary.peak_gpu_bytes / GiB],
                 y=[_y(alt, best.score)],
                 mode="markers",
                 name="chosen plan",

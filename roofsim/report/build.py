@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 
 from roofsim.errors import UserError
+from roofsim.limits import Limits
 from roofsim.planner.search import PlanResult
-from roofsim.predict import Limits, predict
-from roofsim.prediction import Prediction
+from roofsim.predict import predict
 from roofsim.report import alternatives
 from roofsim.report.header import RunInfo, header_section
 from roofsim.report.memory import memory_figure
@@ -24,7 +24,7 @@ from roofsim.report.validation import band_summary, find_pairs, pairs_table, sca
 from roofsim.sim import simulate
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
-from roofsim.trace import Trace
+from roofsim.trace import Trace, TraceHeader
 from roofsim.units import fmt_bytes, fmt_tokens
 from roofsim.workload import Workload
 
@@ -44,6 +44,25 @@ def simulate_plan(
     )
 
 
+def _run_info(h: TraceHeader, model: ModelSpec | None, gpu: GpuSpec | None, host: HostSpec | None) -> RunInfo:
+    """What the header section shows of a trace: the names it gives and the specs they resolved to."""
+    return RunInfo(
+        h.model,
+        h.gpu,
+        h.host,
+        h.workload,
+        h.plan,
+        model,
+        gpu,
+        host,
+        h.fingerprint,
+        list(h.notes),
+        h.gpu_mem_bytes,
+        h.host_mem_bytes,
+        h.profile,
+    )
+
+
 def _title(model_name: str, gpu_name: str, work: Workload | None, plan=None) -> str:
     ctx = f", {fmt_tokens(work.context)} tokens" if work else ""
     fam = f": {plan.family}" if plan is not None else ""
@@ -53,7 +72,7 @@ def _title(model_name: str, gpu_name: str, work: Workload | None, plan=None) -> 
 def _detail_sections(
     page: Page,
     info: RunInfo,
-    pred: Prediction | None,
+    pred: Trace | None,
     traces: list[Trace],
     limits: Limits,
     extra_notes: list[str] | None = None,
@@ -119,7 +138,7 @@ def _detail_sections(
         )
     )
     s.blocks.append(paragraph("No memory samples in the trace.", "note") if fig is None else fig)
-    if pred is not None:
+    if pred is not None and pred.summary.memory is not None:
         s.blocks.append(Raw("<h3>At the peak, by kind (analytic)</h3>"))
         s.blocks.append(memory_table(pred))
         notes = [
@@ -138,8 +157,10 @@ def _detail_sections(
                 s.blocks.append(paragraph(text, "note"))
 
 
-def memory_table(pred: Prediction) -> Raw:
-    gpu, host = pred.memory.gpu, pred.memory.host
+def memory_table(pred: Trace) -> Raw:
+    """GPU and host bytes by kind at the peak, from the analytic model's trace."""
+    use = pred.summary.memory
+    gpu, host = use.gpu, use.host
     kinds = list(dict.fromkeys([*gpu, *host]))
     rows = [
         [
@@ -150,7 +171,7 @@ def memory_table(pred: Prediction) -> Raw:
         for k in kinds
         if gpu.get(k) or host.get(k)
     ]
-    rows.append(["total", fmt_bytes(pred.memory.gpu_bytes), fmt_bytes(pred.memory.host_bytes)])
+    rows.append(["total", fmt_bytes(use.gpu_bytes), fmt_bytes(use.host_bytes)])
     return table(["kind", "GPU", "host"], rows, numeric={1, 2})
 
 
@@ -172,7 +193,7 @@ def _alternatives_section(page: Page, alt: alternatives.Alternatives, gpu_limit:
 
 
 def prediction_report(
-    preds: list[Prediction],
+    preds: list[Trace],
     model: ModelSpec,
     gpu: GpuSpec,
     host: HostSpec,
@@ -183,7 +204,10 @@ def prediction_report(
     """`predict --report`: the fastest plan that fits (by decode time per token) in detail, every family's
     best plan in the comparison."""
     feasible = [p for p in preds if p.feasible]
-    chosen = min(feasible or preds, key=lambda p: (p.approximate, p.decode_s_per_token, p.prefill_s))
+    chosen = min(
+        feasible or preds,
+        key=lambda p: (p.plan.approximate, p.summary.decode_s_per_token, p.summary.prefill_s),
+    )
     if trace is None:
         trace = simulate_plan(chosen.plan, model, gpu, host, work, limits, min(work.gen, 8))
     page = Page(
@@ -192,7 +216,7 @@ def prediction_report(
         "measurement.",
         badge="predicted",
     )
-    info = RunInfo(model.name, gpu.name, host.name, work, chosen.plan, model, gpu, host)
+    info = _run_info(chosen.header, model, gpu, host)
     if len(preds) > 1:
         info.notes.append(
             f"Shown in detail: {chosen.plan.family} ({chosen.plan.knobs()}), the "
@@ -226,7 +250,7 @@ def plan_report(
 ) -> Page:
     """`plan --report`: the chosen plan in detail, the alternatives and the Pareto frontier."""
     best = result.best
-    work = best.prediction.workload
+    work = best.prediction.header.workload
     if trace is None:
         trace = simulate_plan(best.plan, model, gpu, host, work, limits, min(work.gen, 8))
     page = Page(
@@ -235,7 +259,7 @@ def plan_report(
         "its discrete-event simulator: not a measurement.",
         badge="predicted plan",
     )
-    info = RunInfo(model.name, gpu.name, host.name, work, best.plan, model, gpu, host)
+    info = _run_info(best.prediction.header, model, gpu, host)
     page.add(header_section(info))
     if explanation:
         page.sections[-1].blocks.insert(
@@ -268,7 +292,7 @@ def trace_report(
     measured = h.producer == "measured"
     found = resolve(trace, predicted if measured else None, gpu, host)
     notes = list(found.notes)
-    pred: Prediction | None = None
+    pred: Trace | None = None
     traces = [trace]
     if measured and predicted is not None:
         traces = [predicted, trace]
@@ -277,7 +301,7 @@ def trace_report(
         try:
             pred = predict(h.plan, found.model, found.gpu, found.host, h.workload, found.limits)
             if measured and predicted is None:
-                steps = len(trace.summary.decode_step_s) or len(
+                steps = len(trace.summary.decode.step_s) or len(
                     {s.step for s in trace.spans if s.phase == "decode"}
                 )
                 steps = max(1, min(16, steps))
@@ -297,18 +321,7 @@ def trace_report(
         + (f"; from {source}" if source else "")
     )
     page = Page(_title(h.model, h.gpu, h.workload, h.plan), subtitle, badge=badge)
-    info = RunInfo(
-        h.model,
-        h.gpu,
-        h.host,
-        h.workload,
-        h.plan,
-        found.model,
-        found.gpu,
-        found.host,
-        h.fingerprint,
-        list(h.notes),
-    )
+    info = _run_info(h, found.model, found.gpu, found.host)
     if not trace.complete:
         info.notes.insert(0, f"this run stopped early: {trace.error or 'no reason recorded'}")
     page.add(header_section(info))

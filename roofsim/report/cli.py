@@ -109,5 +109,5 @@ def report_plan(path: str, result, model, gpu, host, limits, explanation: str, q
     from roofsim.report.build import plan_report
 
     page = plan_report(result, model, gpu, host, limits, explanation)
-    out = path or default_name("plan", model.name, gpu.name, result.best.prediction.workload.context)
+    out = path or default_name("plan", model.name, gpu.name, result.best.prediction.header.workload.context)
     return write(page, out, sys.stderr if quiet else None)

@@ -30,6 +30,9 @@ class RunInfo:
     host: HostSpec | None = None
     fingerprint: Fingerprint | None = None
     notes: list[str] = field(default_factory=list)
+    gpu_mem_bytes: float | None = None  # the cap on GPU memory the plan ran or was priced under
+    host_mem_bytes: float | None = None
+    profile: str | None = None  # the GPU spec (name or file) the trace was priced or planned with
 
     @property
     def title(self) -> str:
@@ -130,6 +133,12 @@ def _run_rows(info: RunInfo) -> list[list]:
             ["batch", w.batch],
             ["generated tokens", w.gen],
         ]
+    if info.gpu_mem_bytes is not None:
+        rows.append(["GPU memory cap", fmt_bytes(info.gpu_mem_bytes)])
+    if info.host_mem_bytes is not None:
+        rows.append(["host memory cap", fmt_bytes(info.host_mem_bytes)])
+    if info.profile and info.profile != info.gpu_name:
+        rows.append(["GPU spec (profile)", info.profile])
     if info.plan is not None:
         plan = info.plan
         rows += [

@@ -59,7 +59,7 @@ def memory_figure(
         return None
     kinds = kinds_of(traces)
     extra = {k: EXTRA_COLOURS[i % len(EXTRA_COLOURS)] for i, k in enumerate(kinds) if k not in MEMORY_COLOURS}
-    host = [t for t in traces if any(s.pinned_host_bytes for s in t.memory) or t.summary.pinned_host_bytes]
+    host = [t for t in traces if any(s.pinned_host_bytes for s in t.memory) or t.summary.peak_host_bytes]
     titles = [f"GPU memory, {t.header.producer}" for t in traces]
     if host:
         titles.append("pinned host memory")
@@ -128,7 +128,7 @@ def memory_figure(
                 label = f"pinned host, {t.header.producer}"
             else:
                 xs = [samples[0].t_s, samples[-1].t_s]
-                ys = [t.summary.pinned_host_bytes / GiB] * 2
+                ys = [t.summary.peak_host_bytes / GiB] * 2
                 label = f"pinned host, {t.header.producer} (summary: held for the whole run)"
             fig.add_trace(
                 go.Scatter(

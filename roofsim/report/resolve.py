@@ -9,14 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from roofsim.errors import UserError
-from roofsim.predict import Limits
+from roofsim.limits import Limits
 from roofsim.specs import list_gpus, load_gpu, load_host, load_model
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 from roofsim.trace import Trace
-
-_CAP = re.compile(r"GPU memory capped at ([0-9.]+) GB")
-_PROFILE = re.compile(r"^profile: (.+)$")
 
 
 @dataclass
@@ -73,9 +70,11 @@ def resolve(
     if out.model is None:
         out.notes.append(f"model {trace.header.model!r} is not one roofsim knows by name")
     for h in headers:
-        profiles = [m.group(1) for n in h.notes if (m := _PROFILE.match(n))]
-        for candidate in [*profiles, h.gpu]:
-            out.gpu = out.gpu or _try(load_gpu, candidate)
+        if out.gpu is None and h.profile:
+            out.gpu = _try(load_gpu, h.profile)
+            if out.gpu is not None and h.profile != h.gpu:
+                out.notes.append(f"GPU spec {out.gpu.name} from the profile the trace names, {h.profile!r}")
+        out.gpu = out.gpu or _try(load_gpu, h.gpu)
     if out.gpu is None:
         device = trace.header.fingerprint.gpu_name if trace.header.fingerprint else trace.header.gpu
         out.gpu = gpu_by_device_name(device)
@@ -92,8 +91,5 @@ def resolve(
             out.host = _try(load_host, str(Path(gpu).parent / out.gpu.default_host))
         if out.host is not None and trace.header.host:
             out.notes.append(f"host spec {out.host.name} (the GPU spec's default) for {trace.header.host!r}")
-    for n in trace.header.notes:
-        m = _CAP.search(n)
-        if m:
-            out.limits = Limits(gpu_mem_bytes=float(m.group(1)) * 1e9)
+    out.limits = Limits(gpu_mem_bytes=trace.header.gpu_mem_bytes, host_mem_bytes=trace.header.host_mem_bytes)
     return out

@@ -3,7 +3,7 @@ attained FLOP/s = FLOPs / roofline time), under the ceilings that apply: tensor 
 CPU RAM. Bandwidth ceilings are y = intensity x bandwidth (Williams et al., "Roofline", CACM 2009); an
 operator whose operands cross PCIe or come from CPU RAM is held under that line instead of HBM's.
 
-Where the plan's Prediction is known, each phase is also drawn as one point per byte stream it moves (FLOPs
+Where the analytic model's trace of the plan is given, each phase is also drawn as one point per byte stream it moves (FLOPs
 per HBM byte, per H2D byte, per CPU-RAM byte), which shows which ceiling the whole step sits on."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from roofsim import ops, roofline
-from roofsim.prediction import Prediction
 from roofsim.report.page import esc
 from roofsim.report.style import BOUND_COLOURS, font
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 from roofsim.specs.sourced import Sourced
+from roofsim.trace import Trace
 from roofsim.workload import Workload
 
 
@@ -155,17 +155,19 @@ def operator_points(model: ModelSpec, gpu: GpuSpec, work: Workload, plan) -> tup
     return points, skipped
 
 
-def phase_points(pred: Prediction) -> list[Point]:
+def phase_points(pred: Trace) -> list[Point]:
     """Each phase as a whole: its FLOPs over its time, per byte of each stream it moves."""
     out = []
     for phase in ("prefill", "decode"):
-        cost = getattr(pred, phase)
-        if cost.flops <= 0 or cost.time_s <= 0:
+        st = pred.summary.phase(phase)
+        flops, time_s = st.flops or 0.0, st.time_s or 0.0
+        if flops <= 0 or time_s <= 0:
             continue
         name = "whole prefill" if phase == "prefill" else "decode step"
-        for per, nbytes in (("HBM", cost.hbm_bytes), ("H2D", cost.h2d_bytes), ("CPU RAM", cost.cpu_bytes)):
-            if nbytes > 0:
-                out.append(Point(name, phase, cost.flops, nbytes, cost.time_s, cost.bound, per))
+        bound = st.binding()[0]
+        for per, nbytes in (("HBM", st.hbm_bytes), ("H2D", st.h2d_bytes), ("CPU RAM", st.cpu_bytes)):
+            if nbytes:
+                out.append(Point(name, phase, flops, nbytes, time_s, bound, per))
     return out
 
 
@@ -202,7 +204,7 @@ def roofline_figure(
     host: HostSpec | None,
     work: Workload,
     plan,
-    pred: Prediction | None = None,
+    pred: Trace | None = None,
 ) -> tuple[go.Figure, list[str]]:
     """The chart, and the operators it could not place (no FLOPs or no bytes)."""
     points, skipped = operator_points(model, gpu, work, plan)

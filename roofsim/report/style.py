@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from roofsim.families.registry import families, simplicity
+
 FONT_FAMILY = '-apple-system, "Segoe UI", "DejaVu Sans", "Liberation Sans", Arial, sans-serif'
 
 
@@ -9,14 +11,16 @@ def font() -> dict:
     return {"family": FONT_FAMILY, "size": 12, "color": "#1f2933"}
 
 
-# what binds an operator (roofline.rows) or a phase (Prediction resources)
+# what binds an operator (roofline.rows: tensor, hbm, compute, launch) or a phase (PhaseStats.binding(): a trace
+# resource, or the ceiling that holds most of its time)
 BOUND_COLOURS = {
     "tensor": "#1f2933",
     "compute": "#495057",
     "hbm": "#2563eb",
     "launch": "#e03131",
-    "pcie_h2d": "#e8590c",
-    "pcie_d2h": "#a0522d",
+    "h2d": "#e8590c",
+    "d2h": "#a0522d",
+    "cpu": "#087f5b",
     "cpu_ram": "#2f9e44",
     "cpu_compute": "#66a80f",
     "host": "#ae3ec9",
@@ -59,3 +63,26 @@ MEMORY_LABELS = {
 EXTRA_COLOURS = ["#15aabf", "#fab005", "#d6336c", "#66a80f", "#5c7cfa", "#495057"]
 
 PRODUCER_COLOURS = {"predicted": "#1c7ed6", "measured": "#e8590c"}
+
+# plan families by their rank in the registry's order of simplicity, so a newly registered family gets a colour
+FAMILY_PALETTE = [
+    "#1f2933",
+    "#1c7ed6",
+    "#e8590c",
+    "#2f9e44",
+    "#d6336c",
+    "#845ef7",
+    "#15aabf",
+    "#5c7cfa",
+    "#66a80f",
+    "#a0522d",
+    "#e03131",
+    "#495057",
+]
+
+
+def family_colour(name: str) -> str:
+    """The colour of a registered plan family (grey for a name the registry does not know)."""
+    if name not in families():
+        return "#888"
+    return FAMILY_PALETTE[simplicity(name) % len(FAMILY_PALETTE)]

@@ -3,25 +3,24 @@ side by side for the analytic prediction, the simulated trace and the measured t
 
 from __future__ import annotations
 
-from roofsim.prediction import Prediction
 from roofsim.report.page import Raw, table
 from roofsim.report.validation import error_pct
-from roofsim.trace import Trace
+from roofsim.trace import PhaseStats, Trace
 from roofsim.units import fmt_bytes, fmt_seconds
 
 
-def _busy_text(busy: dict[str, float], total: float | None) -> str:
+def _shares(times: dict[str, float], total: float) -> str:
+    return ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(times.items(), key=lambda kv: -kv[1]) if v > 0)
+
+
+def _busy_text(busy: dict[str, float], total: float | None, ceilings: dict[str, float] | None = None) -> str:
+    """Each busy resource's share of the phase, most first; then, where the analytic model gives them, the compute
+    stream's and the CPU's time by the ceiling that binds each operator (tensor, hbm, launch, cpu_ram, ...)."""
     if not busy or not total:
         return ""
-    return ", ".join(f"{r} {v / total:.0%}" for r, v in sorted(busy.items(), key=lambda kv: -kv[1]) if v > 0)
-
-
-def _bound(resource: str | None, busy: dict[str, float], total: float | None) -> str | None:
-    if resource is None:
-        return None
-    if resource in busy and total:
-        return f"{resource} {busy[resource] / total:.0%}"
-    return resource
+    text = _shares(busy, total)
+    by_ceiling = _shares(ceilings or {}, total)
+    return f"{text}; by ceiling: {by_ceiling}" if by_ceiling else text
 
 
 def _fits(feasible: bool | None, reason: str | None) -> str:
@@ -68,48 +67,35 @@ def busy_from_spans(trace: Trace, phase: str) -> tuple[dict[str, float], float]:
     return busy, total
 
 
-def _trace_phase_cells(t: Trace, phase: str) -> dict[str, str | None]:
-    """Bound and busy shares of a trace's phase: from its summary, or for a measured trace (whose summary has
-    none) from the spans of the steps it kept."""
-    s = t.summary
-    busy = s.busy_s.get(phase) or {}
-    total = s.prefill_s if phase == "prefill" else s.decode_s_per_token
-    tag = ""
+def _phase_cells(t: Trace, phase: str) -> dict[str, str | None]:
+    """What binds a trace's phase and each resource's busy share: from its summary, or for a measured trace
+    (whose summary has none) from the spans of the steps it kept."""
+    st: PhaseStats = t.summary.phase(phase)
+    busy, total, tag = dict(st.busy_s), st.time_s, ""
+    bound, share = st.binding() if st.bound and busy else (st.bound, None)
     if not busy:
         busy, total = busy_from_spans(t, phase)
         tag = " (from the kept steps' spans)" if busy else ""
-    bound = s.bound.get(phase) or (max(busy, key=busy.get) if busy else None)
-    text = _busy_text(busy, total)
+        bound = bound or (max(busy, key=busy.get) if busy else None)
+        share = busy[bound] / total if bound in busy and total else None
+    text = _busy_text(busy, total, st.ceiling_s)
+    bound_text = f"{bound} {share:.0%}" if bound and share is not None else bound
     return {
-        f"bound {phase}": (_bound(bound, busy, total) or "") + tag if bound else None,
+        f"bound {phase}": bound_text + tag if bound_text else None,
         f"busy {phase}": text + tag if text else None,
     }
 
 
-def phase_table(pred: Prediction | None, traces: list[Trace]) -> Raw:
-    """Columns: analytic (if `pred`), then one per trace by producer; an error column when a measured trace
-    sits beside a predicted one (predicted vs measured, in % of measured)."""
+def phase_table(pred: Trace | None, traces: list[Trace]) -> Raw:
+    """Columns: analytic (if `pred`, the analytic model's trace), then one per trace by producer; an error column
+    when a measured trace sits beside a predicted one (predicted vs measured, in % of measured)."""
     cols: list[dict[str, object]] = []
-    if pred is not None:
-        cols.append(
-            {
-                "name": "analytic",
-                "fits": _fits(pred.feasible, pred.reason),
-                "prefill": pred.prefill_s,
-                "decode": pred.decode_s_per_token,
-                "gpu": pred.peak_gpu_bytes,
-                "host": pred.peak_host_bytes,
-                "bound prefill": f"{pred.prefill.bound} {pred.prefill.bound_share:.0%}",
-                "bound decode": f"{pred.decode.bound} {pred.decode.bound_share:.0%}",
-                "busy prefill": _busy_text(pred.prefill.busy_s, pred.prefill_s),
-                "busy decode": _busy_text(pred.decode.busy_s, pred.decode_s_per_token),
-            }
-        )
+    named = [("analytic", pred)] if pred is not None else []
     for t in traces:
-        s = t.summary
         name = "simulated" if t.header.producer == "predicted" else "measured"
-        if not t.complete:
-            name += " (incomplete)"
+        named.append((name if t.complete else f"{name} (incomplete)", t))
+    for name, t in named:
+        s = t.summary
         cols.append(
             {
                 "name": name,
@@ -117,9 +103,9 @@ def phase_table(pred: Prediction | None, traces: list[Trace]) -> Raw:
                 "prefill": s.prefill_s,
                 "decode": s.decode_s_per_token,
                 "gpu": s.peak_gpu_bytes,
-                "host": s.pinned_host_bytes,
-                **_trace_phase_cells(t, "prefill"),
-                **_trace_phase_cells(t, "decode"),
+                "host": s.peak_host_bytes,
+                **_phase_cells(t, "prefill"),
+                **_phase_cells(t, "decode"),
             }
         )
     predicted = next((t for t in traces if t.header.producer == "predicted"), None)

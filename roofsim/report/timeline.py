@@ -16,9 +16,8 @@ from plotly.subplots import make_subplots
 
 from roofsim.report.page import esc
 from roofsim.report.style import PRODUCER_COLOURS, SPAN_COLOURS, font
-from roofsim.trace import Span, Trace
+from roofsim.trace import RESOURCES, Span, Trace
 
-RESOURCES = ("compute", "h2d", "d2h", "cpu", "host")
 RESOURCE_LABELS = {
     "compute": "compute stream",
     "h2d": "H2D copy",

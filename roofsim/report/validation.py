@@ -8,6 +8,7 @@ name (`cfg-predicted.json`, `cfg-measured.json`), plain or gzip-compressed (`.js
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,10 +17,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from roofsim.report.alternatives import FAMILY_COLOURS
+from roofsim.families.registry import simplicity
 from roofsim.report.page import Raw, esc, table
-from roofsim.report.style import font
-from roofsim.trace import Comparison, Trace, compare, read_json_text
+from roofsim.report.style import family_colour, font
+from roofsim.trace import Comparison, Trace, compare, read_json_text, upgrade
 from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
 
 METRICS = {  # label, chart unit, text format
@@ -58,8 +59,13 @@ def _role(path: Path) -> str | None:
 
 
 def _read(path: Path, problems: list[str], root: Path) -> Trace | None:
+    """The trace at `path` in the current schema (older files are upgraded as Trace.read does), or None with the
+    problem said."""
     try:
-        return Trace.model_validate_json(read_json_text(path))
+        data = json.loads(read_json_text(path))
+        if isinstance(data, dict) and isinstance(data.get("header"), dict):
+            data = upgrade(data)
+        return Trace.model_validate(data)
     except (ValueError, OSError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         problems.append(f"{path.relative_to(root)}: not a roofsim trace ({first})")
@@ -209,7 +215,7 @@ def scatter_figure(results: Results) -> go.Figure | None:
             row=1,
             col=col,
         )
-        for fam in sorted({pr.measured.header.plan.family for pr, _, _ in pts}):
+        for fam in sorted({pr.measured.header.plan.family for pr, _, _ in pts}, key=simplicity):
             fp = [(pr, x, y) for pr, x, y in pts if pr.measured.header.plan.family == fam]
             fig.add_trace(
                 go.Scatter(
@@ -221,7 +227,7 @@ def scatter_figure(results: Results) -> go.Figure | None:
                     showlegend=fam not in shown,
                     marker={
                         "size": 10,
-                        "color": FAMILY_COLOURS.get(fam, "#888"),
+                        "color": family_colour(fam),
                         "line": {"width": 1, "color": "#fff"},
                     },
                     hovertext=[
