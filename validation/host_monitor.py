@@ -1,7 +1,7 @@
 """Time the host's speed beside a campaign: every PERIOD_S, a fixed pure-Python loop and a fixed count of tiny
 CPU torch calls (the dispatcher a launch-bound decode step pays per kernel), one CSV row each, flushed at once,
-so that a measured run's slow spells can be set beside the host's (the launch-bound decode steps of the H200
-campaign moved between ~24 and ~51 ms within one run: validation/results/h200/README.md). One core, a few
+so that a measured run's slow spells can be set beside the host's (a launch-bound decode step follows the host's
+pace, which moves within a run: docs/evidence.md#ev-host-two-speeds). One core, a few
 milliseconds a period: it takes ~0.5% of one vCPU at the default period. Runs until killed.
 
     python3 validation/host_monitor.py $OUT/host.csv &   # then the campaign; kill %1 after it

@@ -11,7 +11,7 @@
 #   bash validation/run_campaign.sh only NAME,NAME  # the named configurations ($OUT/campaign-$LABEL.tar.gz)
 # CALIB=<folder> (default calibrated) names the calibration's folder under validation/results/<gpu>/: calibrate
 # writes it, the parts predict with it. Calibrating in the same call as a part predicts that part with the host
-# speed of the machine it ran on (it varies between machines: validation/results/h100/calibrations-other).
+# speed of the machine it ran on (it varies between machines: docs/evidence.md#ev-calibrate-beside-runs).
 # GPU=<spec> (default h100-sxm) is the base spec calibrate starts from; its results go to validation/results/h100
 # for h100-sxm and validation/results/<spec> otherwise (GPU=h200: validation/results/h200), with the configurations
 # of CAMPAIGN (default validation/campaign-h100.toml: model, context and plan, nothing GPU-specific).
