@@ -1,5 +1,5 @@
 """roofsim.executor: the torch runtime that runs a Plan on CUDA (or on the CPU stand-in) with stock transformers
-models and records a measured Trace (issue #5).
+models and records a measured Trace.
 
     from roofsim.executor import make_cache
     cache = make_cache(model, plan, max_tokens=prompt_len + new_tokens)

@@ -204,9 +204,9 @@ _MIN_SPLIT_KEYS = 2048
 
 def _cpu_splits(q: torch.Tensor, k: torch.Tensor) -> int:
     """How many key ranges a CPU decode call is cut into. torch's CPU flash kernel parallelises over (batch, head,
-    query block) only, so a decode call over a few KV heads would run on a few threads (the first H100 campaign
-    measured cpu_attention 3.5x slower than its model); cutting the keys into ranges laid along the batch axis
-    gives every thread work, and the partial outputs merge by their LSE (flash-decoding's split-K)."""
+    query block) only, so a decode call over a few KV heads would run on a few threads
+    (docs/evidence.md#ev-cpu-split-k); cutting the keys into ranges laid along the batch axis gives every
+    thread work, and the partial outputs merge by their LSE (flash-decoding's split-K)."""
     if q.device.type != "cpu" or q.shape[0] != 1 or q.shape[-2] > 64:
         return 1
     return cpu_splits(q.shape[1], q.shape[-2], k.shape[-2])
@@ -300,8 +300,8 @@ def race_prefill(shape, chunk: int, heads: int, prompt_len: int) -> str | None:
     """Race the kernels on the call that dominates a long prefill: a chunk's queries (GQA folded) against a past
     of half the prompt (at most RACE_PAST_MAX keys), unmasked, at `heads` KV heads (the fewest one call of the
     plan attends), and keep the winner for every prefill-sized call. Left to the warm-up forward's causal chunk,
-    the race chose by a square the prefill barely runs: on the H100 at 2048-token chunks FlashAttention-2 won it,
-    while cuDNN attends a 64K past at one head ~1.5x faster. Returns the winner (None without a choice)."""
+    the race would choose by a square the prefill barely runs, and can pick a kernel slower on the past
+    (docs/evidence.md#ev-prefill-race-on-past). Returns the winner (None without a choice)."""
     D, G, B = shape.head_dim, shape.group, shape.batch
     names = _candidates(torch.device(shape.device), shape.dtype, D)
     if len(names) < 2 or G * chunk < _LONG:
@@ -317,16 +317,15 @@ def race_prefill(shape, chunk: int, heads: int, prompt_len: int) -> str | None:
 @torch.no_grad()
 def warm_up(shape, chunk: int, kv_heads: set[int]) -> None:
     """Run each attention call shape a plan's prefill and decode make, once, untimed: a chunk after a cached past
-    (its unmasked part is a kernel the cache-less warm-up forward never runs, and the first H100 campaign after
-    that warm-up still measured ~0.6 s in every run's second chunk, the first with a past) and a decode step,
-    for each KV-head count that one call attends (a whole layer, a slot). `shape`: the cache's Shape."""
+    (its unmasked part is a kernel the cache-less warm-up forward never runs:
+    docs/evidence.md#ev-warm-up-chunk-after-past) and a decode step, for each KV-head count that one call
+    attends (a whole layer, a slot). `shape`: the cache's Shape."""
     D, G, B = shape.head_dim, shape.group, shape.batch
     for h in sorted(kv_heads):
         for C in {chunk, 1}:
             P = max(chunk, 1)
-            # a slot's queries are a head slice of the layer's [B, C, Hq, D]-major q: the same strides (cuDNN
-            # builds a plan per stride pattern too; a q of only the slot's heads left every streamed plan's first
-            # chunk paying 40-120 ms on the H100, validation/results/h100)
+            # a slot's queries are a head slice of the layer's [B, C, Hq, D]-major q: the same strides, since
+            # cuDNN builds a plan per stride pattern too (docs/evidence.md#ev-warm-up-query-strides)
             full = torch.randn(B, C, shape.n_kv_heads * G, D, device=shape.device, dtype=shape.dtype)
             q = full.transpose(1, 2)[:, : h * G]
             k, v = kv_views(torch.randn(P + C, B, 2, h, D, device=shape.device, dtype=shape.dtype), 0, P + C)

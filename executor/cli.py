@@ -62,8 +62,9 @@ def run(args) -> int:
     gpu_mem = parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem else None
 
     # Chunked prefill allocates and frees activations of changing sizes; with fixed segments the caching
-    # allocator fragmented 3 GiB on the H100 and a plan that fitted 24 GB ran out of memory. Expandable segments
-    # keep reserved memory close to allocated memory. Must be set before torch initialises CUDA.
+    # allocator fragments, and a plan that fits a cap can run out of memory
+    # (docs/evidence.md#ev-allocator-fragmentation). Expandable segments keep reserved memory close to
+    # allocated memory. Must be set before torch initialises CUDA.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
     from roofsim.executor.models import load_model

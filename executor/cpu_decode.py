@@ -4,9 +4,9 @@ Python's switch interval each time. TorchScript runs the whole layer without the
 
 Same arithmetic as `attention.attend` on the CPU (split-K over key ranges laid along the batch axis, merged by
 LSE in fp32), for batch 1 and one query token, over host blocks laid out token-major [T, 1, 2, g, D]; the
-output goes straight into the caller's buffer. validation/results/cpu-2core times both beside a busy thread (at
-the default 5 ms switch interval: 112 ms op by op, 26 ms here, against 15.7 alone); on the H100, l3-cpu2-64k's
-decode step went from 225 ms to 151 ms (validation/results/h100/README.md). The tests check the arithmetic.
+output goes straight into the caller's buffer. Beside a busy Python thread the op-by-op path waits for the GIL
+after every op, this path once a layer (docs/evidence.md#ev-gil-switch-interval,
+docs/evidence.md#ev-torchscript-cpu-worker). The tests check the arithmetic.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ def worker() -> ThreadPoolExecutor:
 
     Its first use shortens Python's GIL switch interval for the process (5 ms by default, to 0.1 ms): the worker
     takes the GIL back after each TorchScript call (and after every torch call on the op-by-op fallback), and while
-    the issuing thread runs Python each take waited up to the full interval (validation/results/cpu-2core: an
-    op-by-op call beside a busy thread took 112 ms at 5 ms, 16.8 ms at 0.1 ms, 15.7 ms alone)."""
+    the issuing thread runs Python each take waits up to the full interval
+    (docs/evidence.md#ev-gil-switch-interval)."""
     global _pool
     if _pool is None:
         _pool = worker_pool(worker_threads())

@@ -3,14 +3,15 @@
 The measurements come from `roofsim calibrate` (roofsim.executor.calibrate, torch, on the GPU machine); this
 module only fits and writes, so it runs anywhere. Calibration never runs a model or a plan end to end: those are
 for validation. Fitting rules (each value in the profile says which one produced it):
-- h2d/d2h rate: median rate of isolated pinned copies of 64 MiB and more;
+- h2d/d2h rate: the slope of time against bytes over isolated pinned copies of 64 MiB and more (_stream_rate);
 - copy latency: median of t - n/rate over isolated copies from 256 KiB to 16 MiB; copy floor: the smallest copy;
 - copy gap: 16 back-to-back copies, per-copy time minus its bytes at the rate; copy issue: 1024 back-to-back
   64 KiB copies, whose time is the issuing thread's;
 - duplex efficiency: both directions at once over the sum of their rates alone;
 - GEMM efficiency: total FLOPs over total time of one decoder layer's GEMMs (as the stock model runs them) at
-  prefill chunk sizes, over the datasheet peak (the best single shape overstated it by ~6%); attention: the
-  median over the executor's own kernels at the chunk shapes plans run (whole layers and one-head slots);
+  prefill chunk sizes, over the datasheet peak (the best single shape overstates it:
+  docs/evidence.md#ev-gemm-total-not-best-shape); attention: the median over the executor's own kernels at the
+  chunk shapes plans run (whole layers and one-head slots);
 - memory efficiency: device-to-device copy over datasheet bandwidth;
 - per-kernel cost: what one decoder layer adds to a decode step at tiny shapes through the executor (its cache and
   attention included), divided by the kernels roofsim's operator model counts for that layer;
@@ -80,8 +81,9 @@ class Measurements(BaseModel):
     tiny_layer_model: ModelSpec
     tiny_layer_samples_s: list[float] | None = Field(
         default=None,
-        description="tiny_layer_s measured at the start, the middle and (right after tiny_layer_beside_cpu_s) the end "
-        "of the calibration: a guest's host speed moves between two levels ~1.7x apart, and one sample stood for one",
+        description="tiny_layer_s measured at the start, the middle and (right after "
+        "tiny_layer_beside_cpu_s) the end of the calibration: the host's speed moves in spells, so one sample "
+        "does not stand for the calibration",
     )
     tiny_step_s: float | None = Field(
         default=None,
@@ -191,9 +193,8 @@ def _rate(points: list[CopyPoint], min_bytes: int) -> float:
 
 def _stream_rate(points: list[CopyPoint], min_bytes: int) -> float:
     """The link's streaming rate: the slope of time against bytes between the smallest and the largest copy of at
-    least min_bytes, so that a cost per copy does not lower it (one H100 guest's isolated copies of 64 MiB, 256 MiB
-    and 1 GiB ran at 27, 42 and 52 GB/s, a median of 42, where its runs streamed at 55: the slope is 56); the
-    median rate where fewer than two such sizes were timed, or where the slope is not positive."""
+    least min_bytes, so that a fixed cost per copy does not lower it (docs/evidence.md#ev-link-rate-slope);
+    the median rate where fewer than two such sizes were timed, or where the slope is not positive."""
     big = sorted((p for p in points if p.nbytes >= min_bytes), key=lambda p: p.nbytes)
     if len(big) >= 2 and big[-1].nbytes > big[0].nbytes and big[-1].seconds > big[0].seconds:
         return (big[-1].nbytes - big[0].nbytes) / (big[-1].seconds - big[0].seconds)
@@ -219,9 +220,9 @@ def host_paces(m: Measurements) -> tuple[dict[str, float], dict[str, float]]:
     """The gauges' reference readings the profile's host-side costs are stated at, by gauge ("loop":
     host_pace_us, "launch", "step": each where timed): their means beside the tiny decode layers (kernel_us and
     step_us rest on those); and each timed cost's ratio to them (pace_ratio of its own samples' means), by label.
-    An H200 guest's host switched speed between the layers' timings and the attention calls'
-    (validation/results/h200-s17/b: loop 607-637 us beside the layers, 1025 beside the calls), and one mean over
-    all of them put the layers at the wrong pace. Without labels: the means of all samples and no ratios."""
+    The host's speed can differ between the layers' timings and the calls' timings, so one mean over all
+    samples would state the layers at the wrong pace (docs/evidence.md#ev-pace-beside-each-cost). Without
+    labels: the means of all samples and no ratios."""
     gauges = {
         name: xs
         for name, xs in (("loop", m.host_pace_us), ("launch", m.launch_pace_us), ("step", m.step_pace_us))
@@ -277,9 +278,10 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     memory = m.d2d_copy_gbps / base.memory.bandwidth_gbps.value
     tiny = m.tiny_layer_model
     kernels = sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
-    # a decode step pays the host's mean speed: the mean of the samples (the committed s12 measurements hold
-    # their median in tiny_layer_s); the beside-the-worker ratio against the sample taken right after it, in
-    # the same spell of the host, not against samples taken minutes apart
+    # a decode step pays the host's mean speed: the mean of the samples (older files hold a median in
+    # tiny_layer_s; the samples are read instead); the beside-the-worker ratio against the sample taken right
+    # after it, in the same spell of the host, not against samples taken minutes apart
+    # (docs/evidence.md#ev-tiny-layer-mean-not-median)
     samples = m.tiny_layer_samples_s or [m.tiny_layer_s]
     # each cost timed beside the gauges restated at their readings beside the layers (host_paces)
     refs, ratios = host_paces(m) if m.host_pace_us else ({}, {})

@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gpu", required=True, help="the (calibrated) GPU profile the predictions use")
     p.add_argument("--host", help="host spec (default: the profile's)")
-    p.add_argument("-o", "--output", help="results folder, e.g. validation/results/h100/campaign")
+    p.add_argument("-o", "--output", help="results folder (one subfolder per configuration)")
     p.add_argument(
         "--repredict",
         metavar="RESULTS_DIR",

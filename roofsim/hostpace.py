@@ -1,20 +1,20 @@
 """The host's pace: the microseconds a fixed pure-Python loop takes, timed beside host-side work.
 
-A launch-bound decode step costs what the issuing thread's Python, dispatcher and driver calls cost, and on a
-cloud guest that moves: the H200 guests switch between two levels ~1.7x apart in spells of minutes, and the
-resident runs' decode followed the loop (~1.25x the loop's ms per layer whatever the level:
-validation/results/h200-s12/README.md). `roofsim calibrate` times the loop beside the micro-benchmarks that give
-the host-side costs (runtime.host_pace_us); the executor times it before every decode step (the measured trace's
-summary.host_pace_us); `roofsim validate` predicts each run with the host-side costs at the run's pace
-(GpuSpec.at_host_pace). No torch: the planner's side reads the numbers only.
+A launch-bound decode step costs what the issuing thread's Python, dispatcher and driver calls cost, and that
+moves with the host's speed, between machines and within one (docs/evidence.md#ev-host-two-speeds); the step
+follows it in proportion (docs/evidence.md#ev-launch-bound-follows-host-pace). `roofsim calibrate` times the
+loop beside the micro-benchmarks that give the host-side costs (runtime.host_pace_us); the executor times it
+before every decode step (the measured trace's summary.host_pace_us); `roofsim validate` predicts each run
+with the host-side costs at the run's pace (GpuSpec.at_host_pace). No torch: the planner's side reads the
+numbers only.
 """
 
 from __future__ import annotations
 
 import time
 
-LOOP = 20_000  # iterations: ~0.7-1.3 ms on the H200 guests, short beside a decode step
-LAUNCHES = 200  # roofsim.executor.launchpace's kernels per sample: ~1 ms on the H200 guests
+LOOP = 20_000  # iterations: about a millisecond, short beside a decode step
+LAUNCHES = 200  # roofsim.executor.launchpace's kernels per sample: about a millisecond of issue
 
 
 def loop_us() -> float:
@@ -35,11 +35,10 @@ def pace_ratio(
     step_ref: float | None = None,
 ) -> float:
     """How much slower a host whose gauges read `loop` (loop_us), `launch` and `step` (roofsim.executor.launchpace)
-    issues than one that read the `_ref` figures. Where the tiny decode step was read on both sides, its ratio: it
-    runs the code a launch-bound step runs, where neither other gauge followed calibrate's decode layers
-    (validation/results/h200-s18). Else, where both were read on both sides, the mean of the loop's and the
-    launches' ratios (a layer's issue is part interpreter, part launch path: validation/results/h200-s17); else
-    the loop's."""
+    issues than one that read the `_ref` figures. Where the tiny decode step was read on both sides, its
+    ratio: it runs the code a launch-bound step runs (docs/evidence.md#ev-tiny-step-gauge). Else, where both
+    were read on both sides, the mean of the loop's and the launches' ratios (a layer's issue is part
+    interpreter, part launch path: docs/evidence.md#ev-gauge-mean-in-sample); else the loop's."""
     if step and step_ref:
         return step / step_ref
     k = loop / loop_ref

@@ -1,7 +1,7 @@
 """Host-link copy cost by copy size, per direction.
 
-- Isolated copy of n bytes: max(copy_min, copy_latency + n / rate). On the H100 probe: 6 us + n / 55 GB/s from
-  256 KB up, with a ~10 us floor that governs 64 KB copies.
+- Isolated copy of n bytes: max(copy_min, copy_latency + n / rate); the floor governs small copies
+  (docs/evidence.md#ev-h100-probe-copy-curve).
 - k copies issued back to back: the copy engine spends copy_gap + n / rate on each, the issuing host thread
   copy_issue on each, and the two overlap, so the batch takes max(engine, host) plus one latency.
 - Both directions at once: each keeps duplex_efficiency of its rate while the other runs.

@@ -63,9 +63,9 @@ def load_configs(path: str) -> list[Config]:
 
 def _pick_and_runners_up(ranked: list[PlanBase], runners_up: int) -> list[PlanBase]:
     """The first plan and the next best that differ from every plan taken in more than the prefill chunk (the
-    regret is measured on decode, where plans that differ only in their chunk run alike: the first H100
-    campaign's 77% "regret" was three such plans' run-to-run variance); plans differing only in the chunk fill
-    in where too few others were ranked."""
+    regret is measured on decode, where plans that differ only in their chunk run the same decode program, so
+    their difference is run-to-run variance: docs/evidence.md#ev-regret-chunk-only-fill-ins); plans differing
+    only in the chunk fill in where too few others were ranked."""
 
     plans, keys = [], set()
     for p in ranked:
@@ -197,14 +197,14 @@ PACE_RATIOS = (
 
 
 def _at_run_pace(sub: Path, predicted: Trace, row: dict, args: tuple) -> Trace:
-    """The prediction again with the host-side costs at the host's pace in the run (GpuSpec.at_host_pace), where the
-    profile and the measured trace both timed roofsim.hostpace's loop: a launch-bound step's time is the host's,
-    and a cloud guest's host moves between levels ~1.7x apart in spells of minutes, so a profile's costs hold only
-    at its own pace. Where both sides also timed roofsim.executor.launchpace's tiny decode step, the ratio is
-    that step's; else with its launches on both sides the mean of the loop's and the launches' ratios
-    (GpuSpec.host_pace_ratio). Rewrites the run's prediction files; the row keeps the figures
-    at the calibration's pace (`<phase>_predicted_as_calibrated`), the ratio priced (`host_pace_ratio`) and, with
-    more than the loop, each gauge's own (PACE_RATIOS)."""
+    """The prediction again with the host-side costs at the host's pace in the run (GpuSpec.at_host_pace),
+    where the profile and the measured trace both timed roofsim.hostpace's loop: a launch-bound step's time is
+    the host's, and the host's speed moves, so a profile's costs hold only at its own pace
+    (docs/evidence.md#ev-host-two-speeds). Where both sides also timed roofsim.executor.launchpace's tiny
+    decode step, the ratio is that step's; else with its launches on both sides the mean of the loop's and the
+    launches' ratios (GpuSpec.host_pace_ratio). Rewrites the run's prediction files; the row keeps the figures
+    at the calibration's pace (`<phase>_predicted_as_calibrated`), the ratio priced (`host_pace_ratio`) and,
+    with more than the loop, each gauge's own (PACE_RATIOS)."""
     for key in [k for k in row if k.endswith("_as_calibrated") or k in (*PACE_RATIOS, "host_pace_ratio")]:
         del row[key]
     plan, model, gpu, host, work, limits, gpu_arg = args
@@ -381,9 +381,8 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
 def _decode_key(plan: dict) -> str:
     """A plan (as dumped, and as runs.json keeps it) less its prefill chunk: plans with the same key run the same
     decode program, so the difference between their measured decode is the machine's run-to-run variance, not the
-    planner's choice (on h100-s19's q7-planner-64k-24gb, a chunk-only fill-in decoded 1.8x faster than the pick
-    in a fast spell of the host: step gauge 0.71 of the calibration's against 1.13). _pick_and_runners_up takes
-    such plans only as fill-ins, and the decode regret leaves them out."""
+    planner's choice (docs/evidence.md#ev-regret-chunk-only-fill-ins). _pick_and_runners_up takes such plans
+    only as fill-ins, and the decode regret leaves them out."""
     return json.dumps({**plan, "prefill_chunk": None}, sort_keys=True)
 
 

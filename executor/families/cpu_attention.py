@@ -11,8 +11,8 @@ outputs are concatenated. Per layer at decode:
              from pinned memory (a device alias of it: zero-copy, a few hundred bytes over the link)
 
 The output does not go up as a copy: on the H2D stream it would queue behind the next layer's prefetch, issued
-while the CPU attended (on the H100 of validation/results/h100/s19, l2-planner-32k-24gb's 2 KB output waited for a
-252 MB slot, 1.8 ms a layer), and copies in one direction on another stream share the same copy engine.
+while the CPU attended, and copies in one direction on another stream share the same copy engine
+(docs/evidence.md#ev-cpu-output-zero-copy).
 
 Prefill attends every head on the GPU: the CPU heads stream like the others, in slots of kv_heads_per_slot heads
 (one head where that does not divide cpu_kv_heads), so the ring stays as small as head_offload's.

@@ -205,7 +205,9 @@ def build(rt: Runtime, plan, model, gpu_spec: str | None = None, **_):
 
     def grab(i):
         def hook(module, args, kwargs):
-            if rt.in_forward:  # not a forward without this cache (the run's warm-up held 2 GB of them)
+            # only in a forward with this cache: otherwise the warm-up forward's inputs stay held
+            # (docs/evidence.md#ev-kvpr-hooks-memory)
+            if rt.in_forward:
                 rt.x_pending[i] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
         return hook

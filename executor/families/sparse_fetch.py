@@ -31,8 +31,8 @@ class SparseState:
         shape = (sh.batch, sh.n_kv_heads, rows, 2, sh.head_dim)
         self.host = [pinned_empty(shape, sh.dtype, pinned) for _ in range(2)]
         self.gpu = [torch.empty(shape, dtype=sh.dtype, device=sh.device) for _ in range(2)]
-        # the selected rows' indices come down into pinned memory: a pageable copy of the 1.7 MB at 64K tokens
-        # took 0.18 ms a layer on the H200s (h200-s18), where the model prices a pinned D2H
+        # the selected rows' indices come down into pinned memory, as the model prices them (a pinned D2H); a
+        # pageable copy costs several times more (docs/evidence.md#ev-sparse-indices-pinned)
         self.rows_host = (
             pinned_empty((sh.batch * sh.n_kv_heads * rows * 2,), torch.int64, True) if pinned else None
         )
@@ -99,7 +99,7 @@ class SparseLayer(SlotLayer):
         scores = torch.matmul(qp, self.pk[:, :, :P].transpose(-1, -2)).amax(dim=-2)
         idx = scores.topk(n_sel, dim=-1).indices.sort(dim=-1).values
         # rows of the host block [T, B, 2, Hkv, D] in the stage's order [B, Hkv, n_sel, 2]: one gather call,
-        # which torch spreads over the CPU threads (a loop of per-head gathers ran on one)
+        # which torch spreads over the CPU threads (a loop of per-head gathers runs on one)
         b_ = torch.arange(B, device=idx.device)[:, None, None, None]
         h_ = torch.arange(sh.n_kv_heads, device=idx.device)[None, :, None, None]
         kv_ = torch.arange(2, device=idx.device)

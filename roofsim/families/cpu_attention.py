@@ -256,10 +256,8 @@ def _cpu_decode_step(
 ) -> None:
     """Per layer, the CPU heads' round trip (q and the new K/V down, CPU attention into pinned memory) runs
     beside the GPU heads' attention; the merge after attention waits for both, and is issued once the issuing
-    thread has joined the worker. It reads the output where the CPU wrote it (zero-copy), so it does not wait
-    behind the prefetch issued meanwhile on the H2D stream, as a copy of it did (in l2-planner-32k-24gb's
-    measured trace on the H100 of validation/results/h100/s19, a layer's output waited 1.8 ms for the next
-    layer's 252 MB slot)."""
+    thread has joined the worker. It reads the output where the CPU wrote it (zero-copy), so it never waits
+    behind the prefetch issued meanwhile on the H2D stream (docs/evidence.md#ev-cpu-output-zero-copy)."""
     B = b.ctx.work.batch
     alloc = {"activations": activation_bytes(b.ctx, 1)}
     prev = b.embed(s.phase, s.step, s.C, alloc)

@@ -61,8 +61,8 @@ class LinkSpec(_Section):
     copy_gap_us: SourcedNumber
     duplex_efficiency: SourcedNumber
     copy_engines: SourcedNumber
-    # pinned H2D of a stage the CPU has just written (sparse_fetch's gathered rows): 41-44 GB/s in every H200 and
-    # H100 campaign where never-written pinned buffers copied at 50-55; None: h2d_gbps
+    # pinned H2D of a stage the CPU has just written (sparse_fetch's gathered rows), slower than a copy of an
+    # untouched pinned buffer (docs/evidence.md#ev-gathered-stage-copy); None: h2d_gbps
     h2d_gathered_gbps: SourcedNumber | None = None
 
     _pos = field_validator("h2d_gbps", "d2h_gbps", "pageable_h2d_gbps", "duplex_efficiency", "copy_engines")(
@@ -227,10 +227,10 @@ class GpuSpec(_Section):
 
     def beside_cpu_worker(self) -> GpuSpec:
         """This GPU as a host drives it while the CPU worker scans: every host dispatch cost (kernels, copy issue,
-        attention calls, the step's preamble) times runtime.issue_beside_cpu; GPU-side costs unchanged. A measured
-        ratio below 1 is held at 1: a scanning worker cannot speed the issuing thread up, and the calibrations that
-        measured one (0.84 and 0.77 on two H200 guests) timed the tiny layers beside the worker in a faster spell
-        of the host than the sample after them."""
+        attention calls, the step's preamble) times runtime.issue_beside_cpu; GPU-side costs unchanged. A
+        measured ratio below 1 is held at 1: a scanning worker cannot speed the issuing thread up; a lower
+        reading means the tiny layers beside the worker fell in a faster spell of the host than the sample
+        after them (docs/evidence.md#ev-issue-beside-cpu-below-one)."""
         k = self.runtime.issue_beside_cpu
         if k is None or k.value <= 1.0:
             return self
@@ -239,11 +239,11 @@ class GpuSpec(_Section):
     def host_pace_ratio(
         self, pace_us: float | None, launch_us: float | None = None, step_us: float | None = None
     ) -> float | None:
-        """How much slower a host at `pace_us` (roofsim.hostpace's loop) and `launch_us` (roofsim.executor.launchpace)
-        issues than the one the profile's host-side costs were measured at: the loop's ratio, or where both gauges
-        were timed on both sides the mean of the loop's and the launches' (a layer's issue is part interpreter, part
-        launch path, and the H200 guests' two gauges moved apart: validation/results/h200-s17). None where the
-        loop's pace is unknown on either side."""
+        """How much slower a host at `pace_us` (roofsim.hostpace's loop) and `launch_us`
+        (roofsim.executor.launchpace) issues than the one the profile's host-side costs were measured at: the
+        loop's ratio, or where both gauges were timed on both sides the mean of the loop's and the launches'
+        (a layer's issue is part interpreter, part launch path, and the two gauges need not move together:
+        docs/evidence.md#ev-gauge-mean-in-sample). None where the loop's pace is unknown on either side."""
         ref = self.runtime.host_pace_us
         if ref is None or not pace_us or ref.value <= 0:
             return None
@@ -262,8 +262,8 @@ class GpuSpec(_Section):
     ) -> GpuSpec:
         """This GPU driven by a host at `pace_us` (and `launch_us`: host_pace_ratio) where the profile's host-side
         costs were measured at runtime.host_pace_us: those costs times the ratio (a launch-bound decode step
-        follows the host's pace in proportion: validation/results/h200-s12/README.md); GPU-side costs, copies and
-        the CPU's scans unchanged. Unchanged where the pace is unknown."""
+        follows the host's pace in proportion: docs/evidence.md#ev-launch-bound-follows-host-pace); GPU-side
+        costs, copies and the CPU's scans unchanged. Unchanged where the pace is unknown."""
         k = self.host_pace_ratio(pace_us, launch_us, step_us)
         return self if k is None else self.host_costs_times(k)
 
@@ -335,11 +335,11 @@ class HostSpec(_Section):
     # measured at. None: cpu_attention_gbps for every group
     cpu_attention_group_gbps: dict[int, SourcedNumber] | None = None
     cpu_attention_group: SourcedNumber | None = None
-    # KV bytes/s of the same kernel over one CPU slot's host block, by the GQA group, then KV heads in the slot,
-    # then the KV bytes the slot's scan reads: the executor attends each CPU slot apart, cut into key ranges by its
-    # threads, and the rate depends on all three (on the H100 guest one MHA head of 32K tokens scanned at half the
-    # rate of four such heads, and below a GQA-4 head). A layer's scan runs at the rate interpolated there (linear
-    # in group and heads, in log bytes; flat beyond the table). None: cpu_attention_gbps (scaled by group as
+    # KV bytes/s of the same kernel over one CPU slot's host block, by the GQA group, then KV heads in the
+    # slot, then the KV bytes the slot's scan reads: the executor attends each CPU slot apart, cut into key
+    # ranges by its threads, and the rate depends on all three, not only on the bytes
+    # (docs/evidence.md#ev-cpu-scan-per-slot). A layer's scan runs at the rate interpolated there (linear in
+    # group and heads, in log bytes; flat beyond the table). None: cpu_attention_gbps (scaled by group as
     # above) with cpu_attention_call_us per call
     cpu_attention_slot_gbps: dict[int, dict[int, dict[int, SourcedNumber]]] | None = None
 
