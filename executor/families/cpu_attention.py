@@ -31,7 +31,7 @@ from roofsim.executor.families import register_builder
 from roofsim.executor.hostpool import device_alias, pinned_empty
 from roofsim.executor.slots import Slot, SlotLayer, attach_host, cut_slots, make_ring
 
-from roofsim.families.cpu_attention import heads_of
+from roofsim.geometry import cpu_heads
 
 
 class CpuAttnLayer(SlotLayer):
@@ -138,7 +138,7 @@ class CpuAttnLayer(SlotLayer):
 @register_builder("cpu_attention")
 def build(rt: Runtime, plan, model, **_):
     sh = rt.shape
-    heads = heads_of(plan, sh.n_kv_heads)
+    heads = cpu_heads(sh.n_kv_heads, plan.cpu_kv_heads, plan.kv_heads_per_slot, plan.resident_slots)
     gpu_heads, gc = heads.gpu_heads, heads.cpu_slot_heads
     layers_slots, cpu_slots = [], []
     for _ in range(sh.n_layers):

@@ -7,14 +7,15 @@ from roofsim.executor.cache import Runtime
 from roofsim.executor.families import register_builder
 from roofsim.executor.slots import SlotLayer, attach_host, cut_slots, make_ring
 
-from roofsim.families.head_offload import check
+from roofsim.geometry import check_divides, resident_per_layer
 
 
 @register_builder("head_offload")
 def build(rt: Runtime, plan, model, **_) -> list[SlotLayer]:
     sh = rt.shape
     g = plan.kv_heads_per_slot
-    resident = check(plan, sh.n_kv_heads, sh.n_layers)
+    check_divides(sh.n_kv_heads, g, "kv_heads_per_slot")
+    resident = resident_per_layer(plan.resident_slots, sh.n_layers, sh.n_kv_heads // g)
     slots = [cut_slots(sh.n_kv_heads, g, r) for r in resident]
     if plan.slot_alloc != "ring":
         rt.notes.append(
