@@ -10,7 +10,8 @@ import math
 import statistics
 
 import torch
-from roofsim.executor.runner import _describe, _peaks, fingerprint, host_allocator_bytes
+from roofsim.executor.runner import _describe, _peaks, host_allocator_bytes
+from roofsim.executor.timing import fingerprint
 
 from roofsim.families import LayerOffloadPlan
 from roofsim.trace import Summary, Trace, TraceHeader

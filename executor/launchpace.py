@@ -16,9 +16,8 @@ validation/results/h200-s18), so that the runs priced at their pace missed by up
 
 from __future__ import annotations
 
-import time
-
 import torch
+from roofsim.executor.timing import device_sync, issue_s
 
 from roofsim.hostpace import LAUNCHES  # each kernel's GPU time (~2 us) is under its launch, so none queues
 
@@ -32,14 +31,12 @@ def launch_us(device: str | torch.device = "cuda") -> float:
     x = _probes.get(key)
     if x is None:
         x = _probes[key] = torch.zeros(1, device=device)
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(LAUNCHES):
-        x.add_(1.0)
-    took = time.perf_counter() - t0
-    sync()
-    return took * 1e6
+
+    def adds() -> None:
+        for _ in range(LAUNCHES):
+            x.add_(1.0)
+
+    return issue_s(adds, device_sync(x.device)) * 1e6
 
 
 STEP_GAUGE_TOKENS = 4096  # the tiny cache's length; the gauge starts a new one when it is full
@@ -76,12 +73,10 @@ class StepGauge:
         """Seconds the host takes to issue one decode step from an idle device (the syncs are outside the timing)."""
         if self.used >= STEP_GAUGE_TOKENS - 1:
             self._reset()
-        sync = torch.cuda.synchronize if self.token.is_cuda else (lambda: None)
-        sync()
-        t0 = time.perf_counter()
-        self.model(self.token, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        took = time.perf_counter() - t0
-        sync()
+        took = issue_s(
+            lambda: self.model(self.token, past_key_values=self.cache, use_cache=True, logits_to_keep=1),
+            device_sync(self.token.device),
+        )
         self.used += 1
         return took
 

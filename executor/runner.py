@@ -12,9 +12,7 @@ from __future__ import annotations
 import datetime
 import gc
 import math
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,65 +23,12 @@ from roofsim.executor.attention import warm_up as warm_attention
 from roofsim.executor.build import make_cache
 from roofsim.executor.engine import make_engine
 from roofsim.executor.launchpace import launch_us, step_us
+from roofsim.executor.timing import cpu_name as _cpu_name
+from roofsim.executor.timing import fingerprint
 
 from roofsim.hostpace import loop_us
-from roofsim.trace import Fingerprint, MemorySample, Summary, Trace, TraceHeader
+from roofsim.trace import MemorySample, Summary, Trace, TraceHeader
 from roofsim.workload import Workload
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _host_ram() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def fingerprint(device: torch.device) -> Fingerprint:
-    import transformers
-
-    fp = Fingerprint(
-        gpu_name=torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else "cpu (stand-in for the GPU)",
-        cuda=torch.version.cuda,
-        torch=torch.__version__,
-        transformers=transformers.__version__,
-        cpu=_cpu_name(),
-        host_ram_bytes=_host_ram(),
-        cpu_threads=torch.get_num_threads(),
-    )
-    if device.type == "cuda":
-        q = "driver_version,pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,pcie.link.width.max"
-        try:
-            idx = device.index if device.index is not None else torch.cuda.current_device()
-            out = subprocess.run(
-                ["nvidia-smi", f"--id={idx}", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.strip()
-            drv, gen, gen_max, width, width_max = [x.strip() for x in out.split(",")]
-            fp.driver = drv
-            fp.pcie_gen = int(gen_max) if gen_max.isdigit() else None
-            fp.pcie_width = int(width_max) if width_max.isdigit() else None
-            fp.pcie_gen_current = int(gen) if gen.isdigit() else None
-            fp.pcie_width_current = int(width) if width.isdigit() else None
-        except (OSError, ValueError, subprocess.SubprocessError):
-            pass
-    return fp
 
 
 @dataclass

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from roofsim.executor.calibrate import decode_layer_cost  # noqa: E402
+from roofsim.executor.calibrate.host import decode_layer_cost  # noqa: E402
 
 
 def test_decode_layer_cost_is_measured_through_the_executor():
@@ -17,7 +17,7 @@ def test_decode_layer_cost_is_measured_through_the_executor():
 
 
 def test_tiny_layer_samples_give_the_mean_of_each_figure():
-    from roofsim.executor.calibrate import mean_tiny
+    from roofsim.executor.calibrate.host import mean_tiny
 
     _, spec, _ = decode_layer_cost("cpu", steps=2)
     samples = [(3e-3, spec, 1e-3), (1e-3, spec, 5e-3), (2e-3, spec, 3e-3)]
@@ -28,7 +28,7 @@ def test_tiny_layer_samples_give_the_mean_of_each_figure():
 @pytest.mark.parametrize("name", ["llama-3-8b", "qwen2.5-7b", "phi-3-mini-128k", "opt-6.7b"])
 def test_calibrated_gemms_are_the_layers_gemms(name):
     """The GEMMs calibration times are exactly one layer's linear weights (k x n summed = its matrix params)."""
-    from roofsim.executor.calibrate import layer_gemm_shapes
+    from roofsim.executor.calibrate.kernels import layer_gemm_shapes
 
     from roofsim.specs.model import load_model
 
@@ -42,15 +42,15 @@ def test_calibrated_gemms_are_the_layers_gemms(name):
 
 
 def test_cpu_gather_rate_is_positive():
-    from roofsim.executor.calibrate import _cpu_gather
+    from roofsim.executor.calibrate.cpu import cpu_gather_gbps
 
     from roofsim.specs.model import load_model
 
-    assert _cpu_gather(load_model("llama-3-8b"), tokens=4096) > 0
+    assert cpu_gather_gbps(load_model("llama-3-8b"), tokens=4096) > 0
 
 
 def test_attention_call_costs_are_measured_through_the_executor():
-    from roofsim.executor.calibrate import attention_call_costs
+    from roofsim.executor.calibrate.attention import attention_call_costs
 
     call_s, streamed_s = attention_call_costs("cpu", steps=4)
     assert 0 <= call_s < 0.05 and 0 <= streamed_s < 0.05
@@ -62,7 +62,7 @@ def test_new_shape_cost_is_the_first_call_at_a_new_past_less_a_repeat(monkeypatc
     import time
 
     from roofsim.executor import attention as A
-    from roofsim.executor.calibrate import attention_new_shape_s
+    from roofsim.executor.calibrate.attention import attention_new_shape_s
 
     from roofsim.specs.model import load_model
 
@@ -86,7 +86,7 @@ def test_new_shape_cost_is_the_first_call_at_a_new_past_less_a_repeat(monkeypatc
 def test_issue_beside_the_cpu_worker_is_measured_while_it_scans():
     """The tiny layers timed while the CPU worker scans cold host KV (small blocks here), through the executor's
     decode path; the worker's loop ends with the measurement."""
-    from roofsim.executor.calibrate import decode_layer_cost_beside_cpu
+    from roofsim.executor.calibrate.host import decode_layer_cost_beside_cpu
     from roofsim.executor.cpu_worker import on_worker
 
     from roofsim.specs import load_model
@@ -100,7 +100,7 @@ def test_issue_beside_the_cpu_worker_is_measured_while_it_scans():
 
 
 def test_elementwise_kernels_are_timed_with_the_bytes_the_operator_model_counts():
-    from roofsim.executor.calibrate import vector_ops
+    from roofsim.executor.calibrate.kernels import vector_ops
 
     from roofsim import ops
     from roofsim.specs import load_model
@@ -118,7 +118,7 @@ def test_elementwise_kernels_are_timed_with_the_bytes_the_operator_model_counts(
 def test_trimmed_mean_drops_a_hiccup_but_keeps_a_slow_spell():
     """The calibration's per-call figures average the host's speed: one outlier step is cut, a run of slow steps
     (a spell of the host) is not."""
-    from roofsim.executor.calibrate import trimmed_mean
+    from roofsim.executor.calibrate.host import trimmed_mean
 
     assert trimmed_mean([1.0] * 9 + [100.0]) == 1.0
     assert trimmed_mean([1.0] * 5 + [2.0] * 5) == 1.5
@@ -130,10 +130,10 @@ def test_the_worker_round_trip_is_timed_on_the_cpu_worker():
     positive median well under a second."""
     import threading
 
-    from roofsim.executor import calibrate
+    from roofsim.executor.calibrate import host
     from roofsim.executor.cpu_worker import worker as _worker
 
-    seconds = calibrate.worker_round_trip_s(n=20)
+    seconds = host.worker_round_trip_s(n=20)
     assert 0.0 < seconds < 1.0
     assert _worker().submit(threading.get_ident).result() != threading.get_ident()
 
@@ -161,7 +161,7 @@ def test_the_gathered_stage_copy_is_timed_with_its_control():
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from roofsim.executor.calibrate import h2d_after_gather
+    from roofsim.executor.calibrate.link import h2d_after_gather
 
     from roofsim.specs import load_model
 
@@ -180,3 +180,81 @@ def test_the_step_gauge_times_a_tiny_decode_step_and_starts_a_new_cache_when_ful
     first = gauge.cache
     times = [gauge.step() for _ in range(6)]
     assert all(t > 0 for t in times) and gauge.cache is not first and gauge.used < 20
+
+
+# measure()'s order of timings (the gauge-sampled ones among them): the same machine gives the same Measurements
+MEASURE_ORDER = (
+    ["decode_layer_cost", "copies", "copies", "copies"]
+    + ["back_to_back"] * 3
+    + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "vector_ops", "decode_layer_cost"]
+    + ["sync_us", "gpu_kernel_us", "topk_gelems", "attention_call_costs", "attention_new_shape_s"]
+    + ["prefill_call_extra_s", "decode_layer_cost_beside_cpu", "worker_round_trip_s", "decode_layer_cost"]
+    + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
+    + ["cpu_attention_groups", "cpu_attention_slots", "cpu_gather_gbps", "h2d_after_gather", "matmul_tflops"]
+    + ["fingerprint"]
+)  # fmt: skip
+
+
+def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypatch):
+    """measure() with every timing replaced by a stand-in that logs its name: they run in MEASURE_ORDER, the gauge
+    samples taken inside the tiny layers and the attention calls are labelled by what they sat beside, and the
+    CPU block lands in Measurements' fields of its names."""
+    import torch
+    from roofsim.executor import calibrate
+    from roofsim.executor.calibrate import attention, cpu, host, kernels, link
+
+    from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, pace_beside
+    from roofsim.specs import load_model
+    from roofsim.trace import Fingerprint
+
+    model = load_model("llama-3-8b")
+    log: list[str] = []
+    point = CopyPoint(nbytes=1, seconds=1.0)
+
+    def fake(module, name, result):
+        def stand_in(*args, **kwargs):
+            log.append(name)
+            for key in ("pace", "launch", "step_pace"):
+                if kwargs.get(key) is not None:
+                    kwargs[key] += [1.0, 2.0]  # two gauge samples beside this timing
+            return result
+
+        monkeypatch.setattr(module, name, stand_in)
+
+    fake(host, "decode_layer_cost", (1e-5, model, 2e-5))
+    fake(link, "copies", [point])
+    fake(link, "back_to_back", BatchPoint(copies=1, nbytes_each=1, seconds=1.0))
+    fake(link, "bidirectional_gbps", 1.0)
+    fake(link, "d2d_gbps", 2.0)
+    fake(kernels, "gemms", [FlopPoint(label="g", flops=1.0, seconds=1.0)])
+    fake(attention, "attention_points", ([], [], [point]))
+    fake(kernels, "vector_ops", [point])
+    fake(host, "sync_us", 3.0)
+    fake(kernels, "gpu_kernel_us", 4.0)
+    fake(kernels, "topk_gelems", 5.0)
+    fake(attention, "attention_call_costs", (6.0, 7.0))
+    fake(attention, "attention_new_shape_s", 8.0)
+    fake(attention, "prefill_call_extra_s", 9.0)
+    fake(host, "decode_layer_cost_beside_cpu", 10.0)
+    fake(host, "worker_round_trip_s", 11.0)
+    fake(cpu, "memcpy_gbps", 12.0)
+    fake(cpu, "cpu_attention_point", (point, 13.0))
+    fake(cpu, "cpu_attention_groups", {1: point})
+    fake(cpu, "cpu_attention_slots", {1: {1: [point]}})
+    fake(cpu, "cpu_gather_gbps", 14.0)
+    fake(link, "h2d_after_gather", (15e9, 16e9))
+    fake(cpu, "matmul_tflops", 17.0)
+    fake(calibrate, "fingerprint", Fingerprint(gpu_name="stand-in"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80e9}))
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+
+    m = calibrate.measure(model)
+    assert log == MEASURE_ORDER
+    assert pace_beside(m) == ["layer0"] * 2 + ["layer1"] * 2 + ["calls"] * 2 + ["layer2"] * 2
+    assert len(m.host_pace_us) == len(m.launch_pace_us) == len(m.step_pace_us) == 8
+    assert m.fingerprint == {"gpu_name": "stand-in"} and m.cpu_scan_gap_s == cpu.SCAN_GAP_S
+    assert (m.cpu_copy_gbps, m.h2d_beside_cpu_gbps) == (12.0, 13.0)
+    assert (m.cpu_gather_gbps, m.cpu_matmul_tflops) == (14.0, 17.0)
+    assert (m.h2d_after_gather_gbps, m.h2d_stage_again_gbps) == (15.0, 16.0)
+    assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1

@@ -29,12 +29,12 @@ class _Count(TorchDispatchMode):
 def _per_layer(plan, count, record: bool = False) -> float:
     """What one decoder layer adds to a decode step, as `count(step)` counts it (6-layer minus 2-layer model,
     over 4), through the same tiny-model decoding that calibration times."""
-    from roofsim.executor.calibrate import _tiny_decoding
+    from roofsim.executor.calibrate.host import tiny_decoding
 
     counts = []
     for layers in (6, 2):
         config = dict(layers=layers, kv_heads=4, heads=8)
-        with _tiny_decoding(plan, "cpu", torch.float32, 1, record=record, **config) as (step, _):
+        with tiny_decoding(plan, "cpu", torch.float32, 1, record=record, **config) as (step, _):
             counts.append(count(step))
     return (counts[0] - counts[1]) / 4
 

@@ -33,7 +33,8 @@ from roofsim.executor.build import make_cache, resident_copy
 from roofsim.executor.check import greedy_logits, rel_err
 from roofsim.executor.hostpool import HostPool
 from roofsim.executor.models import load_model
-from roofsim.executor.runner import fingerprint, run_plan
+from roofsim.executor.runner import run_plan
+from roofsim.executor.timing import Stopwatch, cuda_time_s, fingerprint
 
 from roofsim.families import (
     CpuAttentionPlan,
@@ -72,40 +73,9 @@ class Bench:
         return self.model
 
 
-class _Timer:
-    """CUDA events on the GPU, the host clock on the CPU dry run."""
-
-    def __init__(self):
-        self.cuda = DEVICE == "cuda"
-        self.a = torch.cuda.Event(enable_timing=True) if self.cuda else None
-        self.b = torch.cuda.Event(enable_timing=True) if self.cuda else None
-
-    def __enter__(self):
-        if self.cuda:
-            self.a.record()
-        else:
-            self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            self.b.record()
-            torch.cuda.synchronize()
-            self.s = self.a.elapsed_time(self.b) / 1e3
-        else:
-            self.s = time.perf_counter() - self.t0
-
-
 def _median_copy_s(dst, src, n=5) -> float:
-    times = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dst.copy_(src, non_blocking=True)
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(times)
+    """The median of n CUDA-event timed copies of src into dst (non_blocking), from an idle device."""
+    return cuda_time_s(lambda: dst.copy_(src, non_blocking=True), repeat=n, warmup=0)
 
 
 def stage_bw(b: Bench) -> None:
@@ -272,9 +242,9 @@ def _decode_steps(model, cache, token, n: int):
     """n steps fed `token`; returns the step times and the first step's logits."""
     times, logits = [], None
     for _ in range(n):
-        with _Timer() as t:
+        with Stopwatch(DEVICE) as t:
             o = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        times.append(t.s)
+        times.append(t.seconds)
         if logits is None:
             logits = o.logits[:, -1].float()
     return times, logits
@@ -306,9 +276,9 @@ def stage_stream(
     entry.update(
         prefill_s=s.prefill_s,
         decode_s_per_token=s.decode_s_per_token,
-        decode_step_s=s.decode_step_s,
+        decode_step_s=s.decode.step_s,
         peak_gpu_bytes=s.peak_gpu_bytes,
-        pinned_host_bytes=s.pinned_host_bytes,
+        pinned_host_bytes=s.peak_host_bytes,
     )
     dec = [sp for sp in r.trace.spans if sp.phase == "decode" and sp.kind == "h2d"]
     steps = {sp.step for sp in dec}
@@ -435,8 +405,8 @@ def stage_512k(b: Bench, repo: Path) -> None:
             peak_gpu_reserved_bytes=s.peak_gpu_reserved_bytes,
             prefill_s=s.prefill_s,
             decode_s_per_token=s.decode_s_per_token,
-            decode_steps_measured=len(s.decode_step_s),
-            pinned_host_bytes=s.pinned_host_bytes,
+            decode_steps_measured=len(s.decode.step_s),
+            pinned_host_bytes=s.peak_host_bytes,
             under_24GB=(s.peak_gpu_bytes or 0) <= 24e9,
             notes=t.header.notes,
         )

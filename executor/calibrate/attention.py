@@ -1,0 +1,179 @@
+"""Attention through the executor's own kernels (roofsim.executor.attention: FlashAttention-2 with its LSE, a chunk
+split into past and causal parts merged in fp32), at the shapes plans run: the GPU time of prefill and decode calls
+(CUDA events), and the host time a call costs (a new past length's first call, a chunk's call beside a decode
+call's, one call and a streamed unit's call in a decode step).
+
+An efficiency measured on another SDPA backend would not hold for the executor: every timing here goes through the
+same attend/attend_parts the executor's cache calls."""
+
+from __future__ import annotations
+
+import statistics
+from contextlib import ExitStack
+
+import torch
+from roofsim.executor.calibrate.host import time_gauges, tiny_decoding, trimmed_mean
+from roofsim.executor.timing import QUEUE_CYCLES, cuda_time_s, device_sync, wall_s
+
+from roofsim.calibration import CopyPoint, FlopPoint
+from roofsim.specs.model import ModelSpec
+
+# Chunk-after-a-past calls of few query rows, as the planner's short chunks and one-head slots make them (KV heads,
+# 0 for the model's all; chunk; past): a call's efficiency follows its GQA-folded query rows (whatever its heads and
+# chunk), and falls with fewer rows. They give efficiency.attention_rows. Each at two pasts: a call has a fixed part,
+# so the same rows run more efficiently after a long past than after a short one, and a long prompt's chunks attend
+# pasts across that range; the table takes the median of the two.
+SHORT_PREFILL_CALLS = tuple((h, C, P) for h, C in ((1, 2048), (1, 4096), (0, 2048)) for P in (24576, 98304))
+
+
+def chunk_call(heads: int, group: int, head_dim: int, C: int, P: int) -> tuple[float, float]:
+    """(seconds, FLOPs) of the executor's attention call of a C-token chunk after P cached keys over `heads` KV
+    heads of `group` query heads each (attend_parts over chunk_parts, CUDA-event timed behind a sleeping kernel so
+    that the host's issue is not in it, upper median of 3): q as the model hands it over ([B, C, H, D] transposed),
+    K/V as the cache lays them out (token-major)."""
+    from roofsim.executor.attention import attend_parts, chunk_parts, kv_views
+
+    q = torch.randn(1, C, heads * group, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    buf = torch.randn(P + C, 1, 2, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    k, v = kv_views(buf, 0, P + C)
+    t = cuda_time_s(
+        lambda: attend_parts(q, chunk_parts(k, v, P, C), head_dim**-0.5), repeat=3, sleep_cycles=QUEUE_CYCLES
+    )
+    return t, 4.0 * heads * group * head_dim * C * (P + (C + 1) / 2)
+
+
+def attention_points(model: ModelSpec) -> tuple[list[FlopPoint], list[FlopPoint], list[CopyPoint]]:
+    """(prefill, short prefill, decode) points through the executor's own kernels: prefill calls of whole layers
+    and one-KV-head slots, a chunk alone and after a cached past (chunk_call); SHORT_PREFILL_CALLS; decode calls
+    (one query token) over 4K, 32K and 128K keys with the KV bytes they read."""
+    from roofsim.executor.attention import attend, kv_views
+
+    hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
+    g = hq // hk
+    scale = d**-0.5
+    prefill, short, decode = [], [], []
+    shorts = [(h or hk, C, P) for h, C, P in SHORT_PREFILL_CALLS]
+    for heads, C, P in (
+        (hk, 8192, 0),
+        (hk, 8192, 24576),
+        (hk, 16384, 49152),
+        (1, 8192, 24576),
+        (1, 16384, 49152),
+        *shorts,
+    ):
+        t, flops = chunk_call(heads, g, d, C, P)
+        point = FlopPoint(
+            label=f"executor prefill {heads} kv heads, {C} after {P}",
+            flops=flops,
+            seconds=t,
+            rows=heads * g * C if P else None,
+        )
+        (short if (heads, C, P) in shorts else prefill).append(point)
+    for L in (4096, 32768, 131072):
+        q = torch.randn(1, 1, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        k, v = kv_views(torch.randn(L, 1, 2, hk, d, device="cuda", dtype=torch.bfloat16), 0, L)
+        t = cuda_time_s(lambda q=q, k=k, v=v: attend(q, k, v, causal=False, scale=scale))
+        decode.append(CopyPoint(nbytes=2 * k.numel() * 2, seconds=t))
+    return prefill, short, decode
+
+
+def attention_new_shape_s(model: ModelSpec, device: str = "cuda", chunk: int = 8192, heads: int = 1) -> float:
+    """Seconds the executor's prefill attention spends on its first call at a past length it has not attended
+    before, beyond the same call repeated: cuDNN's fused attention (when it wins the kernel race) builds an
+    execution plan per shape, and each prefill chunk's past is a new key length. Median over three new lengths,
+    after a call that makes the race; wall time with the device synchronised around each call (timing.wall_s)."""
+    from roofsim.executor.attention import attend_parts, chunk_parts, kv_views
+
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    g, d = model.n_heads // model.n_kv_heads, model.head_dim
+    q = torch.randn(1, chunk, heads * g, d, device=dev, dtype=dtype).transpose(1, 2)
+    sync = device_sync(dev)
+
+    def call(kv, P):
+        k, v = kv_views(kv, 0, P + chunk)
+        return wall_s(lambda: attend_parts(q, chunk_parts(k, v, P, chunk), d**-0.5), sync)
+
+    kv = torch.randn(5 * chunk + 3, 1, 2, heads, d, device=dev, dtype=dtype)
+    call(kv, chunk)  # the race, and the kernels' first loading
+    extra = []
+    for P in (2 * chunk + 1, 3 * chunk + 2, 4 * chunk + 3):
+        cold = call(kv, P)
+        warm = min(call(kv, P) for _ in range(2))
+        extra.append(cold - warm)
+    return statistics.median(extra)
+
+
+def prefill_call_extra_s(model: ModelSpec, device: str = "cuda", chunk: int = 256, past: int = 1024) -> float:
+    """Host seconds an attention call of the executor over a chunk after a past adds to a decode call's: the
+    chunk's own causal part, the GQA repeat of its K/V, the merge of the two by their LSE in fp32 (attend_parts over
+    chunk_parts). One KV head at the model's head_dim and group, so through the kernels a run uses (the chunk has
+    _LONG query rows: the prefill race's winner), at shapes where the GPU work is microseconds, so that calls issued
+    back to back run at the host's pace; the same past every time (a new one costs attention_shape_us, apart).
+    Median over five batches of the per-call time of the chunk's calls less a decode call's over the same keys."""
+    from roofsim.executor.attention import attend_parts, chunk_parts, kv_views
+
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    g, d = model.n_heads // model.n_kv_heads, model.head_dim
+    kv = torch.randn(past + chunk, 1, 2, 1, d, device=dev, dtype=dtype)
+    k, v = kv_views(kv, 0, past + chunk)
+    queries = {C: torch.randn(1, C, g, d, device=dev, dtype=dtype).transpose(1, 2) for C in (chunk, 1)}
+    sync = device_sync(dev)
+
+    def per_call(C: int, n: int = 40) -> float:
+        P = past + chunk - C
+
+        def calls() -> None:
+            for _ in range(n):
+                attend_parts(queries[C], chunk_parts(k, v, P, C), d**-0.5)
+
+        return wall_s(calls, sync) / n
+
+    per_call(chunk, 2), per_call(1, 2)  # the race, the kernels' first loading, cuDNN's plan for these shapes
+    return statistics.median(max(0.0, per_call(chunk) - per_call(1)) for _ in range(5))
+
+
+def attention_call_costs(
+    device: str = "cuda",
+    steps: int = 20,
+    pace: list[float] | None = None,
+    launch: list[float] | None = None,
+    step_pace: list[float] | None = None,
+) -> tuple[float, float]:
+    """Host seconds of one attention call of the executor over GPU-resident KV, and what a streamed unit's call
+    adds (ring, staging, events, the issue of its two copies): decode steps of a tiny 6-layer model (4 KV heads)
+    under head_offload plans that differ only in their slots, recorded as a measured run records them. At tiny
+    shapes the step is the host's time, so the differences are the calls' host cost. `pace`, `launch` and
+    `step_pace` get one sample of each host-pace gauge per round of the three plans' steps (host.time_gauges)."""
+    from roofsim.families import HeadOffloadPlan
+
+    layers = 6
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+
+    config = dict(layers=layers, kv_heads=4, heads=8)
+    plans = {
+        "one": HeadOffloadPlan(kv_heads_per_slot=4, resident_slots=1),
+        "four": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4),
+        "streamed": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=0),
+    }
+    with ExitStack() as stack:
+        runs = {
+            name: stack.enter_context(tiny_decoding(plan, device, dtype, steps, record=True, **config))
+            for name, plan in plans.items()
+        }
+        for _, cache in runs.values():
+            cache.runtime.engine.synchronize()
+            cache.runtime.rec.flush()
+        # the three plans' steps interleaved, so that each difference is taken within one spell of the host: one
+        # plan timed after another would put a slow spell into one difference
+        calls, streamed = [], []
+        for _ in range(steps):
+            time_gauges(device, pace, launch, step_pace)
+            took = {}
+            for name, (step, cache) in runs.items():
+                took[name] = wall_s(step, cache.runtime.engine.synchronize)
+                cache.runtime.rec.flush()
+            calls.append((took["four"] - took["one"]) / (layers * 3))
+            streamed.append((took["streamed"] - took["four"]) / (layers * 4))
+    return max(0.0, trimmed_mean(calls)), max(0.0, trimmed_mean(streamed))

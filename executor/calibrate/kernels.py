@@ -1,0 +1,105 @@
+"""GPU kernels other than attention: one decoder layer's GEMMs and elementwise kernels at prefill shapes, the GPU
+time per tiny kernel queued back to back, and top-k selection. CUDA-event timed (executor/timing.py), so that the
+host's issue is not in them."""
+
+from __future__ import annotations
+
+import torch
+from roofsim.executor.timing import cuda_time_s, wall_time_s
+
+from roofsim.calibration import CopyPoint, FlopPoint
+from roofsim.specs.model import ModelSpec
+
+
+def layer_gemm_shapes(model: ModelSpec) -> list[tuple[str, int, int]]:
+    """(name, k, n) of the GEMMs one stock transformers decoder layer runs, unfused as the model runs them."""
+    h, inter = model.hidden, model.intermediate
+    if model.fused_qkv:
+        shapes = [("qkv", h, model.q_dim + 2 * model.kv_dim)]
+    else:
+        shapes = [("q", h, model.q_dim), ("k", h, model.kv_dim), ("v", h, model.kv_dim)]
+    shapes.append(("o", model.q_dim, h))
+    if model.mlp == "gated":
+        fused = model.family == "phi3"
+        shapes += [("gate_up", h, 2 * inter)] if fused else [("gate", h, inter), ("up", h, inter)]
+    else:
+        shapes.append(("fc1", h, inter))
+    shapes.append(("down" if model.mlp == "gated" else "fc2", inter, h))
+    return shapes
+
+
+def gemms(model: ModelSpec) -> list[FlopPoint]:
+    """Every GEMM of one decoder layer at prefill chunk sizes; the fit takes their total FLOPs over total time."""
+    out = []
+    for rows in (4096, 16384):
+        for name, k, n in layer_gemm_shapes(model):
+            a = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)  # nn.Linear's weight layout
+            t = cuda_time_s(lambda a=a, b=b: torch.nn.functional.linear(a, b))
+            out.append(FlopPoint(label=f"layer {name} {rows}x{k}x{n}", flops=2.0 * rows * k * n, seconds=t))
+    return out
+
+
+def vector_ops(model: ModelSpec, device: str = "cuda", tokens: int = 16384) -> list[CopyPoint]:
+    """A decoder layer's elementwise kernels at a prefill chunk of `tokens`, as stock transformers runs them (its
+    fp32 RMSNorm module, its rotary on the projections' strided views, SiLU(gate) * up, a residual add), each
+    timed with the HBM bytes roofsim's operator model (ops.py) counts for it: the fit prices "vector" operators
+    at their own rate, which need not be a device-to-device copy's."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
+
+    from roofsim import ops
+
+    counted = {
+        op.name: op
+        for op in ops.pre_attention_ops(model, tokens, 1) + ops.post_attention_ops(model, tokens, 1)
+    }
+    kw = dict(device=device, dtype=torch.bfloat16)
+    C, h, d = tokens, model.hidden, model.head_dim
+    x, y = torch.randn(1, C, h, **kw), torch.randn(1, C, h, **kw)
+    cases = {"residual_1": lambda: x + y}
+    if model.norm == "rms":
+        norm = LlamaRMSNorm(h).to(**kw)
+        cases["input_norm"] = lambda: norm(x)
+    if model.positions == "rope":
+        q = torch.randn(1, C, model.n_heads, d, **kw).transpose(1, 2)  # the projection's view, as HF attends
+        k = torch.randn(1, C, model.n_kv_heads, d, **kw).transpose(1, 2)
+        cos, sin = torch.randn(1, C, d, **kw), torch.randn(1, C, d, **kw)
+        cases["rope"] = lambda: apply_rotary_pos_emb(q, k, cos, sin)
+    if model.mlp == "gated":
+        gate, up = torch.randn(1, C, model.intermediate, **kw), torch.randn(1, C, model.intermediate, **kw)
+        cases["act_mul"] = lambda: torch.nn.functional.silu(gate) * up
+    timer = cuda_time_s if device == "cuda" else wall_time_s
+    with torch.no_grad():
+        return [
+            CopyPoint(nbytes=int(float(counted[name].hbm_bytes)), seconds=timer(fn))
+            for name, fn in cases.items()
+        ]
+
+
+# ~0.1 s of torch.cuda._sleep at H100 clocks: far longer than the host takes to queue gpu_kernel_us's n kernels
+KERNEL_QUEUE_CYCLES = 200_000_000
+
+
+def gpu_kernel_us(n: int = 400) -> float:
+    """GPU time per tiny kernel when kernels are queued back to back: the host queues n adds while the GPU sleeps,
+    then they run with no host in the way; the upper median of 3. A launch-bound eager step costs max(host
+    dispatch, GPU work); this is the GPU side, kernel_us the host side."""
+    x = torch.zeros(256, device="cuda")
+
+    def adds() -> None:
+        for _ in range(n):
+            x.add_(1.0)
+
+    return cuda_time_s(adds, repeat=3, warmup=0, sleep_cycles=KERNEL_QUEUE_CYCLES) * 1e6 / n
+
+
+def topk_gelems() -> float:
+    """Elements per second (G) torch.topk ranks when k is a large share of the row, with the sort of the chosen
+    indices after it, as sparse_fetch (a tenth of 64K tokens per KV head) and evict (a 16K budget out of 20K)
+    select: the median over both shapes."""
+    rates = []
+    for rows, n, k in ((8, 65536, 6554), (8, 20480, 16384)):
+        x = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+        t = cuda_time_s(lambda x=x, k=k: x.topk(k, dim=-1).indices.sort(dim=-1))
+        rates.append(rows * n / t / 1e9)
+    return sorted(rates)[len(rates) // 2]
