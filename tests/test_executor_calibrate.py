@@ -7,12 +7,42 @@ pytest.importorskip("transformers")
 
 from roofsim.executor.calibrate.host import decode_layer_cost  # noqa: E402
 
+LAYER_S, CALL_S, STREAMED_EXTRA_S = 1e-3, 1e-4, 5e-5
 
-def test_decode_layer_cost_is_measured_through_the_executor():
-    # 30 steps: with 5, noise zeroed the 6-less-2-layer difference now and then (1 of 3 runs on a busy 2-core box)
-    per_layer_s, spec, step_s = decode_layer_cost("cpu", steps=30)
-    assert 0 < per_layer_s < 0.5  # a tiny layer's decode step on a CPU: well under a second
-    assert 0 < step_s < 0.5  # the forward outside its layers (embedding, preamble, LM head) costs something
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A virtual host clock that only the executor's own work advances: each decoder layer's attention
+    (PlanLayer.attend) LAYER_S, each slot's attention call (SlotLayer.attend_slot) CALL_S more, a streamed slot's
+    STREAMED_EXTRA_S more again. The timers read it through time.perf_counter, so what a calibration function
+    returns is the arithmetic of its timings over the executor's calls, whatever this machine's speed."""
+    import time
+
+    from roofsim.executor.cache import PlanLayer
+    from roofsim.executor.slots import SlotLayer
+
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    attend, attend_slot = PlanLayer.attend, SlotLayer.attend_slot
+
+    def layer(self, *args, **kw):
+        now[0] += LAYER_S
+        return attend(self, *args, **kw)
+
+    def slot(self, s, *args, **kw):
+        now[0] += CALL_S + (0.0 if s.resident else STREAMED_EXTRA_S)
+        return attend_slot(self, s, *args, **kw)
+
+    monkeypatch.setattr(PlanLayer, "attend", layer)
+    monkeypatch.setattr(SlotLayer, "attend_slot", slot)
+    return now
+
+
+def test_decode_layer_cost_is_measured_through_the_executor(clock):
+    """The difference of a 6-layer and a 2-layer model's decode steps, over the executor's layers: each layer's
+    cost, and nothing outside the layers (the virtual clock advances only inside them)."""
+    per_layer_s, spec, step_s = decode_layer_cost("cpu", steps=3)
+    assert per_layer_s == pytest.approx(LAYER_S + CALL_S) and step_s == pytest.approx(0.0, abs=1e-12)
     assert spec.n_layers == 1 and spec.hidden == 64
 
 
@@ -49,16 +79,17 @@ def test_cpu_gather_rate_is_positive():
     assert cpu_gather_gbps(load_model("llama-3-8b"), tokens=4096) > 0
 
 
-def test_attention_call_costs_are_measured_through_the_executor():
+def test_attention_call_costs_are_measured_through_the_executor(clock):
+    """One call over resident KV, and what a streamed slot's call adds, from plans that differ only in their slots."""
     from roofsim.executor.calibrate.attention import attention_call_costs
 
-    call_s, streamed_s = attention_call_costs("cpu", steps=4)
-    assert 0 <= call_s < 0.05 and 0 <= streamed_s < 0.05
+    call_s, streamed_s = attention_call_costs("cpu", steps=5)
+    assert call_s == pytest.approx(CALL_S) and streamed_s == pytest.approx(STREAMED_EXTRA_S)
 
 
 def test_new_shape_cost_is_the_first_call_at_a_new_past_less_a_repeat(monkeypatch):
     """A kernel that spends 30 ms setting up each new shape (as cuDNN's fused attention builds a plan per key
-    length) is measured as 30 ms; one that does not is measured as about nothing."""
+    length) is measured as 30 ms; one that does not is measured as nothing (a virtual clock: each call 1 ms)."""
     import time
 
     from roofsim.executor import attention as A
@@ -67,35 +98,43 @@ def test_new_shape_cost_is_the_first_call_at_a_new_past_less_a_repeat(monkeypatc
     from roofsim.specs.model import load_model
 
     spec = load_model("llama-3-8b")
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
     real = A.attend_parts
     seen = set()
 
-    def slow_first(q, parts, scale):
-        shape = tuple(k.shape[-2] for k, _, _ in parts)
-        if shape not in seen:
+    def costs(first_s):
+        def attend_parts(q, parts, scale):
+            shape = tuple(k.shape[-2] for k, _, _ in parts)
+            now[0] += 1e-3 + (first_s if shape not in seen else 0.0)
             seen.add(shape)
-            time.sleep(0.03)
-        return real(q, parts, scale)
+            return real(q, parts, scale)
 
-    monkeypatch.setattr(A, "attend_parts", slow_first)
-    assert attention_new_shape_s(spec, "cpu", chunk=64) == pytest.approx(0.03, abs=0.01)
-    monkeypatch.setattr(A, "attend_parts", real)
-    assert abs(attention_new_shape_s(spec, "cpu", chunk=64)) < 0.01
+        return attend_parts
+
+    monkeypatch.setattr(A, "attend_parts", costs(0.03))
+    assert attention_new_shape_s(spec, "cpu", chunk=64) == pytest.approx(0.03)
+    seen.clear()
+    monkeypatch.setattr(A, "attend_parts", costs(0.0))
+    assert attention_new_shape_s(spec, "cpu", chunk=64) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_issue_beside_the_cpu_worker_is_measured_while_it_scans():
+def test_issue_beside_the_cpu_worker_is_measured_while_it_scans(clock, monkeypatch):
     """The tiny layers timed while the CPU worker scans cold host KV (small blocks here), through the executor's
     decode path; the worker's loop ends with the measurement."""
-    from roofsim.executor.calibrate.host import decode_layer_cost_beside_cpu
+    from roofsim.executor.calibrate import host
     from roofsim.executor.cpu_worker import on_worker
 
     from roofsim.specs import load_model
 
-    # 60 steps: beside a scan on a 2-core machine, 3 steps' 6-less-2-layer difference came out 0 in 1 run of 5
-    per_layer_s = decode_layer_cost_beside_cpu(
-        load_model("llama-3-8b"), "cpu", steps=60, tokens=1025, cold_bytes=1 << 22
+    scans = []
+    timed_scans = host.timed_scans
+    monkeypatch.setattr(host, "timed_scans", lambda *a: scans.append(timed_scans(*a)))
+    per_layer_s = host.decode_layer_cost_beside_cpu(
+        load_model("llama-3-8b"), "cpu", steps=3, tokens=1025, cold_bytes=1 << 22
     )
-    assert 0 < per_layer_s < 0.5
+    assert per_layer_s == pytest.approx(LAYER_S + CALL_S)
+    assert scans  # the worker scanned beside the timed steps
     assert on_worker(lambda: 7) == 7  # the worker is free again: its scan loop stopped
 
 
