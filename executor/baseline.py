@@ -32,9 +32,9 @@ def run_hf_offloaded(
     """transformers' own offloaded cache, driven as the executor drives a plan (chunked prefill, then decode).
 
     Between prefill chunks (untimed) torch's cached pinned blocks are released: the cache allocates a new host
-    block per layer per chunk, torch rounds each up to a power of two and keeps the freed ones, and at 256K on
-    the 126 GiB H100 host those kept blocks got the process killed. Decode keeps torch's behaviour: its blocks
-    are reused from step to step."""
+    block per layer per chunk, torch rounds each up to a power of two and keeps the freed ones, and at long
+    contexts those kept blocks exhaust host memory (docs/evidence.md#ev-hf-offloaded-pinned-blocks). Decode keeps
+    torch's behaviour: its blocks are reused from step to step."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device

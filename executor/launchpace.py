@@ -2,16 +2,13 @@
 
 roofsim.hostpace's pure-Python loop is the pace the validation prices host-side costs at; this is a second gauge
 beside it, through the path a launch-bound decode step spends its time in (Python binding, dispatcher, caching
-allocator, the CUDA driver's launch). The H200 guests' host flips between two levels ~1.7x apart within a second
-(validation/results/h200-s16/a/host), and the loop and a torch CPU call, timed side by side there, agreed only in
-part (correlation 0.55): the executor times both before every decode step, and calibrate both beside its host-side
-timings, so that the committed runs say which gauge follows a step.
+allocator, the CUDA driver's launch), which the loop follows only in part (docs/evidence.md#ev-launch-gauge): the
+executor times both before every decode step, and calibrate both beside its host-side timings.
 
 A third gauge, `step_us`, issues one decode step of a tiny two-layer stock Llama through the executor's resident
 cache: the very code a launch-bound step spends its time in (transformers' modules, the executor's cache and
-attention, the dispatcher, the launches), at tiny shapes. On the H200 guests neither the loop nor the launches
-tracked calibrate's tiny decode layers (their ratio to either moved 1.2-1.9x between samples of one calibration:
-validation/results/h200-s18), so that the runs priced at their pace missed by up to 20%.
+attention, the dispatcher, the launches), at tiny shapes; it follows calibrate's tiny decode layers where the other
+two gauges do not (docs/evidence.md#ev-tiny-step-gauge).
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ def _warm_up(model, ids: torch.Tensor, engine, cache, prompt_len: int) -> None:
     """One forward of a prefill-sized chunk with no cache (the registered attention then attends the chunk alone),
     then the attention calls of a chunk after a past and of a decode step at the plan's head counts: the first
     use of each kernel, cuBLAS's handle and workspace and the allocator's growth happen here, so that the timed
-    prefill is the steady state the model predicts (the first H100 campaign measured ~0.7 s of this in every
-    run's first chunk). Before all of it, the prefill kernel race on the past part a chunk attends."""
+    prefill is the steady state the model predicts (docs/evidence.md#ev-warm-up-first-chunk). Before all of it,
+    the prefill kernel race on the past part a chunk attends."""
     heads = cache.kv_heads_per_call()
     race_prefill(cache.runtime.shape, ids.shape[1], min(heads), prompt_len)
     model(ids, use_cache=False, logits_to_keep=1)
