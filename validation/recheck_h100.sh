@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# On the GPU machine, after a change that should not move how fast the executor runs (a refactor): the GPU-marked
+# tests, then three committed campaign configurations (head_offload, kvpr, cpu_attention) run again, to compare
+# with their committed measurements. From the repo root, with .whl carried:
+#   bash validation/recheck_h100.sh            # ~6 min; $OUT/gpu-tests.log, $OUT/campaign-recheck.tar.gz
+# Then, here: extract the archive into a folder and compare the measured traces:
+#   mkdir -p /tmp/recheck && tar xzf campaign-recheck.tar.gz -C /tmp/recheck
+#   python validation/compare_measured.py validation/results/h100/campaign /tmp/recheck/campaign
+# The predictions in the archive use the s21 profile (any profile serves: only the measurements are compared).
+set -uo pipefail
+. validation/device_setup.sh || exit 1
+nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv > "$OUT/gpu.txt"
+python3 -m pytest -p no:cacheprovider -m gpu -rs tests/test_executor_calibrate.py tests/test_executor_cli.py \
+  tests/test_executor_timing.py tests/test_executor_transfers.py > "$OUT/gpu-tests.log" 2>&1
+echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
+tail -3 "$OUT/gpu-tests.log"
+PROFILE=validation/results/h100/s21/h100-sxm-calibrated.toml LABEL=recheck \
+  bash validation/run_campaign.sh only "${CONFIGS:-l3-head-g4-r1-128k,l3-kvpr-64k,q7-cpu1-64k}"
