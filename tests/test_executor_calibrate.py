@@ -238,6 +238,8 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     """measure() with every timing replaced by a stand-in that logs its name: they run in MEASURE_ORDER, the gauge
     samples taken inside the tiny layers and the attention calls are labelled by what they sat beside, and the
     CPU block lands in Measurements' fields of its names."""
+    import types
+
     import torch
     from roofsim.executor import calibrate
     from roofsim.executor.calibrate import attention, cpu, host, kernels, link
@@ -286,7 +288,9 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(calibrate, "fingerprint", Fingerprint(gpu_name="stand-in"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80e9}))
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    # measure() turns TF32 on for its GEMMs: a stand-in for torch's cuBLAS settings takes it (the real one's
+    # setter reaches into the CUDA runtime, which this build may not have)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", types.SimpleNamespace(allow_tf32=False))
 
     m = calibrate.measure(model)
     assert log == MEASURE_ORDER
