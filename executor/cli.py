@@ -33,7 +33,14 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--trace-steps", type=int, default=8, help="steps per phase whose spans are kept (-1: all)"
     )
-    p.add_argument("--gpu", help="GPU spec for kvpr's automatic recompute split (default h100-sxm)")
+    p.add_argument(
+        "--gpu",
+        help="GPU spec (name or TOML, e.g. a calibrated profile) that prices the plan before it runs, picks a "
+        "family's knobs and kvpr's automatic split (default: the built-in spec matching the device, else h100-sxm)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="run a plan even where the model says it does not fit in memory"
+    )
 
 
 def _document(text: str) -> dict:
@@ -48,17 +55,52 @@ def _document(text: str) -> dict:
     return {}
 
 
+def _model_spec(source):
+    """The model's spec (roofsim.specs.ModelSpec): a plan document's own, a built-in name, a config.json or a
+    checkpoint directory holding one."""
+    from roofsim.specs import load_model as load_spec
+    from roofsim.specs.model import ModelSpec
+
+    return source if isinstance(source, ModelSpec) else load_spec(source)
+
+
+def _gpu_spec(arg: str | None, device):
+    """--gpu, else the built-in spec whose name matches the CUDA device's, else h100-sxm."""
+    from roofsim.report.resolve import gpu_by_device_name
+    from roofsim.specs import load_gpu
+
+    if arg:
+        return arg, load_gpu(arg)
+    if device.type == "cuda":
+        import torch
+
+        spec = gpu_by_device_name(torch.cuda.get_device_name(device))
+        if spec is not None:
+            return spec.name, spec
+    return "h100-sxm", load_gpu("h100-sxm")
+
+
 def run(args) -> int:
-    from roofsim.plan import default_plan, plan_from_dict
-    from roofsim.units import parse_bytes, parse_tokens
+    from roofsim.limits import Limits
+    from roofsim.plan import family_of, plan_from_dict
+    from roofsim.predict import predict
+    from roofsim.specs.hardware import default_host_of
+    from roofsim.specs.model import ModelSpec
+    from roofsim.units import fmt_bytes, parse_bytes, parse_tokens
+    from roofsim.workload import Workload
 
     doc = _document(args.plan)
-    plan = plan_from_dict(doc, where=f"plan file {args.plan!r}") if doc else default_plan(args.plan)
+    # a plan file, or a family name: that family's best knobs, chosen below once the memory here is known
+    plan = plan_from_dict(doc, where=f"plan file {args.plan!r}") if doc else None
+    family = family_of(args.plan, "plan") if plan is None else None
     work = doc.get("workload", {}) if isinstance(doc.get("workload"), dict) else {}
     prompt_len = parse_tokens(args.prompt_len or work.get("context") or 4096, "--prompt-len")
     gen = parse_tokens(args.gen, "--gen") if args.gen else int(work.get("gen", 16))
     batch = args.batch or int(work.get("batch", 1))
-    model_src = args.model or doc.get("model") or "llama-3-8b"
+    model_src = args.model
+    if model_src is None and isinstance(doc.get("model_spec"), dict):
+        model_src = ModelSpec.model_validate(doc["model_spec"])  # the plan's own model, wherever it came from
+    model_src = model_src or doc.get("model") or "llama-3-8b"
     gpu_mem = parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem else None
 
     # Chunked prefill allocates and frees activations of changing sizes; with fixed segments the caching
@@ -69,6 +111,7 @@ def run(args) -> int:
     import torch
     from roofsim.executor.models import load_model
     from roofsim.executor.runner import cap_gpu_memory, run_plan
+    from roofsim.executor.timing import host_ram_bytes
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -76,6 +119,41 @@ def run(args) -> int:
     if gpu_mem and device.type != "cuda":
         raise UserError("--gpu-mem caps GPU memory and needs --device cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+
+    # Price the plan before anything is allocated: a family name takes its best knobs within the memory there is,
+    # and a plan the model says cannot fit is refused with its need (a run would stop at out of memory).
+    spec = _model_spec(model_src)
+    gpu_arg, gpu = _gpu_spec(args.gpu, device)
+    host = default_host_of(gpu_arg, gpu)
+    card = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    limits = Limits(
+        gpu_mem_bytes=min(x for x in (gpu_mem, card) if x) if (gpu_mem or card) else None,
+        host_mem_bytes=host_ram_bytes(),
+    )
+    workload = Workload(context=prompt_len, batch=batch, gen=max(gen, 1))
+    if plan is None:
+        from roofsim.sweep import best_of_family
+
+        plan = best_of_family(family.name, spec, gpu, host, workload, limits).plan
+        print(
+            f"{plan.family}: the best knobs for {spec.name} on {gpu.name} within the memory here: {plan.knobs()}"
+        )
+    priced = predict(plan, spec, gpu, host, workload, limits).summary
+    short = []
+    if device.type == "cuda" and priced.peak_gpu_bytes > limits.gpu_bytes(gpu):
+        short.append(
+            f"{fmt_bytes(priced.peak_gpu_bytes)} of GPU memory where {fmt_bytes(limits.gpu_bytes(gpu))} is usable"
+        )
+    if limits.host_mem_bytes and priced.peak_host_bytes > limits.host_mem_bytes:
+        short.append(
+            f"{fmt_bytes(priced.peak_host_bytes)} of host memory where this machine has "
+            f"{fmt_bytes(limits.host_mem_bytes)}"
+        )
+    if short and not args.force:
+        raise UserError(
+            f"plan {plan.family} ({plan.knobs()}) for {spec.name} at {prompt_len} tokens does not fit: it needs "
+            f"{' and '.join(short)} (priced with {gpu.name}); --force runs it anyway"
+        )
     if gpu_mem:
         cap_gpu_memory(gpu_mem, device)
     model = None
@@ -100,7 +178,7 @@ def run(args) -> int:
             seed=args.seed,
             trace_steps=args.trace_steps,
             out=args.output,
-            gpu_spec=args.gpu,
+            gpu_spec=gpu_arg,
             gpu_mem_bytes=gpu_mem,
         )
     except KeyboardInterrupt:

@@ -114,10 +114,13 @@ def random_model(config, device, dtype=torch.bfloat16, seed: int = 0, layers_dev
 def load_model(
     source: str, *, device="cpu", dtype=torch.bfloat16, seed: int = 0, max_positions=None, layers_device=None
 ):
-    """(model, name): a roofsim model name or config.json (random weights) or a checkpoint directory.
+    """(model, name): a roofsim model name, a ModelSpec or a config.json (random weights) or a checkpoint directory.
     layers_device: where the decoder layers go (default `device`); "cpu" for streamed weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if isinstance(source, ModelSpec):  # a plan document's own spec: random weights of its shapes
+        model = random_model(config_for_spec(source, max_positions), device, dtype, seed, layers_device)
+        return model, source.name
     path = Path(source)
     if path.is_dir() and any(path.glob("*.safetensors")):
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)

@@ -184,7 +184,7 @@ def run_plan(
         trace.memory.append(_memory_sample(cache, rec, device, weights, "decode"))
         if warmup and gen:
             header.notes.append(
-                f"decode: first {min(warmup, gen)} step(s) are warm-up, excluded from decode_step_s"
+                f"decode: first {min(warmup, gen)} step(s) are warm-up, excluded from the decode step times"
             )
         from roofsim.executor.attention import kernels_used
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from roofsim import ops, roofline
 from roofsim.errors import UserError
 from roofsim.limits import Limits
-from roofsim.plan import default_plan, family_names, plan_from_dict
+from roofsim.plan import family_names, plan_from_dict
 from roofsim.predict import predict
 from roofsim.specs import list_gpus, list_hosts, list_models, load_gpu, load_host, load_model
 from roofsim.specs.hardware import default_host_of
@@ -30,7 +30,9 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser, context_required: bool = False) -> None:
     p.add_argument("--gpu", required=True, help="GPU name (see `roofsim gpus`) or path to a GPU spec TOML")
     p.add_argument(
-        "--model", default="llama-3-8b", help="model name (see `roofsim models`) or path to a HF config.json"
+        "--model",
+        help="model name (see `roofsim models`) or path to a HF config.json (default: a plan file's model, "
+        "else llama-3-8b)",
     )
     p.add_argument(
         "--context", required=context_required, help="prompt tokens: 512000, 128K, 1M (K, M = 1024, 1024^2)"
@@ -48,9 +50,31 @@ def _gpu_and_host(args):
     return gpu, load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
 
 
+def _model(args):
+    """--model, else the model a plan file was made for (its spec travels in the document), else llama-3-8b."""
+    if args.model:
+        return load_model(args.model)
+    doc = _plan_document(args.plan) if getattr(args, "plan", None) else None
+    if isinstance(doc, dict) and isinstance(doc.get("model_spec"), dict):
+        from pydantic import ValidationError
+
+        from roofsim.specs.model import ModelSpec
+        from roofsim.specs.tomlfile import first_error
+
+        try:
+            return ModelSpec.model_validate(doc["model_spec"])
+        except ValidationError as e:
+            raise UserError(
+                f"plan file {args.plan!r}: its model_spec is not valid: {first_error(e)}"
+            ) from None
+    if isinstance(doc, dict) and isinstance(doc.get("model"), str):
+        return load_model(doc["model"])
+    return load_model("llama-3-8b")
+
+
 def _specs(args):
     gpu, host = _gpu_and_host(args)
-    model = load_model(args.model)
+    model = _model(args)
     if args.batch <= 0:
         raise UserError(f"--batch must be a positive number of sequences, got {args.batch}")
     limits = Limits(
@@ -60,17 +84,31 @@ def _specs(args):
     return model, gpu, host, limits
 
 
-def _load_plan(text: str):
+def _plan_document(text: str) -> dict | None:
+    """The JSON document of a plan file (a bare plan or `roofsim plan -o`'s document), or None where `text` names
+    a family rather than a file."""
     path = Path(text)
-    if text.endswith(".json") or path.is_file():
-        if not path.is_file():
-            raise UserError(f"plan file {text!r} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"plan file {text!r} is not valid JSON: {e}") from None
-        return plan_from_dict(data, where=f"plan file {text!r}")
-    return default_plan(text)
+    if not (text.endswith(".json") or path.is_file()):
+        return None
+    if not path.is_file():
+        raise UserError(f"plan file {text!r} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"plan file {text!r} is not valid JSON: {e}") from None
+
+
+def _resolve_plan(text: str, model, gpu, host, work: Workload, limits: Limits):
+    """--plan: a plan file as written, or a family name, which means that family's best knobs within the limits
+    (the candidates `roofsim plan` screens, ranked by the analytic model as `roofsim predict` shows them)."""
+    from roofsim.plan import family_of
+    from roofsim.sweep import best_of_family
+
+    doc = _plan_document(text)
+    if doc is not None:
+        return plan_from_dict(doc, where=f"plan file {text!r}")
+    family_of(text, "--plan")
+    return best_of_family(text, model, gpu, host, work, limits).plan
 
 
 def _title(model, gpu, host, work: Workload | None) -> str:
@@ -94,7 +132,9 @@ def cmd_predict(args) -> int:
         return _context_sweep(model, gpu, host, limits, args, gen, out, context_sweep_table)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=gen)
     if args.plan:
-        preds = [predict(_load_plan(args.plan), model, gpu, host, work, limits)]
+        preds = [
+            predict(_resolve_plan(args.plan, model, gpu, host, work, limits), model, gpu, host, work, limits)
+        ]
     else:
         preds = best_per_family(model, gpu, host, work, limits)
     traces = _simulate_all(preds, model, gpu, host, work, limits) if args.simulate else None
@@ -156,7 +196,7 @@ def cmd_simulate(args) -> int:
 
     model, gpu, host, limits = _specs(args)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
-    plan = _load_plan(args.plan)
+    plan = _resolve_plan(args.plan, model, gpu, host, work, limits)
     steps = parse_tokens(args.decode_steps, "--decode-steps") if args.decode_steps else work.gen
     trace = simulate(plan, model, gpu, host, work, limits, decode_steps=steps, keep=args.keep)
     if args.json:
@@ -202,6 +242,7 @@ def cmd_plan(args) -> int:
     doc = PlanDocument(
         plan=best.plan,
         model=model.name,
+        model_spec=model,
         gpu=gpu.name,
         host=host.name,
         workload=best.prediction.header.workload,
@@ -334,7 +375,7 @@ def cmd_validate(args) -> int:
             if args.resume and (out / cfg.name / "runs.json").is_file():
                 bar.advance(job)  # measured by an earlier call into the same folder
                 continue
-            validate_one(cfg, args.gpu, gpu, host, out, args.device, args.timeout)
+            validate_one(cfg, args.gpu, gpu, host, out, args.device, args.timeout, force=args.force)
             if args.archive:
                 archive_results(out, Path(args.archive))
             bar.advance(job)
@@ -538,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the configurations that already have a runs.json in the -o folder (a campaign stopped midway "
         "goes on where it stopped)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run plans the model says do not fit in memory (by default they are not run; run.json says why)",
     )
     p.add_argument(
         "--archive",

@@ -114,7 +114,7 @@ def trace_table(trace, title: str) -> Table:
     t.add_column("value", justify="right")
     t.add_row("fits", "yes" if s.feasible else f"no: {s.reason}")
     t.add_row("prefill", fmt_seconds(s.prefill_s or float("nan")))
-    t.add_row("prefill chunks", str(len(s.prefill_chunk_s)))
+    t.add_row("prefill chunks", str(len(s.prefill.step_s)))
     t.add_row("decode / token (median)", fmt_seconds(s.decode_s_per_token or float("nan")))
     t.add_row("peak GPU memory", fmt_bytes(s.peak_gpu_bytes or 0))
     t.add_row("host memory", fmt_bytes(s.peak_host_bytes or 0))

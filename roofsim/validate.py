@@ -102,6 +102,7 @@ def run_executor(
     device: str | None,
     timeout_s: float,
     gpu_arg: str | None = None,
+    force: bool = False,
 ) -> dict:
     """Run one plan with the executor in its own process. gpu_arg, the profile the prediction used, also sets
     what the executor solves with at run time (kvpr's recompute split with recompute_tokens="auto")."""
@@ -119,6 +120,8 @@ def run_executor(
         cmd += ["--gpu-mem", cfg.gpu_mem]
     if device:
         cmd += ["--device", device]
+    if force:
+        cmd += ["--force"]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=out.parent)
@@ -137,7 +140,10 @@ def validate_one(
     out_dir: Path,
     device: str | None,
     timeout_s: float,
+    force: bool = False,
 ) -> dict:
+    """Predict and run each plan of one configuration into its folder. A plan the model says does not fit under
+    the configuration's memory is not run (run.json says why) unless `force`."""
     model = load_model(cfg.model)
     work = Workload(context=parse_tokens(cfg.context), batch=cfg.batch, gen=cfg.gen)
     limits = Limits(gpu_mem_bytes=parse_bytes(cfg.gpu_mem, "gpu_mem") if cfg.gpu_mem else None)
@@ -155,7 +161,15 @@ def validate_one(
         plan_path.write_text(
             json.dumps({"plan": plan.model_dump(), "model": cfg.model, "workload": work.model_dump()})
         )
-        status = run_executor(plan_path, cfg, work, sub / "measured.json", device, timeout_s, gpu_arg)
+        if predicted.feasible or force:
+            status = run_executor(
+                plan_path, cfg, work, sub / "measured.json", device, timeout_s, gpu_arg, force=force
+            )
+        else:
+            status = {
+                "returncode": None,
+                "refused": f"the model says it does not fit: {predicted.summary.reason}; --force runs it anyway",
+            }
         (sub / "run.json").write_text(json.dumps(status, indent=1))
         row = {
             "config": cfg.name,
@@ -344,7 +358,10 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
         runs = json.loads(runs_file.read_text())
         pick = runs[0]
         if pick.get("decode_s_per_token_measured") is None:
-            rows.append({"config": pick["config"], "family": pick["plan"]["family"], "failed": True})
+            why = _failure(runs_file.parent)
+            rows.append(
+                {"config": pick["config"], "family": pick["plan"]["family"], "failed": True, "why": why}
+            )
             continue
         row = {"config": pick["config"], "family": pick["plan"]["family"], "failed": False}
         for phase in PHASES:
@@ -376,6 +393,18 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
     n = sum(not r["failed"] for r in rows)
     line = _closing_line(n, time_errs, mem_errs, regrets)
     return rows, line
+
+
+def _failure(folder: Path) -> str:
+    """Why a configuration's pick has no measurement, from its run.json: the refusal, or the run's last words."""
+    try:
+        status = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if status.get("refused"):
+        return f"not run: {status['refused']}"
+    lines = [line for line in (status.get("stderr_tail") or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"exit code {status.get('returncode')}"
 
 
 def _decode_key(plan: dict) -> str:
@@ -483,7 +512,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["failed"]:
-            lines.append(f"{r['config']:34s} {r['family']:14s} {'run failed: see run.json':>30s}")
+            lines.append(f"{r['config']:34s} {r['family']:14s} run failed: {r.get('why') or 'see run.json'}")
             continue
         mem = r["peak_gpu_bytes"][2]
         mem_text = f"{mem:+.1f}%" if mem is not None else "-"

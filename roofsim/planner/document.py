@@ -1,11 +1,13 @@
-"""The plan file `roofsim plan -o` writes and `roofsim run` / `roofsim predict --plan` read: the plan and the
-prediction it was chosen with."""
+"""The plan file `roofsim plan -o` writes and `roofsim run` / `roofsim predict --plan` read: the plan, the model
+it is for (its spec, so a model read from a config.json travels with the plan) and the prediction it was chosen
+with."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from roofsim.plan import Plan
+from roofsim.specs.model import ModelSpec
 from roofsim.trace import Summary
 from roofsim.workload import Workload
 
@@ -16,6 +18,10 @@ class PlanDocument(BaseModel):
     schema_: str = Field("roofsim.plan/2", alias="schema")
     plan: Plan
     model: str
+    model_spec: ModelSpec | None = Field(
+        None,
+        description="the model's shapes, so that predict and run rebuild it without the file it came from",
+    )
     gpu: str
     host: str
     workload: Workload

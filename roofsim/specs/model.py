@@ -229,6 +229,19 @@ BUILTIN: dict[str, ModelSpec] = {
             intermediate=28672,
             **_OPT,
         ),
+        ModelSpec(
+            name="tiny-llama",
+            source="roofsim: a two-layer Llama for smoke runs on a CPU (random weights; `roofsim run --device cpu`)",
+            family="llama",
+            n_layers=2,
+            hidden=64,
+            n_heads=4,
+            n_kv_heads=2,
+            head_dim=16,
+            intermediate=128,
+            vocab=128,
+            max_positions=4096,
+        ),
     ]
 }
 
