@@ -5,7 +5,6 @@ Imports nothing heavy at module level: torch and transformers load inside `run`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -43,16 +42,14 @@ def add_arguments(p) -> None:
     )
 
 
-def _document(text: str) -> dict:
+def _document(text: str) -> dict | None:
+    """The plan file's JSON object, or None where `text` names a family rather than a file."""
+    from roofsim.jsonfile import read_json_object
+
     path = Path(text)
-    if text.endswith(".json") or path.is_file():
-        if not path.is_file():
-            raise UserError(f"plan file {text!r} does not exist")
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"plan file {text!r} is not valid JSON: {e}") from None
-    return {}
+    if text.endswith(".json") or path.exists():
+        return read_json_object(path, "plan file")
+    return None
 
 
 def _model_spec(source):
@@ -69,7 +66,7 @@ def _gpu_spec(arg: str | None, device):
     from roofsim.report.resolve import gpu_by_device_name
     from roofsim.specs import load_gpu
 
-    if arg:
+    if arg is not None:
         return arg, load_gpu(arg)
     if device.type == "cuda":
         import torch
@@ -81,37 +78,82 @@ def _gpu_spec(arg: str | None, device):
 
 
 def run(args) -> int:
+    from roofsim.argchecks import MAX_BATCH, positive_int
     from roofsim.limits import Limits
+    from roofsim.outpath import check_output_file
     from roofsim.plan import family_of, plan_from_dict
     from roofsim.predict import predict
+    from roofsim.specs import load_gpu
     from roofsim.specs.hardware import default_host_of
     from roofsim.specs.model import ModelSpec
     from roofsim.units import fmt_bytes, parse_bytes, parse_tokens
     from roofsim.workload import Workload
 
+    check_output_file(args.output, "-o")
     doc = _document(args.plan)
+    where = f"plan file {args.plan!r}"
     # a plan file, or a family name: that family's best knobs, chosen below once the memory here is known
-    plan = plan_from_dict(doc, where=f"plan file {args.plan!r}") if doc else None
+    plan = plan_from_dict(doc, where=where) if doc is not None else None
     family = family_of(args.plan, "plan") if plan is None else None
+    doc = doc or {}
     work = doc.get("workload", {}) if isinstance(doc.get("workload"), dict) else {}
-    prompt_len = parse_tokens(args.prompt_len or work.get("context") or 4096, "--prompt-len")
-    gen = parse_tokens(args.gen, "--gen") if args.gen else int(work.get("gen", 16))
-    batch = args.batch or int(work.get("batch", 1))
+    prompt_len = parse_tokens(
+        args.prompt_len if args.prompt_len is not None else work.get("context", 4096),
+        "--prompt-len" if args.prompt_len is not None else f"{where}: workload.context",
+    )
+    gen = (
+        parse_tokens(args.gen, "--gen")
+        if args.gen is not None
+        else parse_tokens(work.get("gen", 16), f"{where}: workload.gen")
+    )
+    batch = args.batch if args.batch is not None else work.get("batch", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise UserError(f"{where}: workload.batch must be a whole number of sequences, got {batch!r}")
+    positive_int(
+        batch, "--batch" if args.batch is not None else f"{where}: workload.batch", MAX_BATCH, "sequences"
+    )
+    if args.warmup < 0:
+        raise UserError(
+            f"--warmup is decode steps left out of the per-token time, 0 or more; got {args.warmup}"
+        )
+    if args.trace_steps < -1:
+        raise UserError(
+            f"--trace-steps is steps per phase whose spans are kept (-1: all); got {args.trace_steps}"
+        )
     model_src = args.model
     if model_src is None and isinstance(doc.get("model_spec"), dict):
-        model_src = ModelSpec.model_validate(doc["model_spec"])  # the plan's own model, wherever it came from
-    model_src = model_src or doc.get("model") or "llama-3-8b"
-    gpu_mem = parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem else None
+        from pydantic import ValidationError
+
+        from roofsim.specs.tomlfile import first_error
+
+        try:  # the plan's own model, wherever it came from
+            model_src = ModelSpec.model_validate(doc["model_spec"])
+        except ValidationError as e:
+            raise UserError(f"{where}: its model_spec is not valid: {first_error(e)}") from None
+    if model_src is None:
+        model_src = doc.get("model", "llama-3-8b")
+        if not isinstance(model_src, str):
+            raise UserError(f"{where}: 'model' must be a model name or a config.json path, got {model_src!r}")
+    spec = _model_spec(model_src)
+    if args.gpu is not None:
+        load_gpu(args.gpu)
+    gpu_mem = parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem is not None else None
 
     # Chunked prefill allocates and frees activations of changing sizes; with fixed segments the caching
     # allocator fragments, and a plan that fits a cap can run out of memory
     # (docs/evidence.md#ev-allocator-fragmentation). Expandable segments keep reserved memory close to
     # allocated memory. Must be set before torch initialises CUDA.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    import torch
-    from roofsim.executor.models import load_model
-    from roofsim.executor.runner import cap_gpu_memory, run_plan
-    from roofsim.executor.timing import host_ram_bytes
+    try:
+        import torch
+        from roofsim.executor.models import load_model
+        from roofsim.executor.runner import cap_gpu_memory, run_plan
+        from roofsim.executor.timing import host_ram_bytes
+    except ImportError as e:
+        raise UserError(
+            f"roofsim run needs the executor's packages ({e.name or e}): pip install 'roofsim[executor]' "
+            "(torch, transformers, safetensors)"
+        ) from None
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -122,7 +164,6 @@ def run(args) -> int:
 
     # Price the plan before anything is allocated: a family name takes its best knobs within the memory there is,
     # and a plan the model says cannot fit is refused with its need (a run would stop at out of memory).
-    spec = _model_spec(model_src)
     gpu_arg, gpu = _gpu_spec(args.gpu, device)
     host = default_host_of(gpu_arg, gpu)
     card = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None

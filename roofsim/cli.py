@@ -10,15 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-from roofsim import ops, roofline
+from roofsim import argchecks, ops, roofline
 from roofsim.errors import UserError
 from roofsim.limits import Limits
+from roofsim.outpath import check_output_dir, check_output_file
 from roofsim.plan import family_names, plan_from_dict
 from roofsim.predict import predict
 from roofsim.specs import list_gpus, list_hosts, list_models, load_gpu, load_host, load_model
 from roofsim.specs.hardware import default_host_of
 from roofsim.sweep import best_per_family
-from roofsim.units import fmt_tokens, parse_bytes, parse_tokens
+from roofsim.units import MAX_TOKENS, fmt_tokens, parse_tokens
 from roofsim.workload import Workload
 
 
@@ -47,14 +48,14 @@ def _common(p: argparse.ArgumentParser, context_required: bool = False) -> None:
 def _gpu_and_host(args):
     """The GPU spec --gpu names and the host --host names, or the GPU spec's own host."""
     gpu = load_gpu(args.gpu)
-    return gpu, load_host(args.host) if args.host else default_host_of(args.gpu, gpu)
+    return gpu, load_host(args.host) if args.host is not None else default_host_of(args.gpu, gpu)
 
 
 def _model(args):
     """--model, else the model a plan file was made for (its spec travels in the document), else llama-3-8b."""
-    if args.model:
+    if args.model is not None:
         return load_model(args.model)
-    doc = _plan_document(args.plan) if getattr(args, "plan", None) else None
+    doc = _plan_document(args.plan) if getattr(args, "plan", None) is not None else None
     if isinstance(doc, dict) and isinstance(doc.get("model_spec"), dict):
         from pydantic import ValidationError
 
@@ -75,27 +76,19 @@ def _model(args):
 def _specs(args):
     gpu, host = _gpu_and_host(args)
     model = _model(args)
-    if args.batch <= 0:
-        raise UserError(f"--batch must be a positive number of sequences, got {args.batch}")
-    limits = Limits(
-        gpu_mem_bytes=parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem else None,
-        host_mem_bytes=parse_bytes(args.host_mem, "--host-mem") if args.host_mem else None,
-    )
-    return model, gpu, host, limits
+    argchecks.positive_int(args.batch, "--batch", argchecks.MAX_BATCH, "sequences")
+    return model, gpu, host, argchecks.limits(args.gpu_mem, args.host_mem, gpu)
 
 
 def _plan_document(text: str) -> dict | None:
     """The JSON document of a plan file (a bare plan or `roofsim plan -o`'s document), or None where `text` names
     a family rather than a file."""
+    from roofsim.jsonfile import read_json_object
+
     path = Path(text)
-    if not (text.endswith(".json") or path.is_file()):
+    if not (text.endswith(".json") or path.exists()):
         return None
-    if not path.is_file():
-        raise UserError(f"plan file {text!r} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"plan file {text!r} is not valid JSON: {e}") from None
+    return read_json_object(path, "plan file")
 
 
 def _resolve_plan(text: str, model, gpu, host, work: Workload, limits: Limits):
@@ -119,19 +112,14 @@ def _title(model, gpu, host, work: Workload | None) -> str:
 def cmd_predict(args) -> int:
     from roofsim.display import console, context_sweep_table, predictions_table, roofline_table
 
+    _check_predict_flags(args)
     model, gpu, host, limits = _specs(args)
     gen = parse_tokens(args.gen, "--gen")
     out = console()
     if args.context is None:
-        if args.plan:
-            raise UserError(
-                "--plan needs --context; without --context predict sweeps contexts with the best plan at each"
-            )
-        if args.report is not None:
-            raise UserError("--report needs --context: a report shows one workload")
         return _context_sweep(model, gpu, host, limits, args, gen, out, context_sweep_table)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=gen)
-    if args.plan:
+    if args.plan is not None:
         preds = [
             predict(_resolve_plan(args.plan, model, gpu, host, work, limits), model, gpu, host, work, limits)
         ]
@@ -169,6 +157,28 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _check_predict_flags(args) -> None:
+    """Options of `predict` that need --context, or that contradict each other."""
+    if args.context is None:
+        if args.plan is not None:
+            raise UserError(
+                "--plan needs --context; without --context predict sweeps contexts with the best plan at each"
+            )
+        for flag, given in (("--report", args.report is not None), ("--roofline", args.roofline)):
+            if given:
+                raise UserError(f"{flag} needs --context: it shows one workload")
+        if args.simulate:
+            raise UserError("--simulate needs --context: the context sweep is analytic")
+    elif args.allow_approximate:
+        raise UserError(
+            "--allow-approximate changes only the context sweep (no --context); with --context every family is shown"
+        )
+    if args.roofline and args.json:
+        raise UserError("--roofline prints tables and --json prints only the document: drop one")
+    if args.report:
+        check_output_file(args.report, "--report")
+
+
 def _prediction_doc(p) -> dict:
     """One prediction as `--json` prints it: the trace's header and summary (an analytic trace has no spans)."""
     return p.model_dump(mode="json", exclude={"spans", "memory"})
@@ -194,10 +204,13 @@ def cmd_simulate(args) -> int:
     from roofsim.display import console, trace_table
     from roofsim.sim import simulate
 
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     model, gpu, host, limits = _specs(args)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
+    steps = parse_tokens(args.decode_steps, "--decode-steps") if args.decode_steps is not None else work.gen
     plan = _resolve_plan(args.plan, model, gpu, host, work, limits)
-    steps = parse_tokens(args.decode_steps, "--decode-steps") if args.decode_steps else work.gen
+    argchecks.simulation(plan, work.context, steps, args.decode_steps is not None)
     trace = simulate(plan, model, gpu, host, work, limits, decode_steps=steps, keep=args.keep)
     if args.json:
         trace.write(args.json)
@@ -215,18 +228,31 @@ def cmd_plan(args) -> int:
     from roofsim.display import console, pareto_table, ranked_table
     from roofsim.planner import PlanDocument, SearchSpace, explain, search
 
+    for flag, path in (("-o", args.output), ("--report", args.report)):
+        if path:
+            check_output_file(path, flag)
+    if args.prompt is not None and args.context is not None:
+        raise UserError("--prompt is another name for --context: give one of them")
     model, gpu, host, limits = _specs(args)
-    context = args.prompt or args.context
+    context = args.prompt if args.prompt is not None else args.context
     if context is None:
         raise UserError("say how long the prompt is: --context 1M (or --prompt 1M)")
     work = Workload(context=parse_tokens(context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
+    restrict = argchecks.restrict(args.restrict, args.allow_approximate)
+    names = argchecks.families(args.families, args.allow_approximate, restrict)
+    fraction = argchecks.fetch_fraction(
+        args.fetch_fraction, argchecks.searched("sparse_fetch", args.allow_approximate, restrict, names)
+    )
     space = SearchSpace(
         allow_approximate=args.allow_approximate,
-        restrict=args.restrict,
-        fetch_fraction=args.fetch_fraction,
-        evict_budget=parse_tokens(args.evict_budget, "--evict-budget") if args.evict_budget else None,
-        families=tuple(args.families.split(",")) if args.families else None,
+        restrict=restrict,
+        evict_budget=argchecks.evict_budget(
+            args.evict_budget, argchecks.searched("evict", args.allow_approximate, restrict, names)
+        ),
+        families=names,
+        **({} if fraction is None else {"fetch_fraction": fraction}),
     )
+    argchecks.top(args.top)
     out = console()
     with Progress(console=out, transient=True) as bar:
         job = bar.add_task("searching plans", total=None)
@@ -280,15 +306,21 @@ def cmd_calibrate(args) -> int:
     from roofsim.calibration import Measurements, write_profile
     from roofsim.display import console
 
-    if args.refit:
-        path = Path(args.refit)
+    check_output_dir(args.output, "-o")
+    gpu, host = _gpu_and_host(args)
+    if args.refit is not None:
+        from pydantic import ValidationError
+
+        from roofsim.jsonfile import read_json_object
+        from roofsim.specs.tomlfile import first_error
+
+        data = read_json_object(args.refit, "--refit measurements file")
         try:
-            m = Measurements.model_validate_json(path.read_text())
-        except (OSError, ValueError) as e:
+            m = Measurements.model_validate(data)
+        except ValidationError as e:
             raise UserError(
-                f"--refit {path}: not a measurements file written by roofsim calibrate ({e})"
+                f"--refit {args.refit}: not a measurements file written by roofsim calibrate: {first_error(e)}"
             ) from None
-        gpu, host = _gpu_and_host(args)
         gpu_path, host_path = write_profile(gpu, host, m, Path(args.output))
         print(f"calibrated profile (refitted): {gpu_path} (host {host_path}); use it with --gpu {gpu_path}")
         return 0
@@ -300,10 +332,9 @@ def cmd_calibrate(args) -> int:
         raise UserError(
             "roofsim calibrate needs torch: pip install 'roofsim[executor]' on the GPU machine"
         ) from None
+    model = load_model(args.model)
     if not torch.cuda.is_available():
         raise UserError("roofsim calibrate needs a CUDA GPU; run it on the GPU machine")
-    gpu, host = _gpu_and_host(args)
-    model = load_model(args.model)
     steps = [
         "pinned copies",
         "pageable and batched copies",
@@ -331,6 +362,7 @@ def cmd_validate(args) -> int:
     from roofsim.validate import (
         archive_results,
         as_calibrated_line,
+        check_config,
         format_table,
         load_configs,
         prefill_after_first_chunk_line,
@@ -339,7 +371,25 @@ def cmd_validate(args) -> int:
         validate_one,
     )
 
-    if args.repredict:
+    argchecks.timeout(args.timeout)
+    if args.repredict is not None:
+        given = [
+            flag
+            for flag, on in (
+                ("a configuration file", args.configs),
+                ("-o", args.output),
+                ("--only", args.only),
+                ("--resume", args.resume),
+                ("--archive", args.archive),
+                ("--force", args.force),
+                ("--device", args.device),
+            )
+            if on
+        ]
+        if given:
+            raise UserError(
+                f"--repredict prices a results folder again and runs nothing: drop {', '.join(given)}"
+            )
         folder = Path(args.repredict)
         if not folder.is_dir():
             raise UserError(
@@ -360,14 +410,24 @@ def cmd_validate(args) -> int:
         return 0
     if not args.configs or not args.output:
         raise UserError("roofsim validate needs a configuration file and -o (or --repredict RESULTS_DIR)")
+    out = check_output_dir(args.output, "-o")
+    if args.archive is not None:
+        check_output_file(args.archive, "--archive")
     configs = load_configs(args.configs)
-    if args.only:
-        order = {name: i for i, name in enumerate(args.only.split(","))}
+    if args.only is not None:
+        order = {name.strip(): i for i, name in enumerate(args.only.split(","))}
+        missing = sorted(set(order) - {c.name for c in configs})
+        if missing:
+            raise UserError(
+                f"--only {missing[0]!r} is not a configuration of {args.configs}; it has "
+                f"{', '.join(c.name for c in configs) or 'none'}"
+            )
         configs = sorted((c for c in configs if c.name in order), key=lambda c: order[c.name])  # as named
     if not configs:
         raise UserError(f"{args.configs}: no configuration to run (a [[config]] table per configuration)")
     gpu, host = _gpu_and_host(args)
-    out = Path(args.output)
+    for cfg in configs:  # every configuration's inputs, before the first one runs
+        check_config(cfg, args.configs, gpu)
     with Progress(console=console(), transient=True) as bar:
         job = bar.add_task("validating", total=len(configs))
         for cfg in configs:
@@ -394,7 +454,7 @@ def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
     rows = []
     ctx = 4096
     families = family_names() if args.allow_approximate else exact_families()
-    while ctx <= 2**28:
+    while ctx <= MAX_TOKENS:
         work = Workload(context=ctx, batch=args.batch, gen=gen)
         best = [p for p in best_per_family(model, gpu, host, work, limits, families) if p.feasible]
         if not best:
@@ -426,6 +486,11 @@ def _print_roofline(out, table, model, gpu, work: Workload, chunk: int) -> None:
 def cmd_roofline(args) -> int:
     from roofsim.display import console, roofline_table
 
+    for flag, value in (("--gpu-mem", args.gpu_mem), ("--host-mem", args.host_mem), ("--host", args.host)):
+        if value is not None:
+            raise UserError(
+                f"{flag} changes nothing in roofline's table (each operator alone, no memory): drop it"
+            )
     model, gpu, _, _ = _specs(args)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
     chunk = min(parse_tokens(args.chunk, "--chunk") if args.chunk else work.context, work.context)
@@ -516,9 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the longest context that fits",
     )
     p.add_argument("--allow-approximate", action="store_true", help="also consider sparse_fetch and evict")
-    p.add_argument(
-        "--fetch-fraction", type=float, default=0.2, help="sparse_fetch: share of tokens fetched (0.2)"
-    )
+    p.add_argument("--fetch-fraction", type=float, help="sparse_fetch: share of tokens fetched (0.2)")
     p.add_argument("--evict-budget", help="evict: tokens kept per head (Locret: 16384, 6000 for Phi-3)")
     p.add_argument(
         "--restrict", choices=["headinfer"], help="headinfer: one KV head per slot, as HeadInfer's code"
@@ -628,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UserError as e:
-        print(f"roofsim: error: {e}", file=sys.stderr)
+        text = " ".join(str(e).split())  # one line, whatever the message quotes (a path, a file's text)
+        print(f"roofsim: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("roofsim: interrupted", file=sys.stderr)

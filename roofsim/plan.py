@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
 
 from roofsim.errors import UserError
+from roofsim.units import MAX_TOKENS
 
 
 def _compact(value) -> str:
@@ -32,11 +33,13 @@ def _compact(value) -> str:
 class PlanBase(BaseModel):
     """The knobs every family has. A family's plan type adds its own and a `family: Literal[<name>]` field."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True
+    )  # "64" or true for a number is a mistake
 
     family: str
     prefill_chunk: int | None = Field(
-        None, gt=0, description="prefill chunk in tokens; None = whole prompt at once"
+        None, gt=0, le=MAX_TOKENS, description="prefill chunk in tokens; None = whole prompt at once"
     )
     weights: Literal["resident", "streamed"] = Field(
         "resident", description="streamed: each layer's weights cross the link every forward (FlexGen's case)"

@@ -10,7 +10,7 @@ from roofsim.plan import PlanBase
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
 from roofsim.trace import Summary, Trace, TraceHeader
-from roofsim.units import fmt_bytes
+from roofsim.units import fmt_bytes, fmt_bytes_both
 from roofsim.workload import Workload
 
 __all__ = ["Limits", "predict"]
@@ -37,13 +37,17 @@ def predict(
     gpu_need, host_need = ev.memory.gpu_bytes, ev.memory.host_bytes
     gpu_cap, host_cap = limits.gpu_bytes(gpu), limits.host_bytes(host)
     reasons = []
+    # a cap the user gave may be decimal (24GB, 1TB): say it in both bases beside the binary figures
+    gpu_of = "" if limits.gpu_mem_bytes is None else f" of the {fmt_bytes_both(limits.gpu_mem_bytes)} cap"
+    host_cap_text = fmt_bytes(host_cap) if limits.host_mem_bytes is None else fmt_bytes_both(host_cap)
     if gpu_need > gpu_cap:
         reasons.append(
-            f"needs {fmt_bytes(gpu_need)} of GPU memory, {fmt_bytes(gpu_need - gpu_cap)} over the {fmt_bytes(gpu_cap)} usable"
+            f"needs {fmt_bytes(gpu_need)} of GPU memory, {fmt_bytes(gpu_need - gpu_cap)} over the {fmt_bytes(gpu_cap)} "
+            f"usable{gpu_of}"
         )
     if host_need > host_cap:
         reasons.append(
-            f"needs {fmt_bytes(host_need)} of host memory, {fmt_bytes(host_need - host_cap)} over the {fmt_bytes(host_cap)} available"
+            f"needs {fmt_bytes(host_need)} of host memory, {fmt_bytes(host_need - host_cap)} over the {host_cap_text} available"
         )
     summary = Summary(
         prefill=prefill_phase(ev.prefill),

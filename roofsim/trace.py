@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from roofsim.errors import UserError
 from roofsim.plan import Plan
@@ -259,19 +259,24 @@ def upgrade(data: dict) -> dict:
     per-phase dicts, called the host memory pinned_host_bytes, and said the GPU memory cap and the profile only in
     header notes: this maps those onto the typed fields once, at reading."""
     header = data["header"]
-    if header.get("schema_version", 1) >= SCHEMA_VERSION:
-        return data
+    version = header.get("schema_version", 1)
+    if not isinstance(version, int) or version >= SCHEMA_VERSION:
+        return data  # current, or a version that is no number (validation says so)
     header = {**header, "schema_version": SCHEMA_VERSION}
-    notes = []
-    for note in header.get("notes", []):
-        if m := _V1_CAP.match(note):
-            header["gpu_mem_bytes"] = float(m.group(1)) * 1e9
-        elif m := _V1_PROFILE.match(note):
-            header["profile"] = m.group(1)
-            continue
-        notes.append(note)
-    header["notes"] = notes
-    old = dict(data.get("summary") or {})
+    if isinstance(header.get("notes", []), list):  # anything else is left for validation to reject
+        notes = []
+        for note in header.get("notes", []):
+            if isinstance(note, str) and (m := _V1_CAP.match(note)):
+                header["gpu_mem_bytes"] = float(m.group(1)) * 1e9
+            elif isinstance(note, str) and (m := _V1_PROFILE.match(note)):
+                header["profile"] = m.group(1)
+                continue
+            notes.append(note)
+        header["notes"] = notes
+    old = data.get("summary") or {}
+    if not isinstance(old, dict) or not all(isinstance(old.get(k) or {}, dict) for k in ("bound", "busy_s")):
+        return {**data, "header": header}
+    old = dict(old)
     bound, busy = old.pop("bound", {}) or {}, old.pop("busy_s", {}) or {}
     summary = {
         "prefill": {
@@ -314,12 +319,19 @@ class Trace(BaseModel):
             raise UserError(f"trace file {str(path)!r} does not exist")
         try:
             data = json.loads(read_json_text(p))
-            if isinstance(data, dict) and isinstance(data.get("header"), dict):
+        except (ValueError, OSError, EOFError, RecursionError) as e:  # not JSON or UTF-8, a broken .gz, too deep
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise UserError(f"{str(path)!r} is not a roofsim trace: {first}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{str(path)!r} is not a roofsim trace: it holds a JSON {type(data).__name__}")
+        try:
+            if isinstance(data.get("header"), dict):
                 data = upgrade(data)
             return cls.model_validate(data)
-        except ValueError as e:
-            first = str(e).splitlines()[0]
-            raise UserError(f"{str(path)!r} is not a roofsim trace: {first}") from None
+        except ValidationError as e:
+            from roofsim.specs.tomlfile import first_error
+
+            raise UserError(f"{str(path)!r} is not a roofsim trace: {first_error(e)}") from None
 
     @property
     def plan(self):

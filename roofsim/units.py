@@ -24,38 +24,72 @@ _BYTE_SUFFIX = {
     "GIB": GiB,
     "TIB": 1024**4,
 }
+_POWERS = {"K": (3, 10), "M": (6, 20), "G": (9, 30), "T": (12, 40)}  # a bare prefix: 10^a or 2^b bytes?
+
+
+MAX_TOKENS = 64 * 1024**2
+"""The longest token count (context, gen, budget, chunk) roofsim takes: 64M, 16 times the longest context the papers
+it reproduces ran (HeadInfer's 4M). The analytic model's work grows with the prefill chunks: seconds at 64M tokens,
+minutes at 1G."""
+
+MIN_BYTES, MAX_BYTES = MiB, 1024**5
+"""Memory sizes (--gpu-mem, --host-mem) from 1 MiB (a smaller figure is a size without its unit) to 1 PiB."""
 
 
 def parse_tokens(text: str | int, what: str = "context") -> int:
-    """'1M' -> 1048576, '128K' -> 131072, '512000' -> 512000.
+    """'1M' -> 1048576, '128K' -> 131072, '512000' -> 512000, '1.5K' -> 1536; at most MAX_TOKENS.
 
     K and M are binary here, as in the papers this tool reproduces (HeadInfer's 1M = 2^20 tokens).
     """
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise UserError(f"bad {what} {text!r}: a number of tokens, e.g. 512000, 128K, 1M")
     if isinstance(text, int):
         value = text
     else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", str(text))
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", text)
         if not m:
             raise UserError(
                 f"bad {what} size {text!r}: use a whole number of tokens or a suffix, e.g. 512000, 128K, 1M"
             )
-        value = int(round(float(m.group(1)) * _TOKEN_SUFFIX[m.group(2).upper()]))
+        exact = float(m.group(1)) * _TOKEN_SUFFIX[m.group(2).upper()]
+        value = int(round(exact))
+        if value != exact and value > 0:
+            raise UserError(f"{what} {text!r} is {exact:g} tokens: give a whole number of tokens")
     if value <= 0:
         raise UserError(f"{what} must be a positive number of tokens, got {text!r}")
+    if value > MAX_TOKENS:
+        raise UserError(
+            f"{what} {text!r} is over roofsim's bound: give at most {fmt_tokens(MAX_TOKENS)} tokens"
+        )
     return value
 
 
 def parse_bytes(text: str | float, what: str = "memory") -> float:
-    """'24GB' -> 24e9, '24GiB' -> 24*2^30, '1TB' -> 1e12. A bare number is bytes."""
+    """'24GB' -> 24e9, '24GiB' -> 24*2^30, '1TB' -> 1e12: decimal (KB, MB, GB, TB) and binary (KiB, MiB, GiB,
+    TiB) units as they say. A bare number is bytes. Between MIN_BYTES and MAX_BYTES."""
+    if isinstance(text, bool) or not isinstance(text, (int, float, str)):
+        raise UserError(f"bad {what} {text!r}: a size such as 24GB, 80GiB or 1TB")
     if isinstance(text, (int, float)):
         value = float(text)
     else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?[iI]?[bB]?)\s*", str(text))
-        if not m or m.group(2).upper() not in _BYTE_SUFFIX:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?[iI]?[bB]?)\s*", text)
+        unit = m.group(2).upper() if m else ""
+        if m and unit in _POWERS:
+            n, (dec, bin_) = m.group(1), _POWERS[unit]
+            raise UserError(
+                f"{what} {text!r} has no unit base: say {n}{unit}B (10^{dec} bytes) or {n}{unit}iB (2^{bin_} bytes)"
+            )
+        if not m or unit not in _BYTE_SUFFIX:
             raise UserError(f"bad {what} size {text!r}: use e.g. 24GB, 80GiB or 1TB")
-        value = float(m.group(1)) * _BYTE_SUFFIX[m.group(2).upper()]
-    if value <= 0:
-        raise UserError(f"{what} must be positive, got {text!r}")
+        value = float(m.group(1)) * _BYTE_SUFFIX[unit]
+    if not value > 0 or value == float("inf"):
+        raise UserError(f"{what} must be a positive, finite size, got {text!r}")
+    if value < MIN_BYTES:
+        raise UserError(
+            f"{what} {text!r} is {value:.0f} bytes: give at least 1 MiB, with its unit (e.g. 24GB)"
+        )
+    if value > MAX_BYTES:
+        raise UserError(f"{what} {text!r} is {fmt_bytes_both(value)}: give at most 1 PiB")
     return value
 
 
@@ -65,6 +99,14 @@ def fmt_bytes(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n:.0f} B"
+
+
+def fmt_bytes_both(n: float) -> str:
+    """Decimal and binary, where a size a user gave in one could be read in the other: 1.00 TB (931.32 GiB)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit} ({fmt_bytes(n)})"
+    return fmt_bytes(n)
 
 
 def fmt_tokens(n: int) -> str:

@@ -25,18 +25,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from roofsim.argchecks import MAX_BATCH, MAX_TOP, limits
 from roofsim.errors import UserError
 from roofsim.limits import Limits
-from roofsim.plan import PlanBase, default_plan, plan_from_dict
+from roofsim.plan import PlanBase, default_plan, family_of, plan_from_dict
 from roofsim.predict import predict
 from roofsim.sim import simulate
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import load_model
 from roofsim.specs.tomlfile import first_error, read_toml
 from roofsim.trace import Summary, Trace, compare, json_exists
-from roofsim.units import parse_bytes, parse_tokens
+from roofsim.units import MAX_TOKENS, parse_bytes, parse_tokens
 from roofsim.workload import Workload
 
 
@@ -45,20 +46,52 @@ class Config(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     model: str
-    context: str | int
+    context: StrictStr | StrictInt
     plan: str | dict[str, Any]
-    batch: int = 1
-    gen: int = 16
+    batch: int = Field(1, gt=0, le=MAX_BATCH)
+    gen: int = Field(16, gt=0, le=MAX_TOKENS)
     gpu_mem: str | None = None
-    runners_up: int = Field(2, description="planner configs: how many runners-up are measured for the regret")
+    runners_up: int = Field(
+        2, ge=0, le=MAX_TOP, description="planner configs: how many runners-up are measured for the regret"
+    )
 
 
 def load_configs(path: str) -> list[Config]:
     data = read_toml(Path(path), "configuration file")
+    tables = data.get("config", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise UserError(f"{path}: 'config' must be [[config]] tables, one per configuration")
+    configs = []
+    for i, table in enumerate(tables):
+        try:
+            configs.append(Config.model_validate(table))
+        except ValidationError as e:
+            raise UserError(
+                f"{path}: configuration {i + 1} ({table.get('name', 'no name')}): {first_error(e)}"
+            ) from None
+    names = [c.name for c in configs]
+    if dup := next((n for n in names if names.count(n) > 1), None):
+        raise UserError(
+            f"{path}: two configurations are called {dup!r}; each writes its own folder, give each a name"
+        )
+    return configs
+
+
+def check_config(cfg: Config, path: str, gpu: GpuSpec) -> None:
+    """A configuration's model, context, memory cap and plan, as validate_one reads them: a mistake in the last
+    configuration is said before the first one runs."""
+    where = f"{path}: configuration {cfg.name}"
     try:
-        return [Config.model_validate(c) for c in data.get("config", [])]
-    except ValidationError as e:
-        raise UserError(f"{path}: {first_error(e)}") from None
+        load_model(cfg.model)
+        parse_tokens(cfg.context, "context")
+        if cfg.gpu_mem is not None:
+            limits(cfg.gpu_mem, None, gpu)
+        if isinstance(cfg.plan, dict):
+            plan_from_dict(cfg.plan, where="plan")
+        elif cfg.plan != "planner":
+            family_of(cfg.plan, "plan")
+    except UserError as e:
+        raise UserError(f"{where}: {str(e).replace('--gpu-mem', 'gpu_mem')}") from None
 
 
 def _pick_and_runners_up(ranked: list[PlanBase], runners_up: int) -> list[PlanBase]:
@@ -278,32 +311,53 @@ def repredict(results_dir: str | Path, gpu_arg: str, gpu: GpuSpec, host: HostSpe
     the measured Traces already there (no GPU needed): a model fix is checked against the committed measurements
     without running the campaign again. The runs themselves, and what they measured, are left untouched."""
     root = Path(results_dir)
+    jobs = [
+        _saved_runs(runs_file) for runs_file in sorted(root.rglob("runs.json"))
+    ]  # all read before any work
     count = 0
-    for runs_file in sorted(root.rglob("runs.json")):
-        folder = runs_file.parent
-        try:
-            cfg = Config.model_validate_json((folder / "config.json").read_text())
-            runs = json.loads(runs_file.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(
-                f"{folder}: not a configuration folder written by roofsim validate ({e})"
-            ) from None
+    for runs_file, cfg, runs, saved in jobs:
         model = load_model(cfg.model)
         limits = Limits(gpu_mem_bytes=parse_bytes(cfg.gpu_mem, "gpu_mem") if cfg.gpu_mem else None)
-        for row in runs:
-            sub = folder if row["run"] == "pick" else folder / row["run"]
-            try:
-                saved = json.loads((sub / "plan.json").read_text())
-            except (OSError, ValueError) as e:
-                raise UserError(f"{sub}: its plan.json cannot be read ({e})") from None
-            plan = plan_from_dict(saved["plan"], where=str(sub / "plan.json"))
-            work = Workload(**saved["workload"])
+        for row, (sub, plan, work) in zip(runs, saved, strict=True):
             predicted = _predict_into(sub, plan, model, gpu, host, work, limits, gpu_arg)
             predicted = _at_run_pace(sub, predicted, row, (plan, model, gpu, host, work, limits, gpu_arg))
             _compare_into(sub, predicted, row)
             count += 1
         runs_file.write_text(json.dumps(runs, indent=1))
     return count
+
+
+def _saved_runs(runs_file: Path) -> tuple[Path, Config, list[dict], list[tuple[Path, PlanBase, Workload]]]:
+    """One configuration folder of a results folder, as validate_one wrote it: its configuration, its runs.json
+    rows and each run's plan and workload (a folder that is not one is a user error naming the file)."""
+    from roofsim.jsonfile import read_json, read_json_object
+
+    folder = runs_file.parent
+    what = "file of a results folder (written by roofsim validate)"
+    try:
+        cfg = Config.model_validate(read_json_object(folder / "config.json", what))
+    except ValidationError as e:
+        raise UserError(
+            f"{folder / 'config.json'}: not a configuration written by roofsim validate: {first_error(e)}"
+        ) from None
+    runs = read_json(runs_file, what)
+    if not isinstance(runs, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("run"), str) for r in runs
+    ):
+        raise UserError(
+            f"{runs_file}: not a runs.json written by roofsim validate (a list of runs, each with 'run')"
+        )
+    saved = []
+    for row in runs:
+        sub = folder if row["run"] == "pick" else folder / row["run"]
+        doc = read_json_object(sub / "plan.json", what)
+        plan = plan_from_dict(doc.get("plan"), where=str(sub / "plan.json"))
+        try:
+            work = Workload.model_validate(doc.get("workload"))
+        except ValidationError as e:
+            raise UserError(f"{sub / 'plan.json'}: its workload is not valid: {first_error(e)}") from None
+        saved.append((sub, plan, work))
+    return runs_file, cfg, runs, saved
 
 
 def compress_traces(root: str | Path) -> int:

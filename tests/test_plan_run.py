@@ -113,10 +113,10 @@ def test_validate_does_not_run_a_plan_that_does_not_fit(tmp_path, capsys):
 [[config]]
 name = "too-big"
 model = "{tmp_path / "tiny.json"}"
-context = "64K"
+context = "2M"
 plan = "resident"
 gen = 2
-gpu_mem = "1GB"
+gpu_mem = "1.5GB"
 """
     )
     out = tmp_path / "results"

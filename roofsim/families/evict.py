@@ -36,6 +36,7 @@ from roofsim.roofline import work
 from roofsim.sim.builder import Builder, StepSpec, WeightStream
 from roofsim.space import SearchSpace, weights_options
 from roofsim.specs.model import ModelSpec
+from roofsim.units import MAX_TOKENS
 from roofsim.workload import Workload
 
 
@@ -44,9 +45,11 @@ class EvictPlan(PlanBase):
     No KV crosses the link. Approximate."""
 
     family: Literal["evict"] = "evict"
-    prefill_chunk: int | None = Field(1024, gt=0)
-    budget_tokens: int = Field(16384, gt=0)
-    local_tokens: int = Field(100, ge=0, description="last prompt tokens prefilled without eviction")
+    prefill_chunk: int | None = Field(1024, gt=0, le=MAX_TOKENS)
+    budget_tokens: int = Field(16384, gt=0, le=MAX_TOKENS)
+    local_tokens: int = Field(
+        100, ge=0, le=MAX_TOKENS, description="last prompt tokens prefilled without eviction"
+    )
 
     @property
     def approximate(self) -> bool:

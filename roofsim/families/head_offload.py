@@ -17,6 +17,7 @@ from roofsim.plan import PlanBase
 from roofsim.sim.builder import Builder, StepSpec
 from roofsim.space import SearchSpace, chunks, resident_totals, weights_options
 from roofsim.specs.model import ModelSpec
+from roofsim.units import MAX_TOKENS
 from roofsim.workload import Workload
 
 CAT_PEAK_SLOTS = slot_stream.CAT_PEAK_SLOTS
@@ -35,9 +36,14 @@ class HeadOffloadPlan(slot_stream.WriteBackTail, PlanBase):
     slot_buffers: int = Field(2, ge=1, description="GPU buffers in the ring for streamed slots")
     write_back: Literal["full", "incremental"] = "incremental"
     write_back_tokens: slot_stream.WriteBackTokens = 1
-    token_block: int | None = Field(None, gt=0, description="stream each slot in blocks of this many tokens")
+    token_block: int | None = Field(
+        None, gt=0, le=MAX_TOKENS, description="stream each slot in blocks of this many tokens"
+    )
     syncs_per_slot: int = Field(
-        0, ge=0, description="host synchronisations per streamed slot (HeadInfer's code: 2)"
+        0,
+        ge=0,
+        le=slot_stream.MAX_SYNCS,
+        description="host synchronisations per streamed slot (HeadInfer's code: 2)",
     )
     slot_alloc: Literal["ring", "cat"] = Field(
         "ring",

@@ -12,7 +12,7 @@ RoPE models pay the rotary re-application on the recomputed K.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -42,6 +42,7 @@ from roofsim.roofline import work
 from roofsim.sim.builder import Builder, StepSpec, WeightStream, layerwise_prefill_step
 from roofsim.space import SearchSpace, chunks, weights_options
 from roofsim.specs.model import ModelSpec
+from roofsim.units import MAX_TOKENS
 from roofsim.workload import Workload
 
 
@@ -50,7 +51,7 @@ class KvprPlan(PlanBase):
     the KV of the other tokens streams. recompute_tokens="auto" re-solves l at every step."""
 
     family: Literal["kvpr"] = "kvpr"
-    recompute_tokens: int | Literal["auto"] = "auto"
+    recompute_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | Literal["auto"] = "auto"
     overlap: Literal["intra_layer", "inter_layer"] = Field(
         "inter_layer",
         description="intra_layer: the paper's act + max(recompute, kv); inter_layer: its code's",

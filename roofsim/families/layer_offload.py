@@ -28,7 +28,9 @@ class LayerOffloadPlan(slot_stream.WriteBackTail, PlanBase):
     family: Literal["layer_offload"] = "layer_offload"
     write_back: Literal["full", "incremental"] = "full"
     write_back_tokens: slot_stream.WriteBackTokens = 1
-    syncs_per_layer: int = Field(0, ge=0, description="host synchronisations per layer (HeadInfer's code: 2)")
+    syncs_per_layer: int = Field(
+        0, ge=0, le=slot_stream.MAX_SYNCS, description="host synchronisations per layer (HeadInfer's code: 2)"
+    )
 
 
 def knobs(plan: LayerOffloadPlan, ctx: Ctx) -> slot_stream.SlotKnobs:

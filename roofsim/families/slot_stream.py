@@ -42,6 +42,10 @@ from roofsim.geometry import block_count
 from roofsim.ops import tail_pending, write_back_share
 from roofsim.sim.builder import Builder, StepSpec, slot_units, streamed_step
 
+MAX_SYNCS = 16
+"""Host synchronisations per streamed slot or layer a plan may ask for (HeadInfer's code makes 2): each is an event
+of the simulator's, and thousands would stall it."""
+
 WriteBackTokens = Annotated[
     int,
     Field(

@@ -60,11 +60,24 @@ def write(page: Page, path: str | Path, stream=None) -> Path:
 
 
 def cmd_report(args) -> int:
+    from roofsim.outpath import check_output_file
     from roofsim.report.build import trace_report, validation_report
+    from roofsim.report.validation import has_traces
     from roofsim.trace import Trace
 
     src = Path(args.input)
+    if args.output is not None:
+        check_output_file(args.output, "-o")
     if src.is_dir():
+        if args.gpu is not None or args.host is not None:
+            raise UserError(
+                "--gpu and --host price a trace's prediction; a results folder carries its own: drop them"
+            )
+        if not has_traces(src):
+            raise UserError(
+                f"{args.input!r} holds no predicted or measured trace: give a trace JSON or a results folder "
+                "written by roofsim validate"
+            )
         page = validation_report(src)
         out = args.output or Path.cwd() / f"validation-{_safe(src.resolve().name)}.html"
     elif src.is_file():

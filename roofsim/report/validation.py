@@ -72,6 +72,12 @@ def _read(path: Path, problems: list[str], root: Path) -> Trace | None:
         return None
 
 
+def has_traces(root: str | Path) -> bool:
+    """Whether a folder holds any predicted or measured trace (find_pairs' files) at all."""
+    root = Path(root)
+    return any(_role(p) for p in [*root.rglob("*.json"), *root.rglob("*.json.gz")])
+
+
 def find_pairs(root: str | Path) -> Results:
     """Pair predicted and measured traces: alone in their folder, or by the name they share."""
     root = Path(root)

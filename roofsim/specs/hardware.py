@@ -16,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from roofsim.errors import UserError
 from roofsim.hostpace import pace_ratio
-from roofsim.specs.sourced import SourcedNumber, positive
+from roofsim.specs.sourced import MAX_EFFICIENCY, SourcedNumber, fraction, positive, whole
 from roofsim.specs.tomlfile import load_model_file
 
 GiB = 1024**3
+MAX_GPU_GIB = 16 * 1024  # 16 TiB: 50 times the largest card's memory, so a typo (GB for MB) is caught
+MAX_HOST_GIB = 1024**2  # 1 PiB
 
 
 class _Section(BaseModel):
@@ -34,9 +36,10 @@ class ComputeSpec(_Section):
     fp32_tflops: SourcedNumber
     sms: SourcedNumber
 
-    _pos = field_validator("bf16_tflops", "fp16_tflops", "fp32_tflops", "sms")(
+    _pos = field_validator("bf16_tflops", "fp16_tflops", "fp32_tflops")(
         lambda v, info: positive(info.field_name, v)
     )
+    _count = field_validator("sms")(lambda v, info: whole(info.field_name, v))
 
 
 class MemorySpec(_Section):
@@ -46,6 +49,18 @@ class MemorySpec(_Section):
     reserved_gib: SourcedNumber  # CUDA context and allocator slack: not available to the plan
 
     _pos = field_validator("capacity_gib", "bandwidth_gbps")(lambda v, info: positive(info.field_name, v))
+
+    @model_validator(mode="after")
+    def _room(self) -> MemorySpec:
+        cap, reserved = self.capacity_gib.value, self.reserved_gib.value
+        if cap > MAX_GPU_GIB:
+            raise ValueError(f"capacity_gib {cap:g} is over {MAX_GPU_GIB} GiB: give the card's memory in GiB")
+        if cap <= reserved:
+            raise ValueError(
+                f"capacity_gib {cap:g} leaves nothing above reserved_gib {reserved:g}: give the card's whole memory "
+                "in GiB, and what the CUDA context and allocator take in reserved_gib"
+            )
+        return self
 
 
 class LinkSpec(_Section):
@@ -65,9 +80,10 @@ class LinkSpec(_Section):
     # untouched pinned buffer (docs/evidence.md#ev-gathered-stage-copy); None: h2d_gbps
     h2d_gathered_gbps: SourcedNumber | None = None
 
-    _pos = field_validator("h2d_gbps", "d2h_gbps", "pageable_h2d_gbps", "duplex_efficiency", "copy_engines")(
+    _pos = field_validator("h2d_gbps", "d2h_gbps", "pageable_h2d_gbps", "duplex_efficiency")(
         lambda v, info: positive(info.field_name, v)
     )
+    _count = field_validator("copy_engines")(lambda v, info: whole(info.field_name, v))
 
     _gathered = field_validator("h2d_gathered_gbps")(
         lambda v, info: v if v is None else positive(info.field_name, v)
@@ -103,13 +119,16 @@ class EfficiencySpec(_Section):
     # `attention` comes from. Interpolated in log(rows), held at the ends; None: `attention` for every call
     attention_rows: dict[int, SourcedNumber] | None = None
 
-    _pos = field_validator("gemm", "attention", "memory")(lambda v, info: positive(info.field_name, v))
+    _fraction = field_validator("gemm", "attention", "memory")(lambda v, info: fraction(info.field_name, v))
+    _vector = field_validator("vector")(lambda v, info: v if v is None else fraction(info.field_name, v))
 
     @field_validator("attention_rows")
     @classmethod
     def _rows(cls, v):
-        if v is not None and (not v or any(k < 1 or e.value <= 0 for k, e in v.items())):
-            raise ValueError("attention_rows needs positive efficiencies keyed by query rows >= 1")
+        if v is not None and (not v or any(k < 1 or not 0 < e.value <= MAX_EFFICIENCY for k, e in v.items())):
+            raise ValueError(
+                f"attention_rows needs efficiencies in (0, {MAX_EFFICIENCY}] keyed by query rows >= 1"
+            )
         return v
 
 
@@ -346,11 +365,18 @@ class HostSpec(_Section):
     _pos = field_validator(
         "ram_capacity_gib",
         "ram_bandwidth_gbps",
-        "ram_efficiency",
-        "cpu_cores",
         "cpu_tflops",
         "cpu_attention_gbps",
     )(lambda v, info: positive(info.field_name, v))
+    _fraction = field_validator("ram_efficiency")(lambda v, info: fraction(info.field_name, v))
+    _count = field_validator("cpu_cores")(lambda v, info: whole(info.field_name, v))
+
+    @field_validator("ram_capacity_gib")
+    @classmethod
+    def _bounded(cls, v):
+        if v.value > MAX_HOST_GIB:
+            raise ValueError(f"ram_capacity_gib {v.value:g} is over {MAX_HOST_GIB} GiB: give the RAM in GiB")
+        return v
 
     @model_validator(mode="after")
     def _groups(self) -> HostSpec:

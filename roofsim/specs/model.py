@@ -3,7 +3,6 @@ from a Hugging Face config.json of the Llama, Qwen2, Mistral, Phi-3 or OPT famil
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -12,28 +11,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from roofsim.errors import UserError
 from roofsim.specs.tomlfile import first_error
 
+_MAX = {  # generous bounds on a model's shapes (the largest public models are 10 to 100 times smaller)
+    "n_layers": 1024,
+    "hidden": 2**18,
+    "n_heads": 1024,
+    "n_kv_heads": 1024,
+    "head_dim": 4096,
+    "intermediate": 2**20,
+    "vocab": 2**22,
+    "max_positions": 2**32,
+}
+
 
 class ModelSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True
+    )  # "64" or true for a number is a mistake
 
     name: str
     source: str = Field(description="URL of the public config.json, or the path it was read from")
     family: Literal["llama", "qwen2", "mistral", "phi3", "opt"]
-    n_layers: int = Field(gt=0)
-    hidden: int = Field(gt=0)
-    n_heads: int = Field(gt=0)
-    n_kv_heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0)
-    intermediate: int = Field(gt=0)
-    vocab: int = Field(gt=0)
-    max_positions: int = Field(gt=0)
+    n_layers: int = Field(gt=0, le=_MAX["n_layers"])
+    hidden: int = Field(gt=0, le=_MAX["hidden"])
+    n_heads: int = Field(gt=0, le=_MAX["n_heads"])
+    n_kv_heads: int = Field(gt=0, le=_MAX["n_kv_heads"])
+    head_dim: int = Field(gt=0, le=_MAX["head_dim"])
+    intermediate: int = Field(gt=0, le=_MAX["intermediate"])
+    vocab: int = Field(gt=0, le=_MAX["vocab"])
+    max_positions: int = Field(gt=0, le=_MAX["max_positions"])
     tied_embeddings: bool = False
     qkv_bias: bool = False
     fused_qkv: bool = False
     mlp: Literal["gated", "plain"] = "gated"
     norm: Literal["rms", "layer"] = "rms"
     positions: Literal["rope", "learned"] = "rope"
-    dtype_bytes: int = 2
+    dtype_bytes: int = Field(2, ge=1, le=8)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -259,17 +271,60 @@ _FAMILY = {  # transformers model_type -> family
 }
 
 
+_HF_KEY = {  # ModelSpec field -> the config.json key it is read from
+    "n_layers": "num_hidden_layers",
+    "hidden": "hidden_size",
+    "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "intermediate": "intermediate_size",
+    "vocab": "vocab_size",
+    "max_positions": "max_position_embeddings",
+}
+
+
+def _count(cfg: dict, key: str, field: str, source: str, default: int | None = None) -> int:
+    """A whole, positive, bounded number from the config (None or absent: `default`, where there is one)."""
+    value = cfg.get(key)
+    if value is None:
+        if default is None:
+            raise UserError(f"{source}: config is missing {key!r}")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{source}: {key} must be a whole number, got {value!r}")
+    if not 0 < value <= _MAX[field]:
+        raise UserError(f"{source}: {key} must be from 1 to {_MAX[field]}, got {value}")
+    return value
+
+
+def _flag(cfg: dict, key: str, source: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise UserError(f"{source}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def from_hf_config(cfg: dict, name: str, source: str) -> ModelSpec:
     """Read a transformers config.json of a supported family."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{source}: a config.json holds one JSON object, got {type(cfg).__name__}")
     model_type = cfg.get("model_type")
-    if model_type not in _FAMILY:
+    if not isinstance(model_type, str) or model_type not in _FAMILY:
         raise UserError(
             f"{source}: model_type {model_type!r} is not supported; use one of {', '.join(sorted(_FAMILY))}"
         )
+
+    def count(field: str, default: int | None = None, key: str | None = None) -> int:
+        return _count(cfg, key or _HF_KEY[field], field, source, default)
+
+    hidden, n_heads, n_layers = count("hidden"), count("n_heads"), count("n_layers")
     try:
         if model_type == "opt":
-            hidden = cfg["hidden_size"]
-            n_heads = cfg["num_attention_heads"]
+            if hidden % n_heads:
+                raise UserError(
+                    f"{source}: hidden_size {hidden} is not a multiple of num_attention_heads {n_heads} (OPT's "
+                    "heads split the hidden size)"
+                )
             return ModelSpec(
                 name=name,
                 source=source,
@@ -277,36 +332,37 @@ def from_hf_config(cfg: dict, name: str, source: str) -> ModelSpec:
                 mlp="plain",
                 norm="layer",
                 positions="learned",
-                n_layers=cfg["num_hidden_layers"],
+                n_layers=n_layers,
                 hidden=hidden,
                 n_heads=n_heads,
                 n_kv_heads=n_heads,
                 head_dim=hidden // n_heads,
-                intermediate=cfg["ffn_dim"],
-                vocab=cfg["vocab_size"],
-                max_positions=cfg.get("max_position_embeddings", 2048),
-                tied_embeddings=cfg.get("tie_word_embeddings", True),
+                intermediate=count("intermediate", key="ffn_dim"),
+                vocab=count("vocab"),
+                max_positions=count("max_positions", 2048),
+                tied_embeddings=_flag(cfg, "tie_word_embeddings", source, True),
             )
-        hidden = cfg["hidden_size"]
-        n_heads = cfg["num_attention_heads"]
+        n_kv_heads = count("n_kv_heads", n_heads)
+        if n_heads % n_kv_heads:
+            raise UserError(
+                f"{source}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}"
+            )
         return ModelSpec(
             name=name,
             source=source,
             family=_FAMILY[model_type],
-            n_layers=cfg["num_hidden_layers"],
+            n_layers=n_layers,
             hidden=hidden,
             n_heads=n_heads,
-            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
-            head_dim=cfg.get("head_dim") or hidden // n_heads,
-            intermediate=cfg["intermediate_size"],
-            vocab=cfg["vocab_size"],
-            max_positions=cfg.get("max_position_embeddings", 4096),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+            n_kv_heads=n_kv_heads,
+            head_dim=count("head_dim", hidden // n_heads or None),
+            intermediate=count("intermediate"),
+            vocab=count("vocab"),
+            max_positions=count("max_positions", 4096),
+            tied_embeddings=_flag(cfg, "tie_word_embeddings", source, False),
+            qkv_bias=_flag(cfg, "attention_bias", source, model_type == "qwen2"),
             fused_qkv=model_type == "phi3",
         )
-    except KeyError as e:
-        raise UserError(f"{source}: config is missing {e.args[0]!r}") from None
     except ValidationError as e:
         raise UserError(f"{source}: {first_error(e)}") from None
 
@@ -318,11 +374,14 @@ def load_model(name_or_path: str) -> ModelSpec:
     path = Path(name_or_path)
     if path.is_dir():
         path = path / "config.json"
-    if path.is_file():
-        try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{str(path)!r} is not valid JSON: {e}") from None
+        if not path.is_file():
+            raise UserError(
+                f"--model {name_or_path!r} is a folder without a config.json: give the config.json"
+            )
+    if path.is_file() or name_or_path.endswith(".json"):
+        from roofsim.jsonfile import read_json_object
+
+        cfg = read_json_object(path, "model config")
         return from_hf_config(cfg, name=path.parent.name or path.stem, source=str(path))
     import difflib
 

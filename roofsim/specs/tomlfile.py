@@ -24,6 +24,14 @@ def read_toml(path: Path, what: str = "spec file") -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"{what} {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {str(path)!r} is a directory: give the TOML file in it") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {e.start}): save it as UTF-8 TOML"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{what} {str(path)!r} is not valid TOML: {e}") from None
 
@@ -34,7 +42,7 @@ def first_error(e: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         msg = "is missing"
-    return f"field '{loc}' {msg}"
+    return f"field '{loc}' {msg}" if loc else msg
 
 
 def load_model_file(cls: type[M], path: Path, example: str) -> M:
