@@ -43,7 +43,7 @@ def add_arguments(p) -> None:
     )
 
 
-def _document(text: str) -> dict:
+def plan_document(text: str) -> dict:
     path = Path(text)
     if text.endswith(".json") or path.is_file():
         if not path.is_file():
@@ -64,7 +64,7 @@ def _model_spec(source):
     return source if isinstance(source, ModelSpec) else load_spec(source)
 
 
-def _gpu_spec(arg: str | None, device):
+def device_gpu_spec(arg: str | None, device):
     """--gpu, else the built-in spec whose name matches the CUDA device's, else h100-sxm."""
     from roofsim.report.resolve import gpu_by_device_name
     from roofsim.specs import load_gpu
@@ -80,16 +80,34 @@ def _gpu_spec(arg: str | None, device):
     return "h100-sxm", load_gpu("h100-sxm")
 
 
+def shortfall(priced, limits, gpu, cuda: bool) -> list[str]:
+    """What a priced plan (its Summary) needs beyond the memory here, in words; empty where it fits. GPU memory
+    counts only on a CUDA device (the CPU stand-in has none of its own)."""
+    from roofsim.units import fmt_bytes
+
+    short = []
+    if cuda and priced.peak_gpu_bytes > limits.gpu_bytes(gpu):
+        short.append(
+            f"{fmt_bytes(priced.peak_gpu_bytes)} of GPU memory where {fmt_bytes(limits.gpu_bytes(gpu))} is usable"
+        )
+    if limits.host_mem_bytes and priced.peak_host_bytes > limits.host_mem_bytes:
+        short.append(
+            f"{fmt_bytes(priced.peak_host_bytes)} of host memory where this machine has "
+            f"{fmt_bytes(limits.host_mem_bytes)}"
+        )
+    return short
+
+
 def run(args) -> int:
     from roofsim.limits import Limits
     from roofsim.plan import family_of, plan_from_dict
     from roofsim.predict import predict
     from roofsim.specs.hardware import default_host_of
     from roofsim.specs.model import ModelSpec
-    from roofsim.units import fmt_bytes, parse_bytes, parse_tokens
+    from roofsim.units import parse_bytes, parse_tokens
     from roofsim.workload import Workload
 
-    doc = _document(args.plan)
+    doc = plan_document(args.plan)
     # a plan file, or a family name: that family's best knobs, chosen below once the memory here is known
     plan = plan_from_dict(doc, where=f"plan file {args.plan!r}") if doc else None
     family = family_of(args.plan, "plan") if plan is None else None
@@ -123,7 +141,7 @@ def run(args) -> int:
     # Price the plan before anything is allocated: a family name takes its best knobs within the memory there is,
     # and a plan the model says cannot fit is refused with its need (a run would stop at out of memory).
     spec = _model_spec(model_src)
-    gpu_arg, gpu = _gpu_spec(args.gpu, device)
+    gpu_arg, gpu = device_gpu_spec(args.gpu, device)
     host = default_host_of(gpu_arg, gpu)
     card = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     limits = Limits(
@@ -139,16 +157,7 @@ def run(args) -> int:
             f"{plan.family}: the best knobs for {spec.name} on {gpu.name} within the memory here: {plan.knobs()}"
         )
     priced = predict(plan, spec, gpu, host, workload, limits).summary
-    short = []
-    if device.type == "cuda" and priced.peak_gpu_bytes > limits.gpu_bytes(gpu):
-        short.append(
-            f"{fmt_bytes(priced.peak_gpu_bytes)} of GPU memory where {fmt_bytes(limits.gpu_bytes(gpu))} is usable"
-        )
-    if limits.host_mem_bytes and priced.peak_host_bytes > limits.host_mem_bytes:
-        short.append(
-            f"{fmt_bytes(priced.peak_host_bytes)} of host memory where this machine has "
-            f"{fmt_bytes(limits.host_mem_bytes)}"
-        )
+    short = shortfall(priced, limits, gpu, cuda=device.type == "cuda")
     if short and not args.force:
         raise UserError(
             f"plan {plan.family} ({plan.knobs()}) for {spec.name} at {prompt_len} tokens does not fit: it needs "

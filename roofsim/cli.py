@@ -606,6 +606,26 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(p)
         p.set_defaults(func=run)
 
+    p = sub.add_parser(
+        "generate", help="generate text from a checkpoint under the plan for this GPU, streamed as it comes"
+    )
+    try:
+        from roofsim.executor.text_cli import add_generate_arguments, generate
+    except ImportError:
+        p.set_defaults(func=_no_executor)
+    else:
+        add_generate_arguments(p)
+        p.set_defaults(func=generate)
+
+    p = sub.add_parser("serve", help="serve a checkpoint over an OpenAI-compatible HTTP API under one plan")
+    try:
+        from roofsim.executor.text_cli import add_serve_arguments, serve
+    except ImportError:
+        p.set_defaults(func=_no_executor)
+    else:
+        add_serve_arguments(p)
+        p.set_defaults(func=serve)
+
     p = sub.add_parser("report", help="write an HTML report of a trace or a validation results folder")
     from roofsim.report.cli import add_arguments as add_report_arguments
     from roofsim.report.cli import cmd_report
