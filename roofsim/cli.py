@@ -401,9 +401,14 @@ def cmd_roofline(args) -> int:
     return 0
 
 
-def cmd_list(kind: str) -> int:
+def cmd_list(kind: str, args=None) -> int:
     from roofsim.display import console, gpus_table, hosts_table, models_table
 
+    if getattr(args, "template", False):  # plain text: a file to save, never wrapped
+        from roofsim.specs.template import spec_template
+
+        print(spec_template(kind), end="")
+        return 0
     out = console()
     if kind == "gpus":
         out.print(gpus_table({name: load_gpu(name) for name in list_gpus()}))
@@ -573,7 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("models", "list built-in models"),
     ):
         p = sub.add_parser(kind, help=text)
-        p.set_defaults(func=lambda args, kind=kind: cmd_list(kind))
+        if kind != "models":
+            what = kind.removesuffix("s").replace("gpu", "GPU")
+            p.add_argument(
+                "--template",
+                action="store_true",
+                help=f"print a commented {what} spec file to fill in (every field, what it means, its unit)",
+            )
+        p.set_defaults(func=lambda args, kind=kind: cmd_list(kind, args))
     return parser
 
 

@@ -375,7 +375,7 @@ def gpus_table(gpus: dict) -> Group:
             g.default_host,
         )
     return _titled(
-        "built-in GPUs (--gpu NAME, or the path of your own spec file)",
+        "built-in GPUs (--gpu NAME; your own: roofsim gpus --template > my-gpu.toml)",
         t,
         [
             "GiB: 2^30 bytes; GB/s: 10^9 bytes/s; TFLOP/s: dense, no sparsity; H2D/D2H: pinned copies each "
@@ -405,7 +405,7 @@ def hosts_table(hosts: dict) -> Group:
             f"{h.cpu_attention_gbps.value:.0f}",
         )
     return _titled(
-        "built-in hosts (--host NAME, or the path of your own spec file)",
+        "built-in hosts (--host NAME; your own: roofsim hosts --template > my-host.toml)",
         t,
         [
             "RAM GiB: 2^30 bytes (--host-mem 1TB is 931 GiB); GB/s: 10^9 bytes/s, the peak; CPU attention: "
