@@ -67,6 +67,19 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def fmt_bytes_si(n: float) -> str:
+    """Decimal units, as datasheets, link rates and sizes given as 24GB count: 24.00 GB, 931 MB."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_bytes_both(n: float) -> str:
+    """A size in both bases, where the two could be confused: 1TB of --host-mem is 1.00 TB (931.32 GiB)."""
+    return f"{fmt_bytes_si(n)} ({fmt_bytes(n)})"
+
+
 def fmt_tokens(n: int) -> str:
     """1M, 128K, or 3.93M (K, M = 1024, 1024^2) for counts that are not round."""
     if n % MiB == 0:
