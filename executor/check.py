@@ -68,3 +68,43 @@ def reference_logits(model, ids, chunk: int, gen: int, tokens=None):
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| over all logits."""
     return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def word_tokenizer(vocab_size: int, chat_template: str | None = None):
+    """A tokenizer built here, for checkpoints with random weights (tests, GPU runs with no network): whitespace-
+    separated words, one id each. Ids 0, 1, 2 are <unk>, <s>, </s> (tiny_config's BOS and EOS), then "user",
+    "assistant", "system", ":" (for a chat template), then "w0", "w1", ... up to `vocab_size` ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "user", "assistant", "system", ":"]
+    words += [f"w{i}" for i in range(vocab_size - len(words))]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    return tok
+
+
+def write_checkpoint(path, config, *, seed: int = 0, dtype=torch.float32, device="cpu", chat_template=None):
+    """A checkpoint directory: `config` with random weights (safetensors) and a `word_tokenizer` of its vocabulary."""
+    from roofsim.executor.models import random_model
+
+    model = random_model(config, device, dtype, seed)
+    model.save_pretrained(path)
+    word_tokenizer(config.vocab_size, chat_template).save_pretrained(path)
+    del model
+    return path
+
+
+def stock_greedy_text(path, ids: list[int], new_tokens: int) -> str:
+    """transformers' own answer: the checkpoint loaded afresh, greedy `generate` with its default cache, the new
+    tokens decoded by the checkpoint's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    x = torch.tensor([ids])
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, do_sample=False)
+    return tok.decode(out[0, len(ids) :], skip_special_tokens=True)

@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
     )
 
 
-def _document(text: str) -> dict | None:
+def plan_document(text: str) -> dict | None:
     """The plan file's JSON object, or None where `text` names a family rather than a file."""
     from roofsim.jsonfile import read_json_object
 
@@ -61,7 +61,7 @@ def _model_spec(source):
     return source if isinstance(source, ModelSpec) else load_spec(source)
 
 
-def _gpu_spec(arg: str | None, device):
+def device_gpu_spec(arg: str | None, device):
     """--gpu, else the built-in spec whose name matches the CUDA device's, else h100-sxm."""
     from roofsim.report.resolve import gpu_by_device_name
     from roofsim.specs import load_gpu
@@ -77,6 +77,24 @@ def _gpu_spec(arg: str | None, device):
     return "h100-sxm", load_gpu("h100-sxm")
 
 
+def shortfall(priced, limits, gpu, cuda: bool) -> list[str]:
+    """What a priced plan (its Summary) needs beyond the memory here, in words; empty where it fits. GPU memory
+    counts only on a CUDA device (the CPU stand-in has none of its own)."""
+    from roofsim.units import fmt_bytes
+
+    short = []
+    if cuda and priced.peak_gpu_bytes > limits.gpu_bytes(gpu):
+        short.append(
+            f"{fmt_bytes(priced.peak_gpu_bytes)} of GPU memory where {fmt_bytes(limits.gpu_bytes(gpu))} is usable"
+        )
+    if limits.host_mem_bytes and priced.peak_host_bytes > limits.host_mem_bytes:
+        short.append(
+            f"{fmt_bytes(priced.peak_host_bytes)} of host memory where this machine has "
+            f"{fmt_bytes(limits.host_mem_bytes)}"
+        )
+    return short
+
+
 def run(args) -> int:
     from roofsim.argchecks import MAX_BATCH, positive_int
     from roofsim.limits import Limits
@@ -86,11 +104,11 @@ def run(args) -> int:
     from roofsim.specs import load_gpu
     from roofsim.specs.hardware import default_host_of
     from roofsim.specs.model import ModelSpec
-    from roofsim.units import fmt_bytes, parse_bytes, parse_tokens
+    from roofsim.units import parse_bytes, parse_tokens
     from roofsim.workload import Workload
 
     check_output_file(args.output, "-o")
-    doc = _document(args.plan)
+    doc = plan_document(args.plan)
     where = f"plan file {args.plan!r}"
     # a plan file, or a family name: that family's best knobs, chosen below once the memory here is known
     plan = plan_from_dict(doc, where=where) if doc is not None else None
@@ -164,7 +182,7 @@ def run(args) -> int:
 
     # Price the plan before anything is allocated: a family name takes its best knobs within the memory there is,
     # and a plan the model says cannot fit is refused with its need (a run would stop at out of memory).
-    gpu_arg, gpu = _gpu_spec(args.gpu, device)
+    gpu_arg, gpu = device_gpu_spec(args.gpu, device)
     host = default_host_of(gpu_arg, gpu)
     card = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     limits = Limits(
@@ -180,16 +198,7 @@ def run(args) -> int:
             f"{plan.family}: the best knobs for {spec.name} on {gpu.name} within the memory here: {plan.knobs()}"
         )
     priced = predict(plan, spec, gpu, host, workload, limits).summary
-    short = []
-    if device.type == "cuda" and priced.peak_gpu_bytes > limits.gpu_bytes(gpu):
-        short.append(
-            f"{fmt_bytes(priced.peak_gpu_bytes)} of GPU memory where {fmt_bytes(limits.gpu_bytes(gpu))} is usable"
-        )
-    if limits.host_mem_bytes and priced.peak_host_bytes > limits.host_mem_bytes:
-        short.append(
-            f"{fmt_bytes(priced.peak_host_bytes)} of host memory where this machine has "
-            f"{fmt_bytes(limits.host_mem_bytes)}"
-        )
+    short = shortfall(priced, limits, gpu, cuda=device.type == "cuda")
     if short and not args.force:
         raise UserError(
             f"plan {plan.family} ({plan.knobs()}) for {spec.name} at {prompt_len} tokens does not fit: it needs "

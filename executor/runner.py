@@ -49,7 +49,7 @@ def _oom_types():
 
 
 @torch.no_grad()
-def _warm_up(model, ids: torch.Tensor, engine, cache, prompt_len: int) -> None:
+def warm_up_kernels(model, ids: torch.Tensor, engine, cache, prompt_len: int) -> None:
     """One forward of a prefill-sized chunk with no cache (the registered attention then attends the chunk alone),
     then the attention calls of a chunk after a past and of a decode step at the plan's head counts: the first
     use of each kernel, cuBLAS's handle and workspace and the allocator's growth happen here, so that the timed
@@ -132,7 +132,7 @@ def run_plan(
         chunk = min(plan.prefill_chunk or prompt_len, prompt_len)
         n_chunks = math.ceil(prompt_len / chunk)
         if prefill_warmup and plan.weights == "resident":
-            _warm_up(model, ids[:, :chunk], engine, cache, prompt_len)
+            warm_up_kernels(model, ids[:, :chunk], engine, cache, prompt_len)
             header.notes.append(
                 f"prefill: one untimed forward of a {chunk}-token chunk without the cache, and the attention calls "
                 "of a chunk after a past and of a decode step, ran first (kernel loading, library handles, "

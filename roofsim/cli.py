@@ -19,7 +19,7 @@ from roofsim.predict import predict
 from roofsim.specs import list_gpus, list_hosts, list_models, load_gpu, load_host, load_model
 from roofsim.specs.hardware import default_host_of
 from roofsim.sweep import best_per_family
-from roofsim.units import MAX_TOKENS, fmt_tokens, parse_tokens
+from roofsim.units import MAX_TOKENS, fmt_bytes_both, fmt_tokens, parse_bytes, parse_tokens
 from roofsim.workload import Workload
 
 
@@ -104,9 +104,14 @@ def _resolve_plan(text: str, model, gpu, host, work: Workload, limits: Limits):
     return best_of_family(text, model, gpu, host, work, limits).plan
 
 
-def _title(model, gpu, host, work: Workload | None) -> str:
+def _title(model, gpu, host, work: Workload | None, limits: Limits | None = None) -> str:
     w = f", context {fmt_tokens(work.context)}, batch {work.batch}, gen {work.gen}" if work else ""
-    return f"{model.name} on {gpu.name} (host {host.name}){w}"
+    caps = ""
+    if limits is not None and limits.gpu_mem_bytes:  # in both bases: 24GB is 22.35 GiB
+        caps += f", GPU memory cap {fmt_bytes_both(limits.gpu_mem_bytes)}"
+    if limits is not None and limits.host_mem_bytes:
+        caps += f", host memory cap {fmt_bytes_both(limits.host_mem_bytes)}"
+    return f"{model.name} on {gpu.name} (host {host.name}){w}{caps}"
 
 
 def cmd_predict(args) -> int:
@@ -115,7 +120,7 @@ def cmd_predict(args) -> int:
     _check_predict_flags(args)
     model, gpu, host, limits = _specs(args)
     gen = parse_tokens(args.gen, "--gen")
-    out = console()
+    out = console(args.wide)
     if args.context is None:
         return _context_sweep(model, gpu, host, limits, args, gen, out, context_sweep_table)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=gen)
@@ -139,7 +144,8 @@ def cmd_predict(args) -> int:
                 d["simulated"] = t.summary.model_dump(mode="json")
         print(json.dumps(doc, indent=2))
     else:
-        out.print(predictions_table(preds, _title(model, gpu, host, work), traces))
+        title = _title(model, gpu, host, work, limits)
+        out.print(predictions_table(preds, title, traces, args.wide, args.allow_approximate))
         for p in preds if args.plan else []:
             for note in p.header.notes:
                 out.print(f"note: {note}")
@@ -214,7 +220,7 @@ def cmd_simulate(args) -> int:
     trace = simulate(plan, model, gpu, host, work, limits, decode_steps=steps, keep=args.keep)
     if args.json:
         trace.write(args.json)
-    console().print(trace_table(trace, _title(model, gpu, host, work)))
+    console(args.wide).print(trace_table(trace, _title(model, gpu, host, work, limits), args.wide))
     if args.json:
         print(f"trace written to {args.json} ({len(trace.spans)} spans, {len(trace.memory)} memory samples)")
     if not trace.summary.feasible:
@@ -223,7 +229,9 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from rich.padding import Padding
     from rich.progress import Progress
+    from rich.text import Text
 
     from roofsim.display import console, pareto_table, ranked_table
     from roofsim.planner import PlanDocument, SearchSpace, explain, search
@@ -253,8 +261,8 @@ def cmd_plan(args) -> int:
         **({} if fraction is None else {"fetch_fraction": fraction}),
     )
     argchecks.top(args.top)
-    out = console()
-    with Progress(console=out, transient=True) as bar:
+    out = console(args.wide)
+    with Progress(console=out, transient=True, disable=not out.is_terminal) as bar:
         job = bar.add_task("searching plans", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -288,13 +296,13 @@ def cmd_plan(args) -> int:
     if args.json:
         print(doc.model_dump_json(indent=2, by_alias=True))
         return 0
-    title = _title(model, gpu, host, best.prediction.header.workload)
+    title = _title(model, gpu, host, best.prediction.header.workload, limits)
     out.print(f"[bold]best plan[/bold] for {title}, objective {args.objective}:")
-    out.print(f"  {best.plan.family} {best.plan.knobs()}")
-    out.print(f"  {text}")
-    out.print(ranked_table(result, f"top alternatives ({result.screened} plans screened analytically)"))
+    out.print(Padding(Text(f"{best.plan.family} {best.plan.knobs()}\n{text}"), (0, 0, 0, 2)))
+    screened = f"top alternatives ({result.screened} plans screened analytically)"
+    out.print(ranked_table(result, screened, wide=args.wide))
     if result.pareto:
-        out.print(pareto_table(result))
+        out.print(pareto_table(result, args.wide))
     if args.output:
         out.print(f"plan written to {args.output}: run it with `roofsim run {args.output}`")
     return 0
@@ -467,7 +475,8 @@ def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
             json.dumps([{"context": c, "best": _prediction_doc(p) if p else None} for c, p in rows], indent=2)
         )
     else:
-        out.print(table(rows, _title(model, gpu, host, None) + ": best exact plan by context"))
+        which = "best plan" if args.allow_approximate else "best exact plan"
+        out.print(table(rows, f"{_title(model, gpu, host, None, limits)}: {which} by context", args.wide))
     return 0
 
 
@@ -498,31 +507,21 @@ def cmd_roofline(args) -> int:
     return 0
 
 
-def cmd_list(kind: str) -> int:
-    from roofsim.display import console
+def cmd_list(kind: str, args=None) -> int:
+    from roofsim.display import console, gpus_table, hosts_table, models_table
 
+    if getattr(args, "template", False):  # plain text: a file to save, never wrapped
+        from roofsim.specs.template import spec_template
+
+        print(spec_template(kind), end="")
+        return 0
     out = console()
     if kind == "gpus":
-        for name in list_gpus():
-            g = load_gpu(name)
-            out.print(
-                f"{name:16s} {g.full_name:36s} {g.memory.capacity_gib.value:6.1f} GiB  "
-                f"{g.compute.bf16_tflops.value:7.1f} TFLOP/s bf16  {g.memory.bandwidth_gbps.value:6.0f} GB/s  "
-                f"{g.link.name} {g.link.h2d_gbps.value:.0f}/{g.link.d2h_gbps.value:.0f} GB/s  host {g.default_host}"
-            )
+        out.print(gpus_table({name: load_gpu(name) for name in list_gpus()}))
     elif kind == "hosts":
-        for name in list_hosts():
-            h = load_host(name)
-            out.print(
-                f"{name:16s} {h.full_name:60s} {h.ram_bandwidth_gbps.value:6.1f} GB/s  {h.ram_capacity_gib.value:.0f} GiB"
-            )
+        out.print(hosts_table({name: load_host(name) for name in list_hosts()}))
     else:
-        for name in list_models():
-            m = load_model(name)
-            out.print(
-                f"{name:16s} {m.params / 1e9:6.2f} B params  {m.n_layers} layers  {m.n_heads}/{m.n_kv_heads} heads  "
-                f"KV {m.kv_bytes_per_token // 1024} KiB/token  {m.source}"
-            )
+        out.print(models_table({name: load_model(name) for name in list_models()}))
     return 0
 
 
@@ -530,6 +529,9 @@ def _no_executor(args) -> int:
     raise UserError(
         "the executor is not installed: pip install 'roofsim[executor]' (torch, transformers, safetensors)"
     )
+
+
+WIDE_HELP = "tables in the long form: knobs by their full names, reasons inline, at least 180 columns"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -545,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
     p.add_argument("--roofline", action="store_true", help="also print the per-operator roofline table")
+    p.add_argument("--wide", action="store_true", help=WIDE_HELP)
     p.add_argument(
         "--allow-approximate", action="store_true", help="let approximate families win the context sweep"
     )
@@ -568,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep", choices=["all", "sample", "none"], default="sample", help="which steps keep their spans"
     )
+    p.add_argument("--wide", action="store_true", help=WIDE_HELP)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("plan", help="search the plan space for the fastest plan that fits, and explain it")
@@ -590,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many of the best plans the simulator refines")
     p.add_argument("-o", "--output", help="write the plan document (JSON) here")
     p.add_argument("--json", action="store_true", help="print the plan document instead of tables")
+    p.add_argument("--wide", action="store_true", help=WIDE_HELP)
     p.add_argument(
         "--report",
         nargs="?",
@@ -669,6 +674,26 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(p)
         p.set_defaults(func=run)
 
+    p = sub.add_parser(
+        "generate", help="generate text from a checkpoint under the plan for this GPU, streamed as it comes"
+    )
+    try:
+        from roofsim.executor.text_cli import add_generate_arguments, generate
+    except ImportError:
+        p.set_defaults(func=_no_executor)
+    else:
+        add_generate_arguments(p)
+        p.set_defaults(func=generate)
+
+    p = sub.add_parser("serve", help="serve a checkpoint over an OpenAI-compatible HTTP API under one plan")
+    try:
+        from roofsim.executor.text_cli import add_serve_arguments, serve
+    except ImportError:
+        p.set_defaults(func=_no_executor)
+    else:
+        add_serve_arguments(p)
+        p.set_defaults(func=serve)
+
     p = sub.add_parser("report", help="write an HTML report of a trace or a validation results folder")
     from roofsim.report.cli import add_arguments as add_report_arguments
     from roofsim.report.cli import cmd_report
@@ -682,7 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("models", "list built-in models"),
     ):
         p = sub.add_parser(kind, help=text)
-        p.set_defaults(func=lambda args, kind=kind: cmd_list(kind))
+        if kind != "models":
+            what = kind.removesuffix("s").replace("gpu", "GPU")
+            p.add_argument(
+                "--template",
+                action="store_true",
+                help=f"print a commented {what} spec file to fill in (every field, what it means, its unit)",
+            )
+        p.set_defaults(func=lambda args, kind=kind: cmd_list(kind, args))
     return parser
 
 

@@ -14,20 +14,67 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
 
 from roofsim.errors import UserError
-from roofsim.units import MAX_TOKENS
+from roofsim.units import MAX_TOKENS, fmt_tokens
 
 
-def _compact(value) -> str:
-    """[0, 0, 1, 1, 1] -> 2x0+3x1: per-layer lists stay readable."""
+def _compact(value, short=str) -> str:
+    """[0, 0, 1, 1, 1] -> 2x0+3x1: per-layer lists stay readable; `short` writes each value."""
     if not isinstance(value, list):
-        return str(value)
+        return short(value)
     runs: list[list] = []
     for v in value:
         if runs and runs[-1][1] == v:
             runs[-1][0] += 1
         else:
             runs.append([1, v])
-    return "+".join(f"{n}x{v}" for n, v in runs)
+    return "+".join(f"{n}x{short(v)}" for n, v in runs)
+
+
+def _short_value(value) -> str:
+    """A knob's value for a narrow column: whole multiples of 1024 as K or M (2048 -> 2K, as token counts are
+    written), floats without trailing zeros."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, int) and value >= 1024 and value % 1024 == 0:
+        return fmt_tokens(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _initials(name: str) -> str:
+    """The abbreviation rule: the initials of a knob's words, 'per' left out (kv_heads_per_slot -> khs)."""
+    return "".join(w[0] for w in name.split("_") if w and w != "per")
+
+
+def unique_abbreviations(names) -> dict[str, str]:
+    """Each name -> its initials (_initials), unique over `names`: where two share initials, the later one takes
+    more letters of its last word until it differs (syncs_per_slot -> ss, then slot_size -> ssi), and a number
+    where the whole word is not enough."""
+    out: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        head, last = _initials(name)[:-1], name.split("_")[-1]
+        short, n = _initials(name), 1
+        while short in out.values() and n < len(last):
+            n += 1
+            short = head + last[:n]
+        k = 2
+        while short in out.values():
+            short, k = f"{head}{last}{k}", k + 1
+        out[name] = short
+    return out
+
+
+def knob_abbreviations() -> dict[str, str]:
+    """Every registered family's knob -> its short name for compact tables, unique across families, in
+    registration and field order (unique_abbreviations)."""
+    names = [n for f in _registry().families().values() for n in f.plan_type.model_fields if n != "family"]
+    return unique_abbreviations(names)
+
+
+def knob_abbreviation(name: str) -> str:
+    """The short name a compact table gives knob `name` (see knob_abbreviations)."""
+    return knob_abbreviations().get(name) or _initials(name)
 
 
 class PlanBase(BaseModel):
@@ -50,16 +97,24 @@ class PlanBase(BaseModel):
         """True where attention sees only part of the context (the accuracy is not modelled)."""
         return False
 
-    def knobs(self) -> str:
-        """Short human summary of the knobs that differ from the family's defaults."""
+    def changed_knobs(self) -> dict[str, Any]:
+        """The knobs whose values differ from the family's defaults, in field order."""
         default = type(self)()
-        parts = []
-        for name in type(self).model_fields:
-            if name == "family":
-                continue
-            value = getattr(self, name)
-            if value != getattr(default, name):
-                parts.append(f"{name}={_compact(value)}")
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name != "family" and getattr(self, name) != getattr(default, name)
+        }
+
+    def knobs(self, compact: bool = False) -> str:
+        """Short human summary of the knobs that differ from the family's defaults: `prefill_chunk=32768
+        cpu_kv_heads=6`, or compact, for narrow tables, `pc=32K ckh=6` (knob_abbreviation; K, M = 1024, 1024^2)."""
+        if compact:
+            parts = [
+                f"{knob_abbreviation(k)}={_compact(v, _short_value)}" for k, v in self.changed_knobs().items()
+            ]
+        else:
+            parts = [f"{k}={_compact(v)}" for k, v in self.changed_knobs().items()]
         return " ".join(parts) or "defaults"
 
 

@@ -101,12 +101,17 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def fmt_bytes_both(n: float) -> str:
-    """Decimal and binary, where a size a user gave in one could be read in the other: 1.00 TB (931.32 GiB)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+def fmt_bytes_si(n: float) -> str:
+    """Decimal units, as datasheets, link rates and sizes given as 24GB count: 24.00 GB, 931 MB."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(n) >= size:
-            return f"{n / size:.2f} {unit} ({fmt_bytes(n)})"
-    return fmt_bytes(n)
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_bytes_both(n: float) -> str:
+    """A size in both bases, where the two could be confused: 1TB of --host-mem is 1.00 TB (931.32 GiB)."""
+    return f"{fmt_bytes_si(n)} ({fmt_bytes(n)})"
 
 
 def fmt_tokens(n: int) -> str:

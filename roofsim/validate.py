@@ -417,13 +417,18 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
                 {"config": pick["config"], "family": pick["plan"]["family"], "failed": True, "why": why}
             )
             continue
-        row = {"config": pick["config"], "family": pick["plan"]["family"], "failed": False}
+        row = {
+            "config": pick["config"],
+            "family": pick["plan"]["family"],
+            "failed": False,
+            "complete": pick.get("complete", True),  # an incomplete run's times are left out of the errors
+        }
         for phase in PHASES:
             p, m = pick.get(f"{phase}_predicted"), pick.get(f"{phase}_measured")
             row[phase] = (p, m, _err(p, m))
         for phase in ("prefill_s", "decode_s_per_token"):
             e = row[phase][2]
-            if e is not None and pick.get("complete", True):
+            if e is not None and row["complete"]:
                 time_errs.append(abs(e))
         if row["peak_gpu_bytes"][2] is not None:
             mem_errs.append(abs(row["peak_gpu_bytes"][2]))
@@ -475,6 +480,12 @@ def _closing_line(n: int, time_errs: list[float], mem_errs: list[float], regrets
         f"p90_abs_err_pct={_pct(time_errs, 0.9):.1f} mem_err_max_pct={max(mem_errs) if mem_errs else math.nan:.1f} "
         f"regret_max_pct={max(regrets) if regrets else math.nan:.1f}"
     )
+
+
+def closing_numbers(line: str) -> dict[str, float]:
+    """The closing line's numbers by name (n, median_abs_err_pct, ...): what the docs quote and the HTML report's
+    headline says."""
+    return {key: float(value) for key, value in (part.split("=", 1) for part in line.split())}
 
 
 def as_calibrated_line(results_dir: str | Path) -> str | None:

@@ -28,7 +28,11 @@ def test_predict_all_families_at_1m(capsys):
         "evict",
     ):
         assert family in out
-    assert "no: needs" in out  # resident does not fit
+    (resident,) = [line for line in out.splitlines() if line.startswith("resident  ")]  # its row
+    assert resident.split()[2] == "no"  # resident does not fit, and the footer says by how much
+    assert (
+        "resident does not fit: needs 143.19 GiB of GPU memory, 120.19 GiB over the 23.00 GiB usable" in out
+    )
 
 
 def test_predict_json_document(capsys):

@@ -352,6 +352,36 @@ def test_a_calibrated_profile_brings_its_host_file():
     assert found.gpu.name == "h100-sxm-calibrated" and found.host is not None
 
 
+@pytest.mark.skipif(not (H100_RESULTS / "campaign").is_dir(), reason="no committed H100 campaign")
+def test_validation_report_headline_counts_what_summarize_counts():
+    """The report's headline is validation/summarize.py's closing line (the numbers docs/validation.md and the
+    README quote): the same configurations, one chosen plan each, and the same errors; its bands count those
+    runs too, not the runners-up measured for the regret, which the figure and table still show."""
+    from roofsim.validate import closing_numbers, summarize
+
+    rows, line = summarize(H100_RESULTS)
+    k = closing_numbers(line)
+    results = validation.find_pairs(H100_RESULTS)
+    lines = validation.headline(results)
+    html = build.validation_report(H100_RESULTS).render()
+    assert lines[0] == (
+        f"{int(k['n'])} configurations, each one's chosen plan, as validation/summarize.py counts them: time "
+        f"error (prefill and decode per token) median {k['median_abs_err_pct']:.1f}%, p90 "
+        f"{k['p90_abs_err_pct']:.1f}%; peak GPU memory error at most {k['mem_err_max_pct']:.1f}%; planner "
+        f"regret at most {k['regret_max_pct']:.1f}%."
+    )
+    assert all(esc(text) in html for text in lines)
+    n = sum(not r["failed"] for r in rows)
+    for label in ("prefill", "decode per token", "peak GPU memory"):
+        assert any(text.startswith(f"{label}: {n} configurations") for text in lines)
+    worst_memory = max((r["peak_gpu_bytes"][2] for r in rows if not r["failed"]), key=abs)
+    assert f"worst {worst_memory:+.1f}%" in lines[3] and abs(worst_memory) == pytest.approx(
+        k["mem_err_max_pct"], abs=0.05
+    )
+    pairs = len(results.pairs)
+    assert pairs > n and f"also show {pairs - n} more measured runs" in lines[-1]
+
+
 @pytest.mark.skipif(
     not (H100_RESULTS / "executor_trace_head_offload_64K.json").is_file(), reason="no measured H100 trace"
 )

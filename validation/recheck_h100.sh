@@ -10,8 +10,12 @@
 set -uo pipefail
 . validation/device_setup.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv > "$OUT/gpu.txt"
-python3 -m pytest -p no:cacheprovider -m gpu -rs tests/test_executor_calibrate.py tests/test_executor_cli.py \
-  tests/test_executor_timing.py tests/test_executor_transfers.py > "$OUT/gpu-tests.log" 2>&1
+# from another folder: `python -m pytest` puts the working directory first on sys.path, and the checkout's roofsim/
+# (which has no executor/ inside: setup maps it) would shadow the installed package
+repo=$PWD
+(cd /tmp && python3 -m pytest -p no:cacheprovider -m gpu -rs "$repo/tests/test_executor_calibrate.py" \
+  "$repo/tests/test_executor_cli.py" "$repo/tests/test_executor_timing.py" "$repo/tests/test_executor_transfers.py") \
+  > "$OUT/gpu-tests.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
 tail -3 "$OUT/gpu-tests.log"
 PROFILE=validation/results/h100/s21/h100-sxm-calibrated.toml LABEL=recheck \

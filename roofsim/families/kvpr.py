@@ -305,5 +305,6 @@ FAMILY = register(
         program=program,
         host_memory=host_memory,
         default=default,
+        h2d_payload="KV and the activations that recompute KV",
     )
 )

@@ -38,6 +38,7 @@ class Family:
       (`roofsim plan` prices it in its explanation), or None.
     - presets: name -> candidates of a published system's own shape (`roofsim plan --restrict NAME`).
     - host_store: whether the executor keeps KV in host memory (it then needs the run's length up front).
+    - h2d_payload: what its host-to-GPU bytes carry besides streamed weights, as explanations name them.
     """
 
     plan_type: type[PlanBase]
@@ -49,6 +50,7 @@ class Family:
     what_if: Callable[[Any, ModelSpec], tuple[PlanBase, str] | None] | None = None
     presets: Mapping[str, Candidates] = field(default_factory=dict)
     host_store: bool = True
+    h2d_payload: str = "KV"
 
     @property
     def name(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from roofsim.errors import UserError
+from roofsim.families.pipeline import context, weight_stream
 from roofsim.families.registry import family
 from roofsim.limits import Limits
 from roofsim.planner.search import PlanResult
@@ -46,8 +47,7 @@ def explain(result: PlanResult, model: ModelSpec, gpu: GpuSpec, host: HostSpec, 
     unit = "the prefill" if phase == "prefill" else "the step"
     text = [f"{phase.capitalize()} is {kind}: {share:.0%} of {unit} is {what}."]
     if cost.bound == "h2d" and phase == "decode":
-        gb = cost.h2d_bytes / 1e9
-        text.append(f"Each token brings {gb:.1f} GB of KV over the link.")
+        text.append(_link_bytes(plan, cost.h2d_bytes or 0.0, model, gpu, host, work))
     others = [c for c in result.ranked[1:] if c.plan.family != plan.family]
     if others:
         runner = others[0]
@@ -75,6 +75,27 @@ def explain(result: PlanResult, model: ModelSpec, gpu: GpuSpec, host: HostSpec, 
     if plan.approximate:
         text.append("This plan is approximate: it attends only part of the context.")
     return " ".join(text)
+
+
+def streamed_weight_bytes(plan, model: ModelSpec, gpu: GpuSpec, host: HostSpec, work) -> float:
+    """Weight bytes one forward brings over the link: every layer's (pipeline.weight_stream) where the plan
+    streams its weights, else none."""
+    per_layer, _ = weight_stream(context(model, gpu, host, work), plan.weights == "streamed")
+    return per_layer * model.n_layers
+
+
+def _link_bytes(plan, h2d_bytes: float, model, gpu, host, work) -> str:
+    """What one decode step brings over the link, by kind: streamed weights and the family's payload (KV)."""
+    weights = min(streamed_weight_bytes(plan, model, gpu, host, work), h2d_bytes)
+    rest, payload = h2d_bytes - weights, family(plan).h2d_payload
+    if not weights:
+        return f"Each token brings {fmt_bytes(rest)} of {payload} over the link."
+    if rest <= 0:
+        return f"Each token brings {fmt_bytes(weights)} of streamed weights over the link, and no {payload}."
+    return (
+        f"Each token brings {fmt_bytes(h2d_bytes)} over the link: {fmt_bytes(weights)} of streamed weights "
+        f"and {fmt_bytes(rest)} of {payload}."
+    )
 
 
 def _what_if(plan, model, gpu, host, work, limits, phase):

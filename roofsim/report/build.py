@@ -20,7 +20,7 @@ from roofsim.report.roofline import roofline_figure
 from roofsim.report.style import MEMORY_LABELS
 from roofsim.report.summary import phase_table
 from roofsim.report.timeline import timeline_figure
-from roofsim.report.validation import band_summary, find_pairs, pairs_table, scatter_figure
+from roofsim.report.validation import find_pairs, headline, pairs_table, scatter_figure
 from roofsim.sim import simulate
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
@@ -356,7 +356,7 @@ def validation_report(root: str | Path) -> Page:
             )
         )
     else:
-        for line in band_summary(results):
+        for line in headline(results):
             s.blocks.append(paragraph(line))
         fig = scatter_figure(results)
         if fig is not None:

@@ -22,6 +22,7 @@ from roofsim.report.page import Raw, esc, table
 from roofsim.report.style import family_colour, font
 from roofsim.trace import Comparison, Trace, compare, read_json_text, upgrade
 from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
+from roofsim.validate import closing_numbers, summarize
 
 METRICS = {  # label, chart unit, text format
     "prefill_s": ("prefill", "s", fmt_seconds),
@@ -146,6 +147,52 @@ def pairs_table(results: Results) -> Raw:
     return table(headers, rows, numeric=set(range(3, 3 + 1 + 3 * len(METRICS))))
 
 
+def headline(results: Results) -> list[str]:
+    """The numbers validation/summarize.py closes with and docs/validation.md quotes (roofsim.validate.summarize:
+    one configuration per runs.json, its chosen plan), then each metric's bands over those same runs. A folder
+    without runs.json (traces only): band_summary over every pair."""
+    rows, line = summarize(results.root)
+    counted = [r for r in rows if not r["failed"]]
+    if not counted:
+        return band_summary(results)
+    k = closing_numbers(line)
+    said = {
+        "p90_abs_err_pct": f"time error (prefill and decode per token) median {k['median_abs_err_pct']:.1f}%, "
+        f"p90 {k['p90_abs_err_pct']:.1f}%",
+        "mem_err_max_pct": f"peak GPU memory error at most {k['mem_err_max_pct']:.1f}%",
+        "regret_max_pct": f"planner regret at most {k['regret_max_pct']:.1f}%",
+    }
+    known = [
+        text for key, text in said.items() if not math.isnan(k[key])
+    ]  # nan: no planner config, no regret
+    lines = [
+        f"{int(k['n'])} configurations, each one's chosen plan, as validation/summarize.py counts them"
+        + (f": {'; '.join(known)}." if known else ".")
+    ]
+    for metric, (label, _, _) in METRICS.items():
+        errs = [
+            r[metric][2]
+            for r in counted
+            if r[metric][2] is not None and (metric == "peak_gpu_bytes" or r["complete"])
+        ]
+        lines += _bands(label, errs)
+    extra = len(results.pairs) - len(counted)
+    if extra > 0:
+        lines.append(
+            f"The figure and the table also show {extra} more measured runs (the runners-up a planner "
+            "configuration measures for the regret), which the numbers above leave out."
+        )
+    return lines
+
+
+def _bands(label: str, errs: list[float]) -> list[str]:
+    if not errs:
+        return []
+    within = ", ".join(f"{sum(abs(e) <= 100 * b for e in errs)} within {b:.0%}" for b in BANDS)
+    worst = max(errs, key=abs)
+    return [f"{label}: {len(errs)} configurations, {within}; worst {worst:+.1f}%"]
+
+
 def band_summary(results: Results) -> list[str]:
     lines = []
     for metric, (label, _, _) in METRICS.items():
@@ -155,10 +202,7 @@ def band_summary(results: Results) -> list[str]:
             if (e := error_pct(pr.comparison.row(metric).predicted, pr.comparison.row(metric).measured))
             is not None
         ]
-        if errs:
-            within = ", ".join(f"{sum(abs(e) <= 100 * b for e in errs)} within {b:.0%}" for b in BANDS)
-            worst = max(errs, key=abs)
-            lines.append(f"{label}: {len(errs)} configurations, {within}; worst {worst:+.1f}%")
+        lines += _bands(label, errs)
     return lines
 
 

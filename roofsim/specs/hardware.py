@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from roofsim.errors import UserError
 from roofsim.hostpace import pace_ratio
 from roofsim.specs.sourced import MAX_EFFICIENCY, SourcedNumber, fraction, positive, whole
+from roofsim.specs.template import refuse_placeholders
 from roofsim.specs.tomlfile import load_model_file
 
 GiB = 1024**3
@@ -31,10 +32,10 @@ class _Section(BaseModel):
 class ComputeSpec(_Section):
     """Dense tensor peaks (no 2:4 sparsity), fp16/bf16 with fp32 accumulate: what cuBLAS uses for bf16 GEMMs."""
 
-    bf16_tflops: SourcedNumber
-    fp16_tflops: SourcedNumber
-    fp32_tflops: SourcedNumber
-    sms: SourcedNumber
+    bf16_tflops: SourcedNumber = Field(description="dense BF16 tensor peak with FP32 accumulate, TFLOP/s")
+    fp16_tflops: SourcedNumber = Field(description="dense FP16 tensor peak with FP32 accumulate, TFLOP/s")
+    fp32_tflops: SourcedNumber = Field(description="FP32 peak without tensor cores, TFLOP/s")
+    sms: SourcedNumber = Field(description="streaming multiprocessors (compute units)")
 
     _pos = field_validator("bf16_tflops", "fp16_tflops", "fp32_tflops")(
         lambda v, info: positive(info.field_name, v)
@@ -43,10 +44,14 @@ class ComputeSpec(_Section):
 
 
 class MemorySpec(_Section):
-    capacity_gib: SourcedNumber
-    bandwidth_gbps: SourcedNumber
-    l2_mib: SourcedNumber
-    reserved_gib: SourcedNumber  # CUDA context and allocator slack: not available to the plan
+    capacity_gib: SourcedNumber = Field(
+        description="GPU memory, GiB (2^30 bytes): a card sold as 24 GB has 24 GiB (24.0)"
+    )
+    bandwidth_gbps: SourcedNumber = Field(description="peak memory bandwidth, GB/s (10^9 bytes/s)")
+    l2_mib: SourcedNumber = Field(description="L2 cache, MiB")
+    reserved_gib: SourcedNumber = Field(
+        description="GiB the plan cannot use: the CUDA context and the allocator's slack (about 1)"
+    )
 
     _pos = field_validator("capacity_gib", "bandwidth_gbps")(lambda v, info: positive(info.field_name, v))
 
@@ -67,18 +72,30 @@ class LinkSpec(_Section):
     """Host link, per direction. Isolated copy of n bytes: max(copy_min_us, copy_latency_us + n / rate).
     Back-to-back copies on one engine: each costs copy_gap_us + n / rate on the engine (see link.py)."""
 
-    name: str
-    h2d_gbps: SourcedNumber
-    d2h_gbps: SourcedNumber
-    pageable_h2d_gbps: SourcedNumber
-    copy_latency_us: SourcedNumber
-    copy_min_us: SourcedNumber
-    copy_gap_us: SourcedNumber
-    duplex_efficiency: SourcedNumber
-    copy_engines: SourcedNumber
-    # pinned H2D of a stage the CPU has just written (sparse_fetch's gathered rows), slower than a copy of an
-    # untouched pinned buffer (docs/evidence.md#ev-gathered-stage-copy); None: h2d_gbps
-    h2d_gathered_gbps: SourcedNumber | None = None
+    name: str = Field(description="the link, e.g. PCIe 4.0 x16")
+    h2d_gbps: SourcedNumber = Field(
+        description="host-to-GPU copy rate from pinned memory, GB/s (10^9 bytes/s): nvbandwidth's host_to_device"
+    )
+    d2h_gbps: SourcedNumber = Field(description="GPU-to-host copy rate into pinned memory, GB/s")
+    pageable_h2d_gbps: SourcedNumber = Field(
+        description="host-to-GPU copy rate from pageable (not pinned) memory, GB/s"
+    )
+    copy_latency_us: SourcedNumber = Field(
+        description="fixed cost of one isolated copy, us: n bytes take copy_latency_us + n / rate"
+    )
+    copy_min_us: SourcedNumber = Field(description="the shortest time an isolated copy takes, us")
+    copy_gap_us: SourcedNumber = Field(description="a copy engine's gap between back-to-back copies, us")
+    duplex_efficiency: SourcedNumber = Field(
+        description="the share of each direction's rate kept while both directions copy at once, in (0, 1]"
+    )
+    copy_engines: SourcedNumber = Field(
+        description="copy engines (deviceQuery: 'Concurrent copy and kernel execution: Yes with N copy engine(s)')"
+    )
+    h2d_gathered_gbps: SourcedNumber | None = Field(
+        None,
+        description="pinned H2D rate of a stage the CPU has just written (sparse_fetch's gathered rows), slower "
+        "than a copy of an untouched pinned buffer (docs/evidence.md#ev-gathered-stage-copy); None: h2d_gbps",
+    )
 
     _pos = field_validator("h2d_gbps", "d2h_gbps", "pageable_h2d_gbps", "duplex_efficiency")(
         lambda v, info: positive(info.field_name, v)
@@ -97,27 +114,51 @@ class LinkSpec(_Section):
         return v
 
 
+DEFAULT_GPU_KERNEL_US = (
+    3.0  # assumed: the spacing of back-to-back tiny kernels on recent NVIDIA GPUs (2-4 us)
+)
+
+
 class EfficiencySpec(_Section):
     """Achievable fractions of peak, and the fixed cost of one kernel from eager PyTorch."""
 
-    gemm: SourcedNumber
-    attention: SourcedNumber
-    memory: SourcedNumber
-    kernel_us: SourcedNumber  # host: what dispatching one kernel from eager PyTorch costs the issuing thread
-    # GPU: the time one small kernel occupies the stream when kernels are queued back to back; None: the default
-    # below. Separate from kernel_us: a launch-bound step runs max(host dispatch, GPU work), not their sum.
-    gpu_kernel_us: SourcedNumber | None = None
-    # elements per second (G) torch.topk ranks when k is a large share of the row (sparse_fetch's and evict's
-    # selections): a sort-like pass that no bandwidth roofline gives; None: priced as a few memory passes
-    topk_gelems: SourcedNumber | None = None
-    # the fraction of HBM bandwidth a decoder layer's elementwise kernels (RMSNorm in fp32, rotary, SiLU * up,
-    # residual adds) reach at prefill shapes, as roofsim's operator model counts their bytes; None: `memory` (a
-    # device-to-device copy's, which they need not reach)
-    vector: SourcedNumber | None = None
-    # the executor's chunk-after-a-past attention call by its GQA-folded query rows (KV heads per call x group x
-    # chunk): a call of few rows (a one-head slot, a short chunk) fills fewer of the GPU's SMs than the calls
-    # `attention` comes from. Interpolated in log(rows), held at the ends; None: `attention` for every call
-    attention_rows: dict[int, SourcedNumber] | None = None
+    gemm: SourcedNumber = Field(
+        description="the share of the BF16 peak GEMMs reach at model shapes, in (0, 1]"
+    )
+    attention: SourcedNumber = Field(
+        description="the share of the BF16 peak prefill attention (FlashAttention, cuDNN) reaches, in (0, 1]"
+    )
+    memory: SourcedNumber = Field(
+        description="the share of the memory bandwidth a device-to-device copy reaches, in (0, 1]"
+    )
+    kernel_us: SourcedNumber = Field(
+        description="host: what dispatching one kernel from eager PyTorch costs the issuing thread, us"
+    )
+    gpu_kernel_us: SourcedNumber | None = Field(
+        None,
+        description="GPU: the time one small kernel occupies the stream when kernels are queued back to back, "
+        f"us; None: {DEFAULT_GPU_KERNEL_US:g} us. Separate from kernel_us: a launch-bound step runs "
+        "max(host dispatch, GPU work), not their sum",
+    )
+    topk_gelems: SourcedNumber | None = Field(
+        None,
+        description="elements per second (G) torch.topk ranks when k is a large share of the row "
+        "(sparse_fetch's and evict's selections): a sort-like pass that no bandwidth roofline gives; None: "
+        "priced as a few memory passes",
+    )
+    vector: SourcedNumber | None = Field(
+        None,
+        description="the share of HBM bandwidth a decoder layer's elementwise kernels (RMSNorm in fp32, "
+        "rotary, SiLU * up, residual adds) reach at prefill shapes, as roofsim's operator model counts their "
+        "bytes; None: `memory` (a device-to-device copy's, which they need not reach)",
+    )
+    attention_rows: dict[int, SourcedNumber] | None = Field(
+        None,
+        description="the executor's chunk-after-a-past attention efficiency by the call's GQA-folded query rows "
+        "(KV heads per call x group x chunk): a call of few rows (a one-head slot, a short chunk) fills fewer "
+        "of the GPU's SMs than the calls `attention` comes from. Interpolated in log(rows), held at the ends; "
+        "None: `attention` for every call",
+    )
 
     _fraction = field_validator("gemm", "attention", "memory")(lambda v, info: fraction(info.field_name, v))
     _vector = field_validator("vector")(lambda v, info: v if v is None else fraction(info.field_name, v))
@@ -132,45 +173,67 @@ class EfficiencySpec(_Section):
         return v
 
 
-DEFAULT_GPU_KERNEL_US = (
-    3.0  # assumed: the spacing of back-to-back tiny kernels on recent NVIDIA GPUs (2-4 us)
-)
-
-
 class RuntimeSpec(_Section):
     """Host-side costs of driving the GPU from Python: they bound plans with many small copies."""
 
-    copy_issue_us: SourcedNumber
-    sync_us: SourcedNumber
-    # host time of one attention call of the executor over GPU-resident KV, and what a streamed unit's call adds
-    # (ring, staging, events, its two copies' issue); None: estimated from counted kernels and runtime calls
-    attention_call_us: SourcedNumber | None = None
-    streamed_call_us: SourcedNumber | None = None
-    # host time an attention call of a prefill chunk after a past adds to a decode call (the chunk's own causal
-    # part, the GQA repeat of its K/V, the LSE merge in fp32); None: ops.PREFILL_CALL_EXTRA counted kernels
-    prefill_call_us: SourcedNumber | None = None
-    # host time the first prefill attention call of a new shape costs beyond a repeated one (cuDNN's fused
-    # attention builds an execution plan per shape, and each chunk's past is a new key length); None: 0
-    attention_shape_us: SourcedNumber | None = None
-    # host time of a forward outside its decoder layers and before the first layer's KV reaches the cache: the
-    # framework's preamble (position ids, masks, rotary tables) and the step set-up; the executor issues a step's
-    # first prefetch only after it, at layer 0's cache update. None: 0 (only the counted embedding kernel)
-    step_us: SourcedNumber | None = None
-    # the issuing thread's dispatch costs while the CPU worker scans (cpu_attention's decode), over the idle
-    # host's: tiny decode layers timed beside a scan loop and alone. None: 1 (the idle host's)
-    issue_beside_cpu: SourcedNumber | None = None
-    # cpu_attention's hand-off per layer: the CPU worker woken for the CPU part and the issuing thread woken by its
-    # result, on the CPU part's path beside the scan; None: not measured (0)
-    worker_round_trip_us: SourcedNumber | None = None
-    # roofsim.hostpace's loop timed beside the micro-benchmarks that give the host-side costs above (their mean):
-    # the host's pace those costs hold at. None: not measured (no run is priced at another pace)
-    host_pace_us: SourcedNumber | None = None
-    # roofsim.executor.launchpace's run of tiny kernel launches, timed right after each of host_pace_us's loops: a
-    # second gauge of the host's pace, through the launch path. None: not measured
-    launch_pace_us: SourcedNumber | None = None
-    # roofsim.executor.launchpace's tiny decode step (step_us), timed right after each launch_pace_us sample: the
-    # gauge through the code a launch-bound step runs. None: not measured
-    step_pace_us: SourcedNumber | None = None
+    copy_issue_us: SourcedNumber = Field(description="host time to issue one asynchronous copy, us")
+    sync_us: SourcedNumber = Field(description="host time of one stream or event synchronisation, us")
+    attention_call_us: SourcedNumber | None = Field(
+        None,
+        description="host time of one attention call of the executor over GPU-resident KV, us; None: "
+        "estimated from counted kernels and runtime calls",
+    )
+    streamed_call_us: SourcedNumber | None = Field(
+        None,
+        description="what a streamed unit's attention call adds to attention_call_us (ring, staging, events, "
+        "its two copies' issue), us; None: estimated from counted kernels and runtime calls",
+    )
+    prefill_call_us: SourcedNumber | None = Field(
+        None,
+        description="host time an attention call of a prefill chunk after a past adds to a decode call (the "
+        "chunk's own causal part, the GQA repeat of its K/V, the LSE merge in fp32), us; None: "
+        "ops.PREFILL_CALL_EXTRA counted kernels",
+    )
+    attention_shape_us: SourcedNumber | None = Field(
+        None,
+        description="host time the first prefill attention call of a new shape costs beyond a repeated one "
+        "(cuDNN's fused attention builds an execution plan per shape, and each chunk's past is a new key "
+        "length), us; None: 0",
+    )
+    step_us: SourcedNumber | None = Field(
+        None,
+        description="host time of a forward outside its decoder layers and before the first layer's KV reaches "
+        "the cache: the framework's preamble (position ids, masks, rotary tables) and the step set-up; the "
+        "executor issues a step's first prefetch only after it, at layer 0's cache update. us; None: 0 (only "
+        "the counted embedding kernel)",
+    )
+    issue_beside_cpu: SourcedNumber | None = Field(
+        None,
+        description="the issuing thread's dispatch costs while the CPU worker scans (cpu_attention's decode), "
+        "over the idle host's: tiny decode layers timed beside a scan loop and alone; None: 1 (the idle host's)",
+    )
+    worker_round_trip_us: SourcedNumber | None = Field(
+        None,
+        description="cpu_attention's hand-off per layer: the CPU worker woken for the CPU part and the issuing "
+        "thread woken by its result, on the CPU part's path beside the scan, us; None: not measured (0)",
+    )
+    host_pace_us: SourcedNumber | None = Field(
+        None,
+        description="roofsim.hostpace's loop timed beside the micro-benchmarks that give the host-side costs "
+        "above (their mean): the host's pace those costs hold at, us; None: not measured (no run is priced at "
+        "another pace)",
+    )
+    launch_pace_us: SourcedNumber | None = Field(
+        None,
+        description="roofsim.executor.launchpace's run of tiny kernel launches, timed right after each of "
+        "host_pace_us's loops: a second gauge of the host's pace, through the launch path, us; None: not "
+        "measured",
+    )
+    step_pace_us: SourcedNumber | None = Field(
+        None,
+        description="roofsim.executor.launchpace's tiny decode step (step_us), timed right after each "
+        "launch_pace_us sample: the gauge through the code a launch-bound step runs, us; None: not measured",
+    )
 
     def attention_shape_s(self) -> float:
         return 0.0 if self.attention_shape_us is None else self.attention_shape_us.value * 1e-6
@@ -180,10 +243,15 @@ class RuntimeSpec(_Section):
 
 
 class GpuSpec(_Section):
-    name: str
-    full_name: str
-    default_host: str  # a host name, or a host TOML path relative to this file (calibrated profiles)
-    fingerprint: dict[str, str | int | float | None] | None = None  # where a calibrated profile was measured
+    name: str = Field(description="a short name for the GPU, e.g. rtx4090 (the built-in specs' file names)")
+    full_name: str = Field(description="the product's name, e.g. NVIDIA GeForce RTX 4090 24GB")
+    default_host: str = Field(
+        description="the host it sits in when --host is not given: a built-in host (`roofsim hosts`), or a host "
+        "spec file's path relative to this file"
+    )
+    fingerprint: dict[str, str | int | float | None] | None = Field(
+        None, description="where a calibrated profile was measured (roofsim calibrate writes it)"
+    )
     compute: ComputeSpec
     memory: MemorySpec
     link: LinkSpec
@@ -335,32 +403,51 @@ def _between(key: float, values: dict[int, np.ndarray]) -> np.ndarray:
 
 
 class HostSpec(_Section):
-    name: str
-    full_name: str
-    ram_capacity_gib: SourcedNumber
-    ram_bandwidth_gbps: SourcedNumber
-    ram_efficiency: SourcedNumber
-    cpu_cores: SourcedNumber
-    cpu_tflops: SourcedNumber
-    cpu_attention_gbps: SourcedNumber  # KV bytes/s a many-threaded CPU attention kernel scans at decode
-    # bytes/s (read plus written) of a many-threaded gather of scattered KV rows into pinned memory; None: the
-    # sustained RAM bandwidth
-    cpu_gather_gbps: SourcedNumber | None = None
-    # the fixed time of one CPU attention call beside its scan (waking the threads, the split-K merge); None: 0
-    cpu_attention_call_us: SourcedNumber | None = None
-    # KV bytes/s of the same kernel by query heads per KV head (the GQA group), at one size: its rate depends on the
-    # group (one query row, as MHA has, is a matrix-vector product per key block). A model's scan runs at
-    # cpu_attention_gbps times the rate at its group over the rate at cpu_attention_group, the group that rate was
-    # measured at. None: cpu_attention_gbps for every group
-    cpu_attention_group_gbps: dict[int, SourcedNumber] | None = None
-    cpu_attention_group: SourcedNumber | None = None
-    # KV bytes/s of the same kernel over one CPU slot's host block, by the GQA group, then KV heads in the
-    # slot, then the KV bytes the slot's scan reads: the executor attends each CPU slot apart, cut into key
-    # ranges by its threads, and the rate depends on all three, not only on the bytes
-    # (docs/evidence.md#ev-cpu-scan-per-slot). A layer's scan runs at the rate interpolated there (linear in
-    # group and heads, in log bytes; flat beyond the table). None: cpu_attention_gbps (scaled by group as
-    # above) with cpu_attention_call_us per call
-    cpu_attention_slot_gbps: dict[int, dict[int, dict[int, SourcedNumber]]] | None = None
+    name: str = Field(
+        description="a short name for the host, e.g. epyc-rome-milan (the built-in specs' file names)"
+    )
+    full_name: str = Field(description="what it is: CPU, memory channels and speed, sockets")
+    ram_capacity_gib: SourcedNumber = Field(description="host RAM, GiB (2^30 bytes)")
+    ram_bandwidth_gbps: SourcedNumber = Field(
+        description="peak RAM bandwidth, GB/s (10^9 bytes/s): channels x 8 B x MT/s"
+    )
+    ram_efficiency: SourcedNumber = Field(
+        description="the share of the peak a many-threaded stream reaches (STREAM triad), in (0, 1]"
+    )
+    cpu_cores: SourcedNumber = Field(description="physical cores")
+    cpu_tflops: SourcedNumber = Field(description="FP32 peak of all cores, TFLOP/s: cores x GHz x FLOP/cycle")
+    cpu_attention_gbps: SourcedNumber = Field(
+        description="KV GB/s (10^9 bytes/s) a many-threaded CPU attention kernel scans at decode"
+    )
+    cpu_gather_gbps: SourcedNumber | None = Field(
+        None,
+        description="bytes/s (read plus written) of a many-threaded gather of scattered KV rows into pinned "
+        "memory, GB/s; None: the sustained RAM bandwidth",
+    )
+    cpu_attention_call_us: SourcedNumber | None = Field(
+        None,
+        description="the fixed time of one CPU attention call beside its scan (waking the threads, the split-K "
+        "merge), us; None: 0",
+    )
+    cpu_attention_group_gbps: dict[int, SourcedNumber] | None = Field(
+        None,
+        description="KV GB/s of the same kernel by query heads per KV head (the GQA group), at one size: its "
+        "rate depends on the group (one query row, as MHA has, is a matrix-vector product per key block). A "
+        "model's scan runs at cpu_attention_gbps times the rate at its group over the rate at "
+        "cpu_attention_group, the group that rate was measured at. None: cpu_attention_gbps for every group",
+    )
+    cpu_attention_group: SourcedNumber | None = Field(
+        None, description="the GQA group cpu_attention_gbps was measured at (with cpu_attention_group_gbps)"
+    )
+    cpu_attention_slot_gbps: dict[int, dict[int, dict[int, SourcedNumber]]] | None = Field(
+        None,
+        description="KV GB/s of the same kernel over one CPU slot's host block, by the GQA group, then KV heads "
+        "in the slot, then the KV bytes the slot's scan reads: the executor attends each CPU slot apart, cut "
+        "into key ranges by its threads, and the rate depends on all three, not only on the bytes "
+        "(docs/evidence.md#ev-cpu-scan-per-slot). A layer's scan runs at the rate interpolated there (linear "
+        "in group and heads, in log bytes; flat beyond the table). None: cpu_attention_gbps (scaled by group "
+        "as above) with cpu_attention_call_us per call",
+    )
 
     _pos = field_validator(
         "ram_capacity_gib",
@@ -506,11 +593,13 @@ def _resolve(kind: str, name_or_path: str, label: str) -> Path:
 
 @cache
 def _load_gpu(path: str, mtime_ns: int) -> GpuSpec:
+    refuse_placeholders(Path(path))
     return load_model_file(GpuSpec, Path(path), "hw_specs/gpus/h100-sxm.toml")
 
 
 @cache
 def _load_host(path: str, mtime_ns: int) -> HostSpec:
+    refuse_placeholders(Path(path))
     return load_model_file(HostSpec, Path(path), "hw_specs/hosts/sapphire-rapids.toml")
 
 
