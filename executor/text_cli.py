@@ -98,7 +98,7 @@ def _load(args):
     if not (path / "config.json").is_file():
         raise UserError(f"{args.checkpoint}: not a checkpoint directory (no config.json there)")
     device = pick_device(args.device)
-    gpu_mem = parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem else None
+    gpu_mem = parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem is not None else None
     m = this_machine(device, args.gpu, gpu_mem)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("bf16" if m.cuda else "fp32")
@@ -325,7 +325,7 @@ def serve(args) -> int:
     from roofsim.units import parse_tokens
 
     m, dtype, spec = _load(args)
-    max_context = parse_tokens(args.max_context, "--max-context") if args.max_context else None
+    max_context = parse_tokens(args.max_context, "--max-context") if args.max_context is not None else None
     chosen, max_context = plan_server(args.plan, spec, m, max_context)
     p = chosen.prediction.summary
     print(

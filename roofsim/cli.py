@@ -502,7 +502,7 @@ def cmd_roofline(args) -> int:
             )
     model, gpu, _, _ = _specs(args)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
-    chunk = min(parse_tokens(args.chunk, "--chunk") if args.chunk else work.context, work.context)
+    chunk = min(parse_tokens(args.chunk, "--chunk") if args.chunk is not None else work.context, work.context)
     _print_roofline(console(), roofline_table, model, gpu, work, chunk)
     return 0
 

@@ -399,7 +399,7 @@ BAD_KNOBS = {  # family -> knob -> values that are wrong for tiny-llama (2 layer
         "slot_alloc": ["x"], "write_back_tokens": [0],
     },
     "kvpr": {"recompute_tokens": [-1, "most", MAX_TOKENS + 1, 2.5], "overlap": ["x"]},
-    "cpu_attention": {"cpu_kv_heads": [-1, 3], "kv_heads_per_slot": [0], "resident_slots": [-1, 100]},
+    "cpu_attention": {"cpu_kv_heads": [-1, 9], "kv_heads_per_slot": [0], "resident_slots": [-1, 100]},
     "sparse_fetch": {
         "fetch_fraction": [0, 2, -1, math.nan, "x"], "partial_key_ratio": [0, 2], "dense_layers": [-1],
     },
