@@ -19,7 +19,7 @@ from roofsim.predict import predict
 from roofsim.specs import list_gpus, list_hosts, list_models, load_gpu, load_host, load_model
 from roofsim.specs.hardware import default_host_of
 from roofsim.sweep import best_per_family
-from roofsim.units import MAX_TOKENS, fmt_bytes_both, fmt_tokens, parse_bytes, parse_tokens
+from roofsim.units import MAX_TOKENS, fmt_bytes_both, fmt_tokens, parse_tokens
 from roofsim.workload import Workload
 
 

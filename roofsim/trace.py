@@ -319,7 +319,12 @@ class Trace(BaseModel):
             raise UserError(f"trace file {str(path)!r} does not exist")
         try:
             data = json.loads(read_json_text(p))
-        except (ValueError, OSError, EOFError, RecursionError) as e:  # not JSON or UTF-8, a broken .gz, too deep
+        except (
+            ValueError,
+            OSError,
+            EOFError,
+            RecursionError,
+        ) as e:  # not JSON or UTF-8, a broken .gz, too deep
             first = (str(e).splitlines() or [type(e).__name__])[0]
             raise UserError(f"{str(path)!r} is not a roofsim trace: {first}") from None
         if not isinstance(data, dict):

@@ -88,6 +88,7 @@ def no_long_work() -> Iterator[None]:
 
 # --- values that are bad for one option -------------------------------------------------------------------------
 
+
 def _unknown(known: list[str]) -> st.SearchStrategy[str]:
     """Text that names none of `known` (as the loaders compare names) and is no file here."""
     chars = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
@@ -97,7 +98,9 @@ def _unknown(known: list[str]) -> st.SearchStrategy[str]:
 
 
 BAD_TOKENS = (
-    st.sampled_from(["", "x", "12Q", "1e6", "-5", "1,000", "1M5", "nan", "inf", "0x10", "0", "0K", "0.4", "K"])
+    st.sampled_from(
+        ["", "x", "12Q", "1e6", "-5", "1,000", "1M5", "nan", "inf", "0x10", "0", "0K", "0.4", "K"]
+    )
     | st.integers(1, 999).map(lambda n: f"{n}.5")  # half a token
     | st.integers(MAX_TOKENS + 1, 10**30).map(str)
     | st.sampled_from(["65M", "1G", "64G", "999G"])
@@ -105,8 +108,12 @@ BAD_TOKENS = (
 BAD_BYTES = st.sampled_from(
     ["", "lots", "24G", "1T", "0", "0GB", "-1GB", "nan", "inf", "1e30", "24XB", "2048TB", "1PB", "GB", "1KB"]
 ) | st.integers(1, 2**20 - 1).map(str)  # bytes without a unit: under 1 MiB
-BAD_GPU_MEM = BAD_BYTES | st.sampled_from(["26GB", "1TB", "1GB", "1GiB", "512MiB"])  # over rtx4090's, or its reserve
-BAD_BATCH = st.integers(max_value=0).map(str) | st.integers(MAX_BATCH + 1).map(str) | st.sampled_from(["x", "1.5"])
+BAD_GPU_MEM = BAD_BYTES | st.sampled_from(
+    ["26GB", "1TB", "1GB", "1GiB", "512MiB"]
+)  # over rtx4090's, or its reserve
+BAD_BATCH = (
+    st.integers(max_value=0).map(str) | st.integers(MAX_BATCH + 1).map(str) | st.sampled_from(["x", "1.5"])
+)
 
 
 def _choice(choices: list[str]) -> st.SearchStrategy[str]:
@@ -140,7 +147,10 @@ OPTIONS = {
         "--families": st.lists(_unknown(family_names()), min_size=1, max_size=3).map(",".join),
         "--top": st.integers(max_value=-1).map(str) | st.integers(MAX_TOP + 1).map(str),
     },
-    "roofline": {**{k: v for k, v in COMMON.items() if k not in ("--gpu-mem", "--host-mem")}, "--chunk": BAD_TOKENS},
+    "roofline": {
+        **{k: v for k, v in COMMON.items() if k not in ("--gpu-mem", "--host-mem")},
+        "--chunk": BAD_TOKENS,
+    },
 }
 EXTRA = {"simulate": ["--plan=resident", "--gen=2"], "plan": ["--top=1"]}
 
@@ -198,7 +208,9 @@ def test_contradictory_or_misplaced_flags_are_one_line_exit_2(argv):
 
 @FUZZ
 @given(
-    st.sampled_from(["--prompt-len", "--gen", "--batch", "--warmup", "--trace-steps", "--gpu", "--model", "--dtype"]),
+    st.sampled_from(
+        ["--prompt-len", "--gen", "--batch", "--warmup", "--trace-steps", "--gpu", "--model", "--dtype"]
+    ),
     st.data(),
 )
 def test_run_checks_its_options_before_building_a_model(flag, data):
@@ -218,6 +230,7 @@ def test_run_checks_its_options_before_building_a_model(flag, data):
 
 
 # --- bad files ---------------------------------------------------------------------------------------------------
+
 
 def _toml_value(v) -> str:
     if isinstance(v, bool):
@@ -292,7 +305,9 @@ def bad_specs(draw, base: dict, sections: tuple[str, ...]) -> str:
             | (st.just(0) if path in POSITIVE else NOT_A_NUMBER)
         )
         table, key = _at(spec, path)
-        table[key] = {**table[key], "value": bad} if draw(st.booleans()) and not isinstance(bad, dict) else bad
+        table[key] = (
+            {**table[key], "value": bad} if draw(st.booleans()) and not isinstance(bad, dict) else bad
+        )
     elif kind == "unknown":
         where = draw(st.sampled_from([None, *(s for s in sections if s in spec)]))
         (spec if where is None else spec[where])["bogus_field"] = 1
@@ -304,11 +319,15 @@ def bad_specs(draw, base: dict, sections: tuple[str, ...]) -> str:
             st.floats(min_value=1e-6, max_value=reserved) | st.floats(min_value=16385, max_value=1e300)
         )
     elif kind in ("room", "fraction"):  # a fraction of a peak far above 1
-        path = draw(st.sampled_from([p for p in numbers if p.split(".")[-1] in ("gemm", "memory", "ram_efficiency")]))
+        path = draw(
+            st.sampled_from([p for p in numbers if p.split(".")[-1] in ("gemm", "memory", "ram_efficiency")])
+        )
         table, key = _at(spec, path)
         table[key]["value"] = draw(st.floats(min_value=1.26, max_value=1e300))
     else:  # a count of cores, SMs or copy engines that is no whole number
-        path = draw(st.sampled_from([p for p in numbers if p.split(".")[-1] in ("sms", "copy_engines", "cpu_cores")]))
+        path = draw(
+            st.sampled_from([p for p in numbers if p.split(".")[-1] in ("sms", "copy_engines", "cpu_cores")])
+        )
         table, key = _at(spec, path)
         table[key]["value"] = draw(st.integers(0, 200)) + 0.5
     return dump_toml(spec, sections)
@@ -355,7 +374,14 @@ INT_KEYS = [
     "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
     "vocab_size", "max_position_embeddings", "head_dim",
 ]  # fmt: skip
-REQUIRED_KEYS = ["model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size"]
+REQUIRED_KEYS = [
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "vocab_size",
+]
 NOT_A_COUNT = st.sampled_from([0, -1, -64, 2.5, "64", True, [4], {"n": 4}, 10**12, math.nan])
 
 
@@ -387,7 +413,9 @@ def bad_model_configs(draw) -> str:
 def test_a_bad_model_config_is_one_line_exit_2(content):
     with folder() as d:
         (d / "config.json").write_bytes(content)
-        assert_user_error(["predict", "--gpu=rtx4090", f"--model={d / 'config.json'}", "--context=4K", "--plan=resident"])
+        assert_user_error(
+            ["predict", "--gpu=rtx4090", f"--model={d / 'config.json'}", "--context=4K", "--plan=resident"]
+        )
 
 
 BAD_KNOBS = {  # family -> knob -> values that are wrong for tiny-llama (2 layers, 2 KV heads) or for any model
@@ -434,7 +462,10 @@ def bad_plans(draw, with_model_spec: bool = False) -> str:
 
 
 @FUZZ
-@given(bad_file(bad_plans(with_model_spec=True) | NOT_AN_OBJECT, NOT_JSON), st.sampled_from(["predict", "simulate"]))
+@given(
+    bad_file(bad_plans(with_model_spec=True) | NOT_AN_OBJECT, NOT_JSON),
+    st.sampled_from(["predict", "simulate"]),
+)
 def test_a_bad_plan_file_is_one_line_exit_2(content, command):
     with folder() as d:
         (d / "plan.json").write_bytes(content)
@@ -469,7 +500,9 @@ def bad_traces(draw, doc: dict) -> str:
     elif kind == "header":
         doc["header"] = draw(st.sampled_from([3, "x", [], None]))
     elif kind == "plan":
-        doc["header"]["plan"] = draw(st.sampled_from([{"family": "nope"}, {"family": "resident", "bogus": 1}, 3]))
+        doc["header"]["plan"] = draw(
+            st.sampled_from([{"family": "nope"}, {"family": "resident", "bogus": 1}, 3])
+        )
     elif kind == "workload":
         doc["header"]["workload"]["context"] = draw(st.sampled_from([-1, 0, "x", None, 2.5]))
     elif kind == "spans":
@@ -496,7 +529,8 @@ BAD_CONFIG = {
     "name": st.sampled_from(["a b", "", "../x", "a/b", 3, True]),
     "model": _unknown(list_models()) | st.sampled_from([3, ["tiny-llama"]]),
     "context": BAD_TOKENS | st.sampled_from([True, 2.5, -4096, 0, [4096]]),
-    "plan": _unknown([*family_names(), "planner"]) | st.sampled_from([{"family": "nope"}, {"family": "resident", "x": 1}, 3]),
+    "plan": _unknown([*family_names(), "planner"])
+    | st.sampled_from([{"family": "nope"}, {"family": "resident", "x": 1}, 3]),
     "batch": st.sampled_from([0, -1, MAX_BATCH + 1, "x", 2.5]),
     "gen": st.sampled_from([0, -1, MAX_TOKENS + 1, "x"]),
     "gpu_mem": BAD_GPU_MEM | st.sampled_from([24, True]),
@@ -525,7 +559,9 @@ def bad_campaigns(draw) -> str:
 def test_a_bad_campaign_file_is_one_line_exit_2_before_any_run(content):
     with folder() as d, no_long_work():
         (d / "c.toml").write_bytes(content)
-        assert_user_error(["validate", str(d / "c.toml"), "--gpu=rtx4090", "-o", str(d / "out"), "--device=cpu"])
+        assert_user_error(
+            ["validate", str(d / "c.toml"), "--gpu=rtx4090", "-o", str(d / "out"), "--device=cpu"]
+        )
 
 
 @pytest.mark.skipif(not MEASUREMENTS.is_file(), reason="no committed measurements file")
@@ -537,11 +573,15 @@ def test_a_bad_measurements_file_is_one_line_exit_2(data):
     if data.draw(st.booleans()):
         del doc[key]
     else:
-        doc[key] = data.draw(st.sampled_from(["x", -1.5, [[1]], {"bogus": 1}]).filter(lambda v: v != doc[key]))
+        doc[key] = data.draw(
+            st.sampled_from(["x", -1.5, [[1]], {"bogus": 1}]).filter(lambda v: v != doc[key])
+        )
     content = data.draw(bad_file(st.just(json.dumps(doc)) | NOT_AN_OBJECT, NOT_JSON))
     with folder() as d, no_long_work():
         (d / "m.json").write_bytes(content)
-        code, _, err = run_cli(["calibrate", "--gpu=h100-sxm", f"--refit={d / 'm.json'}", "-o", str(d / "cal")])
+        code, _, err = run_cli(
+            ["calibrate", "--gpu=h100-sxm", f"--refit={d / 'm.json'}", "-o", str(d / "cal")]
+        )
         if code == 0:  # a field the fit does not read may take any JSON value; the profile is then written
             assert key in ("fingerprint",) or not isinstance(doc.get(key), str), err
             return
@@ -576,7 +616,10 @@ def test_run_knows_its_options_without_torch():
         (["run", "resident", "--model=tiny-llama", "--device=cpu", "-o", "{dir}"], "-o"),
         (["calibrate", "--gpu=h100-sxm", "-o", "{file}"], "-o"),
         (["validate", "{campaign}", "--gpu=rtx4090", "-o", "{file}"], "-o"),
-        (["validate", "{campaign}", "--gpu=rtx4090", "-o", "{dir}/v", "--archive={missing}/a.tar.gz"], "--archive"),
+        (
+            ["validate", "{campaign}", "--gpu=rtx4090", "-o", "{dir}/v", "--archive={missing}/a.tar.gz"],
+            "--archive",
+        ),
         (["report", "{trace}", "-o", "{missing}/r.html"], "-o"),
     ],
 )
@@ -688,7 +731,7 @@ def test_unknown_families_and_empty_names_in_families():
     [
         ("bandwidth_gbps", "nan", "field 'memory.bandwidth_gbps' must be a finite number"),
         ("capacity_gib", "inf", "field 'memory.capacity_gib' must be a finite number"),
-        ("h2d_gbps", "{ value = nan, source = \"x\" }", "field 'link.h2d_gbps' must be a finite number"),
+        ("h2d_gbps", '{ value = nan, source = "x" }', "field 'link.h2d_gbps' must be a finite number"),
         ("capacity_gib", "0.5", "capacity_gib 0.5 leaves nothing above reserved_gib 1"),
         ("gemm", "5.0", "field 'efficiency.gemm' gemm is a fraction of the datasheet peak"),
         ("copy_engines", "1.5", "copy_engines is a count"),
@@ -701,12 +744,16 @@ def test_a_gpu_spec_that_was_accepted_silently_is_refused_naming_the_field(field
     assert_user_error(["predict", f"--gpu={tmp_path / 'gpu.toml'}", "--context=4K"], needle)
 
 
-@pytest.mark.parametrize("field,value", [("ram_capacity_gib", "nan"), ("ram_bandwidth_gbps", "inf"), ("cpu_cores", "0.5")])
+@pytest.mark.parametrize(
+    "field,value", [("ram_capacity_gib", "nan"), ("ram_bandwidth_gbps", "inf"), ("cpu_cores", "0.5")]
+)
 def test_a_host_spec_that_was_accepted_silently_is_refused_naming_the_field(field, value, tmp_path):
     text = (ROOT / "hw_specs/hosts/epyc-rome-milan.toml").read_text()
     lines = [f"{field} = {value}" if line.startswith(f"{field} = ") else line for line in text.splitlines()]
     (tmp_path / "host.toml").write_text("\n".join(lines))
-    assert_user_error(["predict", "--gpu=rtx4090", f"--host={tmp_path / 'host.toml'}", "--context=4K"], f"'{field}'")
+    assert_user_error(
+        ["predict", "--gpu=rtx4090", f"--host={tmp_path / 'host.toml'}", "--context=4K"], f"'{field}'"
+    )
 
 
 def test_gpu_mem_that_caps_nothing_or_leaves_nothing_is_refused():
@@ -723,7 +770,9 @@ def test_sizes_take_decimal_and_binary_units_as_they_say():
 
 
 def test_a_decimal_host_cap_prints_both_bases_where_a_plan_does_not_fit():
-    code, out, err = run_cli(["predict", "--gpu=rtx4090", "--context=8M", "--host-mem=1TB", "--plan=head_offload"])
+    code, out, err = run_cli(
+        ["predict", "--gpu=rtx4090", "--context=8M", "--host-mem=1TB", "--plan=head_offload"]
+    )
     assert code == 2 and "1.00 TB (931.32 GiB) available" in err, err
 
 
@@ -731,7 +780,9 @@ def test_a_bad_configuration_late_in_a_campaign_is_said_before_the_first_runs(tm
     bad = {**CAMPAIGN, "name": "b", "model": "no-such-model"}
     (tmp_path / "c.toml").write_text(dump_toml({"config": [CAMPAIGN, bad]}, ("config",)))
     with no_long_work():
-        err = assert_user_error(["validate", str(tmp_path / "c.toml"), "--gpu=rtx4090", "-o", str(tmp_path / "v")])
+        err = assert_user_error(
+            ["validate", str(tmp_path / "c.toml"), "--gpu=rtx4090", "-o", str(tmp_path / "v")]
+        )
     assert "configuration b" in err and "unknown model 'no-such-model'" in err
     assert not (tmp_path / "v").exists()
 
@@ -749,7 +800,9 @@ def test_report_of_a_folder_without_traces(tmp_path):
 def test_simulate_bounds_the_steps_it_runs_event_by_event(tmp_path):
     assert_user_error(["simulate", *BASE, "--plan=resident", "--gen=5000"], "--decode-steps 4096")
     (tmp_path / "p.json").write_text(json.dumps({"family": "resident", "prefill_chunk": 1}))
-    assert_user_error(["simulate", "--gpu=rtx4090", "--context=64M", f"--plan={tmp_path / 'p.json'}"], "prefill_chunk")
+    assert_user_error(
+        ["simulate", "--gpu=rtx4090", "--context=64M", f"--plan={tmp_path / 'p.json'}"], "prefill_chunk"
+    )
 
 
 def test_a_user_error_is_one_line_whatever_it_quotes(tmp_path):
