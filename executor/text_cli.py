@@ -169,6 +169,10 @@ def generate(args) -> int:
     from roofsim.workload import Workload
 
     new_tokens = parse_tokens(args.max_new_tokens, "--max-new-tokens")
+    if args.json_out is not None:
+        from roofsim.outpath import check_output_file
+
+        check_output_file(args.json_out, "--json-out")
     m, dtype, spec = _load(args)
     sampling = _sampling(args)
     err = Console(stderr=True)
@@ -270,7 +274,7 @@ def generate(args) -> int:
         + f"; {len(out.token_ids)} tokens ({out.finish_reason}), plan {plan.family}"
     )
     err.print(line, highlight=False, soft_wrap=True)
-    if args.json_out:
+    if args.json_out is not None:
         Path(args.json_out).write_text(json.dumps(_result_doc(tm, m, chosen, out, pred_decode_s), indent=2))
     return 0
 
@@ -316,6 +320,8 @@ def _result_doc(tm, m, chosen, out, pred_decode_s: float) -> dict:
 
 
 def serve(args) -> int:
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port} is not a TCP port: give one from 1 to 65535 (default 8000)")
     _need(("torch", "transformers"), "executor", "serve")
     _need(("starlette", "uvicorn"), "serve", "serve")
     import uvicorn

@@ -175,13 +175,9 @@ def _check_predict_flags(args) -> None:
                 raise UserError(f"{flag} needs --context: it shows one workload")
         if args.simulate:
             raise UserError("--simulate needs --context: the context sweep is analytic")
-    elif args.allow_approximate:
-        raise UserError(
-            "--allow-approximate changes only the context sweep (no --context); with --context every family is shown"
-        )
     if args.roofline and args.json:
         raise UserError("--roofline prints tables and --json prints only the document: drop one")
-    if args.report:
+    if args.report is not None:
         check_output_file(args.report, "--report")
 
 
@@ -218,10 +214,10 @@ def cmd_simulate(args) -> int:
     plan = _resolve_plan(args.plan, model, gpu, host, work, limits)
     argchecks.simulation(plan, work.context, steps, args.decode_steps is not None)
     trace = simulate(plan, model, gpu, host, work, limits, decode_steps=steps, keep=args.keep)
-    if args.json:
+    if args.json is not None:
         trace.write(args.json)
     console(args.wide).print(trace_table(trace, _title(model, gpu, host, work, limits), args.wide))
-    if args.json:
+    if args.json is not None:
         print(f"trace written to {args.json} ({len(trace.spans)} spans, {len(trace.memory)} memory samples)")
     if not trace.summary.feasible:
         raise UserError(f"plan {plan.family} does not fit: {trace.summary.reason}")
@@ -237,7 +233,7 @@ def cmd_plan(args) -> int:
     from roofsim.planner import PlanDocument, SearchSpace, explain, search
 
     for flag, path in (("-o", args.output), ("--report", args.report)):
-        if path:
+        if path is not None:
             check_output_file(path, flag)
     if args.prompt is not None and args.context is not None:
         raise UserError("--prompt is another name for --context: give one of them")
@@ -287,7 +283,7 @@ def cmd_plan(args) -> int:
         simulated=best.simulated,
         explanation=text,
     )
-    if args.output:
+    if args.output is not None:
         Path(args.output).write_text(doc.model_dump_json(indent=2, by_alias=True))
     if args.report is not None:
         from roofsim.report.cli import report_plan
@@ -303,7 +299,7 @@ def cmd_plan(args) -> int:
     out.print(ranked_table(result, screened, wide=args.wide))
     if result.pareto:
         out.print(pareto_table(result, args.wide))
-    if args.output:
+    if args.output is not None:
         out.print(f"plan written to {args.output}: run it with `roofsim run {args.output}`")
     return 0
 

@@ -13,7 +13,9 @@ def check_output_file(path: str | Path, what: str) -> Path:
     """A file path that can be written: its folder exists, and it is not itself a folder. `what` names the option,
     e.g. "-o"."""
     p = Path(path)
-    if str(path) == "" or p.is_dir():
+    if str(path) == "":
+        raise UserError(f"{what} is empty: give a file name, e.g. out.json")
+    if p.is_dir():
         raise UserError(f"{what} {str(path)!r} is a folder: give a file name, e.g. {p / 'out.json'}")
     folder = p.parent
     if not folder.is_dir():

@@ -142,8 +142,13 @@ def test_filled_with_real_numbers_the_template_is_a_valid_spec(capsys, kind):
 def test_the_optional_fields_shown_commented_out_load_once_filled(capsys, kind):
     model, shipped, _ = KINDS[kind]
     text = template(capsys, kind)
-    uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
-    uncommented = uncommented.replace(f'value = "{FILL_IN}"', "value = 1").replace(f'"{FILL_IN}"', '"x"')
+    # the commented-out optional fields get 1 (sources "x"); the required ones keep FILL IN for fill() below
+    uncommented = re.sub(
+        r"^# (\w+ = .*)$",
+        lambda m: m.group(1).replace(f'value = "{FILL_IN}"', "value = 1").replace(f'"{FILL_IN}"', '"x"'),
+        text,
+        flags=re.M,
+    )
     data = tomllib.loads(uncommented)
     filled = fill(data, read_toml(shipped))
     spec = model.model_validate(filled)

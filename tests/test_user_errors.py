@@ -160,7 +160,6 @@ CONTRADICTIONS = [
     ["predict", "--gpu=rtx4090", "--roofline"],
     ["predict", "--gpu=rtx4090", "--simulate"],
     ["predict", "--gpu=rtx4090", "--report=x.html"],
-    ["predict", *BASE, "--allow-approximate"],
     ["predict", *BASE, "--roofline", "--json"],
     ["plan", *BASE, "--prompt=8K"],
     ["plan", *BASE, "--families=sparse_fetch"],
@@ -808,3 +807,19 @@ def test_simulate_bounds_the_steps_it_runs_event_by_event(tmp_path):
 def test_a_user_error_is_one_line_whatever_it_quotes(tmp_path):
     bad = tmp_path / "two\nlines.toml"
     assert_user_error(["predict", f"--gpu={bad}", "--context=4K"], "does not exist")
+
+
+def test_an_empty_output_path_is_a_mistake_not_no_output(tmp_path):
+    assert_user_error(["plan", *BASE, "-o", ""], "-o is empty")
+    assert_user_error(["plan", *BASE, "--report", ""], "--report is empty")
+    assert_user_error(["simulate", *BASE, "--plan=resident", "--json", ""], "--json is empty")
+
+
+def test_serve_refuses_a_port_before_reading_the_checkpoint(tmp_path):
+    assert_user_error(["serve", str(tmp_path / "no-checkpoint"), "--port", "70000"], "--port 70000")
+
+
+def test_generate_checks_its_json_output_before_generating(tmp_path):
+    pytest.importorskip("torch")
+    argv = ["generate", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "2", "--json-out", str(tmp_path)]
+    assert_user_error(argv, "--json-out")
