@@ -320,8 +320,8 @@ def _result_doc(tm, m, chosen, out, pred_decode_s: float) -> dict:
 
 
 def serve(args) -> int:
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port {args.port} is not a TCP port: give one from 1 to 65535 (default 8000)")
+    if not 0 <= args.port < 65536:
+        raise UserError(f"--port {args.port} is not a TCP port: give one from 1 to 65535 (0: any free one)")
     _need(("torch", "transformers"), "executor", "serve")
     _need(("starlette", "uvicorn"), "serve", "serve")
     import uvicorn

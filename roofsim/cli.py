@@ -177,7 +177,7 @@ def _check_predict_flags(args) -> None:
             raise UserError("--simulate needs --context: the context sweep is analytic")
     if args.roofline and args.json:
         raise UserError("--roofline prints tables and --json prints only the document: drop one")
-    if args.report is not None:
+    if args.report:  # "" (a bare --report) is the default name in the working folder
         check_output_file(args.report, "--report")
 
 
@@ -232,9 +232,10 @@ def cmd_plan(args) -> int:
     from roofsim.display import console, pareto_table, ranked_table
     from roofsim.planner import PlanDocument, SearchSpace, explain, search
 
-    for flag, path in (("-o", args.output), ("--report", args.report)):
-        if path is not None:
-            check_output_file(path, flag)
+    if args.output is not None:
+        check_output_file(args.output, "-o")
+    if args.report:  # "" (a bare --report) is the default name in the working folder
+        check_output_file(args.report, "--report")
     if args.prompt is not None and args.context is not None:
         raise UserError("--prompt is another name for --context: give one of them")
     model, gpu, host, limits = _specs(args)

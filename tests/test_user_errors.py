@@ -811,7 +811,6 @@ def test_a_user_error_is_one_line_whatever_it_quotes(tmp_path):
 
 def test_an_empty_output_path_is_a_mistake_not_no_output(tmp_path):
     assert_user_error(["plan", *BASE, "-o", ""], "-o is empty")
-    assert_user_error(["plan", *BASE, "--report", ""], "--report is empty")
     assert_user_error(["simulate", *BASE, "--plan=resident", "--json", ""], "--json is empty")
 
 
