@@ -8,3 +8,6 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile
 export PYTHONPATH=/tmp/roofsim:/tmp/site
 export PATH=/tmp/roofsim/bin:$PATH
 export PYTHONUNBUFFERED=1
+# `python3 - <<EOF` and `python3 -m` put the working directory first on sys.path, where the checkout's roofsim/ (which
+# has no executor/ inside: setup maps it) would shadow the installed package
+export PYTHONSAFEPATH=1
