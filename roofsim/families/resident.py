@@ -24,7 +24,7 @@ class ResidentPlan(PlanBase):
     decode_graphs: bool = Field(
         False,
         description="replay each decode step's GPU work from a CUDA graph: the host issues one replay per step "
-        "instead of every kernel (CUDA only; eager elsewhere)",
+        "instead of every kernel (CUDA only, with resident weights; eager otherwise)",
     )
 
 
@@ -36,6 +36,7 @@ def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
         resident=(1,) * m.n_layers,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
+        graphs=plan.decode_graphs and plan.weights == "resident",
     )
 
 
