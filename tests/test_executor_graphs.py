@@ -123,3 +123,32 @@ def test_a_graph_run_replays_and_matches_eager_on_the_gpu():
     assert any("replayed from a CUDA graph" in n for n in r.trace.header.notes)
     assert rel_err(torch.stack(r.logits), torch.stack(ref.logits)) < 2e-2
     assert len(r.trace.summary.decode.step_s) == 5
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_projections_give_the_same_logits(family):
+    from roofsim.executor.fuse import fuse_projections
+
+    model = random_model(tiny_config(family), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+    ref = greedy_logits(model, cache, ids, CHUNK, GEN)
+    cache.close()
+    params = sum(p.numel() for p in model.parameters())
+    assert fuse_projections(model) == 2 * model.config.num_hidden_layers
+    assert (
+        sum(p.numel() for p in model.parameters()) == params
+    )  # the modules' weights are views of the fused one
+    for mode in (None, "static"):
+        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+        got = greedy_logits(model, cache, ids, CHUNK, GEN, graphs=mode)
+        cache.close()
+        assert rel_err(got, ref) < 1e-5, mode
+    layer = model.model.layers[0]
+    x = torch.randn(3, model.config.hidden_size)
+    assert torch.allclose(
+        layer.self_attn.k_proj(x),
+        x @ layer.self_attn.k_proj.weight.T
+        + (0 if layer.self_attn.k_proj.bias is None else layer.self_attn.k_proj.bias),
+        atol=1e-5,
+    )

@@ -8,7 +8,7 @@ set -uo pipefail
 . validation/device_setup.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv > "$OUT/gpu.txt"
 repo=$PWD
-STAGES=${STAGES:-bw,ceilings,decode16k,decode64k,hfdefault16k,hfdefault64k,prefill128k,attn,exact,64k,hf64k}
+STAGES=${STAGES:-bw,ceilings,decode16k,decode64k,hfdefault16k,hfdefault64k,attn,prefill128k,64k,exact,decode16k_fused,decode64k_fused,hf64k}
 if [ "${TESTS:-1}" = 1 ]; then
   # from another folder: the checkout's roofsim/ (no executor/ inside) would shadow the installed package
   (cd /tmp && timeout 150 python3 -m pytest -p no:cacheprovider -m gpu -rs "$repo/tests/test_executor_graphs.py") \
