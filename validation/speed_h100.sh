@@ -8,10 +8,10 @@ set -uo pipefail
 . validation/device_setup.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv > "$OUT/gpu.txt"
 repo=$PWD
-STAGES=${STAGES:-bw,ceilings,decode16k,decode64k,hfdefault16k,hfdefault64k,attn,prefill128k,64k,exact,decode16k_fused,decode64k_fused,hf64k}
+STAGES=${STAGES:-bw,ceilings,decode16k,decode64k,decode64k_fused,decode16k_fused,hfdefault16k,hfdefault64k,exact,64k,attn,prefill128k,hf64k}
 if [ "${TESTS:-1}" = 1 ]; then
   # from another folder: the checkout's roofsim/ (no executor/ inside) would shadow the installed package
-  (cd /tmp && timeout 150 python3 -m pytest -p no:cacheprovider -m gpu -rs "$repo/tests/test_executor_graphs.py") \
+  (cd /tmp && timeout 120 python3 -m pytest -p no:cacheprovider -m gpu -rs "$repo/tests/test_executor_graphs.py") \
     > "$OUT/gpu-tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
   tail -3 "$OUT/gpu-tests.log"
