@@ -100,8 +100,11 @@ class GraphDecoder:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.logits = self._forward().logits
-            self._restore(seen, steps)
+        except BaseException:
+            self.graph = self.logits = None
+            raise
         finally:
+            self._restore(seen, steps)
             rt.graph = None
             rt.rec.enabled = recording
 

@@ -236,7 +236,12 @@ def _graph_decoder(model, cache, graphs: bool | None, notes: list[str], first_id
         return None
     t0 = time.perf_counter()
     decoder = GraphDecoder(model, cache)
-    decoder.capture(first_ids)
+    try:
+        decoder.capture(first_ids)
+    except RuntimeError as e:  # a kernel or library call the capture does not allow: the run goes on eager
+        torch.cuda.synchronize()
+        notes.append(f"decode ran eager: the CUDA graph capture failed ({type(e).__name__}: {str(e)[:200]})")
+        return None
     notes.append(
         f"decode: each step replayed from a CUDA graph (captured in {time.perf_counter() - t0:.2f} s, outside the "
         f"step times; decode attention kernel {decoder.kernel})"

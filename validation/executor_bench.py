@@ -120,14 +120,14 @@ def _exact_plans() -> dict:
     plan decodes eager with graphs asked for, as here)."""
     return {
         "resident": ResidentPlan(),
-        "resident_graphs": ResidentPlan(),
-        "head_offload_all_resident_graphs": HeadOffloadPlan(kv_heads_per_slot=2, resident_slots=4),
         "layer_offload_full": LayerOffloadPlan(write_back="full"),
         "layer_offload_incremental": LayerOffloadPlan(write_back="incremental"),
         "head_offload": HeadOffloadPlan(resident_slots=2, prefetch_depth=2, slot_buffers=3),
         "head_offload_blocks": HeadOffloadPlan(kv_heads_per_slot=2, token_block=2 * K // SCALE),
         "kvpr": KvprPlan(recompute_tokens=K // SCALE),
         "cpu_attention": CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=2, resident_slots=1),
+        "resident_graphs": ResidentPlan(),
+        "head_offload_all_resident_graphs": HeadOffloadPlan(kv_heads_per_slot=2, resident_slots=4),
     }
 
 
