@@ -515,7 +515,8 @@ def stage_resident_decode(b: Bench, context: int, gen: int = 12, fused: bool = F
     if fused:
         from roofsim.executor.fuse import fuse_projections
 
-        b.data["fused_groups"] = fuse_projections(model)
+        n = fuse_projections(model)  # 0 when an earlier stage fused them
+        b.data["fused_groups"] = n or b.data.get("fused_groups")
     context //= SCALE
     entry = b.data.setdefault("resident_decode", {}).setdefault(label, {})
     modes = (("graphs", True),) if fused else (("eager", False), ("graphs", True))
