@@ -17,7 +17,7 @@ if [ "${TESTS:-1}" = 1 ]; then
   tail -3 "$OUT/gpu-tests.log"
 fi
 # SIGINT at the deadline: the bench has saved its JSON after every finished stage
-(cd /tmp && timeout -s INT "${BENCH_TIMEOUT:-420}" python3 "$repo/validation/executor_bench.py" --out "$OUT/bench" \
+(cd /tmp && timeout -s INT "${BENCH_TIMEOUT:-330}" python3 "$repo/validation/executor_bench.py" --out "$OUT/bench" \
   --stages "$STAGES") > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" >> "$OUT/bench.log"
 grep -v '^{' "$OUT/bench.log" | tail -20
