@@ -339,3 +339,92 @@ def causal_attention(q, k, v, scale: float) -> torch.Tensor:
     C, S = q.shape[-2], k.shape[-2]
     out, _ = attend_parts(q, chunk_parts(k, v, S - C, C), scale)
     return out
+
+
+# ---- decode over a preallocated buffer, the key count a device tensor (CUDA graphs) ----------------------------
+
+
+def _decode_masked(q, buf, n_keys, scale):
+    """Any batch: scores over the whole buffer, keys at or past `n_keys` masked, softmax in fp32."""
+    B, Hq, _, D = q.shape
+    T, g = buf.shape[0], buf.shape[3]
+    K, V = kv_views(buf, 0, T)
+    qg = q.reshape(B, g, Hq // g, D)
+    s = torch.matmul(qg, K.transpose(-1, -2)).float() * scale
+    pad = torch.arange(T, device=q.device)[None, :] >= n_keys[:, None]
+    s = s.masked_fill(pad[:, None, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1).to(q.dtype)
+    return torch.matmul(p, V).reshape(B, Hq, 1, D)
+
+
+def _decode_flash_varlen(q, buf, n_keys, scale):
+    """Batch 1 on CUDA: FlashAttention-2's varlen kernel, whose `seqused_k` reads the key count from the device (it
+    splits the keys across blocks for a one-query GQA call, flash-decoding)."""
+    B, Hq, _, D = q.shape
+    if B != 1:
+        raise NotImplementedError("the varlen decode kernel takes batch 1")
+    T = buf.shape[0]
+    key = (q.device, T)
+    if key not in _cu_seqlens:  # made before a capture (pick_decode_kernel): a host copy cannot be captured
+        _cu_seqlens[key] = (
+            torch.tensor([0, 1], dtype=torch.int32, device=q.device),
+            torch.tensor([0, T], dtype=torch.int32, device=q.device),
+        )
+    cu_q, cu_k = _cu_seqlens[key]
+    out = torch.ops.aten._flash_attention_forward(
+        q[:, :, 0].contiguous(),
+        buf[:, 0, 0],
+        buf[:, 0, 1],
+        cu_q,
+        cu_k,
+        1,
+        T,
+        0.0,
+        False,
+        False,
+        scale=scale,
+        seqused_k=n_keys,
+    )[0]
+    return out.reshape(B, Hq, 1, D)
+
+
+_cu_seqlens: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_DECODE_KERNELS = {"flash_varlen": _decode_flash_varlen, "masked": _decode_masked}
+_decode_choice: dict[tuple, str] = {}
+
+
+def decode_attend(q: torch.Tensor, buf: torch.Tensor, n_keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query per sequence, q [B, Hq, 1, D], over keys [0, n_keys[b]) of a token-major buffer [T, B, 2, Hkv, D];
+    n_keys is an int32 device tensor [B], so the same kernels serve every step of a replayed graph. The kernel is
+    the one `pick_decode_kernel` chose for this device, dtype and head size (the masked one before any choice)."""
+    name = _decode_choice.get((q.device.type, q.dtype, q.shape[-1]), "masked")
+    return _DECODE_KERNELS[name](q, buf, n_keys, scale)
+
+
+@torch.no_grad()
+def pick_decode_kernel(q: torch.Tensor, buf: torch.Tensor, n: int, scale: float) -> str:
+    """Check each decode kernel against `attend` over the first n keys of `buf` and keep the fastest that agrees
+    (each run once to warm up, then timed once); the masked one is always a candidate."""
+    B, Hq, _, D = q.shape
+    K, V = kv_views(buf, 0, n)
+    ref, _ = attend(q, K, V, causal=False, scale=scale)
+    n_keys = torch.full((B,), n, dtype=torch.int32, device=q.device)
+    tol = 2e-2 if q.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    best, best_s = "masked", float("inf")
+    for name, fn in _DECODE_KERNELS.items():
+        try:
+            out = fn(q, buf, n_keys, scale)
+            err = (out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)
+            if not err < tol:
+                continue
+            t = _seconds(lambda fn=fn: fn(q, buf, n_keys, scale), q.device)
+        except (RuntimeError, NotImplementedError, TypeError):
+            continue
+        if t < best_s:
+            best, best_s = name, t
+    _decode_choice[(q.device.type, q.dtype, D)] = best
+    return best
+
+
+def decode_kernel_name(device, dtype, head_dim: int) -> str:
+    return _decode_choice.get((torch.device(device).type, dtype, head_dim), "masked")

@@ -13,7 +13,7 @@ import torch
 from roofsim.executor.runner import _describe, _peaks, host_allocator_bytes
 from roofsim.executor.timing import fingerprint
 
-from roofsim.families import LayerOffloadPlan
+from roofsim.families import LayerOffloadPlan, ResidentPlan
 from roofsim.trace import Summary, Trace, TraceHeader
 from roofsim.workload import Workload
 
@@ -27,9 +27,18 @@ def release_pinned_cache() -> None:
 
 
 def run_hf_offloaded(
-    model, *, model_name: str, prompt_len: int, gen: int, chunk: int, warmup: int = 1, seed=0
+    model,
+    *,
+    model_name: str,
+    prompt_len: int,
+    gen: int,
+    chunk: int,
+    warmup: int = 1,
+    seed=0,
+    offloading: bool = True,
 ):
-    """transformers' own offloaded cache, driven as the executor drives a plan (chunked prefill, then decode).
+    """transformers' own offloaded cache, driven as the executor drives a plan (chunked prefill, then decode);
+    offloading=False: its default cache (DynamicCache on the GPU), the same way.
 
     Between prefill chunks (untimed) torch's cached pinned blocks are released: the cache allocates a new host
     block per layer per chunk, torch rounds each up to a power of two and keeps the freed ones, and at long
@@ -40,7 +49,11 @@ def run_hf_offloaded(
     device = next(model.parameters()).device
     previous = model.config._attn_implementation
     model.set_attn_implementation("sdpa")
-    plan = LayerOffloadPlan(write_back="full", prefill_chunk=chunk)
+    plan = (
+        LayerOffloadPlan(write_back="full", prefill_chunk=chunk)
+        if offloading
+        else ResidentPlan(prefill_chunk=chunk)
+    )
     import transformers
 
     header = TraceHeader(
@@ -54,7 +67,7 @@ def run_hf_offloaded(
         fingerprint=fingerprint(device),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         notes=[
-            f"baseline: stock transformers {transformers.__version__} DynamicCache(offloading=True), sdpa",
+            f"baseline: stock transformers {transformers.__version__} DynamicCache(offloading={offloading}), sdpa",
             "torch's cached pinned host blocks released between prefill chunks, outside the timed spans",
         ],
     )
@@ -63,7 +76,7 @@ def run_hf_offloaded(
     cache = None
     try:
         torch.cuda.reset_peak_memory_stats(device)
-        cache = DynamicCache(config=model.config, offloading=True)
+        cache = DynamicCache(config=model.config, offloading=offloading)
         ids = torch.randint(
             0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(seed)
         )

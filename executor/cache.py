@@ -114,6 +114,7 @@ class Runtime:
         self.extra_gpu_bytes: dict[str, int] = {}
         self.pinned_extra = 0
         self.weights = None  # the WeightStreamer when plan.weights == "streamed"
+        self.graph = None  # the GraphDecoder while it warms up or captures a decode step (graphs.py)
 
     # ---- steps -----------------------------------------------------------------------------------------------
 
@@ -281,6 +282,11 @@ class PlanLayer(CacheLayerMixin):
 
     def gpu_bytes(self) -> dict[str, int]:
         return {}
+
+    def graph_ready(self) -> bool:
+        """True where the layer's decode GPU work has fixed shapes and no host waits or copies over the link, so
+        that a CUDA graph can replay it (executor/graphs.py)."""
+        return False
 
     def flush(self) -> None:
         """Send KV the layer still holds back on the GPU to its host store (slot plans' write-back tail)."""

@@ -35,21 +35,39 @@ def tiny_config(family: str, *, kv_heads: int = 2, heads: int = 4, layers: int =
 
 
 @torch.no_grad()
-def greedy_logits(model, cache, ids: torch.Tensor, chunk: int, gen: int, tokens: torch.Tensor | None = None):
+def greedy_logits(
+    model,
+    cache,
+    ids: torch.Tensor,
+    chunk: int,
+    gen: int,
+    tokens: torch.Tensor | None = None,
+    graphs: str | None = None,
+):
     """Last-position logits after the prefill and after each of `gen` decode steps, [gen + 1, B, vocab] fp32.
-    `tokens` forces the decode inputs (so two runs see the same tokens even if their argmax differs)."""
+    `tokens` forces the decode inputs (so two runs see the same tokens even if their argmax differs).
+    graphs: None decodes with model(...); "capture" replays a CUDA graph where the cache allows it (eager
+    otherwise); "static" runs the graph's static-input step eagerly (any device)."""
     out = []
     o = None
     for a in range(0, ids.shape[1], chunk):
         o = model(ids[:, a : a + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    out.append(o.logits[:, -1].float())
-    nxt = o.logits[:, -1].argmax(-1, keepdim=True)
-    for i in range(gen):
-        if tokens is not None:
-            nxt = tokens[:, i : i + 1]
-        o = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        out.append(o.logits[:, -1].float())
-        nxt = o.logits[:, -1].argmax(-1, keepdim=True)
+    last = o.logits[:, -1]
+    nxt = None
+    decoder = None
+    if graphs is not None:
+        from roofsim.executor.graphs import GraphDecoder, graph_unsupported
+
+        if graphs == "static" or graph_unsupported(cache) is None:
+            decoder = GraphDecoder(model, cache, capture=graphs == "capture")
+    for i in range(gen + 1):
+        if i:
+            if decoder is None:
+                last = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            else:
+                last = decoder.step(nxt)
+        out.append(last.float().clone())
+        nxt = last.argmax(-1, keepdim=True) if tokens is None or i >= gen else tokens[:, i : i + 1]
     return torch.stack(out)
 
 

@@ -82,8 +82,12 @@ def run_plan(
     notes: list[str] | None = None,
     extra_tokens: int = 0,
     prefill_warmup: bool = True,
+    graphs: bool | None = None,
 ) -> RunResult:
-    """Prefill `prompt_len` random tokens in the plan's chunks, then `gen` greedy decode steps, measured."""
+    """Prefill `prompt_len` random tokens in the plan's chunks, then `gen` greedy decode steps, measured.
+
+    graphs: replay each decode step from a CUDA graph (executor/graphs.py) where the cache allows it, eager
+    otherwise (said in the notes); None takes the plan's `decode_graphs` (False where the family has none)."""
     device = next(model.parameters()).device
     engine = engine or make_engine(device)
     cuda = device.type == "cuda"
@@ -160,6 +164,7 @@ def run_plan(
         trace.memory.append(_memory_sample(cache, rec, device, weights, "prefill"))
         summary.peak_gpu_bytes, summary.peak_gpu_reserved_bytes = _peaks(device)
         nxt = logits.argmax(-1, keepdim=True)
+        decoder = _graph_decoder(model, cache, graphs, header.notes, nxt) if gen else None
         steps = []
         for i in range(gen):
             rec.enabled = trace_steps < 0 or warmup <= i < warmup + trace_steps
@@ -170,14 +175,21 @@ def run_plan(
                 summary.launch_pace_us.append(launch_us(device))
                 summary.step_pace_us.append(step_us(device))
             s0 = engine.event(engine.compute)
-            o = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            nxt = o.logits[:, -1].argmax(-1, keepdim=True)
+            if decoder is None:
+                last = model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            else:
+                h0 = time.perf_counter()
+                last = decoder.step(nxt)
+                rec.host_span("host", "issue", h0, time.perf_counter(), name="graph replay")
+            nxt = last.argmax(-1, keepdim=True)
             s1 = engine.event(engine.compute)
+            if decoder is not None:
+                rec.span("compute", "layer", s0, s1, name="replayed decode step (CUDA graph)")
             engine.synchronize()
             rec.flush()
             steps.append(engine.elapsed_s(s0, s1))
             if keep_logits:
-                result.logits.append(o.logits[:, -1].float().cpu())
+                result.logits.append(last.float().cpu())
             measured = steps[warmup:] if len(steps) > warmup else []
             summary.decode.step_s = measured
             summary.decode.time_s = statistics.median(measured) if measured else None
@@ -208,6 +220,33 @@ def run_plan(
             if cuda:
                 torch.cuda.empty_cache()
     return result
+
+
+def _graph_decoder(model, cache, graphs: bool | None, notes: list[str], first_ids):
+    """The GraphDecoder of this run, captured on the first decode token, or None (eager, with the reason noted)."""
+    if graphs is None:
+        graphs = bool(getattr(cache.plan, "decode_graphs", False))
+    if not graphs:
+        return None
+    from roofsim.executor.graphs import GraphDecoder, graph_unsupported
+
+    why = graph_unsupported(cache)
+    if why:
+        notes.append(f"decode ran eager: {why}")
+        return None
+    t0 = time.perf_counter()
+    decoder = GraphDecoder(model, cache)
+    try:
+        decoder.capture(first_ids)
+    except RuntimeError as e:  # a kernel or library call the capture does not allow: the run goes on eager
+        torch.cuda.synchronize()
+        notes.append(f"decode ran eager: the CUDA graph capture failed ({type(e).__name__}: {str(e)[:200]})")
+        return None
+    notes.append(
+        f"decode: each step replayed from a CUDA graph (captured in {time.perf_counter() - t0:.2f} s, outside the "
+        f"step times; decode attention kernel {decoder.kernel})"
+    )
+    return decoder
 
 
 def _describe(e: BaseException) -> str:

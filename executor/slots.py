@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from roofsim.executor.attention import attend, attend_parts, chunk_parts, kv_views, merge, pack_kv
+from roofsim.executor.attention import (
+    attend,
+    attend_parts,
+    chunk_parts,
+    decode_attend,
+    kv_views,
+    merge,
+    pack_kv,
+)
 from roofsim.executor.cache import PlanLayer, Ring, Runtime, Unit
 from roofsim.executor.hostpool import HostPool
 
@@ -88,6 +96,16 @@ class SlotLayer(PlanLayer):
         if self.tail is not None:
             out["kv_buffers"] = self.tail.numel() * self.tail.element_size()
         return out
+
+    def graph_ready(self) -> bool:
+        cap = self.rt.capacity
+        return type(self)._attend is SlotLayer._attend and all(
+            s.resident and s.gpu is not None and s.gpu.shape[0] == cap for s in self.slots
+        )
+
+    def graph_buffer(self) -> torch.Tensor:
+        """A resident slot's buffer [capacity, B, 2, g, D] (the decode kernel is chosen on it)."""
+        return self.slots[0].gpu
 
     # ---- streamed units ----------------------------------------------------------------------------------------
 
@@ -180,6 +198,10 @@ class SlotLayer(PlanLayer):
 
     def _attend_resident(self, s: Slot, qs, new, scale):
         P, C = self.P, self.C
+        graph = self.rt.graph
+        if graph is not None:  # captured: the position and the key count are device tensors
+            s.gpu.index_copy_(0, graph.pos.view(1), new[:, :, :, s.h0 : s.h1])
+            return decode_attend(qs, s.gpu, graph.n_keys, scale)
         if s.gpu is None or s.gpu.shape[0] < P + C:
             self._grow(s, P + C)
         s.gpu[P : P + C].copy_(new[:, :, :, s.h0 : s.h1])

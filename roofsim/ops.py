@@ -63,6 +63,10 @@ STREAMED_CALL_EXTRA = 6
 # its K/V, the LSE merge in fp32), resident or streamed alike: 11 units (the same test counts them). A calibrated
 # profile prices them directly (prefill_call_us).
 PREFILL_CALL_EXTRA = 11
+# A decode step replayed from a CUDA graph (executor/graphs.py) is issued as the static inputs' three writes (token
+# ids, position, key count) and one graph launch: 4 launches, whatever the model's kernel count. A calibrated
+# profile prices it directly (graph_replay_us).
+REPLAY_LAUNCHES = 4
 # CUDA runtime calls besides kernels and copies (event records, stream waits), each costing the host about one
 # copy issue (copy_issue_us: a Python -> CUDA runtime call on a stream): 2 per attention call over resident KV, 8
 # more for a streamed unit (ring guard, its ready event, write-back ordering, the recorder's marks).

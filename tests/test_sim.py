@@ -420,3 +420,18 @@ def test_the_cpu_heads_output_does_not_queue_behind_the_prefetch_issued_before_i
         post = next(s for s in spans if s.layer == li and s.name == "post_attention")
         nxt = min(s.end_s for s in spans if s.resource == "h2d" and s.layer == li + 1)
         assert cpu.end_s <= post.start_s < nxt
+
+
+@pytest.mark.parametrize("ctx", [8192, 65536])
+def test_replayed_decode_is_one_issue_per_step_and_analytic_equals_simulator(ctx):
+    """decode_graphs: the host issues one replay per decode step instead of every kernel, so a decode the host
+    bound becomes the GPU's; the prefill and the GPU work are the eager plan's."""
+    host_bound = _with(H100, "efficiency", kernel_us=60.0)
+    eager, _ = both(ResidentPlan(prefill_chunk=4096), ctx, gpu=host_bound)
+    p, t = both(ResidentPlan(prefill_chunk=4096, decode_graphs=True), ctx, gpu=host_bound)
+    assert eager.summary.decode.bound == "host"
+    assert p.summary.decode.bound == "compute"
+    assert p.summary.decode.busy_s["host"] == pytest.approx(host_bound.replay_s())
+    assert p.summary.decode.busy_s["compute"] == pytest.approx(eager.summary.decode.busy_s["compute"])
+    assert p.summary.prefill_s == eager.summary.prefill_s
+    assert t.summary.decode.step_s[0] == pytest.approx(p.summary.decode_s_per_token, rel=0.01)

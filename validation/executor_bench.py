@@ -34,7 +34,7 @@ from roofsim.executor.check import greedy_logits, rel_err
 from roofsim.executor.hostpool import HostPool
 from roofsim.executor.models import load_model
 from roofsim.executor.runner import run_plan
-from roofsim.executor.timing import Stopwatch, cuda_time_s, fingerprint
+from roofsim.executor.timing import QUEUE_CYCLES, Stopwatch, cuda_time_s, fingerprint
 
 from roofsim.families import (
     CpuAttentionPlan,
@@ -105,16 +105,19 @@ def _exact_runs(model, ids, chunk: int, gen: int):
     stock = reference_logits(model, ids, chunk, gen)
     tokens = stock[:-1].argmax(-1).T
     for name, plan in _exact_plans().items():
+        graphs = "capture" if name.endswith("_graphs") else None
         cache = make_cache(model, plan, max_tokens=ids.shape[1] + gen)
         t0 = time.perf_counter()
-        got = greedy_logits(model, cache, ids, chunk, gen, tokens=tokens)
+        got = greedy_logits(model, cache, ids, chunk, gen, tokens=tokens, graphs=graphs)
         cache.runtime.engine.synchronize()
         cache.close()
         yield name, got, stock, time.perf_counter() - t0
 
 
 def _exact_plans() -> dict:
-    """The exact plans the logit checks run, the resident one first (the others are compared with it)."""
+    """The exact plans the logit checks run, the resident one first (the others are compared with it). Names
+    ending in _graphs decode from a captured CUDA graph (the plans whose decode has fixed shapes; every other
+    plan decodes eager with graphs asked for, as here)."""
     return {
         "resident": ResidentPlan(),
         "layer_offload_full": LayerOffloadPlan(write_back="full"),
@@ -123,6 +126,8 @@ def _exact_plans() -> dict:
         "head_offload_blocks": HeadOffloadPlan(kv_heads_per_slot=2, token_block=2 * K // SCALE),
         "kvpr": KvprPlan(recompute_tokens=K // SCALE),
         "cpu_attention": CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=2, resident_slots=1),
+        "resident_graphs": ResidentPlan(),
+        "head_offload_all_resident_graphs": HeadOffloadPlan(kv_heads_per_slot=2, resident_slots=4),
     }
 
 
@@ -229,6 +234,7 @@ def summarize(b: Bench) -> None:
             )
         }
         s["512K_under_24GB"]["holds"] = bool(e.get("complete")) and (e.get("peak_gpu_bytes") or 1e99) <= 24e9
+    _summarize_speed(b, s)
     for key in ("exact", "exact_fp32"):
         if key in b.data:
             s[f"{key}_plans_match_resident"] = {
@@ -236,6 +242,59 @@ def summarize(b: Bench) -> None:
                 "holds": b.data[key].get("all_within_tolerance"),
             }
     b.data["must_hold"] = s
+
+
+def _summarize_speed(b: Bench, s: dict) -> None:
+    """Issue 31's must-hold entries: decode near the HBM bound, prefill near the compute bound, streamed decode
+    near the PCIe bound, each against ceilings measured in the run that measured it."""
+    decode = b.data.get("resident_decode", {})
+    for label in ("64K", "16K"):
+        # the executor's faster configuration: graphs, or graphs over fused projections
+        options = [
+            x
+            for x in (label, f"{label}_fused")
+            if decode.get(x, {}).get("graphs", {}).get("ratio_to_hbm_bound")
+        ]
+        if not options:
+            continue
+        best = min(options, key=lambda x: decode[x]["graphs"]["decode_s_per_token"])
+        e, g = decode.get(label, {}), decode[best]["graphs"]
+        s[f"resident_decode_{label}_within_1.3x_of_hbm_bound"] = {
+            "configuration": "graphs" + (", fused projections" if best.endswith("_fused") else ""),
+            "decode_s_per_token": g["decode_s_per_token"],
+            "eager_decode_s_per_token": e.get("eager", {}).get("decode_s_per_token"),
+            "hf_default_s_per_token": e.get("hf_default_s_per_token"),
+            "hbm_bound_s_per_token": decode[best]["hbm_bound_s_per_token"],
+            "ratio": g["ratio_to_hbm_bound"],
+            "holds": g["ratio_to_hbm_bound"] <= 1.3,
+        }
+    p = b.data.get("prefill", {}).get("128K_resident", {})
+    if p.get("ratio_to_compute_bound"):
+        s["prefill_128K_resident_within_1.3x_of_compute_bound"] = {
+            "prefill_s": p["prefill_s"],
+            "compute_bound_s": p["compute_bound_s"],
+            "ratio": p["ratio_to_compute_bound"],
+            "holds": p["ratio_to_compute_bound"] <= 1.3,
+        }
+    e = b.data.get("contexts", {}).get("512K", {})
+    if e.get("ratio_to_compute_bound"):
+        s["prefill_512K_24GB_within_1.3x_of_compute_bound"] = {
+            "prefill_s": e["prefill_s"],
+            "compute_bound_s": e["compute_bound_s"],
+            "peak_gpu_bytes": e.get("peak_gpu_bytes"),
+            "ratio": e["ratio_to_compute_bound"],
+            "holds": e["ratio_to_compute_bound"] <= 1.3 and (e.get("peak_gpu_bytes") or 1e99) <= 24e9,
+        }
+    e = b.data.get("contexts", {}).get("64K", {})
+    if e.get("pcie_bound_s_per_token") and e.get("decode_s_per_token"):
+        ratio = e["decode_s_per_token"] / e["pcie_bound_s_per_token"]
+        s["head_offload_decode_64K_within_1.15x_of_pcie_bound"] = {
+            "decode_s_per_token": e["decode_s_per_token"],
+            "pcie_bound_s_per_token": e["pcie_bound_s_per_token"],
+            "hf_offloaded_s_per_token": e.get("hf_offloaded_s_per_token"),
+            "ratio": ratio,
+            "holds": ratio <= 1.15,
+        }
 
 
 def _decode_steps(model, cache, token, n: int):
@@ -312,8 +371,9 @@ def stage_stream(
     torch.cuda.empty_cache()
 
 
-def stage_hf(b: Bench, context: int, gen: int = 11, short: int = 0) -> None:
-    """transformers' offloaded cache at `context` tokens less `short` (see the 256K stage)."""
+def stage_hf(b: Bench, context: int, gen: int = 11, short: int = 0, offloading: bool = True) -> None:
+    """transformers' offloaded cache at `context` tokens less `short` (see the 256K stage); offloading=False: its
+    default cache (DynamicCache on the GPU), recorded under resident_decode."""
     from roofsim.executor.baseline import release_pinned_cache, run_hf_offloaded
 
     model = b.get_model(524 * K)
@@ -328,7 +388,14 @@ def stage_hf(b: Bench, context: int, gen: int = 11, short: int = 0) -> None:
         gen=gen,
         chunk=16 * K // SCALE,
         warmup=1,
+        offloading=offloading,
     )
+    if not offloading:
+        entry = b.data.setdefault("resident_decode", {}).setdefault(f"{context // K}K", {})
+        entry["hf_default_s_per_token"] = t.summary.decode_s_per_token
+        entry["hf_default"] = t.summary.model_dump()
+        entry["hf_default_notes"] = t.header.notes
+        return
     entry = b.data.setdefault("contexts", {}).setdefault(f"{context // K}K", {})
     entry["hf_offloaded_s_per_token"] = t.summary.decode_s_per_token
     entry["hf_offloaded"] = t.summary.model_dump()
@@ -340,6 +407,201 @@ def stage_hf(b: Bench, context: int, gen: int = 11, short: int = 0) -> None:
         else []
     )
     release_pinned_cache()
+
+
+def stage_ceilings(b: Bench) -> None:
+    """The ceilings this run's bounds divide by: HBM read rate (the best of a device copy counted both ways, a
+    reduction, and a matrix-vector product of the LM head's shape) and the bf16 GEMM rate (8192^3)."""
+    dev = DEVICE
+    n = 2**32 // SCALE  # bytes
+    copy_s, sum_s = _hbm_times(n, dev)
+    gemv_s, gemv_bytes = _gemv_time(dev)
+    m = 8192 // SCALE
+    gemm_s = _gemm_time(m, dev)
+    out = {
+        "hbm_copy_rw_GBps": 2 * n / copy_s / 1e9,
+        "hbm_sum_read_GBps": n / sum_s / 1e9,
+        "hbm_gemv_read_GBps": gemv_bytes / gemv_s / 1e9,
+        "bf16_gemm_TFLOPs": 2 * m**3 / gemm_s / 1e12,
+    }
+    out["hbm_read_GBps"] = max(out["hbm_copy_rw_GBps"], out["hbm_sum_read_GBps"], out["hbm_gemv_read_GBps"])
+    out["decode_gemv_GBps"] = _decode_gemv_rates(dev)
+    b.data["ceilings"] = out
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _hbm_times(n: int, dev) -> tuple[float, float]:
+    x = torch.ones(n // 2, dtype=torch.bfloat16, device=dev)
+    y = torch.empty_like(x)
+    return cuda_time_s(lambda: y.copy_(x), repeat=5), cuda_time_s(
+        lambda: x.sum(dtype=torch.float32), repeat=5
+    )
+
+
+def _gemv_time(dev) -> tuple[float, int]:
+    w = torch.randn(128256 // SCALE, 4096, dtype=torch.bfloat16, device=dev) * 0.01
+    v = torch.randn(4096, 1, dtype=torch.bfloat16, device=dev)
+    return cuda_time_s(lambda: w @ v, repeat=5), w.numel() * 2
+
+
+def _linear_each(x, ws) -> None:
+    for w in ws:
+        torch.nn.functional.linear(x, w)
+
+
+def _decode_gemv_rates(dev) -> dict[str, float]:
+    """Read rate of one token's linear layer at Llama-3-8B's shapes (out x in), one by one and fused (q, k, v in
+    one; gate and up in one): what a decode step's weight reads can reach. Each shape runs over enough distinct
+    weights (>= 256 MiB) that the L2 cache holds none of them, back to back behind a sleeping GPU."""
+    rates = {}
+    for label, (o, i) in {
+        "q_4096x4096": (4096, 4096),
+        "kv_1024x4096": (1024, 4096),
+        "qkv_6144x4096": (6144, 4096),
+        "gate_14336x4096": (14336, 4096),
+        "gate_up_28672x4096": (28672, 4096),
+        "down_4096x14336": (4096, 14336),
+        "lm_head_128256x4096": (128256, 4096),
+    }.items():
+        size = (o // SCALE) * i * 2
+        ws = [
+            torch.randn(o // SCALE, i, dtype=torch.bfloat16, device=dev) for _ in range(max(1, 2**28 // size))
+        ]
+        x = torch.randn(1, i, dtype=torch.bfloat16, device=dev)
+        t = cuda_time_s(lambda ws=ws, x=x: _linear_each(x, ws), repeat=5, sleep_cycles=QUEUE_CYCLES)
+        rates[label] = len(ws) * size / t / 1e9
+        del ws
+    return rates
+
+
+def _gemm_time(m: int, dev) -> float:
+    a = torch.randn(m, m, dtype=torch.bfloat16, device=dev)
+    return cuda_time_s(lambda: a @ a, repeat=5)
+
+
+def _weights_read_bytes(model) -> int:
+    """Parameter bytes a decode step reads: all of them less the input embedding's table (one row is read),
+    unless it is the LM head's too."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return total if emb.data_ptr() == head.data_ptr() else total - emb.numel() * emb.element_size()
+
+
+def _kv_bytes(model, tokens: int) -> int:
+    cfg = model.config
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return tokens * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * d * 2
+
+
+def prefill_flops(model, n: int) -> float:
+    """FLOPs of a causal prefill of n tokens: 2 per weight per token for the decoder's linear layers, the LM head
+    for the last token, and 4 D per (query, key) pair of attention over the n (n + 1) / 2 causal pairs."""
+    cfg = model.config
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    layers = model.model.layers
+    linear = sum(m.weight.numel() for m in layers.modules() if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings().weight.numel()
+    attn = 4.0 * cfg.num_hidden_layers * cfg.num_attention_heads * d * n * (n + 1) / 2
+    return 2.0 * linear * n + 2.0 * head + attn
+
+
+def stage_resident_decode(b: Bench, context: int, gen: int = 12, fused: bool = False) -> None:
+    """The resident plan's decode at `context`, eager and replayed from a CUDA graph, against the HBM bound: the
+    weights a step reads and the context's KV over this run's HBM read rate. fused: the model's q/k/v and gate/up
+    projections fused first (executor/fuse.py; it stays fused for the stages after), graphs only."""
+    model = b.get_model(524 * K)
+    label = f"{context // K}K" + ("_fused" if fused else "")
+    if fused:
+        from roofsim.executor.fuse import fuse_projections
+
+        n = fuse_projections(model)  # 0 when an earlier stage fused them
+        b.data["fused_groups"] = n or b.data.get("fused_groups")
+    context //= SCALE
+    entry = b.data.setdefault("resident_decode", {}).setdefault(label, {})
+    modes = (("graphs", True),) if fused else (("eager", False), ("graphs", True))
+    for mode, graphs in modes:
+        plan = ResidentPlan(prefill_chunk=16 * K // SCALE, decode_graphs=graphs)
+        r = run_plan(plan, model, model_name=MODEL, prompt_len=context, gen=gen, warmup=2, trace_steps=0)
+        s = r.trace.summary
+        entry[mode] = {
+            "decode_s_per_token": s.decode_s_per_token,
+            "decode_step_s": s.decode.step_s,
+            "prefill_s": s.prefill_s,
+            "peak_gpu_bytes": s.peak_gpu_bytes,
+            "notes": [n for n in r.trace.header.notes if "decode" in n],
+        }
+        del r
+        b.save()
+    ceil = b.data.get("ceilings", {})
+    weights, kv = _weights_read_bytes(model), _kv_bytes(model, context)
+    entry.update(weights_read_bytes=weights, kv_read_bytes=kv)
+    if ceil.get("hbm_read_GBps"):
+        bound = (weights + kv) / (ceil["hbm_read_GBps"] * 1e9)
+        entry["hbm_bound_s_per_token"] = bound
+        entry["hbm_read_GBps"] = ceil["hbm_read_GBps"]
+        for mode, _ in modes:
+            if entry[mode]["decode_s_per_token"]:
+                entry[mode]["ratio_to_hbm_bound"] = entry[mode]["decode_s_per_token"] / bound
+    if not fused and entry["eager"]["decode_s_per_token"] and entry["graphs"]["decode_s_per_token"]:
+        entry["graphs_speedup"] = entry["eager"]["decode_s_per_token"] / entry["graphs"]["decode_s_per_token"]
+
+
+def stage_prefill(b: Bench, context: int, plan, label: str) -> None:
+    """A prefill of `context` tokens under `plan` against the compute bound: its FLOPs over this run's bf16 GEMM
+    rate."""
+    model = b.get_model(524 * K)
+    context //= SCALE
+    r = run_plan(plan, model, model_name=MODEL, prompt_len=context, gen=1, warmup=0, trace_steps=0)
+    s = r.trace.summary
+    entry = b.data.setdefault("prefill", {}).setdefault(label, {})
+    flops = prefill_flops(model, context)
+    entry.update(
+        plan=plan.model_dump(),
+        prefill_s=s.prefill_s,
+        chunk_s=s.prefill.step_s,
+        peak_gpu_bytes=s.peak_gpu_bytes,
+        flops=flops,
+        notes=[n for n in r.trace.header.notes if "attention kernels" in n or "prefill" in n],
+    )
+    rate = b.data.get("ceilings", {}).get("bf16_gemm_TFLOPs")
+    if rate:
+        entry["compute_bound_s"] = flops / (rate * 1e12)
+        entry["ratio_to_compute_bound"] = s.prefill_s / entry["compute_bound_s"]
+        entry["achieved_TFLOPs"] = flops / s.prefill_s / 1e12
+
+
+def stage_attention_kernels(b: Bench) -> None:
+    """TFLOP/s of each attention kernel on a long prefill's call shapes: a 16K chunk's queries (GQA folded)
+    against a 128K past, one KV head per call and all eight in one call, and the chunk's causal square."""
+    from roofsim.executor.attention import _KERNELS, _candidates
+
+    D, G, C, P = 128, 4, 16 * K // SCALE, 128 * K // SCALE
+    names = _candidates(torch.device(DEVICE), torch.bfloat16 if DEVICE == "cuda" else torch.float32, D)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    out = {}
+    for label, h, L, S, causal in (
+        ("past_1head", 1, G * C, P, False),
+        ("past_8heads", 8, G * C, P, False),
+        ("causal_32heads", 32, C, C, True),
+    ):
+        q = torch.randn(1, h, L, D, device=DEVICE, dtype=dtype)
+        k = torch.randn(1, h, S, D, device=DEVICE, dtype=dtype)
+        v = torch.randn_like(k)
+        flops = 4.0 * h * L * S * D * (0.5 if causal else 1.0)
+        row = {}
+        for name in names:
+            fn = _KERNELS[name]
+            try:
+                t = cuda_time_s(
+                    lambda fn=fn, q=q, k=k, v=v, c=causal: fn(q, k, v, c, D**-0.5), repeat=3, warmup=1
+                )
+                row[name] = flops / t / 1e12
+            except (RuntimeError, NotImplementedError) as e:
+                row[name] = f"{type(e).__name__}: {str(e)[:120]}"
+        out[label] = row
+        del q, k, v
+    b.data["attention_TFLOPs"] = out
 
 
 def planner_pick(context: int):
@@ -410,6 +672,14 @@ def stage_512k(b: Bench, repo: Path) -> None:
             under_24GB=(s.peak_gpu_bytes or 0) <= 24e9,
             notes=t.header.notes,
         )
+        rate = b.data.get("ceilings", {}).get("bf16_gemm_TFLOPs")
+        if rate and s.prefill_s:
+            flops = prefill_flops(b.get_model(524 * K), 512 * K // SCALE)
+            entry.update(
+                prefill_flops=flops,
+                compute_bound_s=flops / (rate * 1e12),
+                ratio_to_compute_bound=s.prefill_s / (flops / (rate * 1e12)),
+            )
     b.data.setdefault("contexts", {})["512K"] = entry
 
 
@@ -483,6 +753,17 @@ def main() -> int:
         "pick64k": lambda: stage_stream(b, 64 * K, 9, planner_pick(64 * K), "64K_planner", False),
         "256k": lambda: stage_stream(b, 256 * K, 5, trace=False),
         "512k": lambda: stage_512k(b, repo),
+        "ceilings": lambda: stage_ceilings(b),
+        "decode16k": lambda: stage_resident_decode(b, 16 * K),
+        "decode64k": lambda: stage_resident_decode(b, 64 * K),
+        "hfdefault16k": lambda: stage_hf(b, 16 * K, offloading=False),
+        "hfdefault64k": lambda: stage_hf(b, 64 * K, offloading=False),
+        "decode16k_fused": lambda: stage_resident_decode(b, 16 * K, fused=True),
+        "decode64k_fused": lambda: stage_resident_decode(b, 64 * K, fused=True),
+        "prefill128k": lambda: stage_prefill(
+            b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident"
+        ),
+        "attn": lambda: stage_attention_kernels(b),
         "extra": lambda: [
             stage_stream(
                 b,

@@ -145,6 +145,9 @@ class LayerLoad:
     cpu_ram_s: np.ndarray | float = 0.0
     cpu_compute_s: np.ndarray | float = 0.0
     cpu_bytes: np.ndarray | float = 0.0
+    graphed: bool = (
+        False  # replayed from a CUDA graph: the host issues nothing per layer (combine's replay_s)
+    )
 
 
 @dataclass
@@ -187,6 +190,8 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
     # attention calls and copies it issues meanwhile hide under the CPU path (a wait, not host work: busy counts
     # only the issuing)
     host = ll.nonattn.dispatch_s(gpu) + np.maximum(beside_cpu, ll.cpu_path_s) + ll.host_work_s
+    if ll.graphed:
+        issue = host = np.zeros(())
     sync = ll.syncs * gpu.runtime.sync_us.value * 1e-6
     t = np.maximum(t, host) + sync
     ll.crit_s = crit + sync
@@ -215,10 +220,14 @@ def _ceilings(w: GpuWork) -> dict[str, np.ndarray]:
     return {"tensor": w.tensor_s, "hbm": w.hbm_s, "launch": w.launch_s}
 
 
-def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> StepCost:
+def combine(
+    loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec, replay_s: float | None = None
+) -> StepCost:
     """Sum the layers of a step and add the work outside the layers. The first streamed unit's copy (the fill)
     delays the compute chain, but a copy-bound step already counts its copies from the start:
-    step = host preamble + max(sum of layer times, fill + sum of critical paths) + embedding and LM head."""
+    step = host preamble + max(sum of layer times, fill + sum of critical paths) + embedding and LM head.
+    replay_s: the step is replayed from a CUDA graph (its layers `graphed`): the host's whole part is that one
+    replay's issue, which takes the preamble's place."""
     layers_s = np.zeros(())
     crit_s = np.zeros(())
     busy = {r: np.zeros(()) for r in BUSY_KEYS}
@@ -226,7 +235,11 @@ def combine(loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec) -> Ste
     for k, v in _ceilings(extra).items():
         busy[k] = busy[k] + v
     preamble = gpu.runtime.step_s()  # the forward's host preamble: nothing of the step is issued before it
-    busy["host"] = busy["host"] + extra.dispatch_s(gpu) + preamble
+    if replay_s is None:
+        busy["host"] = busy["host"] + extra.dispatch_s(gpu) + preamble
+    else:
+        preamble = replay_s
+        busy["host"] = busy["host"] + replay_s
     flops, hbm = extra.flops, extra.hbm_bytes
     h2d = d2h = cpu = np.zeros(())
     for ll in loads:

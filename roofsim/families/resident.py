@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
+from pydantic import Field
+
 from roofsim.families import slot_stream
 from roofsim.families.pipeline import Ctx, Evaluation
 from roofsim.families.registry import Family, register
@@ -19,6 +21,11 @@ class ResidentPlan(PlanBase):
     """All KV on the GPU."""
 
     family: Literal["resident"] = "resident"
+    decode_graphs: bool = Field(
+        False,
+        description="replay each decode step's GPU work from a CUDA graph: the host issues one replay per step "
+        "instead of every kernel (CUDA only, with resident weights; eager otherwise)",
+    )
 
 
 def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
@@ -29,6 +36,7 @@ def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
         resident=(1,) * m.n_layers,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
+        graphs=plan.decode_graphs and plan.weights == "resident",
     )
 
 

@@ -12,7 +12,7 @@ GPU KV = resident slots at full length + slot_buffers ring buffers (one slot, or
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import numpy as np
@@ -91,6 +91,7 @@ class SlotKnobs:
     d2h_on_compute: bool = False
     cat_alloc: bool = False
     write_back_tokens: int = 1
+    graphs: bool = False  # decode steps replayed from a CUDA graph (all slots resident, weights resident)
 
     def slots(self, ctx: Ctx) -> int:
         return ctx.model.n_kv_heads // self.group
@@ -246,11 +247,15 @@ def evaluate(k: SlotKnobs, ctx: Ctx) -> Evaluation:
         first_unit_fill(ctx, pre, k.group, k.token_block, streaming),
         ctx.gpu,
     )
+    dec_loads = slot_loads(ctx, dec, **kw)
+    if k.graphs:
+        dec_loads = [replace(ll, graphed=True) for ll in dec_loads]
     decode = combine(
-        slot_loads(ctx, dec, **kw),
+        dec_loads,
         outside_layers(ctx, dec),
         first_unit_fill(ctx, dec, k.group, k.token_block, streaming),
         ctx.gpu,
+        replay_s=ctx.gpu.replay_s() if k.graphs else None,
     )
     kv = gpu_kv(k, ctx)
     host = host_memory(k, ctx)
@@ -272,6 +277,7 @@ def program(b: Builder, k: SlotKnobs, steps: list[StepSpec], base: dict[str, flo
     ctx = b.ctx
     base.update(gpu_kv(k, ctx))
     for s in steps:
+        first = len(b.tasks)
         layers = slot_units(
             ctx, s.C, s.P, k.group, list(k.resident), k.write_back, k.token_block,
             write_back_tokens=k.write_back_tokens,
@@ -280,4 +286,14 @@ def program(b: Builder, k: SlotKnobs, steps: list[StepSpec], base: dict[str, flo
             b, s.phase, s.step, s.C, s.P, layers, depth=k.depth, buffers=k.buffers,
             d2h_on_compute=k.d2h_on_compute, syncs_per_unit=k.syncs, streamed_weights=k.streamed_weights,
         )  # fmt: skip
+        if k.graphs and s.phase == "decode":
+            replayed(b, first)
         b.sync(last, s.phase, s.step)
+
+
+def replayed(b: Builder, first: int) -> None:
+    """The tasks from `first` on are one decode step replayed from a CUDA graph: the host issues them all with one
+    replay (charged to the step's first task) instead of one dispatch per kernel."""
+    for t in b.tasks[first:]:
+        t.issue_s = 0.0
+    b.tasks[first].issue_s = b.ctx.gpu.replay_s()

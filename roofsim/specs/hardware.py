@@ -207,6 +207,11 @@ class RuntimeSpec(_Section):
         "executor issues a step's first prefetch only after it, at layer 0's cache update. us; None: 0 (only "
         "the counted embedding kernel)",
     )
+    graph_replay_us: SourcedNumber | None = Field(
+        None,
+        description="host time of a decode step replayed from a CUDA graph (its static inputs written, the graph "
+        "launched), us; None: ops.REPLAY_LAUNCHES kernel launches",
+    )
     issue_beside_cpu: SourcedNumber | None = Field(
         None,
         description="the issuing thread's dispatch costs while the CPU worker scans (cpu_attention's decode), "
@@ -382,6 +387,13 @@ class GpuSpec(_Section):
     def kernel_s(self) -> float:
         """Host time to dispatch one kernel."""
         return self.efficiency.kernel_us.value * 1e-6
+
+    def replay_s(self) -> float:
+        """Host time of a decode step replayed from a CUDA graph: every kernel of the step is issued by one launch."""
+        from roofsim.ops import REPLAY_LAUNCHES
+
+        r = self.runtime.graph_replay_us
+        return REPLAY_LAUNCHES * self.kernel_s if r is None else r.value * 1e-6
 
     @property
     def gpu_kernel_s(self) -> float:

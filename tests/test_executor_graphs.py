@@ -1,0 +1,154 @@
+"""Decode steps replayed from a CUDA graph (executor/graphs.py): the static-input step (device position,
+index_copy_ into the preallocated buffer, attention up to a device key count) gives the eager step's logits; on
+the CPU a run asked for graphs runs eager and says why; on a GPU the captured replay gives the eager logits."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from roofsim.executor.attention import _decode_masked, attend, decode_attend, kv_views  # noqa: E402
+from roofsim.executor.build import make_cache  # noqa: E402
+from roofsim.executor.check import greedy_logits, rel_err, tiny_config  # noqa: E402
+from roofsim.executor.graphs import graph_unsupported  # noqa: E402
+from roofsim.executor.models import random_model  # noqa: E402
+from roofsim.executor.runner import run_plan  # noqa: E402
+
+from roofsim.families import HeadOffloadPlan, ResidentPlan  # noqa: E402
+
+PROMPT, CHUNK, GEN = 21, 8, 5
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    return model, ids
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decode_over_a_device_key_count_matches_attention_over_the_keys(batch):
+    g = torch.Generator().manual_seed(0)
+    T, H, G, D = 40, 2, 3, 16
+    buf = torch.randn(T, batch, 2, H, D, generator=g)
+    q = torch.randn(batch, H * G, 1, D, generator=g)
+    counts = [7, 40, 23][:batch]
+    out = _decode_masked(q, buf, torch.tensor(counts, dtype=torch.int32), D**-0.5)
+    for b, n in enumerate(counts):
+        K, V = kv_views(buf[:, b : b + 1], 0, n)
+        ref, _ = attend(q[b : b + 1], K, V, causal=False, scale=D**-0.5)
+        assert torch.allclose(out[b : b + 1], ref, atol=1e-5), (b, n)
+
+
+def test_keys_past_the_count_do_not_matter():
+    g = torch.Generator().manual_seed(1)
+    buf = torch.randn(30, 1, 2, 2, 8, generator=g)
+    q = torch.randn(1, 4, 1, 8, generator=g)
+    n = torch.tensor([12], dtype=torch.int32)
+    a = decode_attend(q, buf, n, 0.3)
+    buf[12:] = 1e4
+    assert torch.equal(a, decode_attend(q, buf, n, 0.3))
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [ResidentPlan(), HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2)],
+    ids=["resident", "head_all_res"],
+)
+def test_the_static_input_step_gives_the_eager_logits(tiny, plan):
+    model, ids = tiny
+    got = {}
+    for mode in (None, "static"):
+        cache = make_cache(model, plan, max_tokens=PROMPT + GEN)
+        try:
+            got[mode] = greedy_logits(model, cache, ids, CHUNK, GEN, graphs=mode)
+            assert cache.layers[0].seen == PROMPT + GEN
+        finally:
+            cache.close()
+    assert rel_err(got["static"], got[None]) < 1e-5
+
+
+def test_only_fixed_shape_decode_can_be_replayed(tiny):
+    model, _ = tiny
+    streamed = make_cache(model, HeadOffloadPlan(), max_tokens=PROMPT + GEN)
+    resident = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+    try:
+        assert "CUDA" in graph_unsupported(resident)  # on the CPU
+        assert graph_unsupported(streamed) is not None
+    finally:
+        streamed.close()
+        resident.close()
+
+
+def test_a_run_asked_for_graphs_on_the_cpu_runs_eager_and_says_why(tiny):
+    model, _ = tiny
+    plan = ResidentPlan(decode_graphs=True)
+    r = run_plan(plan, model, model_name="tiny", prompt_len=PROMPT, gen=3, keep_logits=True)
+    ref = run_plan(ResidentPlan(), model, model_name="tiny", prompt_len=PROMPT, gen=3, keep_logits=True)
+    assert any("decode ran eager: CUDA graphs need a CUDA device" in n for n in r.trace.header.notes)
+    assert rel_err(torch.stack(r.logits), torch.stack(ref.logits)) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "plan",
+    [
+        ResidentPlan(),
+        HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2),
+        HeadOffloadPlan(resident_slots=1),
+    ],
+    ids=["resident", "head_all_resident", "head_streamed_eager"],
+)
+def test_replayed_graph_gives_the_eager_logits_on_the_gpu(plan):
+    model = random_model(tiny_config("llama", layers=3), "cuda", torch.bfloat16, seed=1)
+    ids = torch.randint(0, 128, (1, 300), generator=torch.Generator().manual_seed(2)).cuda()
+    got = {}
+    for mode in (None, "capture"):
+        cache = make_cache(model, plan, max_tokens=300 + 8)
+        try:
+            got[mode] = greedy_logits(model, cache, ids, 128, 8, graphs=mode)
+        finally:
+            cache.close()
+    assert rel_err(got["capture"], got[None]) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_graph_run_replays_and_matches_eager_on_the_gpu():
+    model = random_model(tiny_config("llama", layers=3), "cuda", torch.bfloat16, seed=1)
+    kw = dict(model_name="tiny", prompt_len=300, gen=6, keep_logits=True)
+    r = run_plan(ResidentPlan(decode_graphs=True), model, **kw)
+    ref = run_plan(ResidentPlan(), model, **kw)
+    assert any("replayed from a CUDA graph" in n for n in r.trace.header.notes)
+    assert rel_err(torch.stack(r.logits), torch.stack(ref.logits)) < 2e-2
+    assert len(r.trace.summary.decode.step_s) == 5
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_projections_give_the_same_logits(family):
+    from roofsim.executor.fuse import fuse_projections
+
+    model = random_model(tiny_config(family), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+    ref = greedy_logits(model, cache, ids, CHUNK, GEN)
+    cache.close()
+    params = sum(p.numel() for p in model.parameters())
+    assert fuse_projections(model) == 2 * model.config.num_hidden_layers
+    assert (
+        sum(p.numel() for p in model.parameters()) == params
+    )  # the modules' weights are views of the fused one
+    for mode in (None, "static"):
+        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+        got = greedy_logits(model, cache, ids, CHUNK, GEN, graphs=mode)
+        cache.close()
+        assert rel_err(got, ref) < 1e-5, mode
+    layer = model.model.layers[0]
+    x = torch.randn(3, model.config.hidden_size)
+    assert torch.allclose(
+        layer.self_attn.k_proj(x),
+        x @ layer.self_attn.k_proj.weight.T
+        + (0 if layer.self_attn.k_proj.bias is None else layer.self_attn.k_proj.bias),
+        atol=1e-5,
+    )

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 31 (executor speed) on the GPU machine, from the repo root with .whl carried: the GPU-marked tests of the
+# replayed decode, then executor_bench stages, each run bounded so that one call stays under ~8 minutes.
+#   bash validation/speed_h100.sh                                  # tests + decode, prefill, streamed decode
+#   TESTS=0 STAGES=bw,ceilings,512k bash validation/speed_h100.sh  # the 512K prefill under 24 GB
+# Results: $OUT/gpu-tests.log, $OUT/bench/executor_bench.json (+ traces), $OUT/bench.log, $OUT/gpu.txt
+set -uo pipefail
+. validation/device_setup.sh || exit 1
+nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv > "$OUT/gpu.txt"
+repo=$PWD
+STAGES=${STAGES:-bw,ceilings,decode16k,decode64k,decode64k_fused,decode16k_fused,hfdefault16k,hfdefault64k,exact,64k,attn,prefill128k,hf64k}
+if [ "${TESTS:-1}" = 1 ]; then
+  # from another folder: the checkout's roofsim/ (no executor/ inside) would shadow the installed package
+  (cd /tmp && timeout 120 python3 -m pytest -p no:cacheprovider -m gpu -rs "$repo/tests/test_executor_graphs.py") \
+    > "$OUT/gpu-tests.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
+  tail -3 "$OUT/gpu-tests.log"
+fi
+# SIGINT at the deadline: the bench has saved its JSON after every finished stage
+(cd /tmp && timeout -s INT "${BENCH_TIMEOUT:-330}" python3 "$repo/validation/executor_bench.py" --out "$OUT/bench" \
+  --stages "$STAGES") > "$OUT/bench.log" 2>&1
+echo "bench rc=$?" >> "$OUT/bench.log"
+grep -v '^{' "$OUT/bench.log" | tail -20
+python3 - "$OUT/bench/executor_bench.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k, v in d.get("must_hold", {}).items():
+    print(k, {x: v.get(x) for x in ("ratio", "holds")})
+print("errors:", list(d.get("errors", {})))
+PY
