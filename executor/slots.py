@@ -191,7 +191,9 @@ class SlotLayer(PlanLayer):
             cap = self.rt.capacity
         else:
             cap = max(need, int(1.5 * (0 if s.gpu is None else s.gpu.shape[0])) + 256)
-        buf = torch.empty(cap, sh.batch, 2, s.g, sh.head_dim, dtype=sh.dtype, device=sh.device)
+        # zeros, not empty: the replayed decode's masked attention (attention._decode_masked) multiplies every row of
+        # V past the key count by a probability of 0, and 0 x a NaN left in uninitialized memory is NaN
+        buf = torch.zeros(cap, sh.batch, 2, s.g, sh.head_dim, dtype=sh.dtype, device=sh.device)
         if s.gpu is not None:
             buf[: self.P].copy_(s.gpu[: self.P])
         s.gpu = buf

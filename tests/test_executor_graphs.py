@@ -50,6 +50,21 @@ def test_keys_past_the_count_do_not_matter():
     assert torch.equal(a, decode_attend(q, buf, n, 0.3))
 
 
+def test_a_resident_buffer_holds_no_garbage_past_its_keys(tiny):
+    """The masked decode multiplies V past the key count by 0; uninitialized memory there (NaN) would leak in."""
+    model, ids = tiny
+    cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+    try:
+        greedy_logits(model, cache, ids, CHUNK, 1)
+        buffers = [s.gpu for layer in cache.layers for s in layer.slots if s.gpu is not None]
+        assert buffers and all(b.shape[0] == PROMPT + GEN for b in buffers)  # preallocated past the keys
+        for layer in cache.layers:
+            for slot in layer.slots:
+                assert torch.count_nonzero(slot.gpu[layer.seen :]) == 0
+    finally:
+        cache.close()
+
+
 @pytest.mark.parametrize(
     "plan",
     [ResidentPlan(), HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2)],
