@@ -1,5 +1,6 @@
-"""`roofsim validate`: predict each configuration (analytic and simulated, with a calibrated profile), run it with
-the executor, and write the predicted Trace, the measured Trace and their comparison, per configuration.
+"""`roofsim validate`: predict each configuration in advance (analytic and simulated, with a calibrated profile
+alone, each phase with its band), run it with the executor, and write the predicted Trace, the measured Trace and
+their comparison, per configuration.
 
 The executor runs in a subprocess per run (`roofsim run`), so a crash or an out-of-memory in one configuration
 costs only that configuration, GPU memory is free again for the next, and what was measured is kept.
@@ -9,7 +10,8 @@ Configurations come from a TOML file:
     name = "llama3-8b-head-64k"
     model = "llama-3-8b"
     context = "64K"
-    plan = "head_offload"            # a family, an inline table of knobs, or "planner" (its pick and runners-up)
+    plan = "head_offload"            # a family, an inline table of knobs, or "planner" (its pick, runners-up and
+                                     # the best plan of every other exact family that fits)
     gen = 16
     gpu_mem = "24GB"                 # optional cap
 """
