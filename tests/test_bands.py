@@ -162,3 +162,15 @@ def test_band_coverage_counts_every_measured_run(tmp_path):
 def test_a_host_file_without_the_cpu_spread_loads():
     host = load_host(str(ROOT / "hw_specs" / "hosts" / "sapphire-rapids.toml"))
     assert host.spread_end("cpu_attention_low") == 1.0
+
+
+def test_calibrate_writes_the_spread_into_the_profile_it_loads(tmp_path):
+    from roofsim.calibration import write_profile
+
+    base = load_gpu("h100-sxm")
+    gpu_path, host_path = write_profile(base, default_host_of("h100-sxm", base), _measurements(), tmp_path)
+    gpu = load_gpu(str(gpu_path))
+    host = load_host(str(host_path))
+    assert gpu.spread.host_pace_low.value <= 1.0 <= gpu.spread.host_pace_high.value
+    assert gpu.spread.link_low.value <= 1.0 <= gpu.spread.link_high.value
+    assert host.cpu_attention_low.value <= 1.0 <= host.cpu_attention_high.value
