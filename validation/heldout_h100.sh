@@ -4,7 +4,7 @@
 # one 10-minute device call. Every part resumes (a configuration already measured on this warm machine is
 # skipped) and rewrites $OUT/heldout-<part>.tar.gz after every configuration, so a call stopped midway keeps what
 # it measured and the next call with the same part finishes it. From the repo root, with .whl/ carried:
-#   bash validation/heldout_h100.sh calibrate   # ~2 min: $OUT/heldout-calibrated.tar.gz (reused if this machine did)
+#   bash validation/heldout_h100.sh calibrate   # ~4-5 min: $OUT/heldout-calibrated.tar.gz (reused if this machine did)
 #   bash validation/heldout_h100.sh a           # 8 fixed plans, 24K-192K, ~6 min
 #   bash validation/heldout_h100.sh b           # 192K sparse_fetch, 384K head_offload under 40 GB, Phi-3 planner, ~7 min
 #   bash validation/heldout_h100.sh c           # Mistral-7B planner at 96K under 20 GB (pick, runners-up, families), ~6 min
