@@ -23,6 +23,11 @@ for validation. Fitting rules (each value in the profile says which one produced
 - host pace: the gauges' means beside the tiny decode layers are the profile's reference (runtime.host_pace_us,
   launch_pace_us, step_pace_us); each layer sample and the attention calls are restated from the pace beside
   their own timing to it (host_paces).
+- spread (the prediction's band, fit_spread): the host's pace as the 5th and 95th percentiles of every sample's
+  ratio to that reference over the whole calibration; the link as the slowest and fastest isolated pinned copy
+  of 64 MiB and more against the fitted line (latency + bytes / rate), both directions; the CPU scan as the slowest and fastest of the
+  same scan (the calibration model's group, the cpu_attention_groups size) timed at several moments, over their
+  median.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pydantic import BaseModel, Field
 
 from roofsim import ops
 from roofsim.hostpace import LAUNCHES, LOOP, pace_ratio
-from roofsim.specs.hardware import GpuSpec, HostSpec
+from roofsim.specs.hardware import GpuSpec, HostSpec, SpreadSpec
 from roofsim.specs.model import ModelSpec
 
 
@@ -483,6 +488,86 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     }
 
 
+SPREAD_QUANTILES = (0.05, 0.95)  # the host pace's ends: a 90% interval of its samples
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def host_pace_ratios(m: Measurements) -> list[float]:
+    """Each gauge sample's pace ratio (roofsim.hostpace.pace_ratio) to the profile's reference (host_paces): how
+    much slower than the reference the host issued at that moment of the calibration."""
+    if not m.host_pace_us:
+        return []
+    refs, _ = host_paces(m)
+    launches, steps = m.launch_pace_us or [], m.step_pace_us or []
+    out = []
+    for i, loop in enumerate(m.host_pace_us):
+        launch = launches[i] if i < len(launches) else None
+        step = steps[i] if i < len(steps) else None
+        out.append(pace_ratio(loop, refs["loop"], launch, refs.get("launch"), step, refs.get("step")))
+    return out
+
+
+def _scan_repeats(m: Measurements) -> list[float]:
+    """Rates (bytes/s) of one CPU scan, the calibration model's group over cpu_attention_groups' bytes, wherever the
+    calibration timed it: cpu_attention, cpu_attention_groups, beside the H2D copies and the slots' table (within
+    10% of those bytes)."""
+    group = m.cpu_attention_group
+    if group is None or group not in m.cpu_attention_groups:
+        return []
+    ref = m.cpu_attention_groups[group]
+    near = [ref]
+    for p in m.cpu_attention + m.cpu_attention_beside_h2d:
+        near.append(p)
+    for points in m.cpu_attention_slots.get(group, {}).values():
+        near += points
+    return [p.nbytes / p.seconds for p in near if abs(p.nbytes - ref.nbytes) <= 0.1 * ref.nbytes]
+
+
+def fit_spread(m: Measurements) -> tuple[dict[str, tuple[float, str]], dict[str, tuple[float, str]]]:
+    """The band's ends (GpuSpec.spread, HostSpec.cpu_attention_low/high) as ratios to the values the profile
+    prices at, each end held on its side of 1 (the point lies in the band)."""
+    gpu: dict[str, tuple[float, str]] = {}
+    host: dict[str, tuple[float, str]] = {}
+    ratios = host_pace_ratios(m)
+    if len(ratios) >= 2:
+        lo, hi = (_quantile(ratios, q) for q in SPREAD_QUANTILES)
+        how = (
+            f"the {SPREAD_QUANTILES[0] * 100:g}th and {SPREAD_QUANTILES[1] * 100:g}th percentiles of {len(ratios)} "
+            "host-pace samples over the calibration, each as its ratio to runtime.host_pace_us's reference"
+        )
+        gpu["host_pace_low"] = (min(1.0, lo), how + ": the fast end")
+        gpu["host_pace_high"] = (max(1.0, hi), how + ": the slow end")
+    copies = []
+    for points in (m.h2d, m.d2h):
+        rate = _stream_rate(points, 64 * 2**20)
+        mid = [p for p in points if 256 * 1024 <= p.nbytes <= 16 * 2**20]
+        latency = max(0.0, statistics.median(p.seconds - p.nbytes / rate for p in mid)) if mid else 0.0
+        copies += [(latency + p.nbytes / rate) / p.seconds for p in points if p.nbytes >= 64 * 2**20]
+    if copies:
+        how = (
+            f"{len(copies)} isolated pinned copies >= 64 MiB, both directions, each its fitted time (latency + "
+            "bytes / rate) over its measured time"
+        )
+        gpu["link_low"] = (min(1.0, min(copies)), how + ": the slowest")
+        gpu["link_high"] = (max(1.0, max(copies)), how + ": the fastest")
+    scans = _scan_repeats(m)
+    if len(scans) >= 2:
+        mid = statistics.median(scans)
+        how = (
+            f"the same CPU attention scan timed {len(scans)} times over the calibration (group "
+            f"{m.cpu_attention_group}, {m.cpu_attention_groups[m.cpu_attention_group].nbytes} bytes)"
+        )
+        host["cpu_attention_low"] = (min(1.0, min(scans) / mid), how + ": the slowest over their median")
+        host["cpu_attention_high"] = (max(1.0, max(scans) / mid), how + ": the fastest over their median")
+    return gpu, host
+
+
 def _line(points: list[CopyPoint]) -> tuple[float, float] | None:
     """Least-squares time = fixed + nbytes / rate over the points: (fixed seconds >= 0, bytes/s), or None where
     the points do not give a positive rate (fewer than two sizes, or time falling with size)."""
@@ -543,6 +628,7 @@ def fit_host(m: Measurements) -> dict[str, tuple[float | dict, str]]:
                 else ", median of calls back to back"
             ),
         )
+    out.update(fit_spread(m)[1])
     if m.cpu_gather_gbps is not None:
         out["cpu_gather_gbps"] = (
             m.cpu_gather_gbps,
@@ -580,6 +666,7 @@ def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: 
         + ", ".join(f"{k} = {json.dumps(v)}" for k, v in m.fingerprint.items() if v is not None)
         + " }",
     ]
+    spread = fit_spread(m)[0]
     for section in ("compute", "memory", "link", "efficiency", "runtime"):
         lines.append(f"\n[{section}]")
         if section == "link":
@@ -592,6 +679,9 @@ def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: 
                 lines.append(f"{field} = {_v(*fitted[section][field])}")
             elif getattr(model, field) is not None and (carried := _carried(getattr(model, field))):
                 lines.append(f"{field} = {carried}")
+    if spread:
+        lines.append("\n[spread]")
+        lines += [f"{field} = {_v(*spread[field])}" for field in SpreadSpec.model_fields if field in spread]
     gpu_path = out_dir / f"{name}.toml"
     gpu_path.write_text("\n".join(lines) + "\n")
     host_fit = fit_host(m)

@@ -126,10 +126,21 @@ def cmd_predict(args) -> int:
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=gen)
     if args.plan is not None:
         preds = [
-            predict(_resolve_plan(args.plan, model, gpu, host, work, limits), model, gpu, host, work, limits)
+            predict(
+                _resolve_plan(args.plan, model, gpu, host, work, limits),
+                model,
+                gpu,
+                host,
+                work,
+                limits,
+                band=True,
+            )
         ]
     else:
-        preds = best_per_family(model, gpu, host, work, limits)
+        preds = [
+            predict(p.plan, model, gpu, host, work, limits, band=True)
+            for p in best_per_family(model, gpu, host, work, limits)
+        ]
     traces = _simulate_all(preds, model, gpu, host, work, limits) if args.simulate else None
     if args.json:
         doc = {
@@ -366,15 +377,25 @@ def cmd_validate(args) -> int:
     from roofsim.display import console
     from roofsim.validate import (
         archive_results,
-        as_calibrated_line,
+        band_line,
         check_config,
         format_table,
         load_configs,
         prefill_after_first_chunk_line,
         repredict,
+        run_pace_line,
         summarize,
         validate_one,
     )
+
+    def show(folder) -> None:
+        rows, line = summarize(folder)
+        print(format_table(rows))
+        print(prefill_after_first_chunk_line(rows))
+        for extra in (run_pace_line(rows), band_line(folder)):
+            if extra is not None:
+                print(extra)
+        print(line)
 
     argchecks.timeout(args.timeout)
     if args.repredict is not None:
@@ -406,12 +427,7 @@ def cmd_validate(args) -> int:
             raise UserError(
                 f"--repredict {folder}: no runs.json under it (a folder written by roofsim validate)"
             )
-        rows, line = summarize(folder)
-        print(format_table(rows))
-        print(prefill_after_first_chunk_line(rows))
-        if (calibrated := as_calibrated_line(folder)) is not None:
-            print(calibrated)
-        print(line)
+        show(folder)
         return 0
     if not args.configs or not args.output:
         raise UserError("roofsim validate needs a configuration file and -o (or --repredict RESULTS_DIR)")
@@ -444,12 +460,7 @@ def cmd_validate(args) -> int:
             if args.archive:
                 archive_results(out, Path(args.archive))
             bar.advance(job)
-    rows, line = summarize(out)
-    print(format_table(rows))
-    print(prefill_after_first_chunk_line(rows))
-    if (calibrated := as_calibrated_line(out)) is not None:
-        print(calibrated)
-    print(line)
+    show(out)
     return 0
 
 
@@ -576,10 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="same as --context")
     p.add_argument(
         "--objective",
-        choices=["decode", "prefill", "e2e", "throughput", "max-context"],
+        choices=["decode", "decode-worst", "prefill", "e2e", "throughput", "max-context"],
         default="decode",
-        help="decode time per token (default), prefill time, prefill + gen decode steps, tokens/s at --batch, or "
-        "the longest context that fits",
+        help="decode time per token (default), decode at its band's upper end (the profile's unsteady resources "
+        "at the slow end of their calibrated spread), prefill time, prefill + gen decode steps, tokens/s at "
+        "--batch, or the longest context that fits",
     )
     p.add_argument("--allow-approximate", action="store_true", help="also consider sparse_fetch and evict")
     p.add_argument("--fetch-fraction", type=float, help="sparse_fetch: share of tokens fetched (0.2)")

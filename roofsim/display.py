@@ -18,7 +18,7 @@ from rich.text import Text
 from roofsim.plan import knob_abbreviation
 from roofsim.roofline import RooflineRow
 from roofsim.trace import Trace
-from roofsim.units import GiB, KiB, fmt_bytes, fmt_seconds, fmt_tokens
+from roofsim.units import GiB, KiB, fmt_band, fmt_bytes, fmt_seconds, fmt_tokens
 
 WIDTH = 100  # output that is not a terminal (pipes, files, tests), unless COLUMNS says otherwise
 WIDE_WIDTH = 180
@@ -37,6 +37,12 @@ BOUND = {  # what each resource or ceiling PhaseStats.binding() names is
     "cpu": "the CPU's share of the work",
     "host": "the Python thread issuing kernels and copies",
 }
+
+
+BAND_FOOTER = (
+    "(low-high): the band, the plan priced with the host's pace, the link and the CPU scan at the fast and at "
+    "the slow ends of what the calibration measured"
+)
 
 
 def _columns() -> int | None:
@@ -149,7 +155,10 @@ def predictions_table(
         t.add_column(col, justify="right")
     for i, p in enumerate(preds):
         s = p.summary
-        phases = {"prefill": [fmt_seconds(s.prefill_s)], "decode": [fmt_seconds(s.decode_s_per_token)]}
+        phases = {
+            "prefill": [fmt_band(s.prefill_s, s.prefill.band_s)],
+            "decode": [fmt_band(s.decode_s_per_token, s.decode.band_s)],
+        }
         if traces:
             sim = traces[i].summary
             phases["prefill"].append(fmt_seconds(sim.prefill_s or float("nan")))
@@ -179,6 +188,8 @@ def predictions_table(
         "prefill: the whole prompt; decode: one step per generated token at the full context"
         + ("; the simulator's time under the analytic one" if traces else "")
     )
+    if any(p.summary.decode.band_s or p.summary.prefill.band_s for p in preds):
+        footer.append(BAND_FOOTER)
     footer += _bound_footer(
         {p.summary.phase(ph).binding()[0] for p in preds for ph in ("prefill", "decode")},
         "under each time: what binds that phase, with its share of the phase's time",
@@ -249,9 +260,9 @@ def trace_table(trace, title: str, wide: bool = False) -> Group:
     t.add_column("value")
     t.add_row("plan", f"{plan.family} {_knobs(plan, wide)}")
     t.add_row("fits", "yes" if s.feasible else f"no: {s.reason}")
-    t.add_row("prefill", fmt_seconds(s.prefill_s or float("nan")))
+    t.add_row("prefill", fmt_band(s.prefill_s, s.prefill.band_s))
     t.add_row("prefill chunks", str(len(s.prefill.step_s)))
-    t.add_row("decode / token (median)", fmt_seconds(s.decode_s_per_token or float("nan")))
+    t.add_row("decode / token (median)", fmt_band(s.decode_s_per_token, s.decode.band_s))
     t.add_row("peak GPU memory", fmt_bytes(s.peak_gpu_bytes or 0))
     t.add_row("host memory", fmt_bytes(s.peak_host_bytes or 0))
     for phase in ("prefill", "decode"):
@@ -311,8 +322,8 @@ def ranked_table(result, title: str, n: int = 10, wide: bool = False) -> Group:
             p.plan.family + (" ~" if p.plan.approximate else ""),
             _knobs(p.plan, wide),
             _score(result, c),
-            fmt_seconds(p.summary.decode_s_per_token),
-            fmt_seconds(p.summary.prefill_s),
+            fmt_band(p.summary.decode_s_per_token, p.summary.decode.band_s, "\n"),
+            fmt_band(p.summary.prefill_s, p.summary.prefill.band_s, "\n"),
             _gib(p.summary.peak_gpu_bytes),
             bound_text(p, phase),
             "simulator" if c.simulated is not None else "analytic",
@@ -326,6 +337,8 @@ def ranked_table(result, title: str, n: int = 10, wide: bool = False) -> Group:
         f"peak GPU: the most GPU memory the plan holds; {SIZES}",
         *_bound_footer({c.prediction.summary.phase(phase).binding()[0] for c in shown}),
     ]
+    if any(c.prediction.summary.decode.band_s for c in shown):
+        footer.append(BAND_FOOTER)
     return _titled(title, t, footer)
 
 

@@ -3,6 +3,7 @@ both phases and the peak memory by kind; no spans)."""
 
 from __future__ import annotations
 
+from roofsim.band import fast_end, slow_end
 from roofsim.families.pipeline import context, decode_phase, new_shapes, prefill_phase, prefill_steps
 from roofsim.families.registry import family
 from roofsim.limits import Limits
@@ -23,7 +24,10 @@ def predict(
     host: HostSpec,
     work: Workload,
     limits: Limits | None = None,
+    band: bool = False,
 ) -> Trace:
+    """The analytic prediction; with `band`, each phase's band too (roofsim.band: the plan priced at the slow
+    and at the fast ends of the profile's spreads; a profile without spreads gives a zero-width band)."""
     limits = limits or Limits()
     ctx = context(model, gpu, host, work)
     ev = family(plan).evaluate(plan, ctx)
@@ -72,4 +76,13 @@ def predict(
         profile=gpu.source,
         notes=ev.notes,
     )
+    if band:
+        ends = [
+            predict(plan, model, g, h, work, limits).summary
+            for g, h in (fast_end(gpu, host), slow_end(gpu, host))
+        ]
+        for name in ("prefill", "decode"):
+            point = summary.phase(name).time_s
+            lo, hi = (e.phase(name).time_s for e in ends)
+            summary.phase(name).band_s = (min(point, lo, hi), max(point, lo, hi))
     return Trace(header=header, summary=summary)

@@ -113,6 +113,11 @@ class PhaseStats(BaseModel):
         default_factory=dict,
         description="predicted: the compute stream's and the CPU's busy time by the ceiling that binds each operator",
     )
+    band_s: tuple[float, float] | None = Field(
+        None,
+        description="predicted: time_s with every unsteady resource at the fast and at the slow end of its "
+        "calibrated spread (roofsim.band); None: not priced, or measured",
+    )
     flops: float | None = None
     hbm_bytes: float | None = None
     h2d_bytes: float | None = None

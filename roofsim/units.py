@@ -125,6 +125,26 @@ def fmt_tokens(n: int) -> str:
     return str(n)
 
 
+def fmt_band(s: float | None, band: tuple[float, float] | None, sep: str = " ") -> str:
+    """A time with its band in the time's unit: `150.0 ms (141.2-172.5)` (`sep` between the two); the time alone
+    without a band, or where the band has no width at that precision."""
+    text = fmt_seconds(float("nan") if s is None else s)
+    if band is None or s is None or s != s:
+        return text
+    if s >= 100:
+        scale, digits = 1.0, 0
+    elif s >= 1:
+        scale, digits = 1.0, 2
+    elif s >= 1e-3:
+        scale, digits = 1e3, 1
+    else:
+        scale, digits = 1e6, 0
+    lo, hi = (f"{x * scale:.{digits}f}" for x in band)
+    if lo == hi == f"{s * scale:.{digits}f}":
+        return text
+    return f"{text}{sep}({lo}-{hi})"
+
+
 def fmt_seconds(s: float) -> str:
     if s != s or s == float("inf"):
         return "-"

@@ -1,5 +1,6 @@
-"""`roofsim validate`: predict each configuration (analytic and simulated, with a calibrated profile), run it with
-the executor, and write the predicted Trace, the measured Trace and their comparison, per configuration.
+"""`roofsim validate`: predict each configuration in advance (analytic and simulated, with a calibrated profile
+alone, each phase with its band), run it with the executor, and write the predicted Trace, the measured Trace and
+their comparison, per configuration.
 
 The executor runs in a subprocess per run (`roofsim run`), so a crash or an out-of-memory in one configuration
 costs only that configuration, GPU memory is free again for the next, and what was measured is kept.
@@ -9,7 +10,8 @@ Configurations come from a TOML file:
     name = "llama3-8b-head-64k"
     model = "llama-3-8b"
     context = "64K"
-    plan = "head_offload"            # a family, an inline table of knobs, or "planner" (its pick and runners-up)
+    plan = "head_offload"            # a family, an inline table of knobs, or "planner" (its pick, runners-up and
+                                     # the best plan of every other exact family that fits)
     gen = 16
     gpu_mem = "24GB"                 # optional cap
 """
@@ -28,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from roofsim.argchecks import MAX_BATCH, MAX_TOP, limits
+from roofsim.band import scaled
 from roofsim.errors import UserError
 from roofsim.limits import Limits
 from roofsim.plan import PlanBase, default_plan, family_of, plan_from_dict
@@ -114,17 +117,35 @@ def _pick_and_runners_up(ranked: list[PlanBase], runners_up: int) -> list[PlanBa
     return plans[: 1 + runners_up]
 
 
-def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[PlanBase], str]:
-    """The plans to measure: the configured one, or the planner's pick followed by its runners-up."""
+def _other_families(ranked: list[PlanBase], taken: list[PlanBase]) -> list[PlanBase]:
+    """The best-ranked plan of each exact family the plans taken lack, in the ranking's order: the regret is
+    measured against every family that fits, not only against the pick's near-ties, so that a family the model
+    misprices can show up."""
+    have = {p.family for p in taken}
+    out = []
+    for p in ranked:
+        if p.family not in have and not p.approximate:
+            have.add(p.family)
+            out.append(p)
+    return out
+
+
+def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[tuple[str, PlanBase]], str]:
+    """The plans to measure, each with its run's tag: the configured one ("pick"), or the planner's pick, its
+    runners-up ("alt<i>") and the best plan of each other exact family that fits ("best-<family>"); at most
+    1 + runners_up + the number of families runs."""
     if cfg.plan == "planner":
         from roofsim.planner import search
 
         result = search(model, gpu, host, work, limits, refine_top=5)
-        ranked = [c.plan for c in result.ranked if c.simulated is not None]
-        return _pick_and_runners_up(ranked, cfg.runners_up), "planner"
+        refined = [c.plan for c in result.ranked if c.simulated is not None]
+        picked = _pick_and_runners_up(refined, cfg.runners_up)
+        tagged = [("pick" if i == 0 else f"alt{i}", p) for i, p in enumerate(picked)]
+        others = _other_families([c.plan for c in result.ranked], picked)
+        return tagged + [(f"best-{p.family}", p) for p in others], "planner"
     if isinstance(cfg.plan, dict):
-        return [plan_from_dict(cfg.plan, where=f"config {cfg.name}")], "given"
-    return [default_plan(cfg.plan)], "given"
+        return [("pick", plan_from_dict(cfg.plan, where=f"config {cfg.name}"))], "given"
+    return [("pick", default_plan(cfg.plan))], "given"
 
 
 def run_executor(
@@ -185,9 +206,8 @@ def validate_one(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(cfg.model_dump_json(indent=1))
     runs = []
-    for i, plan in enumerate(plans):
-        tag = "pick" if i == 0 else f"alt{i}"
-        sub = folder if i == 0 else folder / tag
+    for tag, plan in plans:
+        sub = folder if tag == "pick" else folder / tag
         sub.mkdir(exist_ok=True)
         predicted = _predict_into(sub, plan, model, gpu, host, work, limits, gpu_arg)
         plan_path = sub / "plan.json"
@@ -211,29 +231,27 @@ def validate_one(
             "how": how,
             "status": status["returncode"],
         }
-        predicted = _at_run_pace(sub, predicted, row, (plan, model, gpu, host, work, limits, gpu_arg))
+        _at_run_pace(sub, row, (plan, model, gpu, host, work, limits))
         _compare_into(sub, predicted, row)
         runs.append(row)
     (folder / "runs.json").write_text(json.dumps(runs, indent=1))
     return {"config": cfg.name, "runs": runs}
 
 
-def _predict_into(
-    sub: Path, plan, model, gpu, host, work, limits, gpu_arg: str, note: str | None = None
-) -> Trace:
-    """Write the analytic summary and the simulated Trace of one run's plan into its folder."""
-    analytic = predict(plan, model, gpu, host, work, limits)
+def _predict_into(sub: Path, plan, model, gpu, host, work, limits, gpu_arg: str) -> Trace:
+    """Write the analytic summary and the simulated Trace of one run's plan into its folder: the prediction made
+    in advance, from the profile alone, each phase with its band (roofsim.band; the simulator's point carries
+    the analytic band's ratios)."""
+    analytic = predict(plan, model, gpu, host, work, limits, band=True)
     predicted = simulate(plan, model, gpu, host, work, limits, keep="sample")
     predicted.header.profile = gpu_arg
-    if note:
-        predicted.header.notes.append(note)
+    for phase in ("prefill", "decode"):
+        a, p = analytic.summary.phase(phase), predicted.summary.phase(phase)
+        p.band_s = scaled(p.time_s, a.band_s, a.time_s)
     name = "predicted.json.gz" if (sub / "predicted.json.gz").is_file() else "predicted.json"
     predicted.write(sub / name)  # as it was kept: compressed in committed results
     (sub / "analytic.json").write_text(analytic.model_dump_json(indent=1, exclude={"spans", "memory"}))
     return predicted
-
-
-AS_CALIBRATED = ("prefill_s", "decode_s_per_token")
 
 
 PACE_RATIOS = (
@@ -241,57 +259,51 @@ PACE_RATIOS = (
     "launch_pace_ratio",
     "step_pace_ratio",
 )  # each gauge's own, in runs.json rows
+RUN_PACE = ("prefill_s", "decode_s_per_token")
 
 
-def _at_run_pace(sub: Path, predicted: Trace, row: dict, args: tuple) -> Trace:
-    """The prediction again with the host-side costs at the host's pace in the run (GpuSpec.at_host_pace),
-    where the profile and the measured trace both timed roofsim.hostpace's loop: a launch-bound step's time is
-    the host's, and the host's speed moves, so a profile's costs hold only at its own pace
-    (docs/evidence.md#ev-host-two-speeds). Where both sides also timed roofsim.executor.launchpace's tiny
-    decode step, the ratio is that step's; else with its launches on both sides the mean of the loop's and the
-    launches' ratios (GpuSpec.host_pace_ratio). Rewrites the run's prediction files; the row keeps the figures
-    at the calibration's pace (`<phase>_predicted_as_calibrated`), the ratio priced (`host_pace_ratio`) and,
-    with more than the loop, each gauge's own (PACE_RATIOS)."""
-    for key in [k for k in row if k.endswith("_as_calibrated") or k in (*PACE_RATIOS, "host_pace_ratio")]:
+def _at_run_pace(sub: Path, row: dict, args: tuple) -> None:
+    """A diagnostic beside the prediction, never its input: the simulated times again with the host-side costs
+    at the host's pace in the run (GpuSpec.at_host_pace; the gauges the executor timed before each decode step
+    against the profile's), as `<phase>_predicted_at_run_pace`, with the ratio priced (`host_pace_ratio`) and
+    each gauge's own (PACE_RATIOS). It says how much of an error the host's pace in the run explains; the
+    headline is the prediction in advance (docs/validation.md#in-advance)."""
+    for key in [
+        k
+        for k in row
+        if k.endswith(("_as_calibrated", "_at_run_pace")) or k in (*PACE_RATIOS, "host_pace_ratio")
+    ]:
         del row[key]
-    plan, model, gpu, host, work, limits, gpu_arg = args
+    plan, model, gpu, host, work, limits = args
     measured_path = sub / "measured.json"
     ref = gpu.runtime.host_pace_us
     if ref is None or not json_exists(measured_path):
-        return predicted
+        return
     summary = Trace.read(measured_path).summary
     paces = summary.host_pace_us
     if not paces:
-        return predicted
+        return
     pace = statistics.median(paces)
     launches, launch_ref = summary.launch_pace_us, gpu.runtime.launch_pace_us
     launch = statistics.median(launches) if launches and launch_ref is not None else None
     steps, step_ref = summary.step_pace_us, gpu.runtime.step_pace_us
     step = statistics.median(steps) if steps and step_ref is not None else None
-    for phase in AS_CALIBRATED:
-        row[f"{phase}_predicted_as_calibrated"] = getattr(predicted.summary, phase)
     row["host_pace_ratio"] = gpu.host_pace_ratio(pace, launch, step)
-    note = (
-        f"host-side costs at the run's host pace: x{row['host_pace_ratio']:.2f}, loop {pace:.0f} us (median before "
-        f"its decode steps) against {ref.value:.0f} us in the calibration"
-    )
     if launch is not None:
         row["loop_pace_ratio"] = pace / ref.value
         row["launch_pace_ratio"] = launch / launch_ref.value
-        note += f", launches {launch:.0f} us against {launch_ref.value:.0f} us"
     if step is not None:
         row["step_pace_ratio"] = step / step_ref.value
-        note += f", tiny step {step:.0f} us against {step_ref.value:.0f} us (its ratio priced)"
-    elif launch is not None:
-        note += " (the mean of the two ratios)"
-    return _predict_into(
-        sub, plan, model, gpu.at_host_pace(pace, launch, step), host, work, limits, gpu_arg, note
-    )
+    paced = simulate(plan, model, gpu.at_host_pace(pace, launch, step), host, work, limits, keep="none")
+    for phase in RUN_PACE:
+        row[f"{phase}_predicted_at_run_pace"] = getattr(paced.summary, phase)
 
 
 def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:
     """Compare with the measured Trace (if the run wrote one) and add both sides' phase numbers to the row."""
-    for key in [k for k in row if k.endswith(("_predicted", "_measured"))]:
+    for key in [
+        k for k in row if k.endswith(("_predicted", "_measured", "_predicted_low", "_predicted_high"))
+    ]:
         del row[key]
     measured_path = sub / "measured.json"
     if json_exists(measured_path):
@@ -304,6 +316,11 @@ def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:
             **{f"{r.name}_predicted": r.predicted for r in comparison.phases},
             **{f"{r.name}_measured": r.measured for r in comparison.phases},
         )
+    for phase in ("prefill", "decode"):  # the band, in the phase names compare() gives the times
+        band = predicted.summary.phase(phase).band_s
+        name = "prefill_s" if phase == "prefill" else "decode_s_per_token"
+        if band is not None:
+            row[f"{name}_predicted_low"], row[f"{name}_predicted_high"] = band
 
 
 def repredict(results_dir: str | Path, gpu_arg: str, gpu: GpuSpec, host: HostSpec) -> int:
@@ -320,7 +337,7 @@ def repredict(results_dir: str | Path, gpu_arg: str, gpu: GpuSpec, host: HostSpe
         limits = Limits(gpu_mem_bytes=parse_bytes(cfg.gpu_mem, "gpu_mem") if cfg.gpu_mem else None)
         for row, (sub, plan, work) in zip(runs, saved, strict=True):
             predicted = _predict_into(sub, plan, model, gpu, host, work, limits, gpu_arg)
-            predicted = _at_run_pace(sub, predicted, row, (plan, model, gpu, host, work, limits, gpu_arg))
+            _at_run_pace(sub, row, (plan, model, gpu, host, work, limits))
             _compare_into(sub, predicted, row)
             count += 1
         runs_file.write_text(json.dumps(runs, indent=1))
@@ -404,13 +421,41 @@ def _pct(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+TIMES = ("prefill_s", "decode_s_per_token")
+
+
+def _in_advance(row: dict, phase: str) -> float | None:
+    """A run's prediction made in advance, from the profile alone: `<phase>_predicted`; rows written when the
+    prediction was re-priced at the run's host pace keep the in-advance figure as `_predicted_as_calibrated`."""
+    return row.get(f"{phase}_predicted_as_calibrated", row.get(f"{phase}_predicted"))
+
+
+def _covered(row: dict, phase: str) -> bool | None:
+    """Whether the measured time lies within the prediction's band (None: no band or no measurement)."""
+    lo, hi, m = (
+        row.get(f"{phase}_predicted_low"),
+        row.get(f"{phase}_predicted_high"),
+        row.get(f"{phase}_measured"),
+    )
+    if lo is None or hi is None or m is None:
+        return None
+    return lo <= m <= hi
+
+
 def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
-    """Rows (one per configuration's pick) and the closing line, read only from the committed files."""
+    """Rows (one per configuration's pick) and the closing line, read only from the committed files: every
+    figure is the prediction made in advance, from the profile alone; the run-pace re-pricing stays a
+    diagnostic (the rows' `<phase>_at_run_pace`, run_pace_line)."""
     root = Path(results_dir)
-    rows, time_errs, mem_errs, regrets = [], [], [], []
+    rows, mem_errs, regrets = [], [], []
+    errs: dict[str, list[float]] = {phase: [] for phase in TIMES}
+    covered: list[bool] = []
     for runs_file in sorted(root.rglob("runs.json")):
         runs = json.loads(runs_file.read_text())
         pick = runs[0]
+        for r in runs:  # the band over every measured run: picks, runners-up and each family's best
+            if r.get("complete", True):
+                covered += [c for phase in TIMES if (c := _covered(r, phase)) is not None]
         if pick.get("decode_s_per_token_measured") is None:
             why = _failure(runs_file.parent)
             rows.append(
@@ -424,33 +469,38 @@ def summarize(results_dir: str | Path) -> tuple[list[dict], str]:
             "complete": pick.get("complete", True),  # an incomplete run's times are left out of the errors
         }
         for phase in PHASES:
-            p, m = pick.get(f"{phase}_predicted"), pick.get(f"{phase}_measured")
+            p = _in_advance(pick, phase) if phase in TIMES else pick.get(f"{phase}_predicted")
+            m = pick.get(f"{phase}_measured")
             row[phase] = (p, m, _err(p, m))
-        for phase in ("prefill_s", "decode_s_per_token"):
+            if phase in TIMES:
+                band = (pick.get(f"{phase}_predicted_low"), pick.get(f"{phase}_predicted_high"))
+                row[f"{phase}_band"] = band if None not in band else None
+                row[f"{phase}_at_run_pace"] = _err(pick.get(f"{phase}_predicted_at_run_pace"), m)
+        for phase in TIMES:
             e = row[phase][2]
             if e is not None and row["complete"]:
-                time_errs.append(abs(e))
+                errs[phase].append(abs(e))
         if row["peak_gpu_bytes"][2] is not None:
             mem_errs.append(abs(row["peak_gpu_bytes"][2]))
-        measured = [pick["decode_s_per_token_measured"]] + [
-            r["decode_s_per_token_measured"]
+        others = [
+            r
             for r in runs[1:]
             if r.get("decode_s_per_token_measured") and _decode_key(r["plan"]) != _decode_key(pick["plan"])
         ]
-        if len(measured) > 1:
-            regret = 100.0 * (measured[0] / min(measured) - 1)
+        if others:
+            best = min(others, key=lambda r: r["decode_s_per_token_measured"])
+            regret = 100.0 * max(
+                0.0, pick["decode_s_per_token_measured"] / best["decode_s_per_token_measured"] - 1
+            )
             row["regret_pct"] = regret
+            row["regret_against"] = sorted({r["plan"]["family"] for r in others})
             regrets.append(regret)
         sums = _summaries(runs_file.parent)
         row["why"] = _why(runs_file.parent, *sums) if sums else ""
-        if (
-            "host_pace_ratio" in pick
-        ):  # predicted at the run's host pace: by how much it moved the host's costs
-            row["why"] = f"host pace x{pick['host_pace_ratio']:.2f}; {row['why']}"
         row["prefill_after_first_chunk"] = _after_first_chunk(*sums) if sums else None
         rows.append(row)
     n = sum(not r["failed"] for r in rows)
-    line = _closing_line(n, time_errs, mem_errs, regrets)
+    line = _closing_line(n, errs, mem_errs, regrets, covered)
     return rows, line
 
 
@@ -474,40 +524,64 @@ def _decode_key(plan: dict) -> str:
     return json.dumps({**plan, "prefill_chunk": None}, sort_keys=True)
 
 
-def _closing_line(n: int, time_errs: list[float], mem_errs: list[float], regrets: list[float]) -> str:
+def _closing_line(
+    n: int, errs: dict[str, list[float]], mem_errs: list[float], regrets: list[float], covered: list[bool]
+) -> str:
+    def med(xs):
+        return statistics.median(xs) if xs else math.nan
+
+    d, p = errs["decode_s_per_token"], errs["prefill_s"]
+    coverage = 100.0 * sum(covered) / len(covered) if covered else math.nan
     return (
-        f"n={n} median_abs_err_pct={statistics.median(time_errs) if time_errs else math.nan:.1f} "
-        f"p90_abs_err_pct={_pct(time_errs, 0.9):.1f} mem_err_max_pct={max(mem_errs) if mem_errs else math.nan:.1f} "
-        f"regret_max_pct={max(regrets) if regrets else math.nan:.1f}"
+        f"n={n} decode_median_abs_err_pct={med(d):.1f} decode_p90_abs_err_pct={_pct(d, 0.9):.1f} "
+        f"prefill_median_abs_err_pct={med(p):.1f} prefill_p90_abs_err_pct={_pct(p, 0.9):.1f} "
+        f"mem_err_max_pct={max(mem_errs) if mem_errs else math.nan:.1f} "
+        f"regret_max_pct={max(regrets) if regrets else math.nan:.1f} band_coverage_pct={coverage:.1f}"
     )
 
 
 def closing_numbers(line: str) -> dict[str, float]:
-    """The closing line's numbers by name (n, median_abs_err_pct, ...): what the docs quote and the HTML report's
-    headline says."""
+    """The closing line's numbers by name (n, decode_median_abs_err_pct, ...): what the docs quote and the HTML
+    report's headline says."""
     return {key: float(value) for key, value in (part.split("=", 1) for part in line.split())}
 
 
-def as_calibrated_line(results_dir: str | Path) -> str | None:
-    """Where runs were predicted at their own host pace: the time errors with every run predicted at the
-    calibration's pace instead (what a user of the profile is told before running), or None if no run was."""
-    errs, paced = [], 0
-    for runs_file in sorted(Path(results_dir).rglob("runs.json")):
-        pick = json.loads(runs_file.read_text())[0]
-        if pick.get("decode_s_per_token_measured") is None or not pick.get("complete", True):
-            continue
-        paced += "host_pace_ratio" in pick
-        for phase in AS_CALIBRATED:
-            p = pick.get(f"{phase}_predicted_as_calibrated", pick.get(f"{phase}_predicted"))
-            if (e := _err(p, pick.get(f"{phase}_measured"))) is not None:
-                errs.append(abs(e))
-    if not paced:
+def run_pace_line(rows: list[dict]) -> str | None:
+    """A diagnostic, not the headline: the time errors had each run been priced at the host's pace its own
+    gauges read during it (which no user predicting before a run can know); None where no run was."""
+    out = []
+    for phase, label in (("decode_s_per_token", "decode"), ("prefill_s", "prefill")):
+        xs = [
+            abs(r[f"{phase}_at_run_pace"])
+            for r in rows
+            if not r["failed"] and r["complete"] and r.get(f"{phase}_at_run_pace") is not None
+        ]
+        if xs:
+            out.append(
+                f"{label}_median_abs_err_pct={statistics.median(xs):.1f} {label}_p90_abs_err_pct={_pct(xs, 0.9):.1f}"
+            )
+    if not out:
         return None
-    med = statistics.median(errs) if errs else math.nan
-    return (
-        f"at the calibration's host pace ({paced} runs predicted at their own): "
-        f"median_abs_err_pct={med:.1f} p90_abs_err_pct={_pct(errs, 0.9):.1f}"
-    )
+    return "diagnostic, at each run's own host pace (not known in advance): " + " ".join(out)
+
+
+def band_line(results_dir: str | Path) -> str | None:
+    """The band's coverage by phase over every measured run, and its median width (upper over lower end)."""
+    parts = []
+    runs = [r for f in sorted(Path(results_dir).rglob("runs.json")) for r in json.loads(f.read_text())]
+    for phase, label in (("decode_s_per_token", "decode"), ("prefill_s", "prefill")):
+        cov = [c for r in runs if r.get("complete", True) and (c := _covered(r, phase)) is not None]
+        widths = [
+            100.0 * (r[f"{phase}_predicted_high"] / r[f"{phase}_predicted_low"] - 1)
+            for r in runs
+            if r.get(f"{phase}_predicted_low")
+        ]
+        if cov:
+            parts.append(
+                f"{label} {sum(cov)}/{len(cov)} ({100.0 * sum(cov) / len(cov):.0f}%), median width "
+                f"{statistics.median(widths):.0f}%"
+            )
+    return "band holds the measured time (every measured run): " + "; ".join(parts) if parts else None
 
 
 def _summaries(folder: Path) -> tuple[Summary, Summary] | None:
@@ -561,29 +635,42 @@ def _why(folder: Path, meas: Summary, pred: Summary) -> str:
     return "; ".join(parts)
 
 
-def _cell(row: dict, phase: str, unit: float) -> str:
+def _cell(row: dict, phase: str, unit: float, digits: int) -> str:
     p, m, e = row[phase]
     if p is None or m is None:
         return "-"
-    return f"{p * unit:.3f}/{m * unit:.3f} ({e:+.1f}%)"
+    band = row.get(f"{phase}_band")
+    text = f"{p * unit:.3f}/{m * unit:.3f} ({e:+.1f}%)"
+    if band is not None:
+        inside = band[0] <= m <= band[1]
+        text += f" [{band[0] * unit:.{digits}f}-{band[1] * unit:.{digits}f}]{' ' if inside else '!'}"
+    return text
+
+
+def _paced(row: dict) -> str:
+    e = row.get("decode_s_per_token_at_run_pace")
+    return "-" if e is None else f"{e:+.1f}%"
 
 
 def format_table(rows: list[dict]) -> str:
-    """Prefill in s, decode in ms per token, predicted/measured (error)."""
+    """Prefill in s, decode in ms per token, predicted in advance/measured (error) [band, ! where the measured
+    time lies outside it]; the decode error at the run's own host pace as a diagnostic."""
     head = (
-        f"{'config':34s} {'family':14s} {'prefill s pred/meas (err)':>30s} {'decode ms pred/meas (err)':>34s} "
-        f"{'peak GPU err':>12s} {'regret':>7s}  largest span-kind difference, predicted - measured"
+        f"{'config':26s} {'family':14s} {'prefill s pred/meas (err) [band]':>42s} "
+        f"{'decode ms pred/meas (err) [band]':>46s} {'run pace':>9s} {'peak GPU':>8s} {'regret':>7s}  "
+        "largest span-kind difference, predicted - measured"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         if r["failed"]:
-            lines.append(f"{r['config']:34s} {r['family']:14s} run failed: {r.get('why') or 'see run.json'}")
+            lines.append(f"{r['config']:26s} {r['family']:14s} run failed: {r.get('why') or 'see run.json'}")
             continue
         mem = r["peak_gpu_bytes"][2]
         mem_text = f"{mem:+.1f}%" if mem is not None else "-"
         regret = f"{r['regret_pct']:.1f}%" if "regret_pct" in r else "-"
         lines.append(
-            f"{r['config']:34s} {r['family']:14s} {_cell(r, 'prefill_s', 1):>30s} "
-            f"{_cell(r, 'decode_s_per_token', 1e3):>34s} {mem_text:>12s} {regret:>7s}  {r.get('why', '')}"
+            f"{r['config']:26s} {r['family']:14s} {_cell(r, 'prefill_s', 1, 2):>42s} "
+            f"{_cell(r, 'decode_s_per_token', 1e3, 1):>46s} {_paced(r):>9s} {mem_text:>8s} {regret:>7s}  "
+            f"{r.get('why', '')}"
         )
     return "\n".join(lines)

@@ -51,11 +51,18 @@ def required_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
     return out
 
 
+def _section_of(annotation):
+    """The section model of a field (an optional section, `SpreadSpec | None`, opened too), or None."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    sub = options[0] if len(options) == 1 else None
+    return sub if isinstance(sub, type) and issubclass(sub, BaseModel) and sub is not Sourced else None
+
+
 def all_fields(model: type[BaseModel]) -> set[str]:
     out = set()
     for name, field in model.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel) and sub is not Sourced:
+        sub = _section_of(field.annotation)
+        if sub is not None:
             out |= {f"{name}.{n}" for n in all_fields(sub)}
         elif not field.exclude:
             out.add(name)
@@ -65,8 +72,8 @@ def all_fields(model: type[BaseModel]) -> set[str]:
 def fields(model: type[BaseModel]):
     """Every field a spec file can hold, sections opened."""
     for field in model.model_fields.values():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel) and sub is not Sourced:
+        sub = _section_of(field.annotation)
+        if sub is not None:
             yield from fields(sub)
         elif not field.exclude:
             yield field

@@ -5,9 +5,11 @@
 #   bash validation/run_campaign.sh calibrate   # ~1 min: a fresh calibrated profile, $OUT/calibrated.tar.gz
 #   bash validation/run_campaign.sh a           # 17 configurations of 16K-64K, ~8 min (466 s on 2026-11-23)
 #   bash validation/run_campaign.sh b           # 256K, 512K (24 GB cap) and one 128K, ~7 min
-#   bash validation/run_campaign.sh c           # 128K and the planner's picks with runners-up, ~8 min
+#   bash validation/run_campaign.sh c           # four fixed plans at 128K, ~4 min
 #   bash validation/run_campaign.sh cpu         # the three fixed cpu_attention configurations of a and c, ~3 min
-#   bash validation/run_campaign.sh l2-planner  # part c's Llama-2 planner configuration with its runners-up, ~2 min
+#   bash validation/run_campaign.sh l2-planner  # a planner configuration: its pick, runners-up and the best plan
+#   bash validation/run_campaign.sh q7-planner  # of every other exact family that fits (up to 7 runs), each
+#   bash validation/run_campaign.sh l3-planner  # ~4-7 min
 #   bash validation/run_campaign.sh only NAME,NAME  # the named configurations ($OUT/campaign-$LABEL.tar.gz)
 # CALIB=<folder> (default calibrated) names the calibration's folder under validation/results/<gpu>/: calibrate
 # writes it, the parts predict with it. Calibrating in the same call as a part predicts that part with the host
@@ -25,7 +27,7 @@
 #   python validation/compress_traces.py validation/results/h100/campaign
 #   python validation/summarize.py validation/results/h100
 set -euo pipefail
-part="${1:?part: calibrate, recalibrate, a, b, c, cpu, l2-planner or only}"
+part="${1:?part: calibrate, recalibrate, a, b, c, cpu, l2-planner, q7-planner, l3-planner or only}"
 . validation/device_setup.sh
 calib="${CALIB:-calibrated}"
 gpu="${GPU:-h100-sxm}"
@@ -59,9 +61,11 @@ case "$part" in
   b) only="l3-head-g1-256k,l3-head-512k-24gb,l3-head-g4-r1-128k" ;;
   cpu) only="l3-cpu2-64k,q7-cpu1-64k,l3-cpu4-128k" ;;
   l2-planner) only="l2-planner-32k-24gb" ;;
+  q7-planner) only="q7-planner-64k-24gb" ;;
+  l3-planner) only="l3-planner-128k-24gb" ;;
   only) only="${2:?only: a comma-separated list of configuration names}" ;;
-  c) only="l3-head-g2-r1-128k,l3-cpu4-128k,l3-evict-128k,q7-head-g1-128k,q7-planner-64k-24gb,l2-planner-32k-24gb,l3-planner-128k-24gb" ;;
-  *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner or only" >&2; exit 2 ;;
+  c) only="l3-head-g2-r1-128k,l3-cpu4-128k,l3-evict-128k,q7-head-g1-128k" ;;
+  *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner, q7-planner, l3-planner or only" >&2; exit 2 ;;
 esac
 mkdir -p /tmp/campaign
 resume=()

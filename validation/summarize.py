@@ -1,18 +1,23 @@
 """Print the validation table from committed results, and as its last line
-`n=<configs> median_abs_err_pct=<x> p90_abs_err_pct=<y> mem_err_max_pct=<z> regret_max_pct=<w>`.
+`n=<runs> decode_median_abs_err_pct=<> decode_p90_abs_err_pct=<> prefill_median_abs_err_pct=<>
+prefill_p90_abs_err_pct=<> mem_err_max_pct=<> regret_max_pct=<> band_coverage_pct=<>`.
 
-    python validation/summarize.py validation/results/h100
+    python validation/summarize.py validation/results/h100/campaign
 
-Errors are (simulated prediction - measured) / measured for prefill time and decode time per token, over every
-configuration's chosen plan; peak GPU memory separately; regret = measured decode time of the planner's pick over
-the best measured among the plans it ranked (configurations with plan = "planner").
+Every figure of the last line is the prediction made in advance, from the calibrated profile alone: errors are
+(simulated prediction - measured) / measured, decode time per token and prefill time apart, over every
+configuration's chosen plan (n counts them); peak GPU memory separately; regret = measured decode time of the
+planner's pick over the best measured among its runners-up and the best plan of every other exact family that
+fits (configurations with plan = "planner"); band_coverage_pct = the share of measured times (decode and
+prefill of every complete run: picks, runners-up, family bests) that lie within the prediction's band. The
+re-pricing at each run's own host pace is printed above it as a diagnostic (docs/validation.md).
 """
 
 from __future__ import annotations
 
 import sys
 
-from roofsim.validate import as_calibrated_line, format_table, prefill_after_first_chunk_line, summarize
+from roofsim.validate import band_line, format_table, prefill_after_first_chunk_line, run_pace_line, summarize
 
 
 def main(argv: list[str]) -> int:
@@ -22,8 +27,9 @@ def main(argv: list[str]) -> int:
     rows, line = summarize(argv[0])
     print(format_table(rows))
     print(prefill_after_first_chunk_line(rows))
-    if (calibrated := as_calibrated_line(argv[0])) is not None:
-        print(calibrated)
+    for extra in (run_pace_line(rows), band_line(argv[0])):
+        if extra is not None:
+            print(extra)
     print(line)
     return 0
 

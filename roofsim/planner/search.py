@@ -19,8 +19,14 @@ from roofsim.specs.model import ModelSpec
 from roofsim.trace import Summary, Trace
 from roofsim.workload import Workload
 
-Objective = Literal["decode", "prefill", "e2e", "throughput", "max-context"]
-OBJECTIVES: tuple[str, ...] = ("decode", "prefill", "e2e", "throughput", "max-context")
+Objective = Literal["decode", "decode-worst", "prefill", "e2e", "throughput", "max-context"]
+OBJECTIVES: tuple[str, ...] = ("decode", "decode-worst", "prefill", "e2e", "throughput", "max-context")
+# decode-worst: decode per token at the upper end of its band (roofsim.band), so that a plan whose speed rests on
+# an unsteady resource (the CPU's scan, the host's pace) wins only where it wins at that resource's slow end too
+
+
+def _worst(point: float, band: tuple[float, float] | None) -> float:
+    return point if band is None else max(point, band[1])
 
 
 def analytic_score(p: Trace, objective: str) -> float:
@@ -32,11 +38,20 @@ def analytic_score(p: Trace, objective: str) -> float:
         return p.e2e_s
     if objective == "throughput":
         return s.decode_s_per_token / p.header.workload.batch
+    if objective == "decode-worst":
+        return _worst(s.decode_s_per_token, s.decode.band_s)
     return s.decode_s_per_token
 
 
-def simulated_score(s: Summary, work: Workload, objective: str) -> float:
+def simulated_score(s: Summary, work: Workload, objective: str, analytic: Summary | None = None) -> float:
+    """The objective on the simulator's summary; decode-worst scales the simulated decode by the analytic
+    band's upper end over the analytic point (`analytic`, priced with band)."""
     decode = s.decode_s_per_token or math.inf
+    if objective == "decode-worst":
+        a = analytic.decode if analytic is not None else None
+        if a is None or a.band_s is None or not a.time_s:
+            return decode
+        return decode * max(1.0, a.band_s[1] / a.time_s)
     if objective == "prefill":
         return s.prefill_s or math.inf
     if objective == "e2e":
@@ -118,9 +133,10 @@ def search(
     feasible: list[Candidate] = []
     infeasible: list[Trace] = []
     total = len(plans) + len(defaults)
+    banded = objective == "decode-worst"
     for i, plan in enumerate([*plans, *defaults]):
         try:
-            p = predict(plan, model, gpu, host, work, limits)
+            p = predict(plan, model, gpu, host, work, limits, band=banded)
         except UserError:
             continue
         (feasible.append(Candidate(p, analytic_score(p, objective))) if p.feasible else infeasible.append(p))
@@ -156,7 +172,13 @@ def search(
             prefill_sample=16,
         )
         c.simulated = trace.summary
-        c.score = simulated_score(trace.summary, work, objective) if trace.summary.feasible else math.inf
+        if not banded:  # the band for the tables (the leaders only: it prices the plan twice more)
+            c.prediction = predict(c.plan, model, gpu, host, work, limits, band=True)
+        c.score = (
+            simulated_score(trace.summary, work, objective, c.prediction.summary)
+            if trace.summary.feasible
+            else math.inf
+        )
         if progress:
             progress(len(plans) + j, total + len(refine))
     refined = [c for c in refine if math.isfinite(c.score)]

@@ -19,6 +19,7 @@ from roofsim.units import fmt_bytes, fmt_seconds, fmt_tokens
 GiB = 1024**3
 SCORE_LABELS = {
     "decode": "decode time per token (s)",
+    "decode-worst": "decode time per token at its band's upper end (s)",
     "prefill": "prefill time (s)",
     "e2e": "prefill + gen decode steps (s)",
     "throughput": "s per generated token across the batch",

@@ -299,7 +299,7 @@ def trace_report(
         notes.append("predicted trace: the one written beside the measurement")
     if found.complete:
         try:
-            pred = predict(h.plan, found.model, found.gpu, found.host, h.workload, found.limits)
+            pred = predict(h.plan, found.model, found.gpu, found.host, h.workload, found.limits, band=True)
             if measured and predicted is None:
                 steps = len(trace.summary.decode.step_s) or len(
                     {s.step for s in trace.spans if s.phase == "decode"}

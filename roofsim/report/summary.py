@@ -6,7 +6,7 @@ from __future__ import annotations
 from roofsim.report.page import Raw, table
 from roofsim.report.validation import error_pct
 from roofsim.trace import PhaseStats, Trace
-from roofsim.units import fmt_bytes, fmt_seconds
+from roofsim.units import fmt_band, fmt_bytes, fmt_seconds
 
 
 def _shares(times: dict[str, float], total: float) -> str:
@@ -88,7 +88,8 @@ def _phase_cells(t: Trace, phase: str) -> dict[str, str | None]:
 
 def phase_table(pred: Trace | None, traces: list[Trace]) -> Raw:
     """Columns: analytic (if `pred`, the analytic model's trace), then one per trace by producer; an error column
-    when a measured trace sits beside a predicted one (predicted vs measured, in % of measured)."""
+    when a measured trace sits beside a predicted one (predicted vs measured, in % of measured). A predicted time
+    with a band shows it: `150.0 ms (141.2-172.5)`."""
     cols: list[dict[str, object]] = []
     named = [("analytic", pred)] if pred is not None else []
     for t in traces:
@@ -102,6 +103,8 @@ def phase_table(pred: Trace | None, traces: list[Trace]) -> Raw:
                 "fits": _fits(s.feasible, s.reason),
                 "prefill": s.prefill_s,
                 "decode": s.decode_s_per_token,
+                "prefill band": s.prefill.band_s,
+                "decode band": s.decode.band_s,
                 "gpu": s.peak_gpu_bytes,
                 "host": s.peak_host_bytes,
                 **_phase_cells(t, "prefill"),
@@ -124,7 +127,14 @@ def phase_table(pred: Trace | None, traces: list[Trace]) -> Raw:
     ]
     rows = []
     for label, key, fmt in quantities:
-        row: list = [label] + [_opt(c[key], fmt) if fmt else (c[key] or None) for c in cols]
+        row: list = [label] + [
+            (fmt_band(c[key], c[f"{key} band"]) if c[key] is not None else None)
+            if key in ("prefill", "decode")
+            else _opt(c[key], fmt)
+            if fmt
+            else (c[key] or None)
+            for c in cols
+        ]
         if with_error:
             row.append(
                 _err(getattr(predicted.summary, _FIELD[key]), getattr(measured.summary, _FIELD[key]))

@@ -247,6 +247,39 @@ class RuntimeSpec(_Section):
         return 0.0 if self.step_us is None else self.step_us.value * 1e-6
 
 
+class SpreadSpec(_Section):
+    """How far the profile's unsteady resources moved while calibrate measured them, as ratios to the values the
+    profile prices at: a prediction's band prices the plan at the slow ends together (its upper end) and at the
+    fast ends together (its lower end). A missing field is a zero-width band for that resource."""
+
+    host_pace_low: SourcedNumber | None = Field(
+        None,
+        description="the host's pace at its fast end over the reference the host-side costs hold at (<= 1): "
+        "those costs times it",
+    )
+    host_pace_high: SourcedNumber | None = Field(
+        None,
+        description="the host's pace at its slow end over that reference (>= 1): the host-side costs times it",
+    )
+    link_low: SourcedNumber | None = Field(
+        None,
+        description="the pinned copy rate at its slow end over the profile's rates (<= 1): h2d and d2h times it",
+    )
+    link_high: SourcedNumber | None = Field(
+        None, description="the pinned copy rate at its fast end over the profile's rates (>= 1)"
+    )
+
+    @model_validator(mode="after")
+    def _sides(self) -> SpreadSpec:
+        for name, side in (("host_pace_low", -1), ("host_pace_high", 1), ("link_low", -1), ("link_high", 1)):
+            v = getattr(self, name)
+            if v is not None and (v.value <= 0 or (v.value - 1.0) * side < 0):
+                raise ValueError(
+                    f"{name} is a ratio {'<=' if side < 0 else '>='} 1 and above 0, got {v.value}"
+                )
+        return self
+
+
 class GpuSpec(_Section):
     name: str = Field(description="a short name for the GPU, e.g. rtx4090 (the built-in specs' file names)")
     full_name: str = Field(description="the product's name, e.g. NVIDIA GeForce RTX 4090 24GB")
@@ -262,6 +295,9 @@ class GpuSpec(_Section):
     link: LinkSpec
     efficiency: EfficiencySpec
     runtime: RuntimeSpec
+    spread: SpreadSpec | None = Field(
+        None, description="how far the unsteady resources moved over the calibration; None: a zero-width band"
+    )
     source: str | None = Field(
         None,
         exclude=True,
@@ -383,6 +419,26 @@ class GpuSpec(_Section):
             }
         )
 
+    def link_times(self, k: float) -> GpuSpec:
+        """This GPU with its pinned copy rates (h2d, d2h, the gathered stage's) times k; latencies unchanged."""
+        link = self.link
+        return self.model_copy(
+            update={
+                "link": link.model_copy(
+                    update={
+                        n: v.model_copy(update={"value": v.value * k})
+                        for n in ("h2d_gbps", "d2h_gbps", "h2d_gathered_gbps")
+                        if (v := getattr(link, n)) is not None
+                    }
+                )
+            }
+        )
+
+    def spread_end(self, name: str) -> float:
+        """A SpreadSpec ratio, or 1 where the profile has none."""
+        v = None if self.spread is None else getattr(self.spread, name)
+        return 1.0 if v is None else v.value
+
     @property
     def kernel_s(self) -> float:
         """Host time to dispatch one kernel."""
@@ -461,6 +517,15 @@ class HostSpec(_Section):
         "as above) with cpu_attention_call_us per call",
     )
 
+    cpu_attention_low: SourcedNumber | None = Field(
+        None,
+        description="the CPU attention kernel's scan rate at its slow end over the rates above (<= 1): the same scan "
+        "timed at several moments of the calibration, its slowest over their median; None: a zero-width band",
+    )
+    cpu_attention_high: SourcedNumber | None = Field(
+        None, description="the scan rate at its fast end over the rates above (>= 1); None: a zero-width band"
+    )
+
     _pos = field_validator(
         "ram_capacity_gib",
         "ram_bandwidth_gbps",
@@ -479,6 +544,12 @@ class HostSpec(_Section):
 
     @model_validator(mode="after")
     def _groups(self) -> HostSpec:
+        for name, side in (("cpu_attention_low", -1), ("cpu_attention_high", 1)):
+            v = getattr(self, name)
+            if v is not None and (v.value <= 0 or (v.value - 1.0) * side < 0):
+                raise ValueError(
+                    f"{name} is a ratio {'<=' if side < 0 else '>='} 1 and above 0, got {v.value}"
+                )
         table = self.cpu_attention_group_gbps
         if (table is None) != (self.cpu_attention_group is None):
             raise ValueError(
@@ -560,6 +631,25 @@ class HostSpec(_Section):
         keys = sorted(table)
         rates = [table[k].value for k in keys]
         return float(np.interp(group, keys, rates) / np.interp(ref.value, keys, rates))
+
+    def scans_times(self, k: float) -> HostSpec:
+        """This host with the CPU attention kernel's scan rates (cpu_attention_gbps and the slot table) times k."""
+
+        def times(v):
+            return v.model_copy(update={"value": v.value * k})
+
+        update = {"cpu_attention_gbps": times(self.cpu_attention_gbps)}
+        if self.cpu_attention_slot_gbps is not None:
+            update["cpu_attention_slot_gbps"] = {
+                g: {h: {n: times(r) for n, r in row.items()} for h, row in by_heads.items()}
+                for g, by_heads in self.cpu_attention_slot_gbps.items()
+            }
+        return self.model_copy(update=update)
+
+    def spread_end(self, name: str) -> float:
+        """cpu_attention_low or cpu_attention_high, or 1 where the profile has none."""
+        v = getattr(self, name)
+        return 1.0 if v is None else v.value
 
     @property
     def gather_bytes_per_s(self) -> float:

@@ -1,0 +1,176 @@
+"""The prediction's band (roofsim.band): calibrate keeps the spread of the unsteady resources it measured, predict
+prices the plan at their slow and fast ends, the planner's decode-worst objective ranks by the upper end, and the
+validation summary counts how often the band holds the measured time."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from roofsim.calibration import Measurements, fit_spread, host_pace_ratios
+from roofsim.families import CpuAttentionPlan, HeadOffloadPlan, ResidentPlan
+from roofsim.limits import Limits
+from roofsim.predict import predict
+from roofsim.specs import load_gpu
+from roofsim.specs.hardware import SpreadSpec, default_host_of, load_host
+from roofsim.specs.model import load_model
+from roofsim.specs.sourced import Sourced
+from roofsim.units import fmt_band
+from roofsim.workload import Workload
+
+ROOT = Path(__file__).parent.parent
+S21 = ROOT / "validation" / "results" / "h100" / "s21"
+PROFILE = str(S21 / "h100-sxm-calibrated.toml")
+L3 = load_model("llama-3-8b")
+WORK = Workload(context=65536, gen=8)
+
+
+def _measurements() -> Measurements:
+    return Measurements.model_validate_json((S21 / "h100-sxm-calibrated-measurements.json").read_text())
+
+
+def _ratio(v: float) -> Sourced:
+    return Sourced(value=v, measured="test")
+
+
+def test_a_profile_without_a_spread_gives_a_zero_width_band():
+    gpu = load_gpu("h100-sxm")
+    host = default_host_of("h100-sxm", gpu)
+    assert gpu.spread is None and host.cpu_attention_low is None
+    for plan in (ResidentPlan(), HeadOffloadPlan(), CpuAttentionPlan(cpu_kv_heads=2)):
+        s = predict(plan, L3, gpu, host, WORK, band=True).summary
+        for phase in ("prefill", "decode"):
+            assert s.phase(phase).band_s == (s.phase(phase).time_s, s.phase(phase).time_s)
+
+
+def test_the_spread_is_fitted_from_what_calibrate_measured():
+    m = _measurements()
+    gpu, host = fit_spread(m)
+    ratios = host_pace_ratios(m)
+    assert len(ratios) == len(m.host_pace_us)
+    assert min(ratios) <= gpu["host_pace_low"][0] <= 1.0 <= gpu["host_pace_high"][0] <= max(ratios)
+    assert gpu["link_low"][0] <= 1.0 <= gpu["link_high"][0]
+    assert 0 < host["cpu_attention_low"][0] <= 1.0 <= host["cpu_attention_high"][0]
+    # the committed profile carries what the fit gives (validation/add_spread.py)
+    profile = load_gpu(PROFILE)
+    assert profile.spread.host_pace_high.value == pytest.approx(gpu["host_pace_high"][0], rel=1e-5)
+    assert default_host_of(PROFILE, profile).cpu_attention_low.value == pytest.approx(
+        host["cpu_attention_low"][0], rel=1e-5
+    )
+
+
+def test_a_measurements_file_without_gauges_gives_no_host_pace_spread():
+    m = _measurements().model_copy(
+        update={"host_pace_us": None, "launch_pace_us": None, "step_pace_us": None}
+    )
+    gpu, _ = fit_spread(m)
+    assert "host_pace_low" not in gpu and "link_low" in gpu
+
+
+def test_a_spread_ratio_on_the_wrong_side_of_one_is_refused():
+    with pytest.raises(ValueError, match="host_pace_high"):
+        SpreadSpec(host_pace_high=_ratio(0.9))
+    with pytest.raises(ValueError, match="link_low"):
+        SpreadSpec(link_low=_ratio(1.2))
+
+
+def test_the_band_holds_the_point_and_the_point_does_not_move():
+    gpu = load_gpu(PROFILE)
+    host = default_host_of(PROFILE, gpu)
+    for plan in (ResidentPlan(), HeadOffloadPlan(prefill_chunk=8192), CpuAttentionPlan(cpu_kv_heads=2)):
+        plain = predict(plan, L3, gpu, host, WORK).summary
+        banded = predict(plan, L3, gpu, host, WORK, band=True).summary
+        for phase in ("prefill", "decode"):
+            assert banded.phase(phase).time_s == plain.phase(phase).time_s
+            lo, hi = banded.phase(phase).band_s
+            assert lo <= plain.phase(phase).time_s <= hi
+    # a launch-bound plan's decode follows the host's pace: its band is the pace's spread
+    s = predict(ResidentPlan(), L3, gpu, host, WORK, band=True).summary
+    assert s.decode.band_s[1] > s.decode.time_s * 1.1
+
+
+def test_a_less_steady_cpu_widens_only_the_plans_that_scan_on_it():
+    gpu = load_gpu(PROFILE)
+    host = default_host_of(PROFILE, gpu)
+    shaky = host.model_copy(update={"cpu_attention_low": _ratio(0.25)})
+    cpu, gpu_only = CpuAttentionPlan(cpu_kv_heads=4, prefill_chunk=8192), HeadOffloadPlan(prefill_chunk=8192)
+    wider = predict(cpu, L3, gpu, shaky, WORK, band=True).summary.decode.band_s[1]
+    assert wider > predict(cpu, L3, gpu, host, WORK, band=True).summary.decode.band_s[1]
+    assert (
+        predict(gpu_only, L3, gpu, shaky, WORK, band=True).summary.decode.band_s
+        == predict(gpu_only, L3, gpu, host, WORK, band=True).summary.decode.band_s
+    )
+
+
+def test_decode_worst_ranks_a_plan_on_an_unsteady_cpu_by_its_bad_case():
+    """A cpu_attention plan that wins on its point loses under decode-worst where the CPU's slow end costs it
+    more than the GPU-only plan pays at its own slow end; both scores, analytic and simulated, rank alike."""
+    from roofsim.planner.search import analytic_score, simulated_score
+    from roofsim.sim import simulate
+
+    gpu = load_gpu(PROFILE)
+    host = default_host_of(PROFILE, gpu).model_copy(update={"cpu_attention_low": _ratio(0.3)})
+    work = Workload(context=131072, gen=8)
+    limits = Limits(gpu_mem_bytes=24e9)
+    cpu = CpuAttentionPlan(cpu_kv_heads=2, kv_heads_per_slot=2, resident_slots=1, prefill_chunk=16384)
+    head = HeadOffloadPlan(kv_heads_per_slot=2, resident_slots=1, prefill_chunk=16384)
+    p_cpu, p_head = (predict(p, L3, gpu, host, work, limits, band=True) for p in (cpu, head))
+    assert p_cpu.feasible and p_head.feasible
+    assert analytic_score(p_cpu, "decode") < analytic_score(p_head, "decode")
+    assert analytic_score(p_cpu, "decode-worst") > analytic_score(p_head, "decode-worst")
+    assert analytic_score(p_cpu, "decode-worst") == p_cpu.summary.decode.band_s[1]
+    sims = [simulate(p, L3, gpu, host, work, limits, decode_steps=1, keep="none") for p in (cpu, head)]
+    worst = [
+        simulated_score(s.summary, work, "decode-worst", a.summary)
+        for s, a in zip(sims, (p_cpu, p_head), strict=True)
+    ]
+    assert worst[0] > worst[1]
+    assert worst[0] >= sims[0].summary.decode_s_per_token
+
+
+def test_fmt_band_says_the_band_in_the_time_s_unit():
+    assert fmt_band(0.150, (0.1412, 0.1725)) == "150.0 ms (141.2-172.5)"
+    assert fmt_band(2.5, (2.4, 2.61)) == "2.50 s (2.40-2.61)"
+    assert fmt_band(0.150, (0.150, 0.150)) == "150.0 ms"
+    assert fmt_band(0.150, None) == "150.0 ms"
+
+
+def test_band_coverage_counts_every_measured_run(tmp_path):
+    from roofsim.validate import closing_numbers, summarize
+
+    plan = {"family": "resident", "prefill_chunk": None, "weights": "resident"}
+
+    def run(tag, decode_meas, lo, hi):
+        return {
+            "config": "c", "run": tag, "plan": {**plan, "prefill_chunk": len(tag)},
+            "prefill_s_predicted": 1.0, "prefill_s_measured": 1.0,
+            "prefill_s_predicted_low": 0.9, "prefill_s_predicted_high": 1.1,
+            "decode_s_per_token_predicted": 0.04, "decode_s_per_token_measured": decode_meas,
+            "decode_s_per_token_predicted_low": lo, "decode_s_per_token_predicted_high": hi,
+            "peak_gpu_bytes_predicted": 1e9, "peak_gpu_bytes_measured": 1e9,
+        }  # fmt: skip
+
+    (tmp_path / "c").mkdir()
+    runs = [run("pick", 0.041, 0.035, 0.045), run("alt1", 0.050, 0.035, 0.045)]
+    (tmp_path / "c" / "runs.json").write_text(json.dumps(runs))
+    k = closing_numbers(summarize(tmp_path)[1])
+    assert k["band_coverage_pct"] == pytest.approx(75.0)  # 3 of 4 measured times, the runner-up's decode out
+    assert k["decode_median_abs_err_pct"] == pytest.approx(100 * 0.001 / 0.041, abs=0.05)
+    assert k["prefill_median_abs_err_pct"] == 0.0
+
+
+def test_a_host_file_without_the_cpu_spread_loads():
+    host = load_host(str(ROOT / "hw_specs" / "hosts" / "sapphire-rapids.toml"))
+    assert host.spread_end("cpu_attention_low") == 1.0
+
+
+def test_calibrate_writes_the_spread_into_the_profile_it_loads(tmp_path):
+    from roofsim.calibration import write_profile
+
+    base = load_gpu("h100-sxm")
+    gpu_path, host_path = write_profile(base, default_host_of("h100-sxm", base), _measurements(), tmp_path)
+    gpu = load_gpu(str(gpu_path))
+    host = load_host(str(host_path))
+    assert gpu.spread.host_pace_low.value <= 1.0 <= gpu.spread.host_pace_high.value
+    assert gpu.spread.link_low.value <= 1.0 <= gpu.spread.link_high.value
+    assert host.cpu_attention_low.value <= 1.0 <= host.cpu_attention_high.value
