@@ -114,6 +114,18 @@ class Runtime:
         self.extra_gpu_bytes: dict[str, int] = {}
         self.pinned_extra = 0
         self.weights = None  # the WeightStreamer when plan.weights == "streamed"
+        self.fp8 = getattr(plan, "kv_dtype", "bf16") != "bf16"
+        self._scratch: torch.Tensor | None = None
+
+    def kv_scratch(self, numel: int) -> torch.Tensor:
+        """The scratch (model dtype, flat) an fp8 plan dequantises one attention call's KV into, at least `numel`
+        elements: one for the whole cache, since the calls that use it follow each other on the compute stream.
+        Grown where a call needs more (a resident slot past the capacity planned)."""
+        if self._scratch is None or self._scratch.numel() < numel:
+            self._scratch = None
+            self._scratch = torch.empty(numel, dtype=self.shape.dtype, device=self.shape.device)
+            self.extra_gpu_bytes["kv_buffers"] = numel * self._scratch.element_size()
+        return self._scratch
 
     # ---- steps -----------------------------------------------------------------------------------------------
 
@@ -211,6 +223,7 @@ class Runtime:
         self.layers = []
         self.units = []
         self.ring = None
+        self._scratch = None
         self.x_pending.clear()
         _TLS.pending = None
         if self.pool is not None:

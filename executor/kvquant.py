@@ -1,0 +1,107 @@
+"""fp8 KV stores (roofsim.kvformat): quantise on write, dequantise into a scratch in the model dtype before attention.
+
+A store of `heads` KV heads is a flat uint8 buffer, block-major: block i holds KV_SCALE_BLOCK rows
+[rows, B, 2, heads, D] as float8_e4m3fn, then its scales [B, 2, heads] as fp32. The first P tokens of a store, or
+the blocks one write touches, are one contiguous byte range: one copy each way, as a bf16 slot's rows are.
+
+Write of C new rows after P (`write`): the partly filled block they join is read back, the new rows appended, and
+every block touched gets the power-of-two scale 2^ceil(log2(amax / 448)) of its own (K or V, head) maximum, then
+the rows divided by it, cast and stored. A power-of-two scale keeps earlier rows exact when a block is re-scaled
+(an e4m3 value times 2^-k is again one, unless it falls below fp8's normal range), so a row is rounded once and
+the stored bytes do not depend on how the tokens were chunked, except where a later outlier re-scales its block so
+far that the earlier rows become fp8 subnormals.
+
+Dequantisation (`dequantize`): whole blocks copied into the scratch (fp8 -> model dtype), then multiplied by their
+scales in place; both exact for bf16 and fp32 scratches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from roofsim.kvformat import FP8_MAX, KV_SCALE_BLOCK, SCALE_BYTES
+
+FP8 = torch.float8_e4m3fn
+BLK = KV_SCALE_BLOCK
+
+
+def blocks(tokens: int) -> int:
+    return -(-tokens // BLK)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The byte layout of an fp8 store of `heads` KV heads for `batch` sequences of head size `head_dim`."""
+
+    batch: int
+    heads: int
+    head_dim: int
+
+    @property
+    def data_bytes(self) -> int:
+        """fp8 rows of one block."""
+        return BLK * self.batch * 2 * self.heads * self.head_dim
+
+    @property
+    def block_bytes(self) -> int:
+        return self.data_bytes + SCALE_BYTES * self.batch * 2 * self.heads
+
+    def nbytes(self, tokens: int) -> int:
+        """Bytes of a store holding `tokens` tokens (whole blocks)."""
+        return blocks(tokens) * self.block_bytes
+
+    def views(self, buf: torch.Tensor, n_blocks: int):
+        """(rows fp8 [n, BLK, B, 2, heads, D], scales fp32 [n, B, 2, heads]) of the first n blocks of `buf`."""
+        b = buf[: n_blocks * self.block_bytes].view(n_blocks, self.block_bytes)
+        rows = b[:, : self.data_bytes].view(FP8).view(n_blocks, BLK, self.batch, 2, self.heads, self.head_dim)
+        scales = b[:, self.data_bytes :].view(torch.float32).view(n_blocks, self.batch, 2, self.heads)
+        return rows, scales
+
+
+def layout_of(shape, heads: int) -> Layout:
+    """The layout of a store of `heads` KV heads for a cache's Shape."""
+    return Layout(shape.batch, heads, shape.head_dim)
+
+
+def byte_range(lay: Layout, P: int, C: int) -> tuple[int, int]:
+    """The bytes `write(.., P, C rows)` stores: whole blocks from P's to the last the rows reach."""
+    return (P // BLK) * lay.block_bytes, blocks(P + C) * lay.block_bytes
+
+
+def write(lay: Layout, buf: torch.Tensor, P: int, new: torch.Tensor) -> tuple[int, int]:
+    """Store rows `new` [C, B, 2, heads, D] (any float dtype) at tokens P..P+C of store `buf`, re-scaling the
+    partly filled block they join. Returns the byte range written (byte_range)."""
+    C = new.shape[0]
+    b0, b1 = P // BLK, blocks(P + C)
+    rows, scales = lay.views(buf, b1)
+    head = P - b0 * BLK  # rows of block b0 already stored
+    x = torch.zeros((b1 - b0) * BLK, *new.shape[1:], dtype=torch.float32, device=new.device)
+    if head:
+        x[:head] = rows[b0, :head].float() * scales[b0, None, :, :, :, None]
+    x[head : head + C] = new
+    x = x.view(b1 - b0, BLK, *new.shape[1:])
+    amax = x.abs().amax(dim=(1, 5))  # [n, B, 2, heads]
+    scale = torch.exp2(torch.ceil(torch.log2(torch.clamp(amax, min=1e-30) / FP8_MAX)))
+    scale = torch.where(amax > 0, scale, torch.ones_like(scale))
+    q = (x / scale[:, None, :, :, :, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
+    rows[b0:b1] = q
+    scales[b0:b1] = scale
+    return byte_range(lay, P, C)
+
+
+def dequantize(lay: Layout, buf: torch.Tensor, tokens: int, scratch: torch.Tensor) -> torch.Tensor:
+    """The first `tokens` rows of store `buf` in the scratch's dtype, [tokens, B, 2, heads, D] (a view of the
+    scratch, which holds at least blocks(tokens) * BLK rows of this layout)."""
+    n = blocks(tokens)
+    rows, scales = lay.views(buf, n)
+    shape = (n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
+    out = scratch[: rows.numel()].view(shape)
+    out.copy_(rows)
+    out.mul_(scales[:, None, :, :, :, None])
+    return out.view(n * BLK, *shape[2:])[:tokens]
+
+
+def scratch_numel(lay: Layout, tokens: int) -> int:
+    return blocks(tokens) * BLK * lay.batch * 2 * lay.heads * lay.head_dim
