@@ -5,7 +5,7 @@ A store of `heads` KV heads is a flat uint8 buffer, block-major: block i holds K
 the blocks one write touches, are one contiguous byte range: one copy each way, as a bf16 slot's rows are.
 
 Write of C new rows after P (`write`): the partly filled block they join is read back, the new rows appended, and
-every block touched gets the power-of-two scale 2^ceil(log2(amax / 448)) of its own (K or V, head) maximum, then
+every block touched gets the power-of-two scale 2^e just above amax / 448 of its own (K or V, head) maximum, then
 the rows divided by it, cast and stored. A power-of-two scale keeps earlier rows exact when a block is re-scaled
 (an e4m3 value times 2^-k is again one, unless it falls below fp8's normal range), so a row is rounded once and
 the stored bytes do not depend on how the tokens were chunked, except where a later outlier re-scales its block so
@@ -72,23 +72,27 @@ def byte_range(lay: Layout, P: int, C: int) -> tuple[int, int]:
 
 def write(lay: Layout, buf: torch.Tensor, P: int, new: torch.Tensor) -> tuple[int, int]:
     """Store rows `new` [C, B, 2, heads, D] (any float dtype) at tokens P..P+C of store `buf`, re-scaling the
-    partly filled block they join. Returns the byte range written (byte_range)."""
+    partly filled block they join. Returns the byte range written (byte_range). Few ops: a decode step makes one
+    call per slot and layer."""
     C = new.shape[0]
     b0, b1 = P // BLK, blocks(P + C)
-    rows, scales = lay.views(buf, b1)
+    n = b1 - b0
+    lo, hi = b0 * lay.block_bytes, b1 * lay.block_bytes
+    rows, scales = lay.views(buf[lo:hi], n)
     head = P - b0 * BLK  # rows of block b0 already stored
-    x = torch.zeros((b1 - b0) * BLK, *new.shape[1:], dtype=torch.float32, device=new.device)
+    parts = [new.float()]
     if head:
-        x[:head] = rows[b0, :head].float() * scales[b0, None, :, :, :, None]
-    x[head : head + C] = new
-    x = x.view(b1 - b0, BLK, *new.shape[1:])
-    amax = x.abs().amax(dim=(1, 5))  # [n, B, 2, heads]
-    scale = torch.exp2(torch.ceil(torch.log2(torch.clamp(amax, min=1e-30) / FP8_MAX)))
-    scale = torch.where(amax > 0, scale, torch.ones_like(scale))
-    q = (x / scale[:, None, :, :, :, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
-    rows[b0:b1] = q
-    scales[b0:b1] = scale
-    return byte_range(lay, P, C)
+        parts.insert(0, rows[0, :head].float().mul_(scales[0].view(1, lay.batch, 2, lay.heads, 1)))
+    if head + C < n * BLK:
+        parts.append(new.new_zeros((n * BLK - head - C, *new.shape[1:]), dtype=torch.float32))
+    x = torch.cat(parts).view(n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
+    # the power of two 2^e just above amax / 448 (frexp: amax / 448 = m 2^e with m < 1), so |x| / 2^e < 448;
+    # an all-zero block gets 2^0
+    _, e = torch.frexp(x.abs().amax(dim=(1, 5)).div_(FP8_MAX))
+    scale = torch.exp2(e.float())
+    rows.copy_(x.div_(scale.view(n, 1, lay.batch, 2, lay.heads, 1)))
+    scales.copy_(scale)
+    return lo, hi
 
 
 def dequantize(lay: Layout, buf: torch.Tensor, tokens: int, scratch: torch.Tensor) -> torch.Tensor:

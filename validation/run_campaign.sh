@@ -8,6 +8,7 @@
 #   bash validation/run_campaign.sh c           # 128K and the planner's picks with runners-up, ~8 min
 #   bash validation/run_campaign.sh cpu         # the three fixed cpu_attention configurations of a and c, ~3 min
 #   bash validation/run_campaign.sh l2-planner  # part c's Llama-2 planner configuration with its runners-up, ~2 min
+#   bash validation/run_campaign.sh fp8         # validation/campaign-fp8-h100.toml: KV in fp8 (issue #32), ~6 min
 #   bash validation/run_campaign.sh only NAME,NAME  # the named configurations ($OUT/campaign-$LABEL.tar.gz)
 # CALIB=<folder> (default calibrated) names the calibration's folder under validation/results/<gpu>/: calibrate
 # writes it, the parts predict with it. Calibrating in the same call as a part predicts that part with the host
@@ -25,7 +26,7 @@
 #   python validation/compress_traces.py validation/results/h100/campaign
 #   python validation/summarize.py validation/results/h100
 set -euo pipefail
-part="${1:?part: calibrate, recalibrate, a, b, c, cpu, l2-planner or only}"
+part="${1:?part: calibrate, recalibrate, a, b, c, cpu, l2-planner, fp8 or only}"
 . validation/device_setup.sh
 calib="${CALIB:-calibrated}"
 gpu="${GPU:-h100-sxm}"
@@ -59,9 +60,12 @@ case "$part" in
   b) only="l3-head-g1-256k,l3-head-512k-24gb,l3-head-g4-r1-128k" ;;
   cpu) only="l3-cpu2-64k,q7-cpu1-64k,l3-cpu4-128k" ;;
   l2-planner) only="l2-planner-32k-24gb" ;;
+  fp8)
+    campaign="${CAMPAIGN:-validation/campaign-fp8-h100.toml}"
+    only="l3-resident-fp8-16k,l3-resident-fp8-64k,l3-layer-full-fp8-32k,l3-layer-inc-fp8-64k,l3-head-g1-fp8-64k,l3-head-g4-r1-fp8-128k,l3-head-g1-fp8-256k,q7-head-g1-fp8-64k" ;;
   only) only="${2:?only: a comma-separated list of configuration names}" ;;
   c) only="l3-head-g2-r1-128k,l3-cpu4-128k,l3-evict-128k,q7-head-g1-128k,q7-planner-64k-24gb,l2-planner-32k-24gb,l3-planner-128k-24gb" ;;
-  *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner or only" >&2; exit 2 ;;
+  *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner, fp8 or only" >&2; exit 2 ;;
 esac
 mkdir -p /tmp/campaign
 resume=()
