@@ -116,6 +116,7 @@ class Runtime:
         self.weights = None  # the WeightStreamer when plan.weights == "streamed"
         self.fp8 = getattr(plan, "kv_dtype", "bf16") != "bf16"
         self._scratch: torch.Tensor | None = None
+        self.fp8_stores: dict = {}  # (ring buffer address, slot heads) -> its kvquant.Store
 
     def kv_scratch(self, numel: int) -> torch.Tensor:
         """The scratch (model dtype, flat) an fp8 plan dequantises one attention call's KV into, at least `numel`
@@ -224,6 +225,7 @@ class Runtime:
         self.units = []
         self.ring = None
         self._scratch = None
+        self.fp8_stores = {}
         self.x_pending.clear()
         _TLS.pending = None
         if self.pool is not None:

@@ -70,41 +70,66 @@ def byte_range(lay: Layout, P: int, C: int) -> tuple[int, int]:
     return (P // BLK) * lay.block_bytes, blocks(P + C) * lay.block_bytes
 
 
-def write(lay: Layout, buf: torch.Tensor, P: int, new: torch.Tensor) -> tuple[int, int]:
-    """Store rows `new` [C, B, 2, heads, D] (any float dtype) at tokens P..P+C of store `buf`, re-scaling the
-    partly filled block they join. Returns the byte range written (byte_range). Few ops: a decode step makes one
-    call per slot and layer."""
-    C = new.shape[0]
+class Store:
+    """An fp8 store's typed views over its flat bytes, made once (a decode step writes and reads every slot of every
+    layer: views made per call would be most of its host dispatches)."""
+
+    def __init__(self, lay: Layout, buf: torch.Tensor):
+        n = buf.numel() // lay.block_bytes
+        self.lay, self.buf = lay, buf
+        self.rows, self.scales = lay.views(buf, n)  # [n, BLK, B, 2, h, D] fp8, [n, B, 2, h] fp32
+        self.row_scales = self.scales.view(n, 1, lay.batch, 2, lay.heads, 1)  # broadcast over rows and d
+
+
+def store_of(lay: Layout, buf) -> Store:
+    return buf if isinstance(buf, Store) else Store(lay, buf)
+
+
+WRITE_ROWS = 4096
+"""Rows quantised at a time: a prefill chunk's fp32 temporaries stay a few of these rows' size."""
+
+
+def write(lay: Layout, buf, P: int, new: torch.Tensor) -> tuple[int, int]:
+    """Store rows `new` [C, B, 2, heads, D] (any float dtype) at tokens P..P+C of store `buf` (a Store, or its flat
+    bytes), re-scaling the partly filled block they join. Returns the byte range written (byte_range)."""
+    st = store_of(lay, buf)
+    C, done = new.shape[0], 0
+    while done < C:  # pieces that end on block boundaries, WRITE_ROWS rows of blocks at most
+        piece = min(C - done, WRITE_ROWS - (P + done) % BLK)
+        _write(st, P + done, new[done : done + piece])
+        done += piece
+    return byte_range(lay, P, C)
+
+
+def _write(st: Store, P: int, new: torch.Tensor) -> None:
+    lay, C = st.lay, new.shape[0]
     b0, b1 = P // BLK, blocks(P + C)
     n = b1 - b0
-    lo, hi = b0 * lay.block_bytes, b1 * lay.block_bytes
-    rows, scales = lay.views(buf[lo:hi], n)
     head = P - b0 * BLK  # rows of block b0 already stored
     parts = [new.float()]
     if head:
-        parts.insert(0, rows[0, :head].float().mul_(scales[0].view(1, lay.batch, 2, lay.heads, 1)))
+        parts.insert(0, st.rows[b0, :head].float().mul_(st.row_scales[b0]))
     if head + C < n * BLK:
         parts.append(new.new_zeros((n * BLK - head - C, *new.shape[1:]), dtype=torch.float32))
     x = torch.cat(parts).view(n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
     # the power of two 2^e just above amax / 448 (frexp: amax / 448 = m 2^e with m < 1), so |x| / 2^e < 448;
     # an all-zero block gets 2^0
-    _, e = torch.frexp(x.abs().amax(dim=(1, 5)).div_(FP8_MAX))
-    scale = torch.exp2(e.float())
-    rows.copy_(x.div_(scale.view(n, 1, lay.batch, 2, lay.heads, 1)))
-    scales.copy_(scale)
-    return lo, hi
+    _, e = torch.frexp(x.abs().amax(dim=(1, 5), keepdim=True).div_(FP8_MAX))
+    scale = torch.exp2(e.float())  # [n, 1, B, 2, h, 1]
+    st.rows[b0:b1].copy_(x.div_(scale))
+    st.row_scales[b0:b1].copy_(scale)
 
 
-def dequantize(lay: Layout, buf: torch.Tensor, tokens: int, scratch: torch.Tensor) -> torch.Tensor:
-    """The first `tokens` rows of store `buf` in the scratch's dtype, [tokens, B, 2, heads, D] (a view of the
-    scratch, which holds at least blocks(tokens) * BLK rows of this layout)."""
+def dequantize(lay: Layout, buf, tokens: int, scratch: torch.Tensor) -> torch.Tensor:
+    """The first `tokens` rows of store `buf` (a Store, or its flat bytes) in the scratch's dtype,
+    [tokens, B, 2, heads, D] (a view of the scratch, which holds at least blocks(tokens) * BLK rows of this
+    layout)."""
+    st = store_of(lay, buf)
     n = blocks(tokens)
-    rows, scales = lay.views(buf, n)
-    shape = (n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
-    out = scratch[: rows.numel()].view(shape)
-    out.copy_(rows)
-    out.mul_(scales[:, None, :, :, :, None])
-    return out.view(n * BLK, *shape[2:])[:tokens]
+    out = scratch[: scratch_numel(lay, tokens)].view(n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
+    out.copy_(st.rows[:n])
+    out.mul_(st.row_scales[:n])
+    return out.view(n * BLK, lay.batch, 2, lay.heads, lay.head_dim)[:tokens]
 
 
 def scratch_numel(lay: Layout, tokens: int) -> int:

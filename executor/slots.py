@@ -50,6 +50,7 @@ class Slot:
     gpu: torch.Tensor | None = None
     host: torch.Tensor | None = None
     written: object = None  # event after the last D2H into `host`
+    store: object = None  # fp8: the typed views of `gpu` (kvquant.Store)
 
     @property
     def g(self) -> int:
@@ -306,11 +307,11 @@ class SlotLayer(PlanLayer):
 
     # ---- fp8 ----------------------------------------------------------------------------------------------------
 
-    def _attend_store(self, s: Slot, store: torch.Tensor, qs, new, scale) -> torch.Tensor:
+    def _attend_store(self, s: Slot, store: kvquant.Store, qs, new, scale) -> torch.Tensor:
         """Write the call's new rows into the fp8 store, dequantise rows [:P+C] into the scratch and attend them."""
         rt, eng, rec = self.rt, self.rt.engine, self.rt.rec
         P, C = self.P, self.C
-        lay = kvquant.layout_of(rt.shape, s.g)
+        lay = store.lay
         kvquant.write(lay, store, P, new[:, :, :, s.h0 : s.h1])
         a0 = rec.mark(eng.compute)
         kv = kvquant.dequantize(lay, store, P + C, rt.kv_scratch(kvquant.scratch_numel(lay, P + C)))
@@ -323,7 +324,7 @@ class SlotLayer(PlanLayer):
         lay = kvquant.layout_of(self.rt.shape, s.g)
         if s.gpu is None or s.gpu.numel() < lay.nbytes(P + C):
             self._grow_fp8(s, lay, P + C)
-        out, a0 = self._attend_store(s, s.gpu, qs, new, scale)
+        out, a0 = self._attend_store(s, s.store, qs, new, scale)
         self.attn_span(a0, self.rt.rec.mark(self.rt.engine.compute), s.index, P + C, s.g, C)
         return out
 
@@ -339,6 +340,7 @@ class SlotLayer(PlanLayer):
             n = lay.nbytes(self.P)
             buf[:n].copy_(s.gpu[:n])
         s.gpu = buf
+        s.store = kvquant.Store(lay, buf)
 
     def _attend_streamed_fp8(self, s: Slot, qs, new, scale):
         rt, eng = self.rt, self.rt.engine
@@ -348,7 +350,11 @@ class SlotLayer(PlanLayer):
         view = self.ring_view(flat, s)
         lay = kvquant.layout_of(rt.shape, s.g)
         full = self.write_back == "full"
-        out, a0 = self._attend_store(s, view, qs, new, scale)
+        key = (flat.data_ptr(), s.g)  # the ring buffer's store views, made once per buffer and slot size
+        store = rt.fp8_stores.get(key)
+        if store is None:
+            store = rt.fp8_stores[key] = kvquant.Store(lay, view)
+        out, a0 = self._attend_store(s, store, qs, new, scale)
         done = eng.event(eng.compute)
         self.attn_span(a0, done, s.index, P + C, s.g, C)
         lo, hi = kvquant.byte_range(lay, P, C)
