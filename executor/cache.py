@@ -117,6 +117,7 @@ class Runtime:
         self.fp8 = getattr(plan, "kv_dtype", "bf16") != "bf16"
         self._scratch: torch.Tensor | None = None
         self.fp8_stores: dict = {}  # (ring buffer address, slot heads) -> its kvquant.Store
+        self.cpu_scratch: list = []  # fp8 cpu_attention: each CPU slot's KV in the model dtype, for the worker
 
     def kv_scratch(self, numel: int) -> torch.Tensor:
         """The scratch (model dtype, flat) an fp8 plan dequantises one attention call's KV into, at least `numel`
@@ -226,6 +227,7 @@ class Runtime:
         self.ring = None
         self._scratch = None
         self.fp8_stores = {}
+        self.cpu_scratch = []
         self.x_pending.clear()
         _TLS.pending = None
         if self.pool is not None:

@@ -134,3 +134,59 @@ def dequantize(lay: Layout, buf, tokens: int, scratch: torch.Tensor) -> torch.Te
 
 def scratch_numel(lay: Layout, tokens: int) -> int:
     return blocks(tokens) * BLK * lay.batch * 2 * lay.heads * lay.head_dim
+
+
+def _store_rows_and_dequantize(
+    rows: torch.Tensor,
+    row_scales: torch.Tensor,
+    new: torch.Tensor,
+    P: int,
+    blk: int,
+    fp8_max: float,
+    scratch: torch.Tensor,
+) -> torch.Tensor:
+    """write() then dequantize() of rows [:P + C] in one call, over a Store's typed views (rows
+    [n, blk, B, 2, h, D] fp8, row_scales [n, 1, B, 2, h, 1] fp32): TorchScript runs it without the GIL."""
+    C = new.size(0)
+    b0 = P // blk
+    b1 = (P + C + blk - 1) // blk
+    n = b1 - b0
+    head = P - b0 * blk
+    x = torch.zeros([n * blk] + new.shape[1:], dtype=torch.float32)
+    if head > 0:
+        x.narrow(0, 0, head).copy_(
+            rows.select(0, b0).narrow(0, 0, head).float().mul(row_scales.select(0, b0))
+        )
+    x.narrow(0, head, C).copy_(new)
+    x6 = x.view([n, blk] + new.shape[1:])
+    m, e = torch.frexp(x6.abs().amax(dim=[1, 5], keepdim=True).div(fp8_max))
+    scale = torch.exp2(e.float())
+    rows.narrow(0, b0, n).copy_(x6.div(scale))
+    row_scales.narrow(0, b0, n).copy_(scale)
+    out = scratch.narrow(0, 0, b1 * blk * x.numel() // (n * blk)).view([b1, blk] + new.shape[1:])
+    out.copy_(rows.narrow(0, 0, b1))
+    out.mul_(row_scales.narrow(0, 0, b1))
+    return out.view([b1 * blk] + new.shape[1:]).narrow(0, 0, P + C)
+
+
+_scripted: list = []
+
+
+def store_rows_and_dequantize(st: Store, P: int, new: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """write(st, P, new) and then dequantize(st, P + C, scratch), in one TorchScript call where this torch has
+    TorchScript (a CPU worker beside a busy Python thread waits for the GIL after every op it calls), else op by
+    op. Same arithmetic as write() (one piece) and dequantize()."""
+    if not _scripted:
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                _scripted.append(torch.jit.script(_store_rows_and_dequantize))
+        except Exception:  # noqa: BLE001 - any failure to compile means: op by op
+            _scripted.append(None)
+    fn = _scripted[0] if new.shape[0] <= WRITE_ROWS else None
+    if fn is None:
+        write(st.lay, st, P, new)
+        return dequantize(st.lay, st, P + new.shape[0], scratch)
+    return fn(st.rows, st.row_scales, new, P, BLK, FP8_MAX, scratch)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from roofsim.errors import UserError
-from roofsim.families import CpuAttentionPlan, HeadOffloadPlan, LayerOffloadPlan, ResidentPlan
+from roofsim.families import CpuAttentionPlan, HeadOffloadPlan, KvprPlan, LayerOffloadPlan, ResidentPlan
 from roofsim.kvformat import KV_SCALE_BLOCK, SCALE_BYTES
 from roofsim.limits import Limits
 from roofsim.plan import plan_from_dict
@@ -86,6 +86,15 @@ def test_decode_grows_with_the_context_in_fp8():
     assert times == sorted(times)
 
 
+def test_cpu_attention_in_fp8_halves_the_host_store_and_pays_the_dequantisation_on_the_cpu():
+    plan = CpuAttentionPlan(cpu_kv_heads=4, prefill_chunk=16384)
+    bf16, fp8 = _pair(plan)
+    assert fp8.summary.memory.host["kv"] == pytest.approx(bf16.summary.memory.host["kv"] / 2, rel=2e-3)
+    # the CPU reads the fp8 store and writes and reads its scratch in the model dtype: more RAM traffic, not less
+    assert fp8.summary.decode.cpu_bytes == pytest.approx(bf16.summary.decode.cpu_bytes * 2.5, rel=2e-3)
+    assert fp8.summary.decode.busy_s["cpu"] > bf16.summary.decode.busy_s["cpu"]
+
+
 def test_the_longest_context_on_the_host_roughly_doubles():
     """All KV on the host (one KV head per slot, none resident): the host's RAM binds, and fp8 fits about twice
     the tokens (a little less: the scales)."""
@@ -106,8 +115,8 @@ def test_simulator_agrees_with_the_analytic_model_in_fp8():
 
 
 def test_fp8_only_where_the_family_and_its_knobs_store_it():
-    with pytest.raises(UserError, match="cpu_attention stores its KV in bf16 only"):
-        predict(CpuAttentionPlan(kv_dtype=FP8), MODEL, GPU, HOST, Workload(context=8192))
+    with pytest.raises(UserError, match="kvpr stores its KV in bf16 only"):
+        predict(KvprPlan(kv_dtype=FP8), MODEL, GPU, HOST, Workload(context=8192))
     with pytest.raises(ValidationError, match="token_block"):
         HeadOffloadPlan(kv_dtype=FP8, token_block=4096)
     with pytest.raises(ValidationError, match="write_back_tokens=1"):
@@ -147,7 +156,7 @@ def test_cli_kv_dtype_option(capsys):
     out = capsys.readouterr().out
     assert code == 0 and "kv_dtype=fp8_e4m3" in out.replace("kd=fp8_e4m3", "kv_dtype=fp8_e4m3")
     assert "x as fast in decode" in out
-    assert main("predict --gpu h100-sxm --context 256K --plan cpu_attention --kv-dtype fp8".split()) == 2
+    assert main("predict --gpu h100-sxm --context 256K --plan kvpr --kv-dtype fp8".split()) == 2
     assert "stores its KV in bf16 only" in capsys.readouterr().err
     assert main("plan --gpu h100-sxm --context 64K --kv-dtype fp16".split()) == 2
 
@@ -173,6 +182,9 @@ FP8_PLANS = {
     "head_pairs": HeadOffloadPlan(kv_dtype=FP8, kv_heads_per_slot=2, resident_slots=[1, 0]),
     "layer_full": LayerOffloadPlan(kv_dtype=FP8),
     "layer_incremental": LayerOffloadPlan(kv_dtype=FP8, write_back="incremental"),
+    "cpu_attention": CpuAttentionPlan(kv_dtype=FP8),
+    "cpu_attention_all_resident_gpu": CpuAttentionPlan(kv_dtype=FP8, resident_slots=1),
+    "cpu_attention_all": CpuAttentionPlan(kv_dtype=FP8, cpu_kv_heads=2, kv_heads_per_slot=2),
 }
 
 

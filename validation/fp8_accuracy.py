@@ -1,6 +1,6 @@
 """Accuracy of KV in fp8 (issue #32): each family's fp8 plan against the resident plan in the model dtype.
 
-For every family that stores fp8 (resident, layer_offload, head_offload: a few knob shapes each) and two kinds of
+For every family that stores fp8 (resident, layer_offload, head_offload, cpu_attention: a few knob shapes) and two kinds of
 keys (the model's own, and keys with a few large outlier channels per KV head, as trained Llama keys have: k_proj's
 rows for those channels scaled up), on random weights:
 
@@ -33,7 +33,7 @@ from roofsim.executor.build import make_cache
 from roofsim.executor.check import greedy_logits, rel_err, tiny_config
 from roofsim.executor.models import load_model, random_model
 
-from roofsim.families import HeadOffloadPlan, LayerOffloadPlan, ResidentPlan
+from roofsim.families import CpuAttentionPlan, HeadOffloadPlan, LayerOffloadPlan, ResidentPlan
 
 FP8 = "fp8_e4m3"
 
@@ -52,6 +52,7 @@ def fp8_plans(chunk: int) -> dict:
         "head_offload_g2_resident1": HeadOffloadPlan(
             kv_dtype=FP8, kv_heads_per_slot=2, resident_slots=1, prefill_chunk=chunk
         ),
+        "cpu_attention_1head": CpuAttentionPlan(kv_dtype=FP8, cpu_kv_heads=1, prefill_chunk=chunk),
     }
 
 
