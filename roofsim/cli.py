@@ -173,7 +173,8 @@ def cmd_predict(args) -> int:
         print(json.dumps(doc, indent=2))
     else:
         title = _title(model, gpu, host, work, limits)
-        out.print(predictions_table(preds, title, traces, args.wide, args.allow_approximate))
+        approximate = args.allow_approximate or kv_dtype not in (None, "bf16")  # fp8 was asked for
+        out.print(predictions_table(preds, title, traces, args.wide, approximate))
         for p in preds if args.plan else []:
             for note in p.header.notes:
                 out.print(f"note: {note}")
