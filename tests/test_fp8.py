@@ -132,10 +132,14 @@ def test_the_planner_offers_fp8_on_request_and_says_what_it_buys():
     assert {p.kv_dtype for p in candidates(MODEL, work, SearchSpace(families=only))} == {"bf16"}
     both = {p.kv_dtype for p in candidates(MODEL, work, SearchSpace(families=only, kv_dtypes=("bf16", FP8)))}
     assert both == {"bf16", FP8}
-    space = SearchSpace(families=only, kv_dtypes=(FP8,))
-    fp8 = search(MODEL, GPU, HOST, work, limits, space, refine_top=1)
+    fp8 = search(MODEL, GPU, HOST, work, limits, SearchSpace(families=only, kv_dtypes=(FP8,)), refine_top=1)
     assert all(c.plan.kv_dtype == FP8 for c in fp8.ranked)
-    text = explain(fp8, MODEL, GPU, HOST, limits)
+    # beside bf16, fp8 wins where the link binds, and the explanation prices the bf16 plans it beat
+    mixed = search(
+        MODEL, GPU, HOST, work, limits, SearchSpace(families=only, kv_dtypes=("bf16", FP8)), refine_top=1
+    )
+    assert mixed.best.plan.kv_dtype == FP8
+    text = explain(mixed, MODEL, GPU, HOST, limits)
     assert "approximate: its KV is stored in fp8_e4m3" in text
     assert "The best plan with bf16 KV" in text and "x as fast" in text
 
