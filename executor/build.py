@@ -21,7 +21,7 @@ from roofsim.executor.families import builder_for
 from roofsim.executor.recorder import Recorder
 
 from roofsim.errors import UserError
-from roofsim.families.registry import family
+from roofsim.families.registry import check_kv_dtype, family
 from roofsim.plan import PlanBase, default_plan, plan_from_dict
 
 
@@ -86,6 +86,7 @@ def make_cache(
     weights="streamed": the decoder layers' parameters move to a pinned host region and stream through two GPU
     layer buffers on every forward (`roofsim.executor.weights`); `cache.close()` puts them back."""
     plan = coerce_plan(plan)
+    check_kv_dtype(plan)
     _check_model(model, max_tokens)
     shape = shape_of(model, batch_size)
     engine = engine or make_engine(shape.device)
@@ -131,8 +132,8 @@ def release_gpu(*objs) -> None:
 
 
 def resident_copy(cache: RoofCache, model) -> RoofCache:
-    """A resident-plan cache holding the same KV as a slot-plan cache (resident, layer or head offload): the
-    'same context, nothing streamed' reference of the benchmark, without a second prefill."""
+    """A resident-plan cache holding the same KV as a slot-plan cache (resident, layer or head offload), in the
+    same KV type: the 'same context, nothing streamed' reference of the benchmark, without a second prefill."""
     from roofsim.families import ResidentPlan
 
     rt = cache.runtime
@@ -141,7 +142,12 @@ def resident_copy(cache: RoofCache, model) -> RoofCache:
     rt.engine.synchronize()
     sh = rt.shape
     n = cache.layers[0].seen
-    out = make_cache(model, ResidentPlan(), max_tokens=rt.capacity, batch_size=sh.batch)
+    out = make_cache(
+        model, ResidentPlan(kv_dtype=rt.plan.kv_dtype), max_tokens=rt.capacity, batch_size=sh.batch
+    )
+    if rt.fp8:
+        _fp8_resident_copy(cache, out, n)
+        return out
     for src, dst in zip(cache.layers, out.layers, strict=True):
         slot = dst.slots[0]
         dst.P = 0
@@ -151,3 +157,28 @@ def resident_copy(cache: RoofCache, model) -> RoofCache:
             slot.gpu[:n, :, :, s.h0 : s.h1].copy_(data)
         dst.seen = n
     return out
+
+
+def _fp8_resident_copy(cache: RoofCache, out: RoofCache, n: int, chunk: int = 32768) -> None:
+    """Each layer's slots dequantised into rows of all heads, `chunk` tokens at a time, and stored again in the
+    resident fp8 slot: the scales are per head and block, so the stored bytes come out as the slots' own."""
+    from roofsim.executor import kvquant
+
+    sh = cache.runtime.shape
+    dst_lay = kvquant.layout_of(sh, sh.n_kv_heads)
+    for src, dst in zip(cache.layers, out.layers, strict=True):
+        slot = dst.slots[0]
+        dst.P = 0
+        dst._grow_fp8(slot, dst_lay, max(n, 1))
+        for a in range(0, n, chunk):
+            m = min(chunk, n - a)
+            full = torch.empty(m, sh.batch, 2, sh.n_kv_heads, sh.head_dim, dtype=sh.dtype, device=sh.device)
+            for s in src.slots:
+                lay = kvquant.layout_of(sh, s.g)
+                lo = a // kvquant.BLK * lay.block_bytes
+                store = s.gpu if s.resident else s.host
+                part = store[lo : lo + lay.nbytes(m)].to(sh.device)
+                scratch = torch.empty(kvquant.scratch_numel(lay, m), dtype=sh.dtype, device=sh.device)
+                full[:, :, :, s.h0 : s.h1].copy_(kvquant.dequantize(lay, part, m, scratch))
+            kvquant.write(dst_lay, slot.gpu[a // kvquant.BLK * dst_lay.block_bytes :], 0, full)
+        dst.seen = n

@@ -115,6 +115,20 @@ class Runtime:
         self.pinned_extra = 0
         self.weights = None  # the WeightStreamer when plan.weights == "streamed"
         self.graph = None  # the GraphDecoder while it warms up or captures a decode step (graphs.py)
+        self.fp8 = getattr(plan, "kv_dtype", "bf16") != "bf16"
+        self._scratch: torch.Tensor | None = None
+        self.fp8_stores: dict = {}  # (ring buffer address, slot heads) -> its kvquant.Store
+        self.cpu_scratch: list = []  # fp8 cpu_attention: each CPU slot's KV in the model dtype, for the worker
+
+    def kv_scratch(self, numel: int) -> torch.Tensor:
+        """The scratch (model dtype, flat) an fp8 plan dequantises one attention call's KV into, at least `numel`
+        elements: one for the whole cache, since the calls that use it follow each other on the compute stream.
+        Grown where a call needs more (a resident slot past the capacity planned)."""
+        if self._scratch is None or self._scratch.numel() < numel:
+            self._scratch = None
+            self._scratch = torch.empty(numel, dtype=self.shape.dtype, device=self.shape.device)
+            self.extra_gpu_bytes["kv_buffers"] = numel * self._scratch.element_size()
+        return self._scratch
 
     # ---- steps -----------------------------------------------------------------------------------------------
 
@@ -212,6 +226,9 @@ class Runtime:
         self.layers = []
         self.units = []
         self.ring = None
+        self._scratch = None
+        self.fp8_stores = {}
+        self.cpu_scratch = []
         self.x_pending.clear()
         _TLS.pending = None
         if self.pool is not None:

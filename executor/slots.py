@@ -19,6 +19,12 @@ With write_back_tokens = N > 1 (incremental, whole slots) the layer keeps its un
 rows already sent), the tail's rows F..P and the new ones go into the ring buffer after it, and once N tokens are
 pending the slot sends buffer[F:P+C] down in one copy. Decode then issues one D2H (and its events) per slot every
 N steps instead of every step; the tail is written and read on the compute stream only.
+
+With kv_dtype fp8 (roofsim.kvformat, executor/kvquant.py) every store (a resident slot, a ring buffer, a pinned
+host block) is an fp8 store, block-major with its scales. Each attention call writes its new rows into the slot's
+store (the resident slot, or the unit's ring buffer after its H2D), dequantises rows [:P+C] into the runtime's
+scratch in the model dtype and attends there; the write-back sends the scale blocks the new rows touched (one copy).
+fp8 slots are streamed whole (no token blocks, no GPU tail: the plan's validator).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from roofsim.executor import kvquant
 from roofsim.executor.attention import (
     attend,
     attend_parts,
@@ -51,6 +58,7 @@ class Slot:
     gpu: torch.Tensor | None = None
     host: torch.Tensor | None = None
     written: object = None  # event after the last D2H into `host`
+    store: object = None  # fp8: the typed views of `gpu` (kvquant.Store)
 
     @property
     def g(self) -> int:
@@ -84,6 +92,7 @@ class SlotLayer(PlanLayer):
         self.flushed = 0  # tokens of the streamed slots already in their host blocks (with a tail)
         self.flush_now = True
         self.via_tail = False
+        self.fp8 = rt.fp8
 
     def host_rows(self, P: int) -> int:
         """Tokens of a streamed slot its host block holds at a forward after P: all P without a tail (subclasses
@@ -138,6 +147,8 @@ class SlotLayer(PlanLayer):
 
     def ring_view(self, flat: torch.Tensor, s: Slot) -> torch.Tensor:
         sh = self.rt.shape
+        if self.fp8:  # the store's bytes
+            return flat[: kvquant.layout_of(sh, s.g).nbytes(self.rt.capacity)]
         T = self.token_block or self.rt.capacity
         return flat[: T * sh.batch * 2 * s.g * sh.head_dim].view(T, sh.batch, 2, s.g, sh.head_dim)
 
@@ -145,6 +156,9 @@ class SlotLayer(PlanLayer):
         if t1 <= t0:
             return []
         view = self.ring_view(flat, s)
+        if self.fp8:  # whole slots: the blocks of tokens [0, t1)
+            n = kvquant.layout_of(self.rt.shape, s.g).nbytes(t1)
+            return [(view[:n], s.host[:n])]
         return [(view[: t1 - t0], s.host[t0:t1])]
 
     # ---- attention ---------------------------------------------------------------------------------------------
@@ -179,6 +193,12 @@ class SlotLayer(PlanLayer):
 
     def attend_slot(self, s: Slot, q: torch.Tensor, new: torch.Tensor, scale: float) -> torch.Tensor:
         qs = self.slot_q(q, s)
+        if self.fp8:
+            return (
+                self._attend_resident_fp8(s, qs, new, scale)
+                if s.resident
+                else self._attend_streamed_fp8(s, qs, new, scale)
+            )
         if s.resident:
             return self._attend_resident(s, qs, new, scale)
         if self.token_block:
@@ -309,6 +329,86 @@ class SlotLayer(PlanLayer):
         s.written = self._write_back(s, P, P + C, stage, staged, keep_alive=True)
         return out
 
+    # ---- fp8 ----------------------------------------------------------------------------------------------------
+
+    def _attend_store(self, s: Slot, store: kvquant.Store, qs, new, scale) -> torch.Tensor:
+        """Write the call's new rows into the fp8 store, dequantise rows [:P+C] into the scratch and attend them."""
+        rt, eng, rec = self.rt, self.rt.engine, self.rt.rec
+        P, C = self.P, self.C
+        lay = store.lay
+        kvquant.write(lay, store, P, new[:, :, :, s.h0 : s.h1])
+        a0 = rec.mark(eng.compute)
+        kv = kvquant.dequantize(lay, store, P + C, rt.kv_scratch(kvquant.scratch_numel(lay, P + C)))
+        K, V = kv_views(kv, 0, P + C)
+        out, _ = attend_parts(qs, chunk_parts(K, V, P, C), scale)
+        return out, a0
+
+    def _attend_resident_fp8(self, s: Slot, qs, new, scale):
+        P, C = self.P, self.C
+        lay = kvquant.layout_of(self.rt.shape, s.g)
+        if s.gpu is None or s.gpu.numel() < lay.nbytes(P + C):
+            self._grow_fp8(s, lay, P + C)
+        out, a0 = self._attend_store(s, s.store, qs, new, scale)
+        self.attn_span(a0, self.rt.rec.mark(self.rt.engine.compute), s.index, P + C, s.g, C)
+        return out
+
+    def _grow_fp8(self, s: Slot, lay, need: int) -> None:
+        sh = self.rt.shape
+        if self.rt.capacity is not None and need <= self.rt.capacity:
+            cap = self.rt.capacity
+        else:
+            held = 0 if s.gpu is None else s.gpu.numel() // lay.block_bytes * kvquant.BLK
+            cap = max(need, int(1.5 * held) + 256)
+        buf = torch.zeros(lay.nbytes(cap), dtype=torch.uint8, device=sh.device)
+        if s.gpu is not None:
+            n = lay.nbytes(self.P)
+            buf[:n].copy_(s.gpu[:n])
+        s.gpu = buf
+        s.store = kvquant.Store(lay, buf)
+
+    def _attend_streamed_fp8(self, s: Slot, qs, new, scale):
+        rt, eng = self.rt, self.rt.engine
+        P, C = self.P, self.C
+        self.host_syncs()
+        flat, unit = rt.acquire((self.idx, s.index))
+        view = self.ring_view(flat, s)
+        lay = kvquant.layout_of(rt.shape, s.g)
+        full = self.write_back == "full"
+        key = (flat.data_ptr(), s.g)  # the ring buffer's store views, made once per buffer and slot size
+        store = rt.fp8_stores.get(key)
+        if store is None:
+            store = rt.fp8_stores[key] = kvquant.Store(lay, view)
+        out, a0 = self._attend_store(s, store, qs, new, scale)
+        done = eng.event(eng.compute)
+        self.attn_span(a0, done, s.index, P + C, s.g, C)
+        lo, hi = kvquant.byte_range(lay, P, C)
+        if full:
+            lo = 0
+        if full and self.d2h_on_compute:  # transformers' order: the whole layer back on the compute stream
+            d0 = self.rt.rec.mark(eng.compute)
+            eng.copy(eng.compute, s.host[lo:hi], view[lo:hi], "d2h")
+            self.rt.rec.span(
+                "d2h", "d2h", d0, self.rt.rec.mark(eng.compute), layer=self.idx, slot=s.index, nbytes=hi - lo,
+                name="on compute stream",
+            )  # fmt: skip
+            rt.release(unit, done)
+            s.written = done
+            return out
+        rel = s.written = self._write_back_bytes(s, lo, hi, view[lo:hi], done)
+        rt.release(unit, rel)
+        return out
+
+    def _write_back_bytes(self, s: Slot, lo: int, hi: int, src: torch.Tensor, after):
+        """Copy the store bytes `src` into the slot's host bytes [lo, hi) on the D2H stream once `after` has
+        happened; returns the event that marks the copy done."""
+        eng, rec = self.rt.engine, self.rt.rec
+        eng.wait(eng.d2h, after)
+        d0 = rec.mark(eng.d2h)
+        eng.copy(eng.d2h, s.host[lo:hi], src)
+        done = eng.event(eng.d2h)
+        rec.span("d2h", "d2h", d0, done, layer=self.idx, slot=s.index, nbytes=hi - lo)
+        return done
+
     def _write_back(self, s: Slot, lo: int, hi: int, src: torch.Tensor, after, keep_alive: bool = False):
         """Copy `src` into the slot's host rows [lo, hi) on the D2H stream once `after` has happened, recorded as a
         d2h span; returns the event that marks the copy done."""
@@ -350,20 +450,36 @@ def attach_host(rt: Runtime, slots_by_layer: list[list[Slot]]) -> None:
     sh = rt.shape
     pool = rt.pool or host_pool(rt)
     handles = []
+    dtype = torch.uint8 if rt.fp8 else sh.dtype
     for slots in slots_by_layer:
         for s in slots:
             if not s.resident:
-                shape = (rt.capacity, sh.batch, 2, s.g, sh.head_dim)
-                handles.append((s, pool.reserve(shape, sh.dtype), shape))
+                shape = (
+                    (kvquant.layout_of(sh, s.g).nbytes(rt.capacity),)  # an fp8 store: its bytes
+                    if rt.fp8
+                    else (rt.capacity, sh.batch, 2, s.g, sh.head_dim)
+                )
+                handles.append((s, pool.reserve(shape, dtype), shape))
     pool.allocate()
     for s, h, shape in handles:
-        s.host = pool.block(h, shape, sh.dtype)
+        s.host = pool.block(h, shape, dtype)
 
 
 def make_ring(rt: Runtime, n: int, tokens: int, heads: int, depth: int, extra: int = 0) -> None:
+    """n ring buffers of `tokens` tokens of `heads` KV heads (fp8 stores where the plan's KV is fp8)."""
     sh = rt.shape
     n = max(n, 1)
-    rt.ring = Ring(n, tokens * sh.batch * 2 * heads * sh.head_dim + extra, sh.dtype, sh.device)
+    if rt.fp8:
+        rt.ring = Ring(n, kvquant.layout_of(sh, heads).nbytes(tokens) + extra, torch.uint8, sh.device)
+    else:
+        rt.ring = Ring(n, tokens * sh.batch * 2 * heads * sh.head_dim + extra, sh.dtype, sh.device)
     rt.depth = min(depth, n - 1)
     if depth > n - 1:
         rt.notes.append(f"prefetch_depth {depth} capped at slot_buffers - 1 = {n - 1}")
+
+
+def reserve_scratch(rt: Runtime, heads: int) -> None:
+    """An fp8 plan's dequantisation scratch for a whole slot of `heads` KV heads at the cache's capacity, made up
+    front (nothing for bf16, or without a capacity: then the first calls grow it)."""
+    if rt.fp8 and rt.capacity:
+        rt.kv_scratch(kvquant.scratch_numel(kvquant.layout_of(rt.shape, heads), rt.capacity))

@@ -155,3 +155,24 @@ def timeout(value: float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise UserError(f"--timeout is seconds per executor run, a positive number; got {value}")
     return value
+
+
+KV_DTYPE_NAMES = {"bf16": "bf16", "fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3"}
+
+
+def kv_dtype(text: str | None) -> str | None:
+    """--kv-dtype: bf16, or fp8 (fp8_e4m3); None where not given."""
+    if text is None:
+        return None
+    if text not in KV_DTYPE_NAMES:
+        raise UserError(f"--kv-dtype {text!r} is not a KV storage type: use bf16 or fp8 (fp8_e4m3)")
+    return KV_DTYPE_NAMES[text]
+
+
+def kv_dtypes(text: str | None, allow_approximate: bool) -> tuple[str, ...]:
+    """The KV types `roofsim plan` screens: the one --kv-dtype names, else bf16, and fp8 beside it under
+    --allow-approximate (fp8 plans are approximate)."""
+    one = kv_dtype(text)
+    if one is not None:
+        return (one,)
+    return ("bf16", "fp8_e4m3") if allow_approximate else ("bf16",)

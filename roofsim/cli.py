@@ -45,6 +45,20 @@ def _common(p: argparse.ArgumentParser, context_required: bool = False) -> None:
     p.add_argument("--host-mem", help="host RAM available for the KV, e.g. 1TB (default: the host spec's)")
 
 
+def _kv_dtype_option(p: argparse.ArgumentParser, plan: bool = False) -> None:
+    more = (
+        " (default: bf16, and fp8 beside it under --allow-approximate)"
+        if plan
+        else " (default bf16); fp8 plans are approximate"
+    )
+    p.add_argument(
+        "--kv-dtype",
+        metavar="TYPE",
+        help="store the KV in bf16 or fp8 (fp8_e4m3: half the bytes, a scale per 16-token block and head)"
+        + more,
+    )
+
+
 def _gpu_and_host(args):
     """The GPU spec --gpu names and the host --host names, or the GPU spec's own host."""
     gpu = load_gpu(args.gpu)
@@ -91,17 +105,30 @@ def _plan_document(text: str) -> dict | None:
     return read_json_object(path, "plan file")
 
 
-def _resolve_plan(text: str, model, gpu, host, work: Workload, limits: Limits):
+def _resolve_plan(text: str, model, gpu, host, work: Workload, limits: Limits, kv_dtype: str | None = None):
     """--plan: a plan file as written, or a family name, which means that family's best knobs within the limits
-    (the candidates `roofsim plan` screens, ranked by the analytic model as `roofsim predict` shows them)."""
+    (the candidates `roofsim plan` screens, ranked by the analytic model as `roofsim predict` shows them).
+    --kv-dtype stores the plan's KV in that type (a plan file's own knobs otherwise kept)."""
+    from roofsim.families.registry import check_kv_dtype
     from roofsim.plan import family_of
+    from roofsim.planner.candidates import in_kv_dtype
     from roofsim.sweep import best_of_family
 
     doc = _plan_document(text)
     if doc is not None:
-        return plan_from_dict(doc, where=f"plan file {text!r}")
+        plan = plan_from_dict(doc, where=f"plan file {text!r}")
+        if kv_dtype is None or kv_dtype == plan.kv_dtype:
+            return plan
+        check_kv_dtype(plan.model_construct(**{**dict(plan), "kv_dtype": kv_dtype}))
+        moved = in_kv_dtype(plan, kv_dtype)
+        if moved is None:
+            raise UserError(
+                f"plan file {text!r}: its knobs do not take --kv-dtype {kv_dtype} (fp8 streams whole slots: no "
+                "token_block, write_back_tokens=1)"
+            )
+        return moved
     family_of(text, "--plan")
-    return best_of_family(text, model, gpu, host, work, limits).plan
+    return best_of_family(text, model, gpu, host, work, limits, kv_dtype or "bf16").plan
 
 
 def _title(model, gpu, host, work: Workload | None, limits: Limits | None = None) -> str:
@@ -116,6 +143,7 @@ def _title(model, gpu, host, work: Workload | None, limits: Limits | None = None
 
 def cmd_predict(args) -> int:
     from roofsim.display import console, context_sweep_table, predictions_table, roofline_table
+    from roofsim.planner.explain import bf16_counterpart
 
     _check_predict_flags(args)
     model, gpu, host, limits = _specs(args)
@@ -124,22 +152,14 @@ def cmd_predict(args) -> int:
     if args.context is None:
         return _context_sweep(model, gpu, host, limits, args, gen, out, context_sweep_table)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=gen)
+    kv_dtype = argchecks.kv_dtype(args.kv_dtype)
     if args.plan is not None:
-        preds = [
-            predict(
-                _resolve_plan(args.plan, model, gpu, host, work, limits),
-                model,
-                gpu,
-                host,
-                work,
-                limits,
-                band=True,
-            )
-        ]
+        plan = _resolve_plan(args.plan, model, gpu, host, work, limits, kv_dtype)
+        preds = [predict(plan, model, gpu, host, work, limits, band=True)]
     else:
         preds = [
             predict(p.plan, model, gpu, host, work, limits, band=True)
-            for p in best_per_family(model, gpu, host, work, limits)
+            for p in best_per_family(model, gpu, host, work, limits, kv_dtype=kv_dtype or "bf16")
         ]
     traces = _simulate_all(preds, model, gpu, host, work, limits) if args.simulate else None
     if args.json:
@@ -156,10 +176,14 @@ def cmd_predict(args) -> int:
         print(json.dumps(doc, indent=2))
     else:
         title = _title(model, gpu, host, work, limits)
-        out.print(predictions_table(preds, title, traces, args.wide, args.allow_approximate))
+        approximate = args.allow_approximate or kv_dtype not in (None, "bf16")  # fp8 was asked for
+        out.print(predictions_table(preds, title, traces, args.wide, approximate))
         for p in preds if args.plan else []:
             for note in p.header.notes:
                 out.print(f"note: {note}")
+            versus = bf16_counterpart(p.plan, p, model, gpu, host, work, limits)
+            if versus:
+                out.print(f"note: {versus}")
         if args.roofline:
             chunk = min(work.context, getattr(preds[0].plan, "prefill_chunk", None) or work.context)
             _print_roofline(out, roofline_table, model, gpu, work, chunk)
@@ -222,7 +246,7 @@ def cmd_simulate(args) -> int:
     model, gpu, host, limits = _specs(args)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
     steps = parse_tokens(args.decode_steps, "--decode-steps") if args.decode_steps is not None else work.gen
-    plan = _resolve_plan(args.plan, model, gpu, host, work, limits)
+    plan = _resolve_plan(args.plan, model, gpu, host, work, limits, argchecks.kv_dtype(args.kv_dtype))
     argchecks.simulation(plan, work.context, steps, args.decode_steps is not None)
     trace = simulate(plan, model, gpu, host, work, limits, decode_steps=steps, keep=args.keep)
     if args.json is not None:
@@ -266,6 +290,7 @@ def cmd_plan(args) -> int:
             args.evict_budget, argchecks.searched("evict", args.allow_approximate, restrict, names)
         ),
         families=names,
+        kv_dtypes=argchecks.kv_dtypes(args.kv_dtype, args.allow_approximate),
         **({} if fraction is None else {"fetch_fraction": fraction}),
     )
     argchecks.top(args.top)
@@ -470,9 +495,14 @@ def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
     rows = []
     ctx = 4096
     families = family_names() if args.allow_approximate else exact_families()
+    kv_dtype = argchecks.kv_dtype(args.kv_dtype)
     while ctx <= MAX_TOKENS:
         work = Workload(context=ctx, batch=args.batch, gen=gen)
-        best = [p for p in best_per_family(model, gpu, host, work, limits, families) if p.feasible]
+        best = [
+            p
+            for p in best_per_family(model, gpu, host, work, limits, families, kv_dtype or "bf16")
+            if p.feasible
+        ]
         if not best:
             rows.append((ctx, None))
             break
@@ -484,6 +514,8 @@ def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
         )
     else:
         which = "best plan" if args.allow_approximate else "best exact plan"
+        if kv_dtype and kv_dtype != "bf16":
+            which = f"best plan with {kv_dtype} KV"
         out.print(table(rows, f"{_title(model, gpu, host, None, limits)}: {which} by context", args.wide))
     return 0
 
@@ -562,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--simulate", action="store_true", help="also run the discrete-event simulator on each plan"
     )
+    _kv_dtype_option(p)
     p.add_argument(
         "--report",
         nargs="?",
@@ -576,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, help=f"a family ({', '.join(family_names())}) or a plan.json")
     p.add_argument("--json", metavar="OUT", help="write the Trace (JSON) to this file")
     p.add_argument("--decode-steps", help="decode steps to simulate (default: --gen)")
+    _kv_dtype_option(p)
     p.add_argument(
         "--keep", choices=["all", "sample", "none"], default="sample", help="which steps keep their spans"
     )
@@ -593,7 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
         "at the slow end of their calibrated spread), prefill time, prefill + gen decode steps, tokens/s at "
         "--batch, or the longest context that fits",
     )
-    p.add_argument("--allow-approximate", action="store_true", help="also consider sparse_fetch and evict")
+    p.add_argument(
+        "--allow-approximate",
+        action="store_true",
+        help="also consider sparse_fetch, evict and plans with fp8 KV",
+    )
+    _kv_dtype_option(p, plan=True)
     p.add_argument("--fetch-fraction", type=float, help="sparse_fetch: share of tokens fetched (0.2)")
     p.add_argument("--evict-budget", help="evict: tokens kept per head (Locret: 16384, 6000 for Phi-3)")
     p.add_argument(

@@ -179,8 +179,10 @@ def predictions_table(
     footer = []
     if best is not None:
         footer.append(f"* best: the fastest decode per token of the {exact}plans that fit")
-    if any(p.plan.approximate for p in preds):
+    if any(p.plan.approximate and p.plan.kv_dtype == "bf16" for p in preds):
         footer.append("~ approximate: attends only part of the context (accuracy not modelled)")
+    if any(p.plan.kv_dtype != "bf16" for p in preds):
+        footer.append("~ approximate: KV stored in fp8 (accuracy measured by validation/fp8_accuracy.py)")
     if not wide:
         footer += [f"{p.plan.family} does not fit: {p.summary.reason}" for p in preds if not p.feasible]
     footer += _knob_footer([p.plan for p in preds], wide)

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from roofsim import kvformat
 from roofsim.specs.model import ModelSpec
 
 OpKind = Literal["gemm", "attention", "vector", "topk"]
@@ -114,12 +115,17 @@ def attention_op(
     streamed_calls: Num = 0,
     write_back_tokens: int = 1,
     tail_kernels: Num = 0,
+    kv_dtype: str = "bf16",
 ) -> Op:
     """Attention of C new queries per sequence over P cached + C new keys, for `kv_heads` KV heads (default:
     all) and their query groups, in `calls` kernel calls of which `streamed_calls` attend streamed units. `keys`
     overrides the number of cached keys read (sparse plans); `write_back_tokens` > 1 takes off the write-backs a
     GPU tail skips, and `tail_kernels` adds the layer's writes into the tail. A chunk after cached keys is two parts (the past,
-    then the chunk's own causal square) whose outputs the executor merges by their LSE in fp32."""
+    then the chunk's own causal square) whose outputs the executor merges by their LSE in fp32.
+
+    With kv_dtype fp8 every call first stores its new rows (re-scaling the partly filled block they join) and turns
+    the fp8 KV it attends back into the model dtype in a scratch (roofsim.kvformat: 7 bytes per element, two
+    kernels), which the attention then reads as in bf16."""
     hk = m.n_kv_heads if kv_heads is None else kv_heads
     hq = hk * m.group
     e = m.dtype_bytes
@@ -139,6 +145,12 @@ def attention_op(
         else 0.0
     )
     fold = 2.0 * q_elems * e if m.group > 1 else 0.0
+    fp8_bytes = 0.0
+    if kvformat.fp8(kv_dtype):
+        elems = 2.0 * B * hk * m.head_dim
+        dequant = elems * (cached + np.asarray(C, dtype=float)) * kvformat.DEQUANT_BYTES_PER_ELEM
+        written = elems * kvformat.written_rows(P, C) * kvformat.QUANT_BYTES_PER_ELEM
+        fp8_bytes = dequant + written
     prefill_calls = np.where(two_parts, calls, 0.0)
     query_rows = np.where(
         two_parts, B * (hq / np.asarray(calls, dtype=float)) * np.asarray(C, dtype=float), 0.0
@@ -147,6 +159,8 @@ def attention_op(
         calls * ATTN_CALL_KERNELS + streamed_calls * STREAMED_CALL_EXTRA + prefill_calls * PREFILL_CALL_EXTRA
     )
     runtime = calls * ATTN_CALL_RUNTIME + streamed_calls * STREAMED_CALL_RUNTIME_EXTRA
+    if kvformat.fp8(kv_dtype):
+        kernels = kernels + calls * (kvformat.DEQUANT_KERNELS + kvformat.QUANT_KERNELS)
     if write_back_tokens > 1:  # the write-backs a GPU tail saves (`tail_kernels`: the layer's writes into it)
         skipped = 1.0 - write_back_share(C, write_back_tokens)
         kernels = kernels - streamed_calls * WRITE_BACK_KERNELS * skipped + tail_kernels
@@ -157,7 +171,7 @@ def attention_op(
         flops,
         qo + kv,
         kernels=kernels,
-        extra_bytes=merge + repeat + fold,
+        extra_bytes=merge + repeat + fold + fp8_bytes,
         runtime_calls=runtime,
         attn_calls=calls,
         streamed_calls=streamed_calls,

@@ -11,10 +11,21 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    model_serializer,
+)
 
 from roofsim.errors import UserError
 from roofsim.units import MAX_TOKENS, fmt_tokens
+
+KvDtype = Literal["bf16", "fp8_e4m3"]
+KV_DTYPES: tuple[str, ...] = ("bf16", "fp8_e4m3")
 
 
 def _compact(value, short=str) -> str:
@@ -91,11 +102,25 @@ class PlanBase(BaseModel):
     weights: Literal["resident", "streamed"] = Field(
         "resident", description="streamed: each layer's weights cross the link every forward (FlexGen's case)"
     )
+    kv_dtype: KvDtype = Field(
+        "bf16",
+        description="the type the KV is stored in wherever it lives; fp8_e4m3 keeps a power-of-two scale per "
+        "(token block, K or V, head) and turns it back to the model dtype on the GPU before attention",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_default_kv_dtype(self, handler):
+        """A plan in the model dtype is written without `kv_dtype`, as before the knob existed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("kv_dtype") == "bf16":
+            data.pop("kv_dtype")
+        return data
 
     @property
     def approximate(self) -> bool:
-        """True where attention sees only part of the context (the accuracy is not modelled)."""
-        return False
+        """True where attention does not see the context exactly: a part of it (sparse plans) or its KV rounded
+        to fp8 (the accuracy is measured, not modelled: validation/fp8_accuracy.py)."""
+        return self.kv_dtype != "bf16"
 
     def changed_knobs(self) -> dict[str, Any]:
         """The knobs whose values differ from the family's defaults, in field order."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from roofsim.band import fast_end, slow_end
 from roofsim.families.pipeline import context, decode_phase, new_shapes, prefill_phase, prefill_steps
-from roofsim.families.registry import family
+from roofsim.families.registry import check_kv_dtype, family
+from roofsim.kvformat import KV_SCALE_BLOCK
 from roofsim.limits import Limits
 from roofsim.plan import PlanBase
 from roofsim.specs.hardware import GpuSpec, HostSpec
@@ -29,8 +30,14 @@ def predict(
     """The analytic prediction; with `band`, each phase's band too (roofsim.band: the plan priced at the slow
     and at the fast ends of the profile's spreads; a profile without spreads gives a zero-width band)."""
     limits = limits or Limits()
-    ctx = context(model, gpu, host, work)
+    check_kv_dtype(plan)
+    ctx = context(model, gpu, host, work, plan.kv_dtype)
     ev = family(plan).evaluate(plan, ctx)
+    if plan.kv_dtype != "bf16":
+        ev.notes.append(
+            f"approximate: KV stored in {plan.kv_dtype} with a scale per {KV_SCALE_BLOCK}-token block and head, "
+            "dequantised on the GPU before attention"
+        )
     shapes = ev.new_shapes
     if shapes is None:
         shapes = new_shapes(prefill_steps(work.context, plan.prefill_chunk))

@@ -25,6 +25,9 @@ class SearchSpace:
         "inter_layer",
         "intra_layer",
     )  # intra_layer alone: KVPR's paper schedule
+    # the KV storage types screened (roofsim.kvformat): fp8 plans are approximate, so only on request
+    # (--kv-dtype fp8 alone, or with bf16 under --allow-approximate)
+    kv_dtypes: tuple[str, ...] = ("bf16",)
 
 
 def chunks(work: Workload) -> list[int | None]:

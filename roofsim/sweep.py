@@ -5,9 +5,9 @@ candidates and refines its best ones with the simulator."""
 from __future__ import annotations
 
 from roofsim.errors import UserError
-from roofsim.families.registry import family
+from roofsim.families.registry import check_kv_dtype, family
 from roofsim.limits import Limits
-from roofsim.planner.candidates import candidates
+from roofsim.planner.candidates import candidates, in_kv_dtype
 from roofsim.predict import predict
 from roofsim.space import SearchSpace, with_weights_rule
 from roofsim.specs.hardware import GpuSpec, HostSpec
@@ -28,13 +28,20 @@ def best_of_family(
     host: HostSpec,
     work: Workload,
     limits: Limits | None = None,
+    kv_dtype: str = "bf16",
 ) -> Trace:
+    """The family's best plan with its KV stored in `kv_dtype` (a family that does not store it: a one-line
+    error, registry.check_kv_dtype)."""
     limits = limits or Limits()
     space = with_weights_rule(
-        SearchSpace(allow_approximate=True, families=(name,)), model, limits.gpu_bytes(gpu)
+        SearchSpace(allow_approximate=True, families=(name,), kv_dtypes=(kv_dtype,)),
+        model,
+        limits.gpu_bytes(gpu),
     )
+    check_kv_dtype(family(name).plan_type.model_construct(kv_dtype=kv_dtype))
+    default = in_kv_dtype(family(name).default_plan(space), kv_dtype)
     preds = []
-    for plan in [*candidates(model, work, space), family(name).default_plan(space)]:
+    for plan in [*candidates(model, work, space), *([default] if default is not None else [])]:
         try:
             preds.append(predict(plan, model, gpu, host, work, limits))
         except UserError:
@@ -49,7 +56,10 @@ def best_per_family(
     work: Workload,
     limits: Limits | None = None,
     families: list[str] | None = None,
+    kv_dtype: str = "bf16",
 ) -> list[Trace]:
+    """The best plan of each family (of `families`, default all) that stores its KV in `kv_dtype`."""
     from roofsim.families.registry import families as registered
 
-    return [best_of_family(f, model, gpu, host, work, limits) for f in families or list(registered())]
+    names = [f for f in families or list(registered()) if kv_dtype in registered()[f].kv_dtypes]
+    return [best_of_family(f, model, gpu, host, work, limits, kv_dtype) for f in names]

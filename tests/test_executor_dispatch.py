@@ -202,3 +202,23 @@ def test_a_chunk_after_a_past_adds_what_the_model_counts_per_call():
     one_part = ops.attention_op(tiny, 1, 16, 1, calls=4)
     assert two_parts.kernels - one_part.kernels == 4 * ops.PREFILL_CALL_EXTRA
     assert float(two_parts.prefill_calls) == 4 and float(one_part.prefill_calls) == 0
+
+
+def test_fp8_adds_what_the_model_counts_per_call():
+    """An fp8 call stores its new rows (re-scaling their block) and dequantises its KV before attending:
+    kvformat.QUANT_KERNELS + DEQUANT_KERNELS host units more per call, resident or streamed."""
+    from roofsim import kvformat
+
+    tiny = ModelSpec(
+        name="tiny", source="test", family="llama", n_layers=1, hidden=128, n_heads=8, n_kv_heads=4, head_dim=16,
+        intermediate=128, vocab=128, max_positions=4096,
+    )  # fmt: skip
+    per_unit = _ops_per_layer(ResidentPlan()) / sum(op.kernels for op in ops.layer_ops(tiny, 1, 16, 1))
+    units = kvformat.QUANT_KERNELS + kvformat.DEQUANT_KERNELS
+    for plan in (
+        HeadOffloadPlan(kv_heads_per_slot=1),
+        HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4),
+    ):
+        fp8 = plan.model_copy(update={"kv_dtype": "fp8_e4m3"})
+        per_call = (_ops_per_layer(fp8) - _ops_per_layer(plan)) / 4
+        assert per_call / per_unit == pytest.approx(units, rel=0.25), plan

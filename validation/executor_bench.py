@@ -12,6 +12,10 @@ Stages (--stages, comma-separated, in this order):
   256k    as 64k at 256K
   512k    `roofsim run` of that plan at 512K under --gpu-mem 24GB, 16 measured decode steps (a subprocess)
   extra   layer_offload (incremental) and cpu_attention at 64K, measured the same way
+  fp8_256k  the 64k/256k plan with its KV in fp8 (issue #32) at 256K: decode s/token against the fp8 bytes streamed /
+          the pinned H2D rate of the bw stage + the resident fp8 decode step over the same KV (resident_copy)
+  fp8_512k  the same at 512K, the run capped at 24 GB (the resident reference after it, uncapped)
+  fp8_768k  `roofsim run` of the fp8 plan at 768K under --gpu-mem 24GB, prefill and 16 measured decode steps
 
 Writes OUT/executor_bench.json after every stage (a timeout still leaves data) and a few traces.
 Run from outside the checkout so that the installed roofsim (validation/device_setup.sh) is imported.
@@ -51,6 +55,11 @@ SCALE = 1  # --dry-cpu: contexts divided by 1024 on a tiny model, to check the s
 STREAM_PLAN = HeadOffloadPlan(
     kv_heads_per_slot=1, resident_slots=0, prefetch_depth=2, slot_buffers=3, prefill_chunk=16 * K
 )
+
+
+def fp8_plan():
+    """STREAM_PLAN (as --dry-cpu leaves it) with its KV in fp8."""
+    return STREAM_PLAN.model_copy(update={"kv_dtype": "fp8_e4m3"})
 
 
 class Bench:
@@ -235,6 +244,46 @@ def summarize(b: Bench) -> None:
         }
         s["512K_under_24GB"]["holds"] = bool(e.get("complete")) and (e.get("peak_gpu_bytes") or 1e99) <= 24e9
     _summarize_speed(b, s)
+    for label, name in (
+        ("256K_fp8", "fp8_head_offload_decode_256K_within_1.15x_of_pcie_bound"),
+        ("512K_fp8_24GB", "fp8_head_offload_decode_512K_24GB_within_1.15x_of_pcie_bound"),
+    ):
+        e = c.get(label, {})
+        if "ratio_to_bound_plus_resident" in e:
+            s[name] = {
+                k: e.get(k)
+                for k in (
+                    "decode_s_per_token",
+                    "h2d_bytes_per_step",
+                    "pcie_bound_s_per_token",
+                    "resident_decode_s_per_token",
+                    "peak_gpu_bytes",
+                    "gpu_mem_cap_bytes",
+                )
+            }
+            s[name]["ratio"] = e["ratio_to_bound_plus_resident"]
+            under = (
+                e.get("gpu_mem_cap_bytes") is None
+                or (e.get("peak_gpu_bytes") or 1e99) <= e["gpu_mem_cap_bytes"]
+            )
+            s[name]["holds"] = e["ratio_to_bound_plus_resident"] <= 1.15 and under
+    e = c.get("768K_fp8", {})
+    if "peak_gpu_bytes" in e:
+        s["fp8_768K_under_24GB"] = {
+            k: e.get(k)
+            for k in (
+                "complete",
+                "peak_gpu_bytes",
+                "prefill_s",
+                "decode_s_per_token",
+                "decode_steps_measured",
+            )
+        }
+        s["fp8_768K_under_24GB"]["holds"] = (
+            bool(e.get("complete"))
+            and (e.get("peak_gpu_bytes") or 1e99) <= 24e9
+            and (e.get("decode_steps_measured") or 0) >= 16
+        )
     for key in ("exact", "exact_fp32"):
         if key in b.data:
             s[f"{key}_plans_match_resident"] = {
@@ -310,14 +359,26 @@ def _decode_steps(model, cache, token, n: int):
 
 
 def stage_stream(
-    b: Bench, context: int, gen: int, plan=STREAM_PLAN, label: str | None = None, trace=True
+    b: Bench,
+    context: int,
+    gen: int,
+    plan=STREAM_PLAN,
+    label: str | None = None,
+    trace=True,
+    gpu_mem_bytes: float | None = None,
 ) -> None:
-    model = b.get_model(524 * K)
+    """`gpu_mem_bytes`: the run capped there (as `roofsim run --gpu-mem`); the resident reference after it is not."""
+    model = b.get_model(max(524 * K, context + 32))
     label = label or f"{context // K}K"
     context //= SCALE
     entry = b.data.setdefault("contexts", {}).setdefault(label, {})
     entry["plan"] = plan.model_dump()
     out = b.out / f"trace_{plan.family}_{label}.json" if trace else None
+    if gpu_mem_bytes and DEVICE == "cuda":
+        from roofsim.executor.runner import cap_gpu_memory
+
+        cap_gpu_memory(gpu_mem_bytes, torch.device(DEVICE))
+        entry["gpu_mem_cap_bytes"] = gpu_mem_bytes
     r = run_plan(
         plan,
         model,
@@ -329,7 +390,10 @@ def stage_stream(
         out=out,
         keep_cache=True,
         extra_tokens=16,
+        gpu_mem_bytes=gpu_mem_bytes if DEVICE == "cuda" else None,
     )
+    if gpu_mem_bytes and DEVICE == "cuda":
+        torch.cuda.set_per_process_memory_fraction(1.0)
     s = r.trace.summary
     cache = r.cache
     entry.update(
@@ -620,10 +684,14 @@ def planner_pick(context: int):
     return plan
 
 
-def stage_512k(b: Bench, repo: Path) -> None:
-    plan_path = b.out / "plan_512k.json"
-    plan_path.write_text(STREAM_PLAN.model_dump_json())
-    trace_path = b.out / "trace_512k.json"
+def stage_512k(b: Bench, repo: Path, plan=None, context: str = "512K", label: str = "512K") -> None:
+    """`roofsim run` of `plan` (default STREAM_PLAN) at `context` under --gpu-mem 24GB in a subprocess, 16 measured
+    decode steps; results under contexts[label]."""
+    plan = plan or STREAM_PLAN
+    tag = label.lower()
+    plan_path = b.out / f"plan_{tag}.json"
+    plan_path.write_text(plan.model_dump_json())
+    trace_path = b.out / f"trace_{tag}.json"
     cmd = [
         sys.executable,
         "-m",
@@ -633,7 +701,7 @@ def stage_512k(b: Bench, repo: Path) -> None:
         "--model",
         MODEL,
         "--prompt-len",
-        "512K",
+        context,
         "--gen",
         "17",
         "--gpu-mem",
@@ -644,11 +712,10 @@ def stage_512k(b: Bench, repo: Path) -> None:
         str(trace_path),
     ]
     if DEVICE != "cuda":  # dry run
-        cmd[cmd.index("512K")] = "512"
+        cmd[cmd.index(context)] = context.replace("K", "")
         i = cmd.index("--gpu-mem")
         cmd[i : i + 2] = ["--device", "cpu", "--dtype", "fp32"]
-        plan_path.write_text(STREAM_PLAN.model_dump_json())
-    b.data["512K_command"] = "roofsim " + " ".join(cmd[3:]).replace(str(b.out) + "/", "")
+    b.data[f"{label}_command"] = "roofsim " + " ".join(cmd[3:]).replace(str(b.out) + "/", "")
     b.save()
     t0 = time.perf_counter()
     # SIGINT at the deadline: the run writes its partial trace (KeyboardInterrupt) instead of dying silently
@@ -673,14 +740,14 @@ def stage_512k(b: Bench, repo: Path) -> None:
             notes=t.header.notes,
         )
         rate = b.data.get("ceilings", {}).get("bf16_gemm_TFLOPs")
-        if rate and s.prefill_s:
+        if rate and s.prefill_s and label == "512K":  # issue 31's entry: the bf16 plan
             flops = prefill_flops(b.get_model(524 * K), 512 * K // SCALE)
             entry.update(
                 prefill_flops=flops,
                 compute_bound_s=flops / (rate * 1e12),
                 ratio_to_compute_bound=s.prefill_s / (flops / (rate * 1e12)),
             )
-    b.data.setdefault("contexts", {})["512K"] = entry
+    b.data.setdefault("contexts", {})[label] = entry
 
 
 def merge(paths: list[str], out: Path) -> None:
@@ -713,6 +780,12 @@ def main() -> int:
     ap.add_argument("--merge", nargs="+", metavar="RUN_JSON", help="merge finished runs into --out (a file)")
     ap.add_argument("--stages", default="bw,exact,64k,hf64k,256k")
     ap.add_argument("--dry-cpu", metavar="CONFIG_JSON", help="check the script on the CPU with a tiny config")
+    ap.add_argument(
+        "--child-timeout",
+        type=float,
+        default=420,
+        help="seconds a `roofsim run` stage may take (default 420)",
+    )
     args = ap.parse_args()
     if args.merge:
         merge(args.merge, Path(args.out))
@@ -724,6 +797,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     b = Bench(out)
+    b.child_timeout_s = args.child_timeout
     b.data["fingerprint"] = fingerprint(torch.device(DEVICE)).model_dump()
     from roofsim.executor.attention import backend_name
 
@@ -764,6 +838,11 @@ def main() -> int:
             b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident"
         ),
         "attn": lambda: stage_attention_kernels(b),
+        "fp8_256k": lambda: stage_stream(b, 256 * K, 5, fp8_plan(), "256K_fp8", False),
+        "fp8_512k": lambda: stage_stream(
+            b, 512 * K, 5, fp8_plan(), "512K_fp8_24GB", False, gpu_mem_bytes=24e9
+        ),
+        "fp8_768k": lambda: stage_512k(b, repo, fp8_plan(), "768K", "768K_fp8"),
         "extra": lambda: [
             stage_stream(
                 b,

@@ -14,6 +14,10 @@ The output does not go up as a copy: on the H2D stream it would queue behind the
 while the CPU attended, and copies in one direction on another stream share the same copy engine
 (docs/evidence.md#ev-cpu-output-zero-copy).
 
+With kv_dtype fp8 the host blocks are fp8 stores (executor/kvquant.py): the new rows go down in the model dtype to
+a pinned stage, and the worker stores them in fp8, then dequantises each CPU slot's rows [:P+1] into a CPU scratch
+in the model dtype (one layer at a time) and attends there.
+
 Prefill attends every head on the GPU: the CPU heads stream like the others, in slots of kv_heads_per_slot heads
 (one head where that does not divide cpu_kv_heads), so the ring stays as small as head_offload's.
 """
@@ -23,13 +27,14 @@ from __future__ import annotations
 import time
 
 import torch
+from roofsim.executor import kvquant
 from roofsim.executor.attention import pack_kv
 from roofsim.executor.cache import Runtime
 from roofsim.executor.cpu_decode import attend_host
 from roofsim.executor.cpu_worker import worker, worker_threads
 from roofsim.executor.families import register_builder
 from roofsim.executor.hostpool import device_alias, pinned_empty
-from roofsim.executor.slots import Slot, SlotLayer, attach_host, cut_slots, make_ring
+from roofsim.executor.slots import Slot, SlotLayer, attach_host, cut_slots, make_ring, reserve_scratch
 
 from roofsim.geometry import cpu_heads
 
@@ -62,14 +67,19 @@ class CpuAttnLayer(SlotLayer):
                 for cs in self.cpu_slots
             ]
             out_host = pinned_empty(qshape, sh.dtype, pinned)
+            # fp8: the new rows go down in the model dtype to a pinned stage, and the worker stores them in fp8
+            new_host = [pinned_empty(tuple(t.shape), sh.dtype, pinned) for t in kv] if self.fp8 else None
             self.stage[C] = (
                 torch.empty(qshape, dtype=sh.dtype, device=sh.device),
                 kv,
                 pinned_empty(qshape, sh.dtype, pinned),
                 out_host,
                 device_alias(out_host, sh.device),
+                new_host,
             )
-            self.rt.pinned_extra += 2 * out_host.numel() * out_host.element_size() if pinned else 0
+            extra = 2 * out_host.numel() * out_host.element_size()
+            extra += sum(t.numel() * t.element_size() for t in new_host or [])
+            self.rt.pinned_extra += extra if pinned else 0
         return self.stage[C]
 
     def _attend(self, module, q, scale):
@@ -80,7 +90,7 @@ class CpuAttnLayer(SlotLayer):
         h0, h1 = self.cpu_heads
         first = self.cpu_slots[0]
         new = pack_kv(self.k_new, self.v_new)
-        q_gpu, kv_gpu, q_host, out_host, out_dev = self._buffers(C)
+        q_gpu, kv_gpu, q_host, out_host, out_dev, new_host = self._buffers(C)
         q_gpu.copy_(q[:, h0 * G : h1 * G])
         for cs, kv in zip(self.cpu_slots, kv_gpu, strict=True):
             kv.copy_(new[:, :, :, cs.h0 : cs.h1])  # contiguous per slot: each goes down as one copy
@@ -88,8 +98,8 @@ class CpuAttnLayer(SlotLayer):
         eng.wait(eng.d2h, staged)
         d0 = rec.mark(eng.d2h)
         eng.copy(eng.d2h, q_host, q_gpu)
-        for cs, kv in zip(self.cpu_slots, kv_gpu, strict=True):
-            eng.copy(eng.d2h, cs.host[P : P + C], kv)
+        for i, (cs, kv) in enumerate(zip(self.cpu_slots, kv_gpu, strict=True)):
+            eng.copy(eng.d2h, new_host[i] if self.fp8 else cs.host[P : P + C], kv)
         q_ready = eng.event(eng.d2h)
         for cs in self.cpu_slots:
             cs.written = q_ready
@@ -111,7 +121,13 @@ class CpuAttnLayer(SlotLayer):
             rec.host_span("host", "sync", t0, t1, layer=self.idx, name="wait for q")
             if out_consumed is not None:
                 eng.host_wait(out_consumed)  # the previous step's merge has read out_host
-            attend_host(q_host, [cs.host for cs in self.cpu_slots], P + C, scale, out_host)
+            blocks = [cs.host for cs in self.cpu_slots]
+            if self.fp8:  # store the new rows in fp8, then turn the heads' KV back into the CPU scratch
+                blocks = [
+                    kvquant.store_rows_and_dequantize(cs.store, P, new_host[i], self.rt.cpu_scratch[i])
+                    for i, cs in enumerate(self.cpu_slots)
+                ]
+            attend_host(q_host, blocks, P + C, scale, out_host)
             t2 = time.perf_counter()
             rec.host_span(
                 "cpu",
@@ -153,6 +169,16 @@ def build(rt: Runtime, plan, model, **_):
         cpu_slots.append(cpu)
     attach_host(rt, layers_slots)
     make_ring(rt, plan.slot_buffers, rt.capacity, heads.ring_slot_heads, plan.prefetch_depth)
+    reserve_scratch(rt, heads.ring_slot_heads)
+    if rt.fp8:  # the CPU heads' KV in the model dtype, one layer at a time: the worker attends it there
+        lay = kvquant.layout_of(sh, gc)
+        rt.cpu_scratch = [
+            torch.empty(kvquant.scratch_numel(lay, rt.capacity), dtype=sh.dtype)
+            for _ in range(heads.cpu_slots)
+        ]
+        for cpu in cpu_slots:
+            for cs in cpu:
+                cs.store = kvquant.Store(lay, cs.host)
     rt.notes.append(
         f"cpu_attention: {plan.cpu_kv_heads} of {sh.n_kv_heads} KV heads per layer attended on the CPU at decode "
         f"with {worker_threads()} threads, in slots of {gc}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from roofsim.executor.cache import Runtime
 from roofsim.executor.families import register_builder
-from roofsim.executor.slots import SlotLayer, attach_host, cut_slots, make_ring
+from roofsim.executor.slots import SlotLayer, attach_host, cut_slots, make_ring, reserve_scratch
 
 from roofsim.geometry import check_divides, resident_per_layer
 
@@ -25,6 +25,7 @@ def build(rt: Runtime, plan, model, **_) -> list[SlotLayer]:
     if any(not s.resident for layer in slots for s in layer):
         attach_host(rt, slots)
         make_ring(rt, plan.slot_buffers, plan.token_block or rt.capacity, g, plan.prefetch_depth)
+    reserve_scratch(rt, g)
     return [
         SlotLayer(
             rt,

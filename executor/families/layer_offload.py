@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from roofsim.executor.cache import Runtime
 from roofsim.executor.families import register_builder
-from roofsim.executor.slots import Slot, SlotLayer, attach_host, make_ring
+from roofsim.executor.slots import Slot, SlotLayer, attach_host, make_ring, reserve_scratch
 
 
 @register_builder("layer_offload")
@@ -14,6 +14,7 @@ def build(rt: Runtime, plan, model, **_) -> list[SlotLayer]:
     slots = [[Slot(0, 0, sh.n_kv_heads, resident=False)] for _ in range(sh.n_layers)]
     attach_host(rt, slots)
     make_ring(rt, 2, rt.capacity, sh.n_kv_heads, 1)
+    reserve_scratch(rt, sh.n_kv_heads)
     full = plan.write_back == "full"
     if full:
         rt.notes.append("layer_offload full: whole-layer write-back on the compute stream before attention")

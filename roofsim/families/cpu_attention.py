@@ -27,6 +27,7 @@ from roofsim.families.pipeline import (
     activation_bytes,
     combine,
     decode_steps,
+    dequant_scratch_bytes,
     kv_bytes,
     logits_bytes,
     outside_layers,
@@ -36,7 +37,7 @@ from roofsim.families.pipeline import (
 from roofsim.families.registry import Family, register
 from roofsim.families.slot_stream import first_unit_fill, slot_loads
 from roofsim.geometry import CpuHeads, cpu_heads, divisors
-from roofsim.plan import PlanBase
+from roofsim.plan import KV_DTYPES, PlanBase
 from roofsim.roofline import GpuWork
 from roofsim.sim.builder import Builder, Ring, StepSpec, WeightStream, slot_units, streamed_step
 from roofsim.space import SearchSpace, chunks, weights_options
@@ -60,6 +61,32 @@ class CpuAttentionPlan(PlanBase):
 def heads_of(plan: CpuAttentionPlan, n_kv_heads: int) -> CpuHeads:
     """The plan's split of a layer's KV heads (checked against the model's)."""
     return cpu_heads(n_kv_heads, plan.cpu_kv_heads, plan.kv_heads_per_slot, plan.resident_slots)
+
+
+def cpu_scan(ctx: Ctx, H: CpuHeads, tokens):
+    """(CPU RAM seconds, bytes it moves) of one layer's CPU attention over `tokens` keys of the CPU heads. In fp8
+    the worker first stores the new rows and turns the heads' fp8 KV back into a scratch in the model dtype (reads
+    the stored bytes, writes the model dtype's, at the host's RAM rate), then attends the scratch at the measured
+    rate."""
+    m, host = ctx.model, ctx.host
+    hc = H.cpu_kv_heads
+    stored = kv_bytes(ctx, 1, hc) * tokens
+    native = (
+        stored if ctx.kv_dtype == "bf16" else ctx.work.batch * hc * m.head_dim * 2 * m.dtype_bytes * tokens
+    )
+    scan_s = host.cpu_attention_s(native, calls=H.cpu_slots, group=m.group, heads=H.cpu_slot_heads)
+    if ctx.kv_dtype == "bf16":
+        return scan_s, stored
+    return scan_s + (stored + native) / host.ram_bytes_per_s, stored + 2 * native
+
+
+def new_rows_down(ctx: Ctx, hc: int, C):
+    """Bytes of the CPU heads' new K/V that go down per layer: as stored in bf16; in the model dtype in fp8 (the
+    worker stores them in fp8)."""
+    m = ctx.model
+    if ctx.kv_dtype == "bf16":
+        return kv_bytes(ctx, 1, hc) * C
+    return ctx.work.batch * hc * m.head_dim * 2 * m.dtype_bytes * C
 
 
 def _with_cpu_slots(gpu: LayerLoad, cpu: LayerLoad) -> LayerLoad:
@@ -102,10 +129,9 @@ def evaluate(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
         else slot_loads(ctx, dec, group=m.n_kv_heads, resident=[0] * m.n_layers, gpu_kv_heads=0, **common)
     )
     B, e = w.batch, m.dtype_bytes
-    cpu_kv = kv_bytes(ctx, 1, hc) * (dec.P + dec.C)
     cpu_flops = 4.0 * B * hc * m.group * m.head_dim * (dec.P + dec.C)
     # a call per CPU slot, each at its heads' and length's rate
-    ram_s = host.cpu_attention_s(cpu_kv, calls=H.cpu_slots, group=m.group, heads=H.cpu_slot_heads)
+    ram_s, cpu_kv = cpu_scan(ctx, H, dec.P + dec.C)
     compute_s = cpu_flops / (host.cpu_tflops.value * 1e12)
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     round_trip = (
@@ -119,7 +145,7 @@ def evaluate(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
             ll.cpu_ram_s = ram_s
             ll.cpu_compute_s = compute_s
             ll.cpu_bytes = cpu_kv
-            ll.d2h_bytes = ll.d2h_bytes + q_bytes + kv_bytes(ctx, 1, hc) * dec.C
+            ll.d2h_bytes = ll.d2h_bytes + q_bytes + new_rows_down(ctx, hc, dec.C)
             ll.d2h_copies = ll.d2h_copies + 1 + H.cpu_slots
             ll.syncs += 1
     fill = first_unit_fill(ctx, dec, g, None, gpu_slots > plan.resident_slots)
@@ -158,8 +184,9 @@ def evaluate(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     T = w.max_tokens
     gpu_kv = {
         "kv_resident": m.n_layers * kv_bytes(ctx, T, resident_heads),
-        # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
-        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, H.ring_slot_heads),
+        # the ring's slots fit a GPU slot and a CPU one (streamed at prefill), and fp8's dequantisation scratch one
+        "kv_buffers": plan.slot_buffers * kv_bytes(ctx, T, H.ring_slot_heads)
+        + dequant_scratch_bytes(ctx, T, H.ring_slot_heads),
     }
     host_mem = host_memory(plan, ctx)
     c = int(pre.C.max())
@@ -185,8 +212,10 @@ def program(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], base: dic
     gpu_heads = m.n_kv_heads - hc
     H = heads_of(plan, m.n_kv_heads)
     pg, gc = H.prefill_slot_heads, H.cpu_slot_heads
-    # the ring's slots fit a GPU slot and a CPU one (streamed at prefill)
-    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, H.ring_slot_heads)
+    # the ring's slots fit a GPU slot and a CPU one (streamed at prefill), and fp8's dequantisation scratch one
+    base["kv_buffers"] = plan.slot_buffers * kv_bytes(ctx, T, H.ring_slot_heads) + dequant_scratch_bytes(
+        ctx, T, H.ring_slot_heads
+    )
     q_bytes = float(B * hc * m.group * m.head_dim * e)
     out_bytes = q_bytes + B * hc * m.group * 4
     for s in steps:
@@ -224,16 +253,8 @@ def program(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], base: dic
             if gpu_heads
             else [[] for _ in range(m.n_layers)]
         )
-        cpu_kv = kv_bytes(ctx, 1, hc) * (s.P + 1)
-        cpu_s = max(
-            host.cpu_attention_s(
-                cpu_kv,
-                calls=H.cpu_slots,
-                group=m.group,
-                heads=H.cpu_slot_heads,
-            ),
-            4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12),
-        )
+        ram_s, cpu_kv = cpu_scan(ctx, H, s.P + 1)
+        cpu_s = max(ram_s, 4.0 * B * hc * m.group * m.head_dim * (s.P + 1) / (host.cpu_tflops.value * 1e12))
 
         merge = [ops.Op("merge", "vector", 4.0 * out_bytes / e, 3.0 * out_bytes, 2)] if hc else []
         # while the worker scans, the issuing thread dispatches at the host's rate beside it (a calibrated ratio)
@@ -244,7 +265,7 @@ def program(b: Builder, plan: CpuAttentionPlan, steps: list[StepSpec], base: dic
                 s,
                 layers,
                 hc,
-                q_bytes + kv_bytes(ctx, 1, hc),
+                q_bytes + new_rows_down(ctx, hc, 1),
                 cpu_s + ctx.gpu.worker_round_trip_s,  # the worker's wake-up and the issuing thread's
                 cpu_kv,
                 merge,
@@ -315,12 +336,16 @@ def _cpu_decode_step(
 
 
 def host_memory(plan: CpuAttentionPlan, ctx: Ctx) -> dict[str, float]:
-    """Every head's KV but the resident slots', the CPU's heads included (they are attended where they live)."""
+    """Every head's KV but the resident slots', the CPU's heads included (they are attended where they live); in
+    fp8 also the CPU heads' scratch in the model dtype (one layer's) the worker attends."""
     m = ctx.model
-    return {
+    out = {
         "kv": m.n_layers
         * kv_bytes(ctx, ctx.work.max_tokens, m.n_kv_heads - plan.resident_slots * plan.kv_heads_per_slot)
     }
+    if ctx.kv_dtype != "bf16":
+        out["kv_cpu_scratch"] = dequant_scratch_bytes(ctx, ctx.work.max_tokens, plan.cpu_kv_heads)
+    return out
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[CpuAttentionPlan]:
@@ -357,5 +382,6 @@ FAMILY = register(
         program=program,
         host_memory=host_memory,
         what_if=what_if,
+        kv_dtypes=KV_DTYPES,
     )
 )

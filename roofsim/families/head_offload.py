@@ -13,7 +13,7 @@ from roofsim.families import slot_stream
 from roofsim.families.pipeline import Ctx, Evaluation
 from roofsim.families.registry import Family, register
 from roofsim.geometry import check_divides, divisors, resident_per_layer, spread
-from roofsim.plan import PlanBase
+from roofsim.plan import KV_DTYPES, PlanBase
 from roofsim.sim.builder import Builder, StepSpec
 from roofsim.space import SearchSpace, chunks, resident_totals, weights_options
 from roofsim.specs.model import ModelSpec
@@ -141,6 +141,7 @@ FAMILY = register(
         evaluate=evaluate,
         program=program,
         host_memory=host_memory,
+        kv_dtypes=KV_DTYPES,
         what_if=what_if,
         presets={"headinfer": headinfer},
     )

@@ -12,7 +12,7 @@ from pydantic import Field
 from roofsim.families import slot_stream
 from roofsim.families.pipeline import Ctx, Evaluation
 from roofsim.families.registry import Family, register
-from roofsim.plan import PlanBase
+from roofsim.plan import KV_DTYPES, PlanBase
 from roofsim.sim.builder import Builder, StepSpec
 from roofsim.space import SearchSpace, chunks, weights_options
 from roofsim.specs.model import ModelSpec
@@ -79,5 +79,6 @@ FAMILY = register(
         evaluate=evaluate,
         program=program,
         host_memory=host_memory,
+        kv_dtypes=KV_DTYPES,
     )
 )

@@ -25,6 +25,7 @@ import numpy as np
 
 from roofsim import link, ops
 from roofsim.geometry import last_block
+from roofsim.kvformat import fp8, token_head_bytes, written_rows
 from roofsim.roofline import GpuWork, work
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
@@ -34,14 +35,16 @@ from roofsim.workload import Workload
 
 @dataclass(frozen=True)
 class Ctx:
-    """What a plan is priced against. `memo` keeps the work that does not depend on the plan (the layers' work
-    outside attention, per step shape), so that the many plans of one search price it once."""
+    """What a plan is priced against: the specs, the workload and the type the plan stores its KV in (kv_dtype,
+    roofsim.kvformat). `memo` keeps the work that does not depend on the plan (the layers' work outside attention,
+    per step shape), so that the many plans of one search price it once."""
 
     model: ModelSpec
     gpu: GpuSpec
     host: HostSpec
     work: Workload
     memo: dict = field(default_factory=dict, compare=False, repr=False)
+    kv_dtype: str = "bf16"
 
     def cached(self, key: tuple, make):
         hit = self.memo.get(key)
@@ -53,14 +56,14 @@ class Ctx:
 _RECENT: list[Ctx] = []
 
 
-def context(model: ModelSpec, gpu: GpuSpec, host: HostSpec, work: Workload) -> Ctx:
+def context(model: ModelSpec, gpu: GpuSpec, host: HostSpec, work: Workload, kv_dtype: str = "bf16") -> Ctx:
     """The Ctx of these specs and workload: the same one while they are the same objects (a search prices
     thousands of plans against one), so its memo serves them all. Specs are not changed in place (a changed spec is
     a copy: model_copy), which is what makes identity a safe key."""
     for c in _RECENT:
-        if c.model is model and c.gpu is gpu and c.host is host and c.work == work:
+        if c.model is model and c.gpu is gpu and c.host is host and c.work == work and c.kv_dtype == kv_dtype:
             return c
-    c = Ctx(model, gpu, host, work)
+    c = Ctx(model, gpu, host, work, kv_dtype=kv_dtype)
     _RECENT.insert(0, c)
     del _RECENT[4:]
     return c
@@ -336,6 +339,7 @@ def attn_work(
         streamed_calls=streamed_calls,
         write_back_tokens=write_back_tokens,
         tail_kernels=tail,
+        kv_dtype=ctx.kv_dtype,
     )
     return work([op], ctx.gpu)
 
@@ -344,7 +348,27 @@ def attn_work(
 
 
 def kv_bytes(ctx: Ctx, tokens, kv_heads) -> float:
-    """K and V of `tokens` tokens for `kv_heads` heads of one layer, for the whole batch."""
+    """K and V of `tokens` tokens for `kv_heads` heads of one layer, for the whole batch, as the plan stores them
+    (ctx.kv_dtype: in fp8 one byte an element and the scales' share, roofsim.kvformat)."""
+    m = ctx.model
+    if ctx.kv_dtype == "bf16":
+        return float(ctx.work.batch * tokens * kv_heads * m.head_dim * 2 * m.dtype_bytes)
+    return ctx.work.batch * tokens * kv_heads * token_head_bytes(ctx.kv_dtype, m.head_dim, m.dtype_bytes)
+
+
+def write_back_rows(ctx: Ctx, P, C, write_back: str):
+    """Rows of a streamed slot a forward of C tokens after P sends down: its new ones (incremental; in fp8 the
+    whole scale blocks they touch, kvformat.written_rows), or all of them (full)."""
+    if write_back != "incremental":
+        return P + C
+    return written_rows(P, C) if fp8(ctx.kv_dtype) else C
+
+
+def dequant_scratch_bytes(ctx: Ctx, tokens, kv_heads) -> float:
+    """The GPU scratch an fp8 plan turns one attention call's KV back into (the model dtype), sized for the largest
+    call: none in bf16."""
+    if ctx.kv_dtype == "bf16":
+        return 0.0
     m = ctx.model
     return float(ctx.work.batch * tokens * kv_heads * m.head_dim * 2 * m.dtype_bytes)
 

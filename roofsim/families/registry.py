@@ -39,6 +39,8 @@ class Family:
     - presets: name -> candidates of a published system's own shape (`roofsim plan --restrict NAME`).
     - host_store: whether the executor keeps KV in host memory (it then needs the run's length up front).
     - h2d_payload: what its host-to-GPU bytes carry besides streamed weights, as explanations name them.
+    - kv_dtypes: the KV storage types (a plan's `kv_dtype`, roofsim.kvformat) its model prices and its executor
+      runs; a plan in another is refused in one line by `roofsim predict`, the simulator and the executor.
     """
 
     plan_type: type[PlanBase]
@@ -51,6 +53,7 @@ class Family:
     presets: Mapping[str, Candidates] = field(default_factory=dict)
     host_store: bool = True
     h2d_payload: str = "KV"
+    kv_dtypes: tuple[str, ...] = ("bf16",)
 
     @property
     def name(self) -> str:
@@ -91,6 +94,19 @@ def family(plan_or_name: PlanBase | str) -> Family:
     """The family of a plan (or of a family name that is known to be registered)."""
     name = plan_or_name if isinstance(plan_or_name, str) else plan_or_name.family
     return families()[name]
+
+
+def check_kv_dtype(plan: PlanBase) -> None:
+    """A one-line user error where the plan's family does not store its KV in the plan's kv_dtype."""
+    f = family(plan)
+    if plan.kv_dtype not in f.kv_dtypes:
+        from roofsim.errors import UserError
+
+        which = ", ".join(n for n, g in families().items() if plan.kv_dtype in g.kv_dtypes)
+        raise UserError(
+            f"plan family {plan.family} stores its KV in {' or '.join(f.kv_dtypes)} only, not "
+            f"kv_dtype={plan.kv_dtype}; families with {plan.kv_dtype}: {which}"
+        )
 
 
 def simplicity(name: str) -> int:

@@ -7,6 +7,9 @@ Per step and layer, with S streamed slots of g KV heads and P cached tokens:
     D2H = S * B * C * g * d * 2 * dtype            (incremental: the C new tokens)
         = S * B * (P + C) * g * d * 2 * dtype      (full write-back, as HeadInfer's and transformers' code do)
 GPU KV = resident slots at full length + slot_buffers ring buffers (one slot, or one token block, each).
+In fp8 (roofsim.kvformat) every KV byte above is the stored one (one byte an element, and the scales), the
+incremental write-back sends the scale blocks the new tokens touch, and the GPU holds one slot's scratch in the
+model dtype that each attention call dequantises into.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from roofsim.families.pipeline import (
     attn_work,
     combine,
     decode_steps,
+    dequant_scratch_bytes,
     kv_bytes,
     logits_bytes,
     new_shapes,
@@ -37,6 +41,7 @@ from roofsim.families.pipeline import (
     pinned_alloc,
     prefill_steps,
     weight_stream,
+    write_back_rows,
 )
 from roofsim.geometry import block_count
 from roofsim.ops import tail_pending, write_back_share
@@ -57,7 +62,9 @@ WriteBackTokens = Annotated[
 
 
 class WriteBackTail:
-    """write_back_tokens > 1 gathers new tokens on the GPU: only for an incremental write-back of whole slots."""
+    """write_back_tokens > 1 gathers new tokens on the GPU: only for an incremental write-back of whole slots.
+    The executor stores fp8 KV whole slots at a time, written back as they go: fp8 takes neither a tail nor
+    token blocks."""
 
     @model_validator(mode="after")
     def _tail_needs_incremental(self):
@@ -66,6 +73,11 @@ class WriteBackTail:
         ):
             raise ValueError(
                 "write_back_tokens > 1 needs write_back='incremental' and no token_block; set write_back_tokens=1"
+            )
+        if self.kv_dtype != "bf16" and (self.write_back_tokens > 1 or getattr(self, "token_block", None)):
+            raise ValueError(
+                f"kv_dtype={self.kv_dtype} streams whole slots written back as they go: set write_back_tokens=1 "
+                "and no token_block"
             )
         return self
 
@@ -142,7 +154,7 @@ def slot_loads(
             streamed_calls=S * blocks,
             write_back_tokens=write_back_tokens,
         )
-        d2h_tokens = C if write_back == "incremental" else P + C
+        d2h_tokens = write_back_rows(ctx, P, C, write_back)
         # with a GPU tail, the rows still in it come from there, and one forward in N writes back (on average)
         from_tail = np.minimum(P, tail_pending(C, write_back_tokens)) if write_back_tokens > 1 else 0.0
         loads.append(
@@ -220,6 +232,8 @@ def gpu_kv(k: SlotKnobs, ctx: Ctx) -> dict[str, float]:
         kv["kv_buffers"] = CAT_PEAK_SLOTS * slot_full
     chunk = min(k.chunk or ctx.work.context, ctx.work.context)
     kv["kv_buffers"] += tail_bytes(ctx, list(k.resident), k.slots(ctx), k.write_back_tokens, chunk)
+    # fp8: one slot's KV back in the model dtype, which each attention call reads (the largest call: a whole slot)
+    kv["kv_buffers"] += dequant_scratch_bytes(ctx, T, k.group)
     return kv
 
 

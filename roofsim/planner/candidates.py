@@ -1,9 +1,13 @@
 """The plans the planner screens: each registered family's own candidates (roofsim.families.registry), the
-approximate ones only on request, or a preset's (a published system's own shape) alone."""
+approximate ones only on request, or a preset's (a published system's own shape) alone. Each candidate is screened
+in every KV storage type of the space its family has (SearchSpace.kv_dtypes, Family.kv_dtypes): the family's
+candidates are written in the model dtype, and a copy in fp8 is kept where its knobs allow fp8."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+
+from pydantic import ValidationError
 
 from roofsim.errors import UserError
 from roofsim.families.registry import Family, families
@@ -36,11 +40,40 @@ def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator
             yield from preset(model, work, space)
         return
     for f in _wanted(space):
-        yield from f.candidates(model, work, space)
+        dtypes = _dtypes(f, space)
+        if dtypes == ["bf16"]:
+            yield from f.candidates(model, work, space)
+            continue
+        for plan in f.candidates(model, work, space):
+            for d in dtypes:
+                p = in_kv_dtype(plan, d)
+                if p is not None:
+                    yield p
+
+
+def _dtypes(f: Family, space: SearchSpace) -> list[str]:
+    return [d for d in space.kv_dtypes if d in f.kv_dtypes]
+
+
+def in_kv_dtype(plan: PlanBase, kv_dtype: str) -> PlanBase | None:
+    """The same plan with its KV stored in `kv_dtype`, or None where its knobs do not allow that type."""
+    if plan.kv_dtype == kv_dtype:
+        return plan
+    try:
+        return type(plan).model_validate({**plan.model_dump(), "kv_dtype": kv_dtype})
+    except ValidationError:
+        return None
 
 
 def family_defaults(space: SearchSpace) -> list[PlanBase]:
-    """Each family's default plan: the planner's choice must never be slower than any of them."""
+    """Each family's default plan, in each KV type of the space the family has: the planner's choice must never be
+    slower than any of them."""
     if space.restrict:
         return []  # a restricted search compares only plans of the preset's shape
-    return [f.default_plan(space) for f in _wanted(space)]
+    out = []
+    for f in _wanted(space):
+        for d in _dtypes(f, space):
+            p = in_kv_dtype(f.default_plan(space), d)
+            if p is not None:
+                out.append(p)
+    return out

@@ -72,9 +72,60 @@ def explain(result: PlanResult, model: ModelSpec, gpu: GpuSpec, host: HostSpec, 
     unfit = sorted({p.plan.family for p in result.infeasible} - {c.plan.family for c in result.ranked})
     if unfit:
         text.append(f"No {', '.join(unfit)} plan fits.")
-    if plan.approximate:
+    if plan.kv_dtype != "bf16":
+        text.append(
+            f"This plan is approximate: its KV is stored in {plan.kv_dtype} (validation/fp8_accuracy.py measures "
+            "the logits' error and greedy agreement)."
+        )
+        versus = bf16_counterpart(plan, best, model, gpu, host, work, limits)
+        if versus:
+            text.append(versus)
+        text.append(_best_bf16(result, model, gpu, host, work, limits, phase))
+    elif plan.approximate:
         text.append("This plan is approximate: it attends only part of the context.")
     return " ".join(text)
+
+
+def _best_bf16(result: PlanResult, model, gpu, host, work, limits: Limits, phase: str) -> str:
+    """The fastest plan with bf16 KV (among those the search ranked, else each family's best by the analytic
+    model) and how much faster the fp8 choice is."""
+    ranked = [c for c in result.ranked if c.plan.kv_dtype == "bf16" and not c.plan.approximate]
+    if ranked:
+        bf16, bf16_s = ranked[0].plan, ranked[0].score
+    else:
+        from roofsim.families.registry import exact_families
+        from roofsim.sweep import best_per_family
+
+        fit = [p for p in best_per_family(model, gpu, host, work, limits, exact_families()) if p.feasible]
+        if not fit:
+            return "No plan with bf16 KV fits."
+        top = min(fit, key=lambda p: p.summary.phase(phase).time_s)
+        bf16, bf16_s = top.plan, top.summary.phase(phase).time_s
+    return (
+        f"The best plan with bf16 KV, {bf16.family} ({bf16.knobs()}), takes {bf16_s:.3g} s "
+        f"{'per token' if phase == 'decode' else 'to prefill'}: fp8 is {bf16_s / result.best.score:.2f}x as fast."
+    )
+
+
+def bf16_counterpart(plan, pred, model, gpu, host, work, limits: Limits) -> str | None:
+    """For a plan with fp8 KV (`pred`: its prediction): the same plan in bf16, priced, and the speedup fp8 buys
+    in decode and prefill, or what keeps the bf16 plan from fitting. None for a bf16 plan."""
+    if plan.kv_dtype == "bf16":
+        return None
+    from roofsim.planner.candidates import in_kv_dtype
+
+    same = in_kv_dtype(plan, "bf16")
+    try:
+        base = predict(same, model, gpu, host, work, limits)
+    except UserError:
+        return None
+    if not base.feasible:
+        return f"The same plan with bf16 KV does not fit: it {base.summary.reason}."
+    fp8_s, bf16_s = pred.summary.decode_s_per_token, base.summary.decode_s_per_token
+    return (
+        f"The same plan with bf16 KV decodes at {bf16_s:.3g} s per token: fp8 is {bf16_s / fp8_s:.2f}x as fast "
+        f"in decode and {base.summary.prefill_s / pred.summary.prefill_s:.2f}x in prefill."
+    )
 
 
 def streamed_weight_bytes(plan, model: ModelSpec, gpu: GpuSpec, host: HostSpec, work) -> float:

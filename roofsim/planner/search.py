@@ -89,13 +89,14 @@ def _rank_key(c: Candidate):
 
 
 def _pick(cands: list[Candidate]) -> list[Candidate]:
-    """Order by score; within 1% prefer the simpler family (resident over offload, exact over approximate)."""
+    """Order by score; within 1% prefer an exact plan, then the simpler family (resident over offload)."""
     cands = sorted(cands, key=_rank_key)
     if not cands:
         return cands
     best = cands[0].score
     near = [c for c in cands if c.score <= best * 1.01]
-    simplest = min(near, key=lambda c: (simplicity(c.plan.family), c.score))
+    # exact before approximate (sparse_fetch, evict, fp8 KV): an approximate plan wins only by more than 1%
+    simplest = min(near, key=lambda c: (c.plan.approximate, simplicity(c.plan.family), c.score))
     return [simplest] + [c for c in cands if c is not simplest]
 
 

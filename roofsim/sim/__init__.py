@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 
 from roofsim.families.pipeline import context, host_memory
-from roofsim.families.registry import family
+from roofsim.families.registry import check_kv_dtype, family
 from roofsim.limits import Limits
 from roofsim.plan import PlanBase
 from roofsim.sim.builder import build, prefill_chunks, sampled
@@ -50,7 +50,8 @@ def simulate(
     """Simulate prefill (every chunk, or `prefill_sample` evenly spaced chunks with the others interpolated in
     the cached length) and `decode_steps` decode steps (default: the workload's gen)."""
     limits = limits or Limits()
-    ctx = context(model, gpu, host, work)
+    check_kv_dtype(plan)
+    ctx = context(model, gpu, host, work, plan.kv_dtype)
     n_decode = decode_steps if decode_steps is not None else work.gen
     tasks, base = build(plan, ctx, n_decode, prefill, prefill_sample)
     n_prefill = prefill_chunks(ctx, plan.prefill_chunk) if prefill else 0

@@ -22,6 +22,7 @@ from roofsim.families.pipeline import (
     logits_bytes,
     weight_stream,
     weights_gpu_bytes,
+    write_back_rows,
 )
 from roofsim.geometry import block_lengths
 from roofsim.roofline import work
@@ -200,6 +201,7 @@ class Builder:
             kv_heads=kv_heads,
             keys=keys,
             streamed_calls=int(streamed),
+            kv_dtype=self.ctx.kv_dtype,
         )
         a = self.compute([op], s.phase, s.step, li, slot, kind="attention", deps=deps, name="attention")
         self.new_shape(a, kv_heads, s.P if keys is None else keys, s.C)
@@ -362,6 +364,7 @@ def streamed_step(
                 streamed_calls=int(u.streamed),
                 write_back_tokens=u.write_back_tokens,
                 tail_kernels=u.tail_kernels,
+                kv_dtype=b.ctx.kv_dtype,
             )
             a = b.compute([op], phase, step, li, ui, kind="attention", deps=deps, name="attention")
             for past in u.pasts(P):
@@ -427,7 +430,7 @@ def slot_units(
                     streamed=s >= r,
                     h2d_bytes=kv_bytes(ctx, P - from_tail, group) if streamed else 0.0,
                     h2d_copies=blocks,
-                    d2h_bytes=kv_bytes(ctx, P + C if full else C, group),
+                    d2h_bytes=kv_bytes(ctx, float(write_back_rows(ctx, P, C, write_back)), group),
                     full_write_back=full,
                     write_back_tokens=N,
                     tail_kernels=float(ops.TAIL_KERNELS) if N > 1 and s == r and C < N else 0.0,

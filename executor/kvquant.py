@@ -1,0 +1,192 @@
+"""fp8 KV stores (roofsim.kvformat): quantise on write, dequantise into a scratch in the model dtype before attention.
+
+A store of `heads` KV heads is a flat uint8 buffer, block-major: block i holds KV_SCALE_BLOCK rows
+[rows, B, 2, heads, D] as float8_e4m3fn, then its scales [B, 2, heads] as fp32. The first P tokens of a store, or
+the blocks one write touches, are one contiguous byte range: one copy each way, as a bf16 slot's rows are.
+
+Write of C new rows after P (`write`): the partly filled block they join is read back, the new rows appended, and
+every block touched gets the power-of-two scale 2^e just above amax / 448 of its own (K or V, head) maximum, then
+the rows divided by it, cast and stored. A power-of-two scale keeps earlier rows exact when a block is re-scaled
+(an e4m3 value times 2^-k is again one, unless it falls below fp8's normal range), so a row is rounded once and
+the stored bytes do not depend on how the tokens were chunked, except where a later outlier re-scales its block so
+far that the earlier rows become fp8 subnormals.
+
+Dequantisation (`dequantize`): whole blocks copied into the scratch (fp8 -> model dtype), then multiplied by their
+scales in place; both exact for bf16 and fp32 scratches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from roofsim.kvformat import FP8_MAX, KV_SCALE_BLOCK, SCALE_BYTES
+
+FP8 = torch.float8_e4m3fn
+BLK = KV_SCALE_BLOCK
+
+
+def blocks(tokens: int) -> int:
+    return -(-tokens // BLK)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The byte layout of an fp8 store of `heads` KV heads for `batch` sequences of head size `head_dim`."""
+
+    batch: int
+    heads: int
+    head_dim: int
+
+    @property
+    def data_bytes(self) -> int:
+        """fp8 rows of one block."""
+        return BLK * self.batch * 2 * self.heads * self.head_dim
+
+    @property
+    def block_bytes(self) -> int:
+        return self.data_bytes + SCALE_BYTES * self.batch * 2 * self.heads
+
+    def nbytes(self, tokens: int) -> int:
+        """Bytes of a store holding `tokens` tokens (whole blocks)."""
+        return blocks(tokens) * self.block_bytes
+
+    def views(self, buf: torch.Tensor, n_blocks: int):
+        """(rows fp8 [n, BLK, B, 2, heads, D], scales fp32 [n, B, 2, heads]) of the first n blocks of `buf`."""
+        b = buf[: n_blocks * self.block_bytes].view(n_blocks, self.block_bytes)
+        rows = b[:, : self.data_bytes].view(FP8).view(n_blocks, BLK, self.batch, 2, self.heads, self.head_dim)
+        scales = b[:, self.data_bytes :].view(torch.float32).view(n_blocks, self.batch, 2, self.heads)
+        return rows, scales
+
+
+def layout_of(shape, heads: int) -> Layout:
+    """The layout of a store of `heads` KV heads for a cache's Shape."""
+    return Layout(shape.batch, heads, shape.head_dim)
+
+
+def byte_range(lay: Layout, P: int, C: int) -> tuple[int, int]:
+    """The bytes `write(.., P, C rows)` stores: whole blocks from P's to the last the rows reach."""
+    return (P // BLK) * lay.block_bytes, blocks(P + C) * lay.block_bytes
+
+
+class Store:
+    """An fp8 store's typed views over its flat bytes, made once (a decode step writes and reads every slot of every
+    layer: views made per call would be most of its host dispatches)."""
+
+    def __init__(self, lay: Layout, buf: torch.Tensor):
+        n = buf.numel() // lay.block_bytes
+        self.lay, self.buf = lay, buf
+        self.rows, self.scales = lay.views(buf, n)  # [n, BLK, B, 2, h, D] fp8, [n, B, 2, h] fp32
+        self.row_scales = self.scales.view(n, 1, lay.batch, 2, lay.heads, 1)  # broadcast over rows and d
+
+
+def store_of(lay: Layout, buf) -> Store:
+    return buf if isinstance(buf, Store) else Store(lay, buf)
+
+
+WRITE_ROWS = 4096
+"""Rows quantised at a time: a prefill chunk's fp32 temporaries stay a few of these rows' size."""
+
+
+def write(lay: Layout, buf, P: int, new: torch.Tensor) -> tuple[int, int]:
+    """Store rows `new` [C, B, 2, heads, D] (any float dtype) at tokens P..P+C of store `buf` (a Store, or its flat
+    bytes), re-scaling the partly filled block they join. Returns the byte range written (byte_range)."""
+    st = store_of(lay, buf)
+    C, done = new.shape[0], 0
+    while done < C:  # pieces that end on block boundaries, WRITE_ROWS rows of blocks at most
+        piece = min(C - done, WRITE_ROWS - (P + done) % BLK)
+        _write(st, P + done, new[done : done + piece])
+        done += piece
+    return byte_range(lay, P, C)
+
+
+def _write(st: Store, P: int, new: torch.Tensor) -> None:
+    lay, C = st.lay, new.shape[0]
+    b0, b1 = P // BLK, blocks(P + C)
+    n = b1 - b0
+    head = P - b0 * BLK  # rows of block b0 already stored
+    parts = [new.float()]
+    if head:
+        parts.insert(0, st.rows[b0, :head].float().mul_(st.row_scales[b0]))
+    if head + C < n * BLK:
+        parts.append(new.new_zeros((n * BLK - head - C, *new.shape[1:]), dtype=torch.float32))
+    x = torch.cat(parts).view(n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
+    # the power of two 2^e just above amax / 448 (frexp: amax / 448 = m 2^e with m < 1), so |x| / 2^e < 448;
+    # an all-zero block gets 2^0
+    _, e = torch.frexp(x.abs().amax(dim=(1, 5), keepdim=True).div_(FP8_MAX))
+    scale = torch.exp2(e.float())  # [n, 1, B, 2, h, 1]
+    st.rows[b0:b1].copy_(x.div_(scale))
+    st.row_scales[b0:b1].copy_(scale)
+
+
+def dequantize(lay: Layout, buf, tokens: int, scratch: torch.Tensor) -> torch.Tensor:
+    """The first `tokens` rows of store `buf` (a Store, or its flat bytes) in the scratch's dtype,
+    [tokens, B, 2, heads, D] (a view of the scratch, which holds at least blocks(tokens) * BLK rows of this
+    layout)."""
+    st = store_of(lay, buf)
+    n = blocks(tokens)
+    out = scratch[: scratch_numel(lay, tokens)].view(n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
+    out.copy_(st.rows[:n])
+    out.mul_(st.row_scales[:n])
+    return out.view(n * BLK, lay.batch, 2, lay.heads, lay.head_dim)[:tokens]
+
+
+def scratch_numel(lay: Layout, tokens: int) -> int:
+    return blocks(tokens) * BLK * lay.batch * 2 * lay.heads * lay.head_dim
+
+
+def _store_rows_and_dequantize(
+    rows: torch.Tensor,
+    row_scales: torch.Tensor,
+    new: torch.Tensor,
+    P: int,
+    blk: int,
+    fp8_max: float,
+    scratch: torch.Tensor,
+) -> torch.Tensor:
+    """write() then dequantize() of rows [:P + C] in one call, over a Store's typed views (rows
+    [n, blk, B, 2, h, D] fp8, row_scales [n, 1, B, 2, h, 1] fp32): TorchScript runs it without the GIL."""
+    C = new.size(0)
+    b0 = P // blk
+    b1 = (P + C + blk - 1) // blk
+    n = b1 - b0
+    head = P - b0 * blk
+    x = torch.zeros([n * blk] + new.shape[1:], dtype=torch.float32)
+    if head > 0:
+        x.narrow(0, 0, head).copy_(
+            rows.select(0, b0).narrow(0, 0, head).float().mul(row_scales.select(0, b0))
+        )
+    x.narrow(0, head, C).copy_(new)
+    x6 = x.view([n, blk] + new.shape[1:])
+    m, e = torch.frexp(x6.abs().amax(dim=[1, 5], keepdim=True).div(fp8_max))
+    scale = torch.exp2(e.float())
+    rows.narrow(0, b0, n).copy_(x6.div(scale))
+    row_scales.narrow(0, b0, n).copy_(scale)
+    out = scratch.narrow(0, 0, b1 * blk * x.numel() // (n * blk)).view([b1, blk] + new.shape[1:])
+    out.copy_(rows.narrow(0, 0, b1))
+    out.mul_(row_scales.narrow(0, 0, b1))
+    return out.view([b1 * blk] + new.shape[1:]).narrow(0, 0, P + C)
+
+
+_scripted: list = []
+
+
+def store_rows_and_dequantize(st: Store, P: int, new: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """write(st, P, new) and then dequantize(st, P + C, scratch), in one TorchScript call where this torch has
+    TorchScript (a CPU worker beside a busy Python thread waits for the GIL after every op it calls), else op by
+    op. Same arithmetic as write() (one piece) and dequantize()."""
+    if not _scripted:
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                _scripted.append(torch.jit.script(_store_rows_and_dequantize))
+        except Exception:  # noqa: BLE001 - any failure to compile means: op by op
+            _scripted.append(None)
+    fn = _scripted[0] if new.shape[0] <= WRITE_ROWS else None
+    if fn is None:
+        write(st.lay, st, P, new)
+        return dequantize(st.lay, st, P + new.shape[0], scratch)
+    return fn(st.rows, st.row_scales, new, P, BLK, FP8_MAX, scratch)
