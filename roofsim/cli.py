@@ -116,6 +116,7 @@ def _title(model, gpu, host, work: Workload | None, limits: Limits | None = None
 
 def cmd_predict(args) -> int:
     from roofsim.display import console, context_sweep_table, predictions_table, roofline_table
+    from roofsim.kinds import layer_kinds_notes
 
     _check_predict_flags(args)
     model, gpu, host, limits = _specs(args)
@@ -149,6 +150,8 @@ def cmd_predict(args) -> int:
         for p in preds if args.plan else []:
             for note in p.header.notes:
                 out.print(f"note: {note}")
+        for note in layer_kinds_notes(model, work):
+            out.print(f"note: {note}")
         if args.roofline:
             chunk = min(work.context, getattr(preds[0].plan, "prefill_chunk", None) or work.context)
             _print_roofline(out, roofline_table, model, gpu, work, chunk)

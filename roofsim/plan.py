@@ -11,7 +11,15 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
 
 from roofsim.errors import UserError
 from roofsim.units import MAX_TOKENS, fmt_tokens
@@ -91,6 +99,17 @@ class PlanBase(BaseModel):
     weights: Literal["resident", "streamed"] = Field(
         "resident", description="streamed: each layer's weights cross the link every forward (FlexGen's case)"
     )
+    experts: Literal["resident", "streamed"] = Field(
+        "resident",
+        description="MoE models: streamed keeps the routed experts in host memory; a prefill chunk fetches each "
+        "layer's experts ahead, a decode step the ones its tokens picked, after the router",
+    )
+
+    @model_validator(mode="after")
+    def _one_weight_stream(self):
+        if self.experts == "streamed" and self.weights == "streamed":
+            raise ValueError("weights='streamed' streams the experts with the layers; set experts='resident'")
+        return self
 
     @property
     def approximate(self) -> bool:

@@ -4,7 +4,7 @@ both phases and the peak memory by kind; no spans)."""
 from __future__ import annotations
 
 from roofsim.families.pipeline import context, decode_phase, new_shapes, prefill_phase, prefill_steps
-from roofsim.families.registry import family
+from roofsim.families.registry import check_supports, family
 from roofsim.limits import Limits
 from roofsim.plan import PlanBase
 from roofsim.specs.hardware import GpuSpec, HostSpec
@@ -26,7 +26,9 @@ def predict(
 ) -> Trace:
     limits = limits or Limits()
     ctx = context(model, gpu, host, work)
-    ev = family(plan).evaluate(plan, ctx)
+    fam = family(plan)
+    check_supports(fam, plan, model)
+    ev = fam.evaluate(plan, ctx)
     shapes = ev.new_shapes
     if shapes is None:
         shapes = new_shapes(prefill_steps(work.context, plan.prefill_chunk))

@@ -36,6 +36,15 @@ def weights_options(space: SearchSpace) -> tuple[str, ...]:
     return ("resident", "streamed") if space.stream_weights else ("resident",)
 
 
+def placements(model: ModelSpec, space: SearchSpace) -> list[tuple[str, str]]:
+    """(weights, experts) placements to try: the routed experts of a MoE model resident or streamed, beside
+    weights_options (streamed weights carry their experts with them)."""
+    out = [(w, "resident") for w in weights_options(space)]
+    if model.moe_layers:
+        out.insert(1, ("resident", "streamed"))
+    return out
+
+
 def resident_totals(layers: int, slots: int) -> list[int]:
     """Resident slot counts to try: whole slots per layer, and half-steps spread over the layers."""
     totals = {r * layers for r in range(slots)}

@@ -5,7 +5,7 @@ candidates and refines its best ones with the simulator."""
 from __future__ import annotations
 
 from roofsim.errors import UserError
-from roofsim.families.registry import family
+from roofsim.families.registry import check_supports, family, supports
 from roofsim.limits import Limits
 from roofsim.planner.candidates import candidates
 from roofsim.predict import predict
@@ -30,6 +30,8 @@ def best_of_family(
     limits: Limits | None = None,
 ) -> Trace:
     limits = limits or Limits()
+    fam = family(name)
+    check_supports(fam, fam.plan_type(), model)
     space = with_weights_rule(
         SearchSpace(allow_approximate=True, families=(name,)), model, limits.gpu_bytes(gpu)
     )
@@ -52,4 +54,5 @@ def best_per_family(
 ) -> list[Trace]:
     from roofsim.families.registry import families as registered
 
-    return [best_of_family(f, model, gpu, host, work, limits) for f in families or list(registered())]
+    names = families or [name for name, f in registered().items() if supports(f, model)]
+    return [best_of_family(f, model, gpu, host, work, limits) for f in names]

@@ -39,6 +39,9 @@ class Family:
     - presets: name -> candidates of a published system's own shape (`roofsim plan --restrict NAME`).
     - host_store: whether the executor keeps KV in host memory (it then needs the run's length up front).
     - h2d_payload: what its host-to-GPU bytes carry besides streamed weights, as explanations name them.
+    - layer_kinds: whether it prices window layers (their KV resident beside the plan's global layers) and
+      streamed experts; a family without is not offered for a model that has window layers, nor with
+      experts="streamed".
     """
 
     plan_type: type[PlanBase]
@@ -51,6 +54,7 @@ class Family:
     presets: Mapping[str, Candidates] = field(default_factory=dict)
     host_store: bool = True
     h2d_payload: str = "KV"
+    layer_kinds: bool = False
 
     @property
     def name(self) -> str:
@@ -96,6 +100,26 @@ def family(plan_or_name: PlanBase | str) -> Family:
 def simplicity(name: str) -> int:
     """The family's rank in the order of simplicity (registration order)."""
     return list(families()).index(name)
+
+
+def check_supports(fam: Family, plan: PlanBase, model: ModelSpec) -> None:
+    """A one-line error where the family cannot price this model's layer kinds or the plan's expert placement."""
+    from roofsim.errors import UserError
+
+    if fam.layer_kinds:
+        return
+    if model.window_layers:
+        raise UserError(
+            f"plan family {fam.name} does not price window layers, and {model.name} has "
+            f"{len(model.window_layers)}; use {', '.join(n for n, f in families().items() if f.layer_kinds)}"
+        )
+    if plan.experts == "streamed":
+        raise UserError(f"plan family {fam.name} does not stream experts; set experts='resident'")
+
+
+def supports(fam: Family, model: ModelSpec) -> bool:
+    """Whether the family's plans can be priced for this model (window layers need layer_kinds)."""
+    return fam.layer_kinds or not model.window_layers
 
 
 def exact_families() -> list[str]:

@@ -10,7 +10,7 @@ from roofsim.families.pipeline import Ctx, Evaluation
 from roofsim.families.registry import Family, register
 from roofsim.plan import PlanBase
 from roofsim.sim.builder import Builder, StepSpec
-from roofsim.space import SearchSpace, chunks, weights_options
+from roofsim.space import SearchSpace, chunks, placements
 from roofsim.specs.model import ModelSpec
 from roofsim.workload import Workload
 
@@ -26,16 +26,17 @@ def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
     m = ctx.model
     return slot_stream.SlotKnobs(
         group=m.n_kv_heads,
-        resident=(1,) * m.n_layers,
+        resident=(1,) * m.kv_layers,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
+        streamed_experts=plan.experts == "streamed",
     )
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[ResidentPlan]:
-    for weights in weights_options(space):
+    for weights, experts in placements(model, space):
         for c in chunks(work):
-            yield ResidentPlan(prefill_chunk=c, weights=weights)
+            yield ResidentPlan(prefill_chunk=c, weights=weights, experts=experts)
 
 
 def evaluate(plan: ResidentPlan, ctx: Ctx) -> Evaluation:
@@ -57,6 +58,7 @@ FAMILY = register(
         evaluate=evaluate,
         program=program,
         host_memory=host_memory,
+        layer_kinds=True,
         host_store=False,
     )
 )

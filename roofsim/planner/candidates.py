@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from roofsim.errors import UserError
-from roofsim.families.registry import Family, families
+from roofsim.families.registry import Family, families, supports
 from roofsim.plan import PlanBase
 from roofsim.space import SearchSpace
 from roofsim.specs.model import ModelSpec
 from roofsim.workload import Workload
 
 
-def _wanted(space: SearchSpace) -> list[Family]:
+def _wanted(space: SearchSpace, model: ModelSpec | None = None) -> list[Family]:
     fams = families()
     unknown = sorted(set(space.families or ()) - set(fams))
     if unknown:
@@ -23,6 +23,7 @@ def _wanted(space: SearchSpace) -> list[Family]:
         for name, f in fams.items()
         if (space.families is None or name in space.families)
         and (space.allow_approximate or not f.approximate)
+        and (model is None or supports(f, model))
     ]
 
 
@@ -35,12 +36,12 @@ def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator
         for preset in presets:
             yield from preset(model, work, space)
         return
-    for f in _wanted(space):
+    for f in _wanted(space, model):
         yield from f.candidates(model, work, space)
 
 
-def family_defaults(space: SearchSpace) -> list[PlanBase]:
+def family_defaults(space: SearchSpace, model: ModelSpec | None = None) -> list[PlanBase]:
     """Each family's default plan: the planner's choice must never be slower than any of them."""
     if space.restrict:
         return []  # a restricted search compares only plans of the preset's shape
-    return [f.default_plan(space) for f in _wanted(space)]
+    return [f.default_plan(space) for f in _wanted(space, model)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from roofsim.errors import UserError
 from roofsim.families.pipeline import context, weight_stream
 from roofsim.families.registry import family
+from roofsim.kinds import layer_kinds_notes
 from roofsim.limits import Limits
 from roofsim.planner.search import PlanResult
 from roofsim.predict import predict
@@ -74,6 +75,7 @@ def explain(result: PlanResult, model: ModelSpec, gpu: GpuSpec, host: HostSpec, 
         text.append(f"No {', '.join(unfit)} plan fits.")
     if plan.approximate:
         text.append("This plan is approximate: it attends only part of the context.")
+    text += layer_kinds_notes(model, work)
     return " ".join(text)
 
 

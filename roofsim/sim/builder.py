@@ -16,12 +16,14 @@ from dataclasses import dataclass, field, replace
 
 from roofsim import ops
 from roofsim.families.pipeline import (
+    EXPERT_TENSORS,
     Ctx,
     activation_bytes,
     kv_bytes,
     logits_bytes,
     weight_stream,
     weights_gpu_bytes,
+    window_kv_bytes,
 )
 from roofsim.geometry import block_lengths
 from roofsim.roofline import work
@@ -42,12 +44,16 @@ class Unit:
     write_back_tokens: int = 1  # > 1: new tokens wait in the layer's GPU tail (one forward in N writes back)
     tail_kernels: float = 0.0  # the layer's write into its tail, charged to its first streamed unit
     token_block: int | None = None  # a streamed unit attended block by block
+    window: int | None = None  # a window layer's: it keeps and attends at most window + sinks past tokens
+    sinks: int = 0
 
     def pasts(self, P) -> list:
         """Key lengths of the unmasked calls this unit's attention makes after a past of P tokens: P, or with
         token blocks each block's (the executor attends them one by one and merges)."""
         if self.keys is not None:
             return [self.keys]
+        if self.window is not None:
+            return [min(P, self.window + self.sinks)]
         if self.streamed and self.token_block and P > 0:
             return sorted(block_lengths(P, self.token_block))
         return [P]
@@ -216,7 +222,7 @@ class Builder:
     def post(self, s: StepSpec, li: int, deps, extra=()) -> int:
         m, B = self.ctx.model, self.ctx.work.batch
         return self.compute(
-            ops.post_attention_ops(m, s.C, B) + list(extra),
+            ops.post_attention_ops(m, s.C, B, moe=m.is_moe(li)) + list(extra),
             s.phase,
             s.step,
             li,
@@ -272,6 +278,64 @@ class WeightStream:
         self._issue(li + 2)
 
 
+class ExpertPrefetch(WeightStream):
+    """A prefill chunk's routed experts, streamed per MoE layer like weights (double-buffered, on their own
+    stream): nearly every expert is picked by some token of a chunk, so each layer's experts come up whole."""
+
+    def __init__(self, b: Builder, phase: str, step: int, streamed: bool):
+        m = b.ctx.model
+        self.moe = [m.is_moe(i) for i in range(m.n_layers)]
+        self.expert_bytes = float(m.expert_weight_bytes) if streamed else 0.0
+        super().__init__(b, phase, step, False)
+
+    def _issue(self, li: int) -> None:
+        if self.expert_bytes and li < self.layers and li not in self.ids and self.moe[li]:
+            deps = (self.post[li - 2],) if li - 2 in self.post else ()
+            self.ids[li] = self.b.copy(
+                "h2d",
+                self.expert_bytes,
+                self.phase,
+                self.step,
+                li,
+                copies=int(self.b.ctx.model.n_experts * EXPERT_TENSORS),
+                deps=deps,
+                name="experts",
+                stream="h2d_weights",
+            )
+
+
+def picked_experts_copy(b: Builder, phase: str, step: int, li: int, C: float, deps) -> int:
+    """A decode step's picked experts of layer li, fetched once its router (after attention) has chosen them."""
+    m = b.ctx.model
+    picked = float(m.experts_touched(b.ctx.work.batch * C))
+    return b.copy(
+        "h2d",
+        picked * m.expert_params * m.dtype_bytes,
+        phase,
+        step,
+        li,
+        copies=max(1, round(picked * EXPERT_TENSORS)),
+        deps=tuple(deps),
+        name="experts",
+        stream="h2d_weights",
+    )
+
+
+def with_window_layers(ctx: Ctx, layers: list[list[Unit]]) -> list[list[Unit]]:
+    """Units of every layer from those of the global layers: each window layer attends its resident window in one
+    unit of all KV heads."""
+    m = ctx.model
+    if not m.window_layers or len(layers) != m.kv_layers:
+        return layers
+    glob = iter(layers)
+    return [
+        next(glob)
+        if m.window(i) is None
+        else [Unit(heads=m.n_kv_heads, streamed=False, window=m.window(i), sinks=m.sink_tokens)]
+        for i in range(m.n_layers)
+    ]
+
+
 # ---- the streamed-layer step shared by most families -------------------------------------------------------------
 
 
@@ -303,6 +367,7 @@ def streamed_step(
     streamed_weights: bool = False,
     cpu_heads: int = 0,
     logits: bool = True,
+    streamed_experts: bool = False,
 ) -> int:
     """Append one step's tasks; returns the id of its last task."""
     ctx = b.ctx
@@ -310,6 +375,8 @@ def streamed_step(
     alloc = {"activations": activation_bytes(ctx, int(C))}
     first = b.embed(phase, step, C, alloc)
     weights = WeightStream(b, phase, step, streamed_weights)
+    on_demand = streamed_experts and C <= 1  # decode: the picked experts, after the router
+    experts = ExpertPrefetch(b, phase, step, streamed_experts and not on_demand)
     ring = Ring(max(1, buffers))
     # the stream of (layer, unit) copies, issued `depth` ahead of their attention
     order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
@@ -330,7 +397,9 @@ def streamed_step(
     consumed = 0
     prev = first
     pre_ops = ops.pre_attention_ops(m, C, B)
-    post_ops = ops.post_attention_ops(m, C, B)
+    post_ops = {
+        moe: ops.post_attention_ops(m, C, B, moe=moe) for moe in {m.is_moe(i) for i in range(m.n_layers)}
+    }
     for li, units in enumerate(layers):
         wdep = weights.dep(li)
         pre = b.compute(pre_ops, phase, step, li, name="pre_attention", deps=wdep)
@@ -362,6 +431,7 @@ def streamed_step(
                 streamed_calls=int(u.streamed),
                 write_back_tokens=u.write_back_tokens,
                 tail_kernels=u.tail_kernels,
+                window=u.window,
             )
             a = b.compute([op], phase, step, li, ui, kind="attention", deps=deps, name="attention")
             for past in u.pasts(P):
@@ -375,15 +445,19 @@ def streamed_step(
                     b.sync(a, phase, step)
                 ring.releases.append(release)
                 consumed += 1
+        post_deps = [*attn_ids, *experts.dep(li)]
+        if on_demand and m.is_moe(li):
+            post_deps.append(picked_experts_copy(b, phase, step, li, C, attn_ids))
         post = b.compute(
-            post_ops,
+            post_ops[m.is_moe(li)],
             phase,
             step,
             li,
             name="post_attention",
-            deps=attn_ids,
+            deps=post_deps,
         )
         weights.done(li, post)
+        experts.done(li, post)
         prev = post
     head_ops = ops.head_ops(m, B) if logits else []
     last = b.compute(
@@ -437,7 +511,7 @@ def slot_units(
         layers.append(
             sorted(units, key=lambda u: not u.streamed)
         )  # the executor attends streamed slots first
-    return layers
+    return with_window_layers(ctx, layers)
 
 
 @dataclass
@@ -484,7 +558,13 @@ def build(
 
     b = Builder(ctx)
     steps = steps_of(ctx, plan.prefill_chunk, decode_steps, prefill, prefill_sample)
-    base = {"weights": weights_gpu_bytes(ctx, plan.weights == "streamed"), "logits": logits_bytes(ctx)}
+    streamed = plan.weights == "streamed"
+    base = {
+        "weights": weights_gpu_bytes(ctx, streamed, plan.experts == "streamed"),
+        "logits": logits_bytes(ctx),
+    }
+    if ctx.model.window_layers:
+        base["kv_window"] = window_kv_bytes(ctx)
     family(plan).program(b, plan, steps, base)
     return b.tasks, base
 
