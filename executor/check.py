@@ -31,6 +31,31 @@ def tiny_config(family: str, *, kv_heads: int = 2, heads: int = 4, layers: int =
         return MistralConfig(**common, head_dim=head_dim, sliding_window=None)
     if family == "phi3":
         return Phi3Config(**common)
+    return _kinds_config(family, common, head_dim)
+
+
+def _kinds_config(family: str, common: dict, head_dim: int):
+    """Tiny configs of the families with layer kinds: Qwen3 (q/k norms), Qwen3-MoE and Mixtral (4 experts, 2 per
+    token), Gemma 3 (window layers of 5 tokens around one global layer in three)."""
+    from transformers import Gemma3TextConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
+
+    if family == "qwen3":
+        return Qwen3Config(**common, head_dim=head_dim, use_sliding_window=False)
+    if family == "qwen3_moe":
+        return Qwen3MoeConfig(
+            **common, head_dim=head_dim, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+            decoder_sparse_step=1, mlp_only_layers=[], use_sliding_window=False,
+        )  # fmt: skip
+    if family == "mixtral":
+        return MixtralConfig(
+            **common, head_dim=head_dim, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
+        )
+    if family == "gemma3":
+        layers = common["num_hidden_layers"]
+        types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(layers)]
+        return Gemma3TextConfig(
+            **common, head_dim=head_dim, sliding_window=5, layer_types=types, query_pre_attn_scalar=head_dim
+        )
     raise ValueError(family)
 
 
