@@ -91,7 +91,7 @@ def make_cache(
     layer buffers on every forward (`roofsim.executor.weights`); `cache.close()` puts them back."""
     plan = coerce_plan(plan)
     _check_model(model, max_tokens)
-    if plan.experts == "streamed":
+    if plan.experts == "streamed":  # a plan's placement of the experts the executor does not make
         raise UserError(
             "the executor keeps a MoE model's experts resident; run the plan with experts='resident'"
         )

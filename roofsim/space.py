@@ -36,12 +36,15 @@ def weights_options(space: SearchSpace) -> tuple[str, ...]:
     return ("resident", "streamed") if space.stream_weights else ("resident",)
 
 
-def placements(model: ModelSpec, space: SearchSpace) -> list[tuple[str, str]]:
-    """(weights, experts) placements to try: the routed experts of a MoE model resident or streamed, beside
-    weights_options (streamed weights carry their experts with them)."""
-    out = [(w, "resident") for w in weights_options(space)]
-    if model.moe_layers:
-        out.insert(1, ("resident", "streamed"))
+def placements(model: ModelSpec, space: SearchSpace) -> list[dict]:
+    """Weight and expert placements to try, as plan knobs: weights_options, and for a MoE model its routed experts
+    streamed from host memory with none, a quarter, half or three quarters of the MoE layers keeping theirs on
+    the GPU (the trade between experts and KV; streamed weights carry their experts with them)."""
+    out = [{"weights": w} for w in weights_options(space)]
+    moe = model.moe_layers
+    if moe:
+        kept = sorted({moe * q // 4 for q in range(4)})
+        out[1:1] = [{"experts": "streamed", "resident_expert_layers": r} for r in kept]
     return out
 
 

@@ -249,6 +249,29 @@ def test_streamed_experts_trade_gpu_weights_for_host_memory_and_link_time():
     assert st.prefill.h2d_bytes == pytest.approx(m.moe_layers * m.expert_weight_bytes, rel=0.01)
     with pytest.raises(ValueError, match="streams the experts with the layers"):
         ResidentPlan(experts="streamed", weights="streamed")
+    # half the MoE layers keep their experts: half the host store, half the decode fetches
+    half = predict(ResidentPlan(experts="streamed", resident_expert_layers=24), m, gpu, host, K128).summary
+    assert half.memory.host["experts"] == 24 * m.expert_weight_bytes
+    assert res.memory.gpu["weights"] - half.memory.gpu["weights"] == pytest.approx(22 * m.expert_weight_bytes)
+    assert half.decode.h2d_bytes == pytest.approx(st.decode.h2d_bytes / 2)
+    assert res.decode.time_s < half.decode.time_s < st.decode.time_s
+    with pytest.raises(UserError, match="exceeds qwen3-30b-a3b's 48 MoE layers"):
+        predict(ResidentPlan(experts="streamed", resident_expert_layers=49), m, gpu, host, K128)
+    with pytest.raises(ValueError, match="needs experts='streamed'"):
+        ResidentPlan(resident_expert_layers=2)
+
+
+def test_the_planner_trades_experts_for_kv_under_a_cap():
+    """Under a cap the routed experts cannot all keep, the planner streams some of them; with room for all it
+    keeps them resident."""
+    m = BUILTIN["qwen3-30b-a3b"]
+    gpu, host = _specs("h100-sxm")
+    space = SearchSpace(families=("resident",))
+    roomy = search(m, gpu, host, Workload(context=32768), Limits(), space, refine_top=2, decode_steps=1)
+    assert roomy.best.plan.experts == "resident"
+    tight = search(m, gpu, host, K128, Limits(gpu_mem_bytes=40e9), space, refine_top=2, decode_steps=1)
+    assert tight.best.plan.experts == "streamed"
+    assert tight.best.plan.resident_expert_layers > 0  # as many as fit: each saves its decode fetches
 
 
 def test_the_simulator_agrees_with_the_analytic_model_on_layer_kinds():
@@ -258,6 +281,8 @@ def test_the_simulator_agrees_with_the_analytic_model_on_layer_kinds():
         ("gemma-3-12b", HeadOffloadPlan(kv_heads_per_slot=2, resident_slots=1)),
         ("gpt-oss-20b", LayerOffloadPlan(write_back="incremental")),
         ("qwen3-30b-a3b", ResidentPlan(experts="streamed", prefill_chunk=16384)),
+        ("qwen3-30b-a3b", HeadOffloadPlan(experts="streamed", resident_expert_layers=12, resident_slots=2)),
+        ("deepseek-v2-lite", LayerOffloadPlan(experts="streamed", resident_expert_layers=5)),
     ):
         m = BUILTIN[name]
         a = predict(plan, m, gpu, host, work).summary

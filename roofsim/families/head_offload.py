@@ -65,7 +65,7 @@ def knobs(plan: HeadOffloadPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
         resident=tuple(check(plan, m.n_kv_heads, m.kv_layers)),
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
-        streamed_experts=plan.experts == "streamed",
+        streamed_experts=plan.streamed_expert_layers(m),
         depth=plan.prefetch_depth,
         buffers=plan.slot_buffers,
         write_back=plan.write_back,
@@ -80,7 +80,7 @@ def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator
     """Every slot size, resident share (whole slots per layer and half-steps spread over the layers), prefetch
     depth with its ring, token block and prefill chunk."""
     layers = model.kv_layers
-    for weights, experts in placements(model, space):
+    for placement in placements(model, space):
         for g in divisors(model.n_kv_heads):
             for total in resident_totals(layers, model.n_kv_heads // g):
                 for depth, buffers in ((1, 2), (2, 3), (4, 6)):
@@ -95,8 +95,7 @@ def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator
                                 slot_buffers=buffers,
                                 token_block=block,
                                 prefill_chunk=c,
-                                weights=weights,
-                                experts=experts,
+                                **placement,
                             )
 
 

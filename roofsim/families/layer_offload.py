@@ -41,7 +41,7 @@ def knobs(plan: LayerOffloadPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
         resident=(0,) * m.kv_layers,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
-        streamed_experts=plan.experts == "streamed",
+        streamed_experts=plan.streamed_expert_layers(m),
         write_back=plan.write_back,
         syncs=plan.syncs_per_layer,
         d2h_on_compute=plan.write_back == "full",
@@ -50,10 +50,10 @@ def knobs(plan: LayerOffloadPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[LayerOffloadPlan]:
-    for weights, experts in placements(model, space):
+    for placement in placements(model, space):
         for wb in ("full", "incremental"):
             for c in chunks(work):
-                yield LayerOffloadPlan(write_back=wb, prefill_chunk=c, weights=weights, experts=experts)
+                yield LayerOffloadPlan(write_back=wb, prefill_chunk=c, **placement)
 
 
 def evaluate(plan: LayerOffloadPlan, ctx: Ctx) -> Evaluation:

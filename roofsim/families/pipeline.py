@@ -353,7 +353,7 @@ def attn_work(
 # ---- layer kinds: window layers and experts -------------------------------------------------------------------
 
 
-def window_loads(ctx: Ctx, steps: Steps, streamed_weights: bool, streamed_experts: bool) -> list[LayerLoad]:
+def window_loads(ctx: Ctx, steps: Steps, streamed_weights: bool, streamed_experts: int) -> list[LayerLoad]:
     """The window layers of a step: every plan keeps their KV (window + sinks tokens) on the GPU and attends it
     in one call; they stream weights and experts as the plan's other layers do."""
     m = ctx.model
@@ -394,10 +394,10 @@ def window_kv_bytes(ctx: Ctx) -> float:
 
 @dataclass
 class ExpertStream:
-    """Per layer and step, what streaming the routed experts from host memory adds (averaged over the layers,
-    where dense and MoE layers mix): a prefill chunk picks nearly every expert, so the layer's experts are
-    prefetched whole through two buffers like streamed weights; a decode step's tokens pick a few, which can only
-    be fetched once the router has chosen them, on the critical path."""
+    """Per layer and step, what streaming the routed experts from host memory adds (averaged over the layers: the
+    share of them that stream): a prefill chunk picks nearly every expert, so the layer's experts are prefetched
+    whole through two buffers like streamed weights; a decode step's tokens pick a few, which can only be fetched
+    once the router has chosen them, on the critical path."""
 
     h2d_bytes: np.ndarray | float = 0.0
     h2d_copies: np.ndarray | float = 0.0
@@ -405,11 +405,12 @@ class ExpertStream:
     serial_s: np.ndarray | float = 0.0
 
 
-def expert_stream(ctx: Ctx, steps: Steps, streamed: bool) -> ExpertStream:
+def expert_stream(ctx: Ctx, steps: Steps, streamed: int) -> ExpertStream:
+    """`streamed`: the MoE layers whose routed experts stream (0: none)."""
     m = ctx.model
     if not streamed or not m.moe_layers:
         return ExpertStream()
-    share = m.moe_layers / m.n_layers
+    share = streamed / m.n_layers
     rows = ctx.work.batch * np.asarray(steps.C, dtype=float)
     per_expert = float(m.expert_params * m.dtype_bytes)
     on_demand = rows <= 1.0 * ctx.work.batch  # decode: the picked experts only, after the router
@@ -467,26 +468,26 @@ def pinned_alloc(nbytes: float) -> float:
     return 0.0 if nbytes <= 0 else float(2 ** math.ceil(math.log2(nbytes)))
 
 
-def weights_gpu_bytes(ctx: Ctx, streamed: bool, streamed_experts: bool = False) -> float:
-    """Weights on the GPU: all; or the embeddings and two layers' buffers where the layers stream; less the
-    routed experts, for two layers' buffers of them, where the experts stream."""
+def weights_gpu_bytes(ctx: Ctx, streamed: bool, streamed_experts: int = 0) -> float:
+    """Weights on the GPU: all; or the embeddings and two layers' buffers where the layers stream; less the routed
+    experts of the `streamed_experts` MoE layers that stream theirs, for two layers' buffers of them."""
     m = ctx.model
     if streamed:  # the two layer buffers hold whole layers, experts and all
         return float(m.embedding_params * m.dtype_bytes + 2 * m.layer_weight_bytes)
     if streamed_experts and m.moe_layers:
-        return float(m.weight_bytes - max(0, m.moe_layers - 2) * m.expert_weight_bytes)
+        return float(m.weight_bytes - max(0, streamed_experts - 2) * m.expert_weight_bytes)
     return float(m.weight_bytes)
 
 
 def host_memory(
-    ctx: Ctx, host: dict[str, float], streamed_weights: bool, streamed_experts: bool = False
+    ctx: Ctx, host: dict[str, float], streamed_weights: bool, streamed_experts: int = 0
 ) -> dict[str, float]:
     """A family's host bytes by kind, with the decoder layers' weights where they stream from host memory (and
-    the routed experts where only they do)."""
+    the streamed layers' routed experts where only they do)."""
     if streamed_weights:
         host = {**host, "weights": float(ctx.model.n_layers * ctx.model.layer_weight_bytes)}
     elif streamed_experts and ctx.model.moe_layers:
-        host = {**host, "experts": float(ctx.model.moe_layers * ctx.model.expert_weight_bytes)}
+        host = {**host, "experts": float(streamed_experts * ctx.model.expert_weight_bytes)}
     return {k: float(v) for k, v in host.items()}
 
 
@@ -496,7 +497,7 @@ def memory(
     gpu: dict[str, float],
     host: dict[str, float],
     streamed_weights: bool,
-    streamed_experts: bool = False,
+    streamed_experts: int = 0,
 ) -> MemoryUse:
     gpu = {"weights": weights_gpu_bytes(ctx, streamed_weights, streamed_experts), **gpu}
     if ctx.model.window_layers:
@@ -533,7 +534,7 @@ def peak_memory(
     ctx: Ctx,
     phases: list[tuple[dict[str, float], dict[str, float]]],
     streamed_weights: bool,
-    streamed_experts: bool = False,
+    streamed_experts: int = 0,
 ) -> MemoryUse:
     """The phase whose GPU total is largest gives the breakdown; host memory is the same in both phases."""
     uses = [

@@ -29,14 +29,14 @@ def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
         resident=(1,) * m.kv_layers,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
-        streamed_experts=plan.experts == "streamed",
+        streamed_experts=plan.streamed_expert_layers(m),
     )
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[ResidentPlan]:
-    for weights, experts in placements(model, space):
+    for placement in placements(model, space):
         for c in chunks(work):
-            yield ResidentPlan(prefill_chunk=c, weights=weights, experts=experts)
+            yield ResidentPlan(prefill_chunk=c, **placement)
 
 
 def evaluate(plan: ResidentPlan, ctx: Ctx) -> Evaluation:

@@ -94,7 +94,7 @@ class SlotKnobs:
     d2h_on_compute: bool = False
     cat_alloc: bool = False
     write_back_tokens: int = 1
-    streamed_experts: bool = False
+    streamed_experts: int = 0  # MoE layers whose routed experts stream from host memory
 
     def slots(self, ctx: Ctx) -> int:
         return ctx.model.n_kv_heads // self.group
@@ -123,11 +123,11 @@ def slot_loads(
     d2h_on_compute: bool = False,
     gpu_kv_heads: int | None = None,
     write_back_tokens: int = 1,
-    streamed_experts: bool = False,
+    streamed_experts: int = 0,
 ) -> list[LayerLoad]:
     """Layer loads for slot streaming; `resident` gives the resident slots of each layer whose KV the plan
     places (the global layers). `gpu_kv_heads` (default all) is the number of KV heads the GPU attends and the
-    slots are cut from; `streamed_experts` fetches the routed experts from host memory (expert_stream)."""
+    slots are cut from; `streamed_experts` MoE layers fetch their routed experts from host memory (expert_stream)."""
     m, B = ctx.model, ctx.work.batch
     heads = m.n_kv_heads if gpu_kv_heads is None else gpu_kv_heads
     slots = heads // group

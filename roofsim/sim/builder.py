@@ -282,14 +282,14 @@ class ExpertPrefetch(WeightStream):
     """A prefill chunk's routed experts, streamed per MoE layer like weights (double-buffered, on their own
     stream): nearly every expert is picked by some token of a chunk, so each layer's experts come up whole."""
 
-    def __init__(self, b: Builder, phase: str, step: int, streamed: bool):
+    def __init__(self, b: Builder, phase: str, step: int, layers: set[int]):
         m = b.ctx.model
-        self.moe = [m.is_moe(i) for i in range(m.n_layers)]
-        self.expert_bytes = float(m.expert_weight_bytes) if streamed else 0.0
+        self.streams = layers
+        self.expert_bytes = float(m.expert_weight_bytes)
         super().__init__(b, phase, step, False)
 
     def _issue(self, li: int) -> None:
-        if self.expert_bytes and li < self.layers and li not in self.ids and self.moe[li]:
+        if li < self.layers and li not in self.ids and li in self.streams:
             deps = (self.post[li - 2],) if li - 2 in self.post else ()
             self.ids[li] = self.b.copy(
                 "h2d",
@@ -302,6 +302,12 @@ class ExpertPrefetch(WeightStream):
                 name="experts",
                 stream="h2d_weights",
             )
+
+
+def expert_layers(ctx: Ctx, streamed: int) -> set[int]:
+    """The layers whose routed experts stream: the last `streamed` MoE layers."""
+    moe = [i for i in range(ctx.model.n_layers) if ctx.model.is_moe(i)]
+    return set(moe[len(moe) - streamed :]) if streamed else set()
 
 
 def picked_experts_copy(b: Builder, phase: str, step: int, li: int, C: float, deps) -> int:
@@ -367,7 +373,7 @@ def streamed_step(
     streamed_weights: bool = False,
     cpu_heads: int = 0,
     logits: bool = True,
-    streamed_experts: bool = False,
+    streamed_experts: int = 0,
 ) -> int:
     """Append one step's tasks; returns the id of its last task."""
     ctx = b.ctx
@@ -375,8 +381,9 @@ def streamed_step(
     alloc = {"activations": activation_bytes(ctx, int(C))}
     first = b.embed(phase, step, C, alloc)
     weights = WeightStream(b, phase, step, streamed_weights)
-    on_demand = streamed_experts and C <= 1  # decode: the picked experts, after the router
-    experts = ExpertPrefetch(b, phase, step, streamed_experts and not on_demand)
+    streaming = expert_layers(ctx, streamed_experts)
+    on_demand = C <= 1  # decode: the picked experts, after the router
+    experts = ExpertPrefetch(b, phase, step, set() if on_demand else streaming)
     ring = Ring(max(1, buffers))
     # the stream of (layer, unit) copies, issued `depth` ahead of their attention
     order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
@@ -446,7 +453,7 @@ def streamed_step(
                 ring.releases.append(release)
                 consumed += 1
         post_deps = [*attn_ids, *experts.dep(li)]
-        if on_demand and m.is_moe(li):
+        if on_demand and li in streaming:
             post_deps.append(picked_experts_copy(b, phase, step, li, C, attn_ids))
         post = b.compute(
             post_ops[m.is_moe(li)],
@@ -560,7 +567,7 @@ def build(
     steps = steps_of(ctx, plan.prefill_chunk, decode_steps, prefill, prefill_sample)
     streamed = plan.weights == "streamed"
     base = {
-        "weights": weights_gpu_bytes(ctx, streamed, plan.experts == "streamed"),
+        "weights": weights_gpu_bytes(ctx, streamed, plan.streamed_expert_layers(ctx.model)),
         "logits": logits_bytes(ctx),
     }
     if ctx.model.window_layers:
