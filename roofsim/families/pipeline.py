@@ -374,6 +374,7 @@ def window_loads(ctx: Ctx, steps: Steps, streamed_weights: bool, streamed_expert
                     h2d_copies=w_copies + x.h2d_copies,
                     units=(1 if w_bytes else 0) + x.units,
                     serial_s=x.serial_s,
+                    syncs=moe_syncs(m),
                 )
             )
         return loads
@@ -427,6 +428,12 @@ def expert_stream(ctx: Ctx, steps: Steps, streamed: int) -> ExpertStream:
 
 
 EXPERT_TENSORS = 3  # gate, up and down of one expert: one copy each
+
+
+def moe_syncs(m) -> float:
+    """Host synchronisations per layer, on average, of stock transformers' MoE: the eager expert loop asks which
+    experts were hit (a nonzero on the GPU's routing) before it issues them, once per MoE layer and step."""
+    return m.moe_layers / m.n_layers
 
 
 # ---- memory ---------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from roofsim.families.pipeline import (
     expert_stream,
     kv_bytes,
     logits_bytes,
+    moe_syncs,
     new_shapes,
     nonattn_work,
     outside_layers,
@@ -164,7 +165,7 @@ def slot_loads(
                 serial_s=x.serial_s,
                 depth=min(depth, buffers - 1),
                 d2h_on_compute=d2h_on_compute,
-                syncs=S * syncs_per_slot,
+                syncs=S * syncs_per_slot + moe_syncs(ctx.model),
             )
         )
     return loads

@@ -452,6 +452,8 @@ def streamed_step(
                     b.sync(a, phase, step)
                 ring.releases.append(release)
                 consumed += 1
+        if m.is_moe(li):  # the eager expert loop asks the GPU which experts its router picked
+            b.sync(attn_ids[-1], phase, step)
         post_deps = [*attn_ids, *experts.dep(li)]
         if on_demand and li in streaming:
             post_deps.append(picked_experts_copy(b, phase, step, li, C, attn_ids))
