@@ -386,11 +386,14 @@ def window_loads(ctx: Ctx, steps: Steps, streamed_weights: bool, streamed_expert
 def window_kv_bytes(ctx: Ctx) -> float:
     """GPU KV of the window layers: each holds its last window + sinks tokens (all of them below that length)."""
     m = ctx.model
-    return float(
-        sum(
-            kv_bytes(ctx, float(m.window_keys(i, ctx.work.max_tokens)), m.n_kv_heads) for i in m.window_layers
+
+    def make() -> float:
+        tokens = ctx.work.max_tokens
+        return float(
+            sum(kv_bytes(ctx, float(m.window_keys(i, tokens)), m.n_kv_heads) for i in m.window_layers)
         )
-    )
+
+    return ctx.cached(("kv_window",), make)
 
 
 @dataclass

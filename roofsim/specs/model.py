@@ -111,6 +111,8 @@ class ModelSpec(BaseModel):
                 raise ValueError(f"dense_layers {self.dense_layers} leaves no MoE layer of {self.n_layers}")
         if self.kv_latent and (self.n_kv_heads != 1 or not self.kv_lora_rank or not self.v_head_dim):
             raise ValueError("an MLA model has one KV head (the latent), a kv_lora_rank and a v_head_dim")
+        if self.kv_latent and not self.kv_lora_rank < self.kv_latent < self.kv_lora_rank + self.head_dim:
+            raise ValueError("an MLA latent is kv_lora_rank plus a RoPE key narrower than head_dim")
         return self
 
     # ---- layer kinds -------------------------------------------------------------------------------------------
