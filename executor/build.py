@@ -91,10 +91,17 @@ def make_cache(
     layer buffers on every forward (`roofsim.executor.weights`); `cache.close()` puts them back."""
     plan = coerce_plan(plan)
     _check_model(model, max_tokens)
-    if plan.experts == "streamed":  # a plan's placement of the experts the executor does not make
-        raise UserError(
-            "the executor keeps a MoE model's experts resident; run the plan with experts='resident'"
-        )
+    streamed_experts = 0
+    if plan.experts == "streamed":
+        from roofsim.executor.experts import experts_modules
+
+        moe = sum(m is not None for m in experts_modules(model))
+        if not moe or plan.resident_expert_layers > moe:
+            raise UserError(
+                f"experts='streamed' with resident_expert_layers={plan.resident_expert_layers} needs a MoE model with "
+                f"at least that many MoE layers; this one has {moe}"
+            )
+        streamed_experts = moe - plan.resident_expert_layers
     shape = shape_of(model, batch_size)
     windows = window_of_layers(model.config)
     if any(w is not None for w in windows):  # the family places the global layers' KV only
@@ -115,6 +122,10 @@ def make_cache(
         from roofsim.executor.weights import WeightStreamer
 
         rt.weights = WeightStreamer(rt, model)
+    if streamed_experts:
+        from roofsim.executor.experts import ExpertStreamer
+
+        rt.experts = ExpertStreamer(rt, model, streamed_experts)
     register_attention()
     model.set_attn_implementation(ATTN_NAME)
     ref = weakref.ref(cache)

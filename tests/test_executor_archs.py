@@ -53,13 +53,41 @@ def test_exact_plans_match_stock_logits(tiny, name):
     assert rel_err(got, ref) < 1e-5, name
 
 
-def test_window_models_refuse_families_without_layer_kinds_and_streamed_experts():
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        ResidentPlan(experts="streamed"),
+        HeadOffloadPlan(experts="streamed", resident_expert_layers=1, resident_slots=1),
+        LayerOffloadPlan(experts="streamed", write_back="incremental"),
+    ],
+)
+def test_streamed_experts_fetch_the_picked_ones_and_match_stock_logits(family, plan):
+    model = random_model(tiny_config(family, layers=3), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    ref = reference_logits(model, ids, CHUNK, GEN)
+    cache = make_cache(model, plan, max_tokens=PROMPT + GEN)
+    try:
+        got = greedy_logits(model, cache, ids, CHUNK, GEN)
+        moved = cache.runtime.experts.bytes_moved
+    finally:
+        cache.close()
+    assert rel_err(got, ref) < 1e-5
+    expert = 3 * 64 * 32 * 4 if family == "qwen3_moe" else 3 * 64 * 128 * 4  # gate, up, down; fp32
+    streamed_layers = 3 - plan.resident_expert_layers
+    forwards = -(-PROMPT // CHUNK) + GEN
+    # each forward fetches between the 2 experts one token picks and all 4, in each streamed layer
+    assert 2 * expert * streamed_layers * forwards <= moved <= 4 * expert * streamed_layers * forwards
+    assert model.model.layers[2].mlp.experts.gate_up_proj.device.type == "cpu"  # put back where it was
+
+
+def test_window_models_refuse_families_without_layer_kinds():
     gemma = random_model(tiny_config("gemma3", layers=3), "cpu", torch.float32, seed=1)
     with pytest.raises(UserError, match="does not run window layers"):
         make_cache(gemma, KvprPlan(), max_tokens=64)
-    moe = random_model(tiny_config("mixtral"), "cpu", torch.float32, seed=1)
-    with pytest.raises(UserError, match="experts resident"):
-        make_cache(moe, ResidentPlan(experts="streamed"), max_tokens=64)
+    dense = random_model(tiny_config("qwen3"), "cpu", torch.float32, seed=1)
+    with pytest.raises(UserError, match="needs a MoE model"):
+        make_cache(dense, ResidentPlan(experts="streamed"), max_tokens=64)
 
 
 @pytest.mark.parametrize("name", ["qwen3-8b", "qwen3-30b-a3b", "mixtral-8x7b", "gemma-3-12b"])

@@ -372,7 +372,7 @@ def window_loads(ctx: Ctx, steps: Steps, streamed_weights: bool, streamed_expert
                     attn=attn_work(ctx, steps, window=window),
                     h2d_bytes=w_bytes + x.h2d_bytes,
                     h2d_copies=w_copies + x.h2d_copies,
-                    units=(1 if w_bytes else 0) + x.units,
+                    units=1 if w_bytes else 0,
                     serial_s=x.serial_s,
                     syncs=moe_syncs(m),
                 )
@@ -399,13 +399,11 @@ def window_kv_bytes(ctx: Ctx) -> float:
 @dataclass
 class ExpertStream:
     """Per layer and step, what streaming the routed experts from host memory adds (averaged over the layers: the
-    share of them that stream): a prefill chunk picks nearly every expert, so the layer's experts are prefetched
-    whole through two buffers like streamed weights; a decode step's tokens pick a few, which can only be fetched
-    once the router has chosen them, on the critical path."""
+    share of them that stream): the experts the step's tokens picked (a decode step's few, nearly all of a prefill
+    chunk's) come up once the router has chosen them, on the critical path between attention and the MLP."""
 
     h2d_bytes: np.ndarray | float = 0.0
     h2d_copies: np.ndarray | float = 0.0
-    units: np.ndarray | float = 0.0
     serial_s: np.ndarray | float = 0.0
 
 
@@ -416,21 +414,17 @@ def expert_stream(ctx: Ctx, steps: Steps, streamed: int) -> ExpertStream:
         return ExpertStream()
     share = streamed / m.n_layers
     rows = ctx.work.batch * np.asarray(steps.C, dtype=float)
-    per_expert = float(m.expert_params * m.dtype_bytes)
-    on_demand = rows <= 1.0 * ctx.work.batch  # decode: the picked experts only, after the router
     picked = m.experts_touched(rows)
-    copies = np.where(on_demand, picked, m.n_experts) * EXPERT_TENSORS
-    nbytes = np.where(on_demand, picked, m.n_experts) * per_expert
-    serial = np.where(on_demand, link.batch_s(nbytes, copies, ctx.gpu, "h2d"), 0.0)
+    copies = picked * EXPERT_TENSORS
+    nbytes = picked * float(m.expert_params * m.dtype_bytes)
     return ExpertStream(
         h2d_bytes=share * nbytes,
         h2d_copies=share * copies,
-        units=np.where(on_demand, 0.0, share),
-        serial_s=share * serial,
+        serial_s=share * link.batch_s(nbytes, copies, ctx.gpu, "h2d"),
     )
 
 
-EXPERT_TENSORS = 3  # gate, up and down of one expert: one copy each
+EXPERT_TENSORS = 2  # an expert's fused gate_up and its down projection: one copy each
 
 
 def moe_syncs(m) -> float:

@@ -161,7 +161,7 @@ def slot_loads(
                 h2d_copies=S * blocks + w_copies + x.h2d_copies,
                 d2h_bytes=S * kv_bytes(ctx, 1, group) * d2h_tokens,
                 d2h_copies=S * B * write_back_share(C, write_back_tokens),
-                units=S * blocks + (1 if w_bytes else 0) + x.units,
+                units=S * blocks + (1 if w_bytes else 0),
                 serial_s=x.serial_s,
                 depth=min(depth, buffers - 1),
                 d2h_on_compute=d2h_on_compute,

@@ -278,32 +278,6 @@ class WeightStream:
         self._issue(li + 2)
 
 
-class ExpertPrefetch(WeightStream):
-    """A prefill chunk's routed experts, streamed per MoE layer like weights (double-buffered, on their own
-    stream): nearly every expert is picked by some token of a chunk, so each layer's experts come up whole."""
-
-    def __init__(self, b: Builder, phase: str, step: int, layers: set[int]):
-        m = b.ctx.model
-        self.streams = layers
-        self.expert_bytes = float(m.expert_weight_bytes)
-        super().__init__(b, phase, step, False)
-
-    def _issue(self, li: int) -> None:
-        if li < self.layers and li not in self.ids and li in self.streams:
-            deps = (self.post[li - 2],) if li - 2 in self.post else ()
-            self.ids[li] = self.b.copy(
-                "h2d",
-                self.expert_bytes,
-                self.phase,
-                self.step,
-                li,
-                copies=int(self.b.ctx.model.n_experts * EXPERT_TENSORS),
-                deps=deps,
-                name="experts",
-                stream="h2d_weights",
-            )
-
-
 def expert_layers(ctx: Ctx, streamed: int) -> set[int]:
     """The layers whose routed experts stream: the last `streamed` MoE layers."""
     moe = [i for i in range(ctx.model.n_layers) if ctx.model.is_moe(i)]
@@ -311,7 +285,8 @@ def expert_layers(ctx: Ctx, streamed: int) -> set[int]:
 
 
 def picked_experts_copy(b: Builder, phase: str, step: int, li: int, C: float, deps) -> int:
-    """A decode step's picked experts of layer li, fetched once its router (after attention) has chosen them."""
+    """The experts the step's tokens picked in layer li, fetched once its router (after attention) has chosen
+    them (on the compute stream, as the executor copies them)."""
     m = b.ctx.model
     picked = float(m.experts_touched(b.ctx.work.batch * C))
     return b.copy(
@@ -382,8 +357,6 @@ def streamed_step(
     first = b.embed(phase, step, C, alloc)
     weights = WeightStream(b, phase, step, streamed_weights)
     streaming = expert_layers(ctx, streamed_experts)
-    on_demand = C <= 1  # decode: the picked experts, after the router
-    experts = ExpertPrefetch(b, phase, step, set() if on_demand else streaming)
     ring = Ring(max(1, buffers))
     # the stream of (layer, unit) copies, issued `depth` ahead of their attention
     order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
@@ -454,8 +427,8 @@ def streamed_step(
                 consumed += 1
         if m.is_moe(li):  # the eager expert loop asks the GPU which experts its router picked
             b.sync(attn_ids[-1], phase, step)
-        post_deps = [*attn_ids, *experts.dep(li)]
-        if on_demand and li in streaming:
+        post_deps = list(attn_ids)
+        if li in streaming:
             post_deps.append(picked_experts_copy(b, phase, step, li, C, attn_ids))
         post = b.compute(
             post_ops[m.is_moe(li)],
@@ -466,7 +439,6 @@ def streamed_step(
             deps=post_deps,
         )
         weights.done(li, post)
-        experts.done(li, post)
         prev = post
     head_ops = ops.head_ops(m, B) if logits else []
     last = b.compute(
