@@ -31,8 +31,8 @@ def layer_kinds_notes(model: ModelSpec, work: Workload) -> list[str]:
         notes.append(
             f"{m.name} routes each token to {m.experts_per_token} of {m.n_experts} experts in {m.moe_layers} "
             f"layers{shared}; its routed experts ({fmt_bytes(m.moe_layers * m.expert_weight_bytes)}) stay on the "
-            "GPU, or with experts=streamed in host memory: a prefill chunk fetches each layer's experts ahead, a "
-            "decode step the ones its tokens picked, once the router has chosen them."
+            "GPU, or with experts=streamed (but for resident_expert_layers) in host memory, and each step fetches "
+            "the ones its tokens picked once the router has chosen them."
         )
     if m.is_mla:
         notes.append(

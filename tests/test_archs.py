@@ -15,7 +15,7 @@ from roofsim.families import HeadOffloadPlan, KvprPlan, LayerOffloadPlan, Reside
 from roofsim.families.pipeline import context, kv_bytes
 from roofsim.kinds import layer_kinds_notes
 from roofsim.limits import Limits
-from roofsim.planner import SearchSpace, search
+from roofsim.planner import SearchSpace, explain, search
 from roofsim.predict import predict
 from roofsim.sim import simulate
 from roofsim.specs import load_gpu, load_model
@@ -320,11 +320,14 @@ def test_the_planner_finds_a_plan_and_explains_the_layer_kinds(name, gpu_name):
     space = SearchSpace(families=("resident", "layer_offload"))
     result = search(m, gpu, host, K128, Limits(), space, refine_top=2, decode_steps=1)
     assert result.best.prediction.feasible
-    notes = " ".join(layer_kinds_notes(m, K128))
+    text = explain(result, m, gpu, host, Limits())
+    assert " ".join(layer_kinds_notes(m, K128)) in text
     if m.window_layers:
-        assert "stays resident on the GPU" in notes
+        assert "stays resident on the GPU" in text
     if m.moe_layers:
-        assert f"{m.experts_per_token} of {m.n_experts} experts" in notes
+        assert f"{m.experts_per_token} of {m.n_experts} experts" in text
+    if result.best.plan.experts == "streamed":  # the link carries the picked experts, not KV
+        assert "of the experts it picked over the link" in text
 
 
 def test_predict_says_the_window_layers_kv_stays_resident(capsys):
