@@ -98,8 +98,8 @@ def make_cache(
         moe = sum(m is not None for m in experts_modules(model))
         if not moe or plan.resident_expert_layers > moe:
             raise UserError(
-                f"experts='streamed' with resident_expert_layers={plan.resident_expert_layers} needs a MoE model with "
-                f"at least that many MoE layers; this one has {moe}"
+                f"experts='streamed' with resident_expert_layers={plan.resident_expert_layers} needs a Qwen3-MoE or "
+                f"Mixtral model with at least that many MoE layers; this one has {moe} whose experts can stream"
             )
         streamed_experts = moe - plan.resident_expert_layers
     shape = shape_of(model, batch_size)

@@ -37,7 +37,7 @@ def tiny_config(family: str, *, kv_heads: int = 2, heads: int = 4, layers: int =
 def _kinds_config(family: str, common: dict, head_dim: int):
     """Tiny configs of the families with layer kinds: Qwen3 (q/k norms), Qwen3-MoE and Mixtral (4 experts, 2 per
     token), Gemma 3 (window layers of 5 tokens around one global layer in three)."""
-    from transformers import Gemma3TextConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
+    from transformers import Gemma3TextConfig, GptOssConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
 
     if family == "qwen3":
         return Qwen3Config(**common, head_dim=head_dim, use_sliding_window=False)
@@ -50,6 +50,14 @@ def _kinds_config(family: str, common: dict, head_dim: int):
         return MixtralConfig(
             **common, head_dim=head_dim, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
         )
+    if family == "gpt_oss":
+        layers = common["num_hidden_layers"]
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+        common["intermediate_size"] = 32
+        return GptOssConfig(
+            **common, head_dim=head_dim, num_local_experts=4, num_experts_per_tok=2, sliding_window=5,
+            layer_types=types, attention_bias=True,
+        )  # fmt: skip
     if family == "gemma3":
         layers = common["num_hidden_layers"]
         types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(layers)]
@@ -79,11 +87,13 @@ def greedy_logits(model, cache, ids: torch.Tensor, chunk: int, gen: int, tokens:
 
 
 def reference_logits(model, ids, chunk: int, gen: int, tokens=None):
-    """Stock transformers: DynamicCache with SDPA attention."""
+    """Stock transformers: DynamicCache with SDPA attention (eager for gpt-oss, which has no SDPA path)."""
     from transformers import DynamicCache
 
+    from roofsim.executor.models import stock_attention
+
     prev = model.config._attn_implementation
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(stock_attention(model.config))
     try:
         return greedy_logits(model, DynamicCache(config=model.config), ids, chunk, gen, tokens)
     finally:

@@ -20,13 +20,17 @@ from roofsim.executor.weights import decoder_layers
 from roofsim.errors import UserError
 
 
+STREAMABLE = ("Qwen3MoeExperts", "MixtralExperts")
+"""Experts modules whose stock forward is the eager loop this module reproduces ([E, 2I, h] gate_up, no biases)."""
+
+
 def experts_modules(model) -> list:
-    """Each decoder layer's routed experts module (None for a dense layer)."""
+    """Each decoder layer's routed experts module that can stream (None for a dense layer, or experts of another
+    layout: gpt-oss's, with biases and a transposed, interleaved gate/up)."""
     out = []
     for layer in decoder_layers(model):
         experts = getattr(getattr(layer, "mlp", None), "experts", None)
-        ok = experts is not None and hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj")
-        out.append(experts if ok else None)
+        out.append(experts if type(experts).__name__ in STREAMABLE else None)
     return out
 
 

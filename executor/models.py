@@ -19,11 +19,10 @@ import torch
 from roofsim.errors import UserError
 from roofsim.specs.model import ModelSpec
 
-FAMILIES = ("llama", "qwen2", "mistral", "phi3", "qwen3", "qwen3_moe", "mixtral", "gemma3_text")
+FAMILIES = ("llama", "qwen2", "mistral", "phi3", "qwen3", "qwen3_moe", "mixtral", "gemma3_text", "gpt_oss")
 # model_type of a spec's family where transformers names it otherwise
 _MODEL_TYPE = {"gemma3": "gemma3_text"}
 _NOT_RUN = {  # families roofsim prices but the executor does not run, and why
-    "gpt_oss": "its attention sinks (a learned logit per head) are not applied by the plan's attention",
     "deepseek_v2": "transformers caches MLA's decompressed K and V per head, not the latent the plan prices",
     "opt": "its learned positions and attention are not wired to the plan cache",
 }
@@ -73,15 +72,15 @@ def config_for_spec(spec: ModelSpec, max_positions: int | None = None):
         return Qwen2Config(**common, use_sliding_window=False, rms_norm_eps=1e-6)
     if spec.family == "mistral":
         return MistralConfig(**common, sliding_window=None, rms_norm_eps=1e-5)
-    if spec.family in ("qwen3", "qwen3_moe", "mixtral", "gemma3"):
+    if spec.family in ("qwen3", "qwen3_moe", "mixtral", "gemma3", "gpt_oss"):
         return _kinds_config(spec, common)
     common.pop("head_dim")
     return Phi3Config(**common, rms_norm_eps=1e-5)
 
 
 def _kinds_config(spec: ModelSpec, common: dict):
-    """Qwen3, Qwen3-MoE, Mixtral and Gemma 3 (text) configs of a spec's shapes, its windows and experts."""
-    from transformers import Gemma3TextConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
+    """Qwen3, Qwen3-MoE, Mixtral, Gemma 3 (text) and gpt-oss configs of a spec's shapes, its windows and experts."""
+    from transformers import Gemma3TextConfig, GptOssConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
 
     if spec.family == "qwen3":
         return Qwen3Config(**common, attention_bias=False, use_sliding_window=False, rms_norm_eps=1e-6)
@@ -91,6 +90,14 @@ def _kinds_config(spec: ModelSpec, common: dict):
             **common, **moe, num_experts=spec.n_experts, moe_intermediate_size=spec.expert_intermediate,
             decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True, use_sliding_window=False,
             rms_norm_eps=1e-6,
+        )  # fmt: skip
+    if spec.family == "gpt_oss":
+        common["intermediate_size"] = spec.expert_intermediate
+        types = ["full_attention" if w is None else "sliding_attention" for w in spec.layer_windows]
+        window = max(w for w in spec.layer_windows if w is not None)
+        return GptOssConfig(
+            **common, **moe, num_local_experts=spec.n_experts, sliding_window=window, layer_types=types,
+            attention_bias=spec.qkv_bias,
         )  # fmt: skip
     if spec.family == "mixtral":
         common["intermediate_size"] = spec.expert_intermediate
@@ -128,6 +135,12 @@ def place_outside_layers(model, device) -> None:
                 mod._buffers[name] = b.to(device)
 
 
+def stock_attention(config) -> str:
+    """transformers' own attention for a config: SDPA, or eager where the model has no SDPA path (gpt-oss's
+    sinks)."""
+    return "eager" if config.model_type == "gpt_oss" else "sdpa"
+
+
 def random_model(config, device, dtype=torch.bfloat16, seed: int = 0, layers_device=None):
     from transformers import AutoModelForCausalLM
 
@@ -137,7 +150,9 @@ def random_model(config, device, dtype=torch.bfloat16, seed: int = 0, layers_dev
         )
     torch.manual_seed(seed)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=stock_attention(config)
+        )
     model.to_empty(device=layers_device or device)
     if layers_device is not None:
         place_outside_layers(model, device)
@@ -161,7 +176,7 @@ def load_model(
         if cfg.model_type not in FAMILIES:
             raise UserError(f"{source}: model_type {cfg.model_type!r} is not supported by the executor")
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+            path, dtype=dtype, attn_implementation=stock_attention(cfg), local_files_only=True
         )
         if layers_device is None:
             model = model.to(device)

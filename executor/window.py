@@ -41,7 +41,15 @@ class WindowLayer(PlanLayer):
         group = q.shape[1] // K.shape[1]
         Kq = K.repeat_interleave(group, dim=1) if group > 1 else K
         Vq = V.repeat_interleave(group, dim=1) if group > 1 else V
-        out = torch.nn.functional.scaled_dot_product_attention(q, Kq, Vq, attn_mask=mask, scale=scale)
+        sinks = getattr(module, "sinks", None)
+        if sinks is None:
+            out = torch.nn.functional.scaled_dot_product_attention(q, Kq, Vq, attn_mask=mask, scale=scale)
+        else:  # gpt-oss: one more logit per head, its sink, with no value
+            logits = (q @ Kq.transpose(-1, -2)) * scale
+            logits = logits.masked_fill(~mask, float("-inf"))
+            sink = sinks.to(logits.dtype).reshape(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
+            probs = torch.softmax(torch.cat([logits, sink], dim=-1), dim=-1)[..., :-1]
+            out = probs.to(Vq.dtype) @ Vq
         keep = min(W - 1, K.shape[2])
         self.k = K[:, :, K.shape[2] - keep :].contiguous()
         self.v = V[:, :, V.shape[2] - keep :].contiguous()

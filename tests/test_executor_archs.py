@@ -1,4 +1,5 @@
-"""Executor on the CPU with today's architectures: tiny Qwen3, Qwen3-MoE, Mixtral and Gemma 3 (window layers) built
+"""Executor on the CPU with today's architectures: tiny Qwen3, Qwen3-MoE, Mixtral, Gemma 3 and gpt-oss (window layers,
+gpt-oss's attention sinks) built
 by transformers with random weights; each exact plan gives stock transformers' logits. Gemma 3's window layers keep
 at most window - 1 tokens on the GPU whatever the plan; the plan places the global layers' KV."""
 
@@ -26,9 +27,9 @@ PLANS = {
 }
 
 
-@pytest.fixture(scope="module", params=["qwen3", "qwen3_moe", "mixtral", "gemma3"])
+@pytest.fixture(scope="module", params=["qwen3", "qwen3_moe", "mixtral", "gemma3", "gpt_oss"])
 def tiny(request):
-    layers = 3 if request.param == "gemma3" else 2
+    layers = 3 if request.param in ("gemma3", "gpt_oss") else 2
     model = random_model(tiny_config(request.param, layers=layers), "cpu", torch.float32, seed=1)
     ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
     return model, ids, reference_logits(model, ids, CHUNK, GEN)
@@ -45,6 +46,8 @@ def test_exact_plans_match_stock_logits(tiny, name):
             assert [layer.idx for layer in windows] == [0, 1]  # the third layer is global
             assert all(layer.k.shape[2] == 5 - 1 for layer in windows)  # window - 1 tokens kept
             assert cache.gpu_bytes()["kv_window"] == 2 * 2 * (2 * 4 * 16 * 4)  # 2 layers, K and V, fp32
+        elif model.config.model_type == "gpt_oss":
+            assert [layer.idx for layer in windows] == [0, 2]  # window layers alternate from the first
         else:
             assert not windows
     finally:
@@ -86,11 +89,14 @@ def test_window_models_refuse_families_without_layer_kinds():
     with pytest.raises(UserError, match="does not run window layers"):
         make_cache(gemma, KvprPlan(), max_tokens=64)
     dense = random_model(tiny_config("qwen3"), "cpu", torch.float32, seed=1)
-    with pytest.raises(UserError, match="needs a MoE model"):
+    with pytest.raises(UserError, match="needs a Qwen3-MoE or Mixtral model"):
         make_cache(dense, ResidentPlan(experts="streamed"), max_tokens=64)
+    oss = random_model(tiny_config("gpt_oss", layers=2), "cpu", torch.float32, seed=1)
+    with pytest.raises(UserError, match="has 0 whose experts can stream"):
+        make_cache(oss, ResidentPlan(experts="streamed"), max_tokens=64)
 
 
-@pytest.mark.parametrize("name", ["qwen3-8b", "qwen3-30b-a3b", "mixtral-8x7b", "gemma-3-12b"])
+@pytest.mark.parametrize("name", ["qwen3-8b", "qwen3-30b-a3b", "mixtral-8x7b", "gemma-3-12b", "gpt-oss-20b"])
 def test_builtin_specs_give_transformers_configs_of_their_shapes(name):
     spec = BUILTIN[name]
     cfg = config_for_spec(spec)
@@ -103,7 +109,7 @@ def test_builtin_specs_give_transformers_configs_of_their_shapes(name):
         assert cfg.num_experts_per_tok == spec.experts_per_token
 
 
-@pytest.mark.parametrize("name", ["gpt-oss-20b", "deepseek-v2-lite"])
+@pytest.mark.parametrize("name", ["deepseek-v2-lite", "opt-6.7b"])
 def test_families_the_executor_does_not_run_say_why(name):
     with pytest.raises(UserError, match="the executor runs"):
         config_for_spec(BUILTIN[name])
