@@ -6,7 +6,8 @@ Mechanism: the stock experts module (Qwen3-MoE's and Mixtral's: `gate_up_proj` [
 keeps its Parameters, whose storage moves to the host; its forward is the stock eager loop over the experts hit,
 except that it first copies those experts' rows into GPU staging tensors (on the compute stream: the copy waits
 for the router and the MLP waits for the copy) and computes from them. Spans: resource "h2d", name "experts".
-Closing the cache puts the parameters back on the device they came from.
+The rest of the decoder layers goes to the GPU (a model loaded with its layers in host memory, as `roofsim run`
+loads it for this plan). Closing the cache puts the parameters back on the device they came from.
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ class ExpertStreamer:
                 p.data = host
             self.saved.append(homes)
             mod.forward = types.MethodType(_fetching_forward(self), mod)
+        # the rest of the decoder layers on the GPU: a model loaded with its layers in host memory (what `roofsim
+        # run` does for this plan, so that the experts need never fit on the GPU) gets them there now
+        streamed = {id(p) for homes in self.saved for p, _ in homes}
+        self.moved: list[tuple[torch.nn.Parameter, torch.device]] = []
+        for layer in decoder_layers(model):
+            for p in layer.parameters():
+                if id(p) not in streamed and p.device != self.device:
+                    self.moved.append((p, p.device))
+                    p.data = p.data.to(self.device)
+            for mod in layer.modules():
+                for name, b in mod.named_buffers(recurse=False):
+                    if b.device != self.device:
+                        mod._buffers[name] = b.to(self.device)
         rt.close_callbacks.append(self.close)
 
     def fetch(self, mod, hit: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +105,9 @@ class ExpertStreamer:
             for p, device in homes:
                 p.data = p.data.to(device)
             del mod.forward  # the class's stock forward again
-        self.mods, self.saved = [], []
+        for p, device in self.moved:
+            p.data = p.data.to(device)
+        self.mods, self.saved, self.moved = [], [], []
 
 
 def _fetching_forward(streamer: ExpertStreamer):

@@ -142,6 +142,13 @@ def test_config_json_reads_back_the_builtin_shapes(name, tmp_path):
 def test_gemma3_pattern_without_layer_types_and_bad_layer_kinds_are_one_line_errors():
     cfg = {**CONFIGS["gemma-3-12b"]["text_config"], "model_type": "gemma3_text", "sliding_window_pattern": 6}
     assert from_hf_config(cfg, "g", "g.json").global_layers == BUILTIN["gemma-3-12b"].global_layers
+    q3moe = {k: v for k, v in CONFIGS["qwen3-30b-a3b"].items() if k != "num_experts"}
+    written = from_hf_config(
+        {**q3moe, "num_local_experts": 128}, "q", "q.json"
+    )  # as transformers 5 writes it
+    assert written.model_dump(exclude={"name", "source"}) == BUILTIN["qwen3-30b-a3b"].model_dump(
+        exclude={"name", "source"}
+    )
     oss = CONFIGS["gpt-oss-20b"]
     for bad in (
         {**oss, "layer_types": ["sliding_attention"] * 24},  # no global layer

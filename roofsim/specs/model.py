@@ -752,8 +752,11 @@ def _layer_kinds(cfg: dict, family: str, n_layers: int, hidden: int, n_heads: in
             raise UserError(
                 f"{source}: roofsim reads MoE models whose every layer is MoE (mlp_only_layers empty)"
             )
+        key = (
+            "num_experts" if cfg.get("num_experts") is not None else "num_local_experts"
+        )  # transformers 5 writes the latter
         out.update(
-            n_experts=count("num_experts", "n_heads"),
+            n_experts=count(key, "n_heads"),
             experts_per_token=count("num_experts_per_tok", "n_heads"),
             expert_intermediate=count("moe_intermediate_size"),
         )
