@@ -10,6 +10,7 @@ passed). Batches must hold sequences of equal length: attention masks (padding) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import weakref
 from pathlib import Path
@@ -19,6 +20,7 @@ from roofsim.executor.cache import ATTN_NAME, RoofCache, Runtime, Shape, registe
 from roofsim.executor.engine import make_engine
 from roofsim.executor.families import builder_for
 from roofsim.executor.recorder import Recorder
+from roofsim.executor.window import window_of_layers, with_window_layers
 
 from roofsim.errors import UserError
 from roofsim.families.registry import check_kv_dtype, family
@@ -59,6 +61,8 @@ def coerce_plan(plan):
 def _check_model(model, max_tokens: int | None) -> None:
     cfg = model.config
     window = getattr(cfg, "sliding_window", None)
+    if any(w is not None for w in window_of_layers(cfg)):
+        return  # window layers by layer_types: WindowLayer attends them
     if window is not None and getattr(cfg, "use_sliding_window", True) is not False:
         if max_tokens is None or max_tokens > window:
             raise UserError(
@@ -88,17 +92,41 @@ def make_cache(
     plan = coerce_plan(plan)
     check_kv_dtype(plan)
     _check_model(model, max_tokens)
+    streamed_experts = 0
+    if plan.experts == "streamed":
+        from roofsim.executor.experts import experts_modules
+
+        moe = sum(m is not None for m in experts_modules(model))
+        if not moe or plan.resident_expert_layers > moe:
+            raise UserError(
+                f"experts='streamed' with resident_expert_layers={plan.resident_expert_layers} needs a Qwen3-MoE or "
+                f"Mixtral model with at least that many MoE layers; this one has {moe} whose experts can stream"
+            )
+        streamed_experts = moe - plan.resident_expert_layers
     shape = shape_of(model, batch_size)
+    windows = window_of_layers(model.config)
+    if any(w is not None for w in windows):  # the family places the global layers' KV only
+        if not family(plan).layer_kinds:
+            raise UserError(
+                f"plan family {plan.family} does not run window layers; use resident, layer_offload or head_offload"
+            )
+        shape = dataclasses.replace(shape, n_layers=sum(w is None for w in windows))
     engine = engine or make_engine(shape.device)
     rt = Runtime(shape, plan, engine, Recorder(engine, enabled=record), max_tokens)
     if family(plan).host_store and max_tokens is None:
         raise UserError(f"plan {plan.family} keeps KV in host memory: pass max_tokens (prompt + new tokens)")
     layers = builder_for(plan.family)(rt, plan, model, gpu_spec=gpu_spec)
+    if any(w is not None for w in windows):
+        layers = with_window_layers(rt, layers, windows)
     cache = RoofCache(rt, layers)
     if plan.weights == "streamed":
         from roofsim.executor.weights import WeightStreamer
 
         rt.weights = WeightStreamer(rt, model)
+    if streamed_experts:
+        from roofsim.executor.experts import ExpertStreamer
+
+        rt.experts = ExpertStreamer(rt, model, streamed_experts)
     register_attention()
     model.set_attn_implementation(ATTN_NAME)
     ref = weakref.ref(cache)

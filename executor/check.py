@@ -31,6 +31,39 @@ def tiny_config(family: str, *, kv_heads: int = 2, heads: int = 4, layers: int =
         return MistralConfig(**common, head_dim=head_dim, sliding_window=None)
     if family == "phi3":
         return Phi3Config(**common)
+    return _kinds_config(family, common, head_dim)
+
+
+def _kinds_config(family: str, common: dict, head_dim: int):
+    """Tiny configs of the families with layer kinds: Qwen3 (q/k norms), Qwen3-MoE and Mixtral (4 experts, 2 per
+    token), Gemma 3 (window layers of 5 tokens around one global layer in three)."""
+    from transformers import Gemma3TextConfig, GptOssConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
+
+    if family == "qwen3":
+        return Qwen3Config(**common, head_dim=head_dim, use_sliding_window=False)
+    if family == "qwen3_moe":
+        return Qwen3MoeConfig(
+            **common, head_dim=head_dim, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+            decoder_sparse_step=1, mlp_only_layers=[], use_sliding_window=False,
+        )  # fmt: skip
+    if family == "mixtral":
+        return MixtralConfig(
+            **common, head_dim=head_dim, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
+        )
+    if family == "gpt_oss":
+        layers = common["num_hidden_layers"]
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+        common["intermediate_size"] = 32
+        return GptOssConfig(
+            **common, head_dim=head_dim, num_local_experts=4, num_experts_per_tok=2, sliding_window=5,
+            layer_types=types, attention_bias=True,
+        )  # fmt: skip
+    if family == "gemma3":
+        layers = common["num_hidden_layers"]
+        types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(layers)]
+        return Gemma3TextConfig(
+            **common, head_dim=head_dim, sliding_window=5, layer_types=types, query_pre_attn_scalar=head_dim
+        )
     raise ValueError(family)
 
 
@@ -72,11 +105,13 @@ def greedy_logits(
 
 
 def reference_logits(model, ids, chunk: int, gen: int, tokens=None):
-    """Stock transformers: DynamicCache with SDPA attention."""
+    """Stock transformers: DynamicCache with SDPA attention (eager for gpt-oss, which has no SDPA path)."""
     from transformers import DynamicCache
 
+    from roofsim.executor.models import stock_attention
+
     prev = model.config._attn_implementation
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(stock_attention(model.config))
     try:
         return greedy_logits(model, DynamicCache(config=model.config), ids, chunk, gen, tokens)
     finally:

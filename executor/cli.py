@@ -214,8 +214,8 @@ def run(args) -> int:
             dtype=dtype,
             seed=args.seed,
             max_positions=prompt_len + gen,
-            # streamed weights: the decoder layers never go to the GPU whole (they need not fit there)
-            layers_device="cpu" if plan.weights == "streamed" else None,
+            # streamed weights or experts: the decoder layers never go to the GPU whole (they need not fit there)
+            layers_device="cpu" if "streamed" in (plan.weights, plan.experts) else None,
         )
         res = run_plan(
             plan,

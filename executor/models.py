@@ -19,7 +19,13 @@ import torch
 from roofsim.errors import UserError
 from roofsim.specs.model import ModelSpec
 
-FAMILIES = ("llama", "qwen2", "mistral", "phi3")
+FAMILIES = ("llama", "qwen2", "mistral", "phi3", "qwen3", "qwen3_moe", "mixtral", "gemma3_text", "gpt_oss")
+# model_type of a spec's family where transformers names it otherwise
+_MODEL_TYPE = {"gemma3": "gemma3_text"}
+_NOT_RUN = {  # families roofsim prices but the executor does not run, and why
+    "deepseek_v2": "transformers caches MLA's decompressed K and V per head, not the latent the plan prices",
+    "opt": "its learned positions and attention are not wired to the plan cache",
+}
 
 _ROPE_THETA = {"llama-3": 500000.0, "llama-2": 10000.0, "qwen2.5": 1000000.0, "mistral-7b-v0.3": 1000000.0}
 _LLAMA31_ROPE = {
@@ -37,9 +43,10 @@ def config_for_spec(spec: ModelSpec, max_positions: int | None = None):
     not reproduced: default RoPE)."""
     from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
-    if spec.family not in FAMILIES:
+    if _MODEL_TYPE.get(spec.family, spec.family) not in FAMILIES:
+        why = f" ({_NOT_RUN[spec.family]})" if spec.family in _NOT_RUN else ""
         raise UserError(
-            f"model {spec.name!r} is {spec.family}; the executor runs {', '.join(FAMILIES)} models"
+            f"model {spec.name!r} is {spec.family}{why}; the executor runs {', '.join(FAMILIES)} models"
         )
     theta = next((v for k, v in _ROPE_THETA.items() if spec.name.startswith(k)), 10000.0)
     rope = (
@@ -65,8 +72,42 @@ def config_for_spec(spec: ModelSpec, max_positions: int | None = None):
         return Qwen2Config(**common, use_sliding_window=False, rms_norm_eps=1e-6)
     if spec.family == "mistral":
         return MistralConfig(**common, sliding_window=None, rms_norm_eps=1e-5)
+    if spec.family in ("qwen3", "qwen3_moe", "mixtral", "gemma3", "gpt_oss"):
+        return _kinds_config(spec, common)
     common.pop("head_dim")
     return Phi3Config(**common, rms_norm_eps=1e-5)
+
+
+def _kinds_config(spec: ModelSpec, common: dict):
+    """Qwen3, Qwen3-MoE, Mixtral, Gemma 3 (text) and gpt-oss configs of a spec's shapes, its windows and experts."""
+    from transformers import Gemma3TextConfig, GptOssConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
+
+    if spec.family == "qwen3":
+        return Qwen3Config(**common, attention_bias=False, use_sliding_window=False, rms_norm_eps=1e-6)
+    moe = dict(num_experts_per_tok=spec.experts_per_token)
+    if spec.family == "qwen3_moe":
+        return Qwen3MoeConfig(
+            **common, **moe, num_experts=spec.n_experts, moe_intermediate_size=spec.expert_intermediate,
+            decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True, use_sliding_window=False,
+            rms_norm_eps=1e-6,
+        )  # fmt: skip
+    if spec.family == "gpt_oss":
+        common["intermediate_size"] = spec.expert_intermediate
+        types = ["full_attention" if w is None else "sliding_attention" for w in spec.layer_windows]
+        window = max(w for w in spec.layer_windows if w is not None)
+        return GptOssConfig(
+            **common, **moe, num_local_experts=spec.n_experts, sliding_window=window, layer_types=types,
+            attention_bias=spec.qkv_bias,
+        )  # fmt: skip
+    if spec.family == "mixtral":
+        common["intermediate_size"] = spec.expert_intermediate
+        return MixtralConfig(**common, **moe, num_local_experts=spec.n_experts, sliding_window=None)
+    windows = {w for w in spec.layer_windows if w is not None}
+    types = ["full_attention" if w is None else "sliding_attention" for w in spec.layer_windows]
+    return Gemma3TextConfig(
+        **common, sliding_window=max(windows) if windows else None, layer_types=types or None,
+        query_pre_attn_scalar=spec.head_dim, rms_norm_eps=1e-6,
+    )  # fmt: skip
 
 
 def place_outside_layers(model, device) -> None:
@@ -94,6 +135,12 @@ def place_outside_layers(model, device) -> None:
                 mod._buffers[name] = b.to(device)
 
 
+def stock_attention(config) -> str:
+    """transformers' own attention for a config: SDPA, or eager where the model has no SDPA path (gpt-oss's
+    sinks)."""
+    return "eager" if config.model_type == "gpt_oss" else "sdpa"
+
+
 def random_model(config, device, dtype=torch.bfloat16, seed: int = 0, layers_device=None):
     from transformers import AutoModelForCausalLM
 
@@ -103,7 +150,9 @@ def random_model(config, device, dtype=torch.bfloat16, seed: int = 0, layers_dev
         )
     torch.manual_seed(seed)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=stock_attention(config)
+        )
     model.to_empty(device=layers_device or device)
     if layers_device is not None:
         place_outside_layers(model, device)
@@ -127,7 +176,7 @@ def load_model(
         if cfg.model_type not in FAMILIES:
             raise UserError(f"{source}: model_type {cfg.model_type!r} is not supported by the executor")
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+            path, dtype=dtype, attn_implementation=stock_attention(cfg), local_files_only=True
         )
         if layers_device is None:
             model = model.to(device)

@@ -93,6 +93,9 @@ class SlotLayer(PlanLayer):
         self.flush_now = True
         self.via_tail = False
         self.fp8 = rt.fp8
+        # each slot's log-sum-exp of the attention being computed, [B, Hq, C], kept only for a model with sinks
+        self.lse: dict[int, torch.Tensor] = {}
+        self.keep_lse = False
 
     def host_rows(self, P: int) -> int:
         """Tokens of a streamed slot its host block holds at a forward after P: all P without a tail (subclasses
@@ -181,11 +184,22 @@ class SlotLayer(PlanLayer):
                 self.tail = torch.empty(shape, dtype=sh.dtype, device=sh.device)
             self.tail[pending : pending + C].copy_(new)
         order = sorted(self.slots, key=lambda s: s.resident)
+        sinks = getattr(module, "sinks", None)
+        self.keep_lse = sinks is not None
         outs = {s.index: self.attend_slot(s, q, new, scale) for s in order}
         if self.flush_now:
             self.flushed = P + C
+        if sinks is not None:  # gpt-oss: each head's softmax has one more logit, its sink, and no value
+            G = self.rt.shape.group
+            for s in self.slots:
+                outs[s.index] = with_sinks(outs[s.index], self.lse[s.index], sinks[s.h0 * G : s.h1 * G])
+        self.lse = {}
         heads = [outs[s.index] for s in self.slots]
         return torch.cat(heads, dim=1) if len(heads) > 1 else heads[0]
+
+    def keep(self, s: Slot, lse: torch.Tensor) -> None:
+        if self.keep_lse:
+            self.lse[s.index] = lse
 
     def slot_q(self, q: torch.Tensor, s: Slot) -> torch.Tensor:
         G = self.rt.shape.group
@@ -230,7 +244,8 @@ class SlotLayer(PlanLayer):
         rec, eng = self.rt.rec, self.rt.engine
         a0 = rec.mark(eng.compute)
         K, V = kv_views(s.gpu, 0, P + C)
-        out, _ = attend_parts(qs, chunk_parts(K, V, P, C), scale)
+        out, lse = attend_parts(qs, chunk_parts(K, V, P, C), scale)
+        self.keep(s, lse)
         self.attn_span(a0, rec.mark(eng.compute), s.index, P + C, s.g, C)
         return out
 
@@ -271,7 +286,8 @@ class SlotLayer(PlanLayer):
             )
         a0 = rec.mark(eng.compute)
         K, V = kv_views(view, 0, P + C)
-        out, _ = attend_parts(qs, chunk_parts(K, V, P, C), scale)
+        out, lse = attend_parts(qs, chunk_parts(K, V, P, C), scale)
+        self.keep(s, lse)
         done = eng.event(eng.compute)
         self.attn_span(a0, done, s.index, P + C, s.g, C)
         if full and self.d2h_on_compute:
@@ -324,7 +340,8 @@ class SlotLayer(PlanLayer):
             lses.append(lse)
         K, V = kv_views(stage, 0, C)
         o, lse = attend(qs, K, V, causal=C > 1, scale=scale)
-        out, _ = merge([*outs, o], [*lses, lse])
+        out, lse = merge([*outs, o], [*lses, lse])
+        self.keep(s, lse)
         # `stage` is freed below while the D2H may still read it: kept alive until the copy is done
         s.written = self._write_back(s, P, P + C, stage, staged, keep_alive=True)
         return out
@@ -429,6 +446,14 @@ class SlotLayer(PlanLayer):
             nbytes=(hi - lo) * self.rt.shape.kv_row_bytes(s.g),
         )
         return done
+
+
+def with_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """Attention with one more logit per head (a sink, which adds to the softmax's denominator and nothing to its
+    output) from attention without: out * exp(lse) / (exp(lse) + exp(sink)) = out * sigmoid(lse - sink).
+    out [B, Hq, C, D], lse [B, Hq, C], sinks [Hq]."""
+    w = torch.sigmoid(lse.float() - sinks.float()[None, :, None])
+    return (out.float() * w[..., None]).to(out.dtype)
 
 
 def cut_slots(n_heads: int, group: int, resident: int, start: int = 0) -> list[Slot]:

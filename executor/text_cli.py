@@ -205,7 +205,7 @@ def generate(args) -> int:
         device=m.device,
         dtype=dtype,
         tokenizer=tokenizer,
-        layers_device="cpu" if plan.weights == "streamed" else None,
+        layers_device="cpu" if "streamed" in (plan.weights, plan.experts) else None,
         gpu_spec=m.gpu_arg,
     )
     step_s = predicted.prefill.step_s or [predicted.prefill_s]
@@ -344,7 +344,7 @@ def serve(args) -> int:
         args.checkpoint,
         device=m.device,
         dtype=dtype,
-        layers_device="cpu" if chosen.plan.weights == "streamed" else None,
+        layers_device="cpu" if "streamed" in (chosen.plan.weights, chosen.plan.experts) else None,
         gpu_spec=m.gpu_arg,
     )
     server = Server(tm, chosen, max_context, spec, m, name=args.name)

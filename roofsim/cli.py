@@ -144,6 +144,7 @@ def _title(model, gpu, host, work: Workload | None, limits: Limits | None = None
 def cmd_predict(args) -> int:
     from roofsim.display import console, context_sweep_table, predictions_table, roofline_table
     from roofsim.planner.explain import bf16_counterpart
+    from roofsim.kinds import layer_kinds_notes
 
     _check_predict_flags(args)
     model, gpu, host, limits = _specs(args)
@@ -184,6 +185,8 @@ def cmd_predict(args) -> int:
             versus = bf16_counterpart(p.plan, p, model, gpu, host, work, limits)
             if versus:
                 out.print(f"note: {versus}")
+        for note in layer_kinds_notes(model, work):
+            out.print(f"note: {note}")
         if args.roofline:
             chunk = min(work.context, getattr(preds[0].plan, "prefill_chunk", None) or work.context)
             _print_roofline(out, roofline_table, model, gpu, work, chunk)

@@ -437,20 +437,29 @@ def models_table(models: dict) -> Group:
         ("layers", "right"),
         ("heads\nq/kv", "right"),
         ("KV/token\nKiB", "right"),
+        ("experts\nper token", "right"),
         ("source", "left"),
     ):
         t.add_column(col, justify=justify, no_wrap=col == "name", overflow="fold")
     for name, m in models.items():
+        layers = str(m.n_layers)
+        if m.window_layers:
+            layers = f"{m.kv_layers}+{len(m.window_layers)}w"
         t.add_row(
             name,
             f"{m.params / 1e9:.2f}",
-            str(m.n_layers),
-            f"{m.n_heads}/{m.n_kv_heads}",
+            layers,
+            f"{m.n_heads}/MLA" if m.is_mla else f"{m.n_heads}/{m.n_kv_heads}",
             f"{m.kv_bytes_per_token / KiB:.0f}",
+            f"{m.experts_per_token}/{m.n_experts}" if m.n_experts else "-",
             m.source,
         )
     return _titled(
         "built-in models (--model NAME, or the path of a Hugging Face config.json)",
         t,
-        ["KV/token: the KV cache one token adds over all layers, KiB (2^10 bytes)"],
+        [
+            "layers: 8+40w = 8 global layers and 40 that attend a window (their KV stays on the GPU); KV/token: the "
+            "KV cache one token adds over the global layers, KiB (2^10 bytes); MLA: one latent per token and layer; "
+            "experts: routed experts a token picks / routed experts per MoE layer"
+        ],
     )

@@ -116,12 +116,16 @@ def attention_op(
     write_back_tokens: int = 1,
     tail_kernels: Num = 0,
     kv_dtype: str = "bf16",
+    window: int | None = None,
 ) -> Op:
     """Attention of C new queries per sequence over P cached + C new keys, for `kv_heads` KV heads (default:
     all) and their query groups, in `calls` kernel calls of which `streamed_calls` attend streamed units. `keys`
     overrides the number of cached keys read (sparse plans); `write_back_tokens` > 1 takes off the write-backs a
     GPU tail skips, and `tail_kernels` adds the layer's writes into the tail. A chunk after cached keys is two parts (the past,
-    then the chunk's own causal square) whose outputs the executor merges by their LSE in fp32.
+    then the chunk's own causal square) whose outputs the executor merges by their LSE in fp32. `window`: a window
+    layer, whose query at position t attends min(window, t + 1) keys and whose cache holds at most `window` of the
+    past (the model's sink tokens included in it). MLA attends its latent as one KV head of kv_latent values
+    (the absorbed form: 2 * (kv_latent + kv_lora_rank) FLOPs per query head and key).
 
     With kv_dtype fp8 every call first stores its new rows (re-scaling the partly filled block they join) and turns
     the fp8 KV it attends back into the model dtype in a scratch (roofsim.kvformat: 7 bytes per element, two
@@ -130,10 +134,20 @@ def attention_op(
     hq = hk * m.group
     e = m.dtype_bytes
     cached = P if keys is None else keys
-    keys_per_query = cached + (np.asarray(C) + 1) / 2.0
-    flops = 4.0 * B * hq * m.head_dim * C * keys_per_query
-    qo = 2.0 * B * C * hq * m.head_dim * e
-    kv = 2.0 * B * (cached + C) * hk * m.head_dim * e
+    if window is not None:
+        W = window + m.sink_tokens
+        cached = np.minimum(cached, W)
+        keys_per_query = window_keys_per_query(C, P, W)
+    else:
+        keys_per_query = cached + (np.asarray(C) + 1) / 2.0
+    if m.is_mla:
+        flops = 2.0 * B * hq * (m.kv_latent + m.kv_lora_rank) * C * keys_per_query
+        qo = B * C * hq * (m.kv_latent + m.kv_lora_rank) * e
+        kv = B * (cached + C) * hk * m.kv_latent * e
+    else:
+        flops = 4.0 * B * hq * m.head_dim * C * keys_per_query
+        qo = 2.0 * B * C * hq * m.head_dim * e
+        kv = 2.0 * B * (cached + C) * hk * m.head_dim * e
     q_elems = B * np.asarray(C, dtype=float) * hq * m.head_dim
     two_parts = (np.asarray(C) > 1) & (np.asarray(cached) > 0)
     # the merge: both outputs to fp32, scaled, summed, cast back (~(3e + 40) bytes per query element); a GQA
@@ -180,15 +194,29 @@ def attention_op(
     )
 
 
+def window_keys_per_query(C: Num, P: Num, W: Num) -> Num:
+    """Mean keys per query of a chunk of C queries after P past tokens when each attends at most W:
+    mean over i < C of min(W, P + i + 1)."""
+    C = np.asarray(C, dtype=float)
+    P = np.asarray(P, dtype=float)
+    below = np.clip(W - P, 0.0, C)  # queries that still see fewer than W keys: P+1 .. P+below
+    total = below * P + below * (below + 1) / 2.0 + (C - below) * W
+    return total / np.maximum(C, 1.0)
+
+
 def pre_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:
     """Norm, QKV projection, rotary, and writing the new K/V into the cache."""
     e = m.dtype_bytes
     rows = B * np.asarray(C, dtype=float)
     h = m.hidden
+    if m.is_mla:
+        return _mla_pre_attention_ops(m, rows)
     ops = [
         _norm("input_norm", m, rows * h),
         _gemm("qkv_proj", rows, h, m.q_dim + 2 * m.kv_dim, e, kernels=1 if m.fused_qkv else 3),
     ]
+    if m.qk_norm:
+        ops.append(_norm("qk_norm", m, rows * (m.n_heads + m.n_kv_heads) * m.head_dim))
     if m.positions == "rope":
         # HF rotary: q*cos, rotate_half (neg of one half, cat), *sin, add, for q and k: ~10 bytes moved per byte
         ops.append(_vector("rope", rows * (m.n_heads + m.n_kv_heads) * m.head_dim, 3, 10, e, kernels=10))
@@ -197,18 +225,69 @@ def pre_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:
     return ops
 
 
-def post_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:
-    """Output projection, residual, norm, MLP, residual."""
+def _mla_pre_attention_ops(m: ModelSpec, rows: Num) -> list[Op]:
+    """MLA in the absorbed form: q and the latent (kv_latent values: kv_lora_rank + the RoPE key) from the hidden
+    state, the latent's norm, each query head's no-RoPE part taken into the latent's space by the up projection's
+    key half (its value half is taken in after attention), RoPE, and the latent written into the cache."""
+    e, h = m.dtype_bytes, m.hidden
+    rope = m.kv_latent - m.kv_lora_rank
+    nope = m.head_dim - rope
+    return [
+        _norm("input_norm", m, rows * h),
+        _gemm("q_latent_proj", rows, h, m.q_dim + m.kv_latent, e, kernels=2),
+        _norm("latent_norm", m, rows * m.kv_lora_rank),
+        _gemm("q_absorb", rows * m.n_heads, nope, m.kv_lora_rank, e),
+        _vector("rope", rows * (m.n_heads + 1) * rope, 3, 10, e, kernels=10),
+        _vector("kv_write", rows * m.kv_latent, 0, 6, e, kernels=3),
+    ]
+
+
+def moe_ops(m: ModelSpec, rows: Num) -> list[Op]:
+    """A MoE layer's MLP over `rows` tokens: the router, the `experts_per_token` experts each token picked (their
+    weights read once per step for every expert some token picked: ModelSpec.experts_touched) and the shared
+    experts. Eager transformers loops over the experts hit: ~8 kernels each (index, gate/up, act, down, scale,
+    index_add)."""
+    e, h, k = m.dtype_bytes, m.hidden, m.experts_per_token
+    touched = m.experts_touched(rows)
+    ops = [
+        _gemm("router", rows, h, m.n_experts, e),
+        _vector("route_topk", rows * m.n_experts, 5, 3, e, 4),
+    ]
+    inter = m.expert_intermediate
+    flops = 2.0 * rows * k * 3 * h * inter + 5.0 * rows * k * inter
+    act = rows * k * (2 * h + 3 * inter) * e  # each picked token's input and output, gate/up/act in between
+    ops.append(Op("experts", "gemm", flops, touched * m.expert_params * e + act, kernels=8 * touched))
+    if m.shared_intermediate:
+        ops += [
+            _gemm("shared_gate_up", rows, h, 2 * m.shared_intermediate, e, kernels=2),
+            _vector("shared_act_mul", rows * m.shared_intermediate, 5, 5, e, 2),
+            _gemm("shared_down", rows, m.shared_intermediate, h, e),
+        ]
+    return ops
+
+
+def post_attention_ops(m: ModelSpec, C: Num, B: int, moe: bool = False) -> list[Op]:
+    """Output projection, residual, norm, MLP (a mixture of experts where `moe`), residual."""
     e = m.dtype_bytes
     rows = B * np.asarray(C, dtype=float)
     h, inter = m.hidden, m.intermediate
-    ops = [
-        _vector("attn_out", rows * m.q_dim, 0, 2, e, 1),  # [B, H, C, D] -> [B, C, H*D] contiguous for o_proj
-        _gemm("o_proj", rows, m.q_dim, h, e),
+    if m.is_mla:
+        ops = [_gemm("v_absorb", rows * m.n_heads, m.kv_lora_rank, m.v_head_dim, e)]
+    else:
+        ops = []
+    ops += [
+        _vector("attn_out", rows * m.o_dim, 0, 2, e, 1),  # [B, H, C, D] -> [B, C, H*D] contiguous for o_proj
+        _gemm("o_proj", rows, m.o_dim, h, e),
+    ]
+    if m.sandwich_norm:
+        ops.append(_norm("post_attention_norm", m, rows * h))
+    ops += [
         _vector("residual_1", rows * h, 1, 3, e, 1),
         _norm("post_norm", m, rows * h),
     ]
-    if m.mlp == "gated":
+    if moe:
+        ops += moe_ops(m, rows)
+    elif m.mlp == "gated":
         ops += [
             _gemm("gate_up_proj", rows, h, 2 * inter, e, kernels=1 if m.family == "phi3" else 2),
             _vector("act_mul", rows * inter, 5, 5, e, 2),  # silu(gate) (read, write), * up (read 2, write)
@@ -220,13 +299,20 @@ def post_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:
             _vector("act", rows * inter, 1, 2, e, 1),
             _gemm("fc2", rows, inter, h, e),
         ]
+    if m.sandwich_norm:
+        ops.append(_norm("post_mlp_norm", m, rows * h))
     ops.append(_vector("residual_2", rows * h, 1, 3, e, 1))
     return ops
 
 
-def layer_ops(m: ModelSpec, C: Num, P: Num, B: int) -> list[Op]:
-    """All operators of one decoder layer with every head attended on the GPU."""
-    return [*pre_attention_ops(m, C, B), attention_op(m, C, P, B), *post_attention_ops(m, C, B)]
+def layer_ops(m: ModelSpec, C: Num, P: Num, B: int, layer: int | None = None) -> list[Op]:
+    """All operators of one decoder layer (default: the first global one) with every head attended on the GPU."""
+    i = m.global_layers[0] if layer is None else layer
+    return [
+        *pre_attention_ops(m, C, B),
+        attention_op(m, C, P, B, window=m.window(i)),
+        *post_attention_ops(m, C, B, moe=m.is_moe(i)),
+    ]
 
 
 def head_ops(m: ModelSpec, B: int) -> list[Op]:

@@ -19,6 +19,7 @@ from pydantic import (
     PlainValidator,
     ValidationError,
     model_serializer,
+    model_validator,
 )
 
 from roofsim.errors import UserError
@@ -115,6 +116,39 @@ class PlanBase(BaseModel):
         if isinstance(data, dict) and data.get("kv_dtype") == "bf16":
             data.pop("kv_dtype")
         return data
+    experts: Literal["resident", "streamed"] = Field(
+        "resident",
+        description="MoE models: streamed keeps the routed experts in host memory; a prefill chunk fetches each "
+        "layer's experts ahead, a decode step the ones its tokens picked, after the router",
+    )
+
+    resident_expert_layers: int = Field(
+        0,
+        ge=0,
+        description="with experts='streamed': the first MoE layers whose routed experts stay on the GPU all the same",
+    )
+
+    @model_validator(mode="after")
+    def _one_weight_stream(self):
+        if self.experts == "streamed" and self.weights == "streamed":
+            raise ValueError("weights='streamed' streams the experts with the layers; set experts='resident'")
+        if self.resident_expert_layers and self.experts != "streamed":
+            raise ValueError(
+                "resident_expert_layers keeps some layers' experts resident: it needs experts='streamed'"
+            )
+        return self
+
+    def streamed_expert_layers(self, model) -> int:
+        """MoE layers whose routed experts stream from host memory: the last ones, all but resident_expert_layers
+        (0 with experts='resident')."""
+        if self.experts != "streamed" or not model.moe_layers:
+            return 0
+        if self.resident_expert_layers > model.moe_layers:
+            raise UserError(
+                f"resident_expert_layers={self.resident_expert_layers} exceeds {model.name}'s {model.moe_layers} "
+                "MoE layers"
+            )
+        return model.moe_layers - self.resident_expert_layers
 
     @property
     def approximate(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from roofsim.band import fast_end, slow_end
 from roofsim.families.pipeline import context, decode_phase, new_shapes, prefill_phase, prefill_steps
-from roofsim.families.registry import check_kv_dtype, family
+from roofsim.families.registry import check_kv_dtype, check_supports, family
 from roofsim.kvformat import KV_SCALE_BLOCK
 from roofsim.limits import Limits
 from roofsim.plan import PlanBase
@@ -32,7 +32,9 @@ def predict(
     limits = limits or Limits()
     check_kv_dtype(plan)
     ctx = context(model, gpu, host, work, plan.kv_dtype)
-    ev = family(plan).evaluate(plan, ctx)
+    fam = family(plan)
+    check_supports(fam, plan, model)
+    ev = fam.evaluate(plan, ctx)
     if plan.kv_dtype != "bf16":
         ev.notes.append(
             f"approximate: KV stored in {plan.kv_dtype} with a scale per {KV_SCALE_BLOCK}-token block and head, "

@@ -39,6 +39,18 @@ def weights_options(space: SearchSpace) -> tuple[str, ...]:
     return ("resident", "streamed") if space.stream_weights else ("resident",)
 
 
+def placements(model: ModelSpec, space: SearchSpace) -> list[dict]:
+    """Weight and expert placements to try, as plan knobs: weights_options, and for a MoE model its routed experts
+    streamed from host memory with none, a quarter, half or three quarters of the MoE layers keeping theirs on
+    the GPU (the trade between experts and KV; streamed weights carry their experts with them)."""
+    out = [{"weights": w} for w in weights_options(space)]
+    moe = model.moe_layers
+    if moe:
+        kept = sorted({moe * q // 4 for q in range(4)})
+        out[1:1] = [{"experts": "streamed", "resident_expert_layers": r} for r in kept]
+    return out
+
+
 def resident_totals(layers: int, slots: int) -> list[int]:
     """Resident slot counts to try: whole slots per layer, and half-steps spread over the layers."""
     totals = {r * layers for r in range(slots)}

@@ -5,7 +5,7 @@ candidates and refines its best ones with the simulator."""
 from __future__ import annotations
 
 from roofsim.errors import UserError
-from roofsim.families.registry import check_kv_dtype, family
+from roofsim.families.registry import check_kv_dtype, check_supports, family, supports
 from roofsim.limits import Limits
 from roofsim.planner.candidates import candidates, in_kv_dtype
 from roofsim.predict import predict
@@ -33,6 +33,8 @@ def best_of_family(
     """The family's best plan with its KV stored in `kv_dtype` (a family that does not store it: a one-line
     error, registry.check_kv_dtype)."""
     limits = limits or Limits()
+    fam = family(name)
+    check_supports(fam, fam.plan_type(), model)
     space = with_weights_rule(
         SearchSpace(allow_approximate=True, families=(name,), kv_dtypes=(kv_dtype,)),
         model,
@@ -61,5 +63,6 @@ def best_per_family(
     """The best plan of each family (of `families`, default all) that stores its KV in `kv_dtype`."""
     from roofsim.families.registry import families as registered
 
-    names = [f for f in families or list(registered()) if kv_dtype in registered()[f].kv_dtypes]
+    names = families or [name for name, f in registered().items() if supports(f, model)]
+    names = [f for f in names if kv_dtype in registered()[f].kv_dtypes]
     return [best_of_family(f, model, gpu, host, work, limits, kv_dtype) for f in names]

@@ -15,7 +15,7 @@ from roofsim.families.registry import Family, register
 from roofsim.geometry import check_divides, divisors, resident_per_layer, spread
 from roofsim.plan import KV_DTYPES, PlanBase
 from roofsim.sim.builder import Builder, StepSpec
-from roofsim.space import SearchSpace, chunks, resident_totals, weights_options
+from roofsim.space import SearchSpace, chunks, placements, resident_totals
 from roofsim.specs.model import ModelSpec
 from roofsim.units import MAX_TOKENS
 from roofsim.workload import Workload
@@ -62,9 +62,10 @@ def knobs(plan: HeadOffloadPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
     m = ctx.model
     return slot_stream.SlotKnobs(
         group=plan.kv_heads_per_slot,
-        resident=tuple(check(plan, m.n_kv_heads, m.n_layers)),
+        resident=tuple(check(plan, m.n_kv_heads, m.kv_layers)),
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
+        streamed_experts=plan.streamed_expert_layers(m),
         depth=plan.prefetch_depth,
         buffers=plan.slot_buffers,
         write_back=plan.write_back,
@@ -78,8 +79,8 @@ def knobs(plan: HeadOffloadPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[HeadOffloadPlan]:
     """Every slot size, resident share (whole slots per layer and half-steps spread over the layers), prefetch
     depth with its ring, token block and prefill chunk."""
-    layers = model.n_layers
-    for weights in weights_options(space):
+    layers = model.kv_layers
+    for placement in placements(model, space):
         for g in divisors(model.n_kv_heads):
             for total in resident_totals(layers, model.n_kv_heads // g):
                 for depth, buffers in ((1, 2), (2, 3), (4, 6)):
@@ -94,7 +95,7 @@ def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator
                                 slot_buffers=buffers,
                                 token_block=block,
                                 prefill_chunk=c,
-                                weights=weights,
+                                **placement,
                             )
 
 
@@ -121,7 +122,7 @@ def host_memory(plan: HeadOffloadPlan, ctx: Ctx) -> dict[str, float]:
 
 def what_if(plan: HeadOffloadPlan, model: ModelSpec) -> tuple[HeadOffloadPlan, str] | None:
     """Two more resident KV-head groups per layer (one, where only one more fits)."""
-    L = model.n_layers
+    L = model.kv_layers
     slots = model.n_kv_heads // plan.kv_heads_per_slot
     r = plan.resident_slots
     total = r * L if isinstance(r, int) else sum(r)
@@ -142,6 +143,7 @@ FAMILY = register(
         program=program,
         host_memory=host_memory,
         kv_dtypes=KV_DTYPES,
+        layer_kinds=True,
         what_if=what_if,
         presets={"headinfer": headinfer},
     )

@@ -14,7 +14,7 @@ from roofsim.families.pipeline import Ctx, Evaluation
 from roofsim.families.registry import Family, register
 from roofsim.plan import KV_DTYPES, PlanBase
 from roofsim.sim.builder import Builder, StepSpec
-from roofsim.space import SearchSpace, chunks, weights_options
+from roofsim.space import SearchSpace, chunks, placements
 from roofsim.specs.model import ModelSpec
 from roofsim.workload import Workload
 
@@ -38,9 +38,10 @@ def knobs(plan: LayerOffloadPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
     m = ctx.model
     return slot_stream.SlotKnobs(
         group=m.n_kv_heads,
-        resident=(0,) * m.n_layers,
+        resident=(0,) * m.kv_layers,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
+        streamed_experts=plan.streamed_expert_layers(m),
         write_back=plan.write_back,
         syncs=plan.syncs_per_layer,
         d2h_on_compute=plan.write_back == "full",
@@ -49,10 +50,10 @@ def knobs(plan: LayerOffloadPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[LayerOffloadPlan]:
-    for weights in weights_options(space):
+    for placement in placements(model, space):
         for wb in ("full", "incremental"):
             for c in chunks(work):
-                yield LayerOffloadPlan(write_back=wb, prefill_chunk=c, weights=weights)
+                yield LayerOffloadPlan(write_back=wb, prefill_chunk=c, **placement)
 
 
 def evaluate(plan: LayerOffloadPlan, ctx: Ctx) -> Evaluation:
@@ -80,5 +81,6 @@ FAMILY = register(
         program=program,
         host_memory=host_memory,
         kv_dtypes=KV_DTYPES,
+        layer_kinds=True,
     )
 )

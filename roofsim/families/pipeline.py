@@ -19,6 +19,7 @@ and the CPU, per ceiling (tensor, hbm, launch; cpu_ram, cpu_compute), which says
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,6 +152,12 @@ class LayerLoad:
     graphed: bool = (
         False  # replayed from a CUDA graph: the host issues nothing per layer (combine's replay_s)
     )
+    # copies on the critical path between the layer's attention and its MLP (the experts a token picked, fetched
+    # once its router has chosen them)
+    serial_s: np.ndarray | float = 0.0
+    # compute of the layers before this one that stream nothing (window layers between two global ones), during
+    # which the ring's prefetches already run
+    slack_s: np.ndarray | float = 0.0
 
 
 @dataclass
@@ -170,7 +177,7 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
     h2d_eff, d2h_eff = link.duplex(h2d_s, d2h_s, gpu.link.duplex_efficiency.value)
     n = ll.nonattn.total_s
     a = ll.attn.total_s
-    crit = n + np.maximum(a, ll.cpu_path_s)
+    crit = n + np.maximum(a, ll.cpu_path_s) + ll.serial_s
     if ll.d2h_on_compute:
         crit = crit + d2h_eff
         copy = h2d_eff + ll.pre_copy_s
@@ -183,7 +190,7 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
         t = crit + copy
     else:
         # units == 0: nothing comes in through the ring; a write-back still runs beside the compute
-        hidden = np.minimum(n, ll.depth * copy / np.maximum(units, 1.0))
+        hidden = np.minimum(n + ll.slack_s, ll.depth * copy / np.maximum(units, 1.0))
         t = np.where(units > 0, np.maximum(crit, copy + n - hidden), np.maximum(crit, copy))
     beside_cpu = link.issue_s(
         np.asarray(ll.h2d_copies) + np.asarray(ll.d2h_copies), gpu
@@ -313,16 +320,31 @@ def outside_layers(ctx: Ctx, steps: Steps) -> GpuWork:
 
 
 def nonattn_work(ctx: Ctx, steps: Steps) -> GpuWork:
-    """A layer's work outside attention (norms, projections, MLP) for each step's new tokens."""
+    """A layer's work outside attention (norms, projections, MLP) for each step's new tokens: the average layer's
+    where dense and MoE layers mix (DeepSeek's first dense layers)."""
     m, B = ctx.model, ctx.work.batch
-    return ctx.cached(
-        ("nonattn", steps.C.tobytes()),
-        lambda: work(ops.pre_attention_ops(m, steps.C, B) + ops.post_attention_ops(m, steps.C, B), ctx.gpu),
-    )
+
+    def make():
+        pre = ops.pre_attention_ops(m, steps.C, B)
+        moe = m.moe_layers
+        if moe == 0 or moe == m.n_layers:
+            return work(pre + ops.post_attention_ops(m, steps.C, B, moe=moe > 0), ctx.gpu)
+        dense_w = work(pre + ops.post_attention_ops(m, steps.C, B), ctx.gpu)
+        moe_w = work(pre + ops.post_attention_ops(m, steps.C, B, moe=True), ctx.gpu)
+        return dense_w.scale((m.n_layers - moe) / m.n_layers) + moe_w.scale(moe / m.n_layers)
+
+    return ctx.cached(("nonattn", steps.C.tobytes()), make)
 
 
 def attn_work(
-    ctx: Ctx, steps: Steps, kv_heads=None, keys=None, calls=1, streamed_calls=0, write_back_tokens: int = 1
+    ctx: Ctx,
+    steps: Steps,
+    kv_heads=None,
+    keys=None,
+    calls=1,
+    streamed_calls=0,
+    write_back_tokens: int = 1,
+    window: int | None = None,
 ) -> GpuWork:
     tail = 0.0
     if write_back_tokens > 1:
@@ -340,8 +362,92 @@ def attn_work(
         write_back_tokens=write_back_tokens,
         tail_kernels=tail,
         kv_dtype=ctx.kv_dtype,
+        window=window,
     )
     return work([op], ctx.gpu)
+
+
+# ---- layer kinds: window layers and experts -------------------------------------------------------------------
+
+
+def window_loads(ctx: Ctx, steps: Steps, streamed_weights: bool, streamed_experts: int) -> list[LayerLoad]:
+    """The window layers of a step: every plan keeps their KV (window + sinks tokens) on the GPU and attends it
+    in one call; they stream weights and experts as the plan's other layers do."""
+    m = ctx.model
+    if not m.window_layers:
+        return []
+
+    def make() -> list[LayerLoad]:
+        loads = []
+        for window, count in sorted(Counter(m.window(i) for i in m.window_layers).items()):
+            w_bytes, w_copies = weight_stream(ctx, streamed_weights)
+            x = expert_stream(ctx, steps, streamed_experts)
+            loads.append(
+                LayerLoad(
+                    count=count,
+                    nonattn=nonattn_work(ctx, steps),
+                    attn=attn_work(ctx, steps, window=window),
+                    h2d_bytes=w_bytes + x.h2d_bytes,
+                    h2d_copies=w_copies + x.h2d_copies,
+                    units=1 if w_bytes else 0,
+                    serial_s=x.serial_s,
+                    syncs=moe_syncs(m),
+                )
+            )
+        return loads
+
+    key = ("window", steps.C.tobytes(), steps.P.tobytes(), streamed_weights, streamed_experts)
+    return ctx.cached(key, make)
+
+
+def window_kv_bytes(ctx: Ctx) -> float:
+    """GPU KV of the window layers: each holds its last window + sinks tokens (all of them below that length)."""
+    m = ctx.model
+
+    def make() -> float:
+        tokens = ctx.work.max_tokens
+        return float(
+            sum(kv_bytes(ctx, float(m.window_keys(i, tokens)), m.n_kv_heads) for i in m.window_layers)
+        )
+
+    return ctx.cached(("kv_window",), make)
+
+
+@dataclass
+class ExpertStream:
+    """Per layer and step, what streaming the routed experts from host memory adds (averaged over the layers: the
+    share of them that stream): the experts the step's tokens picked (a decode step's few, nearly all of a prefill
+    chunk's) come up once the router has chosen them, on the critical path between attention and the MLP."""
+
+    h2d_bytes: np.ndarray | float = 0.0
+    h2d_copies: np.ndarray | float = 0.0
+    serial_s: np.ndarray | float = 0.0
+
+
+def expert_stream(ctx: Ctx, steps: Steps, streamed: int) -> ExpertStream:
+    """`streamed`: the MoE layers whose routed experts stream (0: none)."""
+    m = ctx.model
+    if not streamed or not m.moe_layers:
+        return ExpertStream()
+    share = streamed / m.n_layers
+    rows = ctx.work.batch * np.asarray(steps.C, dtype=float)
+    picked = m.experts_touched(rows)
+    copies = picked * EXPERT_TENSORS
+    nbytes = picked * float(m.expert_params * m.dtype_bytes)
+    return ExpertStream(
+        h2d_bytes=share * nbytes,
+        h2d_copies=share * copies,
+        serial_s=share * link.batch_s(nbytes, copies, ctx.gpu, "h2d"),
+    )
+
+
+EXPERT_TENSORS = 2  # an expert's fused gate_up and its down projection: one copy each
+
+
+def moe_syncs(m) -> float:
+    """Host synchronisations per layer, on average, of stock transformers' MoE: the eager expert loop asks which
+    experts were hit (a nonzero on the GPU's routing) before it issues them, once per MoE layer and step."""
+    return m.moe_layers / m.n_layers
 
 
 # ---- memory ---------------------------------------------------------------------------------------------------
@@ -349,8 +455,10 @@ def attn_work(
 
 def kv_bytes(ctx: Ctx, tokens, kv_heads) -> float:
     """K and V of `tokens` tokens for `kv_heads` heads of one layer, for the whole batch, as the plan stores them
-    (ctx.kv_dtype: in fp8 one byte an element and the scales' share, roofsim.kvformat)."""
+    (MLA: the latent; ctx.kv_dtype fp8: one byte an element and the scales' share, roofsim.kvformat)."""
     m = ctx.model
+    if m.is_mla:
+        return float(ctx.work.batch * tokens * kv_heads * m.kv_latent * m.dtype_bytes)
     if ctx.kv_dtype == "bf16":
         return float(ctx.work.batch * tokens * kv_heads * m.head_dim * 2 * m.dtype_bytes)
     return ctx.work.batch * tokens * kv_heads * token_head_bytes(ctx.kv_dtype, m.head_dim, m.dtype_bytes)
@@ -381,6 +489,10 @@ def activation_bytes(ctx: Ctx, tokens: int) -> float:
     fp32 (larger for MHA models, whose q is as wide as their MLP is narrow)."""
     m = ctx.model
     mlp = 4 * m.hidden + (3 if m.mlp == "gated" else 2) * m.intermediate
+    if m.n_experts:  # a MoE layer: each token's picked experts' gate, up and product, and the router's logits
+        moe = 4 * m.hidden + 3 * (m.experts_per_token * m.expert_intermediate + m.shared_intermediate)
+        moe += 2 * m.n_experts
+        mlp = moe if m.moe_layers == m.n_layers else max(mlp, moe)
     # attention of a chunk after cached keys: 3h, q, k and v (k, v packed once more), the two partial outputs and
     # the fp32 LSE merge's temporaries (two upcast outputs, a scaled term, the accumulator: 8 q_dim in bf16 units)
     merged = 1 < tokens < ctx.work.context  # some chunk attends cached keys as well as its own
@@ -397,23 +509,44 @@ def pinned_alloc(nbytes: float) -> float:
     return 0.0 if nbytes <= 0 else float(2 ** math.ceil(math.log2(nbytes)))
 
 
-def weights_gpu_bytes(ctx: Ctx, streamed: bool) -> float:
+def weights_gpu_bytes(ctx: Ctx, streamed: bool, streamed_experts: int = 0) -> float:
+    """Weights on the GPU: all; or the embeddings and two layers' buffers where the layers stream; less the routed
+    experts of the `streamed_experts` MoE layers that stream theirs, for two layers' buffers of them."""
     m = ctx.model
-    if not streamed:
-        return float(m.weight_bytes)
-    return float(m.embedding_params * m.dtype_bytes + 2 * m.layer_weight_bytes)
+    if streamed:  # the two layer buffers hold whole layers, experts and all
+        return float(m.embedding_params * m.dtype_bytes + 2 * m.layer_weight_bytes)
+    if streamed_experts and m.moe_layers:
+        return float(m.weight_bytes - max(0, streamed_experts - 2) * m.expert_weight_bytes)
+    return float(m.weight_bytes)
 
 
-def host_memory(ctx: Ctx, host: dict[str, float], streamed_weights: bool) -> dict[str, float]:
-    """A family's host bytes by kind, with the decoder layers' weights where they stream from host memory."""
+def host_memory(
+    ctx: Ctx, host: dict[str, float], streamed_weights: bool, streamed_experts: int = 0
+) -> dict[str, float]:
+    """A family's host bytes by kind, with the decoder layers' weights where they stream from host memory (and
+    the streamed layers' routed experts where only they do)."""
     if streamed_weights:
         host = {**host, "weights": float(ctx.model.n_layers * ctx.model.layer_weight_bytes)}
+    elif streamed_experts and ctx.model.moe_layers:
+        host = {**host, "experts": float(streamed_experts * ctx.model.expert_weight_bytes)}
     return {k: float(v) for k, v in host.items()}
 
 
-def memory(ctx: Ctx, *, gpu: dict[str, float], host: dict[str, float], streamed_weights: bool) -> MemoryUse:
-    gpu = {"weights": weights_gpu_bytes(ctx, streamed_weights), **gpu}
-    return MemoryUse(gpu={k: float(v) for k, v in gpu.items()}, host=host_memory(ctx, host, streamed_weights))
+def memory(
+    ctx: Ctx,
+    *,
+    gpu: dict[str, float],
+    host: dict[str, float],
+    streamed_weights: bool,
+    streamed_experts: int = 0,
+) -> MemoryUse:
+    gpu = {"weights": weights_gpu_bytes(ctx, streamed_weights, streamed_experts), **gpu}
+    if ctx.model.window_layers:
+        gpu = {**gpu, "kv_window": window_kv_bytes(ctx)}
+    return MemoryUse(
+        gpu={k: float(v) for k, v in gpu.items()},
+        host=host_memory(ctx, host, streamed_weights, streamed_experts),
+    )
 
 
 def weight_stream(ctx: Ctx, streamed: bool) -> tuple[float, float]:
@@ -439,8 +572,14 @@ class Evaluation:
 
 
 def peak_memory(
-    ctx: Ctx, phases: list[tuple[dict[str, float], dict[str, float]]], streamed_weights: bool
+    ctx: Ctx,
+    phases: list[tuple[dict[str, float], dict[str, float]]],
+    streamed_weights: bool,
+    streamed_experts: int = 0,
 ) -> MemoryUse:
     """The phase whose GPU total is largest gives the breakdown; host memory is the same in both phases."""
-    uses = [memory(ctx, gpu=g, host=h, streamed_weights=streamed_weights) for g, h in phases]
+    uses = [
+        memory(ctx, gpu=g, host=h, streamed_weights=streamed_weights, streamed_experts=streamed_experts)
+        for g, h in phases
+    ]
     return max(uses, key=lambda u: u.gpu_bytes)

@@ -41,6 +41,9 @@ class Family:
     - h2d_payload: what its host-to-GPU bytes carry besides streamed weights, as explanations name them.
     - kv_dtypes: the KV storage types (a plan's `kv_dtype`, roofsim.kvformat) its model prices and its executor
       runs; a plan in another is refused in one line by `roofsim predict`, the simulator and the executor.
+    - layer_kinds: whether it prices window layers (their KV resident beside the plan's global layers) and
+      streamed experts; a family without is not offered for a model that has window layers, nor with
+      experts="streamed".
     """
 
     plan_type: type[PlanBase]
@@ -54,6 +57,7 @@ class Family:
     host_store: bool = True
     h2d_payload: str = "KV"
     kv_dtypes: tuple[str, ...] = ("bf16",)
+    layer_kinds: bool = False
 
     @property
     def name(self) -> str:
@@ -112,6 +116,26 @@ def check_kv_dtype(plan: PlanBase) -> None:
 def simplicity(name: str) -> int:
     """The family's rank in the order of simplicity (registration order)."""
     return list(families()).index(name)
+
+
+def check_supports(fam: Family, plan: PlanBase, model: ModelSpec) -> None:
+    """A one-line error where the family cannot price this model's layer kinds or the plan's expert placement."""
+    from roofsim.errors import UserError
+
+    if fam.layer_kinds:
+        return
+    if model.window_layers:
+        raise UserError(
+            f"plan family {fam.name} does not price window layers, and {model.name} has "
+            f"{len(model.window_layers)}; use {', '.join(n for n, f in families().items() if f.layer_kinds)}"
+        )
+    if plan.experts == "streamed":
+        raise UserError(f"plan family {fam.name} does not stream experts; set experts='resident'")
+
+
+def supports(fam: Family, model: ModelSpec) -> bool:
+    """Whether the family's plans can be priced for this model (window layers need layer_kinds)."""
+    return fam.layer_kinds or not model.window_layers
 
 
 def exact_families() -> list[str]:

@@ -12,7 +12,7 @@ from roofsim.families.pipeline import Ctx, Evaluation
 from roofsim.families.registry import Family, register
 from roofsim.plan import KV_DTYPES, PlanBase
 from roofsim.sim.builder import Builder, StepSpec
-from roofsim.space import SearchSpace, chunks, weights_options
+from roofsim.space import SearchSpace, chunks, placements
 from roofsim.specs.model import ModelSpec
 from roofsim.workload import Workload
 
@@ -33,17 +33,18 @@ def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
     m = ctx.model
     return slot_stream.SlotKnobs(
         group=m.n_kv_heads,
-        resident=(1,) * m.n_layers,
+        resident=(1,) * m.kv_layers,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
         graphs=plan.decode_graphs and plan.weights == "resident",
+        streamed_experts=plan.streamed_expert_layers(m),
     )
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[ResidentPlan]:
-    for weights in weights_options(space):
+    for placement in placements(model, space):
         for c in chunks(work):
-            yield ResidentPlan(prefill_chunk=c, weights=weights)
+            yield ResidentPlan(prefill_chunk=c, **placement)
 
 
 def evaluate(plan: ResidentPlan, ctx: Ctx) -> Evaluation:
@@ -66,6 +67,7 @@ FAMILY = register(
         program=program,
         host_memory=host_memory,
         kv_dtypes=KV_DTYPES,
+        layer_kinds=True,
         host_store=False,
     )
 )

@@ -26,14 +26,17 @@ from roofsim.families.pipeline import (
     Ctx,
     Evaluation,
     LayerLoad,
+    StepCost,
     Steps,
     activation_bytes,
     attn_work,
     combine,
     decode_steps,
     dequant_scratch_bytes,
+    expert_stream,
     kv_bytes,
     logits_bytes,
+    moe_syncs,
     new_shapes,
     nonattn_work,
     outside_layers,
@@ -42,6 +45,7 @@ from roofsim.families.pipeline import (
     prefill_steps,
     weight_stream,
     write_back_rows,
+    window_loads,
 )
 from roofsim.geometry import block_count
 from roofsim.ops import tail_pending, write_back_share
@@ -104,6 +108,7 @@ class SlotKnobs:
     cat_alloc: bool = False
     write_back_tokens: int = 1
     graphs: bool = False  # decode steps replayed from a CUDA graph (all slots resident, weights resident)
+    streamed_experts: int = 0  # MoE layers whose routed experts stream from host memory
 
     def slots(self, ctx: Ctx) -> int:
         return ctx.model.n_kv_heads // self.group
@@ -132,15 +137,18 @@ def slot_loads(
     d2h_on_compute: bool = False,
     gpu_kv_heads: int | None = None,
     write_back_tokens: int = 1,
+    streamed_experts: int = 0,
 ) -> list[LayerLoad]:
-    """Layer loads for slot streaming; `resident` gives the resident slots of each layer.
-    `gpu_kv_heads` (default all) is the number of KV heads the GPU attends and the slots are cut from."""
+    """Layer loads for slot streaming; `resident` gives the resident slots of each layer whose KV the plan
+    places (the global layers). `gpu_kv_heads` (default all) is the number of KV heads the GPU attends and the
+    slots are cut from; `streamed_experts` MoE layers fetch their routed experts from host memory (expert_stream)."""
     m, B = ctx.model, ctx.work.batch
     heads = m.n_kv_heads if gpu_kv_heads is None else gpu_kv_heads
     slots = heads // group
     P, C = steps.P, steps.C
     blocks = block_count(P, token_block)
     w_bytes, w_copies = weight_stream(ctx, streamed_weights)
+    x = expert_stream(ctx, steps, streamed_experts)
     nonattn = nonattn_work(ctx, steps)
     attn_calls = max(slots, 1) + (int(np.max(blocks)) if token_block else 0)
     loads = []
@@ -162,14 +170,15 @@ def slot_loads(
                 count=count,
                 nonattn=nonattn,
                 attn=attn,
-                h2d_bytes=S * kv_bytes(ctx, 1, group) * (P - from_tail) + w_bytes,
-                h2d_copies=S * blocks + w_copies,
+                h2d_bytes=S * kv_bytes(ctx, 1, group) * (P - from_tail) + w_bytes + x.h2d_bytes,
+                h2d_copies=S * blocks + w_copies + x.h2d_copies,
                 d2h_bytes=S * kv_bytes(ctx, 1, group) * d2h_tokens,
                 d2h_copies=S * B * write_back_share(C, write_back_tokens),
                 units=S * blocks + (1 if w_bytes else 0),
+                serial_s=x.serial_s,
                 depth=min(depth, buffers - 1),
                 d2h_on_compute=d2h_on_compute,
-                syncs=S * syncs_per_slot,
+                syncs=S * syncs_per_slot + moe_syncs(ctx.model),
             )
         )
     return loads
@@ -252,25 +261,32 @@ def evaluate(k: SlotKnobs, ctx: Ctx) -> Evaluation:
         streamed_weights=k.streamed_weights,
         d2h_on_compute=k.d2h_on_compute,
         write_back_tokens=k.write_back_tokens,
+        streamed_experts=k.streamed_experts,
     )
     pre = prefill_steps(w.context, k.chunk)
     dec = decode_steps([w.context, w.context + w.gen])
-    prefill = combine(
-        slot_loads(ctx, pre, **kw),
-        outside_layers(ctx, pre),
-        first_unit_fill(ctx, pre, k.group, k.token_block, streaming),
-        ctx.gpu,
-    )
-    dec_loads = slot_loads(ctx, dec, **kw)
-    if k.graphs:
-        dec_loads = [replace(ll, graphed=True) for ll in dec_loads]
-    decode = combine(
-        dec_loads,
-        outside_layers(ctx, dec),
-        first_unit_fill(ctx, dec, k.group, k.token_block, streaming),
-        ctx.gpu,
-        replay_s=ctx.gpu.replay_s() if k.graphs else None,
-    )
+
+    def cost(steps: Steps, graphs: bool = False) -> StepCost:
+        """The global layers' loads and the window layers': the window layers' compute before each global layer
+        is time its streamed units are already coming up in (as far as the ring reaches). `graphs`: a decode step
+        replayed from a CUDA graph (the host issues nothing per layer, combine's replay_s)."""
+        loads = slot_loads(ctx, steps, **kw)
+        windows = window_loads(ctx, steps, k.streamed_weights, k.streamed_experts)
+        if graphs:
+            loads = [replace(ll, graphed=True) for ll in loads]
+            windows = [replace(w, graphed=True) for w in windows]
+        fill = first_unit_fill(ctx, steps, k.group, k.token_block, streaming)
+        if windows:
+            slack = sum(w.count * (w.nonattn.total_s + w.attn.total_s) for w in windows) / ctx.model.kv_layers
+            for ll in loads:
+                ll.slack_s = slack
+            fill = np.maximum(0.0, fill - slack)
+        return combine(
+            loads + windows, outside_layers(ctx, steps), fill, ctx.gpu, replay_s=ctx.gpu.replay_s() if graphs else None
+        )
+
+    prefill = cost(pre)
+    decode = cost(dec, graphs=k.graphs)
     kv = gpu_kv(k, ctx)
     host = host_memory(k, ctx)
     c = int(pre.C.max())
@@ -281,6 +297,7 @@ def evaluate(k: SlotKnobs, ctx: Ctx) -> Evaluation:
             ({**kv, "activations": activation_bytes(ctx, 1), "logits": logits_bytes(ctx)}, host),
         ],
         k.streamed_weights,
+        k.streamed_experts,
     )
     shapes = new_shapes(pre, k.token_block, any(k.resident)) if k.token_block else None
     return Evaluation(prefill=prefill, decode=decode, memory=mem, new_shapes=shapes)
@@ -299,6 +316,7 @@ def program(b: Builder, k: SlotKnobs, steps: list[StepSpec], base: dict[str, flo
         last = streamed_step(
             b, s.phase, s.step, s.C, s.P, layers, depth=k.depth, buffers=k.buffers,
             d2h_on_compute=k.d2h_on_compute, syncs_per_unit=k.syncs, streamed_weights=k.streamed_weights,
+            streamed_experts=k.streamed_experts,
         )  # fmt: skip
         if k.graphs and s.phase == "decode":
             replayed(b, first)

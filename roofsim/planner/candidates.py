@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from pydantic import ValidationError
 
 from roofsim.errors import UserError
-from roofsim.families.registry import Family, families
+from roofsim.families.registry import Family, families, supports
 from roofsim.plan import PlanBase
 from roofsim.space import SearchSpace
 from roofsim.specs.model import ModelSpec
 from roofsim.workload import Workload
 
 
-def _wanted(space: SearchSpace) -> list[Family]:
+def _wanted(space: SearchSpace, model: ModelSpec | None = None) -> list[Family]:
     fams = families()
     unknown = sorted(set(space.families or ()) - set(fams))
     if unknown:
@@ -27,6 +27,7 @@ def _wanted(space: SearchSpace) -> list[Family]:
         for name, f in fams.items()
         if (space.families is None or name in space.families)
         and (space.allow_approximate or not f.approximate)
+        and (model is None or supports(f, model))
     ]
 
 
@@ -39,7 +40,7 @@ def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator
         for preset in presets:
             yield from preset(model, work, space)
         return
-    for f in _wanted(space):
+    for f in _wanted(space, model):
         dtypes = _dtypes(f, space)
         if dtypes == ["bf16"]:
             yield from f.candidates(model, work, space)
@@ -65,13 +66,13 @@ def in_kv_dtype(plan: PlanBase, kv_dtype: str) -> PlanBase | None:
         return None
 
 
-def family_defaults(space: SearchSpace) -> list[PlanBase]:
+def family_defaults(space: SearchSpace, model: ModelSpec | None = None) -> list[PlanBase]:
     """Each family's default plan, in each KV type of the space the family has: the planner's choice must never be
     slower than any of them."""
     if space.restrict:
         return []  # a restricted search compares only plans of the preset's shape
     out = []
-    for f in _wanted(space):
+    for f in _wanted(space, model):
         for d in _dtypes(f, space):
             p = in_kv_dtype(f.default_plan(space), d)
             if p is not None:

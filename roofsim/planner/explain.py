@@ -5,6 +5,7 @@ from __future__ import annotations
 from roofsim.errors import UserError
 from roofsim.families.pipeline import context, weight_stream
 from roofsim.families.registry import family
+from roofsim.kinds import layer_kinds_notes
 from roofsim.limits import Limits
 from roofsim.planner.search import PlanResult
 from roofsim.predict import predict
@@ -83,6 +84,7 @@ def explain(result: PlanResult, model: ModelSpec, gpu: GpuSpec, host: HostSpec, 
         text.append(_best_bf16(result, model, gpu, host, work, limits, phase))
     elif plan.approximate:
         text.append("This plan is approximate: it attends only part of the context.")
+    text += layer_kinds_notes(model, work)
     return " ".join(text)
 
 
@@ -135,8 +137,22 @@ def streamed_weight_bytes(plan, model: ModelSpec, gpu: GpuSpec, host: HostSpec, 
     return per_layer * model.n_layers
 
 
+def streamed_expert_bytes(plan, model: ModelSpec, work) -> float:
+    """Expert bytes one decode step brings over the link: the picked experts of each layer that streams them."""
+    layers = plan.streamed_expert_layers(model)
+    if not layers:
+        return 0.0
+    return float(layers * model.experts_touched(work.batch) * model.expert_params * model.dtype_bytes)
+
+
 def _link_bytes(plan, h2d_bytes: float, model, gpu, host, work) -> str:
-    """What one decode step brings over the link, by kind: streamed weights and the family's payload (KV)."""
+    """What one decode step brings over the link, by kind: streamed weights or experts and the family's payload
+    (KV)."""
+    experts = min(streamed_expert_bytes(plan, model, work), h2d_bytes)
+    if experts:
+        rest, payload = h2d_bytes - experts, family(plan).h2d_payload
+        kv = f" and {fmt_bytes(rest)} of {payload}" if rest > 0.001 * h2d_bytes else f", and no {payload}"
+        return f"Each token brings {fmt_bytes(experts)} of the experts it picked over the link{kv}."
     weights = min(streamed_weight_bytes(plan, model, gpu, host, work), h2d_bytes)
     rest, payload = h2d_bytes - weights, family(plan).h2d_payload
     if not weights:

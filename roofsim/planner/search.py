@@ -130,7 +130,7 @@ def search(
     if objective == "max-context":
         return _max_context(model, gpu, host, work, limits, space, progress)
     plans = list(candidates(model, work, space))
-    defaults = family_defaults(space)
+    defaults = family_defaults(space, model)
     feasible: list[Candidate] = []
     infeasible: list[Trace] = []
     total = len(plans) + len(defaults)

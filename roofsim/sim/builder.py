@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from roofsim import ops
 from roofsim.families.pipeline import (
+    EXPERT_TENSORS,
     Ctx,
     activation_bytes,
     kv_bytes,
@@ -23,6 +24,7 @@ from roofsim.families.pipeline import (
     weight_stream,
     weights_gpu_bytes,
     write_back_rows,
+    window_kv_bytes,
 )
 from roofsim.geometry import block_lengths
 from roofsim.roofline import work
@@ -43,12 +45,16 @@ class Unit:
     write_back_tokens: int = 1  # > 1: new tokens wait in the layer's GPU tail (one forward in N writes back)
     tail_kernels: float = 0.0  # the layer's write into its tail, charged to its first streamed unit
     token_block: int | None = None  # a streamed unit attended block by block
+    window: int | None = None  # a window layer's: it keeps and attends at most window + sinks past tokens
+    sinks: int = 0
 
     def pasts(self, P) -> list:
         """Key lengths of the unmasked calls this unit's attention makes after a past of P tokens: P, or with
         token blocks each block's (the executor attends them one by one and merges)."""
         if self.keys is not None:
             return [self.keys]
+        if self.window is not None:
+            return [min(P, self.window + self.sinks)]
         if self.streamed and self.token_block and P > 0:
             return sorted(block_lengths(P, self.token_block))
         return [P]
@@ -218,7 +224,7 @@ class Builder:
     def post(self, s: StepSpec, li: int, deps, extra=()) -> int:
         m, B = self.ctx.model, self.ctx.work.batch
         return self.compute(
-            ops.post_attention_ops(m, s.C, B) + list(extra),
+            ops.post_attention_ops(m, s.C, B, moe=m.is_moe(li)) + list(extra),
             s.phase,
             s.step,
             li,
@@ -274,6 +280,45 @@ class WeightStream:
         self._issue(li + 2)
 
 
+def expert_layers(ctx: Ctx, streamed: int) -> set[int]:
+    """The layers whose routed experts stream: the last `streamed` MoE layers."""
+    moe = [i for i in range(ctx.model.n_layers) if ctx.model.is_moe(i)]
+    return set(moe[len(moe) - streamed :]) if streamed else set()
+
+
+def picked_experts_copy(b: Builder, phase: str, step: int, li: int, C: float, deps) -> int:
+    """The experts the step's tokens picked in layer li, fetched once its router (after attention) has chosen
+    them (on the compute stream, as the executor copies them)."""
+    m = b.ctx.model
+    picked = float(m.experts_touched(b.ctx.work.batch * C))
+    return b.copy(
+        "h2d",
+        picked * m.expert_params * m.dtype_bytes,
+        phase,
+        step,
+        li,
+        copies=max(1, round(picked * EXPERT_TENSORS)),
+        deps=tuple(deps),
+        name="experts",
+        stream="h2d_weights",
+    )
+
+
+def with_window_layers(ctx: Ctx, layers: list[list[Unit]]) -> list[list[Unit]]:
+    """Units of every layer from those of the global layers: each window layer attends its resident window in one
+    unit of all KV heads."""
+    m = ctx.model
+    if not m.window_layers or len(layers) != m.kv_layers:
+        return layers
+    glob = iter(layers)
+    return [
+        next(glob)
+        if m.window(i) is None
+        else [Unit(heads=m.n_kv_heads, streamed=False, window=m.window(i), sinks=m.sink_tokens)]
+        for i in range(m.n_layers)
+    ]
+
+
 # ---- the streamed-layer step shared by most families -------------------------------------------------------------
 
 
@@ -305,6 +350,7 @@ def streamed_step(
     streamed_weights: bool = False,
     cpu_heads: int = 0,
     logits: bool = True,
+    streamed_experts: int = 0,
 ) -> int:
     """Append one step's tasks; returns the id of its last task."""
     ctx = b.ctx
@@ -312,6 +358,7 @@ def streamed_step(
     alloc = {"activations": activation_bytes(ctx, int(C))}
     first = b.embed(phase, step, C, alloc)
     weights = WeightStream(b, phase, step, streamed_weights)
+    streaming = expert_layers(ctx, streamed_experts)
     ring = Ring(max(1, buffers))
     # the stream of (layer, unit) copies, issued `depth` ahead of their attention
     order = [(li, ui) for li, units in enumerate(layers) for ui, u in enumerate(units) if u.streamed]
@@ -332,7 +379,9 @@ def streamed_step(
     consumed = 0
     prev = first
     pre_ops = ops.pre_attention_ops(m, C, B)
-    post_ops = ops.post_attention_ops(m, C, B)
+    post_ops = {
+        moe: ops.post_attention_ops(m, C, B, moe=moe) for moe in {m.is_moe(i) for i in range(m.n_layers)}
+    }
     for li, units in enumerate(layers):
         wdep = weights.dep(li)
         pre = b.compute(pre_ops, phase, step, li, name="pre_attention", deps=wdep)
@@ -365,6 +414,7 @@ def streamed_step(
                 write_back_tokens=u.write_back_tokens,
                 tail_kernels=u.tail_kernels,
                 kv_dtype=b.ctx.kv_dtype,
+                window=u.window,
             )
             a = b.compute([op], phase, step, li, ui, kind="attention", deps=deps, name="attention")
             for past in u.pasts(P):
@@ -378,13 +428,18 @@ def streamed_step(
                     b.sync(a, phase, step)
                 ring.releases.append(release)
                 consumed += 1
+        if m.is_moe(li):  # the eager expert loop asks the GPU which experts its router picked
+            b.sync(attn_ids[-1], phase, step)
+        post_deps = list(attn_ids)
+        if li in streaming:
+            post_deps.append(picked_experts_copy(b, phase, step, li, C, attn_ids))
         post = b.compute(
-            post_ops,
+            post_ops[m.is_moe(li)],
             phase,
             step,
             li,
             name="post_attention",
-            deps=attn_ids,
+            deps=post_deps,
         )
         weights.done(li, post)
         prev = post
@@ -440,7 +495,7 @@ def slot_units(
         layers.append(
             sorted(units, key=lambda u: not u.streamed)
         )  # the executor attends streamed slots first
-    return layers
+    return with_window_layers(ctx, layers)
 
 
 @dataclass
@@ -487,7 +542,13 @@ def build(
 
     b = Builder(ctx)
     steps = steps_of(ctx, plan.prefill_chunk, decode_steps, prefill, prefill_sample)
-    base = {"weights": weights_gpu_bytes(ctx, plan.weights == "streamed"), "logits": logits_bytes(ctx)}
+    streamed = plan.weights == "streamed"
+    base = {
+        "weights": weights_gpu_bytes(ctx, streamed, plan.streamed_expert_layers(ctx.model)),
+        "logits": logits_bytes(ctx),
+    }
+    if ctx.model.window_layers:
+        base["kv_window"] = window_kv_bytes(ctx)
     family(plan).program(b, plan, steps, base)
     return b.tasks, base
 
