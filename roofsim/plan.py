@@ -110,11 +110,14 @@ class PlanBase(BaseModel):
     )
 
     @model_serializer(mode="wrap")
-    def _drop_default_kv_dtype(self, handler):
-        """A plan in the model dtype is written without `kv_dtype`, as before the knob existed."""
+    def _drop_default_new_knobs(self, handler):
+        """A plan in the model dtype with its experts resident is written without `kv_dtype`, `experts` and
+        `resident_expert_layers`, as before those knobs existed (plan files of dense bf16 plans do not change)."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("kv_dtype") == "bf16":
-            data.pop("kv_dtype")
+        if isinstance(data, dict):
+            for name, default in (("kv_dtype", "bf16"), ("experts", "resident"), ("resident_expert_layers", 0)):
+                if name in data and data[name] == default:
+                    data.pop(name)
         return data
     experts: Literal["resident", "streamed"] = Field(
         "resident",
