@@ -106,9 +106,8 @@ def greedy_logits(
 
 def reference_logits(model, ids, chunk: int, gen: int, tokens=None):
     """Stock transformers: DynamicCache with SDPA attention (eager for gpt-oss, which has no SDPA path)."""
-    from transformers import DynamicCache
-
     from roofsim.executor.models import stock_attention
+    from transformers import DynamicCache
 
     prev = model.config._attn_implementation
     model.set_attn_implementation(stock_attention(model.config))

@@ -20,7 +20,6 @@ from roofsim.executor.weights import decoder_layers
 
 from roofsim.errors import UserError
 
-
 STREAMABLE = ("Qwen3MoeExperts", "MixtralExperts")
 """Experts modules whose stock forward is the eager loop this module reproduces ([E, 2I, h] gate_up, no biases)."""
 

@@ -143,8 +143,8 @@ def _title(model, gpu, host, work: Workload | None, limits: Limits | None = None
 
 def cmd_predict(args) -> int:
     from roofsim.display import console, context_sweep_table, predictions_table, roofline_table
-    from roofsim.planner.explain import bf16_counterpart
     from roofsim.kinds import layer_kinds_notes
+    from roofsim.planner.explain import bf16_counterpart
 
     _check_predict_flags(args)
     model, gpu, host, limits = _specs(args)

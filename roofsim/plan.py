@@ -115,10 +115,15 @@ class PlanBase(BaseModel):
         `resident_expert_layers`, as before those knobs existed (plan files of dense bf16 plans do not change)."""
         data = handler(self)
         if isinstance(data, dict):
-            for name, default in (("kv_dtype", "bf16"), ("experts", "resident"), ("resident_expert_layers", 0)):
+            for name, default in (
+                ("kv_dtype", "bf16"),
+                ("experts", "resident"),
+                ("resident_expert_layers", 0),
+            ):
                 if name in data and data[name] == default:
                     data.pop(name)
         return data
+
     experts: Literal["resident", "streamed"] = Field(
         "resident",
         description="MoE models: streamed keeps the routed experts in host memory; a prefill chunk fetches each "

@@ -44,8 +44,8 @@ from roofsim.families.pipeline import (
     pinned_alloc,
     prefill_steps,
     weight_stream,
-    write_back_rows,
     window_loads,
+    write_back_rows,
 )
 from roofsim.geometry import block_count
 from roofsim.ops import tail_pending, write_back_share
@@ -282,7 +282,11 @@ def evaluate(k: SlotKnobs, ctx: Ctx) -> Evaluation:
                 ll.slack_s = slack
             fill = np.maximum(0.0, fill - slack)
         return combine(
-            loads + windows, outside_layers(ctx, steps), fill, ctx.gpu, replay_s=ctx.gpu.replay_s() if graphs else None
+            loads + windows,
+            outside_layers(ctx, steps),
+            fill,
+            ctx.gpu,
+            replay_s=ctx.gpu.replay_s() if graphs else None,
         )
 
     prefill = cost(pre)

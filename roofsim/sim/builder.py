@@ -23,8 +23,8 @@ from roofsim.families.pipeline import (
     logits_bytes,
     weight_stream,
     weights_gpu_bytes,
-    write_back_rows,
     window_kv_bytes,
+    write_back_rows,
 )
 from roofsim.geometry import block_lengths
 from roofsim.roofline import work
