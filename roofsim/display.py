@@ -18,7 +18,7 @@ from rich.text import Text
 from roofsim.plan import knob_abbreviation
 from roofsim.roofline import RooflineRow
 from roofsim.trace import Trace
-from roofsim.units import GiB, KiB, fmt_band, fmt_bytes, fmt_seconds, fmt_tokens
+from roofsim.units import GiB, KiB, fmt_band, fmt_bytes, fmt_seconds, fmt_tokens, shows_band
 
 WIDTH = 100  # output that is not a terminal (pipes, files, tests), unless COLUMNS says otherwise
 WIDE_WIDTH = 180
@@ -37,6 +37,11 @@ BOUND = {  # what each resource or ceiling PhaseStats.binding() names is
     "cpu": "the CPU's share of the work",
     "host": "the Python thread issuing kernels and copies",
 }
+
+
+def _shows_band(s) -> bool:
+    """Whether a table prints a band for this Summary's prefill or decode time (BAND_FOOTER explains it then)."""
+    return shows_band(s.prefill_s, s.prefill.band_s) or shows_band(s.decode_s_per_token, s.decode.band_s)
 
 
 BAND_FOOTER = (
@@ -190,7 +195,7 @@ def predictions_table(
         "prefill: the whole prompt; decode: one step per generated token at the full context"
         + ("; the simulator's time under the analytic one" if traces else "")
     )
-    if any(p.summary.decode.band_s or p.summary.prefill.band_s for p in preds):
+    if any(_shows_band(p.summary) for p in preds):
         footer.append(BAND_FOOTER)
     footer += _bound_footer(
         {p.summary.phase(ph).binding()[0] for p in preds for ph in ("prefill", "decode")},
@@ -339,7 +344,7 @@ def ranked_table(result, title: str, n: int = 10, wide: bool = False) -> Group:
         f"peak GPU: the most GPU memory the plan holds; {SIZES}",
         *_bound_footer({c.prediction.summary.phase(phase).binding()[0] for c in shown}),
     ]
-    if any(c.prediction.summary.decode.band_s for c in shown):
+    if any(_shows_band(c.prediction.summary) for c in shown):
         footer.append(BAND_FOOTER)
     return _titled(title, t, footer)
 

@@ -125,6 +125,11 @@ def fmt_tokens(n: int) -> str:
     return str(n)
 
 
+def shows_band(s: float | None, band: tuple[float, float] | None) -> bool:
+    """Whether fmt_band prints a band for this time (one wider than the time's printed precision)."""
+    return fmt_band(s, band) != fmt_band(s, None)
+
+
 def fmt_band(s: float | None, band: tuple[float, float] | None, sep: str = " ") -> str:
     """A time with its band in the time's unit: `150.0 ms (141.2-172.5)` (`sep` between the two); the time alone
     without a band, or where the band has no width at that precision."""
