@@ -41,7 +41,7 @@ TINY = {
 }  # fmt: skip
 BASE = ["--gpu=rtx4090", "--model=tiny-llama", "--context=4K"]  # tiny-llama at 4K tokens: milliseconds
 
-FUZZ = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
