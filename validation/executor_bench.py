@@ -230,19 +230,7 @@ def summarize(b: Bench) -> None:
                     "hf_peak_gpu_bytes": c[ctx].get("hf_offloaded", {}).get("peak_gpu_bytes"),
                     "holds": hf / e["decode_s_per_token"] >= 10,
                 }
-    e = c.get("512K", {})
-    if "peak_gpu_bytes" in e:
-        s["512K_under_24GB"] = {
-            k: e.get(k)
-            for k in (
-                "complete",
-                "peak_gpu_bytes",
-                "prefill_s",
-                "decode_s_per_token",
-                "decode_steps_measured",
-            )
-        }
-        s["512K_under_24GB"]["holds"] = bool(e.get("complete")) and (e.get("peak_gpu_bytes") or 1e99) <= 24e9
+    _under_24gb_entry(s, "512K_under_24GB", c.get("512K", {}))
     _summarize_speed(b, s)
     for label, name in (
         ("256K_fp8", "fp8_head_offload_decode_256K_within_1.15x_of_pcie_bound"),
@@ -267,23 +255,7 @@ def summarize(b: Bench) -> None:
                 or (e.get("peak_gpu_bytes") or 1e99) <= e["gpu_mem_cap_bytes"]
             )
             s[name]["holds"] = e["ratio_to_bound_plus_resident"] <= 1.15 and under
-    e = c.get("768K_fp8", {})
-    if "peak_gpu_bytes" in e:
-        s["fp8_768K_under_24GB"] = {
-            k: e.get(k)
-            for k in (
-                "complete",
-                "peak_gpu_bytes",
-                "prefill_s",
-                "decode_s_per_token",
-                "decode_steps_measured",
-            )
-        }
-        s["fp8_768K_under_24GB"]["holds"] = (
-            bool(e.get("complete"))
-            and (e.get("peak_gpu_bytes") or 1e99) <= 24e9
-            and (e.get("decode_steps_measured") or 0) >= 16
-        )
+    _under_24gb_entry(s, "fp8_768K_under_24GB", c.get("768K_fp8", {}), min_steps=16)
     for key in ("exact", "exact_fp32"):
         if key in b.data:
             s[f"{key}_plans_match_resident"] = {
@@ -291,6 +263,20 @@ def summarize(b: Bench) -> None:
                 "holds": b.data[key].get("all_within_tolerance"),
             }
     b.data["must_hold"] = s
+
+
+def _under_24gb_entry(s: dict, name: str, e: dict, min_steps: int = 0) -> None:
+    """must_hold[name] for a `roofsim run` under --gpu-mem 24GB (stage_512k's entry `e`): it completed, peaked under
+    24 GB and measured at least `min_steps` decode steps."""
+    if "peak_gpu_bytes" not in e:
+        return
+    keys = ("complete", "peak_gpu_bytes", "prefill_s", "decode_s_per_token", "decode_steps_measured")
+    s[name] = {k: e.get(k) for k in keys}
+    s[name]["holds"] = (
+        bool(e.get("complete"))
+        and (e.get("peak_gpu_bytes") or 1e99) <= 24e9
+        and (e.get("decode_steps_measured") or 0) >= min_steps
+    )
 
 
 def _summarize_speed(b: Bench, s: dict) -> None:

@@ -300,6 +300,16 @@ _LLAMA8B = dict(
     intermediate=14336,
     vocab=128256,
 )
+_LLAMA70B = dict(
+    family="llama",
+    n_layers=80,
+    hidden=8192,
+    n_heads=64,
+    n_kv_heads=8,
+    head_dim=128,
+    intermediate=28672,
+    vocab=128256,
+)
 _OPT = dict(
     family="opt",
     mlp="plain",
@@ -315,19 +325,7 @@ BUILTIN: dict[str, ModelSpec] = {
     for m in [
         _hf("llama-3-8b", "meta-llama/Meta-Llama-3-8B", max_positions=8192, **_LLAMA8B),
         _hf("llama-3.1-8b", "meta-llama/Llama-3.1-8B", max_positions=131072, **_LLAMA8B),
-        _hf(
-            "llama-3.1-70b",
-            "meta-llama/Llama-3.1-70B",
-            family="llama",
-            n_layers=80,
-            hidden=8192,
-            n_heads=64,
-            n_kv_heads=8,
-            head_dim=128,
-            intermediate=28672,
-            vocab=128256,
-            max_positions=131072,
-        ),
+        _hf("llama-3.1-70b", "meta-llama/Llama-3.1-70B", max_positions=131072, **_LLAMA70B),
         _hf(
             "llama-2-7b",
             "meta-llama/Llama-2-7b-hf",
@@ -419,19 +417,7 @@ BUILTIN: dict[str, ModelSpec] = {
             intermediate=28672,
             **_OPT,
         ),
-        _hf(
-            "llama-3.3-70b",
-            "meta-llama/Llama-3.3-70B-Instruct",
-            family="llama",
-            n_layers=80,
-            hidden=8192,
-            n_heads=64,
-            n_kv_heads=8,
-            head_dim=128,
-            intermediate=28672,
-            vocab=128256,
-            max_positions=131072,
-        ),
+        _hf("llama-3.3-70b", "meta-llama/Llama-3.3-70B-Instruct", max_positions=131072, **_LLAMA70B),
         *[
             _hf(
                 f"qwen3-{size}",
