@@ -111,11 +111,13 @@ class PlanBase(BaseModel):
 
     @model_serializer(mode="wrap")
     def _drop_default_new_knobs(self, handler):
-        """A plan in the model dtype with its experts resident is written without `kv_dtype`, `experts` and
-        `resident_expert_layers`, as before those knobs existed (plan files of dense bf16 plans do not change)."""
+        """A plan on one GPU in the model dtype with its experts resident is written without `tp`, `kv_dtype`,
+        `experts` and `resident_expert_layers`, as before those knobs existed (plan files of dense bf16 plans on
+        one GPU do not change)."""
         data = handler(self)
         if isinstance(data, dict):
             for name, default in (
+                ("tp", 1),
                 ("kv_dtype", "bf16"),
                 ("experts", "resident"),
                 ("resident_expert_layers", 0),
@@ -145,6 +147,14 @@ class PlanBase(BaseModel):
                 "resident_expert_layers keeps some layers' experts resident: it needs experts='streamed'"
             )
         return self
+
+    tp: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="tensor-parallel degree: each of tp GPUs holds 1/tp of every layer's heads (their KV too, "
+        "streamed over its own link) and of the MLP, with two all-reduces of the hidden state per layer",
+    )
 
     def streamed_expert_layers(self, model) -> int:
         """MoE layers whose routed experts stream from host memory: the last ones, all but resident_expert_layers
