@@ -61,6 +61,8 @@ def _kinds_config(family: str, common: dict, head_dim: int):
     if family == "gemma3":
         layers = common["num_hidden_layers"]
         types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(layers)]
+        local = {"rope_type": "default", "rope_theta": 1000.0}  # one RoPE per layer type, keyed by the type
+        common["rope_parameters"] = {"full_attention": common["rope_parameters"], "sliding_attention": local}
         return Gemma3TextConfig(
             **common, head_dim=head_dim, sliding_window=5, layer_types=types, query_pre_attn_scalar=head_dim
         )

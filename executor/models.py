@@ -27,7 +27,14 @@ _NOT_RUN = {  # families roofsim prices but the executor does not run, and why
     "opt": "its learned positions and attention are not wired to the plan cache",
 }
 
-_ROPE_THETA = {"llama-3": 500000.0, "llama-2": 10000.0, "qwen2.5": 1000000.0, "mistral-7b-v0.3": 1000000.0}
+_ROPE_THETA = {
+    "llama-3": 500000.0,
+    "llama-2": 10000.0,
+    "qwen2.5": 1000000.0,
+    "qwen3": 1000000.0,
+    "gemma-3": 1000000.0,
+    "mistral-7b-v0.3": 1000000.0,
+}
 _LLAMA31_ROPE = {
     "rope_type": "llama3",
     "rope_theta": 500000.0,
@@ -104,6 +111,10 @@ def _kinds_config(spec: ModelSpec, common: dict):
         return MixtralConfig(**common, **moe, num_local_experts=spec.n_experts, sliding_window=None)
     windows = {w for w in spec.layer_windows if w is not None}
     types = ["full_attention" if w is None else "sliding_attention" for w in spec.layer_windows]
+    # Gemma 3 keeps one RoPE per layer type: the spec's for the global layers, base 10,000 for the window layers
+    # (the released configs' rope_local_base_freq); transformers validates it as a dict keyed by layer type
+    local = {"rope_type": "default", "rope_theta": 10000.0}
+    common["rope_parameters"] = {"full_attention": common["rope_parameters"], "sliding_attention": local}
     return Gemma3TextConfig(
         **common, sliding_window=max(windows) if windows else None, layer_types=types or None,
         query_pre_attn_scalar=spec.head_dim, rms_norm_eps=1e-6,
