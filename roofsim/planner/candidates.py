@@ -14,6 +14,7 @@ from roofsim.families.registry import Family, families, supports
 from roofsim.plan import PlanBase
 from roofsim.space import SearchSpace
 from roofsim.specs.model import ModelSpec
+from roofsim.tensor_parallel import shard_model
 from roofsim.workload import Workload
 
 
@@ -32,6 +33,17 @@ def _wanted(space: SearchSpace, model: ModelSpec | None = None) -> list[Family]:
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[PlanBase]:
+    """Every family's candidates at each tensor-parallel degree of the space: at tp > 1 the family writes its
+    knobs for the shard one rank holds (its heads and KV heads), and the plans carry tp."""
+    for tp in space.tps:
+        if tp == 1:
+            yield from _one_gpu(model, work, space)
+            continue
+        for plan in _one_gpu(shard_model(model, tp), work, space):
+            yield plan.model_copy(update={"tp": tp})
+
+
+def _one_gpu(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[PlanBase]:
     if space.restrict:
         presets = [f.presets[space.restrict] for f in families().values() if space.restrict in f.presets]
         if not presets:
