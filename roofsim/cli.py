@@ -206,8 +206,11 @@ def cmd_predict(args) -> int:
         for note in layer_kinds_notes(model, work):
             out.print(f"note: {note}")
         if args.roofline:
+            from roofsim.tensor_parallel import shard_model
+
             chunk = min(work.context, getattr(preds[0].plan, "prefill_chunk", None) or work.context)
-            _print_roofline(out, roofline_table, model, gpu, work, chunk)
+            shard = shard_model(model, preds[0].plan.tp)  # one GPU's operators, its all-reduces with them
+            _print_roofline(out, roofline_table, shard, gpu, work, chunk)
     if args.report is not None:
         from roofsim.report.cli import report_prediction
 

@@ -79,8 +79,8 @@ def in_kv_dtype(plan: PlanBase, kv_dtype: str) -> PlanBase | None:
 
 
 def family_defaults(space: SearchSpace, model: ModelSpec | None = None) -> list[PlanBase]:
-    """Each family's default plan, in each KV type of the space the family has: the planner's choice must never be
-    slower than any of them."""
+    """Each family's default plan, in each KV type and at each tensor-parallel degree of the space the family has:
+    the planner's choice must never be slower than any of them."""
     if space.restrict:
         return []  # a restricted search compares only plans of the preset's shape
     out = []
@@ -88,5 +88,5 @@ def family_defaults(space: SearchSpace, model: ModelSpec | None = None) -> list[
         for d in _dtypes(f, space):
             p = in_kv_dtype(f.default_plan(space), d)
             if p is not None:
-                out.append(p)
+                out += [p if tp == 1 else p.model_copy(update={"tp": tp}) for tp in space.tps]
     return out
