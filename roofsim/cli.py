@@ -574,7 +574,10 @@ def cmd_roofline(args) -> int:
             raise UserError(
                 f"{flag} changes nothing in roofline's table (each operator alone, no memory): drop it"
             )
+    from roofsim.tensor_parallel import shard_model
+
     model, gpu, _, _ = _specs(args)
+    model = shard_model(model, _tp(args, model, gpu) or 1)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
     chunk = min(parse_tokens(args.chunk, "--chunk") if args.chunk is not None else work.context, work.context)
     _print_roofline(console(), roofline_table, model, gpu, work, chunk)
@@ -764,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("roofline", help="per-operator FLOPs, bytes, intensity, time and bound")
     _common(p, context_required=True)
     p.add_argument("--chunk", help="prefill chunk (default: the whole context)")
+    p.add_argument(
+        "--tp", metavar="N", help="one GPU's operators of N-way tensor parallelism, its all-reduces with them"
+    )
     p.set_defaults(func=cmd_roofline)
 
     p = sub.add_parser("run", help="run a plan for real with the torch executor and write a measured trace")

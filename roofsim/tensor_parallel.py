@@ -115,6 +115,21 @@ def rank_specs(
     among the ranks. tp=1: the specs themselves (the same objects, so nothing of a one-GPU plan changes)."""
     if tp == 1:
         return model, gpu, host
+    for (m, g, h, t), specs in _RECENT:  # the same objects while the specs are (pipeline.context's memo)
+        if m is model and g is gpu and h is host and t == tp:
+            return specs
+    specs = _rank_specs(model, gpu, host, tp)
+    _RECENT.insert(0, ((model, gpu, host, tp), specs))
+    del _RECENT[8:]
+    return specs
+
+
+_RECENT: list[tuple[tuple, tuple[ModelSpec, GpuSpec, HostSpec]]] = []
+
+
+def _rank_specs(
+    model: ModelSpec, gpu: GpuSpec, host: HostSpec, tp: int
+) -> tuple[ModelSpec, GpuSpec, HostSpec]:
     check_gpus(gpu, tp)
     shard = shard_model(model, tp)
     k, _ = link_share(gpu, host, tp)
