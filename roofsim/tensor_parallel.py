@@ -158,7 +158,7 @@ def describe(gpu: GpuSpec, host: HostSpec, tp: int) -> str:
         "host RAM": f"host RAM ({host.ram_bytes_per_s / 1e9:.0f} GB/s sustained) shared by {tp} links",
     }[why]
     return (
-        f"tp={tp}: each of {tp} GPUs holds 1/{tp} of the heads and MLP, and its link brings its own heads' KV "
+        f"over {tp} GPUs (tp={tp}) each holds 1/{tp} of the heads and MLP, and its link brings its own heads' KV "
         f"at up to {rate:.1f} GB/s H2D (bound by {binds}); two all-reduces per layer over {ic.name}; GPU "
         "memory is per GPU, host memory the sum over them"
     )

@@ -158,7 +158,7 @@ def test_predict_and_plan_price_tensor_parallel_plans(capsys):
         main(["predict", "--gpu", "h100-sxm", "--context", "64K", "--plan", "head_offload", "--tp", "2"]) == 0
     )
     out = capsys.readouterr().out
-    assert "t=2" in out and "note: tp=2" in out and "own link" in out
+    assert "t=2" in out and "note: over 2 GPUs (tp=2)" in out and "own link" in out
     assert (
         main(["plan", "--gpu", "h100-sxm", "--context", "64K", "--families", "resident", "--tp", "1,2"]) == 0
     )
