@@ -176,3 +176,39 @@ def kv_dtypes(text: str | None, allow_approximate: bool) -> tuple[str, ...]:
     if one is not None:
         return (one,)
     return ("bf16", "fp8_e4m3") if allow_approximate else ("bf16",)
+
+
+TP_AUTO = (1, 2, 4, 8, 16, 32, 64)
+"""The degrees `--tp auto` tries, up to the GPUs the interconnect joins."""
+
+
+def tp_degrees(text: str | None, model, gpu, many: bool = False) -> tuple[int, ...]:
+    """--tp: one tensor-parallel degree (predict, simulate), or for `roofsim plan` a comma list or `auto` (every
+    power of two up to the GPUs the GPU spec's interconnect joins that splits the model). Each degree must split
+    the model's heads and MLP and fit the interconnect (tensor_parallel's one-line errors). None: (1,)."""
+    from roofsim.tensor_parallel import check_degree, check_gpus
+
+    if text is None:
+        return (1,)
+    text = text.strip()
+    if many and text == "auto":
+        most = int(gpu.interconnect.gpus.value) if gpu.interconnect is not None else 1
+        out = []
+        for d in (d for d in TP_AUTO if d <= most):
+            try:
+                check_degree(model, d)
+            except UserError:
+                continue
+            out.append(d)
+        return tuple(out)
+    parts = text.split(",") if many else [text]
+    if not all(p.strip().isdigit() for p in parts):
+        form = "a whole number of GPUs" + (", a comma list (1,2,4) or auto" if many else "")
+        raise UserError(f"--tp {text!r}: give {form}")
+    degrees = tuple(dict.fromkeys(int(p) for p in parts))
+    for d in degrees:
+        if not 1 <= d <= 64:
+            raise UserError(f"--tp {d}: the tensor-parallel degree is a number of GPUs from 1 to 64")
+        check_degree(model, d)
+        check_gpus(gpu, d)
+    return degrees

@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field
 
 from roofsim import ops
 from roofsim.hostpace import LAUNCHES, LOOP, pace_ratio
-from roofsim.specs.hardware import GpuSpec, HostSpec, SpreadSpec
+from roofsim.specs.hardware import GpuSpec, HostSpec, InterconnectSpec, SpreadSpec
 from roofsim.specs.model import ModelSpec
 
 
@@ -679,6 +679,12 @@ def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: 
                 lines.append(f"{field} = {_v(*fitted[section][field])}")
             elif getattr(model, field) is not None and (carried := _carried(getattr(model, field))):
                 lines.append(f"{field} = {carried}")
+    if base.interconnect is not None:  # a one-GPU machine measures no fabric: the base's, with its sources
+        lines.append("\n[interconnect]")
+        lines.append(f"name = {json.dumps(base.interconnect.name)}")
+        for field in InterconnectSpec.model_fields:
+            if field != "name":
+                lines.append(f"{field} = {_carried(getattr(base.interconnect, field))}")
     if spread:
         lines.append("\n[spread]")
         lines += [f"{field} = {_v(*spread[field])}" for field in SpreadSpec.model_fields if field in spread]

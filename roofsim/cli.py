@@ -105,10 +105,27 @@ def _plan_document(text: str) -> dict | None:
     return read_json_object(path, "plan file")
 
 
-def _resolve_plan(text: str, model, gpu, host, work: Workload, limits: Limits, kv_dtype: str | None = None):
+def _resolve_plan(
+    text: str,
+    model,
+    gpu,
+    host,
+    work: Workload,
+    limits: Limits,
+    kv_dtype: str | None = None,
+    tp: int | None = None,
+):
     """--plan: a plan file as written, or a family name, which means that family's best knobs within the limits
     (the candidates `roofsim plan` screens, ranked by the analytic model as `roofsim predict` shows them).
-    --kv-dtype stores the plan's KV in that type (a plan file's own knobs otherwise kept)."""
+    --kv-dtype stores the plan's KV in that type, --tp runs it over that many GPUs (a plan file's own knobs
+    otherwise kept)."""
+    plan = _resolve_plan_dtype(text, model, gpu, host, work, limits, kv_dtype, tp or 1)
+    if tp is None or tp == plan.tp:
+        return plan
+    return type(plan).model_validate({**plan.model_dump(), "tp": tp})
+
+
+def _resolve_plan_dtype(text, model, gpu, host, work, limits, kv_dtype, tp: int):
     from roofsim.families.registry import check_kv_dtype
     from roofsim.plan import family_of
     from roofsim.planner.candidates import in_kv_dtype
@@ -128,7 +145,7 @@ def _resolve_plan(text: str, model, gpu, host, work: Workload, limits: Limits, k
             )
         return moved
     family_of(text, "--plan")
-    return best_of_family(text, model, gpu, host, work, limits, kv_dtype or "bf16").plan
+    return best_of_family(text, model, gpu, host, work, limits, kv_dtype or "bf16", tp).plan
 
 
 def _title(model, gpu, host, work: Workload | None, limits: Limits | None = None) -> str:
@@ -154,13 +171,14 @@ def cmd_predict(args) -> int:
         return _context_sweep(model, gpu, host, limits, args, gen, out, context_sweep_table)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=gen)
     kv_dtype = argchecks.kv_dtype(args.kv_dtype)
+    tp = _tp(args, model, gpu)
     if args.plan is not None:
-        plan = _resolve_plan(args.plan, model, gpu, host, work, limits, kv_dtype)
+        plan = _resolve_plan(args.plan, model, gpu, host, work, limits, kv_dtype, tp)
         preds = [predict(plan, model, gpu, host, work, limits, band=True)]
     else:
         preds = [
             predict(p.plan, model, gpu, host, work, limits, band=True)
-            for p in best_per_family(model, gpu, host, work, limits, kv_dtype=kv_dtype or "bf16")
+            for p in best_per_family(model, gpu, host, work, limits, kv_dtype=kv_dtype or "bf16", tp=tp or 1)
         ]
     traces = _simulate_all(preds, model, gpu, host, work, limits) if args.simulate else None
     if args.json:
@@ -188,8 +206,11 @@ def cmd_predict(args) -> int:
         for note in layer_kinds_notes(model, work):
             out.print(f"note: {note}")
         if args.roofline:
+            from roofsim.tensor_parallel import shard_model
+
             chunk = min(work.context, getattr(preds[0].plan, "prefill_chunk", None) or work.context)
-            _print_roofline(out, roofline_table, model, gpu, work, chunk)
+            shard = shard_model(model, preds[0].plan.tp)  # one GPU's operators, its all-reduces with them
+            _print_roofline(out, roofline_table, shard, gpu, work, chunk)
     if args.report is not None:
         from roofsim.report.cli import report_prediction
 
@@ -199,6 +220,12 @@ def cmd_predict(args) -> int:
             f"plan {preds[0].plan.family} does not fit: {preds[0].summary.reason}; try `roofsim predict` without --plan"
         )
     return 0
+
+
+def _tp(args, model, gpu) -> int | None:
+    """--tp of predict and simulate: the one degree it names (checked against the model and GPU), None if not
+    given."""
+    return None if args.tp is None else argchecks.tp_degrees(args.tp, model, gpu)[0]
 
 
 def _check_predict_flags(args) -> None:
@@ -249,7 +276,9 @@ def cmd_simulate(args) -> int:
     model, gpu, host, limits = _specs(args)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
     steps = parse_tokens(args.decode_steps, "--decode-steps") if args.decode_steps is not None else work.gen
-    plan = _resolve_plan(args.plan, model, gpu, host, work, limits, argchecks.kv_dtype(args.kv_dtype))
+    plan = _resolve_plan(
+        args.plan, model, gpu, host, work, limits, argchecks.kv_dtype(args.kv_dtype), _tp(args, model, gpu)
+    )
     argchecks.simulation(plan, work.context, steps, args.decode_steps is not None)
     trace = simulate(plan, model, gpu, host, work, limits, decode_steps=steps, keep=args.keep)
     if args.json is not None:
@@ -294,6 +323,7 @@ def cmd_plan(args) -> int:
         ),
         families=names,
         kv_dtypes=argchecks.kv_dtypes(args.kv_dtype, args.allow_approximate),
+        tps=argchecks.tp_degrees(args.tp, model, gpu, many=True),
         **({} if fraction is None else {"fetch_fraction": fraction}),
     )
     argchecks.top(args.top)
@@ -499,11 +529,12 @@ def _context_sweep(model, gpu, host, limits, args, gen, out, table) -> int:
     ctx = 4096
     families = family_names() if args.allow_approximate else exact_families()
     kv_dtype = argchecks.kv_dtype(args.kv_dtype)
+    tp = _tp(args, model, gpu) or 1
     while ctx <= MAX_TOKENS:
         work = Workload(context=ctx, batch=args.batch, gen=gen)
         best = [
             p
-            for p in best_per_family(model, gpu, host, work, limits, families, kv_dtype or "bf16")
+            for p in best_per_family(model, gpu, host, work, limits, families, kv_dtype or "bf16", tp)
             if p.feasible
         ]
         if not best:
@@ -543,7 +574,10 @@ def cmd_roofline(args) -> int:
             raise UserError(
                 f"{flag} changes nothing in roofline's table (each operator alone, no memory): drop it"
             )
+    from roofsim.tensor_parallel import shard_model
+
     model, gpu, _, _ = _specs(args)
+    model = shard_model(model, _tp(args, model, gpu) or 1)
     work = Workload(context=parse_tokens(args.context), batch=args.batch, gen=parse_tokens(args.gen, "--gen"))
     chunk = min(parse_tokens(args.chunk, "--chunk") if args.chunk is not None else work.context, work.context)
     _print_roofline(console(), roofline_table, model, gpu, work, chunk)
@@ -599,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _kv_dtype_option(p)
     p.add_argument(
+        "--tp",
+        metavar="N",
+        help="tensor parallel over N GPUs of a multi-GPU board: each holds 1/N of the heads (and streams their KV "
+        "over its own link) and of the MLP, with two all-reduces per layer (default: a plan file's, else 1)",
+    )
+    p.add_argument(
         "--report",
         nargs="?",
         const="",
@@ -613,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the Trace (JSON) to this file")
     p.add_argument("--decode-steps", help="decode steps to simulate (default: --gen)")
     _kv_dtype_option(p)
+    p.add_argument(
+        "--tp",
+        metavar="N",
+        help="tensor parallel over N GPUs of a multi-GPU board: each holds 1/N of the heads (and streams their KV "
+        "over its own link) and of the MLP, with two all-reduces per layer (default: a plan file's, else 1)",
+    )
     p.add_argument(
         "--keep", choices=["all", "sample", "none"], default="sample", help="which steps keep their spans"
     )
@@ -636,6 +682,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also consider sparse_fetch, evict and plans with fp8 KV",
     )
     _kv_dtype_option(p, plan=True)
+    p.add_argument(
+        "--tp",
+        metavar="N[,N...]|auto",
+        help="tensor-parallel degrees to search beside the rest: one (2), a list (1,2,4) or auto (powers of two up "
+        "to the GPUs the GPU spec's interconnect joins that split the model); each GPU holds 1/N of the heads "
+        "and MLP and streams its heads' KV over its own link (default 1)",
+    )
     p.add_argument("--fetch-fraction", type=float, help="sparse_fetch: share of tokens fetched (0.2)")
     p.add_argument("--evict-budget", help="evict: tokens kept per head (Locret: 16384, 6000 for Phi-3)")
     p.add_argument(
@@ -714,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("roofline", help="per-operator FLOPs, bytes, intensity, time and bound")
     _common(p, context_required=True)
     p.add_argument("--chunk", help="prefill chunk (default: the whole context)")
+    p.add_argument(
+        "--tp", metavar="N", help="one GPU's operators of N-way tensor parallelism, its all-reduces with them"
+    )
     p.set_defaults(func=cmd_roofline)
 
     p = sub.add_parser("run", help="run a plan for real with the torch executor and write a measured trace")

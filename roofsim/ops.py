@@ -17,7 +17,7 @@ import numpy as np
 from roofsim import kvformat
 from roofsim.specs.model import ModelSpec
 
-OpKind = Literal["gemm", "attention", "vector", "topk"]
+OpKind = Literal["gemm", "attention", "vector", "topk", "allreduce"]
 Num = float | np.ndarray
 
 
@@ -36,6 +36,7 @@ class Op:
     # GQA-folded query rows of each such call (KV heads per call x group x chunk x batch): the kernel's tiles, so
     # its parallelism; a calibrated profile prices the call at that many rows' efficiency. 0: not such a call
     query_rows: Num = 0
+    ranks: int = 1  # allreduce: the GPUs it sums over (hbm_bytes: each rank's contribution)
 
 
 def topk_op(name: str, rows: Num, n: Num, k: Num, e: int) -> Op:
@@ -48,6 +49,12 @@ def topk_op(name: str, rows: Num, n: Num, k: Num, e: int) -> Op:
 def _gemm(name: str, rows: Num, k: int, n: int, e: int, kernels: int = 1) -> Op:
     """rows x k activations times a k x n weight: weights read once, activations read and written."""
     return Op(name, "gemm", 2.0 * rows * k * n, (k * n + rows * (k + n)) * e, kernels)
+
+
+def allreduce_op(name: str, m: ModelSpec, rows: Num) -> Op:
+    """The all-reduce that sums a tensor-parallel shard's partial hidden state over its m.tp ranks (NCCL on the
+    compute stream: the next operator needs the sum): rows x hidden values in the model dtype, one call."""
+    return Op(name, "allreduce", 0.0, rows * m.hidden * m.dtype_bytes, kernels=1, ranks=m.tp)
 
 
 def _vector(name: str, elems: Num, flops_per: float, passes: float, e: int, kernels: int) -> Op:
@@ -279,6 +286,8 @@ def post_attention_ops(m: ModelSpec, C: Num, B: int, moe: bool = False) -> list[
         _vector("attn_out", rows * m.o_dim, 0, 2, e, 1),  # [B, H, C, D] -> [B, C, H*D] contiguous for o_proj
         _gemm("o_proj", rows, m.o_dim, h, e),
     ]
+    if m.tp > 1:  # each rank's o_proj output is a partial sum over its heads
+        ops.append(allreduce_op("attn_allreduce", m, rows))
     if m.sandwich_norm:
         ops.append(_norm("post_attention_norm", m, rows * h))
     ops += [
@@ -299,6 +308,8 @@ def post_attention_ops(m: ModelSpec, C: Num, B: int, moe: bool = False) -> list[
             _vector("act", rows * inter, 1, 2, e, 1),
             _gemm("fc2", rows, inter, h, e),
         ]
+    if m.tp > 1:  # and its down projection's a partial sum over its share of the MLP's width
+        ops.append(allreduce_op("mlp_allreduce", m, rows))
     if m.sandwich_norm:
         ops.append(_norm("post_mlp_norm", m, rows * h))
     ops.append(_vector("residual_2", rows * h, 1, 3, e, 1))

@@ -11,6 +11,7 @@ from roofsim.limits import Limits
 from roofsim.plan import PlanBase
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
+from roofsim.tensor_parallel import describe, rank_specs
 from roofsim.trace import Summary, Trace, TraceHeader
 from roofsim.units import fmt_bytes, fmt_bytes_both
 from roofsim.workload import Workload
@@ -31,10 +32,14 @@ def predict(
     and at the fast ends of the profile's spreads; a profile without spreads gives a zero-width band)."""
     limits = limits or Limits()
     check_kv_dtype(plan)
-    ctx = context(model, gpu, host, work, plan.kv_dtype)
+    rank_model, rank_gpu, rank_host = rank_specs(model, gpu, host, plan.tp)
+    ctx = context(rank_model, rank_gpu, rank_host, work, plan.kv_dtype)
     fam = family(plan)
     check_supports(fam, plan, model)
     ev = fam.evaluate(plan, ctx)
+    if plan.tp > 1:  # one rank priced; the host holds every rank's share
+        ev.memory = ev.memory.model_copy(update={"host": {k: v * plan.tp for k, v in ev.memory.host.items()}})
+        ev.notes.append(describe(gpu, host, plan.tp))
     if plan.kv_dtype != "bf16":
         ev.notes.append(
             f"approximate: KV stored in {plan.kv_dtype} with a scale per {KV_SCALE_BLOCK}-token block and head, "
@@ -47,15 +52,16 @@ def predict(
     if shape_s.any():  # the host sets a kernel up while the GPU waits for its first call
         ev.prefill.time_s = ev.prefill.time_s + shape_s
         ev.prefill.busy["host"] = ev.prefill.busy["host"] + shape_s
-    gpu_need, host_need = ev.memory.gpu_bytes, ev.memory.host_bytes
+    gpu_need, host_need = ev.memory.gpu_bytes, ev.memory.host_bytes  # GPU: per rank
     gpu_cap, host_cap = limits.gpu_bytes(gpu), limits.host_bytes(host)
     reasons = []
     # a cap the user gave may be decimal (24GB, 1TB): say it in both bases beside the binary figures
     gpu_of = "" if limits.gpu_mem_bytes is None else f" of the {fmt_bytes_both(limits.gpu_mem_bytes)} cap"
     host_cap_text = fmt_bytes(host_cap) if limits.host_mem_bytes is None else fmt_bytes_both(host_cap)
+    per_gpu = " per GPU" if plan.tp > 1 else ""
     if gpu_need > gpu_cap:
         reasons.append(
-            f"needs {fmt_bytes(gpu_need)} of GPU memory, {fmt_bytes(gpu_need - gpu_cap)} over the {fmt_bytes(gpu_cap)} "
+            f"needs {fmt_bytes(gpu_need)} of GPU memory{per_gpu}, {fmt_bytes(gpu_need - gpu_cap)} over the {fmt_bytes(gpu_cap)} "
             f"usable{gpu_of}"
         )
     if host_need > host_cap:

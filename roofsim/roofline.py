@@ -20,6 +20,13 @@ from roofsim.ops import (
 from roofsim.specs.hardware import GpuSpec
 
 
+def allreduce_s(op: Op, gpu: GpuSpec) -> np.ndarray:
+    """An all-reduce's time on the GPU's interconnect (InterconnectSpec.allreduce_s)."""
+    if gpu.interconnect is None:  # tensor_parallel.rank_specs refuses such a GPU before any op is priced
+        raise ValueError(f"{op.name}: GPU {gpu.name} has no [interconnect] to all-reduce over")
+    return gpu.interconnect.allreduce_s(op.hbm_bytes, op.ranks)
+
+
 def peak_flops(op: Op, gpu: GpuSpec) -> float:
     if op.kind == "gemm":
         return gpu.tensor_flops
@@ -30,18 +37,23 @@ def peak_flops(op: Op, gpu: GpuSpec) -> float:
 
 @dataclass(frozen=True)
 class OpTime:
-    """Busy time of one operator split by what binds it: compute (tensor), HBM, or launch overhead."""
+    """Busy time of one operator split by what binds it: compute (tensor), HBM, launch overhead, or the
+    all-reduce's interconnect (comm_s: NCCL's kernel holds the compute stream while the ranks exchange)."""
 
     tensor_s: np.ndarray
     hbm_s: np.ndarray
     launch_s: float
+    comm_s: np.ndarray | float = 0.0
 
     @property
     def total_s(self) -> np.ndarray:
-        return self.tensor_s + self.hbm_s + self.launch_s
+        return self.tensor_s + self.hbm_s + self.launch_s + self.comm_s
 
 
 def op_time(op: Op, gpu: GpuSpec) -> OpTime:
+    if op.kind == "allreduce":  # its fixed cost is in the interconnect's latency, not a kernel's
+        comm = allreduce_s(op, gpu)
+        return OpTime(tensor_s=np.zeros_like(comm), hbm_s=np.zeros_like(comm), launch_s=0.0, comm_s=comm)
     if op.kind == "topk" and gpu.efficiency.topk_gelems is not None:
         ranked = np.asarray(op.flops, dtype=float) / (gpu.efficiency.topk_gelems.value * 1e9)
         return OpTime(
@@ -75,6 +87,7 @@ class GpuWork:
     attn_calls: np.ndarray
     streamed_calls: np.ndarray
     prefill_calls: np.ndarray
+    comm_s: np.ndarray  # all-reduces (tensor-parallel plans)
 
     def dispatch_s(self, gpu: GpuSpec) -> np.ndarray:
         """Host time to dispatch these kernels and their event records and stream waits. Where a calibrated
@@ -96,7 +109,7 @@ class GpuWork:
 
     @property
     def total_s(self) -> np.ndarray:
-        return self.tensor_s + self.hbm_s + self.launch_s
+        return self.tensor_s + self.hbm_s + self.launch_s + self.comm_s
 
     def __add__(self, other: GpuWork) -> GpuWork:
         return GpuWork(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
@@ -116,6 +129,7 @@ _FIELDS = (
     "attn_calls",
     "streamed_calls",
     "prefill_calls",
+    "comm_s",
 )
 ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
 
@@ -135,6 +149,7 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             np.asarray(op.attn_calls, dtype=float),
             np.asarray(op.streamed_calls, dtype=float),
             np.asarray(op.prefill_calls, dtype=float),
+            np.asarray(t.comm_s, dtype=float),
         )
     return total
 
@@ -157,6 +172,10 @@ def rows(ops: list[Op], gpu: GpuSpec) -> list[RooflineRow]:
         flops, nbytes = float(np.sum(op.flops)), float(np.sum(op.hbm_bytes))
         tensor, hbm = float(np.sum(t.tensor_s)), float(np.sum(t.hbm_s))
         launch = t.launch_s * np.size(op.flops)
+        comm = float(np.sum(t.comm_s))
+        if op.kind == "allreduce":
+            out.append(RooflineRow(op.name, 0.0, float(np.sum(op.hbm_bytes)), 0.0, comm, "allreduce"))
+            continue
         if launch > max(tensor, hbm):
             bound = "launch"
         else:

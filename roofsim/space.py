@@ -28,6 +28,9 @@ class SearchSpace:
     # the KV storage types screened (roofsim.kvformat): fp8 plans are approximate, so only on request
     # (--kv-dtype fp8 alone, or with bf16 under --allow-approximate)
     kv_dtypes: tuple[str, ...] = ("bf16",)
+    # the tensor-parallel degrees screened (roofsim.tensor_parallel): each family's candidates are written for the
+    # shard one rank holds
+    tps: tuple[int, ...] = (1,)
 
 
 def chunks(work: Workload) -> list[int | None]:

@@ -27,9 +27,10 @@ Resource = Literal["compute", "h2d", "d2h", "cpu", "host"]
 Python thread (kernel launches, copy issue, synchronisations)."""
 RESOURCES: tuple[str, ...] = ("compute", "h2d", "d2h", "cpu", "host")
 
-Ceiling = Literal["tensor", "hbm", "launch", "cpu_ram", "cpu_compute"]
+Ceiling = Literal["tensor", "hbm", "launch", "allreduce", "cpu_ram", "cpu_compute"]
 """What limits a resource's work (the roofline): the compute stream's operators are bound by tensor-core FLOPs, HBM
-bytes or their per-kernel cost; the CPU's attention by its RAM bandwidth or its FLOPs."""
+bytes, their per-kernel cost or (a tensor-parallel plan's all-reduces) the GPU interconnect; the CPU's attention by
+its RAM bandwidth or its FLOPs."""
 
 SpanKind = Literal[
     "h2d",
@@ -137,7 +138,9 @@ class PhaseStats(BaseModel):
         a CPU-bound one RAM- or FLOP-bound."""
         if not self.bound:
             return "-", 0.0
-        sub = {"compute": ("tensor", "hbm", "launch"), "cpu": ("cpu_ram", "cpu_compute")}.get(self.bound, ())
+        sub = {"compute": ("tensor", "hbm", "launch", "allreduce"), "cpu": ("cpu_ram", "cpu_compute")}.get(
+            self.bound, ()
+        )
         if self.time_s and any(self.ceiling_s.get(c) for c in sub):
             c = max(sub, key=lambda c: self.ceiling_s.get(c, 0.0))
             return c, self.ceiling_s[c] / self.time_s

@@ -96,7 +96,8 @@ def test_template_names_every_field_with_its_description(capsys, kind):
     assert max(len(line) for line in text.splitlines()) <= 100
     data = tomllib.loads(text)
     shown = set(placeholders(data))
-    sections = {m.start(): m.group(1) for m in re.finditer(r"^\[(\w+)\]$", text, re.M)}
+    # an optional section with fields of its own to fill is written commented out, header and all
+    sections = {m.start(): m.group(1) for m in re.finditer(r"^(?:# )?\[(\w+)\]$", text, re.M)}
     optional = set()
     for m in re.finditer(r"^# (\w+) = ", text, re.M):  # commented out, under the section they belong to
         section = [name for at, name in sections.items() if at < m.start()]
@@ -150,10 +151,11 @@ def test_the_optional_fields_shown_commented_out_load_once_filled(capsys, kind):
     model, shipped, _ = KINDS[kind]
     text = template(capsys, kind)
     # the commented-out optional fields get 1 (sources "x"); the required ones keep FILL IN for fill() below
+    uncommented = re.sub(r"^# (\[\w+\])$", r"\1", text, flags=re.M)  # an optional section's header
     uncommented = re.sub(
         r"^# (\w+ = .*)$",
         lambda m: m.group(1).replace(f'value = "{FILL_IN}"', "value = 1").replace(f'"{FILL_IN}"', '"x"'),
-        text,
+        uncommented,
         flags=re.M,
     )
     data = tomllib.loads(uncommented)

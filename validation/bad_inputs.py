@@ -111,6 +111,11 @@ def cases(d: Path) -> list[tuple[str, list[str]]]:
         ("plan report into a folder", ["plan", "--gpu", "rtx4090", "--context", "4K", "--report", str(d)]),
         ("host-mem smaller than a byte", [*P, "--context", "4K", "--host-mem", "0.5B"]),
         ("families list with a space only", ["plan", "--gpu", "rtx4090", "--context", "4K", "--families", " "]),
+        ("tp on a GPU without an interconnect", [*P, "--context", "4K", "--tp", "2"]),
+        ("tp that does not split the KV heads", ["predict", "--gpu", "h100-sxm", "--context", "4K", "--tp", "3"]),
+        ("tp over more GPUs than the board", ["predict", "--gpu", "h100-sxm", "--model", "llama-2-7b", "--context", "4K", "--tp", "16"]),
+        ("tp of a MoE model", ["plan", "--gpu", "h100-sxm", "--model", "mixtral-8x7b", "--context", "4K", "--tp", "2"]),
+        ("tp list with a word", ["plan", "--gpu", "h100-sxm", "--context", "4K", "--tp", "1,two"]),
     ]  # fmt: skip
 
 

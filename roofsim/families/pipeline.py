@@ -221,13 +221,13 @@ def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.nd
     return t, busy
 
 
-CEILINGS = ("tensor", "hbm", "launch", "cpu_ram", "cpu_compute")
+CEILINGS = ("tensor", "hbm", "launch", "allreduce", "cpu_ram", "cpu_compute")
 BUSY_KEYS = RESOURCES + CEILINGS
 
 
 def _ceilings(w: GpuWork) -> dict[str, np.ndarray]:
     """The compute stream's busy time split by what binds each operator."""
-    return {"tensor": w.tensor_s, "hbm": w.hbm_s, "launch": w.launch_s}
+    return {"tensor": w.tensor_s, "hbm": w.hbm_s, "launch": w.launch_s, "allreduce": w.comm_s}
 
 
 def combine(
@@ -284,7 +284,9 @@ def _phase(sc: StepCost, pick, steps: list[float]) -> PhaseStats:
         step_s=steps,
         busy_s=busy,
         bound=max(busy, key=lambda r: busy[r]),
-        ceiling_s={c: float(pick(sc.busy[c])) for c in CEILINGS},
+        ceiling_s={  # the all-reduces' share only where a tensor-parallel plan has them
+            c: float(pick(sc.busy[c])) for c in CEILINGS if c != "allreduce" or np.any(sc.busy[c])
+        },
         flops=float(pick(sc.flops)),
         hbm_bytes=float(pick(sc.hbm_bytes)),
         h2d_bytes=float(pick(sc.h2d_bytes)),

@@ -14,6 +14,7 @@ from roofsim.families.registry import Family, families, supports
 from roofsim.plan import PlanBase
 from roofsim.space import SearchSpace
 from roofsim.specs.model import ModelSpec
+from roofsim.tensor_parallel import shard_model
 from roofsim.workload import Workload
 
 
@@ -32,6 +33,17 @@ def _wanted(space: SearchSpace, model: ModelSpec | None = None) -> list[Family]:
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[PlanBase]:
+    """Every family's candidates at each tensor-parallel degree of the space: at tp > 1 the family writes its
+    knobs for the shard one rank holds (its heads and KV heads), and the plans carry tp."""
+    for tp in space.tps:
+        if tp == 1:
+            yield from _one_gpu(model, work, space)
+            continue
+        for plan in _one_gpu(shard_model(model, tp), work, space):
+            yield plan.model_copy(update={"tp": tp})
+
+
+def _one_gpu(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[PlanBase]:
     if space.restrict:
         presets = [f.presets[space.restrict] for f in families().values() if space.restrict in f.presets]
         if not presets:
@@ -67,8 +79,8 @@ def in_kv_dtype(plan: PlanBase, kv_dtype: str) -> PlanBase | None:
 
 
 def family_defaults(space: SearchSpace, model: ModelSpec | None = None) -> list[PlanBase]:
-    """Each family's default plan, in each KV type of the space the family has: the planner's choice must never be
-    slower than any of them."""
+    """Each family's default plan, in each KV type and at each tensor-parallel degree of the space the family has:
+    the planner's choice must never be slower than any of them."""
     if space.restrict:
         return []  # a restricted search compares only plans of the preset's shape
     out = []
@@ -76,5 +88,5 @@ def family_defaults(space: SearchSpace, model: ModelSpec | None = None) -> list[
         for d in _dtypes(f, space):
             p = in_kv_dtype(f.default_plan(space), d)
             if p is not None:
-                out.append(p)
+                out += [p if tp == 1 else p.model_copy(update={"tp": tp}) for tp in space.tps]
     return out

@@ -11,12 +11,14 @@ from roofsim.planner.search import PlanResult
 from roofsim.predict import predict
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
+from roofsim.tensor_parallel import describe, shard_model
 from roofsim.units import fmt_bytes, fmt_tokens
 
 WHAT = {
     "tensor": ("compute-bound", "tensor-core math"),
     "hbm": ("HBM-bound", "reading weights and KV from GPU memory"),
     "launch": ("launch-bound", "the GPU's fixed cost per kernel"),
+    "allreduce": ("all-reduce-bound", "the all-reduces between the tensor-parallel GPUs"),
     "compute": ("compute-bound", "the GPU's compute stream"),
     "h2d": ("PCIe-bound", "host-to-GPU copies (H2D)"),
     "d2h": ("PCIe-bound", "GPU-to-host write-back (D2H)"),
@@ -47,8 +49,11 @@ def explain(result: PlanResult, model: ModelSpec, gpu: GpuSpec, host: HostSpec, 
     kind, what = WHAT[name]
     unit = "the prefill" if phase == "prefill" else "the step"
     text = [f"{phase.capitalize()} is {kind}: {share:.0%} of {unit} is {what}."]
+    if plan.tp > 1:
+        line = describe(gpu, host, plan.tp)
+        text.append(line[0].upper() + line[1:] + ".")
     if cost.bound == "h2d" and phase == "decode":
-        text.append(_link_bytes(plan, cost.h2d_bytes or 0.0, model, gpu, host, work))
+        text.append(_link_bytes(plan, cost.h2d_bytes or 0.0, shard_model(model, plan.tp), gpu, host, work))
     others = [c for c in result.ranked[1:] if c.plan.family != plan.family]
     if others:
         runner = others[0]
@@ -156,7 +161,8 @@ def _link_bytes(plan, h2d_bytes: float, model, gpu, host, work) -> str:
     weights = min(streamed_weight_bytes(plan, model, gpu, host, work), h2d_bytes)
     rest, payload = h2d_bytes - weights, family(plan).h2d_payload
     if not weights:
-        return f"Each token brings {fmt_bytes(rest)} of {payload} over the link."
+        link = "each GPU's link" if model.tp > 1 else "the link"
+        return f"Each token brings {fmt_bytes(rest)} of {payload} over {link}."
     if rest <= 0:
         return f"Each token brings {fmt_bytes(weights)} of streamed weights over the link, and no {payload}."
     return (
@@ -168,7 +174,7 @@ def _link_bytes(plan, h2d_bytes: float, model, gpu, host, work) -> str:
 def _what_if(plan, model, gpu, host, work, limits, phase):
     """The family's next step up its main memory knob, priced: (extra GPU bytes, new time, label), or None."""
     what_if = family(plan).what_if
-    step = what_if(plan, model) if what_if else None
+    step = what_if(plan, shard_model(model, plan.tp)) if what_if else None  # knobs of one rank's shard
     if step is None:
         return None
     more, label = step

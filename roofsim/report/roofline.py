@@ -139,7 +139,11 @@ def prefill_chunk_of(work: Workload, plan) -> tuple[int, int]:
 
 def operator_points(model: ModelSpec, gpu: GpuSpec, work: Workload, plan) -> tuple[list[Point], list[str]]:
     """Operators of one decoder layer for the last prefill chunk and for a decode step (plus the LM head);
-    also the names of those with no FLOPs or no bytes, which a log-log chart cannot place."""
+    also the names of those with no FLOPs or no bytes, which a log-log chart cannot place (the all-reduces of a
+    tensor-parallel plan, whose operators are one GPU's: its shard's)."""
+    from roofsim.tensor_parallel import shard_model
+
+    model = shard_model(model, getattr(plan, "tp", 1))
     chunk, cached = prefill_chunk_of(work, plan)
     phases = {
         "prefill": ops.layer_ops(model, chunk, cached, work.batch),

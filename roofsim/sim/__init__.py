@@ -18,6 +18,7 @@ from roofsim.sim.builder import build, prefill_chunks, sampled
 from roofsim.sim.engine import Machine
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
+from roofsim.tensor_parallel import rank_specs
 from roofsim.trace import MemoryUse, PhaseStats, Summary, Trace, TraceHeader
 from roofsim.units import fmt_bytes
 from roofsim.workload import Workload
@@ -51,12 +52,13 @@ def simulate(
     the cached length) and `decode_steps` decode steps (default: the workload's gen)."""
     limits = limits or Limits()
     check_kv_dtype(plan)
-    ctx = context(model, gpu, host, work, plan.kv_dtype)
+    rank_model, rank_gpu, rank_host = rank_specs(model, gpu, host, plan.tp)  # one rank of plan.tp
+    ctx = context(rank_model, rank_gpu, rank_host, work, plan.kv_dtype)
     n_decode = decode_steps if decode_steps is not None else work.gen
     tasks, base = build(plan, ctx, n_decode, prefill, prefill_sample)
     n_prefill = prefill_chunks(ctx, plan.prefill_chunk) if prefill else 0
     chunks = sampled(n_prefill, prefill_sample)
-    machine = Machine(gpu, base, limits.gpu_bytes(gpu), _keeper(keep, n_prefill, n_decode))
+    machine = Machine(rank_gpu, base, limits.gpu_bytes(gpu), _keeper(keep, n_prefill, n_decode))
     res = machine.run(tasks)
 
     ends = [res.step_end[("prefill", k)] for k in chunks] + [
@@ -70,6 +72,7 @@ def simulate(
         busy[phase][resource] = seconds / (1 if phase == "prefill" else max(n_decode, 1))
 
     host_bytes = host_memory(ctx, family(plan).host_memory(plan, ctx), plan.weights == "streamed")
+    host_bytes = {k: v * plan.tp for k, v in host_bytes.items()}  # every rank's share
     host_need = sum(host_bytes.values())
     for sample in res.memory:  # the pinned KV pool is allocated once, before the first step
         sample.pinned_host_bytes = host_need

@@ -114,6 +114,40 @@ class LinkSpec(_Section):
         return v
 
 
+class InterconnectSpec(_Section):
+    """The GPU-to-GPU fabric of a multi-GPU board (NVLink through NVSwitch), as a tensor-parallel plan's all-reduces
+    use it. A ring all-reduce of n bytes (each rank's contribution) over N GPUs takes
+
+        t = allreduce_base_us + 2 (N - 1) allreduce_step_us + 2 (N - 1) / N * n / bus_gbps.
+
+    The first two terms are NCCL's own latency model for a ring (a fixed cost per call and one per step of the ring's
+    2 (N - 1) steps: reduce-scatter, then all-gather), the last the bus bandwidth nccl-tests reports
+    (busbw = algbw * 2 (N - 1) / N, the rate each GPU's link carries)."""
+
+    name: str = Field(description="the fabric, e.g. NVLink 4 through NVSwitch (HGX H100 8-GPU)")
+    gpus: SourcedNumber = Field(description="GPUs the fabric joins: the largest tensor-parallel degree")
+    bus_gbps: SourcedNumber = Field(
+        description="all-reduce bus bandwidth per GPU, GB/s (10^9 bytes/s): nccl-tests' busbw of a large ring "
+        "all-reduce"
+    )
+    allreduce_base_us: SourcedNumber = Field(description="the fixed cost of one all-reduce call, us")
+    allreduce_step_us: SourcedNumber = Field(
+        description="the latency each of a ring all-reduce's 2 (N - 1) steps adds, us"
+    )
+
+    _pos = field_validator("bus_gbps")(lambda v, info: positive(info.field_name, v))
+    _count = field_validator("gpus")(lambda v, info: whole(info.field_name, v))
+
+    def allreduce_s(self, nbytes, ranks: int):
+        """Seconds of one ring all-reduce of `nbytes` (a number or an array) over `ranks` GPUs (the class's
+        formula); 0 on one GPU."""
+        if ranks <= 1:
+            return np.zeros_like(np.asarray(nbytes, dtype=float))
+        steps = 2 * (ranks - 1)
+        latency = (self.allreduce_base_us.value + steps * self.allreduce_step_us.value) * 1e-6
+        return latency + steps / ranks * np.asarray(nbytes, dtype=float) / (self.bus_gbps.value * 1e9)
+
+
 DEFAULT_GPU_KERNEL_US = (
     3.0  # assumed: the spacing of back-to-back tiny kernels on recent NVIDIA GPUs (2-4 us)
 )
@@ -297,6 +331,11 @@ class GpuSpec(_Section):
     runtime: RuntimeSpec
     spread: SpreadSpec | None = Field(
         None, description="how far the unsteady resources moved over the calibration; None: a zero-width band"
+    )
+    interconnect: InterconnectSpec | None = Field(
+        None,
+        description="the GPU-to-GPU fabric of a multi-GPU board (tensor-parallel plans' all-reduces); None: the "
+        "GPU is priced alone (tp = 1 only)",
     )
     source: str | None = Field(
         None,
@@ -517,6 +556,13 @@ class HostSpec(_Section):
         "as above) with cpu_attention_call_us per call",
     )
 
+    gpu_links: SourcedNumber | None = Field(
+        None,
+        description="host links the GPUs reach the CPU's memory through (x16 root ports or PCIe-switch uplinks): "
+        "the ranks of a tensor-parallel plan spread over them, and ranks on one link share its rate; None: one "
+        "link per GPU",
+    )
+
     cpu_attention_low: SourcedNumber | None = Field(
         None,
         description="the CPU attention kernel's scan rate at its slow end over the rates above (<= 1): the same scan "
@@ -534,6 +580,7 @@ class HostSpec(_Section):
     )(lambda v, info: positive(info.field_name, v))
     _fraction = field_validator("ram_efficiency")(lambda v, info: fraction(info.field_name, v))
     _count = field_validator("cpu_cores")(lambda v, info: whole(info.field_name, v))
+    _links = field_validator("gpu_links")(lambda v, info: v if v is None else whole(info.field_name, v))
 
     @field_validator("ram_capacity_gib")
     @classmethod

@@ -84,6 +84,14 @@ class ModelSpec(BaseModel):
     kv_latent: int = Field(0, ge=0, le=_MAX["head_dim"], description="MLA: cached values per token and layer")
     kv_lora_rank: int = Field(0, ge=0, le=_MAX["head_dim"], description="MLA: the latent's no-RoPE part")
     v_head_dim: int = Field(0, ge=0, le=_MAX["head_dim"], description="MLA: value width per head")
+    tp: int = Field(
+        1,
+        ge=1,
+        exclude=True,
+        description="the tensor-parallel degree this model is one rank's shard of (roofsim.tensor_parallel."
+        "shard_model): each layer's attention and MLP end with an all-reduce of the hidden state over tp GPUs; "
+        "1: the whole model on one GPU. Never written: a spec file or plan document holds the whole model",
+    )
 
     @field_validator("layer_windows", mode="before")
     @classmethod

@@ -122,10 +122,18 @@ def spec_template(kind: str) -> str:
     for name, field in model.model_fields.items():
         section = _section(field.annotation)
         if section is not None:
-            lines += ["", f"[{name}]"]
+            body = [f"[{name}]"]
             if section.__doc__:
-                lines += _comment(" ".join(section.__doc__.split()))
-            lines += _fields(section)
+                body += _comment(" ".join(section.__doc__.split()))
+            body += _fields(section)
+            if not field.is_required() and any(f.is_required() for f in section.model_fields.values()):
+                # an optional table with fields of its own to fill: written commented out, as optional fields are
+                text = re.sub(r"None: ", "left out: ", field.description or name)
+                body = [
+                    *_comment(f"optional: {text}"),
+                    *(ln if ln.startswith("#") or not ln else f"# {ln}" for ln in body),
+                ]
+            lines += ["", *body]
     return "\n".join(lines) + "\n"
 
 
