@@ -165,6 +165,7 @@ def run(args) -> int:
     try:
         import torch
         from roofsim.executor.models import load_model
+        from roofsim.executor.progress import Progress
         from roofsim.executor.runner import cap_gpu_memory, run_plan
         from roofsim.executor.timing import host_ram_bytes
     except ImportError as e:
@@ -207,6 +208,8 @@ def run(args) -> int:
     if gpu_mem:
         cap_gpu_memory(gpu_mem, device)
     model = None
+    progress = Progress()
+    progress.stage(f"building {spec.name} ({plan.family}, {prompt_len} tokens)")
     try:
         model, name = load_model(
             model_src,
@@ -217,6 +220,7 @@ def run(args) -> int:
             # streamed weights or experts: the decoder layers never go to the GPU whole (they need not fit there)
             layers_device="cpu" if "streamed" in (plan.weights, plan.experts) else None,
         )
+        progress.stage("model built")
         res = run_plan(
             plan,
             model,
@@ -230,6 +234,7 @@ def run(args) -> int:
             out=args.output,
             gpu_spec=gpu_arg,
             gpu_mem_bytes=gpu_mem,
+            progress=progress,
         )
     except KeyboardInterrupt:
         print(f"roofsim: interrupted; the partial trace is in {args.output}")

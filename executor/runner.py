@@ -23,6 +23,7 @@ from roofsim.executor.attention import warm_up as warm_attention
 from roofsim.executor.build import make_cache
 from roofsim.executor.engine import make_engine
 from roofsim.executor.launchpace import launch_us, step_us
+from roofsim.executor.progress import Progress, Silent
 from roofsim.executor.timing import cpu_name as _cpu_name
 from roofsim.executor.timing import fingerprint
 
@@ -83,12 +84,14 @@ def run_plan(
     extra_tokens: int = 0,
     prefill_warmup: bool = True,
     graphs: bool | None = None,
+    progress: Progress | None = None,
 ) -> RunResult:
     """Prefill `prompt_len` random tokens in the plan's chunks, then `gen` greedy decode steps, measured.
 
     graphs: replay each decode step from a CUDA graph (executor/graphs.py) where the cache allows it, eager
     otherwise (said in the notes); None takes the plan's `decode_graphs` (False where the family has none)."""
     device = next(model.parameters()).device
+    progress = progress or Silent()
     engine = engine or make_engine(device)
     cuda = device.type == "cuda"
     header = TraceHeader(
@@ -129,6 +132,7 @@ def run_plan(
         header.notes.append(
             f"cache set-up {time.perf_counter() - t0:.2f} s (pinned store {cache.pinned_host_bytes / 2**30:.2f} GiB)"
         )
+        progress.stage(f"cache set up ({cache.pinned_host_bytes / 2**30:.2f} GiB pinned)")
         cache.set_prompt_length(prompt_len)
         g = torch.Generator().manual_seed(seed)
         vocab = model.config.get_text_config(decoder=True).vocab_size
@@ -159,6 +163,7 @@ def run_plan(
             summary.prefill.step_s.append(engine.elapsed_s(s0, s1))
             summary.prefill.time_s = engine.elapsed_s(first, s1)
             logits = o.logits[:, -1]
+            progress.step("prefill chunk", i, n_chunks)
         if keep_logits:
             result.logits.append(logits.float().cpu())
         trace.memory.append(_memory_sample(cache, rec, device, weights, "prefill"))
@@ -193,6 +198,7 @@ def run_plan(
             measured = steps[warmup:] if len(steps) > warmup else []
             summary.decode.step_s = measured
             summary.decode.time_s = statistics.median(measured) if measured else None
+            progress.step("decode step", i, gen)
         trace.memory.append(_memory_sample(cache, rec, device, weights, "decode"))
         if warmup and gen:
             header.notes.append(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import statistics
 import subprocess
 import sys
@@ -177,13 +178,31 @@ def run_executor(
     if force:
         cmd += ["--force"]
     t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out.parent)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=out.parent)
-        status = {"returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
+        _, err = proc.communicate(timeout=timeout_s)
+        status = {"returncode": proc.returncode, "stderr_tail": err[-2000:]}
     except subprocess.TimeoutExpired:
-        status = {"returncode": None, "stderr_tail": f"timed out after {timeout_s:.0f} s"}
+        err = _interrupt(proc)
+        status = {"returncode": None, "stderr_tail": f"timed out after {timeout_s:.0f} s\n{err[-1900:]}"}
     status.update(command=" ".join(cmd[1:]), wall_s=time.perf_counter() - t0)
     return status
+
+
+INTERRUPT_GRACE_S = 30.0
+"""How long a run past its deadline has, after SIGINT, to write its partial trace before it is killed."""
+
+
+def _interrupt(proc: subprocess.Popen) -> str:
+    """Stop a run past its deadline as Ctrl-C would (the executor writes what it measured so far to its output on
+    SIGINT), kill it if it has not ended INTERRUPT_GRACE_S later, and return its stderr."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=INTERRUPT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err or ""
 
 
 def validate_one(

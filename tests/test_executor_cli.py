@@ -38,7 +38,11 @@ def test_roofsim_run_writes_a_measured_trace(tmp_path, config_path, capsys):
     out = tmp_path / "measured.json"
     args = ["run", str(plan), "--model", str(config_path), "--prompt-len", "40", "--gen", "4"]
     assert main([*args, "-o", str(out), "--device", "cpu", "--dtype", "fp32"]) == 0
-    assert "head_offload" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "head_offload" in printed.out
+    # where the run is, on stderr: the stages, then the last prefill chunk and decode step at least
+    for said in ("building", "model built", "cache set up", "prefill chunk 3/3", "decode step 4/4"):
+        assert said in printed.err, said
     t = Trace.read(out)
     assert t.complete and t.error is None
     assert t.header.producer == "measured" and t.header.tool == "roofsim.executor"
