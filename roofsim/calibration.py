@@ -141,6 +141,16 @@ class Measurements(BaseModel):
     streamed_call_s: float | None = Field(
         default=None, description="what a streamed unit's attention call adds to it (tiny shapes)"
     )
+    fp8_call_s: float | None = Field(
+        default=None,
+        description="what an attention call over an fp8 store adds to the same call in bf16 (tiny shapes, timed "
+        "beside attention_call_s)",
+    )
+    fp8_passes: list[CopyPoint] | None = Field(
+        default=None,
+        description="a decode call's fp8 store passes (the write of its new row, the dequantisation of the store) "
+        "at the model's KV heads and two context lengths, each with the bytes roofsim's operator model counts",
+    )
     prefill_call_s: float | None = Field(
         default=None,
         description="what an executor attention call of a chunk after a past adds to a decode call's host time (its "
@@ -368,6 +378,19 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                 else {}
             ),
             **(
+                {
+                    "fp8_passes": (
+                        sum(p.nbytes for p in m.fp8_passes)
+                        / sum(p.seconds for p in m.fp8_passes)
+                        / (base.memory.bandwidth_gbps.value * 1e9),
+                        "a decode call's fp8 store write and dequantisation at the model's KV heads: operator-model "
+                        "bytes / time / datasheet bandwidth",
+                    )
+                }
+                if m.fp8_passes
+                else {}
+            ),
+            **(
                 {"topk_gelems": (m.topk_gelems, "torch.topk of a large share of 8 rows, then the index sort")}
                 if m.topk_gelems is not None
                 else {}
@@ -393,6 +416,17 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     ),
                 }
                 if m.attention_call_s is not None and m.streamed_call_s is not None
+                else {}
+            ),
+            **(
+                {
+                    "fp8_call_us": (
+                        m.fp8_call_s / calls * 1e6,
+                        "tiny decode steps: resident and streamed one-head slots with fp8 KV against the same in "
+                        "bf16, per call" + restated,
+                    )
+                }
+                if m.fp8_call_s is not None
                 else {}
             ),
             **(

@@ -37,6 +37,11 @@ class Op:
     # its parallelism; a calibrated profile prices the call at that many rows' efficiency. 0: not such a call
     query_rows: Num = 0
     ranks: int = 1  # allreduce: the GPUs it sums over (hbm_bytes: each rank's contribution)
+    # KV in fp8: the store's write and the dequantisation into a scratch, separate kernels over strided block-major
+    # stores, priced at the GPU's fp8 pass rate (GpuSpec.fp8_bytes_per_s); fp8_calls: the attention calls that
+    # make them (a calibrated profile prices their host cost directly)
+    fp8_bytes: Num = 0.0
+    fp8_calls: Num = 0
 
 
 def topk_op(name: str, rows: Num, n: Num, k: Num, e: int) -> Op:
@@ -192,7 +197,9 @@ def attention_op(
         flops,
         qo + kv,
         kernels=kernels,
-        extra_bytes=merge + repeat + fold + fp8_bytes,
+        extra_bytes=merge + repeat + fold,
+        fp8_bytes=fp8_bytes,
+        fp8_calls=calls if kvformat.fp8(kv_dtype) else 0,
         runtime_calls=runtime,
         attn_calls=calls,
         streamed_calls=streamed_calls,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from roofsim import kvformat
 from roofsim.ops import (
     ATTN_CALL_KERNELS,
     ATTN_CALL_RUNTIME,
@@ -66,6 +67,8 @@ def op_time(op: Op, gpu: GpuSpec) -> OpTime:
     memory = np.asarray(op.hbm_bytes, dtype=float) / rate
     compute_bound = compute >= memory
     extra = np.asarray(op.extra_bytes, dtype=float) / gpu.hbm_bytes_per_s
+    if np.any(np.asarray(op.fp8_bytes) > 0):
+        extra = extra + np.asarray(op.fp8_bytes, dtype=float) / gpu.fp8_bytes_per_s
     return OpTime(
         tensor_s=np.where(compute_bound, compute, 0.0),
         hbm_s=np.where(compute_bound, 0.0, memory) + extra,
@@ -88,6 +91,7 @@ class GpuWork:
     streamed_calls: np.ndarray
     prefill_calls: np.ndarray
     comm_s: np.ndarray  # all-reduces (tensor-parallel plans)
+    fp8_calls: np.ndarray  # attention calls over fp8 stores
 
     def dispatch_s(self, gpu: GpuSpec) -> np.ndarray:
         """Host time to dispatch these kernels and their event records and stream waits. Where a calibrated
@@ -105,6 +109,9 @@ class GpuWork:
             )
         if rt.prefill_call_us is not None:
             t = t + self.prefill_calls * (rt.prefill_call_us.value * 1e-6 - PREFILL_CALL_EXTRA * gpu.kernel_s)
+        if rt.fp8_call_us is not None:  # measured: replaces the counted write and dequantisation dispatches
+            counted_fp8 = (kvformat.DEQUANT_KERNELS + kvformat.QUANT_KERNELS) * gpu.kernel_s
+            t = t + self.fp8_calls * (rt.fp8_call_us.value * 1e-6 - counted_fp8)
         return t
 
     @property
@@ -130,6 +137,7 @@ _FIELDS = (
     "streamed_calls",
     "prefill_calls",
     "comm_s",
+    "fp8_calls",
 )
 ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
 
@@ -143,13 +151,16 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             t.hbm_s,
             np.asarray(t.launch_s, dtype=float),
             np.asarray(op.flops, dtype=float),
-            np.asarray(op.hbm_bytes, dtype=float) + np.asarray(op.extra_bytes, dtype=float),
+            np.asarray(op.hbm_bytes, dtype=float)
+            + np.asarray(op.extra_bytes, dtype=float)
+            + np.asarray(op.fp8_bytes, dtype=float),
             np.asarray(op.kernels, dtype=float),
             np.asarray(op.runtime_calls, dtype=float),
             np.asarray(op.attn_calls, dtype=float),
             np.asarray(op.streamed_calls, dtype=float),
             np.asarray(op.prefill_calls, dtype=float),
             np.asarray(t.comm_s, dtype=float),
+            np.asarray(op.fp8_calls, dtype=float),
         )
     return total
 

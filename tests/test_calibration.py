@@ -667,3 +667,39 @@ def test_link_rate_is_the_slope_and_the_latency_never_negative():
     assert link["h2d_gbps"][0] == pytest.approx(960 * MiB / (20.567e-3 - 2.514e-3) / 1e9, rel=1e-6)
     assert link["h2d_gbps"][0] > max(p.nbytes / p.seconds for p in big) / 1e9
     assert link["copy_latency_us"][0] >= 0.0
+
+
+def test_measured_fp8_passes_and_call_cost_price_fp8_attention_only(tmp_path):
+    """A decode call's fp8 store passes timed with the bytes the operator model counts give the profile an fp8
+    pass efficiency, and the tiny steps' fp8 extra per call a host cost: fp8 attention's GPU time is its bf16
+    part plus the counted fp8 bytes at that efficiency, its host dispatch the measured extra in place of the
+    counted dispatches; bf16 attention prices as before, and a calibration without them keeps the HBM rate and
+    the counted dispatches."""
+    from roofsim import kvformat, ops
+    from roofsim.roofline import op_time, work
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    bw = spec.memory.bandwidth_gbps.value * 1e9
+    m = probe_measurements().model_copy(
+        update={
+            "fp8_passes": [CopyPoint(nbytes=2**28, seconds=2**28 / (0.3 * bw))],
+            "fp8_call_s": 40e-6,
+        }
+    )
+    profile = load_gpu(str(write_profile(spec, host, m, tmp_path)[0]))
+    plain = load_gpu(str(write_profile(spec, host, probe_measurements(), tmp_path / "plain")[0]))
+    assert profile.efficiency.fp8_passes.value == pytest.approx(0.3)
+    assert profile.runtime.fp8_call_us.value == pytest.approx(40.0)
+    assert plain.efficiency.fp8_passes is None and plain.runtime.fp8_call_us is None
+    assert plain.fp8_bytes_per_s == plain.hbm_bytes_per_s
+    model = load_model("llama-3-8b")
+    fp8 = ops.attention_op(model, 1, 65536, 1, calls=8, kv_dtype="fp8_e4m3")
+    bf16 = ops.attention_op(model, 1, 65536, 1, calls=8)
+    assert float(fp8.fp8_bytes) > 0 and float(fp8.fp8_calls) == 8 and float(bf16.fp8_bytes) == 0
+    gpu_s = float(op_time(fp8, profile).hbm_s) - float(op_time(bf16, profile).hbm_s)
+    assert gpu_s == pytest.approx(float(fp8.fp8_bytes) / (0.3 * bw))
+    assert float(op_time(bf16, profile).total_s) == pytest.approx(float(op_time(bf16, plain).total_s))
+    host_extra = float(work([fp8], profile).dispatch_s(profile) - work([bf16], profile).dispatch_s(profile))
+    assert host_extra == pytest.approx(8 * 40e-6)
+    counted = float(work([fp8], plain).dispatch_s(plain) - work([bf16], plain).dispatch_s(plain))
+    assert counted == pytest.approx(8 * (kvformat.DEQUANT_KERNELS + kvformat.QUANT_KERNELS) * plain.kernel_s)

@@ -7,14 +7,14 @@ pytest.importorskip("transformers")
 
 from roofsim.executor.calibrate.host import decode_layer_cost  # noqa: E402
 
-LAYER_S, CALL_S, STREAMED_EXTRA_S = 1e-3, 1e-4, 5e-5
+LAYER_S, CALL_S, STREAMED_EXTRA_S, FP8_EXTRA_S = 1e-3, 1e-4, 5e-5, 3e-5
 
 
 @pytest.fixture
 def clock(monkeypatch):
     """A virtual host clock that only the executor's own work advances: each decoder layer's attention
     (PlanLayer.attend) LAYER_S, each slot's attention call (SlotLayer.attend_slot) CALL_S more, a streamed slot's
-    STREAMED_EXTRA_S more again. The timers read it through time.perf_counter, so what a calibration function
+    STREAMED_EXTRA_S more again, a call over an fp8 store FP8_EXTRA_S more. The timers read it through time.perf_counter, so what a calibration function
     returns is the arithmetic of its timings over the executor's calls, whatever this machine's speed."""
     import time
 
@@ -30,7 +30,7 @@ def clock(monkeypatch):
         return attend(self, *args, **kw)
 
     def slot(self, s, *args, **kw):
-        now[0] += CALL_S + (0.0 if s.resident else STREAMED_EXTRA_S)
+        now[0] += CALL_S + (0.0 if s.resident else STREAMED_EXTRA_S) + (FP8_EXTRA_S if self.fp8 else 0.0)
         return attend_slot(self, s, *args, **kw)
 
     monkeypatch.setattr(PlanLayer, "attend", layer)
@@ -80,11 +80,13 @@ def test_cpu_gather_rate_is_positive():
 
 
 def test_attention_call_costs_are_measured_through_the_executor(clock):
-    """One call over resident KV, and what a streamed slot's call adds, from plans that differ only in their slots."""
+    """One call over resident KV, what a streamed slot's call adds, and what an fp8 store adds to a call, from plans
+    that differ only in their slots or their KV dtype."""
     from roofsim.executor.calibrate.attention import attention_call_costs
 
-    call_s, streamed_s = attention_call_costs("cpu", steps=5)
+    call_s, streamed_s, fp8_s = attention_call_costs("cpu", steps=5)
     assert call_s == pytest.approx(CALL_S) and streamed_s == pytest.approx(STREAMED_EXTRA_S)
+    assert fp8_s == pytest.approx(FP8_EXTRA_S)
 
 
 def test_new_shape_cost_is_the_first_call_at_a_new_past_less_a_repeat(monkeypatch):
@@ -225,7 +227,8 @@ def test_the_step_gauge_times_a_tiny_decode_step_and_starts_a_new_cache_when_ful
 MEASURE_ORDER = (
     ["decode_layer_cost", "copies", "copies", "copies"]
     + ["back_to_back"] * 3
-    + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "vector_ops", "decode_layer_cost"]
+    + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "vector_ops", "fp8_passes"]
+    + ["decode_layer_cost"]
     + ["sync_us", "gpu_kernel_us", "topk_gelems", "attention_call_costs", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost_beside_cpu", "worker_round_trip_s", "decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
@@ -273,7 +276,8 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(host, "sync_us", 3.0)
     fake(kernels, "gpu_kernel_us", 4.0)
     fake(kernels, "topk_gelems", 5.0)
-    fake(attention, "attention_call_costs", (6.0, 7.0))
+    fake(kernels, "fp8_passes", [point])
+    fake(attention, "attention_call_costs", (6.0, 7.0, 0.5))
     fake(attention, "attention_new_shape_s", 8.0)
     fake(attention, "prefill_call_extra_s", 9.0)
     fake(host, "decode_layer_cost_beside_cpu", 10.0)

@@ -113,13 +113,16 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     gemm = kernels.gemms(model)
     prefill, short, decode = attention.attention_points(model)
     vector = kernels.vector_ops(model)
+    fp8 = kernels.fp8_passes(model) if not model.kv_latent else None
     progress("fixed costs")
     tiny.append(tiny_layer())
     label("layer1")
     sync = host.sync_us()
     gpu_kernel = kernels.gpu_kernel_us()
     topk = kernels.topk_gelems()
-    call_s, streamed_s = attention.attention_call_costs("cuda", pace=pace, launch=launch, step_pace=step_pace)
+    call_s, streamed_s, fp8_call = attention.attention_call_costs(
+        "cuda", pace=pace, launch=launch, step_pace=step_pace
+    )
     label("calls")
     new_shape = attention.attention_new_shape_s(model)
     prefill_call = attention.prefill_call_extra_s(model)
@@ -166,6 +169,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         topk_gelems=topk,
         attention_call_s=call_s,
         streamed_call_s=streamed_s,
+        fp8_call_s=fp8_call,
+        fp8_passes=fp8,
         host_pace_us=pace,
         launch_pace_us=launch,
         step_pace_us=step_pace,

@@ -140,12 +140,13 @@ def attention_call_costs(
     pace: list[float] | None = None,
     launch: list[float] | None = None,
     step_pace: list[float] | None = None,
-) -> tuple[float, float]:
-    """Host seconds of one attention call of the executor over GPU-resident KV, and what a streamed unit's call
-    adds (ring, staging, events, the issue of its two copies): decode steps of a tiny 6-layer model (4 KV heads)
-    under head_offload plans that differ only in their slots, recorded as a measured run records them. At tiny
-    shapes the step is the host's time, so the differences are the calls' host cost. `pace`, `launch` and
-    `step_pace` get one sample of each host-pace gauge per round of the three plans' steps (host.time_gauges)."""
+) -> tuple[float, float, float]:
+    """Host seconds of one attention call of the executor over GPU-resident KV, what a streamed unit's call
+    adds (ring, staging, events, the issue of its two copies), and what an fp8 store adds to a call (the write of
+    its new rows, the dequantisation): decode steps of a tiny 6-layer model (4 KV heads) under head_offload plans
+    that differ only in their slots or their KV dtype, recorded as a measured run records them. At tiny shapes the
+    step is the host's time, so the differences are the calls' host cost. `pace`, `launch` and `step_pace` get
+    one sample of each host-pace gauge per round of the plans' steps (host.time_gauges)."""
     from roofsim.families import HeadOffloadPlan
 
     layers = 6
@@ -156,6 +157,8 @@ def attention_call_costs(
         "one": HeadOffloadPlan(kv_heads_per_slot=4, resident_slots=1),
         "four": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4),
         "streamed": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=0),
+        "four_fp8": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4, kv_dtype="fp8_e4m3"),
+        "streamed_fp8": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=0, kv_dtype="fp8_e4m3"),
     }
     with ExitStack() as stack:
         runs = {
@@ -167,7 +170,7 @@ def attention_call_costs(
             cache.runtime.rec.flush()
         # the three plans' steps interleaved, so that each difference is taken within one spell of the host: one
         # plan timed after another would put a slow spell into one difference
-        calls, streamed = [], []
+        calls, streamed, fp8 = [], [], []
         for _ in range(steps):
             time_gauges(device, pace, launch, step_pace)
             took = {}
@@ -176,4 +179,7 @@ def attention_call_costs(
                 cache.runtime.rec.flush()
             calls.append((took["four"] - took["one"]) / (layers * 3))
             streamed.append((took["streamed"] - took["four"]) / (layers * 4))
-    return max(0.0, trimmed_mean(calls)), max(0.0, trimmed_mean(streamed))
+            # resident and streamed calls alike: each fp8 call's extra, over both plans' 2 x 4 calls a layer
+            fp8_extra = took["four_fp8"] - took["four"] + took["streamed_fp8"] - took["streamed"]
+            fp8.append(fp8_extra / (layers * 8))
+    return max(0.0, trimmed_mean(calls)), max(0.0, trimmed_mean(streamed)), max(0.0, trimmed_mean(fp8))

@@ -93,6 +93,34 @@ def gpu_kernel_us(n: int = 400) -> float:
     return cuda_time_s(adds, repeat=3, warmup=0, sleep_cycles=KERNEL_QUEUE_CYCLES) * 1e6 / n
 
 
+def fp8_passes(model: ModelSpec, device: str = "cuda") -> list[CopyPoint]:
+    """A decode call's fp8 store passes at the model's KV heads (one slot of all of them): the write of one new
+    row (re-scaling its block) and the dequantisation of the store into a bf16 scratch, as the executor's slots run
+    them (executor/kvquant.py), at 16K and 64K tokens, each timed with the bytes roofsim's operator model counts for
+    them (ops.attention_op's fp8_bytes)."""
+    from roofsim.executor import kvquant
+
+    from roofsim import ops
+
+    heads, d = model.n_kv_heads, model.head_dim
+    lay = kvquant.Layout(batch=1, heads=heads, head_dim=d)
+    timer = cuda_time_s if device == "cuda" else wall_time_s
+    out = []
+    for past in (16384, 65536):
+        store = kvquant.Store(lay, torch.zeros(lay.nbytes(past + 1), dtype=torch.uint8, device=device))
+        kvquant.write(lay, store, 0, torch.randn(past, 1, 2, heads, d, device=device, dtype=torch.bfloat16))
+        new = torch.randn(1, 1, 2, heads, d, device=device, dtype=torch.bfloat16)
+        scratch = torch.empty(kvquant.scratch_numel(lay, past + 1), device=device, dtype=torch.bfloat16)
+
+        def call(store=store, new=new, scratch=scratch, past=past) -> None:
+            kvquant.write(lay, store, past, new)
+            kvquant.dequantize(lay, store, past + 1, scratch)
+
+        counted = ops.attention_op(model, 1, past, 1, kv_dtype="fp8_e4m3").fp8_bytes
+        out.append(CopyPoint(nbytes=int(float(counted)), seconds=timer(call)))
+    return out
+
+
 def topk_gelems() -> float:
     """Elements per second (G) torch.topk ranks when k is a large share of the row, with the sort of the chosen
     indices after it, as sparse_fetch (a tenth of 64K tokens per KV head) and evict (a 16K budget out of 20K)

@@ -101,6 +101,9 @@ class Builder:
                 float(op.streamed_calls),
                 float(op.prefill_calls),
                 float(op.query_rows),
+                float(op.extra_bytes),
+                float(op.fp8_bytes),
+                float(op.fp8_calls),
             )
             for op in op_list
         )

@@ -186,6 +186,12 @@ class EfficiencySpec(_Section):
         "rotary, SiLU * up, residual adds) reach at prefill shapes, as roofsim's operator model counts their "
         "bytes; None: `memory` (a device-to-device copy's, which they need not reach)",
     )
+    fp8_passes: SourcedNumber | None = Field(
+        None,
+        description="the share of HBM bandwidth the fp8 KV store's passes reach (a decode call's write of its new "
+        "rows and the dequantisation of the store into a scratch, over strided block-major stores), as "
+        "roofsim's operator model counts their bytes (roofsim.kvformat); None: `memory`",
+    )
     attention_rows: dict[int, SourcedNumber] | None = Field(
         None,
         description="the executor's chunk-after-a-past attention efficiency by the call's GQA-folded query rows "
@@ -195,7 +201,9 @@ class EfficiencySpec(_Section):
     )
 
     _fraction = field_validator("gemm", "attention", "memory")(lambda v, info: fraction(info.field_name, v))
-    _vector = field_validator("vector")(lambda v, info: v if v is None else fraction(info.field_name, v))
+    _vector = field_validator("vector", "fp8_passes")(
+        lambda v, info: v if v is None else fraction(info.field_name, v)
+    )
 
     @field_validator("attention_rows")
     @classmethod
@@ -240,6 +248,11 @@ class RuntimeSpec(_Section):
         "the cache: the framework's preamble (position ids, masks, rotary tables) and the step set-up; the "
         "executor issues a step's first prefetch only after it, at layer 0's cache update. us; None: 0 (only "
         "the counted embedding kernel)",
+    )
+    fp8_call_us: SourcedNumber | None = Field(
+        None,
+        description="host time an attention call over an fp8 store adds to the same call in bf16 (the write of "
+        "its new rows, the dequantisation), us; None: kvformat's counted dispatches at kernel_us",
     )
     graph_replay_us: SourcedNumber | None = Field(
         None,
@@ -372,6 +385,12 @@ class GpuSpec(_Section):
     @property
     def hbm_bytes_per_s(self) -> float:
         return self.memory.bandwidth_gbps.value * 1e9 * self.efficiency.memory.value
+
+    @property
+    def fp8_bytes_per_s(self) -> float:
+        """HBM bytes per second of the fp8 KV store's write and dequantisation passes."""
+        v = self.efficiency.fp8_passes
+        return self.hbm_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
 
     @property
     def vector_bytes_per_s(self) -> float:
