@@ -10,7 +10,7 @@
 #   bash validation/run_campaign.sh l2-planner  # a planner configuration: its pick, runners-up and the best plan
 #   bash validation/run_campaign.sh q7-planner  # of every other exact family that fits (up to 7 runs), each
 #   bash validation/run_campaign.sh l3-planner  # ~4-7 min
-#   bash validation/run_campaign.sh fp8         # validation/campaign-fp8-h100.toml: KV in fp8 (issue #32), ~6 min
+#   bash validation/run_campaign.sh fp8         # validation/campaign-fp8-h100.toml: KV in fp8 (issue #32), ~8 min
 #   bash validation/run_campaign.sh only NAME,NAME  # the named configurations ($OUT/campaign-$LABEL.tar.gz)
 # CALIB=<folder> (default calibrated) names the calibration's folder under validation/results/<gpu>/: calibrate
 # writes it, the parts predict with it. Calibrating in the same call as a part predicts that part with the host
@@ -66,7 +66,7 @@ case "$part" in
   l3-planner) only="l3-planner-128k-24gb" ;;
   fp8)
     campaign="${CAMPAIGN:-validation/campaign-fp8-h100.toml}"
-    only="l3-resident-fp8-16k,l3-resident-fp8-64k,l3-layer-full-fp8-32k,l3-layer-inc-fp8-64k,l3-head-g1-fp8-64k,l3-head-g4-r1-fp8-128k,l3-head-g1-fp8-256k,q7-head-g1-fp8-64k" ;;
+    only="q7-layer-inc-fp8-64k,l3-head-g2-r1-fp8-128k,l3-cpu2-fp8-64k,l3-resident-fp8-16k,l3-resident-fp8-64k,l3-layer-full-fp8-32k,l3-layer-inc-fp8-64k,l3-head-g1-fp8-64k,l3-head-g4-r1-fp8-128k,l3-head-g1-fp8-256k,q7-head-g1-fp8-64k" ;;
   only) only="${2:?only: a comma-separated list of configuration names}" ;;
   c) only="l3-head-g2-r1-128k,l3-cpu4-128k,l3-evict-128k,q7-head-g1-128k" ;;
   *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner, q7-planner, l3-planner, fp8 or only" >&2; exit 2 ;;
