@@ -435,3 +435,24 @@ def test_replayed_decode_is_one_issue_per_step_and_analytic_equals_simulator(ctx
     assert p.summary.decode.busy_s["compute"] == pytest.approx(eager.summary.decode.busy_s["compute"])
     assert p.summary.prefill_s == eager.summary.prefill_s
     assert t.summary.decode.step_s[0] == pytest.approx(p.summary.decode_s_per_token, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "plan, model",
+    [
+        (ResidentPlan(prefill_chunk=4096, decode_graphs=True, kv_dtype="fp8_e4m3"), "llama-3-8b"),
+        (ResidentPlan(prefill_chunk=4096, decode_graphs=True), "qwen3-30b-a3b"),
+    ],
+)
+def test_graphs_the_executor_cannot_replay_are_priced_eager(plan, model):
+    """fp8 KV (dequantised per call) and a MoE layer (its expert loop synchronises) run eager in the executor
+    whatever decode_graphs says (executor/graphs.py), and the model prices them as it runs them."""
+    from roofsim.families.resident import replays
+
+    spec = load_model(model)
+    assert not replays(plan, spec)
+    eager = plan.model_copy(update={"decode_graphs": False})
+    work = Workload(context=16384, gen=4)
+    a = predict(plan, spec, H100, HOST, work, Limits())
+    b = predict(eager, spec, H100, HOST, work, Limits())
+    assert a.summary.decode_s_per_token == b.summary.decode_s_per_token

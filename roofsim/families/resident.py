@@ -24,7 +24,8 @@ class ResidentPlan(PlanBase):
     decode_graphs: bool = Field(
         False,
         description="replay each decode step's GPU work from a CUDA graph: the host issues one replay per step "
-        "instead of every kernel (CUDA only, with resident weights; eager otherwise)",
+        "instead of every kernel (CUDA only, with resident weights and experts and KV in the model dtype; eager "
+        "otherwise, and priced eager there too)",
     )
 
 
@@ -36,8 +37,18 @@ def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
         resident=(1,) * m.kv_layers,
         chunk=plan.prefill_chunk,
         streamed_weights=plan.weights == "streamed",
-        graphs=plan.decode_graphs and plan.weights == "resident",
+        graphs=replays(plan, m),
         streamed_experts=plan.streamed_expert_layers(m),
+    )
+
+
+def replays(plan: ResidentPlan, model: ModelSpec) -> bool:
+    """Whether the executor replays this plan's decode steps from a CUDA graph (executor/graphs.py's
+    graph_unsupported and its capture): asked for, with the weights resident (nothing crosses the link at decode),
+    a dense MLP (stock MoE layers ask the GPU which experts were hit before issuing them, a synchronisation a
+    capture cannot hold) and the KV in the model dtype (fp8's per-call dequantisation is not captured)."""
+    return (
+        plan.decode_graphs and plan.weights == "resident" and not model.moe_layers and plan.kv_dtype == "bf16"
     )
 
 
