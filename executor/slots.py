@@ -402,14 +402,16 @@ class SlotLayer(PlanLayer):
         if full:
             lo = 0
         if full and self.d2h_on_compute:  # transformers' order: the whole layer back on the compute stream
+            # after the call's write (the store holds its new rows only then), so the ring buffer is free, and the
+            # host slot written, only once this copy is done: `copied`, not the attention's `done`
             d0 = self.rt.rec.mark(eng.compute)
             eng.copy(eng.compute, s.host[lo:hi], view[lo:hi], "d2h")
+            copied = eng.event(eng.compute)
             self.rt.rec.span(
-                "d2h", "d2h", d0, self.rt.rec.mark(eng.compute), layer=self.idx, slot=s.index, nbytes=hi - lo,
-                name="on compute stream",
+                "d2h", "d2h", d0, copied, layer=self.idx, slot=s.index, nbytes=hi - lo, name="on compute stream"
             )  # fmt: skip
-            rt.release(unit, done)
-            s.written = done
+            rt.release(unit, copied)
+            s.written = copied
             return out
         rel = s.written = self._write_back_bytes(s, lo, hi, view[lo:hi], done)
         rt.release(unit, rel)

@@ -236,3 +236,39 @@ def test_gpu_device_alias_reads_host_memory_without_a_copy():
     assert torch.equal(got[:, 4:], host)
     with pytest.raises(ValueError, match="pinned"):
         device_alias(torch.zeros(8, dtype=torch.bfloat16), torch.device("cuda"))
+
+
+@pytest.mark.parametrize("kv_dtype", ["bf16", "fp8_e4m3"])
+def test_a_ring_buffer_is_released_only_after_its_write_back_on_the_compute_stream(llama, kv_dtype):
+    """layer_offload full sends the layer back on the compute stream (transformers' order). The event that frees
+    the ring buffer for the next H2D, and marks the host slot written, must come after that copy was queued:
+    on a GPU an earlier event lets the next layer's H2D overwrite the buffer while the copy still reads it (the
+    CPU stand-in runs compute-stream copies at once, so only the order of the calls can show it)."""
+    model, ids, _ = llama
+    cache = make_cache(model, LayerOffloadPlan(write_back="full", kv_dtype=kv_dtype), max_tokens=PROMPT + GEN)
+    rt, eng = cache.runtime, cache.runtime.engine
+    log: list[tuple] = []
+    copy, event, release = eng.copy, eng.event, rt.release
+
+    def logged_copy(stream, dst, src, direction=None):
+        log.append(("copy", stream is eng.compute and direction == "d2h"))
+        return copy(stream, dst, src, direction)
+
+    def logged_event(stream):
+        ev = event(stream)
+        log.append(("event", id(ev)))
+        return ev
+
+    def logged_release(unit, ev):
+        log.append(("release", id(ev)))
+        return release(unit, ev)
+
+    eng.copy, eng.event, rt.release = logged_copy, logged_event, logged_release
+    greedy_logits(model, cache, ids, CHUNK, GEN)
+    cache.close()
+    made = {key: i for i, (what, key) in enumerate(log) if what == "event"}
+    releases = [i for i, (what, _) in enumerate(log) if what == "release"]
+    assert releases
+    for r in releases:
+        last_d2h = max(i for i in range(r) if log[i] == ("copy", True))
+        assert made[log[r][1]] > last_d2h, log[last_d2h : r + 1]
