@@ -1,0 +1,130 @@
+"""Tensor-parallel runs: one process per rank, launched by torchrun, each holding and streaming its own heads.
+
+    roofsim run plan.json --tp 2 -o measured.json
+      -> python -m torch.distributed.run --standalone --nproc-per-node 2 -m roofsim.executor.launch '<run args>'
+           rank r: process group (NCCL on CUDA, gloo on the CPU), device cuda:LOCAL_RANK, the model sliced to its
+                   share (executor/shard.py), the plan run on the share, its own pinned KV store and copy streams
+
+Every rank runs the same prompt (drawn from the same seed) through the same plan; the all-reduces after o_proj
+and down_proj keep the ranks in step, so each forward ends at about the same time on all of them. Rank 0 writes
+the trace: its spans and memory (one GPU's and one rank's host store), with each phase's step times the maximum
+over the ranks (a step is done when its slowest rank is), and each rank's medians in the notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from roofsim.errors import UserError
+
+
+def rank_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) inside a process torchrun started, else None."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def launch(args: argparse.Namespace, tp: int) -> int:
+    """Run `roofsim run` with `args` as `tp` ranks under torchrun on this host; the exit code of the launch."""
+    plain = {k: v for k, v in vars(args).items() if v is None or isinstance(v, (str, int, float, bool))}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={tp}",
+        "-m",
+        __name__,
+        json.dumps(plain),
+    ]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // tp)))
+    return subprocess.run(cmd, env=env).returncode
+
+
+def init(device_type: str, local_rank: int):
+    """Join the process group of this rank: NCCL on cuda:local_rank, gloo on the CPU. Returns the device."""
+    import torch
+    import torch.distributed as dist
+
+    if device_type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl", device_id=device)
+        return device
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def leave() -> None:
+    """Leave the process group once every rank is done (a rank that tears its connections down while another
+    still holds them can abort the other)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def merge_phases(trace, rank: int, tp: int) -> None:
+    """Every rank's phase times into rank 0's trace: per step the slowest rank's time, phase times likewise, and
+    each rank's medians in the notes (a collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    s = trace.summary
+    mine = {
+        "prefill": list(s.prefill.step_s),
+        "prefill_s": s.prefill.time_s,
+        "decode": list(s.decode.step_s),
+    }
+    every: list = [None] * tp
+    dist.all_gather_object(every, mine)
+    if rank:
+        return
+    for phase in ("prefill", "decode"):
+        steps = [r[phase] for r in every]
+        n = min(len(x) for x in steps)
+        slowest = [max(x[i] for x in steps) for i in range(n)]
+        stats = s.phase(phase)
+        stats.step_s = slowest
+        if phase == "prefill":
+            stats.time_s = max((r["prefill_s"] for r in every if r["prefill_s"] is not None), default=None)
+        else:
+            stats.time_s = statistics.median(slowest) if slowest else None
+        medians = ", ".join(f"{statistics.median(x) * 1e3:.2f}" if x else "-" for x in steps)
+        trace.header.notes.append(
+            f"{phase} step time (ms) per rank, median: {medians}; the trace keeps the slowest"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A rank's `roofsim run`: the run's arguments as one JSON object."""
+    from roofsim.executor.cli import run
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = argparse.Namespace(**json.loads(argv[0]))
+    try:
+        return run(args)
+    except UserError as e:
+        print(
+            f"roofsim: error (rank {os.environ.get('RANK', '?')}): {' '.join(str(e).split())}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    code = main()
+    # The rank's work is written and its process group left: end here, without the interpreter's teardown, where
+    # a native thread still joinable at static destruction can abort a finished rank (std::terminate).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
