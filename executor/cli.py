@@ -300,7 +300,7 @@ def run(args) -> int:
             if rank == 0:
                 res.trace.write(args.output)
     except KeyboardInterrupt:
-        print(f"roofsim: interrupted; the partial trace is in {args.output}")
+        say(f"roofsim: interrupted; the partial trace is in {args.output}")
         raise
     except torch.cuda.OutOfMemoryError as e:
         first = str(e).splitlines()[0] if str(e) else "out of memory"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,15 @@ def launch(args: argparse.Namespace, tp: int) -> int:
     ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // tp)))
-    return subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except (
+        KeyboardInterrupt
+    ):  # torchrun stops its ranks with the signal it got: rank 0 writes its partial trace
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        raise
 
 
 def init(device_type: str, local_rank: int):
@@ -105,14 +114,23 @@ def merge_phases(trace, rank: int, tp: int) -> None:
         )
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """A rank's `roofsim run`: the run's arguments as one JSON object."""
     from roofsim.executor.cli import run
 
     argv = sys.argv[1:] if argv is None else argv
     args = argparse.Namespace(**json.loads(argv[0]))
+    signal.signal(
+        signal.SIGTERM, _interrupt
+    )  # torchrun's stop: the run writes what it measured, as on Ctrl-C
     try:
         return run(args)
+    except KeyboardInterrupt:
+        return 130
     except UserError as e:
         print(
             f"roofsim: error (rank {os.environ.get('RANK', '?')}): {' '.join(str(e).split())}",

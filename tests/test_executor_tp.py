@@ -28,8 +28,29 @@ PLANS = {
     "head_offload": HeadOffloadPlan(tp=2),
     "layer_offload": LayerOffloadPlan(write_back="incremental", tp=2),
     "kvpr": KvprPlan(recompute_tokens=10, tp=2),
+    "head_offload_streamed_weights": HeadOffloadPlan(weights="streamed", tp=2),
 }
-FAMILIES = ("llama", "phi3")  # separate q/k/v and gate/up; Phi-3's fused qkv_proj and gate_up_proj
+# separate q/k/v and gate/up; the same with biases on every projection (o_proj's and down_proj's added once);
+# Phi-3's fused qkv_proj and gate_up_proj
+FAMILIES = ("llama", "llama_biased", "phi3")
+
+
+def _config(fam: str):
+    if fam != "llama_biased":
+        return tiny_config(fam)
+    cfg = tiny_config("llama")
+    cfg.attention_bias = cfg.mlp_bias = True
+    return cfg
+
+
+def _model(fam: str):
+    model = random_model(_config(fam), "cpu", torch.float32, seed=1)
+    if fam == "llama_biased":  # biases drawn as zeros: draw them, from the same seed on every rank
+        g = torch.Generator().manual_seed(5)
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.data.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
 
 
 def _ids():
@@ -45,7 +66,7 @@ def _rank(rank: int, tp: int, port: int, out: str) -> None:
     try:
         got = {}
         for fam in FAMILIES:
-            model = random_model(tiny_config(fam), "cpu", torch.float32, seed=1)
+            model = _model(fam)
             shard_(model, rank, tp)
             reduce_outputs(model)
             for name, plan in PLANS.items():
@@ -81,7 +102,7 @@ def ranks(tmp_path_factory):
 @pytest.mark.parametrize("fam", FAMILIES)
 @pytest.mark.parametrize("name", list(PLANS))
 def test_tp2_ranks_give_the_single_process_logits(ranks, fam, name):
-    model = random_model(tiny_config(fam), "cpu", torch.float32, seed=1)
+    model = _model(fam)
     ref = reference_logits(model, _ids(), CHUNK, GEN)
     for rank in ranks:
         logits, kv_heads, _ = rank[fam, name]
