@@ -215,6 +215,10 @@ def run(args) -> int:
             f"launched as {ranked[1]} ranks for a tp {tp} run; launch it with --nproc-per-node {tp}"
         )
     say = print if rank == 0 and (tp == 1 or ranked) else (lambda *a, **k: None)
+    if ranked:  # this rank's GPU (cuda:LOCAL_RANK) before anything touches CUDA, then the process group
+        from roofsim.executor.launch import init
+
+        device = init(device.type, local_rank)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
 
     # Price the plan before anything is allocated: a family name takes its best knobs within the memory there is,
@@ -230,9 +234,19 @@ def run(args) -> int:
     if plan is None:
         from roofsim.sweep import best_of_family
 
-        plan = best_of_family(family.name, spec, gpu, host, workload, limits).plan
+        # tp > 1: the knobs of one rank's share (its heads, a tp-th of the host memory), as each rank runs them
+        rank_spec, rank_limits = spec, limits
+        if tp > 1:
+            from dataclasses import replace
+
+            from roofsim.tensor_parallel import shard_model
+
+            rank_spec = shard_model(spec, tp)
+            if limits.host_mem_bytes:
+                rank_limits = replace(limits, host_mem_bytes=limits.host_mem_bytes / tp)
+        plan = best_of_family(family.name, rank_spec, gpu, host, workload, rank_limits).plan
         say(
-            f"{plan.family}: the best knobs for {spec.name} on {gpu.name} within the memory here: {plan.knobs()}"
+            f"{plan.family}: the best knobs for {rank_spec.name} on {gpu.name} within the memory here: {plan.knobs()}"
         )
     if plan.tp != tp:
         plan = plan.model_copy(update={"tp": tp})
@@ -248,10 +262,6 @@ def run(args) -> int:
 
         args.tp = tp
         return launch(args, tp)
-    if ranked:
-        from roofsim.executor.launch import init
-
-        device = init(device.type, local_rank)
     if gpu_mem:
         cap_gpu_memory(gpu_mem, device)
     model = None

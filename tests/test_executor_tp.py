@@ -187,3 +187,30 @@ def test_tp_errors_are_one_line(tmp_path, config_path, capsys, monkeypatch):
         == 2
     )
     assert "--tp 2 needs 2 GPUs on this host; 1 visible" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_roofsim_run_tp2_on_two_gpus_streams_half_the_kv_per_rank(tmp_path, config_path):
+    """NCCL between cuda:0 and cuda:1: rank 0's decode copies carry its one KV head of two."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"plan": {"family": "head_offload", "prefill_chunk": 16, "tp": 2}}))
+    out = tmp_path / "measured.json"
+    args = [
+        "run",
+        str(plan),
+        "--model",
+        str(config_path),
+        "--prompt-len",
+        "40",
+        "--gen",
+        "4",
+        "--device",
+        "cuda",
+    ]
+    assert main([*args, "-o", str(out), "--dtype", "fp32"]) == 0
+    t = Trace.read(out)
+    assert t.complete and t.header.plan.tp == 2 and "cpu" not in t.header.gpu
+    h2d = [sp for sp in t.spans if sp.phase == "decode" and sp.kind == "h2d"]
+    assert h2d and all(sp.bytes == (40 + sp.step) * 2 * 1 * 16 * 4 for sp in h2d)
+    assert t.summary.decode_s_per_token > 0
