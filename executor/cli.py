@@ -327,9 +327,9 @@ def run(args) -> int:
     if s.decode_s_per_token is not None:
         parts.append(f"decode {s.decode_s_per_token * 1e3:.2f} ms/token")
     if s.peak_gpu_bytes:
-        parts.append(f"peak GPU {s.peak_gpu_bytes / 1e9:.2f} GB")
+        parts.append(f"peak GPU {s.peak_gpu_bytes / 1e9:.2f} GB" + (" (rank 0)" if tp > 1 else ""))
     if s.peak_host_bytes:
-        parts.append(f"pinned {s.peak_host_bytes / 2**30:.2f} GiB")
+        parts.append(f"pinned {s.peak_host_bytes / 2**30:.2f} GiB" + (" per rank" if tp > 1 else ""))
     say(", ".join(parts) + f"; trace in {args.output}")
     if ranked:
         from roofsim.executor.launch import leave

@@ -71,6 +71,8 @@ def shard_(model, rank: int, tp: int) -> None:
         return
     if not 0 <= rank < tp:
         raise ValueError(f"rank {rank} of {tp}")
+    if hasattr(model, _OWNER):
+        raise ValueError(f"the model is rank {getattr(model, _OWNER)} (rank, tp) of a split already")
     cfg = _text_config(model)
     H, G, W = (
         cfg.num_attention_heads,
@@ -128,8 +130,3 @@ def reduce_outputs(model, group=None) -> list:
         handles.append(layer.self_attn.o_proj.register_forward_hook(total))
         handles.append(layer.mlp.down_proj.register_forward_hook(total))
     return handles
-
-
-def tp_of(model) -> tuple[int, int]:
-    """(rank, tp) of a sharded model; (0, 1) for a whole one."""
-    return getattr(model, _OWNER, (0, 1))
