@@ -210,6 +210,7 @@ def run(args) -> int:
         )
     ranked = rank_env()
     rank, local_rank = (ranked[0], ranked[2]) if ranked else (0, 0)
+    node = None  # the NUMA node a rank's threads are bound to
     if ranked and ranked[1] != tp:
         raise UserError(
             f"launched as {ranked[1]} ranks for a tp {tp} run; launch it with --nproc-per-node {tp}"
@@ -218,7 +219,7 @@ def run(args) -> int:
     if ranked:  # this rank's GPU (cuda:LOCAL_RANK) before anything touches CUDA, then the process group
         from roofsim.executor.launch import init
 
-        device = init(device.type, local_rank)
+        device, node = init(device.type, local_rank)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
 
     # Price the plan before anything is allocated: a family name takes its best knobs within the memory there is,
@@ -288,6 +289,8 @@ def run(args) -> int:
                 "and copy streams) and of the MLP, with an all-reduce after o_proj and down_proj; spans and memory "
                 "are rank 0's"
             )
+            if node is not None:
+                notes.append(f"rank 0's threads and pinned store on NUMA node {node}, its GPU's")
         res = run_plan(
             plan,
             model,

@@ -20,6 +20,7 @@ import signal
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 from roofsim.errors import UserError
 
@@ -58,19 +59,53 @@ def launch(args: argparse.Namespace, tp: int) -> int:
 
 
 def init(device_type: str, local_rank: int):
-    """Join the process group of this rank: NCCL on cuda:local_rank, gloo on the CPU. Returns the device."""
+    """Join the process group of this rank: NCCL on cuda:local_rank (its threads bound to the GPU's NUMA node), gloo
+    on the CPU. Returns the device and the NUMA node (None where not bound)."""
     import torch
     import torch.distributed as dist
 
     if device_type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+        node = bind_to_gpu_node(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl", device_id=device)
-        return device
+        return device, node
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-    return torch.device("cpu")
+    return torch.device("cpu"), None
+
+
+def _cpus(cpulist: str) -> set[int]:
+    """CPU ids of a sysfs cpulist ("0-15,32-47")."""
+    cpus: set[int] = set()
+    for part in filter(None, cpulist.strip().split(",")):
+        a, _, b = part.partition("-")
+        cpus.update(range(int(a), int(b or a) + 1))
+    return cpus
+
+
+def bind_to_gpu_node(device) -> int | None:
+    """Run this rank's threads on the CPUs of its GPU's NUMA node, so that the pinned KV store it allocates next
+    (first touch) lies in the memory next to the GPU's PCIe root; the node, or None where sysfs or torch do not say
+    (nothing is changed then)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    ids = [getattr(props, k, None) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id")]
+    if None in ids:
+        return None
+    pci = Path(f"/sys/bus/pci/devices/{ids[0]:04x}:{ids[1]:02x}:{ids[2]:02x}.0/numa_node")
+    try:
+        node = int(pci.read_text())
+        cpus = _cpus(Path(f"/sys/devices/system/node/node{node}/cpulist").read_text()) if node >= 0 else set()
+        cpus &= os.sched_getaffinity(0)
+        if not cpus:
+            return None
+        os.sched_setaffinity(0, cpus)
+    except (OSError, ValueError):
+        return None
+    return node
 
 
 def leave() -> None:
