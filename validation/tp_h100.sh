@@ -5,10 +5,11 @@
 # prediction of its plan, and TP=1 / TP=2 decode step time >= 1.7.
 #   bash validation/tp_h100.sh                          # 512K: TP=2 then TP=1 (~8 min, ~64 GiB pinned per run)
 #   CONTEXT=256K GEN=9 bash validation/tp_h100.sh       # where 512K does not fit the call or host memory
-#   TPS=2 bash validation/tp_h100.sh                    # TP=2 only (TP=1 from an earlier call's $OUT, copied back)
+#   TPS=2 bash validation/tp_h100.sh; TPS=1 ...         # one run per call where both do not fit one (two tp.json)
 #   PROFILE=path/h100-calibrated.toml ...               # price and run with a calibrated profile (--gpu)
 # Results: $OUT/trace_tp{1,2}.json, run_tp{1,2}.log, tp.json (measured, predicted, must-hold), verdict.txt,
-# gpu.txt, topo.txt, host.txt. Each run is stopped (SIGINT) at RUN_TIMEOUT seconds and then writes what it measured.
+# gpu.txt, topo.txt, host.txt. Each run is stopped (SIGINT) at RUN_TIMEOUT seconds, or where the runs together reach
+# BUDGET, and then writes what it measured. The prediction is roofsim.predict's for each trace's plan (tp included).
 # Time: the 512K prefill is ~8e16 FLOPs, most of it attention, minutes on one H100; TP=2 halves each rank's share.
 # A decode step of this plan at 512K moves the whole KV over the link: 64 GiB (TP=1), 32 GiB on each GPU's (TP=2).
 set -uo pipefail
@@ -16,7 +17,9 @@ set -uo pipefail
 CONTEXT=${CONTEXT:-512K}
 GEN=${GEN:-9}
 TPS=${TPS:-2 1}
-RUN_TIMEOUT=${RUN_TIMEOUT:-290}
+RUN_TIMEOUT=${RUN_TIMEOUT:-330}   # one run's limit
+BUDGET=${BUDGET:-540}             # all runs together, seconds from here (the call's limit is 600)
+start=$SECONDS
 nvidia-smi --query-gpu=index,name,driver_version,pcie.link.gen.current,pcie.link.width.current,pci.bus_id \
     --format=csv > "$OUT/gpu.txt"
 nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
@@ -40,9 +43,12 @@ for tp in (1, 2):
 EOF
 
 for tp in $TPS; do
+    limit=$(( BUDGET - (SECONDS - start) ))
+    [ "$limit" -gt "$RUN_TIMEOUT" ] && limit=$RUN_TIMEOUT
+    [ "$limit" -lt 30 ] && { echo "tp=$tp: no time left"; continue; }
     # from /tmp: the checkout's roofsim/ (no executor/ inside) would shadow the installed package
-    (cd /tmp && timeout -s INT "$RUN_TIMEOUT" roofsim run "$OUT/plan_tp$tp.json" --model llama-3-8b \
-        --prompt-len "$CONTEXT" --gen "$GEN" --trace-steps 2 "${GPU_ARG[@]}" -o "$OUT/trace_tp$tp.json") \
+    (cd /tmp && timeout -s INT "$limit" roofsim run "$OUT/plan_tp$tp.json" --model llama-3-8b \
+        --prompt-len "$CONTEXT" --gen "$GEN" --trace-steps 2 ${GPU_ARG[@]+"${GPU_ARG[@]}"} -o "$OUT/trace_tp$tp.json") \
         > "$OUT/run_tp$tp.log" 2>&1
     echo "roofsim run tp=$tp rc=$?" >> "$OUT/run_tp$tp.log"
     grep -v '^\s' "$OUT/run_tp$tp.log" | grep -iv 'warning' | tail -3
