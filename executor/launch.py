@@ -50,9 +50,8 @@ def launch(args: argparse.Namespace, tp: int) -> int:
     proc = subprocess.Popen(cmd, env=env)
     try:
         return proc.wait()
-    except (
-        KeyboardInterrupt
-    ):  # torchrun stops its ranks with the signal it got: rank 0 writes its partial trace
+    except KeyboardInterrupt:
+        # torchrun stops its ranks with the signal it got: rank 0 writes its partial trace
         proc.send_signal(signal.SIGINT)
         proc.wait()
         raise

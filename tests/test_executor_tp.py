@@ -5,6 +5,7 @@ rank 0's trace."""
 import json
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 
@@ -62,7 +63,10 @@ def _rank(rank: int, tp: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=tp)
+    # a rank that fails leaves the other in a collective: it gives up after a minute instead of hanging the suite
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=tp, timeout=timedelta(seconds=60)
+    )
     try:
         got = {}
         for fam in FAMILIES:
