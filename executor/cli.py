@@ -40,6 +40,12 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--force", action="store_true", help="run a plan even where the model says it does not fit in memory"
     )
+    p.add_argument(
+        "--tp",
+        type=int,
+        help="tensor-parallel degree: run the plan on this many GPUs of this host (torchrun), each holding and "
+        "streaming 1/tp of every layer's heads (default: the plan's tp, else 1)",
+    )
 
 
 def plan_document(text: str) -> dict | None:
@@ -95,6 +101,22 @@ def shortfall(priced, limits, gpu, cuda: bool) -> list[str]:
     return short
 
 
+def tp_degree(arg: int | None, doc: dict, plan, where: str) -> int:
+    """The run's tensor-parallel degree: --tp, else the plan's. A plan file that states tp must agree with --tp."""
+    from roofsim.argchecks import positive_int
+
+    body = doc.get("plan") if isinstance(doc.get("plan"), dict) else doc
+    stated = plan.tp if plan is not None and "tp" in body else None
+    if arg is None:
+        return plan.tp if plan is not None else 1
+    positive_int(arg, "--tp", 64, "GPUs")
+    if stated is not None and stated != arg:
+        raise UserError(
+            f"--tp {arg} conflicts with {where}'s tp {stated}; leave --tp out to run the plan as written"
+        )
+    return arg
+
+
 def run(args) -> int:
     from roofsim.argchecks import MAX_BATCH, positive_int
     from roofsim.limits import Limits
@@ -104,6 +126,7 @@ def run(args) -> int:
     from roofsim.specs import load_gpu
     from roofsim.specs.hardware import default_host_of
     from roofsim.specs.model import ModelSpec
+    from roofsim.tensor_parallel import check_degree
     from roofsim.units import parse_bytes, parse_tokens
     from roofsim.workload import Workload
 
@@ -114,6 +137,7 @@ def run(args) -> int:
     plan = plan_from_dict(doc, where=where) if doc is not None else None
     family = family_of(args.plan, "plan") if plan is None else None
     doc = doc or {}
+    tp = tp_degree(getattr(args, "tp", None), doc, plan, where)
     work = doc.get("workload", {}) if isinstance(doc.get("workload"), dict) else {}
     prompt_len = parse_tokens(
         args.prompt_len if args.prompt_len is not None else work.get("context", 4096),
@@ -153,6 +177,7 @@ def run(args) -> int:
         if not isinstance(model_src, str):
             raise UserError(f"{where}: 'model' must be a model name or a config.json path, got {model_src!r}")
     spec = _model_spec(model_src)
+    check_degree(spec, tp)
     if args.gpu is not None:
         load_gpu(args.gpu)
     gpu_mem = parse_bytes(args.gpu_mem, "--gpu-mem") if args.gpu_mem is not None else None
@@ -164,8 +189,9 @@ def run(args) -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         import torch
+        from roofsim.executor.launch import rank_env
         from roofsim.executor.models import load_model
-        from roofsim.executor.progress import Progress
+        from roofsim.executor.progress import Progress, Silent
         from roofsim.executor.runner import cap_gpu_memory, run_plan
         from roofsim.executor.timing import host_ram_bytes
     except ImportError as e:
@@ -179,6 +205,22 @@ def run(args) -> int:
         raise UserError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
     if gpu_mem and device.type != "cuda":
         raise UserError("--gpu-mem caps GPU memory and needs --device cuda")
+    if device.type == "cuda" and tp > torch.cuda.device_count():
+        raise UserError(
+            f"--tp {tp} needs {tp} GPUs on this host; {torch.cuda.device_count()} visible (CUDA_VISIBLE_DEVICES)"
+        )
+    ranked = rank_env()
+    rank, local_rank = (ranked[0], ranked[2]) if ranked else (0, 0)
+    node = None  # the NUMA node a rank's threads are bound to
+    if ranked and ranked[1] != tp:
+        raise UserError(
+            f"launched as {ranked[1]} ranks for a tp {tp} run; launch it with --nproc-per-node {tp}"
+        )
+    say = print if rank == 0 and (tp == 1 or ranked) else (lambda *a, **k: None)
+    if ranked:  # this rank's GPU (cuda:LOCAL_RANK) before anything touches CUDA, then the process group
+        from roofsim.executor.launch import init
+
+        device, node = init(device.type, local_rank)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
 
     # Price the plan before anything is allocated: a family name takes its best knobs within the memory there is,
@@ -194,10 +236,13 @@ def run(args) -> int:
     if plan is None:
         from roofsim.sweep import best_of_family
 
-        plan = best_of_family(family.name, spec, gpu, host, workload, limits).plan
-        print(
+        # tp > 1: priced over tp ranks (roofsim.tensor_parallel), its knobs counting one rank's heads
+        plan = best_of_family(family.name, spec, gpu, host, workload, limits, tp=tp).plan
+        say(
             f"{plan.family}: the best knobs for {spec.name} on {gpu.name} within the memory here: {plan.knobs()}"
         )
+    if plan.tp != tp:
+        plan = plan.model_copy(update={"tp": tp})
     priced = predict(plan, spec, gpu, host, workload, limits).summary
     short = shortfall(priced, limits, gpu, cuda=device.type == "cuda")
     if short and not args.force:
@@ -205,10 +250,15 @@ def run(args) -> int:
             f"plan {plan.family} ({plan.knobs()}) for {spec.name} at {prompt_len} tokens does not fit: it needs "
             f"{' and '.join(short)} (priced with {gpu.name}); --force runs it anyway"
         )
+    if tp > 1 and not ranked:
+        from roofsim.executor.launch import launch
+
+        args.tp = tp
+        return launch(args, tp)
     if gpu_mem:
         cap_gpu_memory(gpu_mem, device)
     model = None
-    progress = Progress()
+    progress = Progress() if rank == 0 else Silent()  # rank 0 speaks for a tensor-parallel run
     progress.stage(f"building {spec.name} ({plan.family}, {prompt_len} tokens)")
     try:
         model, name = load_model(
@@ -221,6 +271,21 @@ def run(args) -> int:
             layers_device="cpu" if "streamed" in (plan.weights, plan.experts) else None,
         )
         progress.stage("model built")
+        notes = []
+        if tp > 1:
+            from roofsim.executor.shard import reduce_outputs, shard_
+
+            shard_(model, rank, tp)
+            reduce_outputs(model)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            notes.append(
+                f"tensor parallel: {tp} ranks, each holding 1/{tp} of every layer's heads (its own KV, pinned store "
+                "and copy streams) and of the MLP, with an all-reduce after o_proj and down_proj; spans and memory "
+                "are rank 0's"
+            )
+            if node is not None:
+                notes.append(f"rank 0's threads and pinned store on NUMA node {node}, its GPU's")
         res = run_plan(
             plan,
             model,
@@ -231,13 +296,20 @@ def run(args) -> int:
             warmup=args.warmup,
             seed=args.seed,
             trace_steps=args.trace_steps,
-            out=args.output,
+            out=args.output if rank == 0 else None,
             gpu_spec=gpu_arg,
             gpu_mem_bytes=gpu_mem,
             progress=progress,
+            notes=notes,
         )
+        if tp > 1:
+            from roofsim.executor.launch import merge_phases
+
+            merge_phases(res.trace, rank, tp)
+            if rank == 0:
+                res.trace.write(args.output)
     except KeyboardInterrupt:
-        print(f"roofsim: interrupted; the partial trace is in {args.output}")
+        say(f"roofsim: interrupted; the partial trace is in {args.output}")
         raise
     except torch.cuda.OutOfMemoryError as e:
         first = str(e).splitlines()[0] if str(e) else "out of memory"
@@ -249,12 +321,17 @@ def run(args) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     s = res.trace.summary
-    parts = [f"{plan.family} on {res.trace.header.gpu}: prefill {s.prefill_s:.3f} s"]
+    on = f"{tp} x {res.trace.header.gpu} (tp {tp})" if tp > 1 else res.trace.header.gpu
+    parts = [f"{plan.family} on {on}: prefill {s.prefill_s:.3f} s"]
     if s.decode_s_per_token is not None:
         parts.append(f"decode {s.decode_s_per_token * 1e3:.2f} ms/token")
     if s.peak_gpu_bytes:
-        parts.append(f"peak GPU {s.peak_gpu_bytes / 1e9:.2f} GB")
+        parts.append(f"peak GPU {s.peak_gpu_bytes / 1e9:.2f} GB" + (" (rank 0)" if tp > 1 else ""))
     if s.peak_host_bytes:
-        parts.append(f"pinned {s.peak_host_bytes / 2**30:.2f} GiB")
-    print(", ".join(parts) + f"; trace in {args.output}")
+        parts.append(f"pinned {s.peak_host_bytes / 2**30:.2f} GiB" + (" per rank" if tp > 1 else ""))
+    say(", ".join(parts) + f"; trace in {args.output}")
+    if ranked:
+        from roofsim.executor.launch import leave
+
+        leave()
     return 0
