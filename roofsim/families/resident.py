@@ -53,9 +53,15 @@ def replays(plan: ResidentPlan, model: ModelSpec) -> bool:
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[ResidentPlan]:
+    """Each placement and prefill chunk, eager, and with its decode replayed from a CUDA graph where the executor
+    can replay it (`replays`)."""
     for placement in placements(model, space):
         for c in chunks(work):
-            yield ResidentPlan(prefill_chunk=c, **placement)
+            plan = ResidentPlan(prefill_chunk=c, **placement)
+            yield plan
+            graphed = plan.model_copy(update={"decode_graphs": True})
+            if replays(graphed, model):
+                yield graphed
 
 
 def evaluate(plan: ResidentPlan, ctx: Ctx) -> Evaluation:
