@@ -67,13 +67,14 @@ def test_predict_one_plan_from_json_file(capsys, tmp_path):
 
 
 def test_predict_without_context_sweeps_until_nothing_fits(capsys):
-    code, out, _ = run(capsys, "predict", "--gpu", "rtx4090", "--json")
+    # 128 GB of host memory: the sweep ends at 1M tokens (128 GiB of KV) instead of the 1 TB host's 8M
+    code, out, _ = run(capsys, "predict", "--gpu", "rtx4090", "--host-mem", "128GB", "--json")
     assert code == 0
     rows = json.loads(out)
     assert rows[0]["context"] == 4096 and rows[0]["best"]["header"]["plan"]["family"] == "resident"
-    assert rows[-1]["best"] is None
+    assert rows[-1]["best"] is None and rows[-1]["context"] == 2**20
     assert all(r["best"]["summary"]["feasible"] for r in rows[:-1])
-    assert rows[-2]["context"] >= 2**20  # the 4090 with its host's 1 TB reaches millions of tokens
+    assert rows[-2]["context"] == 2**19  # the KV of 512K tokens (64 GiB) fits in host memory beside the rest
 
 
 def test_roofline_table(capsys):
