@@ -16,3 +16,10 @@ def rtx4090():
 @pytest.fixture
 def epyc():
     return load_host("epyc-rome-milan")
+
+
+@pytest.fixture(autouse=True)
+def _output_is_not_a_terminal(monkeypatch):
+    """The CLI's tables are 100 columns wide off a terminal unless COLUMNS says otherwise (roofsim.display); a test
+    runner that exports COLUMNS (pytest-xdist's workers do) must not change what the tests read."""
+    monkeypatch.delenv("COLUMNS", raising=False)
