@@ -22,18 +22,11 @@ checkpoint, so the ranks' shares are of one model).
 from __future__ import annotations
 
 import torch
+from roofsim.executor.weights import decoder_layers
 
 from roofsim.errors import UserError
 
 _OWNER = "_roofsim_tp"
-
-
-def _layers(model) -> list:
-    base = getattr(model, "model", model)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise UserError("tensor parallelism needs a model with decoder layers at model.model.layers")
-    return list(layers)
 
 
 def _text_config(model):
@@ -85,7 +78,7 @@ def shard_(model, rank: int, tp: int) -> None:
             raise UserError(f"--tp {tp}: the model's {n} {what} do not split {tp} ways")
     h, g, w = H // tp, G // tp, W // tp
     q, kv, mlp = _span(rank * h * D, h * D), _span(rank * g * D, g * D), _span(rank * w, w)
-    for layer in _layers(model):
+    for layer in decoder_layers(model, "tensor parallelism"):
         attn, ffn = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         if hasattr(attn, "q_proj"):
             _rows(attn.q_proj, q)
@@ -126,7 +119,7 @@ def reduce_outputs(model, group=None) -> list:
         return out
 
     handles = []
-    for layer in _layers(model):
+    for layer in decoder_layers(model, "tensor parallelism"):
         handles.append(layer.self_attn.o_proj.register_forward_hook(total))
         handles.append(layer.mlp.down_proj.register_forward_hook(total))
     return handles

@@ -44,11 +44,12 @@ ALIGN = 16  # bytes; every parameter in a layer's region starts on this (no padd
 _OWNER = "_roofsim_weight_streamer"
 
 
-def decoder_layers(model) -> list:
+def decoder_layers(model, needs: str = 'weights="streamed"') -> list:
+    """The model's decoder layers (model.model.layers), or a one-line error naming what `needs` them."""
     base = getattr(model, "model", model)
     layers = getattr(base, "layers", None)
     if layers is None:
-        raise UserError('weights="streamed" needs a model with decoder layers at model.model.layers')
+        raise UserError(f"{needs} needs a model with decoder layers at model.model.layers")
     return list(layers)
 
 

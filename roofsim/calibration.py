@@ -265,6 +265,16 @@ def host_paces(m: Measurements) -> tuple[dict[str, float], dict[str, float]]:
     return ref, ratios
 
 
+def _bandwidth_share(points: list[CopyPoint], base: GpuSpec) -> float:
+    """Kernels timed with the bytes the operator model counts for them: their total bytes over their total time, as
+    a share of the datasheet HBM bandwidth (what an efficiency field holds)."""
+    return (
+        sum(p.nbytes for p in points)
+        / sum(p.seconds for p in points)
+        / (base.memory.bandwidth_gbps.value * 1e9)
+    )
+
+
 def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]]]:
     """Section -> field -> (value, how it was measured)."""
     h2d = _stream_rate(m.h2d, 64 * 2**20)
@@ -367,9 +377,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {
                     "vector": (
-                        sum(p.nbytes for p in m.vector_ops)
-                        / sum(p.seconds for p in m.vector_ops)
-                        / (base.memory.bandwidth_gbps.value * 1e9),
+                        _bandwidth_share(m.vector_ops, base),
                         "a layer's elementwise kernels at a prefill chunk (RMSNorm, rotary, SiLU * up, residual): "
                         "operator-model bytes / time / datasheet bandwidth",
                     )
@@ -380,9 +388,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {
                     "fp8_passes": (
-                        sum(p.nbytes for p in m.fp8_passes)
-                        / sum(p.seconds for p in m.fp8_passes)
-                        / (base.memory.bandwidth_gbps.value * 1e9),
+                        _bandwidth_share(m.fp8_passes, base),
                         "a decode call's fp8 store write and dequantisation at the model's KV heads: operator-model "
                         "bytes / time / datasheet bandwidth",
                     )

@@ -59,6 +59,15 @@ def _kv_dtype_option(p: argparse.ArgumentParser, plan: bool = False) -> None:
     )
 
 
+def _tp_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tp",
+        metavar="N",
+        help="tensor parallel over N GPUs of a multi-GPU board: each holds 1/N of the heads (and streams their KV "
+        "over its own link) and of the MLP, with two all-reduces per layer (default: a plan file's, else 1)",
+    )
+
+
 def _gpu_and_host(args):
     """The GPU spec --gpu names and the host --host names, or the GPU spec's own host."""
     gpu = load_gpu(args.gpu)
@@ -632,12 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--simulate", action="store_true", help="also run the discrete-event simulator on each plan"
     )
     _kv_dtype_option(p)
-    p.add_argument(
-        "--tp",
-        metavar="N",
-        help="tensor parallel over N GPUs of a multi-GPU board: each holds 1/N of the heads (and streams their KV "
-        "over its own link) and of the MLP, with two all-reduces per layer (default: a plan file's, else 1)",
-    )
+    _tp_option(p)
     p.add_argument(
         "--report",
         nargs="?",
@@ -653,12 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the Trace (JSON) to this file")
     p.add_argument("--decode-steps", help="decode steps to simulate (default: --gen)")
     _kv_dtype_option(p)
-    p.add_argument(
-        "--tp",
-        metavar="N",
-        help="tensor parallel over N GPUs of a multi-GPU board: each holds 1/N of the heads (and streams their KV "
-        "over its own link) and of the MLP, with two all-reduces per layer (default: a plan file's, else 1)",
-    )
+    _tp_option(p)
     p.add_argument(
         "--keep", choices=["all", "sample", "none"], default="sample", help="which steps keep their spans"
     )

@@ -23,13 +23,6 @@ def test_cli_stays_torch_free():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.fixture
-def config_path(tmp_path):
-    path = tmp_path / "config.json"
-    tiny_config("llama").to_json_file(path)
-    return path
-
-
 def test_roofsim_run_writes_a_measured_trace(tmp_path, config_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(

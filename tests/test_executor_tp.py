@@ -148,13 +148,6 @@ def test_shard_keeps_each_ranks_heads_and_mlp_rows():
     )
 
 
-@pytest.fixture
-def config_path(tmp_path):
-    path = tmp_path / "config.json"
-    tiny_config("llama").to_json_file(path)
-    return path
-
-
 def test_roofsim_run_tp2_launches_ranks_and_writes_rank0s_trace(tmp_path, config_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"plan": {"family": "head_offload", "prefill_chunk": 16, "tp": 2}}))
