@@ -127,6 +127,11 @@ def make_cache(
         from roofsim.executor.experts import ExpertStreamer
 
         rt.experts = ExpertStreamer(rt, model, streamed_experts)
+    from roofsim.executor.experts import balance_routing, use_expert_loop
+
+    rt.close_callbacks.append(use_expert_loop(model))
+    if getattr(model, "roofsim_random_weights", False):  # load_model's random weights: balanced routing
+        rt.close_callbacks.append(balance_routing(model, rt))
     register_attention()
     model.set_attn_implementation(ATTN_NAME)
     ref = weakref.ref(cache)

@@ -109,22 +109,123 @@ class ExpertStreamer:
         self.mods, self.saved, self.moved = [], [], []
 
 
+def expert_loop(self, hidden_states, top_k_index, top_k_weights, weights_of) -> torch.Tensor:
+    """The stock eager loop over the experts hit (ascending, each over its tokens in ascending order, summed into
+    the output by index_add_ as stock transformers does), with one host synchronisation a call instead of two a
+    hit expert: the tokens sorted by expert once on the GPU and each hit expert's count read back together.
+    `weights_of(hit)` gives the hit experts' gate_up and down weights ([n, 2I, h], [n, h, I])."""
+    final = torch.zeros_like(hidden_states)
+    k = top_k_index.shape[-1]
+    flat = top_k_index.reshape(-1)
+    counts = torch.bincount(flat, minlength=self.num_experts)[: self.num_experts].tolist()  # the one sync
+    order = torch.argsort(flat, stable=True)  # (token, slot) pairs by expert, tokens ascending within one
+    hit = [e for e, n in enumerate(counts) if n]
+    gate_up, down = weights_of(hit)
+    start = sum(counts[: hit[0]]) if hit else 0
+    for j, e in enumerate(hit):
+        pairs = order[start : start + counts[e]]
+        start += counts[e]
+        token_idx, top_k_pos = pairs // k, pairs % k
+        state = hidden_states[token_idx]
+        gate, up = torch.nn.functional.linear(state, gate_up[j]).chunk(2, dim=-1)
+        out = torch.nn.functional.linear(self.act_fn(gate) * up, down[j])
+        out = out * top_k_weights[token_idx, top_k_pos, None]
+        final.index_add_(0, token_idx, out.to(final.dtype))
+    return final
+
+
 def _fetching_forward(streamer: ExpertStreamer):
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
-        """The stock eager loop over the experts hit, from staged copies of their weights."""
-        final = torch.zeros_like(hidden_states)
-        with torch.no_grad():
-            mask = torch.nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1).permute(2, 1, 0)
-            hit = [int(e) for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero().flatten()]
-        hit = [e for e in hit if e < self.num_experts]
-        gate_up, down = streamer.fetch(self, hit)
-        for j, e in enumerate(hit):
-            top_k_pos, token_idx = torch.where(mask[e])
-            state = hidden_states[token_idx]
-            gate, up = torch.nn.functional.linear(state, gate_up[j]).chunk(2, dim=-1)
-            out = torch.nn.functional.linear(self.act_fn(gate) * up, down[j])
-            out = out * top_k_weights[token_idx, top_k_pos, None]
-            final.index_add_(0, token_idx, out.to(final.dtype))
-        return final
+        """The expert loop (expert_loop), from staged copies of the hit experts' weights."""
+        return expert_loop(
+            self, hidden_states, top_k_index, top_k_weights, lambda hit: streamer.fetch(self, hit)
+        )
 
     return forward
+
+
+def _resident_forward(
+    self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+):
+    """The expert loop (expert_loop) over the module's own GPU weights."""
+
+    def weights_of(hit):  # the j-th hit expert's weights: views of the module's own, nothing copied
+        return _Picked(self.gate_up_proj, hit), _Picked(self.down_proj, hit)
+
+    return expert_loop(self, hidden_states, top_k_index, top_k_weights, weights_of)
+
+
+class _Picked:
+    """weights[hit[j]] for j, as expert_loop indexes the staged copies."""
+
+    def __init__(self, weights: torch.Tensor, hit: list[int]):
+        self.weights, self.hit = weights, hit
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        return self.weights[self.hit[j]]
+
+
+def use_expert_loop(model):
+    """Give every streamable experts module that keeps its weights on the GPU the one-sync expert loop
+    (expert_loop); ExpertStreamer gives the streamed ones theirs. Same results as the stock loop. Returns the
+    function that gives them back their stock forward."""
+    mods = [m for m in experts_modules(model) if m is not None and "forward" not in m.__dict__]
+    for mod in mods:
+        mod.forward = types.MethodType(_resident_forward, mod)
+
+    def restore() -> None:
+        for mod in mods:
+            mod.__dict__.pop("forward", None)
+
+    return restore
+
+
+BALANCED_TABLE = 4096  # positions of the routing table, reused cyclically
+BALANCED_SCALE = 4.0  # the table's weight in the router logits, against their ~1 of random weights
+
+
+def balance_routing(model, rt):
+    """Route a random-weight MoE model's tokens as a trained model's load balancing spreads them. Random weights
+    route badly: the residual stream of a random model grows alike across tokens layer by layer, so deep layers send
+    a chunk's 16K tokens to a few dozen of 128 experts, where a trained model's balancing loss sends them to nearly
+    all (what roofsim's models price: ModelSpec.experts_touched). Each router's logits get a fixed random row per
+    token position (BALANCED_SCALE x N(0, 1) from a seeded table, shifted per layer), so the experts a token picks
+    are spread uniformly and depend on its position only: the same in every plan and every chunking. The softmax,
+    top-k and normalisation are the stock router's. Only for random weights (`roofsim run` without a checkpoint,
+    load_model marks them); returns the function that gives the routers back their stock forward."""
+    routers = [
+        getattr(getattr(layer, "mlp", None), "gate", None) for layer in decoder_layers(model)
+    ]  # Qwen3-MoE's and Mixtral's top-k routers: weight [E, h], top_k, num_experts
+    routers = [(i, r) for i, r in enumerate(routers) if r is not None and hasattr(r, "top_k")]
+    if not routers:
+        return lambda: None
+    E = routers[0][1].num_experts
+    g = torch.Generator(device="cpu").manual_seed(1234)
+    table = BALANCED_SCALE * torch.randn(BALANCED_TABLE, E, generator=g)
+    tables: dict = {}  # the table on each device a router runs on
+
+    def forward_of(layer: int):
+        def forward(self, hidden_states):
+            h = hidden_states.reshape(-1, self.hidden_dim)
+            logits = torch.nn.functional.linear(h, self.weight)
+            rows = torch.arange(h.shape[0], device=h.device)
+            # rows are [batch, C] flattened; a forward without the cache (a warm-up) counts from 0
+            pos = rt.P + rows % rt.C if rt.in_forward and rt.C else rows
+            t = tables[h.device] if h.device in tables else tables.setdefault(h.device, table.to(h.device))
+            logits = logits + t[(pos + 977 * layer) % BALANCED_TABLE].to(logits.dtype)
+            probs = torch.nn.functional.softmax(logits, dtype=torch.float, dim=-1)
+            top, idx = torch.topk(probs, self.top_k, dim=-1)
+            if getattr(self, "norm_topk_prob", True):  # Mixtral's router always normalises
+                top /= top.sum(dim=-1, keepdim=True)
+            return logits, top.to(logits.dtype), idx
+
+        return forward
+
+    for i, r in routers:
+        r.forward = types.MethodType(forward_of(i), r)
+
+    def restore() -> None:
+        for _, r in routers:
+            r.__dict__.pop("forward", None)
+
+    return restore

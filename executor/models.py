@@ -165,6 +165,9 @@ def random_model(config, device, dtype=torch.bfloat16, seed: int = 0, layers_dev
             config, dtype=dtype, attn_implementation=stock_attention(config)
         )
     model.to_empty(device=layers_device or device)
+    # to_empty gives each module its own tensor, a tied parameter too: tie the LM head to the input embeddings again
+    # where the config ties them (Gemma), or the GPU would hold the embedding matrix twice
+    model.tie_weights()
     if layers_device is not None:
         place_outside_layers(model, device)
         if torch.device(device).type == "cuda" and torch.device(layers_device).type == "cpu":
@@ -200,7 +203,7 @@ def load_model(
 
     if isinstance(source, ModelSpec):  # a plan document's own spec: random weights of its shapes
         model = random_model(config_for_spec(source, max_positions), device, dtype, seed, layers_device)
-        return model, source.name
+        return _random(model), source.name
     path = Path(source)
     if path.is_dir() and any(path.glob("*.safetensors")):
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -225,9 +228,15 @@ def load_model(
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         if max_positions and getattr(cfg, "max_position_embeddings", 0) < max_positions:
             cfg.max_position_embeddings = max_positions
-        return random_model(cfg, device, dtype, seed, layers_device), path.parent.name or path.stem
+        return _random(random_model(cfg, device, dtype, seed, layers_device)), path.parent.name or path.stem
     from roofsim.specs import load_model as load_spec
 
     spec = load_spec(source)
     model = random_model(config_for_spec(spec, max_positions), device, dtype, seed, layers_device)
-    return model, spec.name
+    return _random(model), spec.name
+
+
+def _random(model):
+    """Mark a model of random weights: a plan cache routes its MoE tokens balanced (experts.balance_routing)."""
+    model.roofsim_random_weights = True
+    return model

@@ -8,7 +8,9 @@ the cached rows, then the chunk's own keys, under a banded causal mask.
 from __future__ import annotations
 
 import torch
+from roofsim.executor.attention import attend, merge
 from roofsim.executor.cache import PlanLayer, Runtime
+from roofsim.executor.slots import with_sinks
 
 
 class WindowLayer(PlanLayer):
@@ -28,33 +30,128 @@ class WindowLayer(PlanLayer):
         """q [B, Hq, C, D] -> out [B, Hq, C, D]."""
         rec, eng = self.rt.rec, self.rt.engine
         a0 = rec.mark(eng.compute)
-        P, C, W = self.P, self.C, self.window
-        k_new, v_new = self.k_new, self.v_new
+        C, W = self.C, self.window
         if self.k is None:
-            K, V = k_new, v_new
+            K, V = self.k_new, self.v_new
         else:
-            K, V = torch.cat([self.k, k_new], dim=2), torch.cat([self.v, v_new], dim=2)
-        kept = K.shape[2] - C
-        q_pos = torch.arange(P, P + C, device=q.device)
-        k_pos = torch.arange(P - kept, P + C, device=q.device)
-        mask = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] > q_pos[:, None] - W)
-        group = q.shape[1] // K.shape[1]
-        Kq = K.repeat_interleave(group, dim=1) if group > 1 else K
-        Vq = V.repeat_interleave(group, dim=1) if group > 1 else V
+            K, V = torch.cat([self.k, self.k_new], dim=2), torch.cat([self.v, self.v_new], dim=2)
+        out, lse = banded_attention(q, K, V, K.shape[2] - C, W, scale)
         sinks = getattr(module, "sinks", None)
-        if sinks is None:
-            out = torch.nn.functional.scaled_dot_product_attention(q, Kq, Vq, attn_mask=mask, scale=scale)
-        else:  # gpt-oss: one more logit per head, its sink, with no value
-            logits = (q @ Kq.transpose(-1, -2)) * scale
-            logits = logits.masked_fill(~mask, float("-inf"))
-            sink = sinks.to(logits.dtype).reshape(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
-            probs = torch.softmax(torch.cat([logits, sink], dim=-1), dim=-1)[..., :-1]
-            out = probs.to(Vq.dtype) @ Vq
+        if sinks is not None:  # gpt-oss: one more logit per head, its sink, with no value
+            out = with_sinks(out, lse, sinks)
         keep = min(W - 1, K.shape[2])
         self.k = K[:, :, K.shape[2] - keep :].contiguous()
         self.v = V[:, :, V.shape[2] - keep :].contiguous()
-        self.attn_span(a0, rec.mark(eng.compute), None, K.shape[2], K.shape[1], C)
+        keys = C * min(W, K.shape[2])  # at most W keys a query: the band, not the C x (kept + C) rectangle
+        self.attn_span(a0, rec.mark(eng.compute), None, max(1, keys // C), K.shape[1], C)
         return out
+
+
+GROUP_ROWS = 4096
+"""Query rows of the regular blocks that one batched call of banded_attention takes: its copies and fp32 merge
+temporaries stay this many rows, not the chunk's."""
+
+
+def banded_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, kept: int, W: int, scale: float):
+    """Sliding-window attention of a chunk without a mask. q [B, Hq, C, D] at positions P..P+C-1; K, V
+    [B, Hkv, kept + C, D] hold the kept rows (positions P-kept..P-1, kept = min(W - 1, P)) then the chunk's own.
+    The query at position t attends keys t-W+1..t. Returns (out [B, Hq, C, D], lse [B, Hq, C] fp32).
+
+    The chunk's queries go in blocks of W rows. A block's queries (rows i, from position s) see its own keys
+    causally (a square), and of the n <= W-1 keys before it (index j, positions s-n..s-1) those with
+    j >= i - c, c = W-1-n (c > 0 only where fewer than W-1 keys precede the block: the sequence's start). That is
+    an upper triangle: rows [0, c) see all n keys (unmasked); rows c..c+Q-1 see keys j >= i - c, an upper
+    triangle of Q rows whose square part, rows and keys both reversed, is an ordinary causal square, and whose
+    keys past it (j >= Q) every one of those rows sees. So every part is a square causal or an unmasked call of
+    the flash kernels, merged by LSE: the work is the band (C x W), not C x (kept + C) under a mask. The blocks
+    with c = 0 and W rows all have one shape and run batched, GROUP_ROWS query rows a call of each part."""
+    B, Hq, C, D = q.shape
+    if C == 1:  # a decode step: every kept key is in the window
+        return attend(q, K, V, causal=False, scale=scale)
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, C, dtype=torch.float32, device=q.device)
+    first = 0 if kept == W - 1 else 1  # block 0 is regular when W-1 keys precede it
+    full = C // W  # blocks of W rows
+    per = max(1, GROUP_ROWS // W)  # regular blocks per batched call: its temporaries stay a few thousand rows
+    for b0 in range(
+        first, full, per
+    ):  # regular blocks: keys before at K[bW : bW + W-1], own at K[kept + bW ..]
+        nb = min(per, full - b0)
+        o, x = _regular_blocks(q, K, V, kept, W, b0, nb, scale)
+        out[:, :, b0 * W : (b0 + nb) * W] = o
+        lse[:, :, b0 * W : (b0 + nb) * W] = x
+    odd = ({0} if first else set()) | ({full} if full * W < C else set())  # the sequence's start, a last part
+    for b in sorted(odd):
+        s = b * W
+        L = min(W, C - s)
+        n = min(W - 1, kept + s)  # keys before the block
+        o, x = _one_block(q[:, :, s : s + L], K, V, kept + s - n, kept + s, L, n, W, scale)
+        out[:, :, s : s + L] = o
+        lse[:, :, s : s + L] = x
+    return out, lse
+
+
+def _regular_blocks(q, K, V, kept: int, W: int, first: int, nb: int, scale: float):
+    """Blocks first..first+nb-1 of W rows, each with W-1 keys before it: own causal square, then the reversed
+    causal square of rows 0..W-2 over the W-1 keys before (row i sees key j iff j >= i), one batched call each."""
+    B, Hq, _, D = q.shape
+    s0 = first * W
+
+    def fold(x, start, rows):  # blocks of `rows` rows every W, from `start`: [B*nb, H, rows, D]
+        H = x.shape[1]
+        st = x.stride()
+        v = x.as_strided(
+            (B, nb, H, rows, D), (st[0], W * st[2], st[1], st[2], st[3]), x.storage_offset() + start * st[2]
+        )
+        return v.reshape(B * nb, H, rows, D)
+
+    qb = fold(q, s0, W)
+    o_own, l_own = attend(qb, fold(K, kept + s0, W), fold(V, kept + s0, W), causal=True, scale=scale)
+    # rows 0..W-2 against keys kept+s-(W-1) .. kept+s-1, both reversed
+    qr = qb[:, :, : W - 1].flip(-2)
+    kr = fold(K, kept + s0 - (W - 1), W - 1).flip(-2)
+    vr = fold(V, kept + s0 - (W - 1), W - 1).flip(-2)
+    o_prev, l_prev = attend(qr, kr, vr, causal=True, scale=scale)
+    o, x = merge([o_own[:, :, : W - 1], o_prev.flip(-2)], [l_own[:, :, : W - 1], l_prev.flip(-1)])
+    o_own[:, :, : W - 1] = o
+    l_own[:, :, : W - 1] = x
+
+    def unfold(t):  # [B*nb, H, W, ...] -> [B, H, nb*W, ...]
+        t = t.reshape(B, nb, *t.shape[1:]).transpose(1, 2)
+        return t.reshape(B, t.shape[1], nb * W, *t.shape[4:])
+
+    return unfold(o_own), unfold(l_own)
+
+
+def _one_block(q, K, V, k0: int, own: int, L: int, n: int, W: int, scale: float):
+    """One block of L rows (q [B, Hq, L, D]) whose own keys start at K index `own`, with the n keys before it at
+    K[k0 : k0 + n] (n <= W-1): the parts of banded_attention's doc, merged by LSE row range by row range."""
+    o, x = attend(q, K[:, :, own : own + L], V[:, :, own : own + L], causal=True, scale=scale)
+    if n == 0:
+        return o, x
+    o, x = o.clone(), x.clone()
+    c = W - 1 - n
+    Kp, Vp = K[:, :, k0 : k0 + n], V[:, :, k0 : k0 + n]
+
+    def add(rows: slice, o2, x2):
+        m, y = merge([o[:, :, rows], o2], [x[:, :, rows], x2])
+        o[:, :, rows] = m
+        x[:, :, rows] = y
+
+    if c > 0:  # rows [0, c) see all n keys before the block
+        r = min(c, L)
+        add(slice(0, r), *attend(q[:, :, :r], Kp, Vp, causal=False, scale=scale))
+    Q = min(L, W - 1) - c  # rows c..c+Q-1 see keys j >= i - c
+    if Q > 0:
+        rows = slice(c, c + Q)
+        qr = q[:, :, rows].flip(-2)
+        o2, x2 = attend(qr, Kp[:, :, :Q].flip(-2), Vp[:, :, :Q].flip(-2), causal=True, scale=scale)
+        o2, x2 = o2.flip(-2), x2.flip(-1)
+        if Q < n:  # keys j >= Q: every one of these rows sees them
+            o3, x3 = attend(q[:, :, rows], Kp[:, :, Q:], Vp[:, :, Q:], causal=False, scale=scale)
+            o2, x2 = merge([o2, o3], [x2, x3])
+        add(rows, o2, x2)
+    return o, x
 
 
 def window_of_layers(config) -> list[int | None]:

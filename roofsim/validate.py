@@ -58,6 +58,9 @@ class Config(BaseModel):
     runners_up: int = Field(
         2, ge=0, le=MAX_TOP, description="planner configs: how many runners-up are measured for the regret"
     )
+    other_families: bool = Field(
+        True, description="planner configs: also measure the best plan of every other exact family that fits"
+    )
 
 
 def load_configs(path: str) -> list[Config]:
@@ -142,7 +145,7 @@ def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[tuple[str,
         refined = [c.plan for c in result.ranked if c.simulated is not None]
         picked = _pick_and_runners_up(refined, cfg.runners_up)
         tagged = [("pick" if i == 0 else f"alt{i}", p) for i, p in enumerate(picked)]
-        others = _other_families([c.plan for c in result.ranked], picked)
+        others = _other_families([c.plan for c in result.ranked], picked) if cfg.other_families else []
         return tagged + [(f"best-{p.family}", p) for p in others], "planner"
     if isinstance(cfg.plan, dict):
         return [("pick", plan_from_dict(cfg.plan, where=f"config {cfg.name}"))], "given"

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 from roofsim.executor.build import make_cache  # noqa: E402
 from roofsim.executor.check import greedy_logits, reference_logits, rel_err, tiny_config  # noqa: E402
 from roofsim.executor.models import config_for_spec, random_model  # noqa: E402
-from roofsim.executor.window import WindowLayer  # noqa: E402
+from roofsim.executor.window import WindowLayer, banded_attention  # noqa: E402
 
 from roofsim.errors import UserError  # noqa: E402
 from roofsim.families import HeadOffloadPlan, KvprPlan, LayerOffloadPlan, ResidentPlan  # noqa: E402
@@ -110,3 +110,62 @@ def test_builtin_specs_give_transformers_configs_of_their_shapes(name):
 def test_families_the_executor_does_not_run_say_why(name):
     with pytest.raises(UserError, match="the executor runs"):
         config_for_spec(BUILTIN[name])
+
+
+def _masked_window(q, K, V, P, kept, W, scale):
+    """The band as transformers masks it (kv > q - window, kv <= q), in float64: (out, lse)."""
+    G = q.shape[1] // K.shape[1]
+    qp, kp = torch.arange(P, P + q.shape[2]), torch.arange(P - kept, P + q.shape[2])
+    mask = (kp[None] <= qp[:, None]) & (kp[None] > qp[:, None] - W)
+    s = q.double() @ K.repeat_interleave(G, 1).double().transpose(-1, -2) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, -1) @ V.repeat_interleave(G, 1).double(), torch.logsumexp(s, -1)
+
+
+@pytest.mark.parametrize("W", [4, 7])
+@pytest.mark.parametrize("P", [0, 2, 3, 6, 20])
+@pytest.mark.parametrize("C", [1, 3, 4, 8, 15, 17])
+def test_banded_window_attention_equals_the_masked_band(W, P, C):
+    """Blocks of W queries as causal squares (own keys, and the keys before reversed) merged by LSE give the
+    masked band, at the sequence's start (fewer than W-1 keys before), mid-sequence and with a partial block."""
+    g = torch.Generator().manual_seed(W * 1000 + P * 10 + C)
+    kept = min(W - 1, P)
+    q = torch.randn(2, 4, C, 8, generator=g)
+    K, V = torch.randn(2, 2, kept + C, 8, generator=g), torch.randn(2, 2, kept + C, 8, generator=g)
+    out, lse = banded_attention(q, K, V, kept, W, 0.3)
+    ref, ref_lse = _masked_window(q, K, V, P, kept, W, 0.3)
+    assert (out.double() - ref).abs().max() < 1e-5
+    assert (lse.double() - ref_lse).abs().max() < 1e-5
+
+
+def test_random_moe_routing_is_balanced_and_the_same_in_every_plan():
+    """A random-weight MoE model from load_model routes by token position (experts.balance_routing): a chunk's
+    tokens reach nearly all experts, as a trained model's balancing makes them, and the streamed-experts plan
+    gives the resident plan's logits."""
+    from roofsim.executor.models import load_model
+
+    cfg = tiny_config("qwen3_moe", layers=2)
+    cfg.num_experts = 32  # 41 tokens x 2 picks: ~30 distinct experts a layer if spread uniformly
+    picked: dict[int, set] = {}
+    got = []
+    for plan in (ResidentPlan(), ResidentPlan(experts="streamed")):
+        model = random_model(cfg, "cpu", torch.float32, seed=1)
+        model.roofsim_random_weights = True
+        hooks = [
+            layer.mlp.gate.register_forward_hook(
+                lambda mod, inp, out, i=i: picked.setdefault(i, set()).update(out[2].flatten().tolist())
+            )
+            for i, layer in enumerate(model.model.layers)
+        ]
+        ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+        cache = make_cache(model, plan, max_tokens=PROMPT + GEN)
+        try:
+            got.append(greedy_logits(model, cache, ids, CHUNK, GEN))
+        finally:
+            cache.close()
+        for h in hooks:
+            h.remove()
+    E = cfg.num_experts
+    assert all(len(s) >= 0.75 * E for s in picked.values())
+    assert rel_err(got[1], got[0]) < 1e-5
+    assert load_model  # load_model marks its random weights (models._random)

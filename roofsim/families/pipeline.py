@@ -483,23 +483,37 @@ def dequant_scratch_bytes(ctx: Ctx, tokens, kv_heads) -> float:
     return float(ctx.work.batch * tokens * kv_heads * m.head_dim * 2 * m.dtype_bytes)
 
 
-def activation_bytes(ctx: Ctx, tokens: int) -> float:
+def activation_bytes(ctx: Ctx, tokens: int, streamed_experts: int = 0) -> float:
     """Live activations of one layer's forward over `tokens` new tokens per sequence, at its peak: in the MLP of
     stock transformers, where the model's input embeddings, the layer's input (the caller's loop variable), the
     residual and the normed input (4h) are alive with act(gate), up and their product (3I; a plain MLP: fc1's
     output and its activation, 2I); or in a chunk's attention, where the executor merges two partial outputs in
-    fp32 (larger for MHA models, whose q is as wide as their MLP is narrow)."""
+    fp32 (larger for MHA models, whose q is as wide as their MLP is narrow). With `streamed_experts` MoE layers
+    streaming their routed experts, a MoE layer's MLP also holds the staged copies of the experts its tokens
+    picked (expert_staging_bytes): allocated for the expert loop and freed after it, so they count at the MLP's
+    moment, not beside the attention's."""
     m = ctx.model
     mlp = 4 * m.hidden + (3 if m.mlp == "gated" else 2) * m.intermediate
+    rows = ctx.work.batch * tokens
+    staged = 0.0
     if m.n_experts:  # a MoE layer: each token's picked experts' gate, up and product, and the router's logits
         moe = 4 * m.hidden + 3 * (m.experts_per_token * m.expert_intermediate + m.shared_intermediate)
         moe += 2 * m.n_experts
         mlp = moe if m.moe_layers == m.n_layers else max(mlp, moe)
+        staged = expert_staging_bytes(ctx, tokens) if streamed_experts else 0.0
     # attention of a chunk after cached keys: 3h, q, k and v (k, v packed once more), the two partial outputs and
     # the fp32 LSE merge's temporaries (two upcast outputs, a scaled term, the accumulator: 8 q_dim in bf16 units)
     merged = 1 < tokens < ctx.work.context  # some chunk attends cached keys as well as its own
     attn = 3 * m.hidden + 11 * m.q_dim + 2 * m.kv_dim if merged else 0
-    return float(ctx.work.batch * tokens * max(mlp, attn) * m.dtype_bytes)
+    return float(max(rows * mlp * m.dtype_bytes + staged, rows * attn * m.dtype_bytes))
+
+
+def expert_staging_bytes(ctx: Ctx, tokens: int) -> float:
+    """The GPU copies of one streamed MoE layer's picked experts for a forward of `tokens` tokens a sequence (the
+    executor fetches a layer's experts once its router has chosen, into tensors freed after its expert loop)."""
+    m = ctx.model
+    picked = float(m.experts_touched(ctx.work.batch * tokens))
+    return picked * m.expert_weight_bytes / max(1, m.n_experts)
 
 
 def logits_bytes(ctx: Ctx) -> float:
@@ -513,12 +527,13 @@ def pinned_alloc(nbytes: float) -> float:
 
 def weights_gpu_bytes(ctx: Ctx, streamed: bool, streamed_experts: int = 0) -> float:
     """Weights on the GPU: all; or the embeddings and two layers' buffers where the layers stream; less the routed
-    experts of the `streamed_experts` MoE layers that stream theirs, for two layers' buffers of them."""
+    experts of the `streamed_experts` MoE layers that stream theirs (their staged copies are activations:
+    activation_bytes)."""
     m = ctx.model
     if streamed:  # the two layer buffers hold whole layers, experts and all
         return float(m.embedding_params * m.dtype_bytes + 2 * m.layer_weight_bytes)
     if streamed_experts and m.moe_layers:
-        return float(m.weight_bytes - max(0, streamed_experts - 2) * m.expert_weight_bytes)
+        return float(m.weight_bytes - streamed_experts * m.expert_weight_bytes)
     return float(m.weight_bytes)
 
 

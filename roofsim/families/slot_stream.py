@@ -294,11 +294,12 @@ def evaluate(k: SlotKnobs, ctx: Ctx) -> Evaluation:
     kv = gpu_kv(k, ctx)
     host = host_memory(k, ctx)
     c = int(pre.C.max())
+    se = k.streamed_experts
     mem = peak_memory(
         ctx,
         [
-            ({**kv, "activations": activation_bytes(ctx, c), "logits": logits_bytes(ctx)}, host),
-            ({**kv, "activations": activation_bytes(ctx, 1), "logits": logits_bytes(ctx)}, host),
+            ({**kv, "activations": activation_bytes(ctx, c, se), "logits": logits_bytes(ctx)}, host),
+            ({**kv, "activations": activation_bytes(ctx, 1, se), "logits": logits_bytes(ctx)}, host),
         ],
         k.streamed_weights,
         k.streamed_experts,

@@ -358,7 +358,7 @@ def streamed_step(
     """Append one step's tasks; returns the id of its last task."""
     ctx = b.ctx
     m, B = ctx.model, ctx.work.batch
-    alloc = {"activations": activation_bytes(ctx, int(C))}
+    alloc = {"activations": activation_bytes(ctx, int(C), streamed_experts)}
     first = b.embed(phase, step, C, alloc)
     weights = WeightStream(b, phase, step, streamed_weights)
     streaming = expert_layers(ctx, streamed_experts)
