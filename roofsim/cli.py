@@ -738,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repredict",
         metavar="RESULTS_DIR",
         help="predict the runs of a results folder again with --gpu and the current model, compare with what "
-        "they measured (no GPU needed, nothing is run)",
+        "they measured (no GPU needed, nothing is run); the new predictions replace the folder's own, so "
+        "re-predict a copy to keep those",
     )
     p.add_argument(
         "--device", choices=["cuda", "cpu"], help="where the executor runs (default: cuda if present)"
