@@ -146,6 +146,11 @@ class Measurements(BaseModel):
         description="what an attention call over an fp8 store adds to the same call in bf16 (tiny shapes, timed "
         "beside attention_call_s)",
     )
+    expert_call_s: float | None = Field(
+        default=None,
+        description="host time the executor's MoE expert loop spends per expert hit (tiny shapes, timed after "
+        "attention_call_s)",
+    )
     fp8_passes: list[CopyPoint] | None = Field(
         default=None,
         description="a decode call's fp8 store passes (the write of its new row, the dequantisation of the store) "
@@ -422,6 +427,16 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     ),
                 }
                 if m.attention_call_s is not None and m.streamed_call_s is not None
+                else {}
+            ),
+            **(
+                {
+                    "expert_call_us": (
+                        m.expert_call_s / calls * 1e6,
+                        "a tiny MoE layer's expert loop for 256 tokens against 1, per expert hit" + restated,
+                    )
+                }
+                if m.expert_call_s is not None
                 else {}
             ),
             **(

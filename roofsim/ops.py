@@ -42,6 +42,7 @@ class Op:
     # make them (a calibrated profile prices their host cost directly)
     fp8_bytes: Num = 0.0
     fp8_calls: Num = 0
+    expert_calls: Num = 0  # MoE experts hit, each an iteration of the host's expert loop
 
 
 def topk_op(name: str, rows: Num, n: Num, k: Num, e: int) -> Op:
@@ -256,6 +257,11 @@ def _mla_pre_attention_ops(m: ModelSpec, rows: Num) -> list[Op]:
     ]
 
 
+EXPERT_KERNELS = 8
+"""Host dispatch units counted per expert hit by the eager expert loop (index, gate/up, act, down, scale,
+index_add); a calibrated runtime.expert_call_us replaces them."""
+
+
 def moe_ops(m: ModelSpec, rows: Num) -> list[Op]:
     """A MoE layer's MLP over `rows` tokens: the router, the `experts_per_token` experts each token picked (their
     weights read once per step for every expert some token picked: ModelSpec.experts_touched) and the shared
@@ -270,7 +276,16 @@ def moe_ops(m: ModelSpec, rows: Num) -> list[Op]:
     inter = m.expert_intermediate
     flops = 2.0 * rows * k * 3 * h * inter + 5.0 * rows * k * inter
     act = rows * k * (2 * h + 3 * inter) * e  # each picked token's input and output, gate/up/act in between
-    ops.append(Op("experts", "gemm", flops, touched * m.expert_params * e + act, kernels=8 * touched))
+    ops.append(
+        Op(
+            "experts",
+            "gemm",
+            flops,
+            touched * m.expert_params * e + act,
+            kernels=EXPERT_KERNELS * touched,
+            expert_calls=touched,
+        )
+    )
     if m.shared_intermediate:
         ops += [
             _gemm("shared_gate_up", rows, h, 2 * m.shared_intermediate, e, kernels=2),

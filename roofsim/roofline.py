@@ -13,6 +13,7 @@ from roofsim import kvformat
 from roofsim.ops import (
     ATTN_CALL_KERNELS,
     ATTN_CALL_RUNTIME,
+    EXPERT_KERNELS,
     PREFILL_CALL_EXTRA,
     STREAMED_CALL_EXTRA,
     STREAMED_CALL_RUNTIME_EXTRA,
@@ -92,6 +93,7 @@ class GpuWork:
     prefill_calls: np.ndarray
     comm_s: np.ndarray  # all-reduces (tensor-parallel plans)
     fp8_calls: np.ndarray  # attention calls over fp8 stores
+    expert_calls: np.ndarray  # MoE experts hit (iterations of the host's expert loop)
 
     def dispatch_s(self, gpu: GpuSpec) -> np.ndarray:
         """Host time to dispatch these kernels and their event records and stream waits. Where a calibrated
@@ -112,6 +114,8 @@ class GpuWork:
         if rt.fp8_call_us is not None:  # measured: replaces the counted write and dequantisation dispatches
             counted_fp8 = (kvformat.DEQUANT_KERNELS + kvformat.QUANT_KERNELS) * gpu.kernel_s
             t = t + self.fp8_calls * (rt.fp8_call_us.value * 1e-6 - counted_fp8)
+        if rt.expert_call_us is not None:  # measured: replaces the counted dispatches of each expert hit
+            t = t + self.expert_calls * (rt.expert_call_us.value * 1e-6 - EXPERT_KERNELS * gpu.kernel_s)
         return t
 
     @property
@@ -138,6 +142,7 @@ _FIELDS = (
     "prefill_calls",
     "comm_s",
     "fp8_calls",
+    "expert_calls",
 )
 ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
 
@@ -161,6 +166,7 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             np.asarray(op.prefill_calls, dtype=float),
             np.asarray(t.comm_s, dtype=float),
             np.asarray(op.fp8_calls, dtype=float),
+            np.asarray(op.expert_calls, dtype=float),
         )
     return total
 

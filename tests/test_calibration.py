@@ -703,3 +703,35 @@ def test_measured_fp8_passes_and_call_cost_price_fp8_attention_only(tmp_path):
     assert host_extra == pytest.approx(8 * 40e-6)
     counted = float(work([fp8], plain).dispatch_s(plain) - work([bf16], plain).dispatch_s(plain))
     assert counted == pytest.approx(8 * (kvformat.DEQUANT_KERNELS + kvformat.QUANT_KERNELS) * plain.kernel_s)
+
+
+def test_measured_expert_call_cost_prices_each_expert_hit(tmp_path):
+    """The tiny expert loop's host time per expert hit gives the profile runtime.expert_call_us, which replaces
+    the counted dispatches of each hit expert (ops.EXPERT_KERNELS at kernel_us) in a MoE layer's host dispatch;
+    a dense layer's dispatch does not change, and a calibration without it keeps the counted dispatches."""
+    from roofsim import ops
+    from roofsim.roofline import work
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    profile = load_gpu(
+        str(
+            write_profile(
+                spec, host, probe_measurements().model_copy(update={"expert_call_s": 250e-6}), tmp_path
+            )[0]
+        )
+    )
+    plain = load_gpu(str(write_profile(spec, host, probe_measurements(), tmp_path / "plain")[0]))
+    assert profile.runtime.expert_call_us.value == pytest.approx(250.0)
+    assert plain.runtime.expert_call_us is None
+    moe = ops.moe_ops(load_model("qwen3-30b-a3b"), 1)  # one decode token: its 8 experts hit
+    hit = sum(float(op.expert_calls) for op in moe)
+    assert hit == pytest.approx(8.0)
+    measured, counted = (
+        float(work(moe, profile).dispatch_s(profile)),
+        float(work(moe, plain).dispatch_s(plain)),
+    )
+    assert measured - counted == pytest.approx(hit * (250e-6 - ops.EXPERT_KERNELS * plain.kernel_s))
+    dense = ops.post_attention_ops(load_model("llama-3-8b"), 1, 1)
+    assert float(work(dense, profile).dispatch_s(profile)) == pytest.approx(
+        float(work(dense, plain).dispatch_s(plain))
+    )

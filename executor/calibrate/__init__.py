@@ -123,6 +123,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     call_s, streamed_s, fp8_call = attention.attention_call_costs(
         "cuda", pace=pace, launch=launch, step_pace=step_pace
     )
+    expert_call = kernels.expert_call_s()  # any model: a tiny layer of its own; restated at the calls' pace
     label("calls")
     new_shape = attention.attention_new_shape_s(model)
     prefill_call = attention.prefill_call_extra_s(model)
@@ -170,6 +171,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         attention_call_s=call_s,
         streamed_call_s=streamed_s,
         fp8_call_s=fp8_call,
+        expert_call_s=expert_call,
         fp8_passes=fp8,
         host_pace_us=pace,
         launch_pace_us=launch,

@@ -104,6 +104,7 @@ class Builder:
                 float(op.extra_bytes),
                 float(op.fp8_bytes),
                 float(op.fp8_calls),
+                float(op.expert_calls),
             )
             for op in op_list
         )

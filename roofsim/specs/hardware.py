@@ -249,6 +249,11 @@ class RuntimeSpec(_Section):
         "executor issues a step's first prefetch only after it, at layer 0's cache update. us; None: 0 (only "
         "the counted embedding kernel)",
     )
+    expert_call_us: SourcedNumber | None = Field(
+        None,
+        description="host time of the MoE expert loop per expert hit (its tokens' slice and index, gate/up, act, "
+        "product, down, scale, index_add), us; None: ops.EXPERT_KERNELS counted dispatches at kernel_us",
+    )
     fp8_call_us: SourcedNumber | None = Field(
         None,
         description="host time an attention call over an fp8 store adds to the same call in bf16 (the write of "
