@@ -71,6 +71,11 @@ class Measurements(BaseModel):
     d2h: list[CopyPoint]
     pageable_h2d: list[CopyPoint]
     back_to_back_h2d: list[BatchPoint]
+    back_to_back_h2d_allocated: list[BatchPoint] | None = Field(
+        default=None,
+        description="the same batches from torch's pinned allocator's memory (cudaHostAlloc, where the streamed "
+        "experts live) instead of registered memory (the KV store's): kept beside the profile, not yet priced",
+    )
     bidirectional_total_gbps: float
     d2d_copy_gbps: float = Field(description="device-to-device copy, bytes read plus written per second")
     gemm: list[FlopPoint]

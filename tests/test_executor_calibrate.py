@@ -226,7 +226,7 @@ def test_the_step_gauge_times_a_tiny_decode_step_and_starts_a_new_cache_when_ful
 # measure()'s order of timings (the gauge-sampled ones among them): the same machine gives the same Measurements
 MEASURE_ORDER = (
     ["decode_layer_cost", "copies", "copies", "copies"]
-    + ["back_to_back"] * 3
+    + ["back_to_back"] * 5
     + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "vector_ops", "fp8_passes"]
     + ["decode_layer_cost"]
     + ["sync_us", "gpu_kernel_us", "topk_gelems", "attention_call_costs", "expert_call_s", "attention_new_shape_s"]
@@ -300,6 +300,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     m = calibrate.measure(model)
     assert log == MEASURE_ORDER
     assert m.expert_call_s == 2.5e-4
+    assert len(m.back_to_back_h2d) == 3 and len(m.back_to_back_h2d_allocated) == 2
     assert pace_beside(m) == ["layer0"] * 2 + ["layer1"] * 2 + ["calls"] * 2 + ["layer2"] * 2
     assert len(m.host_pace_us) == len(m.launch_pace_us) == len(m.step_pace_us) == 8
     assert m.fingerprint == {"gpu_name": "stand-in"} and m.cpu_scan_gap_s == cpu.SCAN_GAP_S

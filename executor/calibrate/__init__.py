@@ -106,6 +106,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     progress("pageable and batched copies")
     pageable = link.copies("h2d", [64 * MiB, 256 * MiB], pinned=False)
     batches = [link.back_to_back(64 * MiB, c) for c in (16, 256, 1024)]
+    allocated = [link.back_to_back(64 * MiB, c, allocated=True) for c in (16, 256)]
     bidir = link.bidirectional_gbps()
     progress("HBM copy")
     d2d = link.d2d_gbps()
@@ -141,6 +142,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         d2h=d2h,
         pageable_h2d=pageable,
         back_to_back_h2d=batches,
+        back_to_back_h2d_allocated=allocated,
         bidirectional_total_gbps=bidir,
         d2d_copy_gbps=d2d,
         gemm=gemm,

@@ -40,6 +40,12 @@ def _store_bytes(n: int, pinned: bool = True):
         pool.close()
 
 
+@contextmanager
+def _allocated_bytes(n: int):
+    """n bytes of torch's pinned host memory (cudaHostAlloc), written."""
+    yield torch.zeros(n, dtype=torch.uint8, pin_memory=True)
+
+
 def copies(direction: str, sizes: list[int], pinned: bool = True) -> list[CopyPoint]:
     """One isolated copy per size in `direction` ("h2d" or "d2h"), CUDA-event timed, the upper median of 7 (3 from
     64 MiB up)."""
@@ -56,10 +62,11 @@ def copies(direction: str, sizes: list[int], pinned: bool = True) -> list[CopyPo
     return out
 
 
-def back_to_back(total: int, copies: int) -> BatchPoint:
+def back_to_back(total: int, copies: int, allocated: bool = False) -> BatchPoint:
     """`copies` H2D copies of total / copies bytes each, issued back to back: wall time of the batch (its issue
-    and its copies), the upper median of 3."""
-    with _store_bytes(total) as host:
+    and its copies), the upper median of 3. From host memory as the KV store holds it (registered), or with
+    `allocated` as torch's pinned allocator gives it (cudaHostAlloc: the streamed experts' home)."""
+    with _allocated_bytes(total) if allocated else _store_bytes(total) as host:
         dev = torch.empty(total, dtype=torch.uint8, device="cuda")
         size = total // copies
         pairs = [(dev[i * size : (i + 1) * size], host[i * size : (i + 1) * size]) for i in range(copies)]
