@@ -42,8 +42,8 @@ class WindowLayer(PlanLayer):
         keep = min(W - 1, K.shape[2])
         self.k = K[:, :, K.shape[2] - keep :].contiguous()
         self.v = V[:, :, V.shape[2] - keep :].contiguous()
-        keys = C * min(W, K.shape[2])  # at most W keys a query: the band, not the C x (kept + C) rectangle
-        self.attn_span(a0, rec.mark(eng.compute), None, max(1, keys // C), K.shape[1], C)
+        # at most W keys a query: the band, not the C x (kept + C) rectangle
+        self.attn_span(a0, rec.mark(eng.compute), None, min(W, K.shape[2]), K.shape[1], C)
         return out
 
 
