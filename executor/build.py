@@ -123,12 +123,10 @@ def make_cache(
         from roofsim.executor.weights import WeightStreamer
 
         rt.weights = WeightStreamer(rt, model)
+    from roofsim.executor.experts import ExpertStreamer, balance_routing, use_expert_loop
+
     if streamed_experts:
-        from roofsim.executor.experts import ExpertStreamer
-
         rt.experts = ExpertStreamer(rt, model, streamed_experts)
-    from roofsim.executor.experts import balance_routing, use_expert_loop
-
     rt.close_callbacks.append(use_expert_loop(model))
     if getattr(model, "roofsim_random_weights", False):  # load_model's random weights: balanced routing
         rt.close_callbacks.append(balance_routing(model, rt))

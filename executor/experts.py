@@ -144,10 +144,11 @@ def _fetching_forward(streamer: ExpertStreamer):
     return forward
 
 
-def _resident_forward(
+def resident_forward(
     self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ):
-    """The expert loop (expert_loop) over the module's own GPU weights."""
+    """The expert loop (expert_loop) over the module's own GPU weights: what use_expert_loop installs, and what
+    calibrate times per expert hit."""
 
     def weights_of(hit):  # the j-th hit expert's weights: views of the module's own, nothing copied
         return _Picked(self.gate_up_proj, hit), _Picked(self.down_proj, hit)
@@ -171,7 +172,7 @@ def use_expert_loop(model):
     function that gives them back their stock forward."""
     mods = [m for m in experts_modules(model) if m is not None and "forward" not in m.__dict__]
     for mod in mods:
-        mod.forward = types.MethodType(_resident_forward, mod)
+        mod.forward = types.MethodType(resident_forward, mod)
 
     def restore() -> None:
         for mod in mods:

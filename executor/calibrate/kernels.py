@@ -134,14 +134,14 @@ def topk_gelems() -> float:
 
 
 def expert_call_s(device: str = "cuda") -> float:
-    """Host seconds the executor's MoE expert loop (experts.expert_loop) spends per expert hit: the loop over a tiny
+    """Host seconds the executor's MoE expert loop (experts.resident_forward) spends per expert hit: the loop over a tiny
     layer of 128 experts (hidden 64) for one token (8 hit) and for 256 tokens (nearly all 128 hit), the difference
     over the difference in experts hit. At these shapes the GPU work is a few microseconds an expert, so the loop's
     time is its host issue (the ops each hit expert needs: its tokens' slice, index, gate/up, act, product, down,
     scale, index_add)."""
     from types import SimpleNamespace
 
-    from roofsim.executor.experts import expert_loop
+    from roofsim.executor.experts import resident_forward
 
     g = torch.Generator(device="cpu").manual_seed(0)
     E, k, h, inter = 128, 8, 64, 32
@@ -153,15 +153,12 @@ def expert_call_s(device: str = "cuda") -> float:
         down_proj=torch.randn(E, h, inter, generator=g).to(device, dtype),
     )
 
-    def weights_of(hit):
-        return mod.gate_up_proj[hit[0] : hit[-1] + 1], mod.down_proj[hit[0] : hit[-1] + 1]
-
     timed = []
     for tokens in (1, 256):
         x = torch.randn(tokens, h, generator=g).to(device, dtype)
         idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(tokens)]).to(device)
         w = torch.full((tokens, k), 1.0 / k, dtype=dtype, device=device)
         hit = len(set(idx.flatten().tolist()))
-        timed.append((hit, wall_time_s(lambda x=x, idx=idx, w=w: expert_loop(mod, x, idx, w, weights_of))))
+        timed.append((hit, wall_time_s(lambda x=x, idx=idx, w=w: resident_forward(mod, x, idx, w))))
     (few, t_few), (many, t_many) = timed
     return max(0.0, (t_many - t_few) / max(1, many - few))
