@@ -74,7 +74,7 @@ class Measurements(BaseModel):
     back_to_back_h2d_allocated: list[BatchPoint] | None = Field(
         default=None,
         description="the same batches from torch's pinned allocator's memory (cudaHostAlloc, where the streamed "
-        "experts live) instead of registered memory (the KV store's): kept beside the profile, not yet priced",
+        "experts live) instead of registered memory (the KV store's): link.copy_gap_allocated_us",
     )
     bidirectional_total_gbps: float
     d2d_copy_gbps: float = Field(description="device-to-device copy, bytes read plus written per second")
@@ -302,6 +302,8 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     many = max(m.back_to_back_h2d, key=lambda b: b.copies)
     gap = max(0.0, few.seconds / few.copies - few.nbytes_each / h2d)
     issue = many.seconds / many.copies
+    allocated = m.back_to_back_h2d_allocated
+    few_allocated = min(allocated, key=lambda b: b.copies) if allocated else None
     duplex = min(1.0, m.bidirectional_total_gbps * 1e9 / (h2d + d2h))
     peak = base.compute.bf16_tflops.value * 1e12
     gemm = sum(p.flops for p in m.gemm) / sum(p.seconds for p in m.gemm) / peak
@@ -338,6 +340,21 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             ),
             "copy_min_us": (smallest.seconds * 1e6, f"isolated {smallest.nbytes // 1024} KiB copy"),
             "copy_gap_us": (gap * 1e6, f"{few.copies} back-to-back {few.nbytes_each // 2**20} MiB copies"),
+            **(
+                {
+                    "copy_gap_allocated_us": (
+                        max(
+                            0.0,
+                            few_allocated.seconds / few_allocated.copies - few_allocated.nbytes_each / h2d,
+                        )
+                        * 1e6,
+                        f"{few_allocated.copies} back-to-back {few_allocated.nbytes_each // 2**20} MiB copies from "
+                        "torch's pinned allocator's memory",
+                    )
+                }
+                if few_allocated
+                else {}
+            ),
             "duplex_efficiency": (duplex, "both directions at once over the sum of their rates alone"),
             **(
                 {

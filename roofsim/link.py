@@ -38,9 +38,17 @@ def isolated_copy_s(nbytes, gpu: GpuSpec, direction: Direction = "h2d"):
     return np.maximum(link.copy_min_us.value * 1e-6, t)
 
 
-def engine_s(total_bytes, copies, gpu: GpuSpec, direction: Direction = "h2d"):
-    """Copy-engine busy time for `copies` back-to-back copies moving `total_bytes` in all."""
-    return np.asarray(copies, dtype=float) * gpu.link.copy_gap_us.value * 1e-6 + np.asarray(
+def gap_s(gpu: GpuSpec, allocated: bool = False) -> float:
+    """A copy engine's gap between back-to-back copies, s: from the registered KV store's memory, or (`allocated`)
+    from torch's pinned allocator's (link.copy_gap_allocated_us where the profile has it)."""
+    gap = gpu.link.copy_gap_allocated_us if allocated else None
+    return (gap or gpu.link.copy_gap_us).value * 1e-6
+
+
+def engine_s(total_bytes, copies, gpu: GpuSpec, direction: Direction = "h2d", allocated: bool = False):
+    """Copy-engine busy time for `copies` back-to-back copies moving `total_bytes` in all (from memory as
+    gap_s's `allocated` says)."""
+    return np.asarray(copies, dtype=float) * gap_s(gpu, allocated) + np.asarray(
         total_bytes, dtype=float
     ) / rate(gpu, direction)
 
@@ -50,11 +58,10 @@ def issue_s(copies, gpu: GpuSpec):
     return np.asarray(copies, dtype=float) * gpu.runtime.copy_issue_us.value * 1e-6
 
 
-def batch_s(total_bytes, copies, gpu: GpuSpec, direction: Direction = "h2d"):
+def batch_s(total_bytes, copies, gpu: GpuSpec, direction: Direction = "h2d", allocated: bool = False):
     """Wall time of `copies` equal copies issued back to back from one host thread."""
-    link = gpu.link
-    tail = (link.copy_latency_us.value - link.copy_gap_us.value) * 1e-6
-    return np.maximum(engine_s(total_bytes, copies, gpu, direction), issue_s(copies, gpu)) + tail
+    tail = max(0.0, gpu.link.copy_latency_us.value * 1e-6 - gap_s(gpu, allocated))
+    return np.maximum(engine_s(total_bytes, copies, gpu, direction, allocated), issue_s(copies, gpu)) + tail
 
 
 def duplex(h2d_s, d2h_s, efficiency: float):

@@ -271,6 +271,34 @@ def test_streamed_experts_trade_gpu_weights_for_host_memory_and_link_time():
         ResidentPlan(resident_expert_layers=2)
 
 
+def test_expert_copies_pay_the_gap_of_the_memory_they_come_from():
+    """Streamed experts copy from torch's pinned allocator's memory: a profile whose link.copy_gap_allocated_us is
+    larger than copy_gap_us makes each fetched expert tensor cost that much more, in the analytic model and the
+    simulator alike (decode: 16 copies a MoE layer), and leaves a plan that streams no experts as it was."""
+    m = BUILTIN["qwen3-30b-a3b"]
+    gpu, host = _specs("h100-sxm")
+    gap = gpu.link.copy_gap_us.value
+    link = {**gpu.link.model_dump(), "copy_gap_allocated_us": {"value": gap + 100.0, "assumed": "test"}}
+    slow = type(gpu).model_validate({**gpu.model_dump(), "link": link})
+    plan, work = ResidentPlan(experts="streamed"), Workload(context=65536)
+    base = predict(plan, m, gpu, host, work).summary.decode.time_s
+    more = predict(plan, m, slow, host, work).summary.decode.time_s
+    copies = m.moe_layers * m.experts_per_token * 2
+    assert more - base == pytest.approx(copies * 100e-6, rel=0.05)
+    same = ResidentPlan()
+    assert (
+        predict(same, m, slow, host, work).summary.decode.time_s
+        == predict(same, m, gpu, host, work).summary.decode.time_s
+    )
+
+    def sim(g):
+        return simulate(
+            plan, m, g, host, work, decode_steps=2, keep="none", prefill_sample=4
+        ).summary.decode.time_s
+
+    assert sim(slow) - sim(gpu) == pytest.approx(copies * 100e-6, rel=0.1)
+
+
 def test_the_planner_trades_experts_for_kv_under_a_cap():
     """Under a cap the routed experts cannot all keep, the planner streams some of them; with room for all it
     keeps them resident."""

@@ -76,6 +76,19 @@ def test_fit_gives_back_the_hand_derived_h100_values():
     assert eff["memory"][0] == pytest.approx(spec.efficiency.memory.value, abs=0.01)
 
 
+def test_allocated_memory_back_to_back_copies_give_their_own_gap():
+    """The batches copied from torch's pinned allocator's memory give link.copy_gap_allocated_us by the same rule
+    as copy_gap_us (the few-copies batch's time a copy over its bytes at the isolated rate); without them, none."""
+    spec = load_gpu("h100-sxm")
+    m = probe_measurements()
+    assert "copy_gap_allocated_us" not in fit(spec, m)["link"]
+    h2d = fit(spec, m)["link"]["h2d_gbps"][0] * 1e9
+    slow = [BatchPoint(copies=16, nbytes_each=2**22, seconds=16 * (2**22 / h2d + 50e-6))]
+    link = fit(spec, m.model_copy(update={"back_to_back_h2d_allocated": slow}))["link"]
+    assert link["copy_gap_allocated_us"][0] == pytest.approx(50.0, rel=1e-6)
+    assert link["copy_gap_us"][0] == fit(spec, m)["link"]["copy_gap_us"][0]
+
+
 def test_written_profile_loads_as_a_gpu_with_its_host(tmp_path):
     spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
     gpu_path, host_path = write_profile(spec, host, probe_measurements(), tmp_path)

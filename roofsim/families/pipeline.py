@@ -132,6 +132,9 @@ class LayerLoad:
     attn: GpuWork
     h2d_bytes: np.ndarray | float = 0.0
     h2d_copies: np.ndarray | float = 0.0
+    # copy-engine time of copies whose gap is not link.copy_gap_us (the streamed experts', from torch's pinned
+    # allocator's memory: link.gap_s), beyond what h2d_copies prices them at
+    h2d_gap_s: np.ndarray | float = 0.0
     d2h_bytes: np.ndarray | float = 0.0
     d2h_copies: np.ndarray | float = 0.0
     units: np.ndarray | float = 0.0  # streamed units per layer through the ring (0: nothing streamed)
@@ -172,7 +175,7 @@ class StepCost:
 
 
 def layer_time(ll: LayerLoad, gpu: GpuSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    h2d_s = link.engine_s(ll.h2d_bytes, ll.h2d_copies, gpu, "h2d")
+    h2d_s = link.engine_s(ll.h2d_bytes, ll.h2d_copies, gpu, "h2d") + ll.h2d_gap_s
     d2h_s = link.engine_s(ll.d2h_bytes, ll.d2h_copies, gpu, "d2h")
     h2d_eff, d2h_eff = link.duplex(h2d_s, d2h_s, gpu.link.duplex_efficiency.value)
     n = ll.nonattn.total_s
@@ -391,6 +394,7 @@ def window_loads(ctx: Ctx, steps: Steps, streamed_weights: bool, streamed_expert
                     attn=attn_work(ctx, steps, window=window),
                     h2d_bytes=w_bytes + x.h2d_bytes,
                     h2d_copies=w_copies + x.h2d_copies,
+                    h2d_gap_s=x.h2d_gap_s,
                     units=1 if w_bytes else 0,
                     serial_s=x.serial_s,
                     syncs=moe_syncs(m),
@@ -423,6 +427,7 @@ class ExpertStream:
 
     h2d_bytes: np.ndarray | float = 0.0
     h2d_copies: np.ndarray | float = 0.0
+    h2d_gap_s: np.ndarray | float = 0.0  # LayerLoad.h2d_gap_s: the copies' own gap beyond copy_gap_us's
     serial_s: np.ndarray | float = 0.0
 
 
@@ -436,10 +441,14 @@ def expert_stream(ctx: Ctx, steps: Steps, streamed: int) -> ExpertStream:
     picked = m.experts_touched(rows)
     copies = picked * EXPERT_TENSORS
     nbytes = picked * float(m.expert_params * m.dtype_bytes)
+    # the experts' host copies come from torch's pinned allocator (executor.experts), whose back-to-back gap the
+    # calibration measures apart from the registered KV store's
+    own_gap = link.gap_s(ctx.gpu, allocated=True) - link.gap_s(ctx.gpu)
     return ExpertStream(
         h2d_bytes=share * nbytes,
         h2d_copies=share * copies,
-        serial_s=share * link.batch_s(nbytes, copies, ctx.gpu, "h2d"),
+        h2d_gap_s=share * copies * own_gap,
+        serial_s=share * link.batch_s(nbytes, copies, ctx.gpu, "h2d", allocated=True),
     )
 
 

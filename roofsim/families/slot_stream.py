@@ -172,6 +172,7 @@ def slot_loads(
                 attn=attn,
                 h2d_bytes=S * kv_bytes(ctx, 1, group) * (P - from_tail) + w_bytes + x.h2d_bytes,
                 h2d_copies=S * blocks + w_copies + x.h2d_copies,
+                h2d_gap_s=x.h2d_gap_s,
                 d2h_bytes=S * kv_bytes(ctx, 1, group) * d2h_tokens,
                 d2h_copies=S * B * write_back_share(C, write_back_tokens),
                 units=S * blocks + (1 if w_bytes else 0),

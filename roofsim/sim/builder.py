@@ -14,7 +14,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from roofsim import ops
+from roofsim import link, ops
 from roofsim.families.pipeline import (
     EXPERT_TENSORS,
     Ctx,
@@ -305,6 +305,7 @@ def picked_experts_copy(b: Builder, phase: str, step: int, li: int, C: float, de
         deps=tuple(deps),
         name="experts",
         stream="h2d_weights",
+        gap_s=link.gap_s(b.ctx.gpu, allocated=True),
     )
 
 

@@ -41,6 +41,8 @@ class Task:
     # copy tasks: the share of the link's rate the copy reaches (a stage the CPU has just written copies slower:
     # link.h2d_gathered_gbps)
     rate_scale: float = 1.0
+    # copy tasks: the gap between back-to-back copies, s (link.gap_s); None: the engine's, link.copy_gap_us
+    gap_s: float | None = None
     flops: float = 0.0
     name: str | None = None
     host_wait: bool = False
@@ -264,7 +266,7 @@ class Machine:
             self._started(task)
             start = env.now
             if task.copies:
-                yield env.timeout(task.copies * self.gap)
+                yield env.timeout(task.copies * (self.gap if task.gap_s is None else task.gap_s))
             remaining = task.nbytes
             if remaining > 0:
                 self._set_moving(direction, True)

@@ -91,6 +91,11 @@ class LinkSpec(_Section):
     copy_engines: SourcedNumber = Field(
         description="copy engines (deviceQuery: 'Concurrent copy and kernel execution: Yes with N copy engine(s)')"
     )
+    copy_gap_allocated_us: SourcedNumber | None = Field(
+        None,
+        description="copy_gap_us for copies from torch's pinned allocator's memory (cudaHostAlloc: the streamed "
+        "experts' home), which can copy back to back unlike the registered KV store; None: copy_gap_us",
+    )
     h2d_gathered_gbps: SourcedNumber | None = Field(
         None,
         description="pinned H2D rate of a stage the CPU has just written (sparse_fetch's gathered rows), slower "
@@ -104,6 +109,9 @@ class LinkSpec(_Section):
 
     _gathered = field_validator("h2d_gathered_gbps")(
         lambda v, info: v if v is None else positive(info.field_name, v)
+    )
+    _gap_allocated = field_validator("copy_gap_allocated_us")(
+        lambda v, info: v if v is None or v.value >= 0 else positive(info.field_name, v)
     )
 
     @field_validator("duplex_efficiency")
