@@ -121,15 +121,16 @@ def expert_loop(self, hidden_states, top_k_index, top_k_weights, weights_of) -> 
     order = torch.argsort(flat, stable=True)  # (token, slot) pairs by expert, tokens ascending within one
     hit = [e for e, n in enumerate(counts) if n]
     gate_up, down = weights_of(hit)
+    # every pair's token and routing weight in expert order, once: each hit expert's are then slices (views), so
+    # the loop issues only its expert's own work (gather, gate/up, act, product, down, weight, index_add)
+    tokens = order // k
+    weights = top_k_weights.reshape(-1)[order, None]
     start = sum(counts[: hit[0]]) if hit else 0
     for j, e in enumerate(hit):
-        pairs = order[start : start + counts[e]]
+        token_idx, weight = tokens[start : start + counts[e]], weights[start : start + counts[e]]
         start += counts[e]
-        token_idx, top_k_pos = pairs // k, pairs % k
-        state = hidden_states[token_idx]
-        gate, up = torch.nn.functional.linear(state, gate_up[j]).chunk(2, dim=-1)
-        out = torch.nn.functional.linear(self.act_fn(gate) * up, down[j])
-        out = out * top_k_weights[token_idx, top_k_pos, None]
+        gate, up = torch.nn.functional.linear(hidden_states[token_idx], gate_up[j]).chunk(2, dim=-1)
+        out = torch.nn.functional.linear(self.act_fn(gate) * up, down[j]) * weight
         final.index_add_(0, token_idx, out.to(final.dtype))
     return final
 
