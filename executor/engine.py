@@ -78,6 +78,18 @@ class CudaEngine:
         s.copies += 1
         s.bytes += _nbytes(src)
 
+    def copy_many(self, stream, pairs, direction: str) -> None:
+        """copy(stream, dst, src, direction) for each (dst, src) of `pairs`, issued under one stream context (a
+        layer's streamed experts: 2 copies a hit expert, whose per-copy host cost the model prices as the raw
+        back-to-back copy's, runtime.copy_issue_us)."""
+        s = self.stats[direction]
+        with torch.cuda.stream(stream):
+            for dst, src in pairs:
+                _check_copy(dst, src)
+                dst.copy_(src, non_blocking=True)
+                s.copies += 1
+                s.bytes += _nbytes(src)
+
     def keep_alive(self, t: torch.Tensor, stream) -> None:
         """`t` (made on compute) is read by `stream`: the caching allocator must not reuse it before that."""
         t.record_stream(stream)
@@ -165,6 +177,10 @@ class CpuEngine:
             self._run(ev.owner, ev)
         else:
             stream.ops.append(("wait", ev))
+
+    def copy_many(self, stream, pairs, direction: str) -> None:
+        for dst, src in pairs:
+            self.copy(stream, dst, src, direction)
 
     @_locked
     def copy(self, stream, dst: torch.Tensor, src: torch.Tensor, direction: str | None = None) -> None:

@@ -54,6 +54,9 @@ class ExpertStreamer:
         self.saved = []
         self.bytes_moved = 0  # H2D bytes of the experts fetched so far
         pinned = rt.engine.kind == "cuda"
+        self.rows: dict[
+            int, list[tuple[torch.Tensor, torch.Tensor]]
+        ] = {}  # per module: each expert's host rows
         for mod in self.mods:
             homes = []
             for name in ("gate_up_proj", "down_proj"):
@@ -63,6 +66,10 @@ class ExpertStreamer:
                 homes.append((p, p.device))
                 p.data = host
             self.saved.append(homes)
+            # the views a fetch copies from, made once (a decode step would otherwise make 2 a hit expert)
+            self.rows[id(mod)] = list(
+                zip(mod.gate_up_proj.data.unbind(0), mod.down_proj.data.unbind(0), strict=True)
+            )
             mod.forward = types.MethodType(_fetching_forward(self), mod)
         # the rest of the decoder layers on the GPU: a model loaded with its layers in host memory (what `roofsim
         # run` does for this plan, so that the experts need never fit on the GPU) gets them there now
@@ -88,13 +95,16 @@ class ExpertStreamer:
         down = torch.empty(
             (len(hit), *mod.down_proj.shape[1:]), dtype=mod.down_proj.dtype, device=self.device
         )
+        rows = self.rows[id(mod)]
+        pairs = [
+            pair
+            for j, (g, d) in enumerate(zip(gate_up.unbind(0), down.unbind(0), strict=True))
+            for pair in ((g, rows[hit[j]][0]), (d, rows[hit[j]][1]))
+        ]
         start = rt.rec.mark(eng.compute)
-        nbytes = 0
-        for j, e in enumerate(hit):
-            for dst, src in ((gate_up[j], mod.gate_up_proj.data[e]), (down[j], mod.down_proj.data[e])):
-                eng.copy(eng.compute, dst, src, "h2d")
-                nbytes += src.numel() * src.element_size()
+        eng.copy_many(eng.compute, pairs, "h2d")
         end = rt.rec.mark(eng.compute)
+        nbytes = sum(src.numel() * src.element_size() for _, src in pairs)
         rt.rec.span("h2d", "h2d", start, end, name="experts", nbytes=nbytes)
         self.bytes_moved += nbytes
         return gate_up, down
@@ -106,7 +116,7 @@ class ExpertStreamer:
             del mod.forward  # the class's stock forward again
         for p, device in self.moved:
             p.data = p.data.to(device)
-        self.mods, self.saved, self.moved = [], [], []
+        self.mods, self.saved, self.moved, self.rows = [], [], [], {}
 
 
 def expert_loop(self, hidden_states, top_k_index, top_k_weights, weights_of) -> torch.Tensor:
