@@ -1,4 +1,6 @@
-"""Fused projections: the linear layers that read the same input (q, k and v; the MLP's gate and up) read one
+"""Fused projections and norms.
+
+Projections: the linear layers that read the same input (q, k and v; the MLP's gate and up) read one
 concatenated weight in one matrix product, as gpt-fast's `wqkv` does. A decode step reads each weight once per
 token, and one product over the concatenated weight streams it at a higher rate than three smaller ones.
 
@@ -6,6 +8,11 @@ The modules stay where transformers calls them. Their weights become row slices 
 copy); the first module of a group computes the fused product and hands the others their slices of it, which they
 return when called on the same input tensor (transformers passes the one hidden-states tensor to each), and compute
 alone otherwise.
+
+Norms (`fuse_norms`): the RMSNorm of Llama-style models (`weight * (x * rsqrt(mean(x^2) + eps)).to(dtype)`, eight
+kernels in eager: the fp32 cast, square, mean, add, rsqrt, product, cast back, weight) as one call of torch's
+`F.rms_norm` (one fused kernel on CUDA where torch has it), the same arithmetic in fp32 but for where the weight is
+applied (before the cast to the model's dtype, not after): a one-token decode step issues 2 of these a layer.
 """
 
 from __future__ import annotations
@@ -73,3 +80,41 @@ def _fuse(mods: list) -> bool:
     for i, m in enumerate(mods[1:], 1):
         m.forward = later(i, m)
     return True
+
+
+LLAMA_STYLE_NORMS = (
+    "LlamaRMSNorm",
+    "MistralRMSNorm",
+    "Qwen2RMSNorm",
+    "Qwen3RMSNorm",
+    "Qwen3MoeRMSNorm",
+    "Phi3RMSNorm",
+)
+"""RMSNorm classes whose forward is Llama's (`weight * normed.to(dtype)`); Gemma's scales by 1 + weight instead."""
+
+
+def fuse_norms(model) -> int:
+    """Give every Llama-style RMSNorm of `model` (LLAMA_STYLE_NORMS, a 1-D weight) the one-call forward (see the
+    module doc). Returns the number of norms changed; a module's own forward comes back with `del m.forward`."""
+    n = 0
+    for mod in model.modules():
+        if type(mod).__name__ not in LLAMA_STYLE_NORMS or "forward" in mod.__dict__:
+            continue
+        weight = getattr(mod, "weight", None)
+        eps = getattr(mod, "variance_epsilon", None)
+        if weight is None or weight.dim() != 1 or eps is None:
+            continue
+        mod.forward = _one_call_norm(mod, float(eps))
+        n += 1
+    return n
+
+
+def _one_call_norm(mod, eps: float):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.dtype != mod.weight.dtype
+        ):  # the stock forward's casts, where the weight is kept in another dtype
+            return type(mod).forward(mod, x)
+        return F.rms_norm(x, (x.shape[-1],), mod.weight, eps)
+
+    return forward

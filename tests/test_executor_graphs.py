@@ -167,3 +167,29 @@ def test_fused_projections_give_the_same_logits(family):
         + (0 if layer.self_attn.k_proj.bias is None else layer.self_attn.k_proj.bias),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_one_call_norms_give_the_same_logits(family):
+    """fuse_norms swaps every Llama-style RMSNorm (two a layer and the final one) for F.rms_norm: in fp32 the
+    logits are the stock ones; in bf16 only where the weight multiplies moves (a rounding), within the executor's
+    tolerance; and the stock forward comes back."""
+    from roofsim.executor.fuse import fuse_norms
+
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        model = random_model(tiny_config(family), "cpu", dtype, seed=1)
+        ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+        ref = greedy_logits(model, cache, ids, CHUNK, GEN)
+        cache.close()
+        norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+        assert fuse_norms(model) == len(norms) == 2 * model.config.num_hidden_layers + 1
+        assert fuse_norms(model) == 0  # already one call
+        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+        got = greedy_logits(model, cache, ids, CHUNK, GEN)
+        cache.close()
+        assert rel_err(got.float(), ref.float()) < tol, dtype
+        for m in norms:
+            del m.forward
+        x = torch.randn(2, model.config.hidden_size, dtype=dtype)
+        assert torch.equal(norms[0](x), type(norms[0]).forward(norms[0], x))

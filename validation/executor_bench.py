@@ -287,7 +287,7 @@ def _summarize_speed(b: Bench, s: dict) -> None:
         # the executor's faster configuration: graphs, or graphs over fused projections
         options = [
             x
-            for x in (label, f"{label}_fused")
+            for x in (label, f"{label}_fused", f"{label}_fusednorms")
             if decode.get(x, {}).get("graphs", {}).get("ratio_to_hbm_bound")
         ]
         if not options:
@@ -295,7 +295,9 @@ def _summarize_speed(b: Bench, s: dict) -> None:
         best = min(options, key=lambda x: decode[x]["graphs"]["decode_s_per_token"])
         e, g = decode.get(label, {}), decode[best]["graphs"]
         s[f"resident_decode_{label}_within_1.3x_of_hbm_bound"] = {
-            "configuration": "graphs" + (", fused projections" if best.endswith("_fused") else ""),
+            "configuration": "graphs"
+            + (", fused projections" if "_fused" in best else "")
+            + (", one-call norms" if best.endswith("norms") else ""),
             "decode_s_per_token": g["decode_s_per_token"],
             "eager_decode_s_per_token": e.get("eager", {}).get("decode_s_per_token"),
             "hf_default_s_per_token": e.get("hf_default_s_per_token"),
@@ -556,17 +558,25 @@ def prefill_flops(model, n: int) -> float:
     return 2.0 * linear * n + 2.0 * head + attn
 
 
-def stage_resident_decode(b: Bench, context: int, gen: int = 12, fused: bool = False) -> None:
+def stage_resident_decode(
+    b: Bench, context: int, gen: int = 12, fused: bool = False, norms: bool = False
+) -> None:
     """The resident plan's decode at `context`, eager and replayed from a CUDA graph, against the HBM bound: the
     weights a step reads and the context's KV over this run's HBM read rate. fused: the model's q/k/v and gate/up
-    projections fused first (executor/fuse.py; it stays fused for the stages after), graphs only."""
+    projections fused first (executor/fuse.py; it stays fused for the stages after), graphs only. norms: its
+    RMSNorms made one call each too (fuse.fuse_norms; they stay so for the stages after)."""
     model = b.get_model(524 * K)
-    label = f"{context // K}K" + ("_fused" if fused else "")
+    label = f"{context // K}K" + ("_fused" if fused else "") + ("norms" if norms else "")
     if fused:
         from roofsim.executor.fuse import fuse_projections
 
         n = fuse_projections(model)  # 0 when an earlier stage fused them
         b.data["fused_groups"] = n or b.data.get("fused_groups")
+    if norms:
+        from roofsim.executor.fuse import fuse_norms
+
+        n = fuse_norms(model)
+        b.data["fused_norms"] = n or b.data.get("fused_norms")
     context //= SCALE
     entry = b.data.setdefault("resident_decode", {}).setdefault(label, {})
     modes = (("graphs", True),) if fused else (("eager", False), ("graphs", True))
@@ -820,6 +830,8 @@ def main() -> int:
         "hfdefault64k": lambda: stage_hf(b, 64 * K, offloading=False),
         "decode16k_fused": lambda: stage_resident_decode(b, 16 * K, fused=True),
         "decode64k_fused": lambda: stage_resident_decode(b, 64 * K, fused=True),
+        "decode16k_fusednorms": lambda: stage_resident_decode(b, 16 * K, fused=True, norms=True),
+        "decode64k_fusednorms": lambda: stage_resident_decode(b, 64 * K, fused=True, norms=True),
         "prefill128k": lambda: stage_prefill(
             b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident"
         ),
