@@ -54,9 +54,8 @@ class ExpertStreamer:
         self.saved = []
         self.bytes_moved = 0  # H2D bytes of the experts fetched so far
         pinned = rt.engine.kind == "cuda"
-        self.rows: dict[
-            int, list[tuple[torch.Tensor, torch.Tensor]]
-        ] = {}  # per module: each expert's host rows
+        # per module (by id): each expert's host gate_up and down rows, the views a fetch copies from
+        self.rows: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for mod in self.mods:
             homes = []
             for name in ("gate_up_proj", "down_proj"):
@@ -66,7 +65,7 @@ class ExpertStreamer:
                 homes.append((p, p.device))
                 p.data = host
             self.saved.append(homes)
-            # the views a fetch copies from, made once (a decode step would otherwise make 2 a hit expert)
+            # made once: a decode step would otherwise make 2 a hit expert
             self.rows[id(mod)] = list(
                 zip(mod.gate_up_proj.data.unbind(0), mod.down_proj.data.unbind(0), strict=True)
             )

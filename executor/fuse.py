@@ -111,9 +111,8 @@ def fuse_norms(model) -> int:
 
 def _one_call_norm(mod, eps: float):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dtype != mod.weight.dtype
-        ):  # the stock forward's casts, where the weight is kept in another dtype
+        # a weight kept in another dtype than the input's: the stock forward's casts
+        if x.dtype != mod.weight.dtype:
             return type(mod).forward(mod, x)
         return F.rms_norm(x, (x.shape[-1],), mod.weight, eps)
 

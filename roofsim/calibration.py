@@ -285,6 +285,11 @@ def _bandwidth_share(points: list[CopyPoint], base: GpuSpec) -> float:
     )
 
 
+def _copy_gap_s(batch: BatchPoint, h2d: float) -> float:
+    """A back-to-back batch's time a copy less that copy's bytes at the isolated rate `h2d` (bytes/s), at least 0."""
+    return max(0.0, batch.seconds / batch.copies - batch.nbytes_each / h2d)
+
+
 def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]]]:
     """Section -> field -> (value, how it was measured)."""
     h2d = _stream_rate(m.h2d, 64 * 2**20)
@@ -300,7 +305,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
     smallest = min(m.h2d, key=lambda p: p.nbytes)
     few = min(m.back_to_back_h2d, key=lambda b: b.copies)
     many = max(m.back_to_back_h2d, key=lambda b: b.copies)
-    gap = max(0.0, few.seconds / few.copies - few.nbytes_each / h2d)
+    gap = _copy_gap_s(few, h2d)
     issue = many.seconds / many.copies
     allocated = m.back_to_back_h2d_allocated
     few_allocated = min(allocated, key=lambda b: b.copies) if allocated else None
@@ -343,11 +348,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             **(
                 {
                     "copy_gap_allocated_us": (
-                        max(
-                            0.0,
-                            few_allocated.seconds / few_allocated.copies - few_allocated.nbytes_each / h2d,
-                        )
-                        * 1e6,
+                        _copy_gap_s(few_allocated, h2d) * 1e6,
                         f"{few_allocated.copies} back-to-back {few_allocated.nbytes_each // 2**20} MiB copies from "
                         "torch's pinned allocator's memory",
                     )

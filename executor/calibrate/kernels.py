@@ -137,8 +137,8 @@ def expert_call_s(device: str = "cuda") -> float:
     """Host seconds the executor's MoE expert loop (experts.resident_forward) spends per expert hit: the loop over a tiny
     layer of 128 experts (hidden 64) for one token (8 hit) and for 256 tokens (nearly all 128 hit), the difference
     over the difference in experts hit. At these shapes the GPU work is a few microseconds an expert, so the loop's
-    time is its host issue (the ops each hit expert needs: its tokens' slice, index, gate/up, act, product, down,
-    scale, index_add)."""
+    time is its host issue (the ops each hit expert needs: its tokens' gather, gate/up, act, product, down, routing
+    weight, index_add)."""
     from types import SimpleNamespace
 
     from roofsim.executor.experts import resident_forward
