@@ -73,9 +73,8 @@ def banded_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, kept: in
     first = 0 if kept == W - 1 else 1  # block 0 is regular when W-1 keys precede it
     full = C // W  # blocks of W rows
     per = max(1, GROUP_ROWS // W)  # regular blocks per batched call: its temporaries stay a few thousand rows
-    for b0 in range(
-        first, full, per
-    ):  # regular blocks: keys before at K[bW : bW + W-1], own at K[kept + bW ..]
+    # regular blocks: keys before at K[bW : bW + W-1], own at K[kept + bW ..]
+    for b0 in range(first, full, per):
         nb = min(per, full - b0)
         o, x = _regular_blocks(q, K, V, kept, W, b0, nb, scale)
         out[:, :, b0 * W : (b0 + nb) * W] = o
