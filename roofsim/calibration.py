@@ -156,6 +156,11 @@ class Measurements(BaseModel):
         description="host time the executor's MoE expert loop spends per expert hit (tiny shapes, timed after "
         "attention_call_s)",
     )
+    expert_fetch_s: float | None = Field(
+        default=None,
+        description="host time a streamed MoE layer's fetch adds to the expert loop per expert hit (its two "
+        "copies from pinned host memory; tiny shapes, timed with expert_call_s)",
+    )
     fp8_passes: list[CopyPoint] | None = Field(
         default=None,
         description="a decode call's fp8 store passes (the write of its new row, the dequantisation of the store) "
@@ -460,6 +465,17 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     )
                 }
                 if m.expert_call_s is not None
+                else {}
+            ),
+            **(
+                {
+                    "expert_fetch_us": (
+                        m.expert_fetch_s / calls * 1e6,
+                        "a tiny MoE layer's expert loop with its experts fetched from pinned host memory, against "
+                        "the same loop over GPU weights, for 256 tokens against 1, per expert hit" + restated,
+                    )
+                }
+                if m.expert_fetch_s is not None
                 else {}
             ),
             **(

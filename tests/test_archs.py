@@ -299,6 +299,39 @@ def test_expert_copies_pay_the_gap_of_the_memory_they_come_from():
     assert sim(slow) - sim(gpu) == pytest.approx(copies * 100e-6, rel=0.1)
 
 
+def test_a_timed_expert_fetch_prices_each_picked_expert_on_the_host():
+    """runtime.expert_fetch_us (the executor's fetch of one picked expert, timed by calibrate) replaces the two
+    copies' issue at copy_issue_us: where the fetch binds the decode step, each microsecond more a picked expert
+    adds one a picked expert per streamed MoE layer, in the analytic model and the simulator alike; a plan that
+    streams no experts does not change."""
+    m = BUILTIN["qwen3-30b-a3b"]
+    gpu, host = _specs("h100-sxm")
+
+    def fetching(us: float):
+        runtime = {**gpu.runtime.model_dump(), "expert_fetch_us": {"value": us, "assumed": "test"}}
+        return type(gpu).model_validate({**gpu.model_dump(), "runtime": runtime})
+
+    slow, slower = fetching(1000.0), fetching(2000.0)  # 8 ms a layer: far above the copies and the kernels
+    plan, work = ResidentPlan(experts="streamed"), Workload(context=65536)
+    picked = m.moe_layers * m.experts_per_token
+    a = predict(plan, m, slow, host, work).summary.decode.time_s
+    b = predict(plan, m, slower, host, work).summary.decode.time_s
+    assert b - a == pytest.approx(picked * 1000e-6, rel=0.02)
+    assert a > predict(plan, m, gpu, host, work).summary.decode.time_s
+    same = ResidentPlan()
+    assert (
+        predict(same, m, slower, host, work).summary.decode.time_s
+        == predict(same, m, gpu, host, work).summary.decode.time_s
+    )
+
+    def sim(g):
+        return simulate(
+            plan, m, g, host, work, decode_steps=2, keep="none", prefill_sample=4
+        ).summary.decode.time_s
+
+    assert sim(slower) - sim(slow) == pytest.approx(picked * 1000e-6, rel=0.05)
+
+
 def test_the_planner_trades_experts_for_kv_under_a_cap():
     """Under a cap the routed experts cannot all keep, the planner streams some of them; with room for all it
     keeps them resident."""

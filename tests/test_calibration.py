@@ -748,3 +748,14 @@ def test_measured_expert_call_cost_prices_each_expert_hit(tmp_path):
     assert float(work(dense, profile).dispatch_s(profile)) == pytest.approx(
         float(work(dense, plain).dispatch_s(plain))
     )
+
+
+def test_measured_expert_fetch_cost_gives_the_profile_its_fetch(tmp_path):
+    """The tiny streamed expert loop's time per expert hit beyond the resident loop's gives the profile
+    runtime.expert_fetch_us; a calibration without it has none (the fetch's copies then issue at copy_issue_us)."""
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    measured = probe_measurements().model_copy(update={"expert_fetch_s": 40e-6})
+    profile = load_gpu(str(write_profile(spec, host, measured, tmp_path)[0]))
+    plain = load_gpu(str(write_profile(spec, host, probe_measurements(), tmp_path / "plain")[0]))
+    assert profile.runtime.expert_fetch_us.value == pytest.approx(40.0)
+    assert plain.runtime.expert_fetch_us is None

@@ -229,7 +229,7 @@ MEASURE_ORDER = (
     + ["back_to_back"] * 5
     + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "vector_ops", "fp8_passes"]
     + ["decode_layer_cost"]
-    + ["sync_us", "gpu_kernel_us", "topk_gelems", "attention_call_costs", "expert_call_s", "attention_new_shape_s"]
+    + ["sync_us", "gpu_kernel_us", "topk_gelems", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost_beside_cpu", "worker_round_trip_s", "decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
     + ["cpu_attention_groups", "cpu_attention_slots", "cpu_gather_gbps", "h2d_after_gather", "matmul_tflops"]
@@ -278,7 +278,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(kernels, "topk_gelems", 5.0)
     fake(kernels, "fp8_passes", [point])
     fake(attention, "attention_call_costs", (6.0, 7.0, 0.5))
-    fake(kernels, "expert_call_s", 2.5e-4)
+    fake(kernels, "expert_costs_s", (2.5e-4, 3e-5))
     fake(attention, "attention_new_shape_s", 8.0)
     fake(attention, "prefill_call_extra_s", 9.0)
     fake(host, "decode_layer_cost_beside_cpu", 10.0)
@@ -299,7 +299,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
 
     m = calibrate.measure(model)
     assert log == MEASURE_ORDER
-    assert m.expert_call_s == 2.5e-4
+    assert (m.expert_call_s, m.expert_fetch_s) == (2.5e-4, 3e-5)
     assert len(m.back_to_back_h2d) == 3 and len(m.back_to_back_h2d_allocated) == 2
     assert pace_beside(m) == ["layer0"] * 2 + ["layer1"] * 2 + ["calls"] * 2 + ["layer2"] * 2
     assert len(m.host_pace_us) == len(m.launch_pace_us) == len(m.step_pace_us) == 8
@@ -310,8 +310,10 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1
 
 
-def test_the_expert_loop_is_timed_per_expert_hit():
-    """kernels.expert_call_s runs the executor's expert loop (on the CPU here) and gives seconds per expert hit."""
+def test_the_expert_loops_are_timed_per_expert_hit():
+    """kernels.expert_costs_s runs the executor's resident expert loop and its streamed fetch (on the CPU here)
+    and gives seconds per expert hit of each, the fetch's beyond the loop's."""
     from roofsim.executor.calibrate import kernels
 
-    assert kernels.expert_call_s("cpu") >= 0.0
+    loop, fetch = kernels.expert_costs_s("cpu")
+    assert loop > 0.0 and fetch >= 0.0

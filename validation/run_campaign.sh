@@ -20,7 +20,7 @@
 # of CAMPAIGN (default validation/campaign-h100.toml: model, context and plan, nothing GPU-specific).
 #   bash validation/run_campaign.sh recalibrate  # calibrate unless this machine already did for CALIB (a warm
 #                                                # machine keeps /tmp between calls): then that profile is reused
-# RESUME=1 skips the configurations this machine already measured into /tmp/campaign (a warm machine keeps /tmp
+# RESUME=1 skips the configurations this machine already measured into /tmp/campaign/<campaign> (a warm machine keeps /tmp
 # between calls), so that one list can be handed to several calls in a row.
 # HOST_MONITOR=1 writes $OUT/host-<part or LABEL>.csv beside the part: the host's speed every half second.
 # Then, here: extract each archive into validation/results/h100/, compress the traces (the device takes at most
@@ -71,8 +71,10 @@ case "$part" in
   c) only="l3-head-g2-r1-128k,l3-cpu4-128k,l3-evict-128k,q7-head-g1-128k" ;;
   *) echo "unknown part $part: calibrate, recalibrate, a, b, c, cpu, l2-planner, q7-planner, l3-planner, fp8 or only" >&2; exit 2 ;;
 esac
-mkdir -p /tmp/campaign
+# one working folder per campaign file, so that an archive holds only its own campaign's runs
+runs="/tmp/campaign/$(basename "$campaign" .toml)/campaign"
+mkdir -p "$(dirname "$runs")"
 resume=()
 if [ -n "${RESUME:-}" ]; then resume=(--resume); fi
-roofsim validate "$campaign" --gpu "$profile" -o /tmp/campaign/campaign --timeout 400 \
+roofsim validate "$campaign" --gpu "$profile" -o "$runs" --timeout 400 \
   --only "$only" --archive "$OUT/campaign-$label.tar.gz" "${resume[@]}"

@@ -124,7 +124,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     call_s, streamed_s, fp8_call = attention.attention_call_costs(
         "cuda", pace=pace, launch=launch, step_pace=step_pace
     )
-    expert_call = kernels.expert_call_s()  # any model: a tiny layer of its own; restated at the calls' pace
+    # any model: a tiny layer of its own; restated at the calls' pace
+    expert_call, expert_fetch = kernels.expert_costs_s()
     label("calls")
     new_shape = attention.attention_new_shape_s(model)
     prefill_call = attention.prefill_call_extra_s(model)
@@ -174,6 +175,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         streamed_call_s=streamed_s,
         fp8_call_s=fp8_call,
         expert_call_s=expert_call,
+        expert_fetch_s=expert_fetch,
         fp8_passes=fp8,
         host_pace_us=pace,
         launch_pace_us=launch,

@@ -397,6 +397,7 @@ def window_loads(ctx: Ctx, steps: Steps, streamed_weights: bool, streamed_expert
                     h2d_gap_s=x.h2d_gap_s,
                     units=1 if w_bytes else 0,
                     serial_s=x.serial_s,
+                    host_work_s=x.host_s,
                     syncs=moe_syncs(m),
                 )
             )
@@ -429,6 +430,8 @@ class ExpertStream:
     h2d_copies: np.ndarray | float = 0.0
     h2d_gap_s: np.ndarray | float = 0.0  # LayerLoad.h2d_gap_s: the copies' own gap beyond copy_gap_us's
     serial_s: np.ndarray | float = 0.0
+    # LayerLoad.host_work_s: the fetch's host time beyond its copies' issue at copy_issue_us (expert_fetch_s)
+    host_s: np.ndarray | float = 0.0
 
 
 def expert_stream(ctx: Ctx, steps: Steps, streamed: int) -> ExpertStream:
@@ -444,15 +447,30 @@ def expert_stream(ctx: Ctx, steps: Steps, streamed: int) -> ExpertStream:
     # the experts' host copies come from torch's pinned allocator (executor.experts), whose back-to-back gap the
     # calibration measures apart from the registered KV store's
     own_gap = link.gap_s(ctx.gpu, allocated=True) - link.gap_s(ctx.gpu)
+    fetch = expert_fetch_s(ctx.gpu, picked)
+    # the copies finish after the engine has moved them and after the host has issued them, the last one's latency
+    # beyond the gap after both
+    engine = link.engine_s(nbytes, copies, ctx.gpu, "h2d", allocated=True)
+    tail = max(0.0, ctx.gpu.link.copy_latency_us.value * 1e-6 - link.gap_s(ctx.gpu, allocated=True))
     return ExpertStream(
         h2d_bytes=share * nbytes,
         h2d_copies=share * copies,
         h2d_gap_s=share * copies * own_gap,
-        serial_s=share * link.batch_s(nbytes, copies, ctx.gpu, "h2d", allocated=True),
+        serial_s=share * (np.maximum(engine, fetch) + tail),
+        host_s=share * (fetch - link.issue_s(copies, ctx.gpu)),
     )
 
 
 EXPERT_TENSORS = 2  # an expert's fused gate_up and its down projection: one copy each
+
+
+def expert_fetch_s(gpu: GpuSpec, picked):
+    """Host time to fetch `picked` experts of a streamed MoE layer: runtime.expert_fetch_us each where the profile
+    has it (the executor's fetch, timed), else their EXPERT_TENSORS copies at copy_issue_us."""
+    fetch = gpu.runtime.expert_fetch_us
+    if fetch is None:
+        return link.issue_s(np.asarray(picked, dtype=float) * EXPERT_TENSORS, gpu)
+    return np.asarray(picked, dtype=float) * fetch.value * 1e-6
 
 
 def moe_syncs(m) -> float:

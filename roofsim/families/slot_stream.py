@@ -177,6 +177,7 @@ def slot_loads(
                 d2h_copies=S * B * write_back_share(C, write_back_tokens),
                 units=S * blocks + (1 if w_bytes else 0),
                 serial_s=x.serial_s,
+                host_work_s=x.host_s,
                 depth=min(depth, buffers - 1),
                 d2h_on_compute=d2h_on_compute,
                 syncs=S * syncs_per_slot + moe_syncs(ctx.model),

@@ -19,6 +19,7 @@ from roofsim.families.pipeline import (
     EXPERT_TENSORS,
     Ctx,
     activation_bytes,
+    expert_fetch_s,
     kv_bytes,
     logits_bytes,
     weight_stream,
@@ -136,9 +137,21 @@ class Builder:
         )
 
     def copy(
-        self, direction, nbytes, phase, step, layer=None, slot=None, copies=1, deps=(), kind=None, **kw
+        self,
+        direction,
+        nbytes,
+        phase,
+        step,
+        layer=None,
+        slot=None,
+        copies=1,
+        deps=(),
+        kind=None,
+        issue_s=None,
+        **kw,
     ) -> int:
-        issue = copies * self.ctx.gpu.runtime.copy_issue_us.value * 1e-6
+        """A copy task; the host issues it in `issue_s` (default: `copies` at runtime.copy_issue_us)."""
+        issue = copies * self.ctx.gpu.runtime.copy_issue_us.value * 1e-6 if issue_s is None else issue_s
         return self.add(
             Task(
                 resource=direction,
@@ -302,6 +315,7 @@ def picked_experts_copy(b: Builder, phase: str, step: int, li: int, C: float, de
         step,
         li,
         copies=max(1, round(picked * EXPERT_TENSORS)),
+        issue_s=float(expert_fetch_s(b.ctx.gpu, picked)),
         deps=tuple(deps),
         name="experts",
         stream="h2d_weights",

@@ -262,6 +262,12 @@ class RuntimeSpec(_Section):
         description="host time of the MoE expert loop per expert hit (its tokens' slice and index, gate/up, act, "
         "product, down, scale, index_add), us; None: ops.EXPERT_KERNELS counted dispatches at kernel_us",
     )
+    expert_fetch_us: SourcedNumber | None = Field(
+        None,
+        description="host time a streamed MoE layer's fetch of one picked expert adds to the expert loop (its "
+        "gate_up and down copies from pinned host memory, issued under one stream context), us; None: two "
+        "copies at copy_issue_us",
+    )
     fp8_call_us: SourcedNumber | None = Field(
         None,
         description="host time an attention call over an fp8 store adds to the same call in bf16 (the write of "
