@@ -58,8 +58,10 @@ class Config(BaseModel):
     runners_up: int = Field(
         2, ge=0, le=MAX_TOP, description="planner configs: how many runners-up are measured for the regret"
     )
-    other_families: bool = Field(
-        True, description="planner configs: also measure the best plan of every other exact family that fits"
+    other_families: bool | list[StrictStr] = Field(
+        True,
+        description="planner configs: also measure the best plan of every other exact family that fits (true), "
+        "of the families named (a list), or of none (false)",
     )
 
 
@@ -97,6 +99,9 @@ def check_config(cfg: Config, path: str, gpu: GpuSpec) -> None:
             plan_from_dict(cfg.plan, where="plan")
         elif cfg.plan != "planner":
             family_of(cfg.plan, "plan")
+        if isinstance(cfg.other_families, list):
+            for name in cfg.other_families:
+                family_of(name, "other_families")
     except UserError as e:
         raise UserError(f"{where}: {str(e).replace('--gpu-mem', 'gpu_mem')}") from None
 
@@ -121,13 +126,19 @@ def _pick_and_runners_up(ranked: list[PlanBase], runners_up: int) -> list[PlanBa
     return plans[: 1 + runners_up]
 
 
-def _other_families(ranked: list[PlanBase], taken: list[PlanBase]) -> list[PlanBase]:
-    """The best-ranked plan of each exact family the plans taken lack, in the ranking's order: the regret is
-    measured against every family that fits, not only against the pick's near-ties, so that a family the model
-    misprices can show up."""
+def _other_families(
+    ranked: list[PlanBase], taken: list[PlanBase], only: bool | list[str] = True
+) -> list[PlanBase]:
+    """The best-ranked plan of each exact family the plans taken lack (of the families `only` names, where it is
+    a list), in the ranking's order: the regret is measured against every family that fits, not only against the
+    pick's near-ties, so that a family the model misprices can show up."""
+    if only is False:
+        return []
     have = {p.family for p in taken}
     out = []
     for p in ranked:
+        if only is not True and p.family not in only:
+            continue
         if p.family not in have and not p.approximate:
             have.add(p.family)
             out.append(p)
@@ -145,7 +156,7 @@ def _plans(cfg: Config, model, gpu, host, work, limits) -> tuple[list[tuple[str,
         refined = [c.plan for c in result.ranked if c.simulated is not None]
         picked = _pick_and_runners_up(refined, cfg.runners_up)
         tagged = [("pick" if i == 0 else f"alt{i}", p) for i, p in enumerate(picked)]
-        others = _other_families([c.plan for c in result.ranked], picked) if cfg.other_families else []
+        others = _other_families([c.plan for c in result.ranked], picked, cfg.other_families)
         return tagged + [(f"best-{p.family}", p) for p in others], "planner"
     if isinstance(cfg.plan, dict):
         return [("pick", plan_from_dict(cfg.plan, where=f"config {cfg.name}"))], "given"

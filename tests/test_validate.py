@@ -21,8 +21,11 @@ TINY = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
+def _validate(tmp_path_factory, only: str) -> Path:
+    """The configurations named in `only` (of the configs.toml written here), validated with the executor on the
+    CPU. Each run is a process of its own, ~9 s on a CPU, nearly all of it importing torch and transformers: a
+    module fixture runs at most three (`campaign` and `planned` are measured apart, so that neither's setup is
+    long)."""
     root = tmp_path_factory.mktemp("campaign")
     (root / "tiny").mkdir()
     (root / "tiny" / "config.json").write_text(json.dumps(TINY))
@@ -49,48 +52,57 @@ model = "{model}"
 context = 48
 plan = "planner"
 gen = 3
+runners_up = 0
+other_families = ["head_offload"]
+
+[[config]]
+name = "tiny-runners-up"
+model = "{model}"
+context = 48
+plan = "planner"
+gen = 3
 runners_up = 1
+other_families = false
 """
     )
     out = root / "results"
-    code = main(
-        [
-            "validate",
-            str(root / "configs.toml"),
-            "--gpu",
-            "h100-sxm",
-            "-o",
-            str(out),
-            "--device",
-            "cpu",
-            "--timeout",
-            "300",
-            "--only",
-            "tiny-resident,tiny-planner",  # tiny-head: the resume test runs it
-        ]
-    )
-    assert code == 0
+    args = ["validate", str(root / "configs.toml"), "--gpu", "h100-sxm", "-o", str(out), "--device", "cpu"]
+    assert main([*args, "--timeout", "300", "--only", only]) == 0
     return out
 
 
-def test_every_configuration_writes_predicted_measured_and_comparison(campaign):
-    for name in ("tiny-resident", "tiny-planner"):
-        folder = campaign / name
-        for f in (
-            "config.json",
-            "plan.json",
-            "predicted.json",
-            "analytic.json",
-            "measured.json",
-            "comparison.json",
-            "runs.json",
-        ):
-            assert (folder / f).is_file(), (name, f)
-        measured = json.loads((folder / "measured.json").read_text())
-        assert measured["header"]["producer"] == "measured" and measured["summary"]["decode"]["time_s"] > 0
-        predicted = json.loads((folder / "predicted.json").read_text())
-        assert predicted["header"]["producer"] == "predicted"
-    assert (campaign / "tiny-planner" / "alt1" / "measured.json").is_file()
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """A configuration with a given plan (tiny-head: the resume test runs it)."""
+    return _validate(tmp_path_factory, "tiny-resident")
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """A planner configuration: its pick and one other family's best plan (tiny-runners-up: the runners-up
+    test runs it)."""
+    return _validate(tmp_path_factory, "tiny-planner")
+
+
+@pytest.mark.parametrize("results,name", [("campaign", "tiny-resident"), ("planned", "tiny-planner")])
+def test_every_configuration_writes_predicted_measured_and_comparison(request, results, name):
+    folder = request.getfixturevalue(results) / name
+    for f in (
+        "config.json",
+        "plan.json",
+        "predicted.json",
+        "analytic.json",
+        "measured.json",
+        "comparison.json",
+    ):
+        assert (folder / f).is_file(), (name, f)
+    assert (folder / "runs.json").is_file()
+    measured = json.loads((folder / "measured.json").read_text())
+    assert measured["header"]["producer"] == "measured" and measured["summary"]["decode"]["time_s"] > 0
+    predicted = json.loads((folder / "predicted.json").read_text())
+    assert predicted["header"]["producer"] == "predicted"
+    if name == "tiny-planner":
+        assert (folder / "best-head_offload" / "measured.json").is_file()
 
 
 def test_the_executor_runs_with_the_profile_the_prediction_used(campaign):
@@ -98,34 +110,64 @@ def test_the_executor_runs_with_the_profile_the_prediction_used(campaign):
     assert command[command.index("--gpu") + 1] == "h100-sxm"
 
 
-def test_summary_ends_with_the_closing_line(campaign):
-    rows, line = summarize(campaign)
-    assert len(rows) == 2 and not any(r["failed"] for r in rows)
+def test_summary_ends_with_the_closing_line(planned):
+    rows, line = summarize(planned)
+    assert len(rows) == 1 and not any(r["failed"] for r in rows)  # a row a configuration
     keys = [part.split("=")[0] for part in line.split()]
     assert keys == [
         "n", "decode_median_abs_err_pct", "decode_p90_abs_err_pct", "prefill_median_abs_err_pct",
         "prefill_p90_abs_err_pct", "mem_err_max_pct", "regret_max_pct", "band_coverage_pct",
     ]  # fmt: skip
-    assert line.startswith("n=2 ")
+    assert line.startswith("n=1 ")
     assert "regret_pct" in next(r for r in rows if r["config"] == "tiny-planner")
 
 
-def test_a_planner_configuration_also_measures_the_best_plan_of_every_other_family(campaign):
+def test_a_planner_configuration_also_measures_the_best_plan_of_other_families(planned):
     """The regret is measured against the pick's runners-up and the best plan of each other exact family that
-    fits, so that a family the model misprices can show up in it."""
-    runs = json.loads((campaign / "tiny-planner" / "runs.json").read_text())
-    tags = [r["run"] for r in runs]
-    assert tags[:2] == ["pick", "alt1"]
-    others = [r for r in runs if r["run"].startswith("best-")]
-    assert others and all(r["run"] == f"best-{r['plan']['family']}" for r in others)
-    taken = {r["plan"]["family"] for r in runs if not r["run"].startswith("best-")}
-    assert not taken & {r["plan"]["family"] for r in others}  # one per family the pick and runners-up lack
-    assert len({r["plan"]["family"] for r in others}) == len(others)
-    assert all((campaign / "tiny-planner" / r["run"] / "measured.json").is_file() for r in others)
+    fits (every one by default, those named in other_families, none with false), so that a family the model
+    misprices can show up in it. The campaign measures one named family; the plans of the default are checked
+    without running them."""
+    from roofsim.plan import default_plan
+    from roofsim.validate import _other_families
+
+    runs = json.loads((planned / "tiny-planner" / "runs.json").read_text())
+    assert [r["run"] for r in runs] == ["pick", "best-head_offload"]
+    assert runs[1]["plan"]["family"] == "head_offload" != runs[0]["plan"]["family"]
+
+    ranked = [default_plan(f) for f in ("resident", "kvpr", "head_offload", "kvpr", "sparse_fetch")]
+    best = _other_families(ranked, ranked[:1])  # one per exact family the pick lacks, in the ranking's order
+    assert [p.family for p in best] == ["kvpr", "head_offload"] and best[0] is ranked[1]
+    assert _other_families(ranked, ranked[:1], ["head_offload"]) == [ranked[2]]
+    assert _other_families(ranked, ranked[:1], False) == []
 
 
-def test_every_prediction_carries_its_band_and_the_band_holds_the_point(campaign):
-    for runs_file in campaign.rglob("runs.json"):
+def test_a_planner_configuration_measures_its_runners_up(campaign, tmp_path):
+    """runners_up = 1: the pick and the next best plan that differs from it in more than the prefill chunk,
+    each measured in its own folder."""
+    out = tmp_path / "results"
+    args = ["validate", str(campaign.parent / "configs.toml"), "--gpu", "h100-sxm", "-o", str(out)]
+    assert main([*args, "--device", "cpu", "--only", "tiny-runners-up"]) == 0
+    runs = json.loads((out / "tiny-runners-up" / "runs.json").read_text())
+    assert [r["run"] for r in runs] == ["pick", "alt1"]
+    assert (out / "tiny-runners-up" / "alt1" / "measured.json").is_file()
+    assert runs[0]["plan"] != runs[1]["plan"]
+
+
+def test_other_families_must_name_registered_families(tmp_path, capsys):
+    """A misspelt family in other_families is a one-line error before anything runs."""
+    (tmp_path / "c.toml").write_text(
+        '[[config]]\nname = "x"\nmodel = "llama-3-8b"\ncontext = 64\nplan = "planner"\n'
+        'other_families = ["head_ofload"]\n'
+    )
+    code = main(["validate", str(tmp_path / "c.toml"), "--gpu", "h100-sxm", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "other_families: unknown plan family 'head_ofload'" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("results", ["campaign", "planned"])
+def test_every_prediction_carries_its_band_and_the_band_holds_the_point(request, results):
+    for runs_file in request.getfixturevalue(results).rglob("runs.json"):
         for r in json.loads(runs_file.read_text()):
             for phase in ("prefill_s", "decode_s_per_token"):
                 lo, hi = r[f"{phase}_predicted_low"], r[f"{phase}_predicted_high"]
