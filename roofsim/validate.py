@@ -14,6 +14,8 @@ Configurations come from a TOML file:
                                      # the best plan of every other exact family that fits)
     gen = 16
     gpu_mem = "24GB"                 # optional cap
+    other_families = ["kvpr"]        # planner: whose best plans the regret also measures (default: every exact
+                                     # family that fits; false: none)
 """
 
 from __future__ import annotations
