@@ -12,7 +12,8 @@ the stored bytes do not depend on how the tokens were chunked, except where a la
 far that the earlier rows become fp8 subnormals.
 
 Dequantisation (`dequantize`): whole blocks copied into the scratch (fp8 -> model dtype), then multiplied by their
-scales in place; both exact for bf16 and fp32 scratches.
+scales in place; both exact for bf16 and fp32 scratches. A bf16 scratch on the CPU (cpu_attention's worker) takes
+the bits instead of torch's fp8 cast, which converts element by element on the CPU (`_e4m3_bits_to_bf16`).
 """
 
 from __future__ import annotations
@@ -127,9 +128,43 @@ def dequantize(lay: Layout, buf, tokens: int, scratch: torch.Tensor) -> torch.Te
     st = store_of(lay, buf)
     n = blocks(tokens)
     out = scratch[: scratch_numel(lay, tokens)].view(n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
-    out.copy_(st.rows[:n])
-    out.mul_(st.row_scales[:n])
+    if not _bits_apply(out, st.row_scales[:n]):
+        out.copy_(st.rows[:n])
+        out.mul_(st.row_scales[:n])
+    else:
+        _e4m3_bits_to_bf16(st.rows[:n], st.row_scales[:n], out)
     return out.view(n * BLK, lay.batch, 2, lay.heads, lay.head_dim)[:tokens]
+
+
+E4M3_TO_BF16_MASK = 0x87F0 - 0x10000  # int16: the sign bit and the e4m3 exponent and mantissa, once shifted
+E4M3_TO_BF16_SCALE = 2.0**120  # e4m3's exponent bias is 7, bf16's 127
+MAX_BITS_SCALE = 2.0**7  # scale * 2^120 stays finite in fp32 (below 2^128)
+
+
+def _bits_apply(out: torch.Tensor, row_scales: torch.Tensor) -> bool:
+    """Whether _e4m3_bits_to_bf16 serves: a bf16 scratch on the CPU (on the GPU the cast is one fast kernel), and
+    no block scale above MAX_BITS_SCALE (a block whose largest value is above 448 * 2^7)."""
+    return (
+        out.device.type == "cpu"
+        and out.dtype == torch.bfloat16
+        and bool(row_scales.numel() == 0 or row_scales.max() <= MAX_BITS_SCALE)
+    )
+
+
+def _e4m3_bits_to_bf16(rows: torch.Tensor, row_scales: torch.Tensor, out: torch.Tensor) -> None:
+    """out = rows (float8_e4m3fn) * row_scales into the bf16 `out`, by the bits: an e4m3 byte s eeee mmm, sign-
+    extended to 16 bits and shifted left by 4, masked to its sign bit and its low 11 bits, is the bf16 s 0000eeee
+    mmm0000, whose value is the e4m3 value times 2^-120 (normal numbers: the exponent field e read with bf16's bias
+    127 instead of e4m3's 7; subnormals and zero: the same mantissa at the same minimum exponent). Multiplying by
+    row_scales * 2^120, a power of two and so exact in bf16, gives the value exactly (a power of two times at most
+    4 significant bits). Four vectorised passes (widen, shift, mask, a bf16 multiply) instead of torch's fp8 cast
+    and a bf16-by-fp32 multiply, which the CPU runs an order of magnitude slower.
+    e4m3fn's NaN byte comes out as 480 times the scale: a store written by write() holds none."""
+    bits = out.view(torch.int16)
+    bits.copy_(rows.view(torch.int8))
+    bits.bitwise_left_shift_(4)
+    bits.bitwise_and_(E4M3_TO_BF16_MASK)
+    out.mul_((row_scales * E4M3_TO_BF16_SCALE).to(torch.bfloat16))
 
 
 def scratch_numel(lay: Layout, tokens: int) -> int:
@@ -138,15 +173,19 @@ def scratch_numel(lay: Layout, tokens: int) -> int:
 
 def _store_rows_and_dequantize(
     rows: torch.Tensor,
+    row_bytes: torch.Tensor,
     row_scales: torch.Tensor,
     new: torch.Tensor,
     P: int,
     blk: int,
     fp8_max: float,
     scratch: torch.Tensor,
+    scratch_bits: torch.Tensor,
 ) -> torch.Tensor:
     """write() then dequantize() of rows [:P + C] in one call, over a Store's typed views (rows
-    [n, blk, B, 2, h, D] fp8, row_scales [n, 1, B, 2, h, 1] fp32): TorchScript runs it without the GIL."""
+    [n, blk, B, 2, h, D] fp8 and the same bytes as int8, row_bytes; row_scales [n, 1, B, 2, h, 1] fp32) and the
+    scratch's (its bits as int16, scratch_bits, for _e4m3_bits_to_bf16's path: TorchScript has no dtype view):
+    TorchScript runs it without the GIL."""
     C = new.size(0)
     b0 = P // blk
     b1 = (P + C + blk - 1) // blk
@@ -164,8 +203,17 @@ def _store_rows_and_dequantize(
     rows.narrow(0, b0, n).copy_(x6.div(scale))
     row_scales.narrow(0, b0, n).copy_(scale)
     out = scratch.narrow(0, 0, b1 * blk * x.numel() // (n * blk)).view([b1, blk] + new.shape[1:])
-    out.copy_(rows.narrow(0, 0, b1))
-    out.mul_(row_scales.narrow(0, 0, b1))
+    scales = row_scales.narrow(0, 0, b1)
+    if out.dtype == torch.bfloat16 and not out.is_cuda and bool(scales.max() <= 128.0):
+        # _e4m3_bits_to_bf16 (MAX_BITS_SCALE, E4M3_TO_BF16_MASK, E4M3_TO_BF16_SCALE), inline for TorchScript
+        bits = scratch_bits.narrow(0, 0, out.numel()).view(out.shape)
+        bits.copy_(row_bytes.narrow(0, 0, b1))
+        bits.bitwise_left_shift_(4)
+        bits.bitwise_and_(-30736)
+        out.mul_((scales * 1.329227995784916e36).to(torch.bfloat16))
+    else:
+        out.copy_(rows.narrow(0, 0, b1))
+        out.mul_(scales)
     return out.view([b1 * blk] + new.shape[1:]).narrow(0, 0, P + C)
 
 
@@ -189,4 +237,5 @@ def store_rows_and_dequantize(st: Store, P: int, new: torch.Tensor, scratch: tor
     if fn is None:
         write(st.lay, st, P, new)
         return dequantize(st.lay, st, P + new.shape[0], scratch)
-    return fn(st.rows, st.row_scales, new, P, BLK, FP8_MAX, scratch)
+    bits = scratch.view(torch.int16) if scratch.dtype == torch.bfloat16 else scratch
+    return fn(st.rows, st.rows.view(torch.int8), st.row_scales, new, P, BLK, FP8_MAX, scratch, bits)

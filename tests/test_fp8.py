@@ -312,3 +312,49 @@ def test_per_block_and_head_scales_confine_outliers():
     assert err(y, slice(96, 112)) < 0.04
     assert err(_per_tensor_fp8(x), away) > 5 * err(y, away)
     assert not math.isnan(err(y, slice(None)))
+
+
+@pytest.mark.parametrize(
+    "scale", [2.0**-20, 0.25, 1.0, 2.0**7, 2.0**9], ids=lambda s: f"scale=2^{math.log2(s):g}"
+)
+def test_the_cpu_bits_path_dequantises_every_byte_exactly(scale):
+    """A bf16 scratch on the CPU takes the bits (kvquant._e4m3_bits_to_bf16): every e4m3 byte but NaN, normal,
+    subnormal and zero, times a power-of-two block scale, comes out as torch's cast times the scale, bit for bit,
+    in dequantize and in the one-call write-and-dequantize alike; a scale above MAX_BITS_SCALE (2^9 here) takes
+    the cast."""
+    lay = kvquant.Layout(1, 1, 128)
+    blocks = 2 * 256 // (2 * lay.head_dim)  # every byte once, in K and V
+    buf = torch.zeros(lay.nbytes(blocks * kvquant.BLK), dtype=torch.uint8)
+    st = kvquant.Store(lay, buf)
+    codes = torch.arange(256, dtype=torch.uint8).repeat(blocks * kvquant.BLK * 2 * 128 // 256)
+    st.rows.view(torch.uint8).copy_(codes.view(st.rows.shape))
+    st.scales.fill_(scale)
+    nan = torch.isnan(st.rows.float())
+    st.rows.view(torch.uint8)[nan] = 0
+    want = (st.rows.float() * st.row_scales).to(torch.bfloat16)
+    tokens = blocks * kvquant.BLK
+    scratch = torch.empty(kvquant.scratch_numel(lay, tokens + 1), dtype=torch.bfloat16)
+    got = kvquant.dequantize(lay, st, tokens, scratch)
+    assert torch.equal(got.view(torch.int16), want.view(got.shape).view(torch.int16))
+    assert kvquant._bits_apply(got, st.row_scales) == (scale <= kvquant.MAX_BITS_SCALE)
+    # the inline copy of the path in the TorchScript function: its constants are the module's
+    assert (kvquant.E4M3_TO_BF16_MASK, kvquant.E4M3_TO_BF16_SCALE) == (-30736, 1.329227995784916e36)
+    assert kvquant.MAX_BITS_SCALE == 128.0
+
+
+def test_one_call_write_and_dequantize_matches_write_then_dequantize_in_bf16():
+    """store_rows_and_dequantize (TorchScript where it compiles) stores the same bytes and gives the same bf16 rows
+    as write() then dequantize(), over a past with an outlier block."""
+    lay = kvquant.Layout(1, 2, 128)
+    g = torch.Generator().manual_seed(0)
+    past = torch.randn(300, 1, 2, 2, 128, generator=g) * 3
+    past[17, 0, 0, 1, 5] = 400.0
+    new = (torch.randn(1, 1, 2, 2, 128, generator=g) * 3).to(torch.bfloat16)
+    bufs = [torch.zeros(lay.nbytes(302), dtype=torch.uint8) for _ in range(2)]
+    for b in bufs:
+        kvquant.write(lay, b, 0, past.to(torch.bfloat16))
+    scratches = [torch.empty(kvquant.scratch_numel(lay, 302), dtype=torch.bfloat16) for _ in range(2)]
+    one = kvquant.store_rows_and_dequantize(kvquant.Store(lay, bufs[0]), 300, new, scratches[0])
+    kvquant.write(lay, bufs[1], 300, new)
+    two = kvquant.dequantize(lay, bufs[1], 301, scratches[1])
+    assert torch.equal(bufs[0], bufs[1]) and torch.equal(one, two)
