@@ -65,9 +65,11 @@ def heads_of(plan: CpuAttentionPlan, n_kv_heads: int) -> CpuHeads:
 
 def cpu_scan(ctx: Ctx, H: CpuHeads, tokens):
     """(CPU RAM seconds, bytes it moves) of one layer's CPU attention over `tokens` keys of the CPU heads. In fp8
-    the worker first stores the new rows and turns the heads' fp8 KV back into a scratch in the model dtype (reads
-    the stored bytes, writes the model dtype's, at the host's RAM rate), then attends the scratch at the measured
-    rate."""
+    the worker first stores the new rows and turns the heads' fp8 KV back into a scratch in the model dtype, then
+    attends the scratch at the measured rate. The dequantisation moves its bytes at the host's RAM rate, as
+    executor/kvquant.py runs it: a 2-byte scratch takes the bits (a widening copy, which reads the stored bytes and
+    writes the scratch's, then shift, mask and scale in place, each reading and writing the scratch); a 4-byte one
+    takes torch's cast and the scale multiply (the write, then one read and write)."""
     m, host = ctx.model, ctx.host
     hc = H.cpu_kv_heads
     stored = kv_bytes(ctx, 1, hc) * tokens
@@ -77,7 +79,12 @@ def cpu_scan(ctx: Ctx, H: CpuHeads, tokens):
     scan_s = host.cpu_attention_s(native, calls=H.cpu_slots, group=m.group, heads=H.cpu_slot_heads)
     if ctx.kv_dtype == "bf16":
         return scan_s, stored
-    return scan_s + (stored + native) / host.ram_bytes_per_s, stored + 2 * native
+    in_place = DEQUANT_BIT_PASSES if m.dtype_bytes == 2 else 1
+    moved = stored + native * (1 + 2 * in_place)
+    return scan_s + moved / host.ram_bytes_per_s, moved + native
+
+
+DEQUANT_BIT_PASSES = 3  # kvquant._e4m3_bits_to_bf16's in-place passes over the scratch: shift, mask, scale
 
 
 def new_rows_down(ctx: Ctx, hc: int, C):
