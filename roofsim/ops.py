@@ -257,9 +257,11 @@ def _mla_pre_attention_ops(m: ModelSpec, rows: Num) -> list[Op]:
     ]
 
 
-EXPERT_KERNELS = 4
-"""Host dispatch units counted per expert hit by the expert loop (executor/experts.py: gather, gate/up, act,
-product, down, weight, index_add: 7 aten ops, at ~2 a unit); a calibrated runtime.expert_call_us replaces them."""
+EXPERT_KERNELS = 8
+"""Host dispatch units counted per expert hit by the expert loop (executor/experts.py: its tokens' and weights'
+slices, gather, the expert's weights, gate/up, chunk, act, product, down, weight, index_add: 14 aten ops with the
+views, in the proportion of aten ops to units a Llama layer has, tests/test_executor_dispatch.py); a calibrated
+runtime.expert_call_us replaces them."""
 
 
 def moe_ops(m: ModelSpec, rows: Num) -> list[Op]:

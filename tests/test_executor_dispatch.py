@@ -222,3 +222,51 @@ def test_fp8_adds_what_the_model_counts_per_call():
         fp8 = plan.model_copy(update={"kv_dtype": "fp8_e4m3"})
         per_call = (_ops_per_layer(fp8) - _ops_per_layer(plan)) / 4
         assert per_call / per_unit == pytest.approx(units, rel=0.25), plan
+
+
+def _moe_ops_per_layer(plan, experts_per_token: int) -> float:
+    """aten ops one tiny Qwen3-MoE decoder layer (16 experts) dispatches in a decode step, one token: its
+    `experts_per_token` experts hit (6-layer minus 2-layer model, over 4)."""
+    from roofsim.executor.build import make_cache
+    from roofsim.executor.check import tiny_config
+    from roofsim.executor.models import random_model
+
+    counts = []
+    for layers in (6, 2):
+        config = tiny_config("qwen3_moe", layers=layers, kv_heads=4, heads=8)
+        config.num_experts, config.num_experts_per_tok = 16, experts_per_token
+        model = random_model(config, "cpu", torch.float32, seed=0)
+        cache = make_cache(model, plan, max_tokens=40)
+        ids = torch.randint(0, 128, (1, 16))
+        try:
+            with torch.no_grad():
+                model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                c = _Count()
+                with c:
+                    model(ids[:, -1:], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        finally:
+            cache.close()
+        counts.append(c.n)
+    return (counts[0] - counts[1]) / 4
+
+
+def test_a_moe_layer_dispatches_what_the_model_counts():
+    """A MoE decode layer through the executor (the one-sync expert loop over the experts hit): its dispatches
+    outside the hit experts match the model's units for the layer's other operators (router and top-k included),
+    and each hit expert adds ops.EXPERT_KERNELS units, in the proportion of aten ops to units a Llama layer has."""
+    from roofsim.specs import load_model
+
+    llama = ModelSpec(
+        name="tiny", source="test", family="llama", n_layers=1, hidden=128, n_heads=8, n_kv_heads=4, head_dim=16,
+        intermediate=128, vocab=128, max_positions=4096,
+    )  # fmt: skip
+    per_unit = _ops_per_layer(ResidentPlan()) / sum(op.kernels for op in ops.layer_ops(llama, 1, 16, 1))
+    two, four = (_moe_ops_per_layer(ResidentPlan(), k) for k in (2, 4))
+    per_hit = (four - two) / 2
+    moe = load_model("qwen3-30b-a3b").model_copy(
+        update=dict(name="tiny-moe", hidden=64, n_heads=8, n_kv_heads=4, head_dim=16, n_experts=16,
+                    experts_per_token=2, expert_intermediate=32, vocab=128, dense_layers=0)
+    )  # fmt: skip
+    counted = [op for op in ops.layer_ops(moe, 1, 16, 1) if op.name != "experts"]
+    assert (two - 2 * per_hit) / per_unit == pytest.approx(sum(op.kernels for op in counted), rel=0.15)
+    assert per_hit / per_unit == pytest.approx(ops.EXPERT_KERNELS, rel=0.2)
