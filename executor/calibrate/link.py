@@ -80,7 +80,8 @@ def back_to_back(total: int, copies: int, allocated: bool = False) -> BatchPoint
 
 def bidirectional_gbps(n: int = 256 * MiB) -> float:
     """Bytes per second (G) of an H2D and a D2H copy of n bytes each at once, on two streams: both directions'
-    bytes over the wall time of the pair."""
+    bytes over the wall time of the pair, the upper median of 7 (one pair takes ~10 ms: a few samples are at the
+    mercy of one spell of a busy host)."""
     with _store_bytes(n) as h_up, _store_bytes(n) as h_down:
         d_up, d_down = (torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2))
         s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
@@ -91,7 +92,7 @@ def bidirectional_gbps(n: int = 256 * MiB) -> float:
             with torch.cuda.stream(s2):
                 h_down.copy_(d_down, non_blocking=True)
 
-        return 2 * n / wall_time_s(run, repeat=3) / 1e9
+        return 2 * n / wall_time_s(run, repeat=7) / 1e9
 
 
 def d2d_gbps(n: int = 1 << 30) -> float:
