@@ -128,11 +128,11 @@ def dequantize(lay: Layout, buf, tokens: int, scratch: torch.Tensor) -> torch.Te
     st = store_of(lay, buf)
     n = blocks(tokens)
     out = scratch[: scratch_numel(lay, tokens)].view(n, BLK, lay.batch, 2, lay.heads, lay.head_dim)
-    if not _bits_apply(out, st.row_scales[:n]):
+    if _bits_apply(out, st.row_scales[:n]):
+        _e4m3_bits_to_bf16(st.rows[:n], st.row_scales[:n], out)
+    else:
         out.copy_(st.rows[:n])
         out.mul_(st.row_scales[:n])
-    else:
-        _e4m3_bits_to_bf16(st.rows[:n], st.row_scales[:n], out)
     return out.view(n * BLK, lay.batch, 2, lay.heads, lay.head_dim)[:tokens]
 
 
