@@ -315,5 +315,5 @@ def test_the_expert_loops_are_timed_per_expert_hit():
     and gives seconds per expert hit of each, the fetch's beyond the loop's."""
     from roofsim.executor.calibrate import kernels
 
-    loop, fetch = kernels.expert_costs_s("cpu")
+    loop, fetch = kernels.expert_costs_s("cpu", width=(128, 64))
     assert loop > 0.0 and fetch >= 0.0

@@ -133,59 +133,73 @@ def topk_gelems() -> float:
     return sorted(rates)[len(rates) // 2]
 
 
-def expert_costs_s(device: str = "cuda") -> tuple[float, float]:
-    """Host seconds per expert hit of the executor's two MoE expert loops, on a tiny layer of 128 experts (hidden
-    64): (the loop over GPU-resident weights, experts.resident_forward; what a streamed layer's fetch adds to it,
-    ExpertStreamer's fetching forward over the same layer with its weights in pinned host memory). Each loop runs
-    for one token (8 experts hit) and for 256 tokens (nearly all 128 hit); a cost is the difference in time over
-    the difference in experts hit. At these shapes an expert's GPU work and copies take a few microseconds, so the
-    loops' time is their host issue: the resident loop's ops per hit expert (its tokens' gather, gate/up, act,
-    product, down, routing weight, index_add); the fetch's two copies per hit expert (engine.copy_many under one
-    stream context, the staging views), with the recorder on as in a measured run's traced steps."""
+MOE_WIDTH = (2048, 768)
+"""(hidden, expert intermediate) the resident expert loop is timed at: Qwen3-30B-A3B's. At 128 experts its weights
+take 1.2 GB in bf16, and an expert's GPU work for the ~16 tokens it gets of 256 takes a few microseconds, so the
+loop stays host-bound while its ops run at a real MoE layer's shapes."""
+
+
+def expert_costs_s(device: str = "cuda", width: tuple[int, int] = MOE_WIDTH) -> tuple[float, float]:
+    """Host seconds per expert hit of the executor's two MoE expert loops, on a layer of 128 experts, 8 per token:
+    (the loop over GPU-resident weights, experts.resident_forward, at `width`; what a streamed layer's fetch adds to
+    it, ExpertStreamer's fetching forward over a tiny layer (hidden 64) with its weights in pinned host memory,
+    against the resident loop over the same tiny layer). Each loop runs for one token (8 experts hit) and for 256
+    tokens (nearly all 128 hit); a cost is the difference in time over the difference in experts hit. An expert's
+    GPU work and (tiny) copies take a few microseconds, so the loops' time is their host issue: the resident loop's
+    ops per hit expert (its tokens' gather, gate/up, act, product, down, routing weight, index_add); the fetch's two
+    copies per hit expert (engine.copy_many under one stream context, the staging views), with the recorder on as
+    in a measured run's traced steps."""
     from types import SimpleNamespace
 
     from roofsim.executor.engine import CpuEngine, CudaEngine
     from roofsim.executor.experts import ExpertStreamer, resident_forward
     from roofsim.executor.recorder import Recorder
-    from transformers import Qwen3MoeConfig
-    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
 
     g = torch.Generator(device="cpu").manual_seed(0)
-    E, k, h, inter = 128, 8, 64, 32
+    E, k = 128, 8
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    config = Qwen3MoeConfig(hidden_size=h, moe_intermediate_size=inter, num_experts=E, num_experts_per_tok=k)
-    mod = Qwen3MoeExperts(config)
-    with torch.no_grad():
-        mod.gate_up_proj.copy_(torch.randn(E, 2 * inter, h, generator=g))
-        mod.down_proj.copy_(torch.randn(E, h, inter, generator=g))
-    mod.to(device, dtype)
 
-    cases = []
-    for tokens in (1, 256):
-        x = torch.randn(tokens, h, generator=g).to(device, dtype)
-        idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(tokens)]).to(device)
-        w = torch.full((tokens, k), 1.0 / k, dtype=dtype, device=device)
-        cases.append((len(set(idx.flatten().tolist())), x, idx, w))
+    def layer(h: int, inter: int):
+        from transformers import Qwen3MoeConfig
+        from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
 
-    def per_hit(forward) -> float:
-        (few, *a), (many, *b) = cases
-        t_few, t_many = (wall_time_s(lambda a=a: forward(*a)) for a in (a, b))
+        config = Qwen3MoeConfig(
+            hidden_size=h, moe_intermediate_size=inter, num_experts=E, num_experts_per_tok=k
+        )
+        mod = Qwen3MoeExperts(config)
+        with torch.no_grad():
+            mod.gate_up_proj.copy_(torch.randn(E, 2 * inter, h, generator=g))
+            mod.down_proj.copy_(torch.randn(E, h, inter, generator=g))
+        return mod.to(device, dtype)
+
+    def per_hit(forward, h: int) -> float:
+        timed = []
+        for tokens in (1, 256):
+            x = torch.randn(tokens, h, generator=g).to(device, dtype)
+            idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(tokens)]).to(device)
+            w = torch.full((tokens, k), 1.0 / k, dtype=dtype, device=device)
+            hit = len(set(idx.flatten().tolist()))
+            timed.append((hit, wall_time_s(lambda x=x, idx=idx, w=w: forward(x, idx, w))))
+        (few, t_few), (many, t_many) = timed
         return max(0.0, (t_many - t_few) / max(1, many - few))
 
     with torch.no_grad():
-        loop = per_hit(lambda *a: resident_forward(mod, *a))
+        wide = layer(*width)
+        loop = per_hit(lambda *a: resident_forward(wide, *a), width[0])
+        tiny = layer(64, 32)
+        tiny_loop = per_hit(lambda *a: resident_forward(tiny, *a), 64)
         engine = CudaEngine(device) if device == "cuda" else CpuEngine(lazy=False)
         rec = Recorder(engine)
         rec.start()
         rt = SimpleNamespace(
             engine=engine, rec=rec, shape=SimpleNamespace(device=engine.device), close_callbacks=[]
         )
-        layer = torch.nn.Module()
-        layer.mlp = torch.nn.Module()
-        layer.mlp.experts = mod
-        streamer = ExpertStreamer(rt, SimpleNamespace(layers=[layer]), streamed=1)
+        holder = torch.nn.Module()
+        holder.mlp = torch.nn.Module()
+        holder.mlp.experts = tiny
+        streamer = ExpertStreamer(rt, SimpleNamespace(layers=[holder]), streamed=1)
         try:
-            streamed = per_hit(mod.forward)
+            streamed = per_hit(tiny.forward, 64)
         finally:
             streamer.close()
-    return loop, max(0.0, streamed - loop)
+    return loop, max(0.0, streamed - tiny_loop)
