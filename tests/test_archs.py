@@ -271,32 +271,36 @@ def test_streamed_experts_trade_gpu_weights_for_host_memory_and_link_time():
         ResidentPlan(resident_expert_layers=2)
 
 
+def _with(gpu, section: str, field: str, value: float):
+    """The GPU spec with `section`.`field` (link or runtime) set to `value`."""
+    part = {**getattr(gpu, section).model_dump(), field: {"value": value, "assumed": "test"}}
+    return type(gpu).model_validate({**gpu.model_dump(), section: part})
+
+
+def _decode_s(plan, m, gpu, host, work, simulated: bool = False) -> float:
+    """A decode step's time, analytic or simulated (two steps, a few prefill chunks)."""
+    if simulated:
+        trace = simulate(plan, m, gpu, host, work, decode_steps=2, keep="none", prefill_sample=4)
+    else:
+        trace = predict(plan, m, gpu, host, work)
+    return trace.summary.decode.time_s
+
+
 def test_expert_copies_pay_the_gap_of_the_memory_they_come_from():
     """Streamed experts copy from torch's pinned allocator's memory: a profile whose link.copy_gap_allocated_us is
     larger than copy_gap_us makes each fetched expert tensor cost that much more, in the analytic model and the
     simulator alike (decode: 16 copies a MoE layer), and leaves a plan that streams no experts as it was."""
     m = BUILTIN["qwen3-30b-a3b"]
     gpu, host = _specs("h100-sxm")
-    gap = gpu.link.copy_gap_us.value
-    link = {**gpu.link.model_dump(), "copy_gap_allocated_us": {"value": gap + 100.0, "assumed": "test"}}
-    slow = type(gpu).model_validate({**gpu.model_dump(), "link": link})
+    slow = _with(gpu, "link", "copy_gap_allocated_us", gpu.link.copy_gap_us.value + 100.0)
     plan, work = ResidentPlan(experts="streamed"), Workload(context=65536)
-    base = predict(plan, m, gpu, host, work).summary.decode.time_s
-    more = predict(plan, m, slow, host, work).summary.decode.time_s
     copies = m.moe_layers * m.experts_per_token * 2
-    assert more - base == pytest.approx(copies * 100e-6, rel=0.05)
+    more = _decode_s(plan, m, slow, host, work) - _decode_s(plan, m, gpu, host, work)
+    assert more == pytest.approx(copies * 100e-6, rel=0.05)
     same = ResidentPlan()
-    assert (
-        predict(same, m, slow, host, work).summary.decode.time_s
-        == predict(same, m, gpu, host, work).summary.decode.time_s
-    )
-
-    def sim(g):
-        return simulate(
-            plan, m, g, host, work, decode_steps=2, keep="none", prefill_sample=4
-        ).summary.decode.time_s
-
-    assert sim(slow) - sim(gpu) == pytest.approx(copies * 100e-6, rel=0.1)
+    assert _decode_s(same, m, slow, host, work) == _decode_s(same, m, gpu, host, work)
+    more = _decode_s(plan, m, slow, host, work, True) - _decode_s(plan, m, gpu, host, work, True)
+    assert more == pytest.approx(copies * 100e-6, rel=0.1)
 
 
 def test_a_timed_expert_fetch_prices_each_picked_expert_on_the_host():
@@ -306,30 +310,17 @@ def test_a_timed_expert_fetch_prices_each_picked_expert_on_the_host():
     streams no experts does not change."""
     m = BUILTIN["qwen3-30b-a3b"]
     gpu, host = _specs("h100-sxm")
-
-    def fetching(us: float):
-        runtime = {**gpu.runtime.model_dump(), "expert_fetch_us": {"value": us, "assumed": "test"}}
-        return type(gpu).model_validate({**gpu.model_dump(), "runtime": runtime})
-
-    slow, slower = fetching(1000.0), fetching(2000.0)  # 8 ms a layer: far above the copies and the kernels
+    # 8 and 16 ms a layer: far above the copies and the kernels
+    slow, slower = (_with(gpu, "runtime", "expert_fetch_us", us) for us in (1000.0, 2000.0))
     plan, work = ResidentPlan(experts="streamed"), Workload(context=65536)
     picked = m.moe_layers * m.experts_per_token
-    a = predict(plan, m, slow, host, work).summary.decode.time_s
-    b = predict(plan, m, slower, host, work).summary.decode.time_s
-    assert b - a == pytest.approx(picked * 1000e-6, rel=0.02)
-    assert a > predict(plan, m, gpu, host, work).summary.decode.time_s
+    more = _decode_s(plan, m, slower, host, work) - _decode_s(plan, m, slow, host, work)
+    assert more == pytest.approx(picked * 1000e-6, rel=0.02)
+    assert _decode_s(plan, m, slow, host, work) > _decode_s(plan, m, gpu, host, work)
     same = ResidentPlan()
-    assert (
-        predict(same, m, slower, host, work).summary.decode.time_s
-        == predict(same, m, gpu, host, work).summary.decode.time_s
-    )
-
-    def sim(g):
-        return simulate(
-            plan, m, g, host, work, decode_steps=2, keep="none", prefill_sample=4
-        ).summary.decode.time_s
-
-    assert sim(slower) - sim(slow) == pytest.approx(picked * 1000e-6, rel=0.05)
+    assert _decode_s(same, m, slower, host, work) == _decode_s(same, m, gpu, host, work)
+    more = _decode_s(plan, m, slower, host, work, True) - _decode_s(plan, m, slow, host, work, True)
+    assert more == pytest.approx(picked * 1000e-6, rel=0.05)
 
 
 def test_the_planner_trades_experts_for_kv_under_a_cap():
