@@ -71,22 +71,16 @@ class CudaEngine:
             stream.wait_event(ev)
 
     def copy(self, stream, dst: torch.Tensor, src: torch.Tensor, direction: str | None = None) -> None:
-        _check_copy(dst, src)
-        with torch.cuda.stream(stream):
-            dst.copy_(src, non_blocking=True)
-        s = self.stats["h2d" if dst.is_cuda else "d2h"]
-        s.copies += 1
-        s.bytes += _nbytes(src)
+        self.copy_many(stream, ((dst, src),), direction)
 
-    def copy_many(self, stream, pairs, direction: str) -> None:
-        """copy(stream, dst, src, direction) for each (dst, src) of `pairs`, issued under one stream context (a
-        layer's streamed experts: 2 copies a hit expert, whose per-copy host cost the model prices as the raw
-        back-to-back copy's, runtime.copy_issue_us)."""
-        s = self.stats[direction]
+    def copy_many(self, stream, pairs, direction: str | None = None) -> None:
+        """copy() of each (dst, src) of `pairs`, issued under one stream context (a layer's streamed experts: 2
+        copies a hit expert, whose issue runtime.expert_fetch_us prices). Counted by the direction they go."""
         with torch.cuda.stream(stream):
             for dst, src in pairs:
                 _check_copy(dst, src)
                 dst.copy_(src, non_blocking=True)
+                s = self.stats["h2d" if dst.is_cuda else "d2h"]
                 s.copies += 1
                 s.bytes += _nbytes(src)
 
@@ -178,7 +172,7 @@ class CpuEngine:
         else:
             stream.ops.append(("wait", ev))
 
-    def copy_many(self, stream, pairs, direction: str) -> None:
+    def copy_many(self, stream, pairs, direction: str | None = None) -> None:
         for dst, src in pairs:
             self.copy(stream, dst, src, direction)
 
