@@ -166,11 +166,12 @@ def expert_costs_s(device: str = "cuda", width: tuple[int, int] = MOE_WIDTH) -> 
         config = Qwen3MoeConfig(
             hidden_size=h, moe_intermediate_size=inter, num_experts=E, num_experts_per_tok=k
         )
-        mod = Qwen3MoeExperts(config)
+        with torch.device(device):  # made where it runs: the wide layer is 1.2 GB in bf16
+            mod = Qwen3MoeExperts(config).to(dtype)
         with torch.no_grad():
-            mod.gate_up_proj.copy_(torch.randn(E, 2 * inter, h, generator=g))
-            mod.down_proj.copy_(torch.randn(E, h, inter, generator=g))
-        return mod.to(device, dtype)
+            for p in (mod.gate_up_proj, mod.down_proj):
+                p.normal_()
+        return mod
 
     def per_hit(forward, h: int) -> float:
         timed = []
