@@ -161,6 +161,15 @@ class Measurements(BaseModel):
         description="host time a streamed MoE layer's fetch adds to the expert loop per expert hit (its two "
         "copies from pinned host memory; tiny shapes, timed with expert_call_s)",
     )
+    moe_layer_s: float | None = Field(
+        default=None,
+        description="a diagnostic, not priced: host seconds one decoder layer of executor.calibrate.MOE_DIAGNOSTIC "
+        "(resident experts, one token: its experts_per_token hit) adds to a decode step through the executor, "
+        "measured as tiny_layer_s is (6 layers against 2) at that model's width",
+    )
+    moe_layer_pace_us: list[float] | None = Field(
+        default=None, description="the host's pace (roofsim.hostpace) timed beside moe_layer_s's steps"
+    )
     fp8_passes: list[CopyPoint] | None = Field(
         default=None,
         description="a decode call's fp8 store passes (the write of its new row, the dequantisation of the store) "

@@ -230,7 +230,8 @@ MEASURE_ORDER = (
     + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "vector_ops", "fp8_passes"]
     + ["decode_layer_cost"]
     + ["sync_us", "gpu_kernel_us", "topk_gelems", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
-    + ["prefill_call_extra_s", "decode_layer_cost_beside_cpu", "worker_round_trip_s", "decode_layer_cost"]
+    + ["prefill_call_extra_s", "decode_layer_cost"]  # the MoE layer's diagnostic
+    + ["decode_layer_cost_beside_cpu", "worker_round_trip_s", "decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
     + ["cpu_attention_groups", "cpu_attention_slots", "cpu_gather_gbps", "h2d_after_gather", "matmul_tflops"]
     + ["fingerprint"]
@@ -300,6 +301,10 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     m = calibrate.measure(model)
     assert log == MEASURE_ORDER
     assert (m.expert_call_s, m.expert_fetch_s) == (2.5e-4, 3e-5)
+    assert m.moe_layer_s == 1e-5 and m.moe_layer_pace_us == [
+        1.0,
+        2.0,
+    ]  # its own gauge samples, not the layers'
     assert len(m.back_to_back_h2d) == 3 and len(m.back_to_back_h2d_allocated) == 2
     assert pace_beside(m) == ["layer0"] * 2 + ["layer1"] * 2 + ["calls"] * 2 + ["layer2"] * 2
     assert len(m.host_pace_us) == len(m.launch_pace_us) == len(m.step_pace_us) == 8

@@ -24,7 +24,11 @@ from roofsim.executor.calibrate import attention, cpu, host, kernels, link
 from roofsim.executor.timing import fingerprint
 
 from roofsim.calibration import CopyPoint, Measurements
+from roofsim.specs import load_model
 from roofsim.specs.model import ModelSpec
+
+MOE_DIAGNOSTIC = "qwen3-30b-a3b"
+"""The MoE model whose decoder layer measure() times through the executor (Measurements.moe_layer_s)."""
 
 KiB, MiB = 1024, 1024**2
 
@@ -129,6 +133,9 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     label("calls")
     new_shape = attention.attention_new_shape_s(model)
     prefill_call = attention.prefill_call_extra_s(model)
+    # a diagnostic, not priced: a MoE decoder layer at a real MoE model's width, with the host's pace beside it
+    moe_pace: list[float] = []
+    moe_layer = host.decode_layer_cost("cuda", steps=10, pace=moe_pace, width=load_model(MOE_DIAGNOSTIC))[0]
     progress("CPU")
     tiny_beside_cpu = host.decode_layer_cost_beside_cpu(model, "cuda")
     round_trip = host.worker_round_trip_s()
@@ -176,6 +183,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         fp8_call_s=fp8_call,
         expert_call_s=expert_call,
         expert_fetch_s=expert_fetch,
+        moe_layer_s=moe_layer,
+        moe_layer_pace_us=moe_pace,
         fp8_passes=fp8,
         host_pace_us=pace,
         launch_pace_us=launch,
