@@ -134,7 +134,7 @@ def expert_loop(self, hidden_states, top_k_index, top_k_weights, weights_of) -> 
     # the loop issues only its expert's own work (gather, gate/up, act, product, down, weight, index_add)
     tokens = order // k
     weights = top_k_weights.reshape(-1)[order, None]
-    start = sum(counts[: hit[0]]) if hit else 0
+    start = 0  # experts before the first hit one have no pairs
     for j, e in enumerate(hit):
         token_idx, weight = tokens[start : start + counts[e]], weights[start : start + counts[e]]
         start += counts[e]
