@@ -38,9 +38,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from roofsim import ops
+from roofsim import ops, roofline
 from roofsim.hostpace import LAUNCHES, LOOP, pace_ratio
-from roofsim.specs.hardware import GpuSpec, HostSpec, InterconnectSpec, SpreadSpec
+from roofsim.specs.hardware import GpuSpec, HostSpec, InterconnectSpec, SpreadSpec, load_gpu
 from roofsim.specs.model import ModelSpec
 
 
@@ -163,9 +163,13 @@ class Measurements(BaseModel):
     )
     moe_layer_s: float | None = Field(
         default=None,
-        description="a diagnostic, not priced: host seconds one decoder layer of executor.calibrate.MOE_DIAGNOSTIC "
-        "(resident experts, one token: its experts_per_token hit) adds to a decode step through the executor, "
-        "measured as tiny_layer_s is (6 layers against 2) at that model's width",
+        description="host seconds one decoder layer of executor.calibrate.MOE_DIAGNOSTIC (resident experts, one "
+        "token: its experts_per_token hit) adds to a decode step through the executor, measured as tiny_layer_s "
+        "is (6 layers against 2) at that model's width: what the profile's runtime.moe_layer_us rests on",
+    )
+    moe_layer_model: ModelSpec | None = Field(
+        default=None,
+        description="that layer's model (one layer, a 128-token vocabulary), as tiny_layer_model",
     )
     moe_layer_pace_us: list[float] | None = Field(
         default=None, description="the host's pace (roofsim.hostpace) timed beside moe_layer_s's steps"
@@ -741,6 +745,33 @@ def fit_host(m: Measurements) -> dict[str, tuple[float | dict, str]]:
     return out
 
 
+MOE_LAYER_PAST = 22
+"""Past tokens of moe_layer_s's timed decode steps, in their middle (16 prompted, a warm-up, 10 timed)."""
+
+
+def fit_moe_layer(gpu: GpuSpec, m: Measurements) -> tuple[float, str] | None:
+    """runtime.moe_layer_us: the measured MoE decoder layer (moe_layer_s, restated at the layers' host pace from
+    the loop gauge timed beside it) less what `gpu` (the profile fitted without it) prices that layer's decode
+    step at: its counted dispatch (kernels, calls, expert_call_us per expert hit) and its sync. At least 0: a
+    layer cheaper than its price leaves the price as it is. None where calibrate did not time such a layer."""
+    spec = m.moe_layer_model
+    if m.moe_layer_s is None or spec is None or not spec.moe_layers:
+        return None
+    refs, _ = host_paces(m) if m.host_pace_us else ({}, {})
+    k = 1.0
+    if m.moe_layer_pace_us and refs.get("loop"):
+        k = pace_ratio(statistics.fmean(m.moe_layer_pace_us), refs["loop"])
+    measured = m.moe_layer_s / k
+    w = roofline.work(ops.layer_ops(spec, 1, MOE_LAYER_PAST, 1), gpu)
+    priced = float(w.dispatch_s(gpu)) + spec.moe_layers / spec.n_layers * gpu.runtime.sync_us.value * 1e-6
+    return (
+        max(0.0, measured - priced) * 1e6,
+        f"one {spec.name.removesuffix('-layer')} decoder layer's decode step through the executor "
+        f"({measured * 1e6:.0f} us, restated at the layers' host pace x{1 / k:.2f}) less its price from the "
+        f"counted dispatches, expert_call_us and its sync ({priced * 1e6:.0f} us), at least 0",
+    )
+
+
 def _v(value: float | dict, how: str) -> str:
     if isinstance(value, dict):  # a table keyed by a whole number, each entry measured the same way
         return "{ " + ", ".join(f"{k} = {_v(v, how)}" for k, v in value.items()) + " }"
@@ -754,12 +785,8 @@ def _carried(s) -> str | None:
     return f"{{ value = {s.value!r}, {kind} = {json.dumps(text)} }}"
 
 
-def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: Path) -> tuple[Path, Path]:
-    """Write <gpu>-calibrated.toml and <gpu>-calibrated-host.toml (the GPU file names the host file)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{base.name}-calibrated"
-    host_file = f"{name}-host.toml"
-    fitted = fit(base, m)
+def _profile_text(base: GpuSpec, m: Measurements, name: str, host_file: str, fitted: dict) -> str:
+    """The GPU profile's TOML: the fitted fields with how each was measured, the base's others carried."""
     lines = [
         f"# Calibrated profile of {json.dumps(str(m.fingerprint.get('gpu_name')))} written by `roofsim calibrate`.",
         "# Measured values say how; datasheet peaks are carried from the base spec with their sources.",
@@ -792,8 +819,22 @@ def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: 
     if spread:
         lines.append("\n[spread]")
         lines += [f"{field} = {_v(*spread[field])}" for field in SpreadSpec.model_fields if field in spread]
+    return "\n".join(lines) + "\n"
+
+
+def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: Path) -> tuple[Path, Path]:
+    """Write <gpu>-calibrated.toml and <gpu>-calibrated-host.toml (the GPU file names the host file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{base.name}-calibrated"
+    host_file = f"{name}-host.toml"
+    fitted = fit(base, m)
     gpu_path = out_dir / f"{name}.toml"
-    gpu_path.write_text("\n".join(lines) + "\n")
+    gpu_path.write_text(_profile_text(base, m, name, host_file, fitted))
+    # the MoE layer's residual is what the profile just written prices that layer short of: priced with it
+    moe = fit_moe_layer(load_gpu(str(gpu_path)), m)
+    if moe is not None:
+        fitted["runtime"]["moe_layer_us"] = moe
+        gpu_path.write_text(_profile_text(base, m, name, host_file, fitted))
     host_fit = fit_host(m)
     hl = [
         f"# Host of the calibrated profile {name}, measured by `roofsim calibrate`.",

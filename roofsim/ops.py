@@ -43,6 +43,7 @@ class Op:
     fp8_bytes: Num = 0.0
     fp8_calls: Num = 0
     expert_calls: Num = 0  # MoE experts hit, each an iteration of the host's expert loop
+    moe_layers: Num = 0  # MoE layers' expert blocks: a calibrated profile adds runtime.moe_layer_us each
 
 
 def topk_op(name: str, rows: Num, n: Num, k: Num, e: int) -> Op:
@@ -286,6 +287,7 @@ def moe_ops(m: ModelSpec, rows: Num) -> list[Op]:
             touched * m.expert_params * e + act,
             kernels=EXPERT_KERNELS * touched,
             expert_calls=touched,
+            moe_layers=1,
         )
     )
     if m.shared_intermediate:

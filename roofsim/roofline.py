@@ -94,6 +94,7 @@ class GpuWork:
     comm_s: np.ndarray  # all-reduces (tensor-parallel plans)
     fp8_calls: np.ndarray  # attention calls over fp8 stores
     expert_calls: np.ndarray  # MoE experts hit (iterations of the host's expert loop)
+    moe_layers: np.ndarray  # MoE layers' expert blocks
 
     def dispatch_s(self, gpu: GpuSpec) -> np.ndarray:
         """Host time to dispatch these kernels and their event records and stream waits. Where a calibrated
@@ -116,6 +117,8 @@ class GpuWork:
             t = t + self.fp8_calls * (rt.fp8_call_us.value * 1e-6 - counted_fp8)
         if rt.expert_call_us is not None:  # measured: replaces the counted dispatches of each expert hit
             t = t + self.expert_calls * (rt.expert_call_us.value * 1e-6 - EXPERT_KERNELS * gpu.kernel_s)
+        if rt.moe_layer_us is not None:  # measured: a real MoE layer's issue beyond its counted price
+            t = t + self.moe_layers * rt.moe_layer_us.value * 1e-6
         return t
 
     @property
@@ -143,6 +146,7 @@ _FIELDS = (
     "comm_s",
     "fp8_calls",
     "expert_calls",
+    "moe_layers",
 )
 ZERO = GpuWork(*(np.zeros(()) for _ in _FIELDS))
 
@@ -167,6 +171,7 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             np.asarray(t.comm_s, dtype=float),
             np.asarray(op.fp8_calls, dtype=float),
             np.asarray(op.expert_calls, dtype=float),
+            np.asarray(op.moe_layers, dtype=float),
         )
     return total
 

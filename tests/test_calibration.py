@@ -759,3 +759,35 @@ def test_measured_expert_fetch_cost_gives_the_profile_its_fetch(tmp_path):
     plain = load_gpu(str(write_profile(spec, host, probe_measurements(), tmp_path / "plain")[0]))
     assert profile.runtime.expert_fetch_us.value == pytest.approx(40.0)
     assert plain.runtime.expert_fetch_us is None
+
+
+def test_a_timed_moe_layer_gives_the_profile_what_its_count_misses(tmp_path):
+    """A MoE decoder layer timed at a real width becomes runtime.moe_layer_us, the measured layer less the price
+    the profile's counts give it; priced with it, that layer's decode step costs what was measured (at the same
+    host pace), and a dense layer costs what it did. A layer measured cheaper than its price adds nothing."""
+    from roofsim import ops
+    from roofsim.calibration import MOE_LAYER_PAST
+    from roofsim.roofline import work
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    layer = load_model("qwen3-30b-a3b").model_copy(update={"n_layers": 1, "vocab": 128})
+    base = probe_measurements().model_copy(update={"expert_call_s": 100e-6, "moe_layer_model": layer})
+    plain = load_gpu(str(write_profile(spec, host, base, tmp_path / "plain")[0]))
+    assert plain.runtime.moe_layer_us is None
+
+    def host_s(gpu, model):
+        ops_ = ops.layer_ops(model, 1, MOE_LAYER_PAST, 1)
+        syncs = model.moe_layers / model.n_layers
+        return float(work(ops_, gpu).dispatch_s(gpu)) + syncs * gpu.runtime.sync_us.value * 1e-6
+
+    priced = host_s(plain, layer)
+    measured = base.model_copy(update={"moe_layer_s": priced + 1.2e-3})
+    profile = load_gpu(str(write_profile(spec, host, measured, tmp_path / "moe")[0]))
+    assert profile.runtime.moe_layer_us.value == pytest.approx(1200.0, rel=1e-6)
+    assert host_s(profile, layer) == pytest.approx(priced + 1.2e-3, rel=1e-6)
+    dense = load_model("llama-3-8b")
+    assert host_s(profile, dense) == pytest.approx(host_s(plain, dense))
+
+    cheaper = base.model_copy(update={"moe_layer_s": priced / 2})
+    below = load_gpu(str(write_profile(spec, host, cheaper, tmp_path / "below")[0]))
+    assert below.runtime.moe_layer_us.value == 0.0

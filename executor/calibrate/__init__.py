@@ -133,9 +133,11 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     label("calls")
     new_shape = attention.attention_new_shape_s(model)
     prefill_call = attention.prefill_call_extra_s(model)
-    # a diagnostic, not priced: a MoE decoder layer at a real MoE model's width, with the host's pace beside it
+    # a MoE decoder layer at a real MoE model's width, with the host's pace beside it (runtime.moe_layer_us)
     moe_pace: list[float] = []
-    moe_layer = host.decode_layer_cost("cuda", steps=10, pace=moe_pace, width=load_model(MOE_DIAGNOSTIC))[0]
+    moe_layer, moe_model, _ = host.decode_layer_cost(
+        "cuda", steps=10, pace=moe_pace, width=load_model(MOE_DIAGNOSTIC)
+    )
     progress("CPU")
     tiny_beside_cpu = host.decode_layer_cost_beside_cpu(model, "cuda")
     round_trip = host.worker_round_trip_s()
@@ -184,6 +186,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         expert_call_s=expert_call,
         expert_fetch_s=expert_fetch,
         moe_layer_s=moe_layer,
+        moe_layer_model=moe_model,
         moe_layer_pace_us=moe_pace,
         fp8_passes=fp8,
         host_pace_us=pace,

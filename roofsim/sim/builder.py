@@ -106,6 +106,7 @@ class Builder:
                 float(op.fp8_bytes),
                 float(op.fp8_calls),
                 float(op.expert_calls),
+                float(op.moe_layers),
             )
             for op in op_list
         )

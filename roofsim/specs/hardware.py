@@ -268,6 +268,12 @@ class RuntimeSpec(_Section):
         "gate_up and down copies from pinned host memory, issued under one stream context), us; None: two "
         "copies at copy_issue_us",
     )
+    moe_layer_us: SourcedNumber | None = Field(
+        None,
+        description="host time a MoE decoder layer's decode step takes beyond the price roofsim's counts give it "
+        "(kernels, calls, expert_call_us per hit, its sync): one real MoE model's layer timed through the "
+        "executor, less that price of the same layer, at least 0. us per MoE layer and step; None: 0",
+    )
     fp8_call_us: SourcedNumber | None = Field(
         None,
         description="host time an attention call over an fp8 store adds to the same call in bf16 (the write of "
@@ -474,7 +480,8 @@ class GpuSpec(_Section):
 
     def host_costs_times(self, k: float) -> GpuSpec:
         """This GPU with every host dispatch cost (kernels, copy issue, attention calls, a prefill call's extra,
-        a new shape's set-up, the step's preamble) times k."""
+        a new shape's set-up, the step's preamble, an fp8 call's extra, the expert loop's and fetch's costs per
+        expert, a MoE layer's residual) times k."""
 
         def scaled(section, names):
             return section.model_copy(
@@ -487,7 +494,7 @@ class GpuSpec(_Section):
 
         runtime = (
             "copy_issue_us", "attention_call_us", "streamed_call_us", "prefill_call_us", "step_us",
-            "attention_shape_us",
+            "attention_shape_us", "fp8_call_us", "expert_call_us", "expert_fetch_us", "moe_layer_us",
         )  # fmt: skip
         return self.model_copy(
             update={
