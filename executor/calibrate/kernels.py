@@ -5,7 +5,7 @@ host's issue is not in them."""
 from __future__ import annotations
 
 import torch
-from roofsim.executor.timing import cuda_time_s, wall_time_s
+from roofsim.executor.timing import QUEUE_CYCLES, cuda_time_s, wall_time_s
 
 from roofsim.calibration import CopyPoint, FlopPoint
 from roofsim.specs.model import ModelSpec
@@ -97,14 +97,15 @@ def fp8_passes(model: ModelSpec, device: str = "cuda") -> list[CopyPoint]:
     """A decode call's fp8 store passes at the model's KV heads (one slot of all of them): the write of one new
     row (re-scaling its block) and the dequantisation of the store into a bf16 scratch, as the executor's slots run
     them (executor/kvquant.py), at 16K and 64K tokens, each timed with the bytes roofsim's operator model counts for
-    them (ops.attention_op's fp8_bytes)."""
+    them (ops.attention_op's fp8_bytes). The GPU sleeps while the host queues each call (QUEUE_CYCLES), so the events
+    time the passes' kernels alone, as a decode step runs them with the host ahead; the host's part of them is
+    runtime.fp8_call_us. Without the sleep the host's lead to each of the passes' dozen kernels enters the time."""
     from roofsim.executor import kvquant
 
     from roofsim import ops
 
     heads, d = model.n_kv_heads, model.head_dim
     lay = kvquant.Layout(batch=1, heads=heads, head_dim=d)
-    timer = cuda_time_s if device == "cuda" else wall_time_s
     out = []
     for past in (16384, 65536):
         store = kvquant.Store(lay, torch.zeros(lay.nbytes(past + 1), dtype=torch.uint8, device=device))
@@ -117,7 +118,8 @@ def fp8_passes(model: ModelSpec, device: str = "cuda") -> list[CopyPoint]:
             kvquant.dequantize(lay, store, past + 1, scratch)
 
         counted = ops.attention_op(model, 1, past, 1, kv_dtype="fp8_e4m3").fp8_bytes
-        out.append(CopyPoint(nbytes=int(float(counted)), seconds=timer(call)))
+        seconds = cuda_time_s(call, sleep_cycles=QUEUE_CYCLES) if device == "cuda" else wall_time_s(call)
+        out.append(CopyPoint(nbytes=int(float(counted)), seconds=seconds))
     return out
 
 
