@@ -1,0 +1,68 @@
+"""Host and GPU time of one fp8 decode call's store passes (the write of its new row, the dequantisation of the
+store), op by op (kvquant.write then kvquant.dequantize, as the executor's slots run them) against the one
+TorchScript call (kvquant.store_rows_and_dequantize), at Llama-3-8B's 8 KV heads; and whether both leave the same
+store bytes and the same scratch. On the GPU machine, with roofsim installed (validation/device_setup.sh):
+    python3 validation/fp8_host_bench.py > "$OUT/fp8_host_bench.json"
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import torch
+from roofsim.executor import kvquant
+from roofsim.executor.timing import QUEUE_CYCLES, cuda_time_s
+
+
+def bench(past: int, steps: int = 40, heads: int = 8, d: int = 128) -> dict:
+    lay = kvquant.Layout(batch=1, heads=heads, head_dim=d)
+    stores = []
+    for _ in range(2):
+        buf = torch.zeros(lay.nbytes(past + steps + 1), dtype=torch.uint8, device="cuda")
+        st = kvquant.Store(lay, buf)
+        kvquant.write(lay, st, 0, torch.randn(past, 1, 2, heads, d, device="cuda", dtype=torch.bfloat16))
+        stores.append(st)
+    scratch = [
+        torch.empty(kvquant.scratch_numel(lay, past + steps + 1), device="cuda", dtype=torch.bfloat16)
+        for _ in range(2)
+    ]
+    news = [torch.randn(1, 1, 2, heads, d, device="cuda", dtype=torch.bfloat16) for _ in range(steps)]
+
+    def eager(i: int):
+        kvquant.write(lay, stores[0], past + i, news[i])
+        return kvquant.dequantize(lay, stores[0], past + i + 1, scratch[0])
+
+    def scripted(i: int):
+        return kvquant.store_rows_and_dequantize(stores[1], past + i, news[i], scratch[1])
+
+    issue = {"eager": [], "scripted": []}
+    same = True
+    for i in range(steps):
+        for name, fn in (("eager", eager), ("scripted", scripted)):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(i)
+            issue[name].append(time.perf_counter() - t0)
+            torch.cuda.synchronize()
+        same = same and bool(torch.equal(stores[0].rows.view(torch.uint8), stores[1].rows.view(torch.uint8)))
+    n = past + steps
+    same = same and bool(
+        torch.equal(scratch[0][: kvquant.scratch_numel(lay, n)], scratch[1][: kvquant.scratch_numel(lay, n)])
+    )
+    gpu = {
+        "eager": cuda_time_s(lambda: eager(steps - 1), sleep_cycles=QUEUE_CYCLES),
+        "scripted": cuda_time_s(lambda: scripted(steps - 1), sleep_cycles=QUEUE_CYCLES),
+        "eager_no_sleep": cuda_time_s(lambda: eager(steps - 1)),
+    }
+    return {
+        "past": past,
+        "host_issue_us_median": {k: statistics.median(v[5:]) * 1e6 for k, v in issue.items()},
+        "gpu_us": {k: v * 1e6 for k, v in gpu.items()},
+        "same_bytes_and_scratch": same,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps([bench(p) for p in (16384, 65536)], indent=1))
