@@ -18,11 +18,12 @@ from roofsim.executor.timing import QUEUE_CYCLES, cuda_time_s
 
 def bench(past: int, steps: int = 40, heads: int = 8, d: int = 128) -> dict:
     lay = kvquant.Layout(batch=1, heads=heads, head_dim=d)
+    prefix = torch.randn(past, 1, 2, heads, d, device="cuda", dtype=torch.bfloat16)
     stores = []
-    for _ in range(2):
+    for _ in range(2):  # the same prefix in both, so that their bytes can be compared
         buf = torch.zeros(lay.nbytes(past + steps + 1), dtype=torch.uint8, device="cuda")
         st = kvquant.Store(lay, buf)
-        kvquant.write(lay, st, 0, torch.randn(past, 1, 2, heads, d, device="cuda", dtype=torch.bfloat16))
+        kvquant.write(lay, st, 0, prefix)
         stores.append(st)
     scratch = [
         torch.empty(kvquant.scratch_numel(lay, past + steps + 1), device="cuda", dtype=torch.bfloat16)
