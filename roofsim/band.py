@@ -1,16 +1,57 @@
 """A prediction's band: the plan priced with every unsteady resource at the slow end of its calibrated spread
-(the upper end) and at the fast end (the lower end), from the profile alone.
+(the upper end) and at the fast end (the lower end), from the profile alone, then widened by the model's own
+error.
 
 The unsteady resources and their spreads (GpuSpec.spread, HostSpec.cpu_attention_low/high; roofsim calibrate
 measures them, docs/calibration.md#spread): the host's pace (every host-side cost times the ratio), the pinned
 copy rates, and the CPU attention kernel's scan rate. Taking the slow ends together prices the worst moment a
-run can meet within what the calibration saw; the point lies between the ends. A profile without a spread gives
-a zero-width band.
+run can meet within what the calibration saw; the point lies between the ends (the spread band).
+
+The model's own error (ModelError, model_error.json): what the spread band misses of the development set's
+measured runs, as a split-conformal quantile per phase (validation/fit_model_error.py): the spread band's lower
+end times (1 - q) and its upper end times (1 + q) holds 90% of those runs, and, where a new run is like them, about
+as many of new ones. A profile without a spread (a datasheet spec, never calibrated) gives a zero-width band, not
+widened: the error was fitted against calibrated profiles.
 """
 
 from __future__ import annotations
 
+import json
+from functools import cache
+from importlib import resources
+
+from pydantic import BaseModel, ConfigDict, Field
+
 from roofsim.specs.hardware import GpuSpec, HostSpec
+
+
+class ModelError(BaseModel):
+    """The widening of the spread band by phase, fitted on the development set (validation/fit_model_error.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    coverage: float = Field(description="the share of the fitted runs the widened band holds, at least")
+    prefill: float = Field(ge=0, description="q of the prefill band: (lower (1 - q), upper (1 + q))")
+    decode: float = Field(ge=0, description="q of the decode band")
+    runs: dict[str, int] = Field(description="measured runs fitted, by phase")
+    source: list[str] = Field(description="the results folders fitted")
+    command: str = Field(description="the command that wrote this file")
+
+
+MODEL_ERROR_FILE = "model_error.json"
+
+
+@cache
+def model_error() -> ModelError:
+    """The shipped fit (roofsim/model_error.json)."""
+    text = (resources.files("roofsim") / MODEL_ERROR_FILE).read_text()
+    return ModelError.model_validate(json.loads(text))
+
+
+def widen(band: tuple[float, float], phase: str, error: ModelError | None = None) -> tuple[float, float]:
+    """The spread band `band` of `phase` ("prefill" or "decode") widened by the model's own error."""
+    q = getattr(error or model_error(), phase)
+    return (band[0] * max(0.0, 1.0 - q), band[1] * (1.0 + q))
 
 
 def slow_end(gpu: GpuSpec, host: HostSpec) -> tuple[GpuSpec, HostSpec]:

@@ -3,7 +3,7 @@ both phases and the peak memory by kind; no spans)."""
 
 from __future__ import annotations
 
-from roofsim.band import fast_end, slow_end
+from roofsim.band import fast_end, has_spread, slow_end, widen
 from roofsim.families.pipeline import context, decode_phase, new_shapes, prefill_phase, prefill_steps
 from roofsim.families.registry import check_kv_dtype, check_supports, family
 from roofsim.kvformat import KV_SCALE_BLOCK
@@ -29,7 +29,8 @@ def predict(
     band: bool = False,
 ) -> Trace:
     """The analytic prediction; with `band`, each phase's band too (roofsim.band: the plan priced at the slow
-    and at the fast ends of the profile's spreads; a profile without spreads gives a zero-width band)."""
+    and at the fast ends of the profile's spreads, `spread_band_s`, widened by the model's own error, `band_s`; a
+    profile without spreads gives a zero-width band)."""
     limits = limits or Limits()
     check_kv_dtype(plan)
     rank_model, rank_gpu, rank_host = rank_specs(model, gpu, host, plan.tp)
@@ -96,8 +97,10 @@ def predict(
             predict(plan, model, g, h, work, limits).summary
             for g, h in (fast_end(gpu, host), slow_end(gpu, host))
         ]
+        spread = has_spread(gpu, host)
         for name in ("prefill", "decode"):
-            point = summary.phase(name).time_s
+            phase = summary.phase(name)
             lo, hi = (e.phase(name).time_s for e in ends)
-            summary.phase(name).band_s = (min(point, lo, hi), max(point, lo, hi))
+            phase.spread_band_s = (min(phase.time_s, lo, hi), max(phase.time_s, lo, hi))
+            phase.band_s = widen(phase.spread_band_s, name) if spread else phase.spread_band_s
     return Trace(header=header, summary=summary)

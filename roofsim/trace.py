@@ -116,6 +116,11 @@ class PhaseStats(BaseModel):
     )
     band_s: tuple[float, float] | None = Field(
         None,
+        description="predicted: spread_band_s widened by the model's own error (roofsim.band); None: not priced, "
+        "or measured",
+    )
+    spread_band_s: tuple[float, float] | None = Field(
+        None,
         description="predicted: time_s with every unsteady resource at the fast and at the slow end of its "
         "calibrated spread (roofsim.band); None: not priced, or measured",
     )

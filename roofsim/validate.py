@@ -283,6 +283,7 @@ def _predict_into(sub: Path, plan, model, gpu, host, work, limits, gpu_arg: str)
     for phase in ("prefill", "decode"):
         a, p = analytic.summary.phase(phase), predicted.summary.phase(phase)
         p.band_s = scaled(p.time_s, a.band_s, a.time_s)
+        p.spread_band_s = scaled(p.time_s, a.spread_band_s, a.time_s)
     name = "predicted.json.gz" if (sub / "predicted.json.gz").is_file() else "predicted.json"
     predicted.write(sub / name)  # as it was kept: compressed in committed results
     (sub / "analytic.json").write_text(analytic.model_dump_json(indent=1, exclude={"spans", "memory"}))
@@ -337,7 +338,11 @@ def _at_run_pace(sub: Path, row: dict, args: tuple) -> None:
 def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:
     """Compare with the measured Trace (if the run wrote one) and add both sides' phase numbers to the row."""
     for key in [
-        k for k in row if k.endswith(("_predicted", "_measured", "_predicted_low", "_predicted_high"))
+        k
+        for k in row
+        if k.endswith(
+            ("_predicted", "_measured", "_predicted_low", "_predicted_high", "_spread_low", "_spread_high")
+        )
     ]:
         del row[key]
     measured_path = sub / "measured.json"
@@ -352,10 +357,14 @@ def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:
             **{f"{r.name}_measured": r.measured for r in comparison.phases},
         )
     for phase in ("prefill", "decode"):  # the band, in the phase names compare() gives the times
-        band = predicted.summary.phase(phase).band_s
+        stats = predicted.summary.phase(phase)
         name = "prefill_s" if phase == "prefill" else "decode_s_per_token"
-        if band is not None:
-            row[f"{name}_predicted_low"], row[f"{name}_predicted_high"] = band
+        if stats.band_s is not None:
+            row[f"{name}_predicted_low"], row[f"{name}_predicted_high"] = stats.band_s
+        if (
+            stats.spread_band_s is not None
+        ):  # the spread band alone: what fit_model_error.py fits the widening on
+            row[f"{name}_spread_low"], row[f"{name}_spread_high"] = stats.spread_band_s
 
 
 def repredict(results_dir: str | Path, gpu_arg: str, gpu: GpuSpec, host: HostSpec) -> int:

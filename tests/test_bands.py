@@ -174,3 +174,75 @@ def test_calibrate_writes_the_spread_into_the_profile_it_loads(tmp_path):
     assert gpu.spread.host_pace_low.value <= 1.0 <= gpu.spread.host_pace_high.value
     assert gpu.spread.link_low.value <= 1.0 <= gpu.spread.link_high.value
     assert host.cpu_attention_low.value <= 1.0 <= host.cpu_attention_high.value
+
+
+def test_the_band_is_the_spread_band_widened_by_the_models_own_error():
+    """A calibrated profile's band is its spread band with the lower end times (1 - q) and the upper end times
+    (1 + q), q the phase's fitted model error; the point and the spread band do not move with q."""
+    from roofsim.band import model_error
+
+    gpu = load_gpu(PROFILE)
+    host = default_host_of(PROFILE, gpu)
+    err = model_error()
+    assert err.prefill > 0 and err.decode > 0
+    for plan in (ResidentPlan(), HeadOffloadPlan(prefill_chunk=8192)):
+        s = predict(plan, L3, gpu, host, WORK, band=True).summary
+        for phase in ("prefill", "decode"):
+            q = getattr(err, phase)
+            (slo, shi), (lo, hi) = s.phase(phase).spread_band_s, s.phase(phase).band_s
+            assert slo <= s.phase(phase).time_s <= shi
+            assert lo == pytest.approx(slo * (1 - q)) and hi == pytest.approx(shi * (1 + q))
+
+
+def test_the_split_conformal_widening_holds_the_share_it_promises(tmp_path):
+    """Fitted on runs whose measured times lie outside their spread bands by known amounts, the widened bands hold
+    at least the fit's coverage of those runs, and widening by any smaller q holds fewer."""
+    import importlib.util
+
+    from roofsim.band import widen
+
+    spec = importlib.util.spec_from_file_location(
+        "fit_model_error", ROOT / "validation" / "fit_model_error.py"
+    )
+    fme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fme)
+    rows = []
+    for i in range(40):
+        off = (i % 20) / 100  # 0% to 19% outside, above for even runs and below for odd ones
+        m = 1.0 * (1 + off) if i % 2 == 0 else 1.0 * (1 - off)
+        row = {"run": "pick", "complete": True}
+        for key in ("prefill_s", "decode_s_per_token"):
+            row |= {f"{key}_measured": m, f"{key}_spread_low": 1.0, f"{key}_spread_high": 1.0}
+        rows.append(row)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "runs.json").write_text(json.dumps(rows))
+    err = fme.fit([tmp_path], "test")
+    assert err.runs == {"prefill": 40, "decode": 40}
+
+    def held(q_err) -> float:
+        inside = 0
+        for r in rows:
+            lo, hi = widen((1.0, 1.0), "decode", q_err)
+            inside += lo <= r["decode_s_per_token_measured"] <= hi
+        return inside / len(rows)
+
+    assert held(err) >= 0.9
+    assert held(err.model_copy(update={"decode": err.decode * 0.9})) < 0.9
+
+
+def test_the_shipped_model_error_is_the_fit_of_the_committed_development_set():
+    """roofsim/model_error.json is what validation/fit_model_error.py gives from the committed development set (its
+    rows' spread bands, written by validation/repredict_h100.sh): never edited by hand, never stale."""
+    import importlib.util
+
+    from roofsim.band import model_error
+
+    spec = importlib.util.spec_from_file_location(
+        "fit_model_error", ROOT / "validation" / "fit_model_error.py"
+    )
+    fme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fme)
+    shipped = model_error()
+    refit = fme.fit([ROOT / p for p in shipped.source], shipped.command)
+    refit = refit.model_copy(update={"source": shipped.source})
+    assert refit == shipped
