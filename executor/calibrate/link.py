@@ -78,21 +78,28 @@ def back_to_back(total: int, copies: int, allocated: bool = False) -> BatchPoint
         return BatchPoint(copies=copies, nbytes_each=size, seconds=wall_time_s(run, repeat=3))
 
 
-def bidirectional_gbps(n: int = 256 * MiB) -> float:
-    """Bytes per second (G) of an H2D and a D2H copy of n bytes each at once, on two streams: both directions'
-    bytes over the wall time of the pair, the upper median of 7 (one pair takes ~10 ms: a few samples are at the
-    mercy of one spell of a busy host)."""
+def bidirectional_gbps(n: int = 256 * MiB, chunk: int = 64 * MiB, rounds: int = 4) -> float:
+    """Bytes per second (G) of both directions streaming at once, as a plan's prefetch and write-back stream: on two
+    streams, H2D and D2H copies of `chunk` bytes each, issued in turn, over n bytes each way, `rounds` times over;
+    both directions' bytes over the wall time of the whole, the upper median of 5. One 256 MiB pair timed alone
+    measured well below what a run's streams reached at once on the same machine
+    (docs/evidence.md#ev-fp8-kernel-timed)."""
     with _store_bytes(n) as h_up, _store_bytes(n) as h_down:
         d_up, d_down = (torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2))
+        pairs = list(
+            zip(d_up.split(chunk), h_up.split(chunk), h_down.split(chunk), d_down.split(chunk), strict=True)
+        )
         s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
 
         def run():
-            with torch.cuda.stream(s1):
-                d_up.copy_(h_up, non_blocking=True)
-            with torch.cuda.stream(s2):
-                h_down.copy_(d_down, non_blocking=True)
+            for _ in range(rounds):
+                for up_dst, up_src, down_dst, down_src in pairs:
+                    with torch.cuda.stream(s1):
+                        up_dst.copy_(up_src, non_blocking=True)
+                    with torch.cuda.stream(s2):
+                        down_dst.copy_(down_src, non_blocking=True)
 
-        return 2 * n / wall_time_s(run, repeat=7) / 1e9
+        return 2 * n * rounds / wall_time_s(run, repeat=5) / 1e9
 
 
 def d2d_gbps(n: int = 1 << 30) -> float:
