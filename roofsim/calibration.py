@@ -40,8 +40,9 @@ from pydantic import BaseModel, Field
 
 from roofsim import ops, roofline
 from roofsim.hostpace import LAUNCHES, LOOP, pace_ratio
-from roofsim.specs.hardware import GpuSpec, HostSpec, InterconnectSpec, SpreadSpec, load_gpu
+from roofsim.specs.hardware import GpuSpec, HostSpec, InterconnectSpec, SpreadSpec
 from roofsim.specs.model import ModelSpec
+from roofsim.specs.tomlfile import tomllib
 
 
 class CopyPoint(BaseModel):
@@ -828,13 +829,14 @@ def write_profile(base: GpuSpec, base_host: HostSpec, m: Measurements, out_dir: 
     name = f"{base.name}-calibrated"
     host_file = f"{name}-host.toml"
     fitted = fit(base, m)
-    gpu_path = out_dir / f"{name}.toml"
-    gpu_path.write_text(_profile_text(base, m, name, host_file, fitted))
-    # the MoE layer's residual is what the profile just written prices that layer short of: priced with it
-    moe = fit_moe_layer(load_gpu(str(gpu_path)), m)
+    # the MoE layer's residual is what the profile fitted so far prices that layer short of: priced with it
+    text = _profile_text(base, m, name, host_file, fitted)
+    moe = fit_moe_layer(GpuSpec.model_validate(tomllib.loads(text)), m)
     if moe is not None:
         fitted["runtime"]["moe_layer_us"] = moe
-        gpu_path.write_text(_profile_text(base, m, name, host_file, fitted))
+        text = _profile_text(base, m, name, host_file, fitted)
+    gpu_path = out_dir / f"{name}.toml"
+    gpu_path.write_text(text)
     host_fit = fit_host(m)
     hl = [
         f"# Host of the calibrated profile {name}, measured by `roofsim calibrate`.",
