@@ -361,9 +361,8 @@ def _compare_into(sub: Path, predicted: Trace, row: dict) -> None:
         name = "prefill_s" if phase == "prefill" else "decode_s_per_token"
         if stats.band_s is not None:
             row[f"{name}_predicted_low"], row[f"{name}_predicted_high"] = stats.band_s
-        if (
-            stats.spread_band_s is not None
-        ):  # the spread band alone: what fit_model_error.py fits the widening on
+        # the spread band alone: what validation/fit_model_error.py fits the widening on
+        if stats.spread_band_s is not None:
             row[f"{name}_spread_low"], row[f"{name}_spread_high"] = stats.spread_band_s
 
 

@@ -197,15 +197,9 @@ def test_the_band_is_the_spread_band_widened_by_the_models_own_error():
 def test_the_split_conformal_widening_holds_the_share_it_promises(tmp_path):
     """Fitted on runs whose measured times lie outside their spread bands by known amounts, the widened bands hold
     at least the fit's coverage of those runs, and widening by any smaller q holds fewer."""
-    import importlib.util
-
     from roofsim.band import widen
 
-    spec = importlib.util.spec_from_file_location(
-        "fit_model_error", ROOT / "validation" / "fit_model_error.py"
-    )
-    fme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fme)
+    fme = _fit_model_error()
     rows = []
     for i in range(40):
         off = (i % 20) / 100  # 0% to 19% outside, above for even runs and below for odd ones
@@ -220,11 +214,8 @@ def test_the_split_conformal_widening_holds_the_share_it_promises(tmp_path):
     assert err.runs == {"prefill": 40, "decode": 40}
 
     def held(q_err) -> float:
-        inside = 0
-        for r in rows:
-            lo, hi = widen((1.0, 1.0), "decode", q_err)
-            inside += lo <= r["decode_s_per_token_measured"] <= hi
-        return inside / len(rows)
+        lo, hi = widen((1.0, 1.0), "decode", q_err)
+        return sum(lo <= r["decode_s_per_token_measured"] <= hi for r in rows) / len(rows)
 
     assert held(err) >= 0.9
     assert held(err.model_copy(update={"decode": err.decode * 0.9})) < 0.9
@@ -233,16 +224,22 @@ def test_the_split_conformal_widening_holds_the_share_it_promises(tmp_path):
 def test_the_shipped_model_error_is_the_fit_of_the_committed_development_set():
     """roofsim/model_error.json is what validation/fit_model_error.py gives from the committed development set (its
     rows' spread bands, written by validation/repredict_h100.sh): never edited by hand, never stale."""
-    import importlib.util
-
     from roofsim.band import model_error
+
+    fme = _fit_model_error()
+    shipped = model_error()
+    refit = fme.fit([ROOT / p for p in shipped.source], shipped.command)
+    refit = refit.model_copy(update={"source": shipped.source})
+    assert refit == shipped
+
+
+def _fit_model_error():
+    """validation/fit_model_error.py as a module (a script, not part of the package)."""
+    import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "fit_model_error", ROOT / "validation" / "fit_model_error.py"
     )
     fme = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fme)
-    shipped = model_error()
-    refit = fme.fit([ROOT / p for p in shipped.source], shipped.command)
-    refit = refit.model_copy(update={"source": shipped.source})
-    assert refit == shipped
+    return fme

@@ -5,9 +5,9 @@ Split conformal: for each measured run and phase, the score is how far, relative
 the measured time falls outside the spread band ((low - measured) / low below it, (measured - high) / high above,
 0 inside); q is the ceil((n + 1) * coverage)-th smallest of the n scores (the largest where that is past n). The
 spread band's lower end times (1 - q) and its upper end times (1 + q) then hold at least `coverage` of the fitted
-runs, and, for a new run exchangeable with them, that share of the new ones in expectation. Runs whose rows predate
-the spread fields (`<phase>_spread_low/high`) count with their stored band, which was the spread band then. Only
-complete runs with a measurement count, every run of a configuration (picks, runners-up, each family's best).
+runs, and, for a new run exchangeable with them, that share of the new ones in expectation. Only complete runs
+with a measurement and a spread band (`<phase>_spread_low/high`) count, every run of a configuration (picks,
+runners-up, each family's best); a row without the spread fields predates them and must be re-predicted first.
 
 Fitted on the development set as re-predicted by the current model (validation/repredict_h100.sh, which writes
 the spread band into each row), never on the held-out set:
@@ -32,8 +32,7 @@ COVERAGE = 0.9
 def score(row: dict, key: str) -> float | None:
     """How far the run's measured time lies outside its spread band, relative to the end it passes (0: inside)."""
     m = row.get(f"{key}_measured")
-    lo = row.get(f"{key}_spread_low", row.get(f"{key}_predicted_low"))
-    hi = row.get(f"{key}_spread_high", row.get(f"{key}_predicted_high"))
+    lo, hi = row.get(f"{key}_spread_low"), row.get(f"{key}_spread_high")
     if m is None or lo is None or hi is None or not row.get("complete", True):
         return None
     if m < lo:
