@@ -383,10 +383,25 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _write_profile(gpu, host, m, output: str, what: str) -> tuple[Path, Path]:
+    """Fit and write the profile; a fit that breaks a profile's bounds (a negative cost) names the field."""
+    from pydantic import ValidationError
+
+    from roofsim.calibration import write_profile
+    from roofsim.specs.tomlfile import first_error
+
+    try:
+        return write_profile(gpu, host, m, Path(output))
+    except ValidationError as e:
+        raise UserError(
+            f"{what}: they fit an impossible profile ({first_error(e)}); re-run roofsim calibrate on the GPU machine"
+        ) from None
+
+
 def cmd_calibrate(args) -> int:
     from rich.progress import Progress
 
-    from roofsim.calibration import Measurements, write_profile
+    from roofsim.calibration import Measurements
     from roofsim.display import console
 
     check_output_dir(args.output, "-o")
@@ -404,7 +419,7 @@ def cmd_calibrate(args) -> int:
             raise UserError(
                 f"--refit {args.refit}: not a measurements file written by roofsim calibrate: {first_error(e)}"
             ) from None
-        gpu_path, host_path = write_profile(gpu, host, m, Path(args.output))
+        gpu_path, host_path = _write_profile(gpu, host, m, args.output, f"--refit {args.refit}")
         print(f"calibrated profile (refitted): {gpu_path} (host {host_path}); use it with --gpu {gpu_path}")
         return 0
     try:
@@ -433,7 +448,7 @@ def cmd_calibrate(args) -> int:
             bar.update(job, description=step, completed=steps.index(step))
 
         m = measure(model, progress)
-    gpu_path, host_path = write_profile(gpu, host, m, Path(args.output))
+    gpu_path, host_path = _write_profile(gpu, host, m, args.output, "the measurements just taken")
     print(f"calibrated profile: {gpu_path} (host {host_path}); use it with --gpu {gpu_path}")
     return 0
 
