@@ -2,7 +2,8 @@
 alone, each phase with its band), run it with the executor, and write the predicted Trace, the measured Trace and
 their comparison, per configuration.
 
-The executor runs in a subprocess per run (`roofsim run`), so a crash or an out-of-memory in one configuration
+The executor runs in a process of its own per run (`roofsim run`, forked from a server that has imported torch:
+roofsim.runproc), so a crash or an out-of-memory in one configuration
 costs only that configuration, GPU memory is free again for the next, and what was measured is kept.
 Configurations come from a TOML file:
 
@@ -22,16 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from roofsim import runproc
 from roofsim.argchecks import MAX_BATCH, MAX_TOP, limits
 from roofsim.band import scaled
 from roofsim.errors import UserError
@@ -175,50 +174,33 @@ def run_executor(
     gpu_arg: str | None = None,
     force: bool = False,
 ) -> dict:
-    """Run one plan with the executor in its own process. gpu_arg, the profile the prediction used, also sets
-    what the executor solves with at run time (kvpr's recompute split with recompute_tokens="auto")."""
-    # Absolute paths, and the run's own folder as working directory: `python -m` puts the working directory first
-    # on sys.path, and from a source checkout that would shadow the installed package (and roofsim.executor).
+    """Run one plan with the executor in its own process (roofsim.runproc). gpu_arg, the profile the prediction
+    used, also sets what the executor solves with at run time (kvpr's recompute split with recompute_tokens="auto")."""
     model = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
-    cmd = [
-        sys.executable, "-m", "roofsim.cli", "run", str(plan_path.resolve()), "--model", model,
+    argv = [
+        "run", str(plan_path.resolve()), "--model", model,
         "--prompt-len", str(work.context), "--gen", str(work.gen), "--batch", str(work.batch),
         "-o", str(out.resolve()),
     ]  # fmt: skip
     if gpu_arg:
-        cmd += ["--gpu", str(Path(gpu_arg).resolve()) if Path(gpu_arg).is_file() else gpu_arg]
+        argv += ["--gpu", str(Path(gpu_arg).resolve()) if Path(gpu_arg).is_file() else gpu_arg]
     if cfg.gpu_mem:
-        cmd += ["--gpu-mem", cfg.gpu_mem]
+        argv += ["--gpu-mem", cfg.gpu_mem]
     if device:
-        cmd += ["--device", device]
+        argv += ["--device", device]
     if force:
-        cmd += ["--force"]
+        argv += ["--force"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out.parent)
-    try:
-        _, err = proc.communicate(timeout=timeout_s)
-        status = {"returncode": proc.returncode, "stderr_tail": err[-2000:]}
-    except subprocess.TimeoutExpired:
-        err = _interrupt(proc)
-        status = {"returncode": None, "stderr_tail": f"timed out after {timeout_s:.0f} s\n{err[-1900:]}"}
-    status.update(command=" ".join(cmd[1:]), wall_s=time.perf_counter() - t0)
+    done = runproc.run(argv, out.parent, timeout_s)
+    if done.returncode is None:
+        status = {
+            "returncode": None,
+            "stderr_tail": f"timed out after {timeout_s:.0f} s\n{done.stderr[-1900:]}",
+        }
+    else:
+        status = {"returncode": done.returncode, "stderr_tail": done.stderr[-2000:]}
+    status.update(command=" ".join(runproc.command(argv)[1:]), wall_s=time.perf_counter() - t0)
     return status
-
-
-INTERRUPT_GRACE_S = 30.0
-"""How long a run past its deadline has, after SIGINT, to write its partial trace before it is killed."""
-
-
-def _interrupt(proc: subprocess.Popen) -> str:
-    """Stop a run past its deadline as Ctrl-C would (the executor writes what it measured so far to its output on
-    SIGINT), kill it if it has not ended INTERRUPT_GRACE_S later, and return its stderr."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=INTERRUPT_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err or ""
 
 
 def validate_one(

@@ -1,0 +1,150 @@
+"""roofsim.runproc: each run in a process of its own (forked from a preloaded server, or exec'd), with the
+caller's folder and environment and main's exit code; a run past its deadline is interrupted as Ctrl-C would, so it
+can write its partial trace."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from roofsim import runproc
+
+
+def _child(code: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_interrupt_lets_the_run_write_what_it_measured(tmp_path):
+    out = tmp_path / "partial.json"
+    proc = _child(
+        "import sys, time\n"
+        "try:\n"
+        "    print('ready', file=sys.stderr, flush=True)\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        f"    open({str(out)!r}, 'w').write('partial')\n"
+        "    print('interrupted; the partial trace is written', file=sys.stderr)\n"
+        "    raise SystemExit(130)\n"
+    )
+    assert proc.stderr.readline().strip() == "ready"  # the handler is in place before the signal
+    err = runproc.interrupt(proc)
+    assert out.read_text() == "partial"
+    assert "partial trace is written" in err
+    assert proc.returncode == 130
+
+
+def test_a_run_that_ignores_the_interrupt_is_killed(monkeypatch):
+    monkeypatch.setattr(runproc, "INTERRUPT_GRACE_S", 0.5)
+    proc = _child(
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('ready', file=sys.stderr, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    assert proc.stderr.readline().strip() == "ready"
+    runproc.interrupt(proc)
+    assert proc.returncode is not None and proc.returncode < 0  # ended by a signal, not by itself
+
+
+# --- the forked runs: a process per run, forked from a server that imported torch once ---------------------------
+
+TINY = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 128, "max_position_embeddings": 1024,
+    "head_dim": 16, "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A plan file and a tiny model's config.json in tmp_path, named relative to it."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    (tmp_path / "plan.json").write_text(json.dumps({"family": "resident"}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("how", ["fork", "exec"])
+def test_a_run_works_in_the_folder_it_is_given_and_exits_with_mains_code(tiny_run, monkeypatch, how):
+    """Relative paths resolve in `cwd`; a user error is main's exit code 2 with its one line on stderr."""
+    monkeypatch.setenv("ROOFSIM_RUN_PROCESS", how)
+    assert runproc.forked() == (how == "fork")
+    argv = ["run", "plan.json", "--model", "config.json", "--prompt-len", "32", "--gen", "2", "-o", "m.json"]
+    done = runproc.run([*argv, "--device", "cpu"], tiny_run, timeout_s=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tiny_run / "m.json").read_text())["complete"]
+    bad = runproc.run(["run", "nowhere.json", "--device", "cpu"], tiny_run, timeout_s=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("roofsim: error:")
+    assert bad.stderr.strip().count("\n") == 0
+
+
+def test_a_forked_run_past_its_deadline_is_interrupted_and_writes_what_it_measured(tiny_run, monkeypatch):
+    """SIGINT at the deadline: the executor's KeyboardInterrupt writes the partial trace; the run has no exit code."""
+    monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
+    argv = [
+        "run",
+        "plan.json",
+        "--model",
+        "config.json",
+        "--prompt-len",
+        "32",
+        "--gen",
+        "200000",
+        "-o",
+        "m.json",
+    ]
+    done = runproc.run([*argv, "--device", "cpu"], tiny_run, timeout_s=8)
+    assert done.returncode is None
+    assert "interrupted" in done.stderr
+    partial = json.loads((tiny_run / "m.json").read_text())
+    assert not partial["complete"] and partial["summary"]["decode"]["step_s"]
+
+
+def test_a_server_that_fails_leaves_the_runs_to_fresh_interpreters(tiny_run, monkeypatch, capsys):
+    """A server that ends before it answers: the run, and every later one, starts a fresh interpreter instead."""
+    monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
+    monkeypatch.setattr(runproc, "SERVER", [sys.executable, "-c", "raise SystemExit(3)"])
+    monkeypatch.setattr(runproc, "_broken", None)
+    runproc._drop()
+    try:
+        done = runproc.run(["run", "nowhere.json"], tiny_run, timeout_s=120)
+        assert done.returncode == 2 and "roofsim: error:" in done.stderr  # the fresh interpreter's answer
+        assert "run server failed" in capsys.readouterr().err
+        assert runproc._broken and runproc._current is None
+    finally:
+        runproc._drop()
+
+
+@pytest.mark.gpu
+def test_a_forked_run_makes_its_own_cuda_context():
+    """The server imports torch without touching CUDA, so a run forked from it can use the GPU (twice: each run's
+    context is its own)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "config.json").write_text(json.dumps(TINY))
+        (Path(d) / "plan.json").write_text(json.dumps({"family": "head_offload"}))
+        argv = [
+            "run",
+            "plan.json",
+            "--model",
+            "config.json",
+            "--prompt-len",
+            "64",
+            "--gen",
+            "3",
+            "-o",
+            "m.json",
+        ]
+        for _ in range(2):
+            done = runproc.run(argv, Path(d), timeout_s=300)
+            assert done.returncode == 0, done.stderr
+            assert json.loads((Path(d) / "m.json").read_text())["header"]["gpu"] != "cpu"
