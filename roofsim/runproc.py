@@ -229,10 +229,14 @@ def _drop() -> None:
 def serve() -> None:
     """Import PRELOAD, then fork a child per request line on stdin, answering its pid and then its exit status."""
     import importlib
+    import warnings
 
-    signal.signal(
-        signal.SIGINT, signal.SIG_IGN
-    )  # a terminal's Ctrl-C is for the child, which writes its trace
+    # the threads alive at a fork are the idle pools torch starts at import, as where DataLoader forks its workers
+    warnings.filterwarnings(
+        "ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning
+    )
+    # a terminal's Ctrl-C is for the child, which writes its partial trace; the server ends with its input
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in PRELOAD:
         try:
             importlib.import_module(name)

@@ -11,3 +11,17 @@ export PYTHONUNBUFFERED=1
 # `python3 - <<EOF` and `python3 -m` put the working directory first on sys.path, where the checkout's roofsim/ (which
 # has no executor/ inside: setup maps it) would shadow the installed package
 export PYTHONSAFEPATH=1
+# roofsim validate forks each run from a server that imported torch once (roofsim/runproc.py). The first setup on a
+# machine checks that a forked run can use the GPU (the GPU test of tests/test_runproc.py, ~15 s) and keeps the
+# answer in /tmp (a warm machine keeps it between calls); where it cannot, every run starts a fresh interpreter.
+if [ ! -f /tmp/roofsim-run-process ]; then
+  if python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runproc.py > /tmp/roofsim-run-process.log 2>&1; then
+    echo fork > /tmp/roofsim-run-process
+  else
+    echo exec > /tmp/roofsim-run-process
+  fi
+  cp /tmp/roofsim-run-process.log "${OUT:-/tmp}/run-process-check.log" 2>/dev/null || true
+fi
+ROOFSIM_RUN_PROCESS="$(cat /tmp/roofsim-run-process)"
+export ROOFSIM_RUN_PROCESS
+echo "runs: $ROOFSIM_RUN_PROCESS (roofsim/runproc.py)"
