@@ -20,7 +20,7 @@ from roofsim.errors import UserError
 from roofsim.plan import Plan
 from roofsim.workload import Workload
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Resource = Literal["compute", "h2d", "d2h", "cpu", "host"]
 """compute: the GPU compute stream; h2d/d2h: the copy engines; cpu: CPU attention or gathers; host: the issuing
@@ -268,14 +268,31 @@ _V1_PROFILE = re.compile(r"^profile: (.+)$")
 
 
 def upgrade(data: dict) -> dict:
-    """A trace document as the current schema has it. Schema 1 (no schema_version) kept one flat summary with
-    per-phase dicts, called the host memory pinned_host_bytes, and said the GPU memory cap and the profile only in
-    header notes: this maps those onto the typed fields once, at reading."""
+    """A trace document as the current schema has it, once, at reading. Schema 1 (no schema_version) kept one flat
+    summary with per-phase dicts, called the host memory pinned_host_bytes, and said the GPU memory cap and the
+    profile only in header notes: mapped onto the typed fields. Schema 2's resident plans decoded eager unless
+    they said `decode_graphs` (its default was false; it is true since schema 3): said so explicitly."""
     header = data["header"]
     version = header.get("schema_version", 1)
     if not isinstance(version, int) or version >= SCHEMA_VERSION:
         return data  # current, or a version that is no number (validation says so)
-    header = {**header, "schema_version": SCHEMA_VERSION}
+    if version < 2:
+        data = _from_schema_1(data)
+    header = {**data["header"], "schema_version": SCHEMA_VERSION}
+    header["plan"] = eager_if_unsaid(header.get("plan"))
+    return {**data, "header": header}
+
+
+def eager_if_unsaid(plan):
+    """A stored plan as it ran: a resident plan written before decode_graphs existed (or defaulted to true)
+    decoded eager. Anything but a dict is returned as it is (validation says what is wrong with it)."""
+    if isinstance(plan, dict) and plan.get("family") == "resident" and "decode_graphs" not in plan:
+        return {**plan, "decode_graphs": False}
+    return plan
+
+
+def _from_schema_1(data: dict) -> dict:
+    header = {**data["header"], "schema_version": 2}
     if isinstance(header.get("notes", []), list):  # anything else is left for validation to reject
         notes = []
         for note in header.get("notes", []):

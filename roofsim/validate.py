@@ -41,7 +41,7 @@ from roofsim.sim import simulate
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import load_model
 from roofsim.specs.tomlfile import first_error, read_toml
-from roofsim.trace import Summary, Trace, compare, json_exists
+from roofsim.trace import Summary, Trace, compare, eager_if_unsaid, json_exists
 from roofsim.units import MAX_TOKENS, parse_bytes, parse_tokens
 from roofsim.workload import Workload
 
@@ -393,7 +393,7 @@ def _saved_runs(runs_file: Path) -> tuple[Path, Config, list[dict], list[tuple[P
     for row in runs:
         sub = folder if row["run"] == "pick" else folder / row["run"]
         doc = read_json_object(sub / "plan.json", what)
-        plan = plan_from_dict(doc.get("plan"), where=str(sub / "plan.json"))
+        plan = plan_from_dict(eager_if_unsaid(doc.get("plan")), where=str(sub / "plan.json"))
         try:
             work = Workload.model_validate(doc.get("workload"))
         except ValidationError as e:

@@ -83,6 +83,22 @@ def test_the_static_input_step_gives_the_eager_logits(tiny, plan):
     assert rel_err(got["static"], got[None]) < 1e-5
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi3"])
+def test_the_static_input_step_gives_the_eager_logits_at_batch_2(family):
+    """A batch of two: one device position for the batch, one key count per sequence (resident plans replay by
+    default, so every family the executor runs takes this path on a GPU)."""
+    model = random_model(tiny_config(family), "cpu", torch.float32, seed=3)
+    ids = torch.randint(0, 128, (2, PROMPT), generator=torch.Generator().manual_seed(4))
+    got = {}
+    for mode in (None, "static"):
+        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN, batch_size=2)
+        try:
+            got[mode] = greedy_logits(model, cache, ids, CHUNK, GEN, graphs=mode)
+        finally:
+            cache.close()
+    assert rel_err(got["static"], got[None]) < 1e-5
+
+
 def test_only_fixed_shape_decode_can_be_replayed(tiny):
     model, _ = tiny
     streamed = make_cache(model, HeadOffloadPlan(), max_tokens=PROMPT + GEN)

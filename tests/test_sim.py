@@ -427,8 +427,8 @@ def test_replayed_decode_is_one_issue_per_step_and_analytic_equals_simulator(ctx
     """decode_graphs: the host issues one replay per decode step instead of every kernel, so a decode the host
     bound becomes the GPU's; the prefill and the GPU work are the eager plan's."""
     host_bound = _with(H100, "efficiency", kernel_us=60.0)
-    eager, _ = both(ResidentPlan(prefill_chunk=4096), ctx, gpu=host_bound)
-    p, t = both(ResidentPlan(prefill_chunk=4096, decode_graphs=True), ctx, gpu=host_bound)
+    eager, _ = both(ResidentPlan(prefill_chunk=4096, decode_graphs=False), ctx, gpu=host_bound)
+    p, t = both(ResidentPlan(prefill_chunk=4096), ctx, gpu=host_bound)
     assert eager.summary.decode.bound == "host"
     assert p.summary.decode.bound == "compute"
     assert p.summary.decode.busy_s["host"] == pytest.approx(host_bound.replay_s())

@@ -22,10 +22,11 @@ class ResidentPlan(PlanBase):
 
     family: Literal["resident"] = "resident"
     decode_graphs: bool = Field(
-        False,
+        True,
         description="replay each decode step's GPU work from a CUDA graph: the host issues one replay per step "
-        "instead of every kernel (CUDA only, with resident weights and experts and KV in the model dtype; eager "
-        "otherwise, and priced eager there too)",
+        "instead of every kernel (CUDA only, on one GPU, with resident weights, a dense MLP and KV in the model "
+        "dtype; eager otherwise, and priced eager there too). false: every step issued kernel by kernel. Plans "
+        "stored before this knob existed ran eager (roofsim.trace.upgrade, roofsim.validate's stored runs)",
     )
 
 
@@ -46,22 +47,26 @@ def replays(plan: ResidentPlan, model: ModelSpec) -> bool:
     """Whether the executor replays this plan's decode steps from a CUDA graph (executor/graphs.py's
     graph_unsupported and its capture): asked for, with the weights resident (nothing crosses the link at decode),
     a dense MLP (stock MoE layers ask the GPU which experts were hit before issuing them, a synchronisation a
-    capture cannot hold) and the KV in the model dtype (fp8's per-call dequantisation is not captured)."""
+    capture cannot hold), the KV in the model dtype (fp8's per-call dequantisation is not captured) and one GPU
+    (a tensor-parallel step all-reduces across ranks)."""
     return (
-        plan.decode_graphs and plan.weights == "resident" and not model.moe_layers and plan.kv_dtype == "bf16"
+        plan.decode_graphs
+        and plan.weights == "resident"
+        and not model.moe_layers
+        and plan.kv_dtype == "bf16"
+        and plan.tp == 1
     )
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[ResidentPlan]:
-    """Each placement and prefill chunk, eager, and with its decode replayed from a CUDA graph where the executor
-    can replay it (`replays`)."""
+    """Each placement and prefill chunk, with its decode replayed from a CUDA graph, and eager too where the
+    executor can replay it (`replays`; elsewhere the two are the same plan)."""
     for placement in placements(model, space):
         for c in chunks(work):
             plan = ResidentPlan(prefill_chunk=c, **placement)
             yield plan
-            graphed = plan.model_copy(update={"decode_graphs": True})
-            if replays(graphed, model):
-                yield graphed
+            if replays(plan, model):
+                yield plan.model_copy(update={"decode_graphs": False})
 
 
 def evaluate(plan: ResidentPlan, ctx: Ctx) -> Evaluation:
