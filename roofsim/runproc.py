@@ -10,15 +10,15 @@ own CUDA context made after the fork, and it costs a fork instead of the imports
 Invariants:
 - the server only imports: nothing in PRELOAD touches CUDA or runs a torch op at import (a CUDA context or a
   thread pool made before a fork is not usable in the child);
-- the server runs with the caller's environment: a caller whose environment has changed since gets a new server
-  (torch reads some variables when it is imported);
+- the child runs with the caller's environment of the moment; where a variable that libraries read when they are
+  imported (IMPORT_TIME_ENV's prefixes) differs from the server's, the caller gets a new server first;
 - the child runs `roofsim.cli.main(argv)` in `cwd`, its stdin empty, its stdout and stderr (file descriptors 1 and
   2, native output too) going to files; its exit code is main's return;
 - past its deadline the child gets SIGINT, as Ctrl-C would send (the executor writes what it measured so far and
   exits), and is killed INTERRUPT_GRACE_S later if it is still running.
 
-The wire between caller and server is one JSON line each way per step: a request (argv, cwd, the two output files),
-then the child's pid, then its exit status. `ROOFSIM_RUN_PROCESS=exec`, or a platform without fork, runs every
+The wire between caller and server is one JSON line each way per step: a request (argv, cwd, environment, the two
+output files), then the child's pid, then its exit status. `ROOFSIM_RUN_PROCESS=exec`, or a platform without fork, runs every
 command as a fresh `python -m roofsim.cli` instead, with the same invariants.
 """
 
@@ -67,6 +67,20 @@ PRELOAD = [
 """Imported once by the server; one that fails to import is skipped (without torch the child says what to install)."""
 
 
+IMPORT_TIME_ENV = (
+    "PYTHON",
+    "LD_",
+    "TORCH",
+    "PYTORCH",
+    "CUDA",
+    "NVIDIA",
+    "OMP_",
+    "MKL",
+    "TRANSFORMERS",
+    "HF_",
+)
+"""Prefixes of the variables that the server's imports may read (the rest take effect in the child alone)."""
+
 SERVER = [sys.executable, "-m", "roofsim.runproc"]
 """The server's command line."""
 
@@ -76,6 +90,7 @@ class Finished:
     returncode: int | None
     """main's exit code (negative: ended by that signal); None: past its deadline."""
     stderr: str
+    stdout: str = ""
 
 
 def forked() -> bool:
@@ -111,8 +126,8 @@ def _exec(argv: list[str], cwd: Path, timeout_s: float) -> Finished:
     # folders would shadow the installed package (and roofsim.executor)
     proc = subprocess.Popen(command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     try:
-        _, err = proc.communicate(timeout=timeout_s)
-        return Finished(proc.returncode, err)
+        out, err = proc.communicate(timeout=timeout_s)
+        return Finished(proc.returncode, err, out)
     except subprocess.TimeoutExpired:
         return Finished(None, interrupt(proc))
 
@@ -138,7 +153,7 @@ _broken: str | None = None  # why the server failed: every run starts a fresh in
 
 class _Server:
     def __init__(self):
-        self.env = dict(os.environ)
+        self.env = _import_time_env()
         self.home = tempfile.mkdtemp(
             prefix="roofsim-runproc-"
         )  # its sys.path[0]: an empty folder shadows nothing
@@ -181,7 +196,13 @@ class _Server:
     def run(self, argv: list[str], cwd: Path, timeout_s: float) -> Finished:
         with tempfile.TemporaryDirectory(prefix="roofsim-run-") as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            request = {"argv": argv, "cwd": str(cwd.resolve()), "stdout": str(out), "stderr": str(err)}
+            request = {
+                "argv": argv,
+                "cwd": str(cwd.resolve()),
+                "env": dict(os.environ),
+                "stdout": str(out),
+                "stderr": str(err),
+            }
             self.proc.stdin.write(json.dumps(request).encode() + b"\n")
             self.proc.stdin.flush()
             pid = self._line(None)["pid"]
@@ -195,7 +216,12 @@ class _Server:
                 code = None
             else:
                 code = done["status"]
-            return Finished(code, err.read_text(errors="replace") if err.is_file() else "")
+            text = [f.read_text(errors="replace") if f.is_file() else "" for f in (err, out)]
+            return Finished(code, *text)
+
+
+def _import_time_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(IMPORT_TIME_ENV)}
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -206,9 +232,9 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _server() -> _Server:
-    """The running server, started anew where none runs or the caller's environment has changed since."""
+    """The running server, started anew where none runs or a variable read at import has changed since."""
     global _current
-    if _current is not None and (not _current.alive() or _current.env != dict(os.environ)):
+    if _current is not None and (not _current.alive() or _current.env != _import_time_env()):
         _drop()
     if _current is None:
         _current = _Server()
@@ -264,6 +290,8 @@ def _child(req: dict) -> int:
     code = 1
     try:
         os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)

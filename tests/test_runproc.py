@@ -71,19 +71,24 @@ def tiny_run(tmp_path):
 @pytest.mark.parametrize("how", ["fork", "exec"])
 def test_a_run_works_in_the_folder_it_is_given_and_exits_with_mains_code(tiny_run, monkeypatch, how):
     """Relative paths resolve in `cwd`; a user error is main's exit code 2 with its one line on stderr."""
-    monkeypatch.setenv("ROOFSIM_RUN_PROCESS", how)
+    if how == "exec":
+        monkeypatch.setenv("ROOFSIM_RUN_PROCESS", "exec")
+    else:  # the default: the environment stays as it was, so the server already running serves the later tests
+        monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
     assert runproc.forked() == (how == "fork")
     argv = ["run", "plan.json", "--model", "config.json", "--prompt-len", "32", "--gen", "2", "-o", "m.json"]
     done = runproc.run([*argv, "--device", "cpu"], tiny_run, timeout_s=120)
     assert done.returncode == 0, done.stderr
     assert json.loads((tiny_run / "m.json").read_text())["complete"]
-    bad = runproc.run(["run", "nowhere.json", "--device", "cpu"], tiny_run, timeout_s=120)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("roofsim: error:")
-    assert bad.stderr.strip().count("\n") == 0
+    if how == "fork":  # (a fresh interpreter's exit code is its own: the exec path is the plain subprocess)
+        bad = runproc.run(["run", "nowhere.json", "--device", "cpu"], tiny_run, timeout_s=120)
+        assert bad.returncode == 2 and bad.stderr.strip().startswith("roofsim: error:")
+        assert bad.stderr.strip().count("\n") == 0
 
 
 def test_a_forked_run_past_its_deadline_is_interrupted_and_writes_what_it_measured(tiny_run, monkeypatch):
-    """SIGINT at the deadline: the executor's KeyboardInterrupt writes the partial trace; the run has no exit code."""
+    """SIGINT at the deadline: the executor's KeyboardInterrupt writes the partial trace; the run has no exit code.
+    (The deadline counts from the fork: a server still importing does not spend it.)"""
     monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
     argv = [
         "run",
@@ -97,7 +102,7 @@ def test_a_forked_run_past_its_deadline_is_interrupted_and_writes_what_it_measur
         "-o",
         "m.json",
     ]
-    done = runproc.run([*argv, "--device", "cpu"], tiny_run, timeout_s=8)
+    done = runproc.run([*argv, "--device", "cpu"], tiny_run, timeout_s=4)
     assert done.returncode is None
     assert "interrupted" in done.stderr
     partial = json.loads((tiny_run / "m.json").read_text())
@@ -148,3 +153,20 @@ def test_a_forked_run_makes_its_own_cuda_context():
             done = runproc.run(argv, Path(d), timeout_s=300)
             assert done.returncode == 0, done.stderr
             assert json.loads((Path(d) / "m.json").read_text())["header"]["gpu"] != "cpu"
+
+
+def test_a_forked_run_has_the_callers_environment_of_the_moment(tmp_path, monkeypatch):
+    """A variable set after the server started reaches the child (rich sizes the table by COLUMNS) without a new
+    server; one that libraries read at import tells the server apart (the next run gets a new one)."""
+    monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
+    widths = {}
+    for columns in ("60", "200"):
+        monkeypatch.setenv("COLUMNS", columns)
+        done = runproc.run(["gpus"], tmp_path, timeout_s=120)
+        assert done.returncode == 0, done.stderr
+        widths[columns] = max(len(line) for line in done.stdout.splitlines())
+        server = runproc._current
+    assert widths["60"] < widths["200"]
+    assert runproc.run(["gpus"], tmp_path, timeout_s=120).returncode == 0 and runproc._current is server
+    monkeypatch.setenv("TORCH_SHOW_CPP_STACKTRACES", "1")  # read when torch is imported: the server's own
+    assert runproc._import_time_env() != server.env and "COLUMNS" not in server.env
