@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from roofsim import argchecks, ops, roofline
@@ -441,13 +442,18 @@ def cmd_calibrate(args) -> int:
         "fixed costs",
         "CPU",
     ]
+    began: list[tuple[str, float]] = [("first layer timing", time.perf_counter())]  # when each step began
     with Progress(console=console(), transient=True) as bar:
         job = bar.add_task("calibrating", total=len(steps))
 
         def progress(step: str) -> None:
+            began.append((step, time.perf_counter()))
             bar.update(job, description=step, completed=steps.index(step))
 
         m = measure(model, progress)
+    began.append(("end", time.perf_counter()))
+    spent = ", ".join(f"{a} {t1 - t0:.0f} s" for (a, t0), (_, t1) in zip(began, began[1:], strict=False))
+    print(f"calibration took {began[-1][1] - began[0][1]:.0f} s: {spent}")
     gpu_path, host_path = _write_profile(gpu, host, m, args.output, "the measurements just taken")
     print(f"calibrated profile: {gpu_path} (host {host_path}); use it with --gpu {gpu_path}")
     return 0
