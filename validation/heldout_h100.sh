@@ -5,55 +5,64 @@
 # skipped) and rewrites $OUT/heldout-<part>.tar.gz after every configuration, so a call stopped midway keeps what
 # it measured and the next call with the same part finishes it. From the repo root, with .whl/ carried:
 #   bash validation/heldout_h100.sh calibrate   # ~4-5 min: $OUT/heldout-calibrated.tar.gz (reused if this machine did)
-#   bash validation/heldout_h100.sh a           # 8 fixed plans, 24K-192K, ~6 min
-#   bash validation/heldout_h100.sh b           # 192K sparse_fetch, 384K head_offload under 40 GB, Phi-3 planner, ~7 min
-#   bash validation/heldout_h100.sh c           # Mistral-7B planner at 96K under 20 GB (pick, runners-up, families), ~6 min
-#   bash validation/heldout_h100.sh d           # Qwen2.5-14B planner at 48K under 40 GB, ~5 min
-#   bash validation/heldout_h100.sh e           # Llama-3.1-8B planner at 192K under 32 GB, ~8 min
-# A part that runs past its call: call it again on the same warm machine (it resumes); on a fresh machine run
-# `calibrate` first, and say so in validation/results/h100-heldout/README.md. HOST_MONITOR=1 writes
-# $OUT/host-<part>.csv beside the part. Then, here:
+#   bash validation/heldout_h100.sh a           # 8 fixed plans, 24K-192K, ~2.5 min
+#   bash validation/heldout_h100.sh b           # 192K sparse_fetch, 384K head_offload under 40 GB, Phi-3 planner, ~3.5 min
+#   bash validation/heldout_h100.sh c           # Mistral-7B planner at 96K under 20 GB (pick, runners-up, families), ~2.5 min
+#   bash validation/heldout_h100.sh d           # Qwen2.5-14B planner at 48K under 40 GB, ~2 min
+#   bash validation/heldout_h100.sh e           # Llama-3.1-8B planner at 192K under 32 GB, ~5 min
+# (the parts' minutes: the predicted prefill and decode of each run with a profile of the development set, plus
+# ~10 s a run outside them, forked runs: docs/evidence.md#ev-run-overhead; calibrate says what it took)
+# Several parts in one call run in turn (`bash validation/heldout_h100.sh calibrate a`). A part that runs past its
+# call: call it again on the same warm machine (it resumes); on a fresh machine run `calibrate` first, and say so in
+# validation/results/h100-heldout/README.md. HOST_MONITOR=1 writes $OUT/host-<part>.csv beside the part. Then, here:
 #   mkdir -p validation/results/h100-heldout && for f in heldout-*.tar.gz; do tar xzf $f -C validation/results/h100-heldout; done
 #   python validation/compress_traces.py validation/results/h100-heldout/campaign
 #   python validation/summarize.py validation/results/h100-heldout
 set -euo pipefail
-part="${1:?part: calibrate, a, b, c, d or e}"
+[ $# -gt 0 ] || { echo "parts: calibrate, a, b, c, d or e (several run in turn)" >&2; exit 2; }
 . validation/device_setup.sh
 results=validation/results/h100-heldout
 calib=calibrated
 profile="$results/$calib/h100-sxm-calibrated.toml"
 kept=/tmp/roofsim-calibrations/heldout
-if [ -n "${HOST_MONITOR:-}" ]; then
-  python3 validation/host_monitor.py "$OUT/host-$part.csv" & monitor=$!
-  trap 'kill $monitor 2>/dev/null || true' EXIT
-fi
 mkdir -p "$results"
-if [ ! -f "$profile" ] && [ -d "$kept" ]; then  # a warm machine keeps its calibration in /tmp between calls
-  rm -rf "${results:?}/$calib" && cp -r "$kept" "$results/$calib"
-fi
-case "$part" in
-  calibrate)
-    if [ -d "$kept" ]; then
-      echo "reusing this machine's calibration $kept (boot $(cat "$kept/boot_id.txt"))"
-    else
-      roofsim calibrate --gpu h100-sxm -o "$results/$calib"
-      cat /proc/sys/kernel/random/boot_id > "$results/$calib/boot_id.txt"
-      mkdir -p "$(dirname "$kept")" && rm -rf "$kept" && cp -r "$results/$calib" "$kept"
-    fi
-    tar czf "$OUT/heldout-calibrated.tar.gz" -C "$results" "$calib"
-    exit 0 ;;
-  a) only="m7-resident-48k,p3-layer-inc-48k,l31-resident-b2-32k,l2-cpu8-24k,l31-kvpr-inter-96k,l31-cpu3-96k,q14-head-g1-r2-96k,q7-evict-b32k-192k" ;;
-  b) only="l3-sparse-f10-192k,l3-head-g2-r1-384k-40gb,p3-planner-32k-16gb" ;;
-  c) only="m7-planner-96k-20gb" ;;
-  d) only="q14-planner-48k-40gb" ;;
-  e) only="l31-planner-192k-32gb" ;;
-  *) echo "unknown part $part: calibrate, a, b, c, d or e" >&2; exit 2 ;;
-esac
-if [ ! -f "$profile" ]; then
-  echo "no calibration on this machine: run 'bash validation/heldout_h100.sh calibrate' first" >&2
-  exit 2
-fi
-echo "boot $(cat /proc/sys/kernel/random/boot_id); calibration of boot $(cat "$results/$calib/boot_id.txt")"
-mkdir -p /tmp/heldout
-roofsim validate validation/campaign-heldout.toml --gpu "$profile" -o /tmp/heldout/campaign --timeout 400 \
-  --only "$only" --archive "$OUT/heldout-$part.tar.gz" --resume
+
+run_part() {
+  local part="$1" only monitor=""
+  if [ -n "${HOST_MONITOR:-}" ]; then
+    python3 validation/host_monitor.py "$OUT/host-$part.csv" & monitor=$!
+  fi
+  if [ ! -f "$profile" ] && [ -d "$kept" ]; then  # a warm machine keeps its calibration in /tmp between calls
+    rm -rf "${results:?}/$calib" && cp -r "$kept" "$results/$calib"
+  fi
+  case "$part" in
+    calibrate)
+      if [ -d "$kept" ]; then
+        echo "reusing this machine's calibration $kept (boot $(cat "$kept/boot_id.txt"))"
+      else
+        roofsim calibrate --gpu h100-sxm -o "$results/$calib"
+        cat /proc/sys/kernel/random/boot_id > "$results/$calib/boot_id.txt"
+        mkdir -p "$(dirname "$kept")" && rm -rf "$kept" && cp -r "$results/$calib" "$kept"
+      fi
+      tar czf "$OUT/heldout-calibrated.tar.gz" -C "$results" "$calib"
+      if [ -n "$monitor" ]; then kill "$monitor" 2>/dev/null || true; fi
+      return 0 ;;
+    a) only="m7-resident-48k,p3-layer-inc-48k,l31-resident-b2-32k,l2-cpu8-24k,l31-kvpr-inter-96k,l31-cpu3-96k,q14-head-g1-r2-96k,q7-evict-b32k-192k" ;;
+    b) only="l3-sparse-f10-192k,l3-head-g2-r1-384k-40gb,p3-planner-32k-16gb" ;;
+    c) only="m7-planner-96k-20gb" ;;
+    d) only="q14-planner-48k-40gb" ;;
+    e) only="l31-planner-192k-32gb" ;;
+    *) echo "unknown part $part: calibrate, a, b, c, d or e" >&2; exit 2 ;;
+  esac
+  if [ ! -f "$profile" ]; then
+    echo "no calibration on this machine: run 'bash validation/heldout_h100.sh calibrate' first" >&2
+    exit 2
+  fi
+  echo "boot $(cat /proc/sys/kernel/random/boot_id); calibration of boot $(cat "$results/$calib/boot_id.txt")"
+  mkdir -p /tmp/heldout
+  roofsim validate validation/campaign-heldout.toml --gpu "$profile" -o /tmp/heldout/campaign --timeout 400 \
+    --only "$only" --archive "$OUT/heldout-$part.tar.gz" --resume
+  if [ -n "$monitor" ]; then kill "$monitor" 2>/dev/null || true; fi
+}
+
+for part in "$@"; do run_part "$part"; done
