@@ -15,7 +15,9 @@ export PYTHONSAFEPATH=1
 # machine checks that a forked run can use the GPU (the GPU test of tests/test_runproc.py, ~15 s) and keeps the
 # answer in /tmp (a warm machine keeps it between calls); where it cannot, every run starts a fresh interpreter.
 if [ ! -f /tmp/roofsim-run-process ]; then
-  if python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_runproc.py > /tmp/roofsim-run-process.log 2>&1; then
+  # from another folder, as recheck_h100.sh runs pytest: the checkout's roofsim/ must not shadow the installed one
+  if (repo=$PWD && cd /tmp && python3 -m pytest -q -p no:cacheprovider -m gpu -rs "$repo/tests/test_runproc.py") \
+    > /tmp/roofsim-run-process.log 2>&1; then
     echo fork > /tmp/roofsim-run-process
   else
     echo exec > /tmp/roofsim-run-process
