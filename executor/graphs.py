@@ -32,8 +32,6 @@ def graph_unsupported(cache) -> str | None:
         return "streamed weights copy every layer at every step"
     if rt.plan.tp > 1:
         return "tensor-parallel steps all-reduce across ranks (a capture failing on one rank would stall the rest)"
-    if rt.fp8:
-        return "fp8 KV is turned back to the model's dtype in a scratch buffer at each call, which is not replayed"
     bad = [i for i, layer in enumerate(rt.layers) if not layer.graph_ready()]
     if bad:
         return f"layers {bad[0]}.. copy over the link or grow at decode"

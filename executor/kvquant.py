@@ -80,6 +80,9 @@ class Store:
         self.lay, self.buf = lay, buf
         self.rows, self.scales = lay.views(buf, n)  # [n, BLK, B, 2, h, D] fp8, [n, B, 2, h] fp32
         self.row_scales = self.scales.view(n, 1, lay.batch, 2, lay.heads, 1)  # broadcast over rows and d
+        self.row_ids = torch.arange(BLK, device=buf.device).view(
+            1, BLK, 1, 1, 1, 1
+        )  # a block's rows (write_row_at)
 
 
 def store_of(lay: Layout, buf) -> Store:
@@ -119,6 +122,24 @@ def _write(st: Store, P: int, new: torch.Tensor) -> None:
     scale = torch.exp2(e.float())  # [n, 1, B, 2, h, 1]
     st.rows[b0:b1].copy_(x.div_(scale))
     st.row_scales[b0:b1].copy_(scale)
+
+
+def write_row_at(st: Store, pos: torch.Tensor, new: torch.Tensor) -> None:
+    """Store one row `new` [1, B, 2, heads, D] at token `pos`, a device int64 tensor [1], as `write` stores it (the
+    block's earlier rows, the new row, zeros after it, re-scaled to the block's new maximum), with no host-side
+    index: a CUDA graph replays it at each step's position. The fp8 rows are written as their bytes (index_copy_
+    has no fp8 kernel)."""
+    b = torch.div(pos, BLK, rounding_mode="floor")
+    r = pos - b * BLK
+    x = st.rows.index_select(0, b).float().mul_(st.row_scales.index_select(0, b))  # [1, BLK, B, 2, h, D]
+    x.masked_fill_(st.row_ids >= r.view(1, 1, 1, 1, 1, 1), 0.0)
+    x.index_copy_(1, r, new.float().unsqueeze(0))
+    _, e = torch.frexp(
+        x.abs().amax(dim=(1, 5), keepdim=True).div_(FP8_MAX)
+    )  # as _write: 2^e just above amax/448
+    scale = torch.exp2(e.float())
+    st.rows.view(torch.uint8).index_copy_(0, b, x.div_(scale).to(FP8).view(torch.uint8))
+    st.row_scales.index_copy_(0, b, scale)
 
 
 def dequantize(lay: Layout, buf, tokens: int, scratch: torch.Tensor) -> torch.Tensor:

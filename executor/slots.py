@@ -111,13 +111,23 @@ class SlotLayer(PlanLayer):
 
     def graph_ready(self) -> bool:
         cap = self.rt.capacity
-        return type(self)._attend is SlotLayer._attend and all(
-            s.resident and s.gpu is not None and s.gpu.shape[0] == cap for s in self.slots
-        )
+        if type(self)._attend is not SlotLayer._attend or cap is None:
+            return False
+        if self.fp8:  # an fp8 store holding the capacity's blocks
+            return all(s.resident and s.store is not None and s.store.rows.shape[0] * kvquant.BLK >= cap
+                       for s in self.slots)  # fmt: skip
+        return all(s.resident and s.gpu is not None and s.gpu.shape[0] == cap for s in self.slots)
 
     def graph_buffer(self) -> torch.Tensor:
-        """A resident slot's buffer [capacity, B, 2, g, D] (the decode kernel is chosen on it)."""
-        return self.slots[0].gpu
+        """A resident slot's KV [capacity, B, 2, g, D] in the model dtype (the decode kernel is chosen on it): its
+        buffer, or an fp8 store's dequantised rows."""
+        s = self.slots[0]
+        return self._dequantized(s) if self.fp8 else s.gpu
+
+    def _dequantized(self, s: Slot) -> torch.Tensor:
+        """An fp8 resident slot's whole store (the capacity's rows) in the model dtype, in the scratch."""
+        cap, lay = self.rt.capacity, s.store.lay
+        return kvquant.dequantize(lay, s.store, cap, self.rt.kv_scratch(kvquant.scratch_numel(lay, cap)))
 
     # ---- streamed units ----------------------------------------------------------------------------------------
 
@@ -361,6 +371,12 @@ class SlotLayer(PlanLayer):
         return out, a0
 
     def _attend_resident_fp8(self, s: Slot, qs, new, scale):
+        graph = self.rt.graph
+        if (
+            graph is not None
+        ):  # captured: the row goes in at the device position, the whole store is dequantised
+            kvquant.write_row_at(s.store, graph.pos.view(1), new[:, :, :, s.h0 : s.h1])
+            return decode_attend(qs, self._dequantized(s), graph.n_keys, scale)
         P, C = self.P, self.C
         lay = kvquant.layout_of(self.rt.shape, s.g)
         if s.gpu is None or s.gpu.numel() < lay.nbytes(P + C):

@@ -67,8 +67,13 @@ def test_a_resident_buffer_holds_no_garbage_past_its_keys(tiny):
 
 @pytest.mark.parametrize(
     "plan",
-    [ResidentPlan(), HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2)],
-    ids=["resident", "head_all_res"],
+    [
+        ResidentPlan(),
+        HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2),
+        ResidentPlan(kv_dtype="fp8_e4m3"),
+        HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2, kv_dtype="fp8_e4m3"),
+    ],
+    ids=["resident", "head_all_res", "resident_fp8", "head_all_res_fp8"],
 )
 def test_the_static_input_step_gives_the_eager_logits(tiny, plan):
     model, ids = tiny

@@ -440,13 +440,13 @@ def test_replayed_decode_is_one_issue_per_step_and_analytic_equals_simulator(ctx
 @pytest.mark.parametrize(
     "plan, model",
     [
-        (ResidentPlan(prefill_chunk=4096, decode_graphs=True, kv_dtype="fp8_e4m3"), "llama-3-8b"),
         (ResidentPlan(prefill_chunk=4096, decode_graphs=True), "qwen3-30b-a3b"),
+        (ResidentPlan(prefill_chunk=4096, decode_graphs=True, tp=2), "llama-3-8b"),
     ],
 )
 def test_graphs_the_executor_cannot_replay_are_priced_eager(plan, model):
-    """fp8 KV (dequantised per call) and a MoE layer (its expert loop synchronises) run eager in the executor
-    whatever decode_graphs says (executor/graphs.py), and the model prices them as it runs them."""
+    """A MoE layer (its expert loop synchronises) and a tensor-parallel step (its all-reduces) run eager in the
+    executor whatever decode_graphs says (executor/graphs.py), and the model prices them as it runs them."""
     from roofsim.families.resident import replays
 
     spec = load_model(model)
@@ -456,3 +456,21 @@ def test_graphs_the_executor_cannot_replay_are_priced_eager(plan, model):
     a = predict(plan, spec, H100, HOST, work, Limits())
     b = predict(eager, spec, H100, HOST, work, Limits())
     assert a.summary.decode_s_per_token == b.summary.decode_s_per_token
+
+
+def test_fp8_kv_replays_and_its_replayed_decode_is_the_gpus():
+    """KV in fp8 replays from a CUDA graph (the row stored at the step's device position, the store dequantised
+    whole): the host issues one replay, so a short context's decode, host-bound eager, is the GPU's."""
+    from roofsim.families.resident import replays
+
+    spec = load_model("llama-3-8b")
+    plan = ResidentPlan(prefill_chunk=4096, kv_dtype="fp8_e4m3")
+    assert replays(plan, spec)
+    work = Workload(context=16384, gen=4)
+    host_bound = _with(H100, "efficiency", kernel_us=60.0)
+    eager_plan = plan.model_copy(update={"decode_graphs": False})
+    graphed = predict(plan, spec, host_bound, HOST, work, Limits()).summary
+    eager = predict(eager_plan, spec, host_bound, HOST, work, Limits()).summary
+    assert eager.decode.bound == "host" and graphed.decode.bound == "compute"
+    assert graphed.decode_s_per_token < eager.decode_s_per_token
+    assert graphed.decode.busy_s["compute"] == pytest.approx(eager.decode.busy_s["compute"])

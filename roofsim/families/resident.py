@@ -24,8 +24,8 @@ class ResidentPlan(PlanBase):
     decode_graphs: bool = Field(
         True,
         description="replay each decode step's GPU work from a CUDA graph: the host issues one replay per step "
-        "instead of every kernel (CUDA only, on one GPU, with resident weights, a dense MLP and KV in the model "
-        "dtype; eager otherwise, and priced eager there too). false: every step issued kernel by kernel. Plans "
+        "instead of every kernel (CUDA only, on one GPU, with resident weights and a dense MLP; eager otherwise, "
+        "and priced eager there too). false: every step issued kernel by kernel. Plans "
         "stored before this knob existed ran eager (roofsim.trace.upgrade, roofsim.validate's stored runs)",
     )
 
@@ -47,15 +47,10 @@ def replays(plan: ResidentPlan, model: ModelSpec) -> bool:
     """Whether the executor replays this plan's decode steps from a CUDA graph (executor/graphs.py's
     graph_unsupported and its capture): asked for, with the weights resident (nothing crosses the link at decode),
     a dense MLP (stock MoE layers ask the GPU which experts were hit before issuing them, a synchronisation a
-    capture cannot hold), the KV in the model dtype (fp8's per-call dequantisation is not captured) and one GPU
-    (a tensor-parallel step all-reduces across ranks)."""
-    return (
-        plan.decode_graphs
-        and plan.weights == "resident"
-        and not model.moe_layers
-        and plan.kv_dtype == "bf16"
-        and plan.tp == 1
-    )
+    capture cannot hold) and one GPU (a tensor-parallel step all-reduces across ranks). KV in fp8 replays too: the
+    new row is stored at the step's device position and the whole store dequantised (executor/kvquant.py
+    write_row_at)."""
+    return plan.decode_graphs and plan.weights == "resident" and not model.moe_layers and plan.tp == 1
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[ResidentPlan]:
