@@ -69,21 +69,21 @@ def tiny_run(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["fork", "exec"])
-def test_a_run_works_in_the_folder_it_is_given_and_exits_with_mains_code(tiny_run, monkeypatch, how):
-    """Relative paths resolve in `cwd`; a user error is main's exit code 2 with its one line on stderr."""
+def test_a_command_works_in_the_folder_it_is_given_and_exits_with_mains_code(tiny_run, monkeypatch, how):
+    """A relative path resolves in `cwd`; a user error is main's exit code 2 with its one line on stderr."""
     if how == "exec":
         monkeypatch.setenv("ROOFSIM_RUN_PROCESS", "exec")
     else:  # the default: the environment stays as it was, so the server already running serves the later tests
         monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
     assert runproc.forked() == (how == "fork")
-    argv = ["run", "plan.json", "--model", "config.json", "--prompt-len", "32", "--gen", "2", "-o", "m.json"]
-    done = runproc.run([*argv, "--device", "cpu"], tiny_run, timeout_s=120)
+    done = runproc.run(
+        ["predict", "--gpu", "rtx4090", "--plan", "plan.json", "--context", "4K"], tiny_run, 120
+    )
     assert done.returncode == 0, done.stderr
-    assert json.loads((tiny_run / "m.json").read_text())["complete"]
-    if how == "fork":  # (a fresh interpreter's exit code is its own: the exec path is the plain subprocess)
-        bad = runproc.run(["run", "nowhere.json", "--device", "cpu"], tiny_run, timeout_s=120)
-        assert bad.returncode == 2 and bad.stderr.strip().startswith("roofsim: error:")
-        assert bad.stderr.strip().count("\n") == 0
+    assert "resident" in done.stdout
+    bad = runproc.run(["predict", "--gpu", "rtx4090", "--plan", "nowhere.json"], tiny_run, timeout_s=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("roofsim: error:")
+    assert bad.stderr.strip().count("\n") == 0
 
 
 def test_a_forked_run_past_its_deadline_is_interrupted_and_writes_what_it_measured(tiny_run, monkeypatch):
@@ -107,21 +107,6 @@ def test_a_forked_run_past_its_deadline_is_interrupted_and_writes_what_it_measur
     assert "interrupted" in done.stderr
     partial = json.loads((tiny_run / "m.json").read_text())
     assert not partial["complete"] and partial["summary"]["decode"]["step_s"]
-
-
-def test_a_server_that_fails_leaves_the_runs_to_fresh_interpreters(tiny_run, monkeypatch, capsys):
-    """A server that ends before it answers: the run, and every later one, starts a fresh interpreter instead."""
-    monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
-    monkeypatch.setattr(runproc, "SERVER", [sys.executable, "-c", "raise SystemExit(3)"])
-    monkeypatch.setattr(runproc, "_broken", None)
-    runproc._drop()
-    try:
-        done = runproc.run(["run", "nowhere.json"], tiny_run, timeout_s=120)
-        assert done.returncode == 2 and "roofsim: error:" in done.stderr  # the fresh interpreter's answer
-        assert "run server failed" in capsys.readouterr().err
-        assert runproc._broken and runproc._current is None
-    finally:
-        runproc._drop()
 
 
 @pytest.mark.gpu
@@ -170,3 +155,19 @@ def test_a_forked_run_has_the_callers_environment_of_the_moment(tmp_path, monkey
     assert runproc.run(["gpus"], tmp_path, timeout_s=120).returncode == 0 and runproc._current is server
     monkeypatch.setenv("TORCH_SHOW_CPP_STACKTRACES", "1")  # read when torch is imported: the server's own
     assert runproc._import_time_env() != server.env and "COLUMNS" not in server.env
+
+
+# last in the file: it stops the server the tests before it share
+def test_a_server_that_fails_leaves_the_runs_to_fresh_interpreters(tiny_run, monkeypatch, capsys):
+    """A server that ends before it answers: the run, and every later one, starts a fresh interpreter instead."""
+    monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
+    monkeypatch.setattr(runproc, "SERVER", [sys.executable, "-c", "raise SystemExit(3)"])
+    monkeypatch.setattr(runproc, "_broken", None)
+    runproc._drop()
+    try:
+        done = runproc.run(["run", "nowhere.json"], tiny_run, timeout_s=120)
+        assert done.returncode == 2 and "roofsim: error:" in done.stderr  # the fresh interpreter's answer
+        assert "run server failed" in capsys.readouterr().err
+        assert runproc._broken and runproc._current is None
+    finally:
+        runproc._drop()
