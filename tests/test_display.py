@@ -40,13 +40,20 @@ def _rows(out: str, family: str) -> list[str]:
     return [line for line in out.splitlines() if line.split()[:1] == [family] and "does not fit" not in line]
 
 
-@pytest.mark.parametrize("columns", ["100", None])
+def test_output_that_is_no_terminal_is_columns_wide_else_100(monkeypatch):
+    """What the output tests below rely on: captured output (no terminal) is COLUMNS wide, else WIDTH (100), so a
+    test without COLUMNS sees what a 100-column terminal would."""
+    from roofsim.display import WIDTH, console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert WIDTH == 100 and console().width == 100
+    monkeypatch.setenv("COLUMNS", "73")
+    assert console().width == 73
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_default_output_fits_100_columns(capsys, monkeypatch, tmp_path, command, columns):
-    if columns is None:
-        monkeypatch.delenv("COLUMNS", raising=False)
-    else:
-        monkeypatch.setenv("COLUMNS", columns)
+def test_default_output_fits_100_columns(capsys, monkeypatch, tmp_path, command):
+    monkeypatch.delenv("COLUMNS", raising=False)
     plan = tmp_path / "plan.json"
     plan.write_text(
         '{"family": "cpu_attention", "prefill_chunk": 8192, "cpu_kv_heads": 4, "kv_heads_per_slot": 2}'
