@@ -86,23 +86,17 @@ def test_a_command_works_in_the_folder_it_is_given_and_exits_with_mains_code(tin
     assert bad.stderr.strip().count("\n") == 0
 
 
+def _run(prompt: int, gen: int) -> list[str]:
+    """`roofsim run` of tiny_run's plan and model, its trace to m.json, all named relative to the run's folder."""
+    model = ["--model", "config.json"]
+    return ["run", "plan.json", *model, "--prompt-len", str(prompt), "--gen", str(gen), "-o", "m.json"]
+
+
 def test_a_forked_run_past_its_deadline_is_interrupted_and_writes_what_it_measured(tiny_run, monkeypatch):
     """SIGINT at the deadline: the executor's KeyboardInterrupt writes the partial trace; the run has no exit code.
     (The deadline counts from the fork: a server still importing does not spend it.)"""
     monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
-    argv = [
-        "run",
-        "plan.json",
-        "--model",
-        "config.json",
-        "--prompt-len",
-        "32",
-        "--gen",
-        "200000",
-        "-o",
-        "m.json",
-    ]
-    done = runproc.run([*argv, "--device", "cpu"], tiny_run, timeout_s=4)
+    done = runproc.run([*_run(32, 200000), "--device", "cpu"], tiny_run, timeout_s=4)
     assert done.returncode is None
     assert "interrupted" in done.stderr
     partial = json.loads((tiny_run / "m.json").read_text())
@@ -110,51 +104,17 @@ def test_a_forked_run_past_its_deadline_is_interrupted_and_writes_what_it_measur
 
 
 @pytest.mark.gpu
-def test_a_forked_run_makes_its_own_cuda_context():
+def test_a_forked_run_makes_its_own_cuda_context(tiny_run):
     """The server imports torch without touching CUDA, so a run forked from it can use the GPU (twice: each run's
     context is its own)."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "config.json").write_text(json.dumps(TINY))
-        (Path(d) / "plan.json").write_text(json.dumps({"family": "head_offload"}))
-        argv = [
-            "run",
-            "plan.json",
-            "--model",
-            "config.json",
-            "--prompt-len",
-            "64",
-            "--gen",
-            "3",
-            "-o",
-            "m.json",
-        ]
-        for _ in range(2):
-            done = runproc.run(argv, Path(d), timeout_s=300)
-            assert done.returncode == 0, done.stderr
-            assert json.loads((Path(d) / "m.json").read_text())["header"]["gpu"] != "cpu"
-
-
-def test_a_forked_run_has_the_callers_environment_of_the_moment(tmp_path, monkeypatch):
-    """A variable set after the server started reaches the child (rich sizes the table by COLUMNS) without a new
-    server; one that libraries read at import tells the server apart (the next run gets a new one)."""
-    monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
-    widths = {}
-    for columns in ("60", "200"):
-        monkeypatch.setenv("COLUMNS", columns)
-        done = runproc.run(["gpus"], tmp_path, timeout_s=120)
+    (tiny_run / "plan.json").write_text(json.dumps({"family": "head_offload"}))
+    for _ in range(2):
+        done = runproc.run(_run(64, 3), tiny_run, timeout_s=300)
         assert done.returncode == 0, done.stderr
-        widths[columns] = max(len(line) for line in done.stdout.splitlines())
-        server = runproc._current
-    assert widths["60"] < widths["200"]
-    assert runproc.run(["gpus"], tmp_path, timeout_s=120).returncode == 0 and runproc._current is server
-    monkeypatch.setenv("TORCH_SHOW_CPP_STACKTRACES", "1")  # read when torch is imported: the server's own
-    assert runproc._import_time_env() != server.env and "COLUMNS" not in server.env
+        assert json.loads((tiny_run / "m.json").read_text())["header"]["gpu"] != "cpu"
 
 
 # last in the file: it stops the server the tests before it share
