@@ -117,6 +117,23 @@ def test_a_forked_run_makes_its_own_cuda_context(tiny_run):
         assert json.loads((tiny_run / "m.json").read_text())["header"]["gpu"] != "cpu"
 
 
+def test_a_forked_run_has_the_callers_environment_of_the_moment(tmp_path, monkeypatch):
+    """A variable set after the server started reaches the child (rich sizes the table by COLUMNS) without a new
+    server; one that libraries read at import tells the server apart (the next run gets a new one)."""
+    monkeypatch.delenv("ROOFSIM_RUN_PROCESS", raising=False)
+    widths = {}
+    for columns in ("60", "200"):
+        monkeypatch.setenv("COLUMNS", columns)
+        done = runproc.run(["gpus"], tmp_path, timeout_s=120)
+        assert done.returncode == 0, done.stderr
+        widths[columns] = max(len(line) for line in done.stdout.splitlines())
+        server = runproc._current
+    assert widths["60"] < widths["200"]
+    assert runproc.run(["gpus"], tmp_path, timeout_s=120).returncode == 0 and runproc._current is server
+    monkeypatch.setenv("TORCH_SHOW_CPP_STACKTRACES", "1")  # read when torch is imported: the server's own
+    assert runproc._import_time_env() != server.env and "COLUMNS" not in server.env
+
+
 # last in the file: it stops the server the tests before it share
 def test_a_server_that_fails_leaves_the_runs_to_fresh_interpreters(tiny_run, monkeypatch, capsys):
     """A server that ends before it answers: the run, and every later one, starts a fresh interpreter instead."""
