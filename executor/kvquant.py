@@ -80,9 +80,8 @@ class Store:
         self.lay, self.buf = lay, buf
         self.rows, self.scales = lay.views(buf, n)  # [n, BLK, B, 2, h, D] fp8, [n, B, 2, h] fp32
         self.row_scales = self.scales.view(n, 1, lay.batch, 2, lay.heads, 1)  # broadcast over rows and d
-        self.row_ids = torch.arange(BLK, device=buf.device).view(
-            1, BLK, 1, 1, 1, 1
-        )  # a block's rows (write_row_at)
+        # a block's row numbers, broadcast as its rows are (write_row_at)
+        self.row_ids = torch.arange(BLK, device=buf.device).view(1, BLK, 1, 1, 1, 1)
 
 
 def store_of(lay: Layout, buf) -> Store:
@@ -134,9 +133,8 @@ def write_row_at(st: Store, pos: torch.Tensor, new: torch.Tensor) -> None:
     x = st.rows.index_select(0, b).float().mul_(st.row_scales.index_select(0, b))  # [1, BLK, B, 2, h, D]
     x.masked_fill_(st.row_ids >= r.view(1, 1, 1, 1, 1, 1), 0.0)
     x.index_copy_(1, r, new.float().unsqueeze(0))
-    _, e = torch.frexp(
-        x.abs().amax(dim=(1, 5), keepdim=True).div_(FP8_MAX)
-    )  # as _write: 2^e just above amax/448
+    # as _write: the power of two 2^e just above amax / 448
+    _, e = torch.frexp(x.abs().amax(dim=(1, 5), keepdim=True).div_(FP8_MAX))
     scale = torch.exp2(e.float())
     st.rows.view(torch.uint8).index_copy_(0, b, x.div_(scale).to(FP8).view(torch.uint8))
     st.row_scales.index_copy_(0, b, scale)

@@ -114,8 +114,10 @@ class SlotLayer(PlanLayer):
         if type(self)._attend is not SlotLayer._attend or cap is None:
             return False
         if self.fp8:  # an fp8 store holding the capacity's blocks
-            return all(s.resident and s.store is not None and s.store.rows.shape[0] * kvquant.BLK >= cap
-                       for s in self.slots)  # fmt: skip
+            return all(
+                s.resident and s.store is not None and s.store.rows.shape[0] * kvquant.BLK >= cap
+                for s in self.slots
+            )
         return all(s.resident and s.gpu is not None and s.gpu.shape[0] == cap for s in self.slots)
 
     def graph_buffer(self) -> torch.Tensor:
@@ -372,9 +374,8 @@ class SlotLayer(PlanLayer):
 
     def _attend_resident_fp8(self, s: Slot, qs, new, scale):
         graph = self.rt.graph
-        if (
-            graph is not None
-        ):  # captured: the row goes in at the device position, the whole store is dequantised
+        # captured: the row goes in at the device position, and the whole store is dequantised
+        if graph is not None:
             kvquant.write_row_at(s.store, graph.pos.view(1), new[:, :, :, s.h0 : s.h1])
             return decode_attend(qs, self._dequantized(s), graph.n_keys, scale)
         P, C = self.P, self.C

@@ -6,6 +6,7 @@ User mistakes print one line `roofsim: error: ...` and exit 2; anything else is 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -452,7 +453,7 @@ def cmd_calibrate(args) -> int:
 
         m = measure(model, progress)
     began.append(("end", time.perf_counter()))
-    spent = ", ".join(f"{a} {t1 - t0:.0f} s" for (a, t0), (_, t1) in zip(began, began[1:], strict=False))
+    spent = ", ".join(f"{a} {t1 - t0:.0f} s" for (a, t0), (_, t1) in itertools.pairwise(began))
     print(f"calibration took {began[-1][1] - began[0][1]:.0f} s: {spent}")
     gpu_path, host_path = _write_profile(gpu, host, m, args.output, "the measurements just taken")
     print(f"calibrated profile: {gpu_path} (host {host_path}); use it with --gpu {gpu_path}")

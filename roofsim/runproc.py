@@ -18,8 +18,8 @@ Invariants:
   exits), and is killed INTERRUPT_GRACE_S later if it is still running.
 
 The wire between caller and server is one JSON line each way per step: a request (argv, cwd, environment, the two
-output files), then the child's pid, then its exit status. `ROOFSIM_RUN_PROCESS=exec`, or a platform without fork, runs every
-command as a fresh `python -m roofsim.cli` instead, with the same invariants.
+output files), then the child's pid, then its exit status. `ROOFSIM_RUN_PROCESS=exec`, or a platform without fork,
+runs every command as a fresh `python -m roofsim.cli` instead, with the same invariants.
 """
 
 from __future__ import annotations
@@ -154,9 +154,8 @@ _broken: str | None = None  # why the server failed: every run starts a fresh in
 class _Server:
     def __init__(self):
         self.env = _import_time_env()
-        self.home = tempfile.mkdtemp(
-            prefix="roofsim-runproc-"
-        )  # its sys.path[0]: an empty folder shadows nothing
+        # its working directory, and so its sys.path[0]: an empty folder shadows nothing
+        self.home = tempfile.mkdtemp(prefix="roofsim-runproc-")
         self.proc = subprocess.Popen(
             SERVER,
             stdin=subprocess.PIPE,

@@ -3,8 +3,8 @@ alone, each phase with its band), run it with the executor, and write the predic
 their comparison, per configuration.
 
 The executor runs in a process of its own per run (`roofsim run`, forked from a server that has imported torch:
-roofsim.runproc), so a crash or an out-of-memory in one configuration
-costs only that configuration, GPU memory is free again for the next, and what was measured is kept.
+roofsim.runproc), so a crash or an out-of-memory in one configuration costs only that configuration, GPU memory is
+free again for the next, and what was measured is kept.
 Configurations come from a TOML file:
 
     [[config]]
