@@ -358,11 +358,12 @@ def _decode_masked(q, buf, n_keys, scale):
 
 
 def _decode_flash_varlen(q, buf, n_keys, scale):
-    """Batch 1 on CUDA: FlashAttention-2's varlen kernel, whose `seqused_k` reads the key count from the device (it
-    splits the keys across blocks for a one-query GQA call, flash-decoding)."""
+    """CUDA: FlashAttention-2's varlen kernel, whose `seqused_k` reads the key count from the device (it splits the
+    keys across blocks for a one-query GQA call, flash-decoding). One call per sequence: sequence b's keys are
+    buf[:, b], rows a constant stride apart, which varlen's packed [total_keys, Hkv, D] layout can address only one
+    sequence at a time (the rows of a token-major batch interleave). The calls read disjoint keys, so a batch costs
+    its bytes plus a launch per sequence."""
     B, Hq, _, D = q.shape
-    if B != 1:
-        raise NotImplementedError("the varlen decode kernel takes batch 1")
     T = buf.shape[0]
     key = (q.device, T)
     if key not in _cu_seqlens:  # made before a capture (pick_decode_kernel): a host copy cannot be captured
@@ -371,20 +372,24 @@ def _decode_flash_varlen(q, buf, n_keys, scale):
             torch.tensor([0, T], dtype=torch.int32, device=q.device),
         )
     cu_q, cu_k = _cu_seqlens[key]
-    out = torch.ops.aten._flash_attention_forward(
-        q[:, :, 0].contiguous(),
-        buf[:, 0, 0],
-        buf[:, 0, 1],
-        cu_q,
-        cu_k,
-        1,
-        T,
-        0.0,
-        False,
-        False,
-        scale=scale,
-        seqused_k=n_keys,
-    )[0]
+    outs = [
+        torch.ops.aten._flash_attention_forward(
+            q[b : b + 1, :, 0].contiguous(),
+            buf[:, b, 0],
+            buf[:, b, 1],
+            cu_q,
+            cu_k,
+            1,
+            T,
+            0.0,
+            False,
+            False,
+            scale=scale,
+            seqused_k=n_keys[b : b + 1],
+        )[0]
+        for b in range(B)
+    ]
+    out = outs[0] if B == 1 else torch.cat(outs, 0)
     return out.reshape(B, Hq, 1, D)
 
 
