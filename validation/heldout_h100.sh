@@ -12,6 +12,10 @@
 #   bash validation/heldout_h100.sh e           # Llama-3.1-8B planner at 192K under 32 GB, ~5 min
 # (the parts' minutes: the predicted prefill and decode of each run with a profile of the development set, plus
 # ~10 s a run outside them, forked runs: docs/evidence.md#ev-run-overhead; calibrate says what it took)
+# HELDOUT=2 runs the second held-out set (validation/campaign-heldout2.toml) into validation/results/h100-heldout2/,
+# in two parts (`python validation/campaign_cost.py` prices them):
+#   HELDOUT=2 bash validation/heldout_h100.sh calibrate a   # ~4 min + 9 fixed plans, ~3 min
+#   HELDOUT=2 bash validation/heldout_h100.sh b             # the two planner configurations, ~5 min
 # Several parts in one call run in turn (`bash validation/heldout_h100.sh calibrate a`). A part that runs past its
 # call: call it again on the same warm machine (it resumes); on a fresh machine run `calibrate` first, and say so in
 # validation/results/h100-heldout/README.md. HOST_MONITOR=1 writes $OUT/host-<part>.csv beside the part. Then, here:
@@ -19,13 +23,31 @@
 #   python validation/compress_traces.py validation/results/h100-heldout/campaign
 #   python validation/summarize.py validation/results/h100-heldout
 set -euo pipefail
-[ $# -gt 0 ] || { echo "parts: calibrate, a, b, c, d or e (several run in turn)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "parts: calibrate, a, b, c, d or e (HELDOUT=2: calibrate, a or b; several run in turn)" >&2; exit 2; }
 . validation/device_setup.sh
-results=validation/results/h100-heldout
+set_n="${HELDOUT:-1}"
+case "$set_n" in
+  1) results=validation/results/h100-heldout; campaign=validation/campaign-heldout.toml; name=heldout ;;
+  2) results=validation/results/h100-heldout2; campaign=validation/campaign-heldout2.toml; name=heldout2 ;;
+  *) echo "HELDOUT=$set_n: the held-out sets are 1 and 2" >&2; exit 2 ;;
+esac
 calib=calibrated
 profile="$results/$calib/h100-sxm-calibrated.toml"
-kept=/tmp/roofsim-calibrations/heldout
+kept=/tmp/roofsim-calibrations/$name
 mkdir -p "$results"
+
+parts_of() {  # the configurations of one part of held-out set $1
+  case "$1:$2" in
+    1:a) echo "m7-resident-48k,p3-layer-inc-48k,l31-resident-b2-32k,l2-cpu8-24k,l31-kvpr-inter-96k,l31-cpu3-96k,q14-head-g1-r2-96k,q7-evict-b32k-192k" ;;
+    1:b) echo "l3-sparse-f10-192k,l3-head-g2-r1-384k-40gb,p3-planner-32k-16gb" ;;
+    1:c) echo "m7-planner-96k-20gb" ;;
+    1:d) echo "q14-planner-48k-40gb" ;;
+    1:e) echo "l31-planner-192k-32gb" ;;
+    2:a) echo "q3-8b-resident-b4-16k,q7-resident-eager-b3-40k,l3-head-g1-r1-b2-48k,g27-head-g2-r2-96k,q3-14b-kvpr-intra-128k,q25-14b-cpu2-64k,l2-sparse-f20-64k,q3-8b-evict-b16k-128k,m7-layer-full-64k" ;;
+    2:b) echo "g12-planner-160k-24gb,q3-8b-planner-160k-20gb" ;;
+    *) return 1 ;;
+  esac
+}
 
 run_part() {
   local part="$1" only monitor=""
@@ -44,24 +66,19 @@ run_part() {
         cat /proc/sys/kernel/random/boot_id > "$results/$calib/boot_id.txt"
         mkdir -p "$(dirname "$kept")" && rm -rf "$kept" && cp -r "$results/$calib" "$kept"
       fi
-      tar czf "$OUT/heldout-calibrated.tar.gz" -C "$results" "$calib"
+      tar czf "$OUT/$name-calibrated.tar.gz" -C "$results" "$calib"
       if [ -n "$monitor" ]; then kill "$monitor" 2>/dev/null || true; fi
       return 0 ;;
-    a) only="m7-resident-48k,p3-layer-inc-48k,l31-resident-b2-32k,l2-cpu8-24k,l31-kvpr-inter-96k,l31-cpu3-96k,q14-head-g1-r2-96k,q7-evict-b32k-192k" ;;
-    b) only="l3-sparse-f10-192k,l3-head-g2-r1-384k-40gb,p3-planner-32k-16gb" ;;
-    c) only="m7-planner-96k-20gb" ;;
-    d) only="q14-planner-48k-40gb" ;;
-    e) only="l31-planner-192k-32gb" ;;
-    *) echo "unknown part $part: calibrate, a, b, c, d or e" >&2; exit 2 ;;
+    *) only="$(parts_of "$set_n" "$part")" || { echo "unknown part $part of held-out set $set_n" >&2; exit 2; } ;;
   esac
   if [ ! -f "$profile" ]; then
-    echo "no calibration on this machine: run 'bash validation/heldout_h100.sh calibrate' first" >&2
+    echo "no calibration on this machine: run 'HELDOUT=$set_n bash validation/heldout_h100.sh calibrate' first" >&2
     exit 2
   fi
   echo "boot $(cat /proc/sys/kernel/random/boot_id); calibration of boot $(cat "$results/$calib/boot_id.txt")"
-  mkdir -p /tmp/heldout
-  roofsim validate validation/campaign-heldout.toml --gpu "$profile" -o /tmp/heldout/campaign --timeout 400 \
-    --only "$only" --archive "$OUT/heldout-$part.tar.gz" --resume
+  mkdir -p "/tmp/$name"
+  roofsim validate "$campaign" --gpu "$profile" -o "/tmp/$name/campaign" --timeout 400 \
+    --only "$only" --archive "$OUT/$name-$part.tar.gz" --resume
   if [ -n "$monitor" ]; then kill "$monitor" 2>/dev/null || true; fi
 }
 
