@@ -87,6 +87,15 @@ class Measurements(BaseModel):
         description="the executor's chunk-after-a-past attention at few query rows (short chunks, one-head "
         "slots): with attention_prefill's rows they give efficiency.attention_rows",
     )
+    attention_head_dims: dict[int, FlopPoint] | None = Field(
+        default=None,
+        description="the executor's chunk-after-a-past attention call at the calibration model's KV heads, group, "
+        "chunk and past, at each of these head dims (the model's own, attention_head_dim_at, among them): with it "
+        "they give efficiency.attention_head_dim",
+    )
+    attention_head_dim_at: int | None = Field(
+        default=None, description="the head dim attention_prefill and attention_prefill_short were timed at"
+    )
     sync_us: float
     tiny_layer_s: float = Field(description="the mean of tiny_layer_samples_s where those were taken")
     tiny_layer_model: ModelSpec
@@ -309,6 +318,16 @@ def _copy_gap_s(batch: BatchPoint, h2d: float) -> float:
     return max(0.0, batch.seconds / batch.copies - batch.nbytes_each / h2d)
 
 
+def head_dim_ratios(m: Measurements) -> dict[int, float] | None:
+    """Each timed head dim's attention FLOP/s over the calibration model's head dim's (1 there), or None where
+    the head dims were not timed (older measurements) or the model's own is missing among them."""
+    points, ref = m.attention_head_dims, m.attention_head_dim_at
+    if not points or ref not in points or len(points) < 2:
+        return None
+    rate = {d: p.flops / p.seconds for d, p in points.items()}
+    return {d: rate[d] / rate[ref] for d in sorted(rate)}
+
+
 def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]]]:
     """Section -> field -> (value, how it was measured)."""
     h2d = _stream_rate(m.h2d, 64 * 2**20)
@@ -414,6 +433,17 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     )
                 }
                 if m.attention_prefill_short and len(by_rows) > 1
+                else {}
+            ),
+            **(
+                {
+                    "attention_head_dim": (
+                        head_dims,
+                        f"the executor's chunk-after-a-past attention call at that head dim, FLOP/s over the same "
+                        f"call's at head dim {m.attention_head_dim_at} (the one `attention` was timed at)",
+                    )
+                }
+                if (head_dims := head_dim_ratios(m))
                 else {}
             ),
             **(

@@ -33,7 +33,7 @@ def peak_flops(op: Op, gpu: GpuSpec) -> float:
     if op.kind == "gemm":
         return gpu.tensor_flops
     if op.kind == "attention":
-        return gpu.attention_flops_at(op.query_rows)
+        return gpu.attention_flops_at(op.query_rows, op.head_dim)
     return gpu.vector_flops
 
 

@@ -632,6 +632,59 @@ def test_an_empty_attention_rows_table_is_refused():
         type(spec).model_validate(data)
 
 
+def test_head_dim_calls_give_ratios_that_price_each_models_prefill_attention_at_its_head_dim(tmp_path):
+    """Calls timed at several head dims land as efficiency.attention_head_dim, FLOP/s over the calibration
+    model's head dim's; a profile where head dim 96 runs at 0.7 of 128's rate makes Phi-3-mini's (96) prefill
+    slower and leaves Llama-3-8B's (128) to the digit, and decode (memory-bound) of both nearly alone. Older
+    measurements (no head-dim calls) write no table and price every head dim the same."""
+    from roofsim.families import ResidentPlan
+    from roofsim.predict import predict
+    from roofsim.workload import Workload
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    base = probe_measurements()
+    assert "attention_head_dim" not in fit(spec, base)["efficiency"]
+
+    def point(d, flops_per_s):
+        return FlopPoint(label=f"d {d}", flops=flops_per_s * 1e-3, seconds=1e-3)
+
+    m = base.model_copy(
+        update={
+            "attention_head_dims": {64: point(64, 0.5e15), 96: point(96, 0.35e15), 128: point(128, 0.5e15)},
+            "attention_head_dim_at": 128,
+            "cpu_scan_gap_s": 2e-3,
+        }
+    )
+    ratios = fit(spec, m)["efficiency"]["attention_head_dim"][0]
+    assert ratios == pytest.approx({64: 1.0, 96: 0.7, 128: 1.0})
+    profile = load_gpu(str(write_profile(spec, host, m, tmp_path / "dims")[0]))
+    plain = load_gpu(
+        str(write_profile(spec, host, base.model_copy(update={"cpu_scan_gap_s": 2e-3}), tmp_path / "p")[0])
+    )
+    assert profile.efficiency.head_dim_ratio(96) == pytest.approx(0.7)
+    assert profile.efficiency.head_dim_ratio(112) == pytest.approx(0.85)  # between two timed dims
+    assert profile.efficiency.head_dim_ratio(256) == pytest.approx(1.0)  # held at the end
+    assert profile.attention_flops_at(0, 96) == pytest.approx(0.7 * profile.attention_flops_at(0))
+    work = Workload(context=32768, gen=4)
+    for name, slower in (("phi-3-mini-128k", True), ("llama-3-8b", False)):
+        model = load_model(name)
+        a = predict(ResidentPlan(), model, profile, host, work).summary
+        b = predict(ResidentPlan(), model, plain, host, work).summary
+        if slower:
+            assert a.prefill_s > b.prefill_s * 1.03, name
+        else:
+            assert a.prefill_s == pytest.approx(b.prefill_s, rel=1e-12), name
+        assert a.decode_s_per_token == pytest.approx(b.decode_s_per_token, rel=0.01), name
+
+
+def test_a_head_dim_table_with_a_ratio_out_of_bounds_is_refused():
+    spec = load_gpu("h100-sxm")
+    data = spec.model_dump()
+    data["efficiency"]["attention_head_dim"] = {96: {"value": 0.0, "measured": "x"}}
+    with pytest.raises(ValueError, match="attention_head_dim"):
+        type(spec).model_validate(data)
+
+
 def test_a_measured_worker_round_trip_lands_in_the_profile_and_slows_cpu_attention_decode_only(tmp_path):
     """worker_round_trip_s lands as runtime.worker_round_trip_us; a dear one lengthens every layer's CPU part in
     both models, so a cpu_attention plan whose decode the CPU path binds slows by about a round trip per layer,

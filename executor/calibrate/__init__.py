@@ -117,6 +117,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     progress("GEMMs and attention")
     gemm = kernels.gemms(model)
     prefill, short, decode = attention.attention_points(model)
+    head_dims = attention.head_dim_points(model) if not model.is_mla else None
     vector = kernels.vector_ops(model)
     fp8 = kernels.fp8_passes(model) if not model.kv_latent else None
     progress("fixed costs")
@@ -159,6 +160,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         attention_prefill=prefill,
         attention_prefill_short=short,
         attention_decode=decode,
+        attention_head_dims=head_dims,
+        attention_head_dim_at=None if model.is_mla else model.head_dim,
         sync_us=sync,
         tiny_layer_s=tiny_s,
         tiny_layer_model=tiny_model,

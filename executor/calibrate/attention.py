@@ -77,6 +77,26 @@ def attention_points(model: ModelSpec) -> tuple[list[FlopPoint], list[FlopPoint]
     return prefill, short, decode
 
 
+HEAD_DIMS = (
+    64,
+    96,
+    128,
+    256,
+)  # the head dims of the models roofsim ships (Phi-3: 96, Gemma-3-12B: 256, gpt-oss: 64)
+
+
+def head_dim_points(model: ModelSpec, C: int = 8192, P: int = 24576) -> dict[int, FlopPoint]:
+    """The executor's chunk-after-a-past call at `model`'s KV heads and group, a C-token chunk after P keys, at
+    each of HEAD_DIMS and the model's own head dim: the same rows at every head dim, so what differs between them
+    is the kernel's rate at that head dim (efficiency.attention_head_dim)."""
+    g = model.n_heads // model.n_kv_heads
+    out = {}
+    for d in sorted({*HEAD_DIMS, model.head_dim}):
+        t, flops = chunk_call(model.n_kv_heads, g, d, C, P)
+        out[d] = FlopPoint(label=f"executor prefill head dim {d}, {C} after {P}", flops=flops, seconds=t)
+    return out
+
+
 def attention_new_shape_s(model: ModelSpec, device: str = "cuda", chunk: int = 8192, heads: int = 1) -> float:
     """Seconds the executor's prefill attention spends on its first call at a past length it has not attended
     before, beyond the same call repeated: cuDNN's fused attention (when it wins the kernel race) builds an

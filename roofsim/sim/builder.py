@@ -102,6 +102,7 @@ class Builder:
                 float(op.streamed_calls),
                 float(op.prefill_calls),
                 float(op.query_rows),
+                op.head_dim,
                 float(op.extra_bytes),
                 float(op.fp8_bytes),
                 float(op.fp8_calls),

@@ -23,6 +23,9 @@ from roofsim.specs.tomlfile import load_model_file
 GiB = 1024**3
 MAX_GPU_GIB = 16 * 1024  # 16 TiB: 50 times the largest card's memory, so a typo (GB for MB) is caught
 MAX_HOST_GIB = 1024**2  # 1 PiB
+MAX_HEAD_DIM_RATIO = (
+    4.0  # attention at one head dim against another: beyond 4x, the timing behind it was wrong
+)
 
 
 class _Section(BaseModel):
@@ -208,6 +211,14 @@ class EfficiencySpec(_Section):
         "None: `attention` for every call",
     )
 
+    attention_head_dim: dict[int, SourcedNumber] | None = Field(
+        None,
+        description="the executor's prefill attention efficiency at each head dim as a ratio to its efficiency at "
+        "the head dim `attention` and `attention_rows` were timed at (1 there): a kernel's tiles, and its softmax "
+        "work per score against 4 x head dim FLOPs, differ by head dim. Interpolated linearly, held at the ends; "
+        "None: 1 at every head dim",
+    )
+
     _fraction = field_validator("gemm", "attention", "memory")(lambda v, info: fraction(info.field_name, v))
     _vector = field_validator("vector", "fp8_passes")(
         lambda v, info: v if v is None else fraction(info.field_name, v)
@@ -221,6 +232,25 @@ class EfficiencySpec(_Section):
                 f"attention_rows needs efficiencies in (0, {MAX_EFFICIENCY}] keyed by query rows >= 1"
             )
         return v
+
+    @field_validator("attention_head_dim")
+    @classmethod
+    def _head_dims(cls, v):
+        if v is not None and (
+            not v or any(k < 1 or not 0 < e.value <= MAX_HEAD_DIM_RATIO for k, e in v.items())
+        ):
+            raise ValueError(
+                f"attention_head_dim needs ratios in (0, {MAX_HEAD_DIM_RATIO}] keyed by head dims >= 1"
+            )
+        return v
+
+    def head_dim_ratio(self, head_dim: int) -> float:
+        """attention_head_dim at `head_dim` (1 without a table or for head_dim 0, an op that does not say)."""
+        table = self.attention_head_dim
+        if table is None or head_dim <= 0:
+            return 1.0
+        keys = sorted(table)
+        return float(np.interp(head_dim, keys, [table[k].value for k in keys]))
 
 
 class RuntimeSpec(_Section):
@@ -390,17 +420,22 @@ class GpuSpec(_Section):
     def attention_flops(self) -> float:
         return self.compute.bf16_tflops.value * 1e12 * self.efficiency.attention.value
 
-    def attention_flops_at(self, query_rows) -> float | np.ndarray:
+    def attention_flops_at(self, query_rows, head_dim: int = 0) -> float | np.ndarray:
         """Attention FLOP/s of calls of `query_rows` GQA-folded rows (0: a call the table does not cover, e.g. a
-        decode step's): the calibrated table where there is one, else `attention_flops`."""
+        decode step's): the calibrated table where there is one, else `attention_flops`; times the head dim's
+        ratio (EfficiencySpec.attention_head_dim) for a call that says its head dim."""
+        ratio = self.efficiency.head_dim_ratio(head_dim)
         table = self.efficiency.attention_rows
         if table is None or not np.any(np.asarray(query_rows) > 0):
-            return self.attention_flops
+            return self.attention_flops * ratio
         keys = sorted(table)
         rows = np.asarray(query_rows, dtype=float)
         eff = np.interp(np.log(np.maximum(rows, 1.0)), np.log(keys), [table[k].value for k in keys])
         return (
-            self.compute.bf16_tflops.value * 1e12 * np.where(rows > 0, eff, self.efficiency.attention.value)
+            self.compute.bf16_tflops.value
+            * 1e12
+            * np.where(rows > 0, eff, self.efficiency.attention.value)
+            * ratio
         )
 
     @property
