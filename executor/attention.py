@@ -344,11 +344,11 @@ def causal_attention(q, k, v, scale: float) -> torch.Tensor:
 # ---- decode over a preallocated buffer, the key count a device tensor (CUDA graphs) ----------------------------
 
 
-def _decode_masked(q, buf, n_keys, scale):
-    """Any batch: scores over the whole buffer, keys at or past `n_keys` masked, softmax in fp32."""
+def _decode_masked(q, K, V, n_keys, scale):
+    """Any batch and layout: scores over every key of K [B, g, T, D], keys at or past `n_keys` masked, softmax in
+    fp32."""
     B, Hq, _, D = q.shape
-    T, g = buf.shape[0], buf.shape[3]
-    K, V = kv_views(buf, 0, T)
+    T, g = K.shape[2], K.shape[1]
     qg = q.reshape(B, g, Hq // g, D)
     s = torch.matmul(qg, K.transpose(-1, -2)).float() * scale
     pad = torch.arange(T, device=q.device)[None, :] >= n_keys[:, None]
@@ -357,14 +357,14 @@ def _decode_masked(q, buf, n_keys, scale):
     return torch.matmul(p, V).reshape(B, Hq, 1, D)
 
 
-def _decode_flash_varlen(q, buf, n_keys, scale):
+def _decode_flash_varlen(q, K, V, n_keys, scale):
     """CUDA: FlashAttention-2's varlen kernel, whose `seqused_k` reads the key count from the device (it splits the
-    keys across blocks for a one-query GQA call, flash-decoding). One call per sequence: sequence b's keys are
-    buf[:, b], rows a constant stride apart, which varlen's packed [total_keys, Hkv, D] layout can address only one
-    sequence at a time (the rows of a token-major batch interleave). The calls read disjoint keys, so a batch costs
-    its bytes plus a launch per sequence."""
+    keys across blocks for a one-query GQA call, flash-decoding). One call per sequence: sequence b's keys,
+    K[b] as [T, g, D], are rows a constant stride apart whatever the cache's layout (token-major slots, head-major
+    evict buffers), which varlen's packed [total_keys, g, D] can address only one sequence at a time. The calls
+    read disjoint keys, so a batch costs its bytes plus a launch per sequence."""
     B, Hq, _, D = q.shape
-    T = buf.shape[0]
+    T = K.shape[2]
     key = (q.device, T)
     if key not in _cu_seqlens:  # made before a capture (pick_decode_kernel): a host copy cannot be captured
         _cu_seqlens[key] = (
@@ -375,8 +375,8 @@ def _decode_flash_varlen(q, buf, n_keys, scale):
     outs = [
         torch.ops.aten._flash_attention_forward(
             q[b : b + 1, :, 0].contiguous(),
-            buf[:, b, 0],
-            buf[:, b, 1],
+            K[b].transpose(0, 1),
+            V[b].transpose(0, 1),
             cu_q,
             cu_k,
             1,
@@ -398,36 +398,38 @@ _DECODE_KERNELS = {"flash_varlen": _decode_flash_varlen, "masked": _decode_maske
 _decode_choice: dict[tuple, str] = {}
 
 
-def decode_attend(q: torch.Tensor, buf: torch.Tensor, n_keys: torch.Tensor, scale: float) -> torch.Tensor:
-    """One query per sequence, q [B, Hq, 1, D], over keys [0, n_keys[b]) of a token-major buffer [T, B, 2, Hkv, D];
-    n_keys is an int32 device tensor [B], so the same kernels serve every step of a replayed graph. The kernel is
-    the one `pick_decode_kernel` chose for this device, dtype and head size (the masked one before any choice)."""
+def decode_attend(
+    q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, n_keys: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One query per sequence, q [B, Hq, 1, D], over keys [0, n_keys[b]) of K and V [B, g, T, D] (views of a
+    preallocated buffer: every step reads the same shapes); n_keys is an int32 device tensor [B], so the same
+    kernels serve every step of a replayed graph. The kernel is the one `pick_decode_kernel` chose for this device,
+    dtype and head size (the masked one before any choice)."""
     name = _decode_choice.get((q.device.type, q.dtype, q.shape[-1]), "masked")
-    return _DECODE_KERNELS[name](q, buf, n_keys, scale)
+    return _DECODE_KERNELS[name](q, K, V, n_keys, scale)
 
 
 @torch.no_grad()
-def pick_decode_kernel(q: torch.Tensor, buf: torch.Tensor, n: int, scale: float) -> str:
-    """Check each decode kernel against `attend` over the first n keys of `buf` and keep the fastest that agrees
-    (each run once to warm up, then timed once); the masked one is always a candidate."""
-    B, Hq, _, D = q.shape
-    K, V = kv_views(buf, 0, n)
-    ref, _ = attend(q, K, V, causal=False, scale=scale)
+def pick_decode_kernel(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, n: int, scale: float) -> str:
+    """Check each decode kernel against `attend` over the first n keys of K, V [B, g, T, D] and keep the fastest
+    that agrees (each run once to warm up, then timed once); the masked one is always a candidate."""
+    B = q.shape[0]
+    ref, _ = attend(q, K[:, :, :n], V[:, :, :n], causal=False, scale=scale)
     n_keys = torch.full((B,), n, dtype=torch.int32, device=q.device)
     tol = 2e-2 if q.dtype in (torch.float16, torch.bfloat16) else 1e-4
     best, best_s = "masked", float("inf")
     for name, fn in _DECODE_KERNELS.items():
         try:
-            out = fn(q, buf, n_keys, scale)
+            out = fn(q, K, V, n_keys, scale)
             err = (out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)
             if not err < tol:
                 continue
-            t = _seconds(lambda fn=fn: fn(q, buf, n_keys, scale), q.device)
+            t = _seconds(lambda fn=fn: fn(q, K, V, n_keys, scale), q.device)
         except (RuntimeError, NotImplementedError, TypeError):
             continue
         if t < best_s:
             best, best_s = name, t
-    _decode_choice[(q.device.type, q.dtype, D)] = best
+    _decode_choice[(q.device.type, q.dtype, q.shape[-1])] = best
     return best
 
 

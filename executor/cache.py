@@ -305,6 +305,20 @@ class PlanLayer(CacheLayerMixin):
         that a CUDA graph can replay it (executor/graphs.py)."""
         return False
 
+    def prepare_graph(self) -> None:
+        """Make the layer's decode shapes fixed before a capture (or the static-input step): buffers grown to hold
+        every step up to the capacity. Slot layers preallocate at the capacity already."""
+
+    def graph_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A graph-ready layer's K and V [B, g, T, D] as its replayed decode attends them (the decode kernel is
+        chosen on them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not replay its decode")
+
+    def replayed(self, n: int) -> None:
+        """The host-side counts after a replayed decode step at position n (the graph ran the layer's GPU work;
+        the host ran none of its code)."""
+        self.P, self.C, self.seen = n, 1, n + 1
+
     def flush(self) -> None:
         """Send KV the layer still holds back on the GPU to its host store (slot plans' write-back tail)."""
 

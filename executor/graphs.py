@@ -6,8 +6,9 @@ What changes from step to step lives in device tensors the graph reads: the toke
 position_ids) and the key count of every attention (position + 1). A cache can be replayed when every layer's
 decode GPU work has fixed shapes (`PlanLayer.graph_ready`): resident slots preallocated to the capacity, where
 the new K/V is written at the device position (index_copy_) and attention reads the buffer up to the device key
-count (`attention.decode_attend`). Plans that copy over PCIe at decode (sizes that grow with the context, host
-waits) run eager.
+count (`attention.decode_attend`); evict's kept KV, which decode only appends to, likewise, each index less the
+tokens its prefill evicted. Plans that copy over PCIe at decode (sizes that grow with the context, host waits)
+run eager.
 
 Per step, outside the graph: three small writes into the static inputs, the replay, and the layers' host-side
 token counts advanced by one. The recorder is off inside a replayed step; the runner records the step as a whole.
@@ -74,10 +75,12 @@ class GraphDecoder:
 
     def _pick_kernel(self, n: int) -> None:
         sh = self.rt.shape
-        buf = self.rt.layers[0].graph_buffer()
-        heads = buf.shape[3] * sh.group
+        for layer in self.rt.layers:
+            layer.prepare_graph()
+        K, V = self.rt.layers[0].graph_kv()
+        heads = K.shape[1] * sh.group
         q = torch.randn(sh.batch, 1, heads, sh.head_dim, device=sh.device, dtype=sh.dtype).transpose(1, 2)
-        self.kernel = pick_decode_kernel(q, buf, max(n, 1), sh.head_dim**-0.5)
+        self.kernel = pick_decode_kernel(q, K, V, max(n, 1), sh.head_dim**-0.5)
 
     @torch.no_grad()
     def capture(self, ids: torch.Tensor) -> None:
@@ -133,7 +136,7 @@ class GraphDecoder:
         self._set_inputs(ids, n)
         self.graph.replay()
         for layer in layers:
-            layer.P, layer.C, layer.seen = n, 1, n + 1
+            layer.replayed(n)
         self.rt.steps["decode"] += 1
         return self.logits[:, -1]
 

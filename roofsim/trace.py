@@ -20,7 +20,7 @@ from roofsim.errors import UserError
 from roofsim.plan import Plan
 from roofsim.workload import Workload
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Resource = Literal["compute", "h2d", "d2h", "cpu", "host"]
 """compute: the GPU compute stream; h2d/d2h: the copy engines; cpu: CPU attention or gathers; host: the issuing
@@ -270,8 +270,9 @@ _V1_PROFILE = re.compile(r"^profile: (.+)$")
 def upgrade(data: dict) -> dict:
     """A trace document as the current schema has it, once, at reading. Schema 1 (no schema_version) kept one flat
     summary with per-phase dicts, called the host memory pinned_host_bytes, and said the GPU memory cap and the
-    profile only in header notes: mapped onto the typed fields. Schema 2's resident plans decoded eager unless
-    they said `decode_graphs` (its default was false; it is true since schema 3): said so explicitly."""
+    profile only in header notes: mapped onto the typed fields. Schema 2's resident plans and schema 3's evict
+    plans decoded eager unless they said `decode_graphs` (the knob defaulted to false, or did not exist; it is true
+    since schemas 3 and 4): said so explicitly."""
     header = data["header"]
     version = header.get("schema_version", 1)
     if not isinstance(version, int) or version >= SCHEMA_VERSION:
@@ -283,10 +284,14 @@ def upgrade(data: dict) -> dict:
     return {**data, "header": header}
 
 
+REPLAYING_FAMILIES = ("resident", "evict")  # plan families with a decode_graphs knob, written out always
+
+
 def eager_if_unsaid(plan):
-    """A stored plan as it ran: a resident plan written before decode_graphs existed (or defaulted to true)
-    decoded eager. Anything but a dict is returned as it is (validation says what is wrong with it)."""
-    if isinstance(plan, dict) and plan.get("family") == "resident" and "decode_graphs" not in plan:
+    """A stored plan as it ran: a resident or evict plan written before decode_graphs existed (or defaulted to
+    true) decoded eager; every plan written since says the knob. Anything but a dict is returned as it is
+    (validation says what is wrong with it)."""
+    if isinstance(plan, dict) and plan.get("family") in REPLAYING_FAMILIES and "decode_graphs" not in plan:
         return {**plan, "decode_graphs": False}
     return plan
 

@@ -140,8 +140,8 @@ def test_evict_keeps_budget_plus_local_and_is_exact_within_budget():
     cache.set_prompt_length(PROMPT)
     got = greedy_logits(model, cache, ids, CHUNK, GEN, tokens=tokens)
     assert got.shape == ref.shape and torch.isfinite(got).all()
-    assert [layer.n for layer in cache.layers] == [10 + 5 + GEN] * 2
-    kept = cache.layers[0].pos[0, :, : cache.layers[0].n]
+    assert [layer.kept for layer in cache.layers] == [10 + 5 + GEN] * 2
+    kept = cache.layers[0].pos[0, :, : cache.layers[0].kept]
     assert (kept[:, -(5 + GEN) :] == torch.arange(PROMPT - 5, PROMPT + GEN)).all()  # local + generated kept
     assert cache.get_seq_length() == PROMPT + GEN  # positions continue from the tokens seen
 
@@ -154,14 +154,14 @@ def test_evict_counts_its_protected_tokens_on_the_host_as_the_cache_holds_them(m
     checked = []
     real = E.EvictLayer._evict
 
-    def check(self, q, scale):
+    def check(self, q, scale, n):
         end = self.rt.prompt_end if self.rt.prompt_end is not None else self.seen
-        pos = self.pos[0, 0, : self.n]
+        pos = self.pos[0, 0, :n]
         k = self.protected_count(end)
         assert k == int((pos >= end - self.local).sum())
-        assert (pos[self.n - k :] >= end - self.local).all() and (pos[: self.n - k] < end - self.local).all()
+        assert (pos[n - k :] >= end - self.local).all() and (pos[: n - k] < end - self.local).all()
         checked.append(k)
-        return real(self, q, scale)
+        return real(self, q, scale, n)
 
     monkeypatch.setattr(E.EvictLayer, "_evict", check)
     model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=13)
@@ -183,7 +183,7 @@ def test_evict_memory_stays_near_the_budget():
     greedy_logits(model, cache, ids, chunk, 2)
     row = 2 * 2 * 16 * 4  # K and V, 2 KV heads, fp32
     kv = cache.gpu_bytes()["kv_resident"]
-    assert [layer.n for layer in cache.layers] == [32 + 8 + 2] * 2
+    assert [layer.kept for layer in cache.layers] == [32 + 8 + 2] * 2
     # storage for budget + local + one chunk (+ slack), not the whole prompt
     assert kv < 2 * (32 + 8 + chunk + 64) * 1.25 * (row + 2 * 8)
     assert kv < 2 * prompt * row / 2

@@ -14,7 +14,7 @@ from roofsim.executor.graphs import graph_unsupported  # noqa: E402
 from roofsim.executor.models import random_model  # noqa: E402
 from roofsim.executor.runner import run_plan  # noqa: E402
 
-from roofsim.families import HeadOffloadPlan, ResidentPlan  # noqa: E402
+from roofsim.families import EvictPlan, HeadOffloadPlan, ResidentPlan  # noqa: E402
 
 PROMPT, CHUNK, GEN = 21, 8, 5
 
@@ -33,7 +33,7 @@ def test_decode_over_a_device_key_count_matches_attention_over_the_keys(batch):
     buf = torch.randn(T, batch, 2, H, D, generator=g)
     q = torch.randn(batch, H * G, 1, D, generator=g)
     counts = [7, 40, 23][:batch]
-    out = _decode_masked(q, buf, torch.tensor(counts, dtype=torch.int32), D**-0.5)
+    out = _decode_masked(q, *kv_views(buf, 0, T), torch.tensor(counts, dtype=torch.int32), D**-0.5)
     for b, n in enumerate(counts):
         K, V = kv_views(buf[:, b : b + 1], 0, n)
         ref, _ = attend(q[b : b + 1], K, V, causal=False, scale=D**-0.5)
@@ -45,9 +45,9 @@ def test_keys_past_the_count_do_not_matter():
     buf = torch.randn(30, 1, 2, 2, 8, generator=g)
     q = torch.randn(1, 4, 1, 8, generator=g)
     n = torch.tensor([12], dtype=torch.int32)
-    a = decode_attend(q, buf, n, 0.3)
+    a = decode_attend(q, *kv_views(buf, 0, 30), n, 0.3)
     buf[12:] = 1e4
-    assert torch.equal(a, decode_attend(q, buf, n, 0.3))
+    assert torch.equal(a, decode_attend(q, *kv_views(buf, 0, 30), n, 0.3))
 
 
 def test_a_resident_buffer_holds_no_garbage_past_its_keys(tiny):
@@ -72,8 +72,9 @@ def test_a_resident_buffer_holds_no_garbage_past_its_keys(tiny):
         HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2),
         ResidentPlan(kv_dtype="fp8_e4m3"),
         HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2, kv_dtype="fp8_e4m3"),
+        EvictPlan(budget_tokens=6, local_tokens=2, prefill_chunk=CHUNK),
     ],
-    ids=["resident", "head_all_res", "resident_fp8", "head_all_res_fp8"],
+    ids=["resident", "head_all_res", "resident_fp8", "head_all_res_fp8", "evict"],
 )
 def test_the_static_input_step_gives_the_eager_logits(tiny, plan):
     model, ids = tiny
@@ -133,8 +134,9 @@ def test_a_run_asked_for_graphs_on_the_cpu_runs_eager_and_says_why(tiny):
         ResidentPlan(),
         HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=2),
         HeadOffloadPlan(resident_slots=1),
+        EvictPlan(budget_tokens=64, local_tokens=16, prefill_chunk=128),
     ],
-    ids=["resident", "head_all_resident", "head_streamed_eager"],
+    ids=["resident", "head_all_resident", "head_streamed_eager", "evict"],
 )
 def test_replayed_graph_gives_the_eager_logits_on_the_gpu(plan):
     model = random_model(tiny_config("llama", layers=3), "cuda", torch.bfloat16, seed=1)
@@ -159,7 +161,7 @@ def test_every_decode_kernel_matches_attention_per_sequence_on_the_gpu(batch):
     q = torch.randn(batch, H * G, 1, D, generator=g).to("cuda", torch.bfloat16)
     counts = torch.tensor([37, 300, 151][:batch], dtype=torch.int32, device="cuda")
     for name, kernel in _DECODE_KERNELS.items():
-        out = kernel(q, buf, counts, D**-0.5)
+        out = kernel(q, *kv_views(buf, 0, T), counts, D**-0.5)
         for b, n in enumerate(counts.tolist()):
             K, V = kv_views(buf[:, b : b + 1], 0, n)
             ref, _ = attend(q[b : b + 1], K, V, causal=False, scale=D**-0.5)

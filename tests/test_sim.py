@@ -423,12 +423,17 @@ def test_the_cpu_heads_output_does_not_queue_behind_the_prefetch_issued_before_i
 
 
 @pytest.mark.parametrize("ctx", [8192, 65536])
-def test_replayed_decode_is_one_issue_per_step_and_analytic_equals_simulator(ctx):
+@pytest.mark.parametrize(
+    "plan",
+    [ResidentPlan(prefill_chunk=4096), EvictPlan(budget_tokens=4096, prefill_chunk=4096)],
+    ids=["resident", "evict"],
+)
+def test_replayed_decode_is_one_issue_per_step_and_analytic_equals_simulator(ctx, plan):
     """decode_graphs: the host issues one replay per decode step instead of every kernel, so a decode the host
     bound becomes the GPU's; the prefill and the GPU work are the eager plan's."""
     host_bound = _with(H100, "efficiency", kernel_us=60.0)
-    eager, _ = both(ResidentPlan(prefill_chunk=4096, decode_graphs=False), ctx, gpu=host_bound)
-    p, t = both(ResidentPlan(prefill_chunk=4096), ctx, gpu=host_bound)
+    eager, _ = both(plan.model_copy(update={"decode_graphs": False}), ctx, gpu=host_bound)
+    p, t = both(plan, ctx, gpu=host_bound)
     assert eager.summary.decode.bound == "host"
     assert p.summary.decode.bound == "compute"
     assert p.summary.decode.busy_s["host"] == pytest.approx(host_bound.replay_s())
@@ -442,15 +447,18 @@ def test_replayed_decode_is_one_issue_per_step_and_analytic_equals_simulator(ctx
     [
         (ResidentPlan(prefill_chunk=4096, decode_graphs=True), "qwen3-30b-a3b"),
         (ResidentPlan(prefill_chunk=4096, decode_graphs=True, tp=2), "llama-3-8b"),
+        (EvictPlan(budget_tokens=4096, prefill_chunk=4096), "qwen3-30b-a3b"),
+        (EvictPlan(budget_tokens=4096, prefill_chunk=4096, weights="streamed"), "llama-3-8b"),
     ],
 )
 def test_graphs_the_executor_cannot_replay_are_priced_eager(plan, model):
-    """A MoE layer (its expert loop synchronises) and a tensor-parallel step (its all-reduces) run eager in the
-    executor whatever decode_graphs says (executor/graphs.py), and the model prices them as it runs them."""
-    from roofsim.families.resident import replays
+    """A MoE layer (its expert loop synchronises), a tensor-parallel step (its all-reduces) and streamed weights
+    (copies every layer) run eager in the executor whatever decode_graphs says (executor/graphs.py), and the model
+    prices them as it runs them."""
+    from roofsim.families import evict, resident
 
     spec = load_model(model)
-    assert not replays(plan, spec)
+    assert not {"resident": resident, "evict": evict}[plan.family].replays(plan, spec)
     eager = plan.model_copy(update={"decode_graphs": False})
     work = Workload(context=16384, gen=4)
     a = predict(plan, spec, H100, HOST, work, Limits())

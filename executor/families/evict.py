@@ -11,7 +11,7 @@ positions, so attention over the kept set needs no re-rotation; positions contin
 from __future__ import annotations
 
 import torch
-from roofsim.executor.attention import attend_parts
+from roofsim.executor.attention import attend_parts, decode_attend
 from roofsim.executor.cache import PlanLayer, Runtime
 from roofsim.executor.families import register_builder
 
@@ -28,16 +28,21 @@ class EvictLayer(PlanLayer):
     def __init__(self, rt: Runtime, idx: int, budget: int, local: int):
         super().__init__(rt, idx)
         self.budget, self.local = budget, local
-        self.n = 0
         self.k = self.v = self.pos = None
-        self.evicted = 0
+        self.evicted = 0  # tokens dropped so far: a token's row is its position less the evictions before it
+
+    @property
+    def kept(self) -> int:
+        """Rows holding KV once the current forward's are written: every token seen less those evicted."""
+        return self.seen - self.evicted
 
     def gpu_bytes(self) -> dict[str, int]:
         if self.k is None:
             return {"kv_resident": 0}
         return {"kv_resident": 2 * self.k.numel() * self.k.element_size() + self.pos.numel() * 8}
 
-    def _ensure(self, need: int) -> None:
+    def _ensure(self, need: int, rows: int) -> None:
+        """Buffers of at least `need` rows, the first `rows` carried over where they grow."""
         if self.k is not None and self.k.shape[2] >= need:
             return
         sh = self.rt.shape
@@ -46,15 +51,44 @@ class EvictLayer(PlanLayer):
         v = torch.empty_like(k)
         pos = torch.empty(sh.batch, sh.n_kv_heads, cap, dtype=torch.long, device=sh.device)
         if self.k is not None:
-            k[:, :, : self.n] = self.k[:, :, : self.n]
-            v[:, :, : self.n] = self.v[:, :, : self.n]
-            pos[:, :, : self.n] = self.pos[:, :, : self.n]
+            k[:, :, :rows] = self.k[:, :, :rows]
+            v[:, :, :rows] = self.v[:, :, :rows]
+            pos[:, :, :rows] = self.pos[:, :, :rows]
         self.k, self.v, self.pos = k, v, pos
+
+    def graph_ready(self) -> bool:
+        """Decode never evicts, so a step appends one row at index seen - evicted: with the buffers grown to hold
+        every step up to the cache's capacity (graph_kv), a replayed step's shapes are fixed."""
+        return self.rt.capacity is not None and self.k is not None
+
+    def prepare_graph(self) -> None:
+        """Grow the buffers to hold every decode step up to the cache's capacity, and zero the rows past the kept
+        ones: the masked decode kernel multiplies each of them by a probability of 0, and 0 x a NaN left in fresh
+        memory is NaN."""
+        n = self.kept
+        self._ensure(n + max(0, self.rt.capacity - self.seen), n)
+        self.k[:, :, n:].zero_()
+        self.v[:, :, n:].zero_()
+
+    def graph_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k, self.v
+
+    def _attend_replayed(self, q, scale, graph):
+        """The decode step at the graph's device position: the new row at index position - evicted (index_copy_),
+        attention over the buffer up to the device key count less the evicted."""
+        at = graph.pos.view(1) - self.evicted
+        self.k.index_copy_(2, at, self.k_new)
+        self.v.index_copy_(2, at, self.v_new)
+        self.pos.index_copy_(2, at, graph.pos.view(1, 1, 1).expand(self.pos.shape[0], self.pos.shape[1], 1))
+        return decode_attend(q, self.k, self.v, graph.n_keys - self.evicted, scale)
 
     def _attend(self, module, q, scale):
         eng, rec, sh = self.rt.engine, self.rt.rec, self.rt.shape
-        P, C, n = self.P, self.C, self.n
-        self._ensure(n + C)
+        if self.rt.graph is not None:
+            return self._attend_replayed(q, scale, self.rt.graph)
+        P, C = self.P, self.C
+        n = P - self.evicted  # rows before this forward's
+        self._ensure(n + C, n)
         self.k[:, :, n : n + C] = self.k_new
         self.v[:, :, n : n + C] = self.v_new
         self.pos[:, :, n : n + C] = torch.arange(P, P + C, device=sh.device)
@@ -68,10 +102,9 @@ class EvictLayer(PlanLayer):
             ]
         out, _ = attend_parts(q, parts, scale)
         self.attn_span(a0, rec.mark(eng.compute), None, n + C, sh.n_kv_heads, C)
-        self.n = n + C
         if C > 1:
             e0 = rec.mark(eng.compute)
-            self._evict(q, scale)
+            self._evict(q, scale, n + C)
             rec.span("compute", "vector", e0, rec.mark(eng.compute), layer=self.idx, name="evict")
         return out
 
@@ -81,8 +114,9 @@ class EvictLayer(PlanLayer):
         every such token, so they are all there, as its last rows."""
         return max(0, self.seen - max(0, prompt_end - self.local))
 
-    def _evict(self, q, scale) -> None:
-        sh, n = self.rt.shape, self.n
+    def _evict(self, q, scale, n: int) -> None:
+        """Keep the budget's best-scored of the n rows (the protected last ones always), in position order."""
+        sh = self.rt.shape
         prompt_end = self.rt.prompt_end if self.rt.prompt_end is not None else self.seen
         positions = self.pos[:, :, :n]
         candidate = positions < prompt_end - self.local
@@ -106,7 +140,6 @@ class EvictLayer(PlanLayer):
         self.v[:, :, :m] = self.v[:, :, :n].gather(2, idx)
         self.pos[:, :, :m] = positions.gather(2, keep)
         self.evicted += n - m
-        self.n = m
 
 
 @register_builder("evict")
@@ -115,7 +148,7 @@ def build(rt: Runtime, plan, model, **_):
     layers = [EvictLayer(rt, i, plan.budget_tokens, plan.local_tokens) for i in range(rt.shape.n_layers)]
 
     def kept() -> str:
-        n, seen = layers[0].n, layers[0].seen
+        n, seen = layers[0].kept, layers[0].seen
         return f"evict: {n} of {seen} tokens kept per KV head at the end ({n / max(seen, 1):.1%})"
 
     rt.end_notes.append(kept)

@@ -30,7 +30,8 @@ from roofsim.families.pipeline import (
     weight_stream,
 )
 from roofsim.families.registry import Family, register
-from roofsim.ops import Op, topk_op
+from roofsim.families.slot_stream import replayed
+from roofsim.ops import Op, head_ops, topk_op
 from roofsim.plan import PlanBase
 from roofsim.roofline import work
 from roofsim.sim.builder import Builder, StepSpec, WeightStream
@@ -49,6 +50,14 @@ class EvictPlan(PlanBase):
     budget_tokens: int = Field(16384, gt=0, le=MAX_TOKENS)
     local_tokens: int = Field(
         100, ge=0, le=MAX_TOKENS, description="last prompt tokens prefilled without eviction"
+    )
+    decode_graphs: bool = Field(
+        True,
+        description="replay each decode step's GPU work from a CUDA graph (decode never evicts, so its shapes are "
+        "fixed once the kept KV's buffers hold every step): the host issues one replay per step instead of every "
+        "kernel (CUDA only, on one GPU, with resident weights and a dense MLP; eager otherwise, and priced eager "
+        "there too). false: every step issued kernel by kernel. Plans stored before this knob existed ran eager "
+        "(roofsim.trace.upgrade, roofsim.validate's stored runs)",
     )
 
     @property
@@ -84,6 +93,12 @@ def evict_ops(ctx: Ctx, n, C, keep) -> list[Op]:
     ]
 
 
+def replays(plan: EvictPlan, model: ModelSpec) -> bool:
+    """Whether the executor replays this plan's decode steps from a CUDA graph (executor/graphs.py), as for a
+    resident plan (roofsim.families.resident.replays): asked for, weights resident, a dense MLP, one GPU."""
+    return plan.decode_graphs and plan.weights == "resident" and not model.moe_layers and plan.tp == 1
+
+
 def evict_workspace(ctx: Ctx, n) -> float:
     """The scorer's temporaries at their peak: K in fp32, the scores and their softmax (fp32)."""
     m, B = ctx.model, ctx.work.batch
@@ -113,6 +128,7 @@ def evaluate(plan: EvictPlan, ctx: Ctx) -> Evaluation:
 
     dec = decode_steps([w.context, w.context + w.gen])
     keys = np.minimum(dec.P, b + plan.local_tokens + (dec.P - w.context))
+    graphs = replays(plan, m)
     dec_load = LayerLoad(
         count=m.n_layers,
         nonattn=nonattn_work(ctx, dec),
@@ -120,8 +136,11 @@ def evaluate(plan: EvictPlan, ctx: Ctx) -> Evaluation:
         h2d_bytes=w_bytes,
         h2d_copies=w_copies,
         units=np.full_like(dec.P, 1.0 if w_bytes else 0.0),
+        graphed=graphs,
     )
-    decode = combine([dec_load], outside_layers(ctx, dec), 0.0, gpu)
+    decode = combine(
+        [dec_load], outside_layers(ctx, dec), 0.0, gpu, replay_s=gpu.replay_s() if graphs else None
+    )
 
     c = int(pre.C.max())
     T = w.max_tokens
@@ -164,7 +183,9 @@ def program(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict[str, 
     ctx = b.ctx
     m, w = ctx.model, ctx.work
     bud = plan.budget_tokens
+    graphs = replays(plan, m)
     for s in steps:
+        first = len(b.tasks)
         alloc = {"activations": activation_bytes(ctx, int(s.C))}
         if s.phase == "prefill":
             cached = min(s.P, bud)
@@ -188,7 +209,12 @@ def program(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict[str, 
                 att = b.compute(evict, s.phase, s.step, li, kind="vector", deps=(att,), name="evict")
             prev = b.post(s, li, (att,))
             weights.done(li, prev)
-        b.finish(s, prev, alloc)
+        if graphs and s.phase == "decode":  # the LM head is in the graph too; the host waits after the replay
+            last = b.compute(head_ops(m, w.batch), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
+            replayed(b, first)
+            b.sync(last, s.phase, s.step)
+        else:
+            b.finish(s, prev, alloc)
 
 
 def host_memory(plan: EvictPlan, ctx: Ctx) -> dict[str, float]:
@@ -198,11 +224,15 @@ def host_memory(plan: EvictPlan, ctx: Ctx) -> dict[str, float]:
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[EvictPlan]:
     """Locret's budgets (16384 tokens per head for Llama-3.1-8B, 6000 for Phi-3-mini) unless the space sets one,
-    in its chunks of 1024 and 3072 tokens."""
+    in its chunks of 1024 and 3072 tokens; each with its decode replayed from a CUDA graph, and eager too where
+    the executor can replay it."""
     budget = space.evict_budget or (6000 if model.family == "phi3" else 16384)
     for weights in weights_options(space):
         for c in (1024, 3072):
-            yield EvictPlan(budget_tokens=budget, prefill_chunk=c, weights=weights)
+            plan = EvictPlan(budget_tokens=budget, prefill_chunk=c, weights=weights)
+            yield plan
+            if replays(plan, model):
+                yield plan.model_copy(update={"decode_graphs": False})
 
 
 FAMILY = register(
