@@ -131,6 +131,8 @@ class Generation:
     decode_step_s: list[float] = field(default_factory=list)
     cache_setup_s: float = 0.0
     peak_gpu_bytes: float | None = None
+    # how decode ran: replayed from a CUDA graph, or why eager
+    notes: list[str] = field(default_factory=list)
 
     @property
     def decode_tokens_per_s(self) -> float | None:
@@ -204,11 +206,12 @@ class TextModel:
         ignore_eos: bool = False,
     ) -> Generation:
         """Prefill `prompt_ids` in the plan's chunks (`on_prefill(chunks_done, chunks)` after each), then decode
-        up to `max_new_tokens`, calling `on_text(delta)` as text becomes safe to show. `cancel` set: stop after
+        up to `max_new_tokens` (replayed from a CUDA graph where the plan and the cache allow it, as `roofsim run`
+        decodes: Generation.notes says which), calling `on_text(delta)` as text becomes safe to show. `cancel` set: stop after
         the current step (finish_reason "cancelled"). ignore_eos: go on past end-of-sequence tokens (a benchmark's
         fixed length)."""
         from roofsim.executor.build import make_cache
-        from roofsim.executor.runner import warm_up_kernels
+        from roofsim.executor.runner import graph_decoder, warm_up_kernels
 
         sampling = sampling or Sampling()
         n = len(prompt_ids)
@@ -241,7 +244,7 @@ class TextModel:
             if not self._warm and plan.weights == "resident":
                 warm_up_kernels(self.model, ids[:, :chunk], engine, cache, n)
                 self._warm = True
-            first = logits = nxt = None
+            first = logits = nxt = decoder = None
             for i in range(chunks):
                 if cancel is not None and cancel.is_set():
                     out.finish_reason = "cancelled"
@@ -266,9 +269,15 @@ class TextModel:
                     if cancel is not None and cancel.is_set():
                         out.finish_reason = "cancelled"
                         break
+                    # captured on the first token it decodes, outside the step times, as `roofsim run` does
+                    if step == 1:
+                        decoder = graph_decoder(self.model, cache, None, out.notes, nxt)
                     s0 = engine.event(engine.compute)
-                    o = self.model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                    logits = o.logits[:, -1]
+                    if decoder is not None:  # the graph's output buffer: read before the next replay
+                        logits = decoder.step(nxt)
+                    else:
+                        o = self.model(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                        logits = o.logits[:, -1]
                 scores = logits.float()
                 if processors:
                     scores = processors(seen, scores)

@@ -169,7 +169,7 @@ def run_plan(
         trace.memory.append(_memory_sample(cache, rec, device, weights, "prefill"))
         summary.peak_gpu_bytes, summary.peak_gpu_reserved_bytes = _peaks(device)
         nxt = logits.argmax(-1, keepdim=True)
-        decoder = _graph_decoder(model, cache, graphs, header.notes, nxt) if gen else None
+        decoder = graph_decoder(model, cache, graphs, header.notes, nxt) if gen else None
         steps = []
         for i in range(gen):
             rec.enabled = trace_steps < 0 or warmup <= i < warmup + trace_steps
@@ -228,7 +228,7 @@ def run_plan(
     return result
 
 
-def _graph_decoder(model, cache, graphs: bool | None, notes: list[str], first_ids):
+def graph_decoder(model, cache, graphs: bool | None, notes: list[str], first_ids):
     """The GraphDecoder of this run, captured on the first decode token, or None (eager, with the reason noted)."""
     if graphs is None:
         graphs = bool(getattr(cache.plan, "decode_graphs", False))

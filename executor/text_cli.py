@@ -302,6 +302,7 @@ def _result_doc(tm, m, chosen, out, pred_decode_s: float) -> dict:
             "decode_tokens_per_s": rate,
             "cache_setup_s": out.cache_setup_s,
             "peak_gpu_bytes": out.peak_gpu_bytes,
+            "notes": out.notes,
         },
         "predicted": {
             "prefill_s": p.prefill_s,

@@ -227,7 +227,8 @@ def test_the_step_gauge_times_a_tiny_decode_step_and_starts_a_new_cache_when_ful
 MEASURE_ORDER = (
     ["decode_layer_cost", "copies", "copies", "copies"]
     + ["back_to_back"] * 5
-    + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "vector_ops", "fp8_passes"]
+    + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "head_dim_points", "vector_ops"]
+    + ["fp8_passes"]
     + ["decode_layer_cost"]
     + ["sync_us", "gpu_kernel_us", "topk_gelems", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost"]  # the MoE layer's diagnostic
@@ -273,6 +274,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(link, "d2d_gbps", 2.0)
     fake(kernels, "gemms", [FlopPoint(label="g", flops=1.0, seconds=1.0)])
     fake(attention, "attention_points", ([], [], [point]))
+    fake(attention, "head_dim_points", {128: FlopPoint(label="d", flops=1.0, seconds=1.0)})
     fake(kernels, "vector_ops", [point])
     fake(host, "sync_us", 3.0)
     fake(kernels, "gpu_kernel_us", 4.0)
@@ -313,6 +315,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     assert (m.cpu_gather_gbps, m.cpu_matmul_tflops) == (14.0, 17.0)
     assert (m.h2d_after_gather_gbps, m.h2d_stage_again_gbps) == (15.0, 16.0)
     assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1
+    assert set(m.attention_head_dims) == {128} and m.attention_head_dim_at == 128
 
 
 def test_the_expert_loops_are_timed_per_expert_hit():

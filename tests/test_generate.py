@@ -61,6 +61,28 @@ def test_generate_matches_transformers_greedy_under_each_exact_family(ckpt, fami
     assert doc["plan"]["family"] == family and doc["new_tokens"] == NEW and doc["finish_reason"] == "length"
     assert len(doc["measured"]["prefill_step_s"]) == 3 and len(doc["measured"]["decode_step_s"]) == NEW - 1
     assert doc["predicted"]["prefill_s"] > 0 and doc["predicted"]["decode_tokens_per_s"] > 0
+    if family in ("resident", "evict"):  # they replay their decode where they can, and say why not here
+        assert doc["measured"]["notes"] == ["decode ran eager: CUDA graphs need a CUDA device"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", ["resident", "evict"])
+def test_generate_replays_its_decode_on_the_gpu(ckpt, family, tmp_path, capsys):
+    path, _ = ckpt
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"plan": {"family": family, "prefill_chunk": 16}}))
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(PROMPT)
+    report = tmp_path / "run.json"
+    assert (
+        main(["generate", str(path), "--prompt-file", str(prompt), "--max-new-tokens", str(NEW), "--plan", str(plan),
+              "--json-out", str(report), "--device", "cuda", "--ignore-eos"])
+        == 0
+    )  # fmt: skip
+    doc = json.loads(report.read_text())
+    assert doc["new_tokens"] == NEW and len(doc["measured"]["decode_step_s"]) == NEW - 1
+    assert any("replayed from a CUDA graph" in n for n in doc["measured"]["notes"]), doc["measured"]["notes"]
 
 
 def test_a_family_name_takes_its_best_knobs_and_the_prompt_comes_on_stdin(ckpt, capsys, monkeypatch):

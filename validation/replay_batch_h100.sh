@@ -2,7 +2,8 @@
 # Replayed decode where it was new or wrong, on the GPU machine: Llama-3.1-8B resident at 32K, batch 2 then 1,
 # and Qwen2.5-7B evict (a 32768-token budget) at 64K, each replayed and eager, each a `roofsim run` whose trace
 # lands in $OUT/replay-batch/; then the replay's GPU tests (each decode kernel against attention per sequence at
-# batch 1 and 3, each replayed plan against eager logits). From the repo root, with .whl/ carried:
+# batch 1 and 3, each replayed plan against eager logits, `roofsim generate` replaying). From the repo root, with
+# .whl/ carried:
 #   bash validation/replay_batch_h100.sh
 # prints one line per run: the measured decode ms per step (median after warm-up) and the executor's decode note.
 set -euo pipefail
@@ -33,4 +34,5 @@ for graphs in true false; do
   run "q7-evict-b32k-64k-graphs-$graphs" 1 \
     "{\"family\": \"evict\", \"prefill_chunk\": 8192, \"budget_tokens\": 32768, \"decode_graphs\": $graphs}" qwen2.5-7b 65536
 done
-(repo=$PWD && cd /tmp && python3 -m pytest -q -p no:cacheprovider -m gpu "$repo/tests/test_executor_graphs.py") 2>&1 | tail -3
+(repo=$PWD && cd /tmp && python3 -m pytest -q -p no:cacheprovider -m gpu "$repo/tests/test_executor_graphs.py" \
+  "$repo/tests/test_generate.py") 2>&1 | tail -3
