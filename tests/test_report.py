@@ -363,7 +363,7 @@ def test_validation_report_headline_counts_what_summarize_counts():
     k = closing_numbers(line)
     results = validation.find_pairs(H100_RESULTS)
     lines = validation.headline(results)
-    html = build.validation_report(H100_RESULTS).render()
+    html = build.validation_report(H100_RESULTS, results).render()
     assert lines[0] == (
         f"{int(k['n'])} configurations, each one's chosen plan, as validation/summarize.py counts them: predicted "
         f"in advance, decode per token error median {k['decode_median_abs_err_pct']:.1f}%, p90 "

@@ -20,7 +20,7 @@ from roofsim.report.roofline import roofline_figure
 from roofsim.report.style import MEMORY_LABELS
 from roofsim.report.summary import phase_table
 from roofsim.report.timeline import timeline_figure
-from roofsim.report.validation import find_pairs, headline, pairs_table, scatter_figure
+from roofsim.report.validation import Results, find_pairs, headline, pairs_table, scatter_figure
 from roofsim.sim import simulate
 from roofsim.specs.hardware import GpuSpec, HostSpec
 from roofsim.specs.model import ModelSpec
@@ -329,10 +329,11 @@ def trace_report(
     return page
 
 
-def validation_report(root: str | Path) -> Page:
-    """Predicted against measured per phase for every configuration in a results directory."""
+def validation_report(root: str | Path, results: Results | None = None) -> Page:
+    """Predicted against measured per phase for every configuration in a results directory (`results`: its
+    pairs, where the caller has read them already)."""
     root = Path(root)
-    results = find_pairs(root)
+    results = results if results is not None else find_pairs(root)
     gpus = sorted({p.measured.header.gpu for p in results.pairs})
     page = Page(
         f"Validation: {', '.join(gpus) or root.name}",
