@@ -284,16 +284,21 @@ def upgrade(data: dict) -> dict:
     return {**data, "header": header}
 
 
-REPLAYING_FAMILIES = ("resident", "evict")  # plan families with a decode_graphs knob, written out always
-
-
 def eager_if_unsaid(plan):
-    """A stored plan as it ran: a resident or evict plan written before decode_graphs existed (or defaulted to
-    true) decoded eager; every plan written since says the knob. Anything but a dict is returned as it is
-    (validation says what is wrong with it)."""
-    if isinstance(plan, dict) and plan.get("family") in REPLAYING_FAMILIES and "decode_graphs" not in plan:
+    """A stored plan as it ran: a plan of a family with a `decode_graphs` knob (resident, evict) written before
+    the knob existed in it, or defaulted to true, decoded eager; every plan written since says the knob. Anything
+    but a dict is returned as it is (validation says what is wrong with it)."""
+    if isinstance(plan, dict) and "decode_graphs" not in plan and _replays(plan.get("family")):
         return {**plan, "decode_graphs": False}
     return plan
+
+
+def _replays(name) -> bool:
+    """Whether the family called `name` has a decode_graphs knob (its plan type has the field)."""
+    from roofsim.families.registry import families
+
+    f = families().get(name) if isinstance(name, str) else None
+    return f is not None and "decode_graphs" in f.plan_type.model_fields
 
 
 def _from_schema_1(data: dict) -> dict:

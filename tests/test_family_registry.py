@@ -137,3 +137,21 @@ def test_the_cpu_executor_runs_a_registered_family(toy):
         assert rel_err(got, reference_logits(model, ids, 8, 3)) < 1e-5
     finally:
         unregister_builder("toy")
+
+
+def test_a_stored_plan_without_decode_graphs_reads_as_it_ran():
+    """A stored resident or evict plan that does not say decode_graphs was written before the knob (or its true
+    default) existed and decoded eager; a plan of a family without the knob, and one that says it, stay as they
+    are (roofsim.trace.eager_if_unsaid, applied by upgrade and to results folders' plan.json)."""
+    from roofsim.trace import SCHEMA_VERSION, eager_if_unsaid, upgrade
+
+    for family in ("resident", "evict"):
+        assert eager_if_unsaid({"family": family}) == {"family": family, "decode_graphs": False}
+        said = {"family": family, "decode_graphs": True}
+        assert eager_if_unsaid(said) == said
+    assert eager_if_unsaid({"family": "head_offload"}) == {"family": "head_offload"}
+    assert eager_if_unsaid("not a plan") == "not a plan"
+    old = {"header": {"schema_version": SCHEMA_VERSION - 1, "plan": {"family": "evict", "budget_tokens": 8}}}
+    assert upgrade(old)["header"]["plan"]["decode_graphs"] is False
+    now = {"header": {"schema_version": SCHEMA_VERSION, "plan": {"family": "evict"}}}
+    assert upgrade(now) is now

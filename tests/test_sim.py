@@ -455,10 +455,10 @@ def test_graphs_the_executor_cannot_replay_are_priced_eager(plan, model):
     """A MoE layer (its expert loop synchronises), a tensor-parallel step (its all-reduces) and streamed weights
     (copies every layer) run eager in the executor whatever decode_graphs says (executor/graphs.py), and the model
     prices them as it runs them."""
-    from roofsim.families import evict, resident
+    from roofsim.families.pipeline import replays
 
     spec = load_model(model)
-    assert not {"resident": resident, "evict": evict}[plan.family].replays(plan, spec)
+    assert not replays(plan, spec)
     eager = plan.model_copy(update={"decode_graphs": False})
     work = Workload(context=16384, gen=4)
     a = predict(plan, spec, H100, HOST, work, Limits())
@@ -469,7 +469,7 @@ def test_graphs_the_executor_cannot_replay_are_priced_eager(plan, model):
 def test_fp8_kv_replays_and_its_replayed_decode_is_the_gpus():
     """KV in fp8 replays from a CUDA graph (the row stored at the step's device position, the store dequantised
     whole): the host issues one replay, so a short context's decode, host-bound eager, is the GPU's."""
-    from roofsim.families.resident import replays
+    from roofsim.families.pipeline import replays
 
     spec = load_model("llama-3-8b")
     plan = ResidentPlan(prefill_chunk=4096, kv_dtype="fp8_e4m3")

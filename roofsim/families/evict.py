@@ -27,6 +27,7 @@ from roofsim.families.pipeline import (
     outside_layers,
     peak_memory,
     prefill_steps,
+    replays,
     weight_stream,
 )
 from roofsim.families.registry import Family, register
@@ -91,12 +92,6 @@ def evict_ops(ctx: Ctx, n, C, keep) -> list[Op]:
         topk_op("evict_topk", B * m.n_kv_heads, n, keep, e),
         Op("evict_gather", "vector", 0.0, 2.0 * 2 * B * m.n_kv_heads * keep * (m.head_dim * e + 8), 6),
     ]
-
-
-def replays(plan: EvictPlan, model: ModelSpec) -> bool:
-    """Whether the executor replays this plan's decode steps from a CUDA graph (executor/graphs.py), as for a
-    resident plan (roofsim.families.resident.replays): asked for, weights resident, a dense MLP, one GPU."""
-    return plan.decode_graphs and plan.weights == "resident" and not model.moe_layers and plan.tp == 1
 
 
 def evict_workspace(ctx: Ctx, n) -> float:

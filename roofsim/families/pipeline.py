@@ -233,6 +233,21 @@ def _ceilings(w: GpuWork) -> dict[str, np.ndarray]:
     return {"tensor": w.tensor_s, "hbm": w.hbm_s, "launch": w.launch_s, "allreduce": w.comm_s}
 
 
+def replays(plan, model) -> bool:
+    """Whether the executor replays a plan's decode steps from a CUDA graph (executor/graphs.py's
+    graph_unsupported and its capture), for a family with a `decode_graphs` knob: asked for, with the weights
+    resident (nothing crosses the link at decode), a dense MLP (stock MoE layers ask the GPU which experts were hit
+    before issuing them, a synchronisation a capture cannot hold) and one GPU (a tensor-parallel step all-reduces
+    across ranks). KV in fp8 replays too: the new row is stored at the step's device position and the whole store
+    dequantised (executor/kvquant.py write_row_at)."""
+    return (
+        getattr(plan, "decode_graphs", False)
+        and plan.weights == "resident"
+        and not model.moe_layers
+        and plan.tp == 1
+    )
+
+
 def combine(
     loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec, replay_s: float | None = None
 ) -> StepCost:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from roofsim.families import slot_stream
-from roofsim.families.pipeline import Ctx, Evaluation
+from roofsim.families.pipeline import Ctx, Evaluation, replays
 from roofsim.families.registry import Family, register
 from roofsim.plan import KV_DTYPES, PlanBase
 from roofsim.sim.builder import Builder, StepSpec
@@ -41,16 +41,6 @@ def knobs(plan: ResidentPlan, ctx: Ctx) -> slot_stream.SlotKnobs:
         graphs=replays(plan, m),
         streamed_experts=plan.streamed_expert_layers(m),
     )
-
-
-def replays(plan: ResidentPlan, model: ModelSpec) -> bool:
-    """Whether the executor replays this plan's decode steps from a CUDA graph (executor/graphs.py's
-    graph_unsupported and its capture): asked for, with the weights resident (nothing crosses the link at decode),
-    a dense MLP (stock MoE layers ask the GPU which experts were hit before issuing them, a synchronisation a
-    capture cannot hold) and one GPU (a tensor-parallel step all-reduces across ranks). KV in fp8 replays too: the
-    new row is stored at the step's device position and the whole store dequantised (executor/kvquant.py
-    write_row_at)."""
-    return plan.decode_graphs and plan.weights == "resident" and not model.moe_layers and plan.tp == 1
 
 
 def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator[ResidentPlan]:
