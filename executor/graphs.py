@@ -80,7 +80,10 @@ class GraphDecoder:
         K, V = self.rt.layers[0].graph_kv()
         heads = K.shape[1] * sh.group
         q = torch.randn(sh.batch, 1, heads, sh.head_dim, device=sh.device, dtype=sh.dtype).transpose(1, 2)
-        self.kernel = pick_decode_kernel(q, K, V, max(n, 1), sh.head_dim**-0.5)
+        # keys the buffer holds: an evict layer's buffer is shorter than the position n (a key count past it
+        # would send the flash kernel reading beyond the buffer)
+        keys = min(max(n, 1), K.shape[2])
+        self.kernel = pick_decode_kernel(q, K, V, keys, sh.head_dim**-0.5)
 
     @torch.no_grad()
     def capture(self, ids: torch.Tensor) -> None:

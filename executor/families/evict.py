@@ -41,12 +41,16 @@ class EvictLayer(PlanLayer):
             return {"kv_resident": 0}
         return {"kv_resident": 2 * self.k.numel() * self.k.element_size() + self.pos.numel() * 8}
 
-    def _ensure(self, need: int, rows: int) -> None:
-        """Buffers of at least `need` rows, the first `rows` carried over where they grow."""
+    def _ensure(self, need: int, rows: int, exact: bool = False) -> None:
+        """Buffers of at least `need` rows (exactly `need` where they grow and `exact`, else with room to grow),
+        the first `rows` carried over where they grow."""
         if self.k is not None and self.k.shape[2] >= need:
             return
         sh = self.rt.shape
-        cap = need + 64 if self.k is None else max(need, int(1.25 * self.k.shape[2]))
+        if exact:
+            cap = need
+        else:
+            cap = need + 64 if self.k is None else max(need, int(1.25 * self.k.shape[2]))
         k = torch.empty(sh.batch, sh.n_kv_heads, cap, sh.head_dim, dtype=sh.dtype, device=sh.device)
         v = torch.empty_like(k)
         pos = torch.empty(sh.batch, sh.n_kv_heads, cap, dtype=torch.long, device=sh.device)
@@ -66,7 +70,7 @@ class EvictLayer(PlanLayer):
         ones: the masked decode kernel multiplies each of them by a probability of 0, and 0 x a NaN left in fresh
         memory is NaN."""
         n = self.kept
-        self._ensure(n + max(0, self.rt.capacity - self.seen), n)
+        self._ensure(n + max(0, self.rt.capacity - self.seen), n, exact=True)
         self.k[:, :, n:].zero_()
         self.v[:, :, n:].zero_()
 
