@@ -283,14 +283,19 @@ def combine(
         cpu = cpu + ll.count * np.asarray(ll.cpu_bytes, dtype=float)
     total = extra.total_s + preamble + np.maximum(layers_s, fill_s + crit_s)
     shape = np.shape(total)
+
+    def steps(v) -> np.ndarray:  # one float per step (a value shared by every step repeated)
+        a = np.asarray(v, dtype=float)
+        return a if a.shape == shape else np.full(shape, a)
+
     return StepCost(
         time_s=np.asarray(total, dtype=float),
-        busy={r: np.broadcast_to(v, shape).astype(float) for r, v in busy.items()},
-        flops=np.broadcast_to(flops, shape).astype(float),
-        hbm_bytes=np.broadcast_to(hbm, shape).astype(float),
-        h2d_bytes=np.broadcast_to(h2d, shape).astype(float),
-        d2h_bytes=np.broadcast_to(d2h, shape).astype(float),
-        cpu_bytes=np.broadcast_to(cpu, shape).astype(float),
+        busy={r: steps(v) for r, v in busy.items()},
+        flops=steps(flops),
+        hbm_bytes=steps(hbm),
+        h2d_bytes=steps(h2d),
+        d2h_bytes=steps(d2h),
+        cpu_bytes=steps(cpu),
     )
 
 
