@@ -89,15 +89,20 @@ def test_the_static_input_step_gives_the_eager_logits(tiny, plan):
     assert rel_err(got["static"], got[None]) < 1e-5
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "phi3"])
-def test_the_static_input_step_gives_the_eager_logits_at_batch_2(family):
-    """A batch of two: one device position for the batch, one key count per sequence (resident plans replay by
-    default, so every family the executor runs takes this path on a GPU)."""
+@pytest.mark.parametrize(
+    "family, plan",
+    [(f, ResidentPlan()) for f in ("llama", "mistral", "qwen2", "phi3")]
+    + [("llama", EvictPlan(budget_tokens=6, local_tokens=2, prefill_chunk=CHUNK))],
+    ids=["llama", "mistral", "qwen2", "phi3", "llama-evict"],
+)
+def test_the_static_input_step_gives_the_eager_logits_at_batch_2(family, plan):
+    """A batch of two: one device position for the batch, one key count per sequence (resident and evict plans
+    replay by default, so every model the executor runs takes this path on a GPU)."""
     model = random_model(tiny_config(family), "cpu", torch.float32, seed=3)
     ids = torch.randint(0, 128, (2, PROMPT), generator=torch.Generator().manual_seed(4))
     got = {}
     for mode in (None, "static"):
-        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN, batch_size=2)
+        cache = make_cache(model, plan, max_tokens=PROMPT + GEN, batch_size=2)
         try:
             got[mode] = greedy_logits(model, cache, ids, CHUNK, GEN, graphs=mode)
         finally:
