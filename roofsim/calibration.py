@@ -131,6 +131,11 @@ class Measurements(BaseModel):
     topk_gelems: float | None = Field(
         default=None, description="elements per second (G) a large-k torch.topk (and its index sort) ranks"
     )
+    topk: list[CopyPoint] | None = Field(
+        default=None,
+        description="torch.topk and its index sort at several row lengths, each as (elements ranked, seconds): "
+        "their line gives efficiency.topk_call_us and topk_gelems (where present, in place of topk_gelems)",
+    )
     attention_call_s: float | None = Field(
         default=None, description="host time of one executor attention call over resident KV (tiny shapes)"
     )
@@ -318,6 +323,22 @@ def _copy_gap_s(batch: BatchPoint, h2d: float) -> float:
     return max(0.0, batch.seconds / batch.copies - batch.nbytes_each / h2d)
 
 
+def topk_fit(m: Measurements) -> dict[str, tuple[float, str]]:
+    """efficiency.topk_gelems (and topk_call_us): the line through the topk points where they were timed, a fixed
+    time per call and a rate per element; else the one rate of older measurements; else nothing."""
+    line = _line(m.topk) if m.topk else None
+    if line is not None:
+        fixed, rate = line
+        how = f"least-squares line through torch.topk and its index sort at {len(m.topk)} row lengths"
+        return {
+            "topk_gelems": (rate / 1e9, how + ": elements per second (G), its slope"),
+            "topk_call_us": (fixed * 1e6, how + ": its intercept, per call"),
+        }
+    if m.topk_gelems is not None:
+        return {"topk_gelems": (m.topk_gelems, "torch.topk of a large share of 8 rows, then the index sort")}
+    return {}
+
+
 def head_dim_ratios(m: Measurements) -> dict[int, float] | None:
     """Each timed head dim's attention FLOP/s over the calibration model's head dim's (1 there), or None where
     the head dims were not timed (older measurements) or the model's own is missing among them."""
@@ -473,11 +494,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                 if m.fp8_passes
                 else {}
             ),
-            **(
-                {"topk_gelems": (m.topk_gelems, "torch.topk of a large share of 8 rows, then the index sort")}
-                if m.topk_gelems is not None
-                else {}
-            ),
+            **topk_fit(m),
         },
         "runtime": {
             "copy_issue_us": (

@@ -57,7 +57,9 @@ def op_time(op: Op, gpu: GpuSpec) -> OpTime:
         comm = allreduce_s(op, gpu)
         return OpTime(tensor_s=np.zeros_like(comm), hbm_s=np.zeros_like(comm), launch_s=0.0, comm_s=comm)
     if op.kind == "topk" and gpu.efficiency.topk_gelems is not None:
-        ranked = np.asarray(op.flops, dtype=float) / (gpu.efficiency.topk_gelems.value * 1e9)
+        elems = np.asarray(op.flops, dtype=float)
+        call = gpu.efficiency.topk_call_us.value * 1e-6 if gpu.efficiency.topk_call_us is not None else 0.0
+        ranked = elems / (gpu.efficiency.topk_gelems.value * 1e9) + np.where(elems > 0, call, 0.0)
         return OpTime(
             tensor_s=np.zeros_like(ranked),
             hbm_s=ranked,

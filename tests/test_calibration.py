@@ -234,6 +234,28 @@ def test_a_measured_topk_rate_prices_the_selections():
     )
 
 
+def test_topk_timed_at_several_lengths_gives_a_fixed_cost_per_call_and_a_rate(tmp_path):
+    """Top-k calls timed at several row lengths fit a line: its slope is topk_gelems and its intercept
+    topk_call_us, which each selection pays once (nothing where a step selects nothing); older measurements with
+    one rate keep pricing at that rate with no fixed part."""
+    from roofsim.ops import topk_op
+    from roofsim.roofline import op_time
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    base = probe_measurements().model_copy(update={"cpu_scan_gap_s": 2e-3})
+    points = [CopyPoint(nbytes=e, seconds=300e-6 + e / 3e9) for e in (131072, 524288, 2097152)]
+    fitted = fit(spec, base.model_copy(update={"topk": points}))["efficiency"]
+    assert fitted["topk_gelems"][0] == pytest.approx(3.0)
+    assert fitted["topk_call_us"][0] == pytest.approx(300.0)
+    profile = load_gpu(str(write_profile(spec, host, base.model_copy(update={"topk": points}), tmp_path)[0]))
+    op = topk_op("select", 8, [0.0, 196608.0], 19661, 2)
+    t = op_time(op, profile)
+    assert float(t.hbm_s[0]) == 0.0
+    assert float(t.hbm_s[1]) == pytest.approx(300e-6 + 8 * 196608 / 3e9)
+    old = fit(spec, base.model_copy(update={"topk_gelems": 1.5}))["efficiency"]
+    assert old["topk_gelems"][0] == 1.5 and "topk_call_us" not in old
+
+
 def test_a_measured_shape_set_up_costs_each_new_prefill_chunk_once():
     """A profile whose attention pays a set-up per new shape: each prefill chunk after the second (the warm-up
     covers a chunk with no past and one after a chunk) costs that once per KV-head count a call covers, in the

@@ -230,7 +230,7 @@ MEASURE_ORDER = (
     + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "head_dim_points", "vector_ops"]
     + ["fp8_passes"]
     + ["decode_layer_cost"]
-    + ["sync_us", "gpu_kernel_us", "topk_gelems", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
+    + ["sync_us", "gpu_kernel_us", "topk_points", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost"]  # the MoE layer's diagnostic
     + ["decode_layer_cost_beside_cpu", "worker_round_trip_s", "decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
@@ -278,7 +278,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(kernels, "vector_ops", [point])
     fake(host, "sync_us", 3.0)
     fake(kernels, "gpu_kernel_us", 4.0)
-    fake(kernels, "topk_gelems", 5.0)
+    fake(kernels, "topk_points", [point])
     fake(kernels, "fp8_passes", [point])
     fake(attention, "attention_call_costs", (6.0, 7.0, 0.5))
     fake(kernels, "expert_costs_s", (2.5e-4, 3e-5))

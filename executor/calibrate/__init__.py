@@ -125,7 +125,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     label("layer1")
     sync = host.sync_us()
     gpu_kernel = kernels.gpu_kernel_us()
-    topk = kernels.topk_gelems()
+    topk = kernels.topk_points()
     call_s, streamed_s, fp8_call = attention.attention_call_costs(
         "cuda", pace=pace, launch=launch, step_pace=step_pace
     )
@@ -182,7 +182,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_attention_group=model.group,
         cpu_attention_slots=side.cpu_attention_slots,
         gpu_kernel_us=gpu_kernel,
-        topk_gelems=topk,
+        topk=topk,
         attention_call_s=call_s,
         streamed_call_s=streamed_s,
         fp8_call_s=fp8_call,

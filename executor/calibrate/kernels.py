@@ -123,16 +123,21 @@ def fp8_passes(model: ModelSpec, device: str = "cuda") -> list[CopyPoint]:
     return out
 
 
-def topk_gelems() -> float:
-    """Elements per second (G) torch.topk ranks when k is a large share of the row, with the sort of the chosen
-    indices after it, as sparse_fetch (a tenth of 64K tokens per KV head) and evict (a 16K budget out of 20K)
-    select: the median over both shapes."""
-    rates = []
-    for rows, n, k in ((8, 65536, 6554), (8, 20480, 16384)):
+TOPK_SHAPES = ((8, 16384, 1638), (8, 65536, 6554), (8, 262144, 26214), (8, 20480, 16384))
+"""(rows, n, k) of the topk calls timed for topk_points: a tenth of 16K, 64K and 256K tokens per KV head
+(sparse_fetch's selections across contexts) and evict's 16K budget out of 20K."""
+
+
+def topk_points() -> list[CopyPoint]:
+    """torch.topk and the sort of its indices at TOPK_SHAPES, each as (elements ranked, seconds): their line gives a
+    fixed time per call and a rate per element (efficiency.topk_call_us, topk_gelems). A call at a short row is
+    mostly its fixed part, so one rate from short rows overprices long ones."""
+    out = []
+    for rows, n, k in TOPK_SHAPES:
         x = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
         t = cuda_time_s(lambda x=x, k=k: x.topk(k, dim=-1).indices.sort(dim=-1))
-        rates.append(rows * n / t / 1e9)
-    return sorted(rates)[len(rates) // 2]
+        out.append(CopyPoint(nbytes=rows * n, seconds=t))
+    return out
 
 
 MOE_WIDTH = (2048, 768)

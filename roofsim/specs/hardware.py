@@ -191,6 +191,11 @@ class EfficiencySpec(_Section):
         "(sparse_fetch's and evict's selections): a sort-like pass that no bandwidth roofline gives; None: "
         "priced as a few memory passes",
     )
+    topk_call_us: SourcedNumber | None = Field(
+        None,
+        description="GPU time of one torch.topk call (and its index sort) beyond its elements at topk_gelems, us: "
+        "the fixed part that dominates short rows; None: 0",
+    )
     vector: SourcedNumber | None = Field(
         None,
         description="the share of HBM bandwidth a decoder layer's elementwise kernels (RMSNorm in fp32, "
@@ -222,6 +227,10 @@ class EfficiencySpec(_Section):
     _fraction = field_validator("gemm", "attention", "memory")(lambda v, info: fraction(info.field_name, v))
     _vector = field_validator("vector", "fp8_passes")(
         lambda v, info: v if v is None else fraction(info.field_name, v)
+    )
+    _topk = field_validator("topk_gelems")(lambda v, info: v if v is None else positive(info.field_name, v))
+    _topk_call = field_validator("topk_call_us")(
+        lambda v, info: v if v is None or v.value >= 0 else positive(info.field_name, v)
     )
 
     @field_validator("attention_rows")
