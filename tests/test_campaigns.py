@@ -36,3 +36,52 @@ def test_the_second_held_out_set_shares_no_configuration_with_the_others():
     names = {c.name for c in load_configs(str(ROOT / "validation" / "campaign-heldout2.toml"))}
     for other in ("campaign-h100.toml", "campaign-heldout.toml", "campaign-archs.toml"):
         assert not names & {c.name for c in load_configs(str(ROOT / "validation" / other))}, other
+
+
+def _campaign_cost():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("campaign_cost", ROOT / "validation" / "campaign_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_campaign_cost_prices_each_run_validate_would_make(tmp_path, capsys):
+    """Each configuration's runs (the given plan; the planner's pick and the best of each family asked for),
+    each its predicted prefill, decode per token x gen and a fixed cost per run; the total is their sum. A bad
+    file is one line and exit 2."""
+    cost = _campaign_cost()
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        """
+[[config]]
+name = "given"
+model = "llama-3-8b"
+context = "16K"
+plan = { family = "resident", prefill_chunk = 4096 }
+gen = 8
+
+[[config]]
+name = "planned"
+model = "llama-3-8b"
+context = "64K"
+plan = "planner"
+gen = 8
+gpu_mem = "24GB"
+runners_up = 0
+other_families = ["layer_offload"]
+"""
+    )
+    assert cost.main([str(toml), "--gpu", "h100-sxm"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    given, planned, total = lines
+    assert given.startswith("given") and "pick resident" in given
+    assert "pick " in planned and "best-layer_offload layer_offload" in planned
+    seconds = [float(line.split()[1]) for line in (given, planned)]
+    assert all(s > cost.RUN_OVERHEAD_S for s in seconds)
+    assert float(total.split()[1]) == pytest.approx(sum(seconds), abs=1.0)
+    toml.write_text('[[config]]\nname = "x"\nmodel = "no-such-model"\ncontext = "1K"\nplan = "resident"\n')
+    assert cost.main([str(toml), "--gpu", "h100-sxm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
