@@ -371,25 +371,40 @@ def attn_work(
     write_back_tokens: int = 1,
     window: int | None = None,
 ) -> GpuWork:
-    tail = 0.0
-    if write_back_tokens > 1:
-        uses_tail = (np.asarray(streamed_calls) > 0) & (np.asarray(steps.C) < write_back_tokens)
-        tail = np.where(uses_tail, ops.TAIL_KERNELS, 0.0)
-    op = ops.attention_op(
-        ctx.model,
-        steps.C,
-        steps.P,
-        ctx.work.batch,
-        kv_heads=kv_heads,
-        keys=keys,
-        calls=calls,
-        streamed_calls=streamed_calls,
-        write_back_tokens=write_back_tokens,
-        tail_kernels=tail,
-        kv_dtype=ctx.kv_dtype,
-        window=window,
-    )
-    return work([op], ctx.gpu)
+    """A layer's attention for each step (ops.attention_op), kept in ctx's memo by its arguments: the plans of one
+    search repeat the same few."""
+
+    def make():
+        tail = 0.0
+        if write_back_tokens > 1:
+            uses_tail = (np.asarray(streamed_calls) > 0) & (np.asarray(steps.C) < write_back_tokens)
+            tail = np.where(uses_tail, ops.TAIL_KERNELS, 0.0)
+        op = ops.attention_op(
+            ctx.model,
+            steps.C,
+            steps.P,
+            ctx.work.batch,
+            kv_heads=kv_heads,
+            keys=keys,
+            calls=calls,
+            streamed_calls=streamed_calls,
+            write_back_tokens=write_back_tokens,
+            tail_kernels=tail,
+            kv_dtype=ctx.kv_dtype,
+            window=window,
+        )
+        return work([op], ctx.gpu)
+
+    key = ("attn", *map(_memo_key, (steps.C, steps.P, kv_heads, keys, calls, streamed_calls)))
+    return ctx.cached((*key, write_back_tokens, window), make)
+
+
+def _memo_key(x) -> tuple | None:
+    """A number or an array as a memo key: its shape and its values' bytes."""
+    if x is None:
+        return None
+    a = np.asarray(x, dtype=float)
+    return (a.shape, a.tobytes())
 
 
 # ---- layer kinds: window layers and experts -------------------------------------------------------------------
