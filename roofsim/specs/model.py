@@ -141,8 +141,10 @@ class ModelSpec(BaseModel):
 
     @property
     def kv_layers(self) -> int:
-        """How many layers' KV a plan places: the global ones."""
-        return len(self.global_layers)
+        """How many layers' KV a plan places: the global ones (window(i) is None)."""
+        if not self.layer_windows:
+            return self.n_layers
+        return sum(w is None for w in self.layer_windows[: self.n_layers])
 
     def window_keys(self, layer: int, tokens):
         """Keys a window layer keeps after `tokens` tokens: min(tokens, window + sinks)."""
@@ -155,7 +157,8 @@ class ModelSpec(BaseModel):
 
     @property
     def moe_layers(self) -> int:
-        return sum(self.is_moe(i) for i in range(self.n_layers))
+        """How many layers are MoE (is_moe): every layer from dense_layers on, where the model has experts."""
+        return max(0, self.n_layers - self.dense_layers) if self.n_experts > 0 else 0
 
     @property
     def expert_params(self) -> int:
