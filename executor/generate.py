@@ -207,9 +207,9 @@ class TextModel:
     ) -> Generation:
         """Prefill `prompt_ids` in the plan's chunks (`on_prefill(chunks_done, chunks)` after each), then decode
         up to `max_new_tokens` (replayed from a CUDA graph where the plan and the cache allow it, as `roofsim run`
-        decodes: Generation.notes says which), calling `on_text(delta)` as text becomes safe to show. `cancel` set: stop after
-        the current step (finish_reason "cancelled"). ignore_eos: go on past end-of-sequence tokens (a benchmark's
-        fixed length)."""
+        decodes: Generation.notes says which), calling `on_text(delta)` as text becomes safe to show. `cancel`
+        set: stop after the current step (finish_reason "cancelled"). ignore_eos: go on past end-of-sequence
+        tokens (a benchmark's fixed length)."""
         from roofsim.executor.build import make_cache
         from roofsim.executor.runner import graph_decoder, warm_up_kernels
 

@@ -62,7 +62,7 @@ class EvictLayer(PlanLayer):
 
     def graph_ready(self) -> bool:
         """Decode never evicts, so a step appends one row at index seen - evicted: with the buffers grown to hold
-        every step up to the cache's capacity (graph_kv), a replayed step's shapes are fixed."""
+        every step up to the cache's capacity (prepare_graph), a replayed step's shapes are fixed."""
         return self.rt.capacity is not None and self.k is not None
 
     def prepare_graph(self) -> None:
