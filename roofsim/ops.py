@@ -36,9 +36,8 @@ class Op:
     # GQA-folded query rows of each such call (KV heads per call x group x chunk x batch): the kernel's tiles, so
     # its parallelism; a calibrated profile prices the call at that many rows' efficiency. 0: not such a call
     query_rows: Num = 0
-    head_dim: int = (
-        0  # attention: the head dim its kernel runs at (EfficiencySpec.attention_head_dim); 0: unsaid
-    )
+    # attention: the head dim its kernel runs at (EfficiencySpec.attention_head_dim); 0: unsaid
+    head_dim: int = 0
     ranks: int = 1  # allreduce: the GPUs it sums over (hbm_bytes: each rank's contribution)
     # KV in fp8: the store's write and the dequantisation into a scratch, separate kernels over strided block-major
     # stores, priced at the GPU's fp8 pass rate (GpuSpec.fp8_bytes_per_s); fp8_calls: the attention calls that

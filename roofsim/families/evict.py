@@ -19,6 +19,7 @@ from roofsim.families.pipeline import (
     LayerLoad,
     activation_bytes,
     attn_work,
+    both_ways,
     combine,
     decode_steps,
     kv_bytes,
@@ -31,8 +32,7 @@ from roofsim.families.pipeline import (
     weight_stream,
 )
 from roofsim.families.registry import Family, register
-from roofsim.families.slot_stream import replayed
-from roofsim.ops import Op, head_ops, topk_op
+from roofsim.ops import Op, topk_op
 from roofsim.plan import PlanBase
 from roofsim.roofline import work
 from roofsim.sim.builder import Builder, StepSpec, WeightStream
@@ -204,12 +204,7 @@ def program(b: Builder, plan: EvictPlan, steps: list[StepSpec], base: dict[str, 
                 att = b.compute(evict, s.phase, s.step, li, kind="vector", deps=(att,), name="evict")
             prev = b.post(s, li, (att,))
             weights.done(li, prev)
-        if graphs and s.phase == "decode":  # the LM head is in the graph too; the host waits after the replay
-            last = b.compute(head_ops(m, w.batch), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
-            replayed(b, first)
-            b.sync(last, s.phase, s.step)
-        else:
-            b.finish(s, prev, alloc)
+        b.finish(s, prev, alloc, replay_from=first if graphs and s.phase == "decode" else None)
 
 
 def host_memory(plan: EvictPlan, ctx: Ctx) -> dict[str, float]:
@@ -224,10 +219,7 @@ def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator
     budget = space.evict_budget or (6000 if model.family == "phi3" else 16384)
     for weights in weights_options(space):
         for c in (1024, 3072):
-            plan = EvictPlan(budget_tokens=budget, prefill_chunk=c, weights=weights)
-            yield plan
-            if replays(plan, model):
-                yield plan.model_copy(update={"decode_graphs": False})
+            yield from both_ways(EvictPlan(budget_tokens=budget, prefill_chunk=c, weights=weights), model)
 
 
 FAMILY = register(

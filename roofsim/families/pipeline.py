@@ -248,6 +248,14 @@ def replays(plan, model) -> bool:
     )
 
 
+def both_ways(plan, model):
+    """A candidate with its decode replayed, then, where the executor replays it (`replays`), the same plan eager:
+    elsewhere the two are one plan."""
+    yield plan
+    if replays(plan, model):
+        yield plan.model_copy(update={"decode_graphs": False})
+
+
 def combine(
     loads: list[LayerLoad], extra: GpuWork, fill_s, gpu: GpuSpec, replay_s: float | None = None
 ) -> StepCost:

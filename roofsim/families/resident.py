@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from roofsim.families import slot_stream
-from roofsim.families.pipeline import Ctx, Evaluation, replays
+from roofsim.families.pipeline import Ctx, Evaluation, both_ways, replays
 from roofsim.families.registry import Family, register
 from roofsim.plan import KV_DTYPES, PlanBase
 from roofsim.sim.builder import Builder, StepSpec
@@ -48,10 +48,7 @@ def candidates(model: ModelSpec, work: Workload, space: SearchSpace) -> Iterator
     executor can replay it (`replays`; elsewhere the two are the same plan)."""
     for placement in placements(model, space):
         for c in chunks(work):
-            plan = ResidentPlan(prefill_chunk=c, **placement)
-            yield plan
-            if replays(plan, model):
-                yield plan.model_copy(update={"decode_graphs": False})
+            yield from both_ways(ResidentPlan(prefill_chunk=c, **placement), model)
 
 
 def evaluate(plan: ResidentPlan, ctx: Ctx) -> Evaluation:

@@ -326,13 +326,5 @@ def program(b: Builder, k: SlotKnobs, steps: list[StepSpec], base: dict[str, flo
             streamed_experts=k.streamed_experts,
         )  # fmt: skip
         if k.graphs and s.phase == "decode":
-            replayed(b, first)
+            b.replayed(first)
         b.sync(last, s.phase, s.step)
-
-
-def replayed(b: Builder, first: int) -> None:
-    """The tasks from `first` on are one decode step replayed from a CUDA graph: the host issues them all with one
-    replay (charged to the step's first task) instead of one dispatch per kernel."""
-    for t in b.tasks[first:]:
-        t.issue_s = 0.0
-    b.tasks[first].issue_s = b.ctx.gpu.replay_s()

@@ -251,11 +251,21 @@ class Builder:
             deps=deps,
         )
 
-    def finish(self, s: StepSpec, prev: int, alloc: dict[str, float]) -> None:
-        """LM head on the last token, free the step's activations, and the host waits (sampling)."""
+    def finish(self, s: StepSpec, prev: int, alloc: dict[str, float], replay_from: int | None = None) -> None:
+        """LM head on the last token, free the step's activations, and the host waits (sampling). replay_from:
+        the step's tasks from that one on, the LM head's too, are one replay of a CUDA graph (`replayed`)."""
         m, B = self.ctx.model, self.ctx.work.batch
         last = self.compute(ops.head_ops(m, B), s.phase, s.step, name="lm_head", deps=(prev,), free=alloc)
+        if replay_from is not None:
+            self.replayed(replay_from)
         self.sync(last, s.phase, s.step)
+
+    def replayed(self, first: int) -> None:
+        """The tasks from `first` on are one decode step replayed from a CUDA graph: the host issues them all with
+        one replay (charged to the step's first task) instead of one dispatch per kernel."""
+        for t in self.tasks[first:]:
+            t.issue_s = 0.0
+        self.tasks[first].issue_s = self.ctx.gpu.replay_s()
 
     def sync(self, on: int, phase, step) -> None:
         """The host waits for task `on` (e.g. .item() or stream.synchronize())."""

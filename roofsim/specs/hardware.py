@@ -23,9 +23,15 @@ from roofsim.specs.tomlfile import load_model_file
 GiB = 1024**3
 MAX_GPU_GIB = 16 * 1024  # 16 TiB: 50 times the largest card's memory, so a typo (GB for MB) is caught
 MAX_HOST_GIB = 1024**2  # 1 PiB
-MAX_HEAD_DIM_RATIO = (
-    4.0  # attention at one head dim against another: beyond 4x, the timing behind it was wrong
-)
+# attention at one head dim against another: beyond 4x, the timing behind it was wrong
+MAX_HEAD_DIM_RATIO = 4.0
+
+
+def _keyed_table(field: str, v, top: float, values: str, keys: str):
+    """A table of sourced numbers in (0, top] keyed by whole numbers >= 1 (None: no table); not empty."""
+    if v is not None and (not v or any(k < 1 or not 0 < e.value <= top for k, e in v.items())):
+        raise ValueError(f"{field} needs {values} in (0, {top}] keyed by {keys} >= 1")
+    return v
 
 
 class _Section(BaseModel):
@@ -233,25 +239,12 @@ class EfficiencySpec(_Section):
         lambda v, info: v if v is None or v.value >= 0 else positive(info.field_name, v)
     )
 
-    @field_validator("attention_rows")
-    @classmethod
-    def _rows(cls, v):
-        if v is not None and (not v or any(k < 1 or not 0 < e.value <= MAX_EFFICIENCY for k, e in v.items())):
-            raise ValueError(
-                f"attention_rows needs efficiencies in (0, {MAX_EFFICIENCY}] keyed by query rows >= 1"
-            )
-        return v
-
-    @field_validator("attention_head_dim")
-    @classmethod
-    def _head_dims(cls, v):
-        if v is not None and (
-            not v or any(k < 1 or not 0 < e.value <= MAX_HEAD_DIM_RATIO for k, e in v.items())
-        ):
-            raise ValueError(
-                f"attention_head_dim needs ratios in (0, {MAX_HEAD_DIM_RATIO}] keyed by head dims >= 1"
-            )
-        return v
+    _rows = field_validator("attention_rows")(
+        lambda v, info: _keyed_table(info.field_name, v, MAX_EFFICIENCY, "efficiencies", "query rows")
+    )
+    _head_dims = field_validator("attention_head_dim")(
+        lambda v, info: _keyed_table(info.field_name, v, MAX_HEAD_DIM_RATIO, "ratios", "head dims")
+    )
 
     def head_dim_ratio(self, head_dim: int) -> float:
         """attention_head_dim at `head_dim` (1 without a table or for head_dim 0, an op that does not say)."""
