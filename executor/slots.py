@@ -121,9 +121,11 @@ class SlotLayer(PlanLayer):
         return all(s.resident and s.gpu is not None and s.gpu.shape[0] == cap for s in self.slots)
 
     def graph_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A resident slot's K and V [B, g, capacity, D] in the model dtype (the decode kernel is chosen on them):
-        views of its buffer, or of an fp8 store's dequantised rows."""
-        s = self.slots[0]
+        return self._whole_kv(self.slots[0])
+
+    def _whole_kv(self, s: Slot) -> tuple[torch.Tensor, torch.Tensor]:
+        """A resident slot's K and V [B, g, capacity, D] in the model dtype, as a replayed decode attends them:
+        views of its buffer, or of an fp8 store's rows dequantised whole."""
         buf = self._dequantized(s) if self.fp8 else s.gpu
         return kv_views(buf, 0, buf.shape[0])
 
@@ -250,7 +252,7 @@ class SlotLayer(PlanLayer):
         graph = self.rt.graph
         if graph is not None:  # captured: the position and the key count are device tensors
             s.gpu.index_copy_(0, graph.pos.view(1), new[:, :, :, s.h0 : s.h1])
-            return decode_attend(qs, *kv_views(s.gpu, 0, s.gpu.shape[0]), graph.n_keys, scale)
+            return decode_attend(qs, *self._whole_kv(s), graph.n_keys, scale)
         if s.gpu is None or s.gpu.shape[0] < P + C:
             self._grow(s, P + C)
         s.gpu[P : P + C].copy_(new[:, :, :, s.h0 : s.h1])
@@ -378,8 +380,7 @@ class SlotLayer(PlanLayer):
         # captured: the row goes in at the device position, and the whole store is dequantised
         if graph is not None:
             kvquant.write_row_at(s.store, graph.pos.view(1), new[:, :, :, s.h0 : s.h1])
-            buf = self._dequantized(s)
-            return decode_attend(qs, *kv_views(buf, 0, buf.shape[0]), graph.n_keys, scale)
+            return decode_attend(qs, *self._whole_kv(s), graph.n_keys, scale)
         P, C = self.P, self.C
         lay = kvquant.layout_of(self.rt.shape, s.g)
         if s.gpu is None or s.gpu.numel() < lay.nbytes(P + C):

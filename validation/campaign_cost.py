@@ -22,9 +22,8 @@ from roofsim.units import parse_bytes, parse_tokens
 from roofsim.validate import _plans, check_config, load_configs
 from roofsim.workload import Workload
 
-RUN_OVERHEAD_S = (
-    10.0  # per run outside its prefill and decode: build, warm-up, untimed forward, capture, exit
-)
+# per run outside its prefill and decode: build, warm-up, untimed forward, capture, exit
+RUN_OVERHEAD_S = 10.0
 
 
 def config_runs(cfg, gpu, host) -> list[tuple[str, str, float, float, bool]]:

@@ -77,12 +77,8 @@ def attention_points(model: ModelSpec) -> tuple[list[FlopPoint], list[FlopPoint]
     return prefill, short, decode
 
 
-HEAD_DIMS = (
-    64,
-    96,
-    128,
-    256,
-)  # the head dims of the models roofsim ships (Phi-3: 96, Gemma-3-12B: 256, gpt-oss: 64)
+# the head dims of the models roofsim ships (Phi-3: 96, Gemma-3-12B: 256, gpt-oss: 64)
+HEAD_DIMS = (64, 96, 128, 256)
 
 
 def head_dim_points(model: ModelSpec, C: int = 8192, P: int = 24576) -> dict[int, FlopPoint]:
