@@ -19,14 +19,14 @@ from roofsim.units import fmt_band
 from roofsim.workload import Workload
 
 ROOT = Path(__file__).parent.parent
-S21 = ROOT / "validation" / "results" / "h100" / "s21"
-PROFILE = str(S21 / "h100-sxm-calibrated.toml")
+S22 = ROOT / "validation" / "results" / "h100" / "s22"
+PROFILE = str(S22 / "h100-sxm-calibrated.toml")
 L3 = load_model("llama-3-8b")
 WORK = Workload(context=65536, gen=8)
 
 
 def _measurements() -> Measurements:
-    return Measurements.model_validate_json((S21 / "h100-sxm-calibrated-measurements.json").read_text())
+    return Measurements.model_validate_json((S22 / "h100-sxm-calibrated-measurements.json").read_text())
 
 
 def _ratio(v: float) -> Sourced:

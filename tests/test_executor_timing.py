@@ -75,13 +75,13 @@ def test_the_fingerprint_is_the_trace_schema_and_fits_the_measurements_file():
     assert isinstance(fp, Fingerprint) and fp.torch == torch.__version__
     assert fp.cpu_threads == torch.get_num_threads() and fp.cpu_worker_threads >= 1
     assert Fingerprint.model_validate_json(fp.model_dump_json()) == fp
-    committed = Measurements.model_validate_json((RESULTS / "s21" / MEASUREMENTS).read_text())
+    committed = Measurements.model_validate_json((RESULTS / "s22" / MEASUREMENTS).read_text())
     stored = committed.model_copy(update={"fingerprint": fp.model_dump(exclude_none=True)})
     again = Measurements.model_validate_json(stored.model_dump_json())
     assert Fingerprint.model_validate(again.fingerprint) == fp
 
 
-@pytest.mark.parametrize("folder", ["s19", "s21"])
+@pytest.mark.parametrize("folder", ["s22"])
 def test_committed_measurements_still_read_and_their_fingerprint_fits_the_schema(folder):
     m = Measurements.model_validate_json((RESULTS / folder / MEASUREMENTS).read_text())
     assert Fingerprint.model_validate(m.fingerprint).gpu_name.startswith("NVIDIA H100")

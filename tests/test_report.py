@@ -514,7 +514,7 @@ def test_a_calibrated_profile_shows_its_host_pace_and_call_costs_in_the_header()
     from roofsim.report.header import gpu_rows
 
     calibrated = load_gpu(
-        str(Path(__file__).parent.parent / "validation/results/h100/s19/h100-sxm-calibrated.toml")
+        str(Path(__file__).parent.parent / "validation/results/h100/s22/h100-sxm-calibrated.toml")
     )
     names = [row[0] for row in gpu_rows(calibrated)]
     for name in (

@@ -6,7 +6,7 @@
 # Then, here: extract the archive into a folder and compare the measured traces:
 #   mkdir -p /tmp/recheck && tar xzf campaign-recheck.tar.gz -C /tmp/recheck
 #   python validation/compare_measured.py validation/results/h100/campaign /tmp/recheck/campaign
-# The predictions in the archive use the s21 profile (any profile serves: only the measurements are compared).
+# The predictions in the archive use the s22 profile (any profile serves: only the measurements are compared).
 set -uo pipefail
 . validation/device_setup.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv > "$OUT/gpu.txt"
@@ -18,5 +18,5 @@ repo=$PWD
   > "$OUT/gpu-tests.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
 tail -3 "$OUT/gpu-tests.log"
-PROFILE=validation/results/h100/s21/h100-sxm-calibrated.toml LABEL=recheck \
+PROFILE=validation/results/h100/s22/h100-sxm-calibrated.toml LABEL=recheck \
   bash validation/run_campaign.sh only "${CONFIGS:-l3-head-g4-r1-128k,l3-kvpr-64k,q7-cpu1-64k}"
