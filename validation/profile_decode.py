@@ -1,0 +1,98 @@
+"""Where a replayed decode step's GPU time goes: torch.profiler (CUPTI) over `run_plan` of a resident plan whose
+decode is replayed from a CUDA graph, then, for the kernels the last replay ran, per kernel name the count and GPU
+time per step, their sum, and the step's span on the GPU (first kernel's start to last kernel's end): span - sum is
+the time between the graph's kernels. Also the same for the last eager decode step where --eager is given.
+
+    cd /tmp && python REPO/validation/profile_decode.py --model llama-3-8b --context 16384 --out $OUT/profile
+
+Writes OUT/profile-<model>-<context>.json (the table) and prints it; the chrome trace is not kept (it is large).
+A diagnostic: nothing in roofsim reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from roofsim.executor.models import load_model
+from roofsim.executor.runner import run_plan
+from torch.profiler import ProfilerActivity, profile
+
+from roofsim.families import ResidentPlan
+
+
+def _events(trace: Path) -> list[dict]:
+    return json.loads(trace.read_text()).get("traceEvents", [])
+
+
+def last_replay_kernels(events: list[dict]) -> list[dict]:
+    """The kernels of the last cudaGraphLaunch: those sharing its correlation id, or, where the profiler did not
+    tie them, every kernel that started after it and before the next runtime call that waits for the device."""
+    launches = [e for e in events if e.get("cat") == "cuda_runtime" and e.get("name") == "cudaGraphLaunch"]
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    if not launches:
+        return []
+    last = max(launches, key=lambda e: e["ts"])
+    corr = last.get("args", {}).get("correlation")
+    tied = [k for k in kernels if corr is not None and k.get("args", {}).get("correlation") == corr]
+    if tied:
+        return tied
+    later = sorted((k for k in kernels if k["ts"] >= last["ts"]), key=lambda k: k["ts"])
+    return later
+
+
+def table(kernels: list[dict]) -> dict:
+    by = collections.defaultdict(lambda: [0, 0.0])
+    for k in kernels:
+        by[k["name"][:90]][0] += 1
+        by[k["name"][:90]][1] += k["dur"]
+    busy = sum(k["dur"] for k in kernels)
+    span = (max(k["ts"] + k["dur"] for k in kernels) - min(k["ts"] for k in kernels)) if kernels else 0.0
+    rows = sorted(({"kernel": n, "count": c, "us": t} for n, (c, t) in by.items()), key=lambda r: -r["us"])
+    return {
+        "kernels": len(kernels),
+        "busy_us": busy,
+        "span_us": span,
+        "gaps_us": span - busy,
+        "by_name": rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--context", type=int, default=16384)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, name = load_model(args.model, device="cuda", max_positions=args.context + 64)
+    plan = ResidentPlan(prefill_chunk=min(args.context, 16384), decode_graphs=True)
+    run_plan(plan, model, model_name=name, prompt_len=args.context, gen=3, warmup=1, trace_steps=0)  # warm
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        r = run_plan(plan, model, model_name=name, prompt_len=args.context, gen=4, warmup=1, trace_steps=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        got = table(last_replay_kernels(_events(trace)))
+    got.update(
+        model=name,
+        context=args.context,
+        gpu=torch.cuda.get_device_name(),
+        decode_step_s=r.trace.summary.decode.step_s,
+        notes=[n for n in r.trace.header.notes if "decode" in n],
+    )
+    (out / f"profile-{name}-{args.context}.json").write_text(json.dumps(got, indent=1))
+    print(
+        f"{name} {args.context}: {got['kernels']} kernels, busy {got['busy_us']:.0f} us, span {got['span_us']:.0f} us"
+    )
+    for row in got["by_name"][:25]:
+        print(f"  {row['count']:5d} {row['us']:9.1f} us  {row['kernel']}")
+
+
+if __name__ == "__main__":
+    main()
