@@ -49,3 +49,16 @@ def test_without_correlation_the_kernels_after_the_last_launch_count():
     events = [_launch(0, None), _kernel("a", 1, 2, None), _launch(10, None), _kernel("b", 11, 3, None)]
     assert [k["name"] for k in p.last_replay_kernels(events)] == ["b"]
     assert p.last_replay_kernels([_kernel("a", 1, 2, 1)]) == []
+
+
+def test_the_prefill_table_holds_the_kernels_before_the_first_replay():
+    p = _module()
+    events = [
+        _kernel("gemm", 1, 50, 7),
+        _kernel("attn", 60, 30, 8),
+        _launch(100, 2),
+        _kernel("gemv", 105, 10, 2),
+    ]
+    got = p.table(p.kernels_before_first_replay(events))
+    assert got["busy_us"] == 80 and {r["kernel"] for r in got["by_name"]} == {"gemm", "attn"}
+    assert len(p.kernels_before_first_replay([_kernel("a", 1, 2, 1)])) == 1

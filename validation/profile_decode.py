@@ -1,7 +1,8 @@
 """Where a replayed decode step's GPU time goes: torch.profiler (CUPTI) over `run_plan` of a resident plan whose
 decode is replayed from a CUDA graph, then, for the kernels the last replay ran, per kernel name the count and GPU
 time per step, their sum, and the step's span on the GPU (first kernel's start to last kernel's end): span - sum is
-the time between the graph's kernels. Also the same for the last eager decode step where --eager is given.
+the time between the graph's kernels. Also, under "prefill", the same table for every kernel the profiled run
+issued before its first replay (its prefill, with the run's untimed warm-up forward), beside the measured prefill.
 
     cd /tmp && python REPO/validation/profile_decode.py --model llama-3-8b --context 16384 --out $OUT/profile
 
@@ -45,6 +46,15 @@ def last_replay_kernels(events: list[dict]) -> list[dict]:
     return later
 
 
+def kernels_before_first_replay(events: list[dict]) -> list[dict]:
+    """Every kernel that started before the first cudaGraphLaunch (all of them where there is none)."""
+    launches = [
+        e["ts"] for e in events if e.get("cat") == "cuda_runtime" and e.get("name") == "cudaGraphLaunch"
+    ]
+    first = min(launches) if launches else float("inf")
+    return [e for e in events if e.get("cat") == "kernel" and e["ts"] < first]
+
+
 def table(kernels: list[dict]) -> dict:
     by = collections.defaultdict(lambda: [0, 0.0])
     for k in kernels:
@@ -78,8 +88,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(trace))
-        got = table(last_replay_kernels(_events(trace)))
+        events = _events(trace)
+        got = table(last_replay_kernels(events))
+        prefill = table(kernels_before_first_replay(events))
+    prefill["prefill_s"] = r.trace.summary.prefill_s
     got.update(
+        prefill=prefill,
         model=name,
         context=args.context,
         gpu=torch.cuda.get_device_name(),
@@ -92,6 +106,11 @@ def main() -> None:
     )
     for row in got["by_name"][:25]:
         print(f"  {row['count']:5d} {row['us']:9.1f} us  {row['kernel']}")
+    print(
+        f"prefill {prefill['prefill_s']:.3f} s measured; kernels before the first replay: busy {prefill['busy_us'] / 1e6:.3f} s"
+    )
+    for row in prefill["by_name"][:15]:
+        print(f"  {row['count']:5d} {row['us'] / 1e3:9.1f} ms  {row['kernel']}")
 
 
 if __name__ == "__main__":
