@@ -56,6 +56,12 @@ class BatchPoint(BaseModel):
     seconds: float
 
 
+class KernelPoint(BaseModel):
+    label: str
+    nbytes: int
+    seconds: float
+
+
 class FlopPoint(BaseModel):
     label: str
     flops: float
@@ -125,6 +131,23 @@ class Measurements(BaseModel):
     cpu_copy_gbps: float = Field(description="host memcpy, bytes read plus written per second")
     cpu_attention: list[CopyPoint] = Field(description="KV bytes scanned by CPU decode attention")
     cpu_matmul_tflops: float
+    decode_gemv: list[KernelPoint] | None = Field(
+        default=None,
+        description="one token's GEMVs of a decoder layer and the LM head (rows = 1), each weight read from HBM "
+        "(copies of it cycled past the L2), the GPU asleep while the host queues them: weight bytes and GPU seconds "
+        "a call. Recorded for the replayed step's pricing; no profile value is fitted from it yet",
+    )
+    graph_kernel_us: float | None = Field(
+        default=None,
+        description="GPU time per tiny kernel replayed from a CUDA graph (gpu_kernel_us's kernels, captured). "
+        "Recorded; no profile value is fitted from it yet",
+    )
+    attention_decode_replay: list[CopyPoint] | None = Field(
+        default=None,
+        description="the decode kernel a replayed step runs (executor attention.decode_attend after "
+        "pick_decode_kernel) over 4K, 32K and 128K keys of a token-major slot, the GPU asleep while the host "
+        "queues it: KV bytes read and GPU seconds. Recorded; no profile value is fitted from it yet",
+    )
     gpu_kernel_us: float | None = Field(
         default=None, description="GPU time per tiny kernel queued back to back behind a sleeping kernel"
     )

@@ -230,7 +230,8 @@ MEASURE_ORDER = (
     + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "head_dim_points", "vector_ops"]
     + ["fp8_passes"]
     + ["decode_layer_cost"]
-    + ["sync_us", "gpu_kernel_us", "topk_points", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
+    + ["sync_us", "gpu_kernel_us", "decode_gemv_points", "graph_kernel_us", "decode_replay_points"]
+    + ["topk_points", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost"]  # the MoE layer's diagnostic
     + ["decode_layer_cost_beside_cpu", "worker_round_trip_s", "decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
@@ -249,7 +250,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     from roofsim.executor import calibrate
     from roofsim.executor.calibrate import attention, cpu, host, kernels, link
 
-    from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, pace_beside
+    from roofsim.calibration import BatchPoint, CopyPoint, FlopPoint, KernelPoint, pace_beside
     from roofsim.specs import load_model
     from roofsim.trace import Fingerprint
 
@@ -278,6 +279,14 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(kernels, "vector_ops", [point])
     fake(host, "sync_us", 3.0)
     fake(kernels, "gpu_kernel_us", 4.0)
+    fake(kernels, "decode_gemv_points", [KernelPoint(label="q", nbytes=1, seconds=1.0)])
+
+    def graph_fails():
+        log.append("graph_kernel_us")
+        raise RuntimeError("no graphs here")
+
+    monkeypatch.setattr(kernels, "graph_kernel_us", graph_fails)
+    fake(attention, "decode_replay_points", [point])
     fake(kernels, "topk_points", [point])
     fake(kernels, "fp8_passes", [point])
     fake(attention, "attention_call_costs", (6.0, 7.0, 0.5))
@@ -316,6 +325,10 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     assert (m.h2d_after_gather_gbps, m.h2d_stage_again_gbps) == (15.0, 16.0)
     assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1
     assert set(m.attention_head_dims) == {128} and m.attention_head_dim_at == 128
+    # recorded-only timings: a failing one is left out, the calibration goes on
+    assert (
+        m.decode_gemv[0].label == "q" and m.attention_decode_replay == [point] and m.graph_kernel_us is None
+    )
 
 
 def test_the_expert_loops_are_timed_per_expert_hit():
@@ -325,3 +338,37 @@ def test_the_expert_loops_are_timed_per_expert_hit():
 
     loop, fetch = kernels.expert_costs_s("cpu", width=(128, 64))
     assert loop > 0.0 and fetch >= 0.0
+
+
+def test_the_decode_gemvs_are_the_layers_shapes_and_the_lm_head_one_token_each():
+    """kernels.decode_gemv_points times one token's GEMV at each of a layer's weight shapes and the LM head's (on
+    the CPU here, a tiny model), each with its weight's bytes."""
+    from roofsim.executor.calibrate import kernels
+
+    from roofsim.specs import load_model
+
+    tiny = load_model("llama-3-8b").model_copy(
+        update=dict(hidden=64, intermediate=128, vocab=256, n_heads=4, n_kv_heads=2, head_dim=16)
+    )
+    points = kernels.decode_gemv_points(tiny, device="cpu")
+    shapes = [*kernels.layer_gemm_shapes(tiny), ("lm_head", 64, 256)]
+    assert [p.label for p in points] == [f"decode {n} 1x{k}x{m}" for n, k, m in shapes]
+    assert [p.nbytes for p in points] == [2 * k * m for _, k, m in shapes]
+    assert all(p.seconds > 0 for p in points)
+
+
+@pytest.mark.gpu
+def test_the_replayed_step_kernels_are_timed_on_the_gpu():
+    """On a GPU: a tiny kernel replayed from a graph costs under the 2-20 us a queued one does at most, and the
+    replayed decode kernel's time grows with the keys it reads."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from roofsim.executor.calibrate import attention, kernels
+
+    from roofsim.specs import load_model
+
+    assert 0 < kernels.graph_kernel_us() < 20
+    points = attention.decode_replay_points(load_model("llama-3-8b"), lengths=(4096, 65536))
+    assert points[0].nbytes < points[1].nbytes and 0 < points[0].seconds < points[1].seconds

@@ -77,6 +77,28 @@ def attention_points(model: ModelSpec) -> tuple[list[FlopPoint], list[FlopPoint]
     return prefill, short, decode
 
 
+def decode_replay_points(model: ModelSpec, lengths=(4096, 32768, 131072)) -> list[CopyPoint]:
+    """The decode kernel a replayed step runs (decode_attend, once pick_decode_kernel chose it) over `lengths` keys
+    of a token-major slot of the model's KV heads, batch 1, the GPU asleep while the host queues it: the KV bytes
+    read and the GPU seconds."""
+    from roofsim.executor.attention import decode_attend, kv_views, pick_decode_kernel
+
+    hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
+    scale = d**-0.5
+    out = []
+    with torch.no_grad():
+        for L in lengths:
+            K, V = kv_views(torch.randn(L, 1, 2, hk, d, device="cuda", dtype=torch.bfloat16), 0, L)
+            q = torch.randn(1, hq, 1, d, device="cuda", dtype=torch.bfloat16)
+            pick_decode_kernel(q, K, V, L, scale)
+            n_keys = torch.full((1,), L, dtype=torch.int32, device="cuda")
+            t = cuda_time_s(
+                lambda q=q, K=K, V=V, n=n_keys: decode_attend(q, K, V, n, scale), sleep_cycles=QUEUE_CYCLES
+            )
+            out.append(CopyPoint(nbytes=2 * L * hk * d * 2, seconds=t))
+    return out
+
+
 # the head dims of the models roofsim ships (Phi-3: 96, Gemma-3-12B: 256, gpt-oss: 64)
 HEAD_DIMS = (64, 96, 128, 256)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from roofsim.executor.timing import QUEUE_CYCLES, cuda_time_s, wall_time_s
 
-from roofsim.calibration import CopyPoint, FlopPoint
+from roofsim.calibration import CopyPoint, FlopPoint, KernelPoint
 from roofsim.specs.model import ModelSpec
 
 
@@ -74,6 +74,57 @@ def vector_ops(model: ModelSpec, device: str = "cuda", tokens: int = 16384) -> l
             CopyPoint(nbytes=int(float(counted[name].hbm_bytes)), seconds=timer(fn))
             for name, fn in cases.items()
         ]
+
+
+GEMV_CYCLED_BYTES = 256 * 2**20
+"""Weight copies a decode GEMV is timed over, in bytes (at most GEMV_COPIES of them): several times a GPU's L2, so
+that each call reads its weight from HBM as a decode step does, whose every layer has weights of its own."""
+GEMV_COPIES = 16
+
+
+def decode_gemv_points(model: ModelSpec, device: str = "cuda") -> list[KernelPoint]:
+    """One token's GEMVs (rows = 1) at the shapes of layer_gemm_shapes and the LM head: per shape, copies of the
+    weight cycled so that none is read from L2, the GPU asleep while the host queues them (the kernels alone, as a
+    replayed step runs them); the weight's bytes and the GPU seconds a call. A small GEMV falls short of the HBM
+    rate by more than a tiny kernel's fixed cost (gpu_kernel_us): too few blocks to keep every SM's loads in
+    flight, and a ramp at each end."""
+    kw = dict(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    out = []
+    with torch.no_grad():
+        for name, k, n in [*layer_gemm_shapes(model), ("lm_head", model.hidden, model.vocab)]:
+            nbytes = k * n * 2
+            copies = max(1, min(GEMV_COPIES, -(-GEMV_CYCLED_BYTES // nbytes)))
+            x = torch.randn(1, k, **kw)
+            weights = [torch.randn(n, k, **kw) for _ in range(copies)]
+
+            def calls(x=x, weights=weights) -> None:
+                for w in weights:
+                    torch.nn.functional.linear(x, w)
+
+            seconds = (
+                cuda_time_s(calls, sleep_cycles=QUEUE_CYCLES) if device == "cuda" else wall_time_s(calls)
+            )
+            out.append(KernelPoint(label=f"decode {name} 1x{k}x{n}", nbytes=nbytes, seconds=seconds / copies))
+            del weights
+    return out
+
+
+def graph_kernel_us(n: int = 400) -> float:
+    """GPU time per tiny kernel replayed from a CUDA graph: gpu_kernel_us's n adds captured once, the replay timed
+    with the GPU asleep while the host issues it. A replayed decode step pays this per kernel instead of
+    gpu_kernel_us (the graph's kernels start without a launch each)."""
+    x = torch.zeros(256, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # a capture wants its kernels warmed up off the default stream
+        for _ in range(3):
+            x.add_(1.0)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(n):
+            x.add_(1.0)
+    return cuda_time_s(graph.replay, repeat=3, warmup=1, sleep_cycles=QUEUE_CYCLES) * 1e6 / n
 
 
 # ~0.1 s of torch.cuda._sleep at H100 clocks: far longer than the host takes to queue gpu_kernel_us's n kernels
