@@ -135,7 +135,7 @@ class Measurements(BaseModel):
         default=None,
         description="one token's GEMVs of a decoder layer and the LM head (rows = 1), each weight read from HBM "
         "(copies of it cycled past the L2), the GPU asleep while the host queues them: weight bytes and GPU seconds "
-        "a call. Recorded for the replayed step's pricing; no profile value is fitted from it yet",
+        "a call; their line gives efficiency.gemv and gemv_us",
     )
     graph_kernel_us: float | None = Field(
         default=None,
@@ -362,6 +362,28 @@ def topk_fit(m: Measurements) -> dict[str, tuple[float, str]]:
     return {}
 
 
+def gemv_fit(m: Measurements, base: GpuSpec) -> dict[str, tuple[float, str]]:
+    """efficiency.gemv and gemv_us: the least-squares line through one token's GEMVs (Measurements.decode_gemv),
+    time = fixed + weight bytes / rate, where they were timed; else nothing (memory-bound GEMMs priced as any
+    memory-bound kernel)."""
+    points = [CopyPoint(nbytes=p.nbytes, seconds=p.seconds) for p in m.decode_gemv or []]
+    line = _line(points) if points else None
+    if line is None:
+        return {}
+    fixed, rate = line
+    how = (
+        f"least-squares line through {len(points)} timings of one token's GEMV (a layer's weight shapes and the LM "
+        "head's), each weight read from HBM"
+    )
+    return {
+        "gemv": (
+            rate / (base.memory.bandwidth_gbps.value * 1e9),
+            how + ": its rate over the datasheet bandwidth",
+        ),
+        "gemv_us": (fixed * 1e6, how + ": its intercept, GPU us a call"),
+    }
+
+
 def head_dim_ratios(m: Measurements) -> dict[int, float] | None:
     """Each timed head dim's attention FLOP/s over the calibration model's head dim's (1 there), or None where
     the head dims were not timed (older measurements) or the model's own is missing among them."""
@@ -518,6 +540,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                 else {}
             ),
             **topk_fit(m),
+            **gemv_fit(m, base),
         },
         "runtime": {
             "copy_issue_us": (

@@ -1,5 +1,7 @@
 """Roofline time of an operator: max(FLOPs / achievable FLOP/s, bytes / achievable HBM bandwidth) plus a fixed
-per-kernel GPU cost, and which ceiling binds. Achievable = datasheet peak x the efficiency in the GPU spec.
+per-kernel GPU cost, and which ceiling binds. Achievable = datasheet peak x the efficiency in the GPU spec. A GEMM
+whose bytes bind (a decode token's matrix-vector product) is priced on the calibrated GEMV line where the profile
+has one (efficiency.gemv, gemv_us): small weights fall short of the copy rate by more than a kernel's spacing.
 The host's cost of dispatching the kernels (GpuWork.kernels x kernel_us) is separate: the host runs ahead of the
 GPU, so a launch-bound step takes max(host dispatch, GPU work), which the families and the simulator apply."""
 
@@ -66,8 +68,14 @@ def op_time(op: Op, gpu: GpuSpec) -> OpTime:
             launch_s=np.asarray(op.kernels, dtype=float) * gpu.gpu_kernel_s,
         )
     compute = np.asarray(op.flops, dtype=float) / peak_flops(op, gpu)
-    rate = gpu.vector_bytes_per_s if op.kind == "vector" else gpu.hbm_bytes_per_s
-    memory = np.asarray(op.hbm_bytes, dtype=float) / rate
+    if op.kind == "gemm":  # where memory binds, a GEMV-like call: the calibrated line's rate and fixed part
+        memory = (
+            np.asarray(op.hbm_bytes, dtype=float) / gpu.gemv_bytes_per_s
+            + np.asarray(op.kernels, dtype=float) * gpu.gemv_extra_s
+        )
+    else:
+        rate = gpu.vector_bytes_per_s if op.kind == "vector" else gpu.hbm_bytes_per_s
+        memory = np.asarray(op.hbm_bytes, dtype=float) / rate
     compute_bound = compute >= memory
     extra = np.asarray(op.extra_bytes, dtype=float) / gpu.hbm_bytes_per_s
     if np.any(np.asarray(op.fp8_bytes) > 0):

@@ -871,3 +871,50 @@ def test_a_timed_moe_layer_gives_the_profile_what_its_count_misses(tmp_path):
     cheaper = base.model_copy(update={"moe_layer_s": priced / 2})
     below = load_gpu(str(write_profile(spec, host, cheaper, tmp_path / "below")[0]))
     assert below.runtime.moe_layer_us.value == 0.0
+
+
+def test_decode_gemvs_fit_a_line_that_prices_memory_bound_gemms_only(tmp_path):
+    """One token's GEMVs timed at several weight sizes fit a line: its slope is efficiency.gemv (a share of the
+    datasheet bandwidth) and its intercept gemv_us. A memory-bound GEMM (a decode token's projection) then costs
+    its bytes at that rate plus the intercept beyond the kernel spacing every kernel pays; a compute-bound one (a
+    prefill chunk's) is priced as before, and a calibration without the GEMVs prices both as before."""
+    from roofsim import ops
+    from roofsim.calibration import KernelPoint
+    from roofsim.roofline import op_time
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    bw = spec.memory.bandwidth_gbps.value * 1e9
+    gemvs = [
+        KernelPoint(label=f"decode w{n}", nbytes=n, seconds=5e-6 + n / (0.8 * bw))
+        for n in (2**23, 2**25, 2**30)
+    ]
+    m = probe_measurements().model_copy(update={"decode_gemv": gemvs, "gpu_kernel_us": 2.0})
+    fitted = fit(spec, m)["efficiency"]
+    assert fitted["gemv"][0] == pytest.approx(0.8) and fitted["gemv_us"][0] == pytest.approx(5.0)
+    profile = load_gpu(str(write_profile(spec, host, m, tmp_path)[0]))
+    without = probe_measurements().model_copy(update={"gpu_kernel_us": 2.0})
+    plain = load_gpu(str(write_profile(spec, host, without, tmp_path / "plain")[0]))
+    assert plain.efficiency.gemv is None and plain.gemv_extra_s == 0.0
+    model = load_model("llama-3-8b")
+    decode = {op.name: op for op in ops.post_attention_ops(model, 1, 1)}["down_proj"]
+    prefill = {op.name: op for op in ops.post_attention_ops(model, 16384, 1)}["down_proj"]
+    t = op_time(decode, profile)
+    assert float(t.hbm_s) == pytest.approx(float(decode.hbm_bytes) / (0.8 * bw) + 3e-6)
+    assert float(t.total_s) > float(op_time(decode, plain).total_s)
+    assert float(op_time(prefill, profile).total_s) == pytest.approx(float(op_time(prefill, plain).total_s))
+
+
+def test_the_committed_profile_carries_the_gemv_line_its_measurements_give():
+    """The development set's profile got its GEMV line after calibrate (validation/add_gemv.py): what the
+    profile says is what gemv_fit gives from the measurements committed beside it."""
+    from roofsim.calibration import gemv_fit
+    from roofsim.jsonfile import read_json_object
+
+    folder = Path(__file__).parent.parent / "validation/results/h100/s22"
+    m = Measurements.model_validate(
+        read_json_object(folder / "h100-sxm-calibrated-measurements.json", "measurements file")
+    )
+    profile = load_gpu(str(folder / "h100-sxm-calibrated.toml"))
+    fitted = gemv_fit(m, profile)
+    assert profile.efficiency.gemv.value == pytest.approx(fitted["gemv"][0], rel=1e-5)
+    assert profile.efficiency.gemv_us.value == pytest.approx(fitted["gemv_us"][0], rel=1e-5)

@@ -79,7 +79,7 @@ def vector_ops(model: ModelSpec, device: str = "cuda", tokens: int = 16384) -> l
 GEMV_CYCLED_BYTES = 256 * 2**20
 """Weight copies a decode GEMV is timed over, in bytes (at most GEMV_COPIES of them): several times a GPU's L2, so
 that each call reads its weight from HBM as a decode step does, whose every layer has weights of its own."""
-GEMV_COPIES = 16
+GEMV_COPIES = 32
 
 
 def decode_gemv_points(model: ModelSpec, device: str = "cuda") -> list[KernelPoint]:

@@ -214,6 +214,16 @@ class EfficiencySpec(_Section):
         "rows and the dequantisation of the store into a scratch, over strided block-major stores), as "
         "roofsim's operator model counts their bytes (roofsim.kvformat); None: `memory`",
     )
+    gemv: SourcedNumber | None = Field(
+        None,
+        description="the share of the memory bandwidth a memory-bound GEMM (one decode token's matrix-vector "
+        "product) reaches as the slope of its time against its weight bytes, in (0, 1]; None: `memory`",
+    )
+    gemv_us: SourcedNumber | None = Field(
+        None,
+        description="GPU time of one memory-bound GEMM call beyond its bytes at `gemv`, us (the line's intercept: "
+        "its ramp up and down, gpu_kernel_us's spacing included); None: gpu_kernel_us alone",
+    )
     attention_rows: dict[int, SourcedNumber] | None = Field(
         None,
         description="the executor's chunk-after-a-past attention efficiency by the call's GQA-folded query rows "
@@ -231,11 +241,11 @@ class EfficiencySpec(_Section):
     )
 
     _fraction = field_validator("gemm", "attention", "memory")(lambda v, info: fraction(info.field_name, v))
-    _vector = field_validator("vector", "fp8_passes")(
+    _vector = field_validator("vector", "fp8_passes", "gemv")(
         lambda v, info: v if v is None else fraction(info.field_name, v)
     )
     _topk = field_validator("topk_gelems")(lambda v, info: v if v is None else positive(info.field_name, v))
-    _topk_call = field_validator("topk_call_us")(
+    _topk_call = field_validator("topk_call_us", "gemv_us")(
         lambda v, info: v if v is None or v.value >= 0 else positive(info.field_name, v)
     )
 
@@ -453,6 +463,19 @@ class GpuSpec(_Section):
         """HBM bytes per second of the fp8 KV store's write and dequantisation passes."""
         v = self.efficiency.fp8_passes
         return self.hbm_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
+
+    @property
+    def gemv_bytes_per_s(self) -> float:
+        """HBM bytes per second of a memory-bound GEMM's weight read (efficiency.gemv; else `memory`'s)."""
+        v = self.efficiency.gemv
+        return self.hbm_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
+
+    @property
+    def gemv_extra_s(self) -> float:
+        """GPU seconds a memory-bound GEMM call takes beyond its bytes and gpu_kernel_s (efficiency.gemv_us less
+        the spacing every kernel pays, at least 0; 0 without gemv_us)."""
+        g = self.efficiency.gemv_us
+        return 0.0 if g is None else max(0.0, g.value * 1e-6 - self.gpu_kernel_s)
 
     @property
     def vector_bytes_per_s(self) -> float:
