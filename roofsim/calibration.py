@@ -131,6 +131,12 @@ class Measurements(BaseModel):
     cpu_copy_gbps: float = Field(description="host memcpy, bytes read plus written per second")
     cpu_attention: list[CopyPoint] = Field(description="KV bytes scanned by CPU decode attention")
     cpu_matmul_tflops: float
+    fp8_writes: list[CopyPoint] | None = Field(
+        default=None,
+        description="the fp8 KV store's write of a prefill chunk's rows (executor kvquant.write) at the model's KV "
+        "heads, the GPU asleep while the host queues it: the bytes roofsim's operator model counts for it and the "
+        "GPU seconds; they give efficiency.fp8_write",
+    )
     decode_gemv: list[KernelPoint] | None = Field(
         default=None,
         description="one token's GEMVs of a decoder layer and the LM head (rows = 1), each weight read from HBM "
@@ -537,6 +543,17 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
                     )
                 }
                 if m.fp8_passes
+                else {}
+            ),
+            **(
+                {
+                    "fp8_write": (
+                        _bandwidth_share(m.fp8_writes, base),
+                        "the fp8 store's write of a prefill chunk's rows at the model's KV heads: operator-model "
+                        "bytes / time / datasheet bandwidth",
+                    )
+                }
+                if m.fp8_writes
                 else {}
             ),
             **topk_fit(m),

@@ -43,6 +43,9 @@ class Op:
     # stores, priced at the GPU's fp8 pass rate (GpuSpec.fp8_bytes_per_s); fp8_calls: the attention calls that
     # make them (a calibrated profile prices their host cost directly)
     fp8_bytes: Num = 0.0
+    # of those passes, the write of the call's new rows: priced at its own rate where the profile timed one at a
+    # prefill chunk (GpuSpec.fp8_write_bytes_per_s), a bulk pass of many rows unlike a decode call's one
+    fp8_write_bytes: Num = 0.0
     fp8_calls: Num = 0
     expert_calls: Num = 0  # MoE experts hit, each an iteration of the host's expert loop
     moe_layers: Num = 0  # MoE layers' expert blocks: a calibrated profile adds runtime.moe_layer_us each
@@ -175,12 +178,11 @@ def attention_op(
         else 0.0
     )
     fold = 2.0 * q_elems * e if m.group > 1 else 0.0
-    fp8_bytes = 0.0
+    fp8_bytes = fp8_write_bytes = 0.0
     if kvformat.fp8(kv_dtype):
         elems = 2.0 * B * hk * m.head_dim
-        dequant = elems * (cached + np.asarray(C, dtype=float)) * kvformat.DEQUANT_BYTES_PER_ELEM
-        written = elems * kvformat.written_rows(P, C) * kvformat.QUANT_BYTES_PER_ELEM
-        fp8_bytes = dequant + written
+        fp8_bytes = elems * (cached + np.asarray(C, dtype=float)) * kvformat.DEQUANT_BYTES_PER_ELEM
+        fp8_write_bytes = elems * kvformat.written_rows(P, C) * kvformat.QUANT_BYTES_PER_ELEM
     prefill_calls = np.where(two_parts, calls, 0.0)
     query_rows = np.where(
         two_parts, B * (hq / np.asarray(calls, dtype=float)) * np.asarray(C, dtype=float), 0.0
@@ -203,6 +205,7 @@ def attention_op(
         kernels=kernels,
         extra_bytes=merge + repeat + fold,
         fp8_bytes=fp8_bytes,
+        fp8_write_bytes=fp8_write_bytes,
         fp8_calls=calls if kvformat.fp8(kv_dtype) else 0,
         runtime_calls=runtime,
         attn_calls=calls,

@@ -78,8 +78,9 @@ def op_time(op: Op, gpu: GpuSpec) -> OpTime:
         memory = np.asarray(op.hbm_bytes, dtype=float) / rate
     compute_bound = compute >= memory
     extra = np.asarray(op.extra_bytes, dtype=float) / gpu.hbm_bytes_per_s
-    if np.any(np.asarray(op.fp8_bytes) > 0):
+    if np.any(np.asarray(op.fp8_bytes) > 0) or np.any(np.asarray(op.fp8_write_bytes) > 0):
         extra = extra + np.asarray(op.fp8_bytes, dtype=float) / gpu.fp8_bytes_per_s
+        extra = extra + np.asarray(op.fp8_write_bytes, dtype=float) / gpu.fp8_write_bytes_per_s
     return OpTime(
         tensor_s=np.where(compute_bound, compute, 0.0),
         hbm_s=np.where(compute_bound, 0.0, memory) + extra,
@@ -172,7 +173,8 @@ def work(ops: list[Op], gpu: GpuSpec) -> GpuWork:
             np.asarray(op.flops, dtype=float),
             np.asarray(op.hbm_bytes, dtype=float)
             + np.asarray(op.extra_bytes, dtype=float)
-            + np.asarray(op.fp8_bytes, dtype=float),
+            + np.asarray(op.fp8_bytes, dtype=float)
+            + np.asarray(op.fp8_write_bytes, dtype=float),
             np.asarray(op.kernels, dtype=float),
             np.asarray(op.runtime_calls, dtype=float),
             np.asarray(op.attn_calls, dtype=float),

@@ -790,7 +790,7 @@ def test_measured_fp8_passes_and_call_cost_price_fp8_attention_only(tmp_path):
     bf16 = ops.attention_op(model, 1, 65536, 1, calls=8)
     assert float(fp8.fp8_bytes) > 0 and float(fp8.fp8_calls) == 8 and float(bf16.fp8_bytes) == 0
     gpu_s = float(op_time(fp8, profile).hbm_s) - float(op_time(bf16, profile).hbm_s)
-    assert gpu_s == pytest.approx(float(fp8.fp8_bytes) / (0.3 * bw))
+    assert gpu_s == pytest.approx((float(fp8.fp8_bytes) + float(fp8.fp8_write_bytes)) / (0.3 * bw))
     assert float(op_time(bf16, profile).total_s) == pytest.approx(float(op_time(bf16, plain).total_s))
     host_extra = float(work([fp8], profile).dispatch_s(profile) - work([bf16], profile).dispatch_s(profile))
     assert host_extra == pytest.approx(8 * 40e-6)
@@ -918,3 +918,28 @@ def test_the_committed_profile_carries_the_gemv_line_its_measurements_give():
     fitted = gemv_fit(m, profile)
     assert profile.efficiency.gemv.value == pytest.approx(fitted["gemv"][0], rel=1e-5)
     assert profile.efficiency.gemv_us.value == pytest.approx(fitted["gemv_us"][0], rel=1e-5)
+
+
+def test_fp8_chunk_writes_fit_their_own_rate_and_price_the_write_bytes_only(tmp_path):
+    """The fp8 store's write of prefill chunks, timed with the bytes the operator model counts, gives
+    efficiency.fp8_write; an fp8 attention call's write bytes are priced at it and its dequantisation at
+    fp8_passes, and without the timing the writes keep fp8_passes' rate."""
+    from roofsim import ops
+    from roofsim.roofline import op_time
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    bw = spec.memory.bandwidth_gbps.value * 1e9
+    passes = [CopyPoint(nbytes=2**28, seconds=2**28 / (0.2 * bw))]
+    writes = [CopyPoint(nbytes=n, seconds=n / (0.5 * bw)) for n in (2**28, 2**30)]
+    with_writes = probe_measurements().model_copy(update={"fp8_passes": passes, "fp8_writes": writes})
+    profile = load_gpu(str(write_profile(spec, host, with_writes, tmp_path)[0]))
+    plain_m = probe_measurements().model_copy(update={"fp8_passes": passes})
+    plain = load_gpu(str(write_profile(spec, host, plain_m, tmp_path / "plain")[0]))
+    assert profile.efficiency.fp8_write.value == pytest.approx(0.5) and plain.efficiency.fp8_write is None
+    assert plain.fp8_write_bytes_per_s == plain.fp8_bytes_per_s
+    model = load_model("llama-3-8b")
+    op = ops.attention_op(model, 8192, 24576, 1, kv_dtype="fp8_e4m3")
+    assert float(op.fp8_write_bytes) > 0 and float(op.fp8_bytes) > 0
+    saved = float(op.fp8_write_bytes) * (1 / (0.2 * bw) - 1 / (0.5 * bw))
+    got = float(op_time(op, plain).total_s) - float(op_time(op, profile).total_s)
+    assert got == pytest.approx(saved)

@@ -228,7 +228,7 @@ MEASURE_ORDER = (
     ["decode_layer_cost", "copies", "copies", "copies"]
     + ["back_to_back"] * 5
     + ["bidirectional_gbps", "d2d_gbps", "gemms", "attention_points", "head_dim_points", "vector_ops"]
-    + ["fp8_passes"]
+    + ["fp8_passes", "fp8_writes"]
     + ["decode_layer_cost"]
     + ["sync_us", "gpu_kernel_us", "decode_gemv_points", "graph_kernel_us", "decode_replay_points"]
     + ["topk_points", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
@@ -289,6 +289,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(attention, "decode_replay_points", [point])
     fake(kernels, "topk_points", [point])
     fake(kernels, "fp8_passes", [point])
+    fake(kernels, "fp8_writes", [point])
     fake(attention, "attention_call_costs", (6.0, 7.0, 0.5))
     fake(kernels, "expert_costs_s", (2.5e-4, 3e-5))
     fake(attention, "attention_new_shape_s", 8.0)
@@ -372,3 +373,21 @@ def test_the_replayed_step_kernels_are_timed_on_the_gpu():
     assert 0 < kernels.graph_kernel_us() < 20
     points = attention.decode_replay_points(load_model("llama-3-8b"), lengths=(4096, 65536))
     assert points[0].nbytes < points[1].nbytes and 0 < points[0].seconds < points[1].seconds
+
+
+def test_a_prefill_chunks_fp8_write_is_timed_with_the_bytes_the_operator_model_counts():
+    """kernels.fp8_writes stores a chunk's rows in fp8 as the executor does (on the CPU here, a tiny model) and
+    times each with the write bytes roofsim's operator model counts for that chunk."""
+    from roofsim.executor.calibrate import kernels
+
+    from roofsim import ops
+    from roofsim.specs import load_model
+
+    tiny = load_model("llama-3-8b").model_copy(update=dict(n_heads=4, n_kv_heads=2, head_dim=16))
+    points = kernels.fp8_writes(tiny, device="cpu")
+    counted = [
+        ops.attention_op(tiny, C, P, 1, kv_dtype="fp8_e4m3").fp8_write_bytes
+        for C, P in kernels.FP8_WRITE_CHUNKS
+    ]
+    assert [p.nbytes for p in points] == [int(float(c)) for c in counted]
+    assert all(p.seconds > 0 for p in points) and points[0].nbytes < points[1].nbytes

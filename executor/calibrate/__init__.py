@@ -132,6 +132,9 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     head_dims = attention.head_dim_points(model) if not model.is_mla else None
     vector = kernels.vector_ops(model)
     fp8 = kernels.fp8_passes(model) if not model.kv_latent else None
+    fp8_write = (
+        _recorded("fp8 chunk writes", lambda: kernels.fp8_writes(model)) if not model.kv_latent else None
+    )
     progress("fixed costs")
     tiny.append(tiny_layer())
     label("layer1")
@@ -211,6 +214,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         moe_layer_model=moe_model,
         moe_layer_pace_us=moe_pace,
         fp8_passes=fp8,
+        fp8_writes=fp8_write,
         host_pace_us=pace,
         launch_pace_us=launch,
         step_pace_us=step_pace,

@@ -168,7 +168,38 @@ def fp8_passes(model: ModelSpec, device: str = "cuda") -> list[CopyPoint]:
             kvquant.write(lay, store, past, new)
             kvquant.dequantize(lay, store, past + 1, scratch)
 
-        counted = ops.attention_op(model, 1, past, 1, kv_dtype="fp8_e4m3").fp8_bytes
+        op = ops.attention_op(model, 1, past, 1, kv_dtype="fp8_e4m3")
+        counted = op.fp8_bytes + op.fp8_write_bytes
+        seconds = cuda_time_s(call, sleep_cycles=QUEUE_CYCLES) if device == "cuda" else wall_time_s(call)
+        out.append(CopyPoint(nbytes=int(float(counted)), seconds=seconds))
+    return out
+
+
+FP8_WRITE_CHUNKS = ((4096, 24576), (16384, 49152))
+"""(chunk rows, past) of the prefill writes fp8_writes times: whole blocks after a block boundary, as a chunk's."""
+
+
+def fp8_writes(model: ModelSpec, device: str = "cuda") -> list[CopyPoint]:
+    """The fp8 store's write of a prefill chunk's rows at the model's KV heads (kvquant.write: to fp32, each block's
+    maximum, the power-of-two scale, the rows divided and cast), at FP8_WRITE_CHUNKS, each with the bytes roofsim's
+    operator model counts for it (ops.attention_op's fp8_write_bytes), the GPU asleep while the host queues it. A
+    bulk pass of many rows runs at a rate of its own, unlike a decode call's dequantisation (fp8_passes)."""
+    from roofsim.executor import kvquant
+
+    from roofsim import ops
+
+    heads, d = model.n_kv_heads, model.head_dim
+    lay = kvquant.Layout(batch=1, heads=heads, head_dim=d)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    out = []
+    for C, P in FP8_WRITE_CHUNKS:
+        store = kvquant.Store(lay, torch.zeros(lay.nbytes(P + C), dtype=torch.uint8, device=device))
+        new = torch.randn(C, 1, 2, heads, d, device=device, dtype=dtype)
+
+        def call(store=store, new=new, P=P) -> None:
+            kvquant.write(lay, store, P, new)
+
+        counted = ops.attention_op(model, C, P, 1, kv_dtype="fp8_e4m3").fp8_write_bytes
         seconds = cuda_time_s(call, sleep_cycles=QUEUE_CYCLES) if device == "cuda" else wall_time_s(call)
         out.append(CopyPoint(nbytes=int(float(counted)), seconds=seconds))
     return out

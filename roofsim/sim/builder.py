@@ -105,6 +105,7 @@ class Builder:
                 op.head_dim,
                 float(op.extra_bytes),
                 float(op.fp8_bytes),
+                float(op.fp8_write_bytes),
                 float(op.fp8_calls),
                 float(op.expert_calls),
                 float(op.moe_layers),

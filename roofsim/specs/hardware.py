@@ -214,6 +214,11 @@ class EfficiencySpec(_Section):
         "rows and the dequantisation of the store into a scratch, over strided block-major stores), as "
         "roofsim's operator model counts their bytes (roofsim.kvformat); None: `memory`",
     )
+    fp8_write: SourcedNumber | None = Field(
+        None,
+        description="the share of HBM bandwidth the fp8 KV store's write of a prefill chunk's rows reaches, as "
+        "roofsim's operator model counts its bytes (roofsim.kvformat); None: `fp8_passes`",
+    )
     gemv: SourcedNumber | None = Field(
         None,
         description="the share of the memory bandwidth a memory-bound GEMM (one decode token's matrix-vector "
@@ -241,7 +246,7 @@ class EfficiencySpec(_Section):
     )
 
     _fraction = field_validator("gemm", "attention", "memory")(lambda v, info: fraction(info.field_name, v))
-    _vector = field_validator("vector", "fp8_passes", "gemv")(
+    _vector = field_validator("vector", "fp8_passes", "fp8_write", "gemv")(
         lambda v, info: v if v is None else fraction(info.field_name, v)
     )
     _topk = field_validator("topk_gelems")(lambda v, info: v if v is None else positive(info.field_name, v))
@@ -463,6 +468,12 @@ class GpuSpec(_Section):
         """HBM bytes per second of the fp8 KV store's write and dequantisation passes."""
         v = self.efficiency.fp8_passes
         return self.hbm_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
+
+    @property
+    def fp8_write_bytes_per_s(self) -> float:
+        """HBM bytes per second of the fp8 KV store's write of new rows (efficiency.fp8_write; else the passes')."""
+        v = self.efficiency.fp8_write
+        return self.fp8_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
 
     @property
     def gemv_bytes_per_s(self) -> float:
