@@ -78,8 +78,8 @@ def cpu_side(model: ModelSpec) -> CpuSide:
 
 
 def _recorded(what: str, fn: Callable[[], object]):
-    """fn()'s result, or None (said on stderr) where it raises: a measurement the profile does not use yet must
-    not cost the calibration it rides along with."""
+    """fn()'s result, or None (said on stderr) where it raises: a timing added to the calibration must not cost the
+    rest of it; without it the profile is fitted as before that timing existed (its fields fall back)."""
     import sys
 
     try:
@@ -140,7 +140,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     label("layer1")
     sync = host.sync_us()
     gpu_kernel = kernels.gpu_kernel_us()
-    # recorded beside the profile, not yet fitted into it: a failure leaves them out, never the calibration
+    # the GEMVs give efficiency.gemv and gemv_us; the graph's kernels and the replayed decode kernel are recorded
+    # beside the profile, not yet fitted into it
     decode_gemv = _recorded("decode GEMVs", lambda: kernels.decode_gemv_points(model))
     graph_kernel = _recorded("graph kernels", kernels.graph_kernel_us)
     decode_replay = _recorded("replayed decode attention", lambda: attention.decode_replay_points(model))

@@ -111,8 +111,8 @@ def decode_gemv_points(model: ModelSpec, device: str = "cuda") -> list[KernelPoi
 
 def graph_kernel_us(n: int = 400) -> float:
     """GPU time per tiny kernel replayed from a CUDA graph: gpu_kernel_us's n adds captured once, the replay timed
-    with the GPU asleep while the host issues it. A replayed decode step pays this per kernel instead of
-    gpu_kernel_us (the graph's kernels start without a launch each)."""
+    with the GPU asleep while the host issues it: the spacing of a replayed step's kernels, against gpu_kernel_us's
+    for kernels launched one by one (recorded; the model prices gpu_kernel_us for both)."""
     x = torch.zeros(256, device="cuda")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
