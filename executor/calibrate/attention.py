@@ -88,18 +88,21 @@ def decode_replay_points(model: ModelSpec, lengths=(4096, 32768, 131072)) -> lis
     scale = d**-0.5
     out = []
     chosen = dict(executor_attention._decode_choice)  # the timings after these see the choice they saw before
-    with torch.no_grad():
-        for L in lengths:
-            K, V = kv_views(torch.randn(L, 1, 2, hk, d, device="cuda", dtype=torch.bfloat16), 0, L)
-            q = torch.randn(1, hq, 1, d, device="cuda", dtype=torch.bfloat16)
-            pick_decode_kernel(q, K, V, L, scale)
-            n_keys = torch.full((1,), L, dtype=torch.int32, device="cuda")
-            t = cuda_time_s(
-                lambda q=q, K=K, V=V, n=n_keys: decode_attend(q, K, V, n, scale), sleep_cycles=QUEUE_CYCLES
-            )
-            out.append(CopyPoint(nbytes=2 * L * hk * d * 2, seconds=t))
-    executor_attention._decode_choice.clear()
-    executor_attention._decode_choice.update(chosen)
+    try:
+        with torch.no_grad():
+            for L in lengths:
+                K, V = kv_views(torch.randn(L, 1, 2, hk, d, device="cuda", dtype=torch.bfloat16), 0, L)
+                q = torch.randn(1, hq, 1, d, device="cuda", dtype=torch.bfloat16)
+                pick_decode_kernel(q, K, V, L, scale)
+                n_keys = torch.full((1,), L, dtype=torch.int32, device="cuda")
+                t = cuda_time_s(
+                    lambda q=q, K=K, V=V, n=n_keys: decode_attend(q, K, V, n, scale),
+                    sleep_cycles=QUEUE_CYCLES,
+                )
+                out.append(CopyPoint(nbytes=2 * L * hk * d * 2, seconds=t))
+    finally:
+        executor_attention._decode_choice.clear()
+        executor_attention._decode_choice.update(chosen)
     return out
 
 
