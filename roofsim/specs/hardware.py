@@ -463,23 +463,25 @@ class GpuSpec(_Section):
     def hbm_bytes_per_s(self) -> float:
         return self.memory.bandwidth_gbps.value * 1e9 * self.efficiency.memory.value
 
+    def _share_of_bandwidth(self, share: SourcedNumber | None, otherwise: float) -> float:
+        """Bytes per second at `share` of the datasheet HBM bandwidth (an efficiency field), or `otherwise` where
+        the profile has no such field."""
+        return otherwise if share is None else self.memory.bandwidth_gbps.value * 1e9 * share.value
+
     @property
     def fp8_bytes_per_s(self) -> float:
-        """HBM bytes per second of the fp8 KV store's write and dequantisation passes."""
-        v = self.efficiency.fp8_passes
-        return self.hbm_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
+        """HBM bytes per second of the fp8 KV store's dequantisation (and of its writes where fp8_write is unsaid)."""
+        return self._share_of_bandwidth(self.efficiency.fp8_passes, self.hbm_bytes_per_s)
 
     @property
     def fp8_write_bytes_per_s(self) -> float:
         """HBM bytes per second of the fp8 KV store's write of new rows (efficiency.fp8_write; else the passes')."""
-        v = self.efficiency.fp8_write
-        return self.fp8_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
+        return self._share_of_bandwidth(self.efficiency.fp8_write, self.fp8_bytes_per_s)
 
     @property
     def gemv_bytes_per_s(self) -> float:
         """HBM bytes per second of a memory-bound GEMM's weight read (efficiency.gemv; else `memory`'s)."""
-        v = self.efficiency.gemv
-        return self.hbm_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
+        return self._share_of_bandwidth(self.efficiency.gemv, self.hbm_bytes_per_s)
 
     @property
     def gemv_extra_s(self) -> float:
@@ -491,8 +493,7 @@ class GpuSpec(_Section):
     @property
     def vector_bytes_per_s(self) -> float:
         """HBM bytes per second of elementwise ("vector") operators."""
-        v = self.efficiency.vector
-        return self.hbm_bytes_per_s if v is None else self.memory.bandwidth_gbps.value * 1e9 * v.value
+        return self._share_of_bandwidth(self.efficiency.vector, self.hbm_bytes_per_s)
 
     @property
     def capacity_bytes(self) -> float:
