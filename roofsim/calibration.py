@@ -56,10 +56,10 @@ class BatchPoint(BaseModel):
     seconds: float
 
 
-class KernelPoint(BaseModel):
+class KernelPoint(CopyPoint):
+    """A CopyPoint that says which kernel it timed."""
+
     label: str
-    nbytes: int
-    seconds: float
 
 
 class FlopPoint(BaseModel):
@@ -372,7 +372,7 @@ def gemv_fit(m: Measurements, base: GpuSpec) -> dict[str, tuple[float, str]]:
     """efficiency.gemv and gemv_us: the least-squares line through one token's GEMVs (Measurements.decode_gemv),
     time = fixed + weight bytes / rate, where they were timed; else nothing (memory-bound GEMMs priced as any
     memory-bound kernel)."""
-    points = [CopyPoint(nbytes=p.nbytes, seconds=p.seconds) for p in m.decode_gemv or []]
+    points = m.decode_gemv or []
     line = _line(points) if points else None
     if line is None:
         return {}
