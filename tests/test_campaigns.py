@@ -23,7 +23,10 @@ def test_every_campaign_configuration_passes_validates_checks(path):
         check_config(cfg, str(path), gpu)
 
 
-@pytest.mark.parametrize("n,toml", [("1", "campaign-heldout.toml"), ("2", "campaign-heldout2.toml")])
+@pytest.mark.parametrize(
+    "n,toml",
+    [("1", "campaign-heldout.toml"), ("2", "campaign-heldout2.toml"), ("3", "campaign-heldout3.toml")],
+)
 def test_the_held_out_parts_cover_each_set_once(n, toml):
     parts = re.findall(rf'^\s*{n}:[a-z]\) echo "([^"]+)"', SCRIPT, flags=re.M)
     named = [name for part in parts for name in part.split(",")]
@@ -32,10 +35,21 @@ def test_the_held_out_parts_cover_each_set_once(n, toml):
     assert len(configs) >= 10
 
 
+def _names(toml: str) -> set[str]:
+    return {c.name for c in load_configs(str(ROOT / "validation" / toml))}
+
+
 def test_the_second_held_out_set_shares_no_configuration_with_the_others():
-    names = {c.name for c in load_configs(str(ROOT / "validation" / "campaign-heldout2.toml"))}
+    names = _names("campaign-heldout2.toml")
     for other in ("campaign-h100.toml", "campaign-heldout.toml", "campaign-archs.toml"):
-        assert not names & {c.name for c in load_configs(str(ROOT / "validation" / other))}, other
+        assert not names & _names(other), other
+
+
+def test_the_third_held_out_set_shares_no_configuration_with_any_other_campaign():
+    names = _names("campaign-heldout3.toml")
+    for other in CAMPAIGNS:
+        if other.name != "campaign-heldout3.toml":
+            assert not names & _names(other.name), other.name
 
 
 def _campaign_cost():
