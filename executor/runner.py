@@ -26,6 +26,7 @@ from roofsim.executor.launchpace import launch_us, step_us
 from roofsim.executor.progress import Progress, Silent
 from roofsim.executor.timing import cpu_name as _cpu_name
 from roofsim.executor.timing import fingerprint
+from roofsim.executor.window import warm_up_windows
 
 from roofsim.hostpace import loop_us
 from roofsim.trace import MemorySample, Summary, Trace, TraceHeader
@@ -60,6 +61,7 @@ def warm_up_kernels(model, ids: torch.Tensor, engine, cache, prompt_len: int) ->
     race_prefill(cache.runtime.shape, ids.shape[1], min(heads), prompt_len)
     model(ids, use_cache=False, logits_to_keep=1)
     warm_attention(cache.runtime.shape, ids.shape[1], heads)
+    warm_up_windows(cache.layers, ids.shape[1])
     engine.synchronize()
 
 

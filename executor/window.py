@@ -47,6 +47,29 @@ class WindowLayer(PlanLayer):
         return out
 
 
+@torch.no_grad()
+def warm_up_windows(layers, chunk: int) -> None:
+    """Run each banded call shape a window layer's prefill makes, once, untimed: a first chunk (no kept rows, its
+    first block the odd one) and a chunk after a full window (every block regular), at each window the layers
+    have. The cache-less warm-up forward never calls banded_attention, and its first calls (the folded, flipped
+    and merged blocks' kernels and their allocations) would otherwise fall in the timed prefill."""
+    windows = sorted({layer.window for layer in layers if isinstance(layer, WindowLayer)})
+    if not windows or chunk < 2:
+        return
+    shape = layers[0].rt.shape
+    B, Hkv, G, D = shape.batch, shape.n_kv_heads, shape.group, shape.head_dim
+    for W in windows:
+        for kept in (0, W - 1):
+            # q with the strides a layer's q has: a transposed view of [B, C, Hq, D]
+            q = torch.randn(B, chunk, Hkv * G, D, device=shape.device, dtype=shape.dtype).transpose(1, 2)
+            K, V = (
+                torch.randn(B, Hkv, kept + chunk, D, device=shape.device, dtype=shape.dtype) for _ in "kv"
+            )
+            banded_attention(q, K, V, kept, W, D**-0.5)
+    if shape.device.type == "cuda":
+        torch.cuda.synchronize(shape.device)
+
+
 GROUP_ROWS = 4096
 """Query rows of the regular blocks that one batched call of banded_attention takes: its copies and fp32 merge
 temporaries stay this many rows, not the chunk's."""

@@ -169,3 +169,26 @@ def test_random_moe_routing_is_balanced_and_the_same_in_every_plan():
     assert all(len(s) >= 0.75 * E for s in picked.values())
     assert rel_err(got[1], got[0]) < 1e-5
     assert load_model  # load_model marks its random weights (models._random)
+
+
+def test_the_warm_up_runs_each_banded_shape_a_window_prefill_makes(tiny, monkeypatch):
+    """warm_up_kernels' cache-less forward never calls banded_attention, so warm_up_windows runs it once per window
+    for a first chunk (no kept rows) and a chunk after a full window; a model without window layers runs none."""
+    import roofsim.executor.window as window_mod
+
+    model, _, _ = tiny
+    calls = []
+    real = window_mod.banded_attention
+    monkeypatch.setattr(
+        window_mod,
+        "banded_attention",
+        lambda q, K, V, kept, W, s: calls.append((kept, W, q.shape[2])) or real(q, K, V, kept, W, s),
+    )
+    cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+    try:
+        window_mod.warm_up_windows(cache.layers, CHUNK)
+        windows = sorted({layer.window for layer in cache.layers if isinstance(layer, WindowLayer)})
+    finally:
+        cache.close()
+    assert calls == [(kept, W, CHUNK) for W in windows for kept in (0, W - 1)]
+    assert bool(calls) == (model.config.model_type in ("gemma3_text", "gpt_oss"))
