@@ -91,6 +91,8 @@ def banded_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, kept: in
     B, Hq, C, D = q.shape
     if C == 1:  # a decode step: every kept key is in the window
         return attend(q, K, V, causal=False, scale=scale)
+    if flash_window_ok(q.device, q.dtype, D):
+        return flash_window(q, K, V, W, scale)
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, C, dtype=torch.float32, device=q.device)
     first = 0 if kept == W - 1 else 1  # block 0 is regular when W-1 keys precede it
@@ -111,6 +113,47 @@ def banded_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, kept: in
         out[:, :, s : s + L] = o
         lse[:, :, s : s + L] = x
     return out, lse
+
+
+def flash_window(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, W: int, scale: float):
+    """banded_attention in one call of FlashAttention-2's own sliding window (CUDA, 16-bit, head dim <= 256):
+    causal with the keys aligned bottom-right (query i of C sees key kept + i and the W-1 before it) and
+    window_size_left = W-1, GQA native. The band's FLOPs at the kernel's rate, no folds, flips or merges."""
+    C, L = q.shape[2], K.shape[2]
+    r = torch.ops.aten._flash_attention_forward(
+        q.transpose(1, 2), K.transpose(1, 2), V.transpose(1, 2), None, None, C, L, 0.0, True, False,
+        scale=scale, window_size_left=W - 1, window_size_right=0,
+    )  # fmt: skip
+    return r[0].transpose(1, 2), r[1][..., :C]
+
+
+_flash_window_checked: dict[tuple, bool] = {}
+
+
+def flash_window_ok(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether flash_window runs here and agrees with the block path in fp32 (which never takes it), checked once
+    per device, dtype and head dim: at a sequence's start and after a full window, GQA, attention's tolerances."""
+    key = (device.type, dtype, head_dim)
+    if key not in _flash_window_checked:
+        ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and head_dim <= 256
+        if ok:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            try:
+                for kept, C in ((0, 37), (6, 37)):
+                    q = torch.randn(1, C, 4, head_dim, generator=g).to(device, dtype).transpose(1, 2)
+                    K, V = (
+                        torch.randn(1, 2, kept + C, head_dim, generator=g).to(device, dtype) for _ in "kv"
+                    )
+                    out, lse = flash_window(q, K, V, 7, head_dim**-0.5)
+                    ref, ref_lse = banded_attention(
+                        q.float(), K.float(), V.float(), kept, 7, head_dim**-0.5
+                    )  # blocks
+                    err = (out.float() - ref).norm() / ref.norm()
+                    ok = ok and bool(err < 2e-2) and torch.allclose(lse.float(), ref_lse, atol=0.2, rtol=2e-2)
+            except (RuntimeError, NotImplementedError, TypeError):
+                ok = False
+        _flash_window_checked[key] = ok
+    return _flash_window_checked[key]
 
 
 def _regular_blocks(q, K, V, kept: int, W: int, first: int, nb: int, scale: float):

@@ -168,16 +168,21 @@ def attention_op(
         qo = 2.0 * B * C * hq * m.head_dim * e
         kv = 2.0 * B * (cached + C) * hk * m.head_dim * e
     q_elems = B * np.asarray(C, dtype=float) * hq * m.head_dim
-    two_parts = (np.asarray(C) > 1) & (np.asarray(cached) > 0)
+    # a window layer's chunk is one call of FlashAttention-2's own sliding window (executor/window.py: GQA native,
+    # no second part to merge, no K/V repeat, no query fold); any other chunk after cached keys is two parts
+    after_past = (np.asarray(C) > 1) & (np.asarray(cached) > 0)
+    two_parts = after_past & (window is None)
     # the merge: both outputs to fp32, scaled, summed, cast back (~(3e + 40) bytes per query element); a GQA
     # causal part repeats the chunk's K/V per query head; a GQA query is folded into a contiguous copy
     merge = np.where(two_parts, q_elems * (3 * e + 40), 0.0)
     repeat = (
         np.where(np.asarray(C) > 1, 2.0 * B * C * hk * m.head_dim * e * (1 + m.group), 0.0)
-        if m.group > 1
+        if m.group > 1 and window is None
         else 0.0
     )
-    fold = 2.0 * q_elems * e if m.group > 1 else 0.0
+    fold = (
+        np.where((np.asarray(C) > 1) & (window is not None), 0.0, 2.0 * q_elems * e) if m.group > 1 else 0.0
+    )
     fp8_bytes = fp8_write_bytes = 0.0
     if kvformat.fp8(kv_dtype):
         elems = 2.0 * B * hk * m.head_dim
@@ -185,7 +190,7 @@ def attention_op(
         fp8_write_bytes = elems * kvformat.written_rows(P, C) * kvformat.QUANT_BYTES_PER_ELEM
     prefill_calls = np.where(two_parts, calls, 0.0)
     query_rows = np.where(
-        two_parts, B * (hq / np.asarray(calls, dtype=float)) * np.asarray(C, dtype=float), 0.0
+        after_past, B * (hq / np.asarray(calls, dtype=float)) * np.asarray(C, dtype=float), 0.0
     )
     kernels = (
         calls * ATTN_CALL_KERNELS + streamed_calls * STREAMED_CALL_EXTRA + prefill_calls * PREFILL_CALL_EXTRA

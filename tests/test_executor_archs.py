@@ -138,6 +138,27 @@ def test_banded_window_attention_equals_the_masked_band(W, P, C):
     assert (lse.double() - ref_lse).abs().max() < 1e-5
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("W,P,C", [(7, 0, 37), (7, 3, 37), (7, 20, 37), (64, 500, 300), (1024, 5000, 2048)])
+def test_window_prefill_on_cuda_takes_flash_own_window_and_equals_the_masked_band(W, P, C):
+    """On CUDA in bf16 a window layer's chunk is one FlashAttention-2 call with its own sliding window
+    (flash_window_ok passes its self-check) and gives the masked band to bf16 accuracy, head dims 128 and 256."""
+    from roofsim.executor.window import flash_window_ok
+
+    for D in (128, 256):
+        assert flash_window_ok(torch.device("cuda"), torch.bfloat16, D)
+        g = torch.Generator(device="cpu").manual_seed(W + P + C + D)
+        kept = min(W - 1, P)
+        q = torch.randn(1, C, 8, D, generator=g).transpose(1, 2)
+        K, V = torch.randn(1, 2, kept + C, D, generator=g), torch.randn(1, 2, kept + C, D, generator=g)
+        to = lambda x: x.to("cuda", torch.bfloat16)  # noqa: E731
+        out, lse = banded_attention(to(q), to(K), to(V), kept, W, D**-0.5)
+        ref, ref_lse = _masked_window(to(q).cpu().double(), to(K).cpu(), to(V).cpu(), P, kept, W, D**-0.5)
+        assert (out.cpu().double() - ref).norm() / ref.norm() < 2e-2
+        assert (lse.cpu().double() - ref_lse).abs().max() < 5e-2
+
+
 def test_random_moe_routing_is_balanced_and_the_same_in_every_plan():
     """A random-weight MoE model from load_model routes by token position (experts.balance_routing): a chunk's
     tokens reach nearly all experts, as a trained model's balancing makes them, and the streamed-experts plan
