@@ -152,7 +152,7 @@ class Measurements(BaseModel):
         default=None,
         description="the decode kernel a replayed step runs (executor attention.decode_attend after "
         "pick_decode_kernel) over 4K, 32K and 128K keys of a token-major slot, the GPU asleep while the host "
-        "queues it: KV bytes read and GPU seconds. Recorded; no profile value is fitted from it yet",
+        "queues it: KV bytes read and GPU seconds; their line's intercept gives efficiency.decode_call_us",
     )
     gpu_kernel_us: float | None = Field(
         default=None, description="GPU time per tiny kernel queued back to back behind a sleeping kernel"
@@ -390,6 +390,20 @@ def gemv_fit(m: Measurements, base: GpuSpec) -> dict[str, tuple[float, str]]:
     }
 
 
+def decode_call_fit(m: Measurements) -> dict[str, tuple[float, str]]:
+    """efficiency.decode_call_us: the intercept of the least-squares line through the replayed decode kernel's
+    timings (Measurements.attention_decode_replay), where they were timed; else nothing."""
+    points = m.attention_decode_replay or []
+    line = _line(points) if points else None
+    if line is None:
+        return {}
+    how = (
+        f"least-squares line through {len(points)} timings of the replayed decode kernel over a layer's KV "
+        "(time against bytes): its intercept, GPU us a call"
+    )
+    return {"decode_call_us": (line[0] * 1e6, how)}
+
+
 def head_dim_ratios(m: Measurements) -> dict[int, float] | None:
     """Each timed head dim's attention FLOP/s over the calibration model's head dim's (1 there), or None where
     the head dims were not timed (older measurements) or the model's own is missing among them."""
@@ -558,6 +572,7 @@ def fit(base: GpuSpec, m: Measurements) -> dict[str, dict[str, tuple[float, str]
             ),
             **topk_fit(m),
             **gemv_fit(m, base),
+            **decode_call_fit(m),
         },
         "runtime": {
             "copy_issue_us": (

@@ -87,6 +87,11 @@ PREFILL_CALL_EXTRA = 11
 # ids, position, key count) and one graph launch: 4 launches, whatever the model's kernel count. A calibrated
 # profile prices it directly (graph_replay_us).
 REPLAY_LAUNCHES = 4
+# A replayed decode step attends with FlashAttention's varlen kernel one call per sequence (executor attention.
+# _decode_flash_varlen: its seqused_k addresses one sequence's keys at a time), so a batch of B pays B - 1 calls'
+# fixed GPU cost more than one call over the batch's bytes: each the query's contiguous copy, the split-KV kernel
+# and its combine. A calibrated profile prices such a call directly (efficiency.decode_call_us).
+DECODE_SEQUENCE_KERNELS = 3
 # CUDA runtime calls besides kernels and copies (event records, stream waits), each costing the host about one
 # copy issue (copy_issue_us: a Python -> CUDA runtime call on a stream): 2 per attention call over resident KV, 8
 # more for a streamed unit (ring guard, its ready event, write-back ordering, the recorder's marks).

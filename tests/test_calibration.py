@@ -943,3 +943,36 @@ def test_fp8_chunk_writes_fit_their_own_rate_and_price_the_write_bytes_only(tmp_
     saved = float(op.fp8_write_bytes) * (1 / (0.2 * bw) - 1 / (0.5 * bw))
     got = float(op_time(op, plain).total_s) - float(op_time(op, profile).total_s)
     assert got == pytest.approx(saved)
+
+
+def test_the_replayed_decode_kernel_line_prices_each_further_sequence_of_a_batch(tmp_path):
+    """The replayed decode kernel timed over a layer's KV at several sizes fits a line whose intercept is
+    efficiency.decode_call_us. A replayed decode step attends each sequence in a call of its own, so at batch B
+    each global layer's attention costs B - 1 such intercepts more, in the analytic model and the simulator alike
+    (the same difference), and nothing at batch 1 or where decode runs eager."""
+    from roofsim.calibration import CopyPoint
+    from roofsim.families import ResidentPlan
+    from roofsim.predict import predict
+    from roofsim.sim import simulate
+    from roofsim.workload import Workload
+
+    spec, host = load_gpu("h100-sxm"), load_host("sapphire-rapids")
+    points = [CopyPoint(nbytes=n, seconds=20e-6 + n / 3e12) for n in (2**24, 2**27, 2**29)]
+    m = probe_measurements().model_copy(update={"attention_decode_replay": points})
+    assert fit(spec, m)["efficiency"]["decode_call_us"][0] == pytest.approx(20.0)
+    profile = load_gpu(str(write_profile(spec, host, m, tmp_path)[0]))
+    plain = load_gpu(str(write_profile(spec, host, probe_measurements(), tmp_path / "plain")[0]))
+    assert plain.efficiency.decode_call_us is None
+    model = load_model("llama-3-8b")
+
+    def step(gpu, batch, graphs=True, sim=False):
+        work = Workload(context=4096, batch=batch, gen=4)
+        plan = ResidentPlan(prefill_chunk=4096, decode_graphs=graphs)
+        t = simulate(plan, model, gpu, host, work) if sim else predict(plan, model, gpu, host, work)
+        return t.summary.decode.time_s
+
+    gap = (20e-6 - plain.decode_sequence_call_s) * 3 * model.n_layers  # batch 4: three calls more a layer
+    for sim in (False, True):
+        assert step(profile, 4, sim=sim) - step(plain, 4, sim=sim) == pytest.approx(gap, rel=0.02)
+        assert step(profile, 1, sim=sim) == pytest.approx(step(plain, 1, sim=sim))
+        assert step(profile, 4, graphs=False, sim=sim) == pytest.approx(step(plain, 4, graphs=False, sim=sim))

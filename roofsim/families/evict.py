@@ -28,6 +28,7 @@ from roofsim.families.pipeline import (
     outside_layers,
     peak_memory,
     prefill_steps,
+    replayed,
     replays,
     weight_stream,
 )
@@ -131,8 +132,9 @@ def evaluate(plan: EvictPlan, ctx: Ctx) -> Evaluation:
         h2d_bytes=w_bytes,
         h2d_copies=w_copies,
         units=np.full_like(dec.P, 1.0 if w_bytes else 0.0),
-        graphed=graphs,
     )
+    if graphs:
+        dec_load = replayed(ctx, dec_load)
     decode = combine(
         [dec_load], outside_layers(ctx, dec), 0.0, gpu, replay_s=gpu.replay_s() if graphs else None
     )

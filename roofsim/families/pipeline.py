@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -231,6 +231,16 @@ BUSY_KEYS = RESOURCES + CEILINGS
 def _ceilings(w: GpuWork) -> dict[str, np.ndarray]:
     """The compute stream's busy time split by what binds each operator."""
     return {"tensor": w.tensor_s, "hbm": w.hbm_s, "launch": w.launch_s, "allreduce": w.comm_s}
+
+
+def replayed(ctx: Ctx, ll: LayerLoad) -> LayerLoad:
+    """A decode step's load of a global layer replayed from a CUDA graph: the host issues nothing per layer
+    (combine's replay_s), and each of its attention calls attends every sequence of the batch in a call of its own
+    (ops.DECODE_SEQUENCE_KERNELS), B - 1 calls' fixed GPU cost more than one call over the batch's bytes."""
+    extra = (
+        np.asarray(ll.attn.attn_calls, dtype=float) * (ctx.work.batch - 1) * ctx.gpu.decode_sequence_call_s
+    )
+    return replace(ll, graphed=True, attn=replace(ll.attn, launch_s=ll.attn.launch_s + extra))
 
 
 def replays(plan, model) -> bool:

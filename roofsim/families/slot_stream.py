@@ -43,6 +43,7 @@ from roofsim.families.pipeline import (
     peak_memory,
     pinned_alloc,
     prefill_steps,
+    replayed,
     weight_stream,
     window_loads,
     write_back_rows,
@@ -275,7 +276,7 @@ def evaluate(k: SlotKnobs, ctx: Ctx) -> Evaluation:
         loads = slot_loads(ctx, steps, **kw)
         windows = window_loads(ctx, steps, k.streamed_weights, k.streamed_experts)
         if graphs:
-            loads = [replace(ll, graphed=True) for ll in loads]
+            loads = [replayed(ctx, ll) for ll in loads]
             windows = [replace(w, graphed=True) for w in windows]
         fill = first_unit_fill(ctx, steps, k.group, k.token_block, streaming)
         if windows:

@@ -263,9 +263,13 @@ class Builder:
 
     def replayed(self, first: int) -> None:
         """The tasks from `first` on are one decode step replayed from a CUDA graph: the host issues them all with
-        one replay (charged to the step's first task) instead of one dispatch per kernel."""
+        one replay (charged to the step's first task) instead of one dispatch per kernel, and a global layer's
+        attention call attends each sequence of the batch in a call of its own (pipeline.replayed)."""
+        per_sequence = (self.ctx.work.batch - 1) * self.ctx.gpu.decode_sequence_call_s
         for t in self.tasks[first:]:
             t.issue_s = 0.0
+            if t.kind == "attention" and t.layer is not None and self.ctx.model.window(t.layer) is None:
+                t.duration_s += per_sequence
         self.tasks[first].issue_s = self.ctx.gpu.replay_s()
 
     def sync(self, on: int, phase, step) -> None:

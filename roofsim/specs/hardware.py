@@ -229,6 +229,12 @@ class EfficiencySpec(_Section):
         description="GPU time of one memory-bound GEMM call beyond its bytes at `gemv`, us (the line's intercept: "
         "its ramp up and down, gpu_kernel_us's spacing included); None: gpu_kernel_us alone",
     )
+    decode_call_us: SourcedNumber | None = Field(
+        None,
+        description="GPU time of one call of the decode kernel a replayed step runs beyond its KV bytes, us (the "
+        "intercept of its time against the bytes it reads): what each sequence of a batch pays again "
+        "(ops.DECODE_SEQUENCE_KERNELS); None: that many kernels at gpu_kernel_us",
+    )
     attention_rows: dict[int, SourcedNumber] | None = Field(
         None,
         description="the executor's chunk-after-a-past attention efficiency by the call's GQA-folded query rows "
@@ -250,7 +256,7 @@ class EfficiencySpec(_Section):
         lambda v, info: v if v is None else fraction(info.field_name, v)
     )
     _topk = field_validator("topk_gelems")(lambda v, info: v if v is None else positive(info.field_name, v))
-    _topk_call = field_validator("topk_call_us", "gemv_us")(
+    _topk_call = field_validator("topk_call_us", "gemv_us", "decode_call_us")(
         lambda v, info: v if v is None or v.value >= 0 else positive(info.field_name, v)
     )
 
@@ -489,6 +495,15 @@ class GpuSpec(_Section):
         the spacing every kernel pays, at least 0; 0 without gemv_us)."""
         g = self.efficiency.gemv_us
         return 0.0 if g is None else max(0.0, g.value * 1e-6 - self.gpu_kernel_s)
+
+    @property
+    def decode_sequence_call_s(self) -> float:
+        """GPU seconds each further sequence of a replayed decode step adds to a layer's attention call
+        (efficiency.decode_call_us; else ops.DECODE_SEQUENCE_KERNELS kernels at gpu_kernel_s)."""
+        from roofsim.ops import DECODE_SEQUENCE_KERNELS
+
+        c = self.efficiency.decode_call_us
+        return DECODE_SEQUENCE_KERNELS * self.gpu_kernel_s if c is None else c.value * 1e-6
 
     @property
     def vector_bytes_per_s(self) -> float:
