@@ -247,8 +247,9 @@ def pre_attention_ops(m: ModelSpec, C: Num, B: int) -> list[Op]:
         _norm("input_norm", m, rows * h),
         _gemm("qkv_proj", rows, h, m.q_dim + 2 * m.kv_dim, e, kernels=1 if m.fused_qkv else 3),
     ]
-    if m.qk_norm:
-        ops.append(_norm("qk_norm", m, rows * (m.n_heads + m.n_kv_heads) * m.head_dim))
+    if m.qk_norm:  # two modules (Qwen3's and Gemma 3's q_norm and k_norm), each a norm's kernels
+        ops.append(_norm("q_norm", m, rows * m.n_heads * m.head_dim))
+        ops.append(_norm("k_norm", m, rows * m.n_kv_heads * m.head_dim))
     if m.positions == "rope":
         # HF rotary: q*cos, rotate_half (neg of one half, cat), *sin, add, for q and k: ~10 bytes moved per byte
         ops.append(_vector("rope", rows * (m.n_heads + m.n_kv_heads) * m.head_dim, 3, 10, e, kernels=10))

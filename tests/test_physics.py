@@ -207,3 +207,18 @@ def test_slower_elementwise_kernels_slow_prefill():
             ).summary.prefill_s
         )
     assert times[0] < times[1] < times[2]
+
+
+def test_q_and_k_norms_are_two_norms_of_their_own_heads():
+    """Qwen3's (and Gemma 3's) attention norms q and k in two modules: two norms' kernels a layer, over the query
+    heads' and the KV heads' elements, where a model without them has neither."""
+    from roofsim import ops
+    from roofsim.specs import load_model
+
+    m = load_model("qwen3-8b")
+    pre = {op.name: op for op in ops.pre_attention_ops(m, 1, 1)}
+    norm = pre["input_norm"]
+    assert pre["q_norm"].kernels == pre["k_norm"].kernels == norm.kernels
+    assert pre["q_norm"].hbm_bytes / pre["k_norm"].hbm_bytes == pytest.approx(m.n_heads / m.n_kv_heads)
+    assert pre["q_norm"].hbm_bytes / norm.hbm_bytes == pytest.approx(m.n_heads * m.head_dim / m.hidden)
+    assert not {"q_norm", "k_norm"} & {op.name for op in ops.pre_attention_ops(load_model("llama-3-8b"), 1, 1)}
