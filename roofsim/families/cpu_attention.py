@@ -187,6 +187,9 @@ def evaluate(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     prefill = combine(
         pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, fill_heads, None, True), gpu
     )
+    prefill_call_heads = (
+        max(g, gc) if pg is None else pg
+    )  # the KV heads of the prefill's largest attention call
 
     T = w.max_tokens
     gpu_kv = {
@@ -200,7 +203,14 @@ def evaluate(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     mem = peak_memory(
         ctx,
         [
-            ({**gpu_kv, "activations": activation_bytes(ctx, c), "logits": logits_bytes(ctx)}, host_mem),
+            (
+                {
+                    **gpu_kv,
+                    "activations": activation_bytes(ctx, c, call_heads=prefill_call_heads),
+                    "logits": logits_bytes(ctx),
+                },
+                host_mem,
+            ),
             ({**gpu_kv, "activations": activation_bytes(ctx, 1), "logits": logits_bytes(ctx)}, host_mem),
         ],
         plan.weights == "streamed",

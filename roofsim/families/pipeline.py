@@ -563,12 +563,15 @@ def dequant_scratch_bytes(ctx: Ctx, tokens, kv_heads) -> float:
     return float(ctx.work.batch * tokens * kv_heads * m.head_dim * 2 * m.dtype_bytes)
 
 
-def activation_bytes(ctx: Ctx, tokens: int, streamed_experts: int = 0) -> float:
+def activation_bytes(
+    ctx: Ctx, tokens: int, streamed_experts: int = 0, call_heads: int | None = None
+) -> float:
     """Live activations of one layer's forward over `tokens` new tokens per sequence, at its peak: in the MLP of
     stock transformers, where the model's input embeddings, the layer's input (the caller's loop variable), the
     residual and the normed input (4h) are alive with act(gate), up and their product (3I; a plain MLP: fc1's
     output and its activation, 2I); or in a chunk's attention, where the executor merges two partial outputs in
-    fp32 (larger for MHA models, whose q is as wide as their MLP is narrow). With `streamed_experts` MoE layers
+    fp32 (larger for MHA models, whose q is as wide as their MLP is narrow), for the `call_heads` KV heads one
+    attention call attends (default: all, a whole-layer call). With `streamed_experts` MoE layers
     streaming their routed experts, a MoE layer's MLP also holds the staged copies of the experts its tokens
     picked (expert_staging_bytes): allocated for the expert loop and freed after it, so they count at the MLP's
     moment, not beside the attention's."""
@@ -581,10 +584,12 @@ def activation_bytes(ctx: Ctx, tokens: int, streamed_experts: int = 0) -> float:
         moe += 2 * m.n_experts
         mlp = moe if m.moe_layers == m.n_layers else max(mlp, moe)
         staged = expert_staging_bytes(ctx, tokens) if streamed_experts else 0.0
-    # attention of a chunk after cached keys: 3h, q, k and v (k, v packed once more), the two partial outputs and
-    # the fp32 LSE merge's temporaries (two upcast outputs, a scaled term, the accumulator: 8 q_dim in bf16 units)
+    # attention of a chunk after cached keys: 3h, the layer's q and the new k and v, and for the call's heads the
+    # LSE merge at its fp32 sum (attention.merge_stacked): the two partial outputs (2 q units), their stack (2),
+    # its fp32 upcast (4), the scaled product (4) and the sum (2), 14 q units of the call's query heads
     merged = 1 < tokens < ctx.work.context  # some chunk attends cached keys as well as its own
-    attn = 3 * m.hidden + 11 * m.q_dim + 2 * m.kv_dim if merged else 0
+    share = 1.0 if call_heads is None else min(call_heads, m.n_kv_heads) / m.n_kv_heads
+    attn = 3 * m.hidden + m.q_dim + 2 * m.kv_dim + 14 * m.q_dim * share if merged else 0
     return float(max(rows * mlp * m.dtype_bytes + staged, rows * attn * m.dtype_bytes))
 
 

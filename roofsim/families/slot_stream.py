@@ -301,7 +301,7 @@ def evaluate(k: SlotKnobs, ctx: Ctx) -> Evaluation:
     mem = peak_memory(
         ctx,
         [
-            ({**kv, "activations": activation_bytes(ctx, c, se), "logits": logits_bytes(ctx)}, host),
+            ({**kv, "activations": activation_bytes(ctx, c, se, k.group), "logits": logits_bytes(ctx)}, host),
             ({**kv, "activations": activation_bytes(ctx, 1, se), "logits": logits_bytes(ctx)}, host),
         ],
         k.streamed_weights,

@@ -391,7 +391,8 @@ def streamed_step(
     """Append one step's tasks; returns the id of its last task."""
     ctx = b.ctx
     m, B = ctx.model, ctx.work.batch
-    alloc = {"activations": activation_bytes(ctx, int(C), streamed_experts)}
+    call_heads = max((u.heads for units in layers for u in units if u.window is None), default=None)
+    alloc = {"activations": activation_bytes(ctx, int(C), streamed_experts, call_heads)}
     first = b.embed(phase, step, C, alloc)
     weights = WeightStream(b, phase, step, streamed_weights)
     streaming = expert_layers(ctx, streamed_experts)
