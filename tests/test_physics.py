@@ -221,4 +221,6 @@ def test_q_and_k_norms_are_two_norms_of_their_own_heads():
     assert pre["q_norm"].kernels == pre["k_norm"].kernels == norm.kernels
     assert pre["q_norm"].hbm_bytes / pre["k_norm"].hbm_bytes == pytest.approx(m.n_heads / m.n_kv_heads)
     assert pre["q_norm"].hbm_bytes / norm.hbm_bytes == pytest.approx(m.n_heads * m.head_dim / m.hidden)
-    assert not {"q_norm", "k_norm"} & {op.name for op in ops.pre_attention_ops(load_model("llama-3-8b"), 1, 1)}
+    assert not {"q_norm", "k_norm"} & {
+        op.name for op in ops.pre_attention_ops(load_model("llama-3-8b"), 1, 1)
+    }
