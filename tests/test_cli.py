@@ -31,7 +31,7 @@ def test_predict_all_families_at_1m(capsys):
     (resident,) = [line for line in out.splitlines() if line.startswith("resident  ")]  # its row
     assert resident.split()[2] == "no"  # resident does not fit, and the footer says by how much
     assert (
-        "resident does not fit: needs 143.19 GiB of GPU memory, 120.19 GiB over the 23.00 GiB usable" in out
+        "resident does not fit: needs 143.25 GiB of GPU memory, 120.25 GiB over the 23.00 GiB usable" in out
     )
 
 

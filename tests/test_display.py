@@ -134,7 +134,7 @@ def test_wide_keeps_the_long_form(capsys, monkeypatch):
     assert code == 0
     assert "prefill_chunk=32768 cpu_kv_heads=6" in out and "pc=32K" not in out
     (resident,) = _rows(out, "resident")
-    assert "no: needs 143.19 GiB of GPU memory," in resident  # the reason inline, as before
+    assert "no: needs 143.25 GiB of GPU memory," in resident  # the reason inline, as before
     assert "knobs (those" not in out  # nothing to abbreviate
     code, out, _ = run(capsys, *COMMANDS["plan"], "--wide")
     assert "prefill_chunk=32768 cpu_kv_heads=6 kv_heads_per_slot=2" in out
