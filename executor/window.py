@@ -51,8 +51,9 @@ class WindowLayer(PlanLayer):
 def warm_up_windows(layers, chunk: int) -> None:
     """Run each banded call shape a window layer's prefill makes, once, untimed: a first chunk (no kept rows, its
     first block the odd one) and a chunk after a full window (every block regular), at each window the layers
-    have. The cache-less warm-up forward never calls banded_attention, and its first calls (the folded, flipped
-    and merged blocks' kernels and their allocations) would otherwise fall in the timed prefill."""
+    have. The cache-less warm-up forward never calls banded_attention, and its first calls (flash_window's
+    self-check and first call on CUDA; elsewhere the blocks' kernels) and their allocations would otherwise fall
+    in the timed prefill."""
     windows = sorted({layer.window for layer in layers if isinstance(layer, WindowLayer)})
     if not windows or chunk < 2:
         return

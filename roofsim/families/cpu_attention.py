@@ -187,9 +187,8 @@ def evaluate(plan: CpuAttentionPlan, ctx: Ctx) -> Evaluation:
     prefill = combine(
         pre_loads, outside_layers(ctx, pre), first_unit_fill(ctx, pre, fill_heads, None, True), gpu
     )
-    prefill_call_heads = (
-        max(g, gc) if pg is None else pg
-    )  # the KV heads of the prefill's largest attention call
+    # the KV heads of the prefill's largest attention call (its activations: pipeline.activation_bytes)
+    prefill_call_heads = max(g, gc) if pg is None else pg
 
     T = w.max_tokens
     gpu_kv = {
