@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, after a change that should not move how fast the executor runs (a refactor): the GPU-marked
-# tests, then three committed campaign configurations (head_offload, kvpr, cpu_attention) run again, to compare
-# with their committed measurements. From the repo root, with .whl carried:
+# tests (window layers' flash call and replayed decode among them), then three committed campaign configurations
+# (head_offload, kvpr, cpu_attention) run again, to compare with their committed measurements. From the repo root,
+# with .whl carried:
 #   bash validation/recheck_h100.sh            # ~6 min; $OUT/gpu-tests.log, $OUT/campaign-recheck.tar.gz
 # Then, here: extract the archive into a folder and compare the measured traces:
 #   mkdir -p /tmp/recheck && tar xzf campaign-recheck.tar.gz -C /tmp/recheck
@@ -14,7 +15,8 @@ nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max
 # (which has no executor/ inside: setup maps it) would shadow the installed package
 repo=$PWD
 (cd /tmp && python3 -m pytest -p no:cacheprovider -m gpu -rs "$repo/tests/test_executor_calibrate.py" \
-  "$repo/tests/test_executor_cli.py" "$repo/tests/test_executor_timing.py" "$repo/tests/test_executor_transfers.py") \
+  "$repo/tests/test_executor_cli.py" "$repo/tests/test_executor_timing.py" "$repo/tests/test_executor_transfers.py" \
+  "$repo/tests/test_executor_archs.py" "$repo/tests/test_executor_graphs.py") \
   > "$OUT/gpu-tests.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
 tail -3 "$OUT/gpu-tests.log"
