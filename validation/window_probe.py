@@ -1,7 +1,8 @@
 """How long a window layer's prefill attention takes in the executor, and what else could do it: at the window
 models' shapes (Gemma-3-12B, Gemma-3-27B, gpt-oss-20b), for a chunk after a full window,
-- `banded`: executor/window.py's banded_attention, its very first call in this process (wall and GPU time), then
-  the median of three;
+- `banded`: executor/window.py's banded_attention's block path, its very first call in this process (wall and
+  GPU time), then the median of three;
+- `flash window`: window.flash_window, the one FlashAttention-2 call the executor makes on CUDA;
 - `masked`: every block of W query rows (the GQA group folded in) against its 2W-1 keys in one memory-efficient
   call with a band mask (twice the band's FLOPs, no flips, copies or merges), its output checked against banded's;
 - `plain`: the band's FLOPs as one unmasked call (the chunk's queries against W keys), the rate the model prices.
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from roofsim.executor import window
 from roofsim.executor.attention import attend
-from roofsim.executor.window import banded_attention
+from roofsim.executor.window import banded_attention, flash_window
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SHAPES = {  # name: (query heads, KV heads, head dim, window)
@@ -62,15 +64,6 @@ def masked_blocks(q, K, V, W: int, scale: float) -> torch.Tensor:
     return out.reshape(nb, Hkv, G, W, D).permute(1, 2, 0, 3, 4).reshape(1, Hq, C, D)
 
 
-def flash_window(q, K, V, W: int, scale: float) -> torch.Tensor:
-    """aten._flash_attention_forward with window_size_left = W-1, right = 0 over [B, L, H, D] views."""
-    out = torch.ops.aten._flash_attention_forward(
-        q.transpose(1, 2), K.transpose(1, 2), V.transpose(1, 2), None, None, q.shape[2], K.shape[2], 0.0, True,
-        False, scale=scale, window_size_left=W - 1, window_size_right=0,
-    )[0]  # fmt: skip
-    return out.transpose(1, 2)
-
-
 def probe(name: str, C: int) -> dict:
     Hq, Hkv, D, W = SHAPES[name]
     dev, dt, scale = "cuda", torch.bfloat16, D**-0.5
@@ -79,6 +72,8 @@ def probe(name: str, C: int) -> dict:
     K = torch.randn(1, Hkv, W - 1 + C, D, device=dev, dtype=dt, generator=g)
     V = torch.randn(1, Hkv, W - 1 + C, D, device=dev, dtype=dt, generator=g)
     flops = 4.0 * Hq * D * C * W  # the band: each query against W keys
+    # banded_attention's block path: on CUDA in 16 bits it would take flash_window, timed apart below
+    window._flash_window_checked[(torch.device(dev).type, dt, D)] = False
     row = {
         "model": name,
         "chunk": C,
