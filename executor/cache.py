@@ -359,6 +359,9 @@ class RoofCache(Cache):
         self.runtime = runtime
         runtime.layers = layers
 
+    # compiled decoder layers (fuse.compile_layers) call this and the attention function as opaque calls: dynamo
+    # must not trace the layers' host-side bookkeeping (token counts, the pending layer), which changes every step
+    @torch.compiler.disable
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         layer = self.layers[layer_idx]
         k, v = layer.update(key_states, value_states)
@@ -407,6 +410,7 @@ class RoofCache(Cache):
         self.runtime.close()
 
 
+@torch.compiler.disable
 def roofsim_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The registered attention function: (out [B, C, Hq, D], None)."""
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5

@@ -117,3 +117,51 @@ def _one_call_norm(mod, eps: float):
         return F.rms_norm(x, (x.shape[-1],), mod.weight, eps)
 
     return forward
+
+
+def compile_layers(model) -> int:
+    """Give every decoder layer of `model` a torch.compile'd forward for replayed decode steps; other calls (prefill,
+    eager decode) keep the layer's own forward. Returns the number of layers changed.
+
+    A replayed step is one captured graph, so the host's issue cost is gone already; what is left beside the
+    GEMVs and the attention are tens of small kernels a layer (RoPE's slices, negations and products, SiLU times
+    up, the residual adds), each a read and a write of a few KB and a launch gap. Inductor fuses each run of them
+    between two opaque calls (matrix products, the cache's update and the attention function, which dynamo does
+    not trace: cache.py) into one Triton kernel. The compiled code runs where the cache is in a graph step
+    (`runtime.graph` set: capture, its warm-up, or the static eager step), so its shapes are the decode step's
+    and fixed: dynamic=False, compiled in the warm-up before capture. Integer attributes of the layers (their
+    index) are constants to dynamo, so each layer compiles once (the same graph each time, which inductor's cache
+    serves after the first)."""
+    import torch._dynamo
+
+    base = getattr(model, "model", model)
+    limit = (
+        4 * len(getattr(base, "layers", ())) + 8
+    )  # a few frames a layer: its own, its attention's, resumes
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, limit)
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * limit)
+    compiled: dict[type, object] = {}
+    n = 0
+    for layer in getattr(base, "layers", ()):
+        if "forward" in layer.__dict__:
+            continue
+        cls = type(layer)
+        if cls not in compiled:
+            compiled[cls] = torch.compile(cls.forward, dynamic=False)
+        layer.forward = _graph_step_forward(layer, compiled[cls])
+        n += 1
+    return n
+
+
+def _graph_step_forward(layer, compiled):
+    eager = type(layer).forward
+
+    def forward(*args, **kwargs):
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        runtime = getattr(cache, "runtime", None)
+        if getattr(runtime, "graph", None) is not None:
+            return compiled(layer, *args, **kwargs)
+        return eager(layer, *args, **kwargs)
+
+    return forward

@@ -238,3 +238,44 @@ def test_one_call_norms_give_the_same_logits(family):
             del m.forward
         x = torch.randn(2, model.config.hidden_size, dtype=dtype)
         assert torch.equal(norms[0](x), type(norms[0]).forward(norms[0], x))
+
+
+def test_compiled_layers_give_the_eager_logits_and_serve_only_the_graph_step():
+    """fuse.compile_layers: the static-input step through torch.compile'd layers gives the stock layers' logits;
+    prefill and eager decode keep the layers' own forward (the compiled code is called only in a graph step)."""
+    pytest.importorskip("torch._inductor")
+    from roofsim.executor import fuse
+
+    model = random_model(tiny_config("qwen3"), "cpu", torch.float32, seed=5)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(6))
+
+    def logits(mode):
+        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+        try:
+            return greedy_logits(model, cache, ids, CHUNK, GEN, graphs=mode)
+        finally:
+            cache.close()
+
+    ref = logits("static")
+    calls = []
+    assert fuse.compile_layers(model) == len(model.model.layers)
+    for layer in model.model.layers:
+        inner = layer.forward
+
+        def spy(*a, _inner=inner, **k):
+            cache = k.get("past_key_values", k.get("cache"))
+            calls.append(cache.runtime.graph is not None)
+            return _inner(*a, **k)
+
+        layer.forward = spy
+    try:
+        got = logits("static")
+        assert rel_err(got, ref) < 1e-5
+        n_layers = len(model.model.layers)
+        # prefill's chunks ran the layers' own forward, the GEN static steps the compiled one
+        assert calls.count(True) == GEN * n_layers
+        assert calls.count(False) == -(-PROMPT // CHUNK) * n_layers
+        assert rel_err(logits(None), ref) < 1e-5  # eager decode: every call outside a graph step
+    finally:
+        for layer in model.model.layers:
+            del layer.forward

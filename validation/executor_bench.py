@@ -287,7 +287,7 @@ def _summarize_speed(b: Bench, s: dict) -> None:
         # the executor's faster configuration: graphs, or graphs over fused projections
         options = [
             x
-            for x in (label, f"{label}_fused", f"{label}_fusednorms")
+            for x in (label, f"{label}_fused", f"{label}_fusednorms", f"{label}_fusednorms_compiled")
             if decode.get(x, {}).get("graphs", {}).get("ratio_to_hbm_bound")
         ]
         if not options:
@@ -297,7 +297,8 @@ def _summarize_speed(b: Bench, s: dict) -> None:
         s[f"resident_decode_{label}_within_1.3x_of_hbm_bound"] = {
             "configuration": "graphs"
             + (", fused projections" if "_fused" in best else "")
-            + (", one-call norms" if best.endswith("norms") else ""),
+            + (", one-call norms" if "norms" in best else "")
+            + (", compiled layers" if best.endswith("_compiled") else ""),
             "decode_s_per_token": g["decode_s_per_token"],
             "eager_decode_s_per_token": e.get("eager", {}).get("decode_s_per_token"),
             "hf_default_s_per_token": e.get("hf_default_s_per_token"),
@@ -559,14 +560,20 @@ def prefill_flops(model, n: int) -> float:
 
 
 def stage_resident_decode(
-    b: Bench, context: int, gen: int = 12, fused: bool = False, norms: bool = False
+    b: Bench, context: int, gen: int = 12, fused: bool = False, norms: bool = False, compiled: bool = False
 ) -> None:
     """The resident plan's decode at `context`, eager and replayed from a CUDA graph, against the HBM bound: the
     weights a step reads and the context's KV over this run's HBM read rate. fused: the model's q/k/v and gate/up
     projections fused first (executor/fuse.py; it stays fused for the stages after), graphs only. norms: its
-    RMSNorms made one call each too (fuse.fuse_norms; they stay so for the stages after)."""
+    RMSNorms made one call each too (fuse.fuse_norms; they stay so for the stages after). compiled: its decoder
+    layers torch.compile'd for the replayed step too (fuse.compile_layers; likewise)."""
     model = b.get_model(524 * K)
-    label = f"{context // K}K" + ("_fused" if fused else "") + ("norms" if norms else "")
+    label = (
+        f"{context // K}K"
+        + ("_fused" if fused else "")
+        + ("norms" if norms else "")
+        + ("_compiled" if compiled else "")
+    )
     if fused:
         from roofsim.executor.fuse import fuse_projections
 
@@ -577,6 +584,11 @@ def stage_resident_decode(
 
         n = fuse_norms(model)
         b.data["fused_norms"] = n or b.data.get("fused_norms")
+    if compiled:
+        from roofsim.executor.fuse import compile_layers
+
+        n = compile_layers(model)
+        b.data["compiled_layers"] = n or b.data.get("compiled_layers")
     context //= SCALE
     entry = b.data.setdefault("resident_decode", {}).setdefault(label, {})
     modes = (("graphs", True),) if fused else (("eager", False), ("graphs", True))
@@ -832,6 +844,8 @@ def main() -> int:
         "decode64k_fused": lambda: stage_resident_decode(b, 64 * K, fused=True),
         "decode16k_fusednorms": lambda: stage_resident_decode(b, 16 * K, fused=True, norms=True),
         "decode64k_fusednorms": lambda: stage_resident_decode(b, 64 * K, fused=True, norms=True),
+        "decode16k_compiled": lambda: stage_resident_decode(b, 16 * K, fused=True, norms=True, compiled=True),
+        "decode64k_compiled": lambda: stage_resident_decode(b, 64 * K, fused=True, norms=True, compiled=True),
         "prefill128k": lambda: stage_prefill(
             b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident"
         ),

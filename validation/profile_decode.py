@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from roofsim.executor import fuse
 from roofsim.executor.models import load_model
 from roofsim.executor.runner import run_plan
 from torch.profiler import ProfilerActivity, profile
@@ -77,10 +78,25 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3-8b")
     ap.add_argument("--context", type=int, default=16384)
     ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--fuse",
+        choices=["none", "projections", "norms", "compiled"],
+        default="none",
+        help="executor/fuse.py first, each choice with the ones before it: fused q/k/v and gate/up, one-call norms, "
+        "torch.compile'd layers in the replayed step",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, name = load_model(args.model, device="cuda", max_positions=args.context + 64)
+    levels = ["none", "projections", "norms", "compiled"]
+    level = levels.index(args.fuse)
+    if level >= 1:
+        fuse.fuse_projections(model)
+    if level >= 2:
+        fuse.fuse_norms(model)
+    if level >= 3:
+        fuse.compile_layers(model)
     plan = ResidentPlan(prefill_chunk=min(args.context, 16384), decode_graphs=True)
     run_plan(plan, model, model_name=name, prompt_len=args.context, gen=3, warmup=1, trace_steps=0)  # warm
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -100,7 +116,9 @@ def main() -> None:
         decode_step_s=r.trace.summary.decode.step_s,
         notes=[n for n in r.trace.header.notes if "decode" in n],
     )
-    (out / f"profile-{name}-{args.context}.json").write_text(json.dumps(got, indent=1))
+    got["fuse"] = args.fuse
+    suffix = "" if args.fuse == "none" else f"-{args.fuse}"
+    (out / f"profile-{name}-{args.context}{suffix}.json").write_text(json.dumps(got, indent=1))
     print(
         f"{name} {args.context}: {got['kernels']} kernels, busy {got['busy_us']:.0f} us, span {got['span_us']:.0f} us"
     )
