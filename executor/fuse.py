@@ -119,25 +119,26 @@ def _one_call_norm(mod, eps: float):
     return forward
 
 
-def compile_layers(model) -> int:
-    """Give every decoder layer of `model` a torch.compile'd forward for replayed decode steps; other calls (prefill,
-    eager decode) keep the layer's own forward. Returns the number of layers changed.
+def compile_layers(model, prefill: bool = False, backend: str = "inductor") -> int:
+    """Give every decoder layer of `model` a torch.compile'd forward for replayed decode steps, and with
+    `prefill` for every forward through a plan's cache (prefill chunks, eager decode); other calls keep the
+    layer's own forward. Returns the number of layers changed.
 
-    A replayed step is one captured graph, so the host's issue cost is gone already; what is left beside the
-    GEMVs and the attention are tens of small kernels a layer (RoPE's slices, negations and products, SiLU times
-    up, the residual adds), each a read and a write of a few KB and a launch gap. Inductor fuses each run of them
-    between two opaque calls (matrix products, the cache's update and the attention function, which dynamo does
-    not trace: cache.py) into one Triton kernel. The compiled code runs where the cache is in a graph step
-    (`runtime.graph` set: capture, its warm-up, or the static eager step), so its shapes are the decode step's
-    and fixed: dynamic=False, compiled in the warm-up before capture. Integer attributes of the layers (their
-    index) are constants to dynamo, so each layer compiles once (the same graph each time, which inductor's cache
-    serves after the first)."""
+    Beside the matrix products and the attention, a layer runs tens of elementwise kernels (RoPE's slices,
+    negations, concatenations and products, the norms' casts, SiLU times up, the residual adds). In a replayed
+    decode step each is a launch gap and a few KB; in a prefill chunk each is a pass over a chunk-sized tensor in
+    HBM. Inductor fuses each run of them between two opaque calls (matrix products, the cache's update and the
+    attention function, which dynamo does not trace: cache.py) into one Triton kernel. Shapes are fixed per call
+    site (a decode step's, a chunk's: the past's length reaches only the opaque calls): dynamic=False, one
+    compilation per shape, a replayed step's in the warm-up before capture. Integer attributes of the layers
+    (their index) are constants to dynamo, so each layer compiles once per shape (the same graph each time, which
+    inductor's cache serves after the first). backend: torch.compile's (the CPU tests trace with "aot_eager",
+    which checks dynamo's capture around the opaque calls without generating code)."""
     import torch._dynamo
 
     base = getattr(model, "model", model)
-    limit = (
-        4 * len(getattr(base, "layers", ())) + 8
-    )  # a few frames a layer: its own, its attention's, resumes
+    # a few frames a layer (its own, its attention's, the resumes after opaque calls), for a few shapes
+    limit = 8 * len(getattr(base, "layers", ())) + 8
     cfg = torch._dynamo.config
     cfg.recompile_limit = max(cfg.recompile_limit, limit)
     cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * limit)
@@ -148,19 +149,19 @@ def compile_layers(model) -> int:
             continue
         cls = type(layer)
         if cls not in compiled:
-            compiled[cls] = torch.compile(cls.forward, dynamic=False)
-        layer.forward = _graph_step_forward(layer, compiled[cls])
+            compiled[cls] = torch.compile(cls.forward, dynamic=False, backend=backend)
+        layer.forward = _compiled_forward(layer, compiled[cls], prefill)
         n += 1
     return n
 
 
-def _graph_step_forward(layer, compiled):
+def _compiled_forward(layer, compiled, prefill: bool):
     eager = type(layer).forward
 
     def forward(*args, **kwargs):
         cache = kwargs.get("past_key_values", kwargs.get("cache"))
         runtime = getattr(cache, "runtime", None)
-        if getattr(runtime, "graph", None) is not None:
+        if runtime is not None and (prefill or runtime.graph is not None):
             return compiled(layer, *args, **kwargs)
         return eager(layer, *args, **kwargs)
 

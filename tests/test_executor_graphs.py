@@ -240,42 +240,85 @@ def test_one_call_norms_give_the_same_logits(family):
         assert torch.equal(norms[0](x), type(norms[0]).forward(norms[0], x))
 
 
-def test_compiled_layers_give_the_eager_logits_and_serve_only_the_graph_step():
-    """fuse.compile_layers: the static-input step through torch.compile'd layers gives the stock layers' logits;
-    prefill and eager decode keep the layers' own forward (the compiled code is called only in a graph step)."""
-    pytest.importorskip("torch._inductor")
+def _logits_of(model, ids, mode, gen=GEN):
+    cache = make_cache(model, ResidentPlan(), max_tokens=ids.shape[1] + gen)
+    try:
+        return greedy_logits(model, cache, ids, CHUNK, gen, graphs=mode)
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("prefill", [False, True])
+def test_compiled_layers_serve_the_calls_they_are_asked_for(monkeypatch, prefill):
+    """fuse.compile_layers' dispatch (torch.compile stood in by a recorder): the graph step's forwards, and with
+    prefill=True every forward through a plan cache, take the compiled layer; the rest keep the layer's own."""
     from roofsim.executor import fuse
 
-    model = random_model(tiny_config("qwen3"), "cpu", torch.float32, seed=5)
-    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(6))
-
-    def logits(mode):
-        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
-        try:
-            return greedy_logits(model, cache, ids, CHUNK, GEN, graphs=mode)
-        finally:
-            cache.close()
-
-    ref = logits("static")
     calls = []
-    assert fuse.compile_layers(model) == len(model.model.layers)
-    for layer in model.model.layers:
-        inner = layer.forward
 
-        def spy(*a, _inner=inner, **k):
-            cache = k.get("past_key_values", k.get("cache"))
-            calls.append(cache.runtime.graph is not None)
-            return _inner(*a, **k)
+    def fake_compile(fn, **_):
+        def run(*a, **k):
+            calls.append(True)
+            return fn(*a, **k)
 
-        layer.forward = spy
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=5)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(6))
+    ref = _logits_of(model, ids, "static")
+    n_layers = len(model.model.layers)
     try:
-        got = logits("static")
-        assert rel_err(got, ref) < 1e-5
-        n_layers = len(model.model.layers)
-        # prefill's chunks ran the layers' own forward, the GEN static steps the compiled one
-        assert calls.count(True) == GEN * n_layers
-        assert calls.count(False) == -(-PROMPT // CHUNK) * n_layers
-        assert rel_err(logits(None), ref) < 1e-5  # eager decode: every call outside a graph step
+        assert fuse.compile_layers(model, prefill=prefill) == n_layers
+        assert rel_err(_logits_of(model, ids, "static"), ref) < 1e-6
+        chunks = -(-PROMPT // CHUNK)
+        # the GEN static steps always; prefill's chunks only when asked for
+        assert len(calls) == (GEN + (chunks if prefill else 0)) * n_layers
+        calls.clear()
+        model(ids[:, :4])  # no plan cache: the layer's own forward
+        assert calls == []
     finally:
         for layer in model.model.layers:
             del layer.forward
+
+
+def test_compiled_layers_give_the_stock_logits_in_prefill_and_decode():
+    """fuse.compile_layers(prefill=True) through dynamo (the aot_eager backend: the graphs dynamo captures around
+    the cache's update and the attention function, run without generated code): prefill chunks and the
+    static-input decode step give the stock layers' logits. Inductor's code runs in the GPU test below."""
+    from roofsim.executor import fuse
+
+    model = random_model(tiny_config("qwen3", layers=1), "cpu", torch.float32, seed=5)
+    ids = torch.randint(0, 128, (1, 2 * CHUNK), generator=torch.Generator().manual_seed(6))
+    ref = _logits_of(model, ids, "static", gen=2)
+    try:
+        assert fuse.compile_layers(model, prefill=True, backend="aot_eager") == 1
+        assert rel_err(_logits_of(model, ids, "static", gen=2), ref) < 1e-5
+    finally:
+        for layer in model.model.layers:
+            del layer.forward
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_layers_replayed_from_a_graph_give_the_eager_logits_on_the_gpu():
+    """Inductor's Triton kernels inside the captured decode step and in prefill chunks (fuse.compile_layers with
+    prefill, over fused projections and one-call norms) give the stock eager logits."""
+    from roofsim.executor import fuse
+
+    model = random_model(tiny_config("llama", layers=3), "cuda", torch.bfloat16, seed=1)
+    ids = torch.randint(0, 128, (1, 256), generator=torch.Generator().manual_seed(2)).cuda()
+    cache = make_cache(model, ResidentPlan(), max_tokens=256 + 8)
+    try:
+        ref = greedy_logits(model, cache, ids, 128, 8)
+    finally:
+        cache.close()
+    fuse.fuse_projections(model)
+    fuse.fuse_norms(model)
+    assert fuse.compile_layers(model, prefill=True) == 3
+    cache = make_cache(model, ResidentPlan(), max_tokens=256 + 8)
+    try:
+        got = greedy_logits(model, cache, ids, 128, 8, graphs="capture")
+    finally:
+        cache.close()
+    assert rel_err(got, ref) < 2e-2

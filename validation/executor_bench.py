@@ -306,9 +306,14 @@ def _summarize_speed(b: Bench, s: dict) -> None:
             "ratio": g["ratio_to_hbm_bound"],
             "holds": g["ratio_to_hbm_bound"] <= 1.3,
         }
-    p = b.data.get("prefill", {}).get("128K_resident", {})
+    prefills = b.data.get("prefill", {})
+    options = [x for x in ("128K_resident", "128K_resident_compiled") if prefills.get(x, {}).get("prefill_s")]
+    p = prefills[min(options, key=lambda x: prefills[x]["prefill_s"])] if options else {}
     if p.get("ratio_to_compute_bound"):
         s["prefill_128K_resident_within_1.3x_of_compute_bound"] = {
+            "configuration": "compiled layers"
+            if p is prefills.get("128K_resident_compiled")
+            else "stock layers",
             "prefill_s": p["prefill_s"],
             "compute_bound_s": p["compute_bound_s"],
             "ratio": p["ratio_to_compute_bound"],
@@ -619,11 +624,21 @@ def stage_resident_decode(
         entry["graphs_speedup"] = entry["eager"]["decode_s_per_token"] / entry["graphs"]["decode_s_per_token"]
 
 
-def stage_prefill(b: Bench, context: int, plan, label: str) -> None:
+def stage_prefill(b: Bench, context: int, plan, label: str, compiled: bool = False) -> None:
     """A prefill of `context` tokens under `plan` against the compute bound: its FLOPs over this run's bf16 GEMM
-    rate."""
+    rate. compiled: the projections and norms fused and the layers torch.compile'd for prefill too
+    (executor/fuse.py; they stay so for the stages after), compiled first by an untimed run of one chunk."""
     model = b.get_model(524 * K)
     context //= SCALE
+    if compiled:
+        from roofsim.executor import fuse
+
+        fuse.fuse_projections(model)
+        fuse.fuse_norms(model)
+        b.data["compiled_layers_prefill"] = fuse.compile_layers(model, prefill=True)
+        t0 = time.perf_counter()
+        run_plan(plan, model, model_name=MODEL, prompt_len=plan.prefill_chunk, gen=1, warmup=0, trace_steps=0)
+        b.data["prefill_compile_run_s"] = time.perf_counter() - t0
     r = run_plan(plan, model, model_name=MODEL, prompt_len=context, gen=1, warmup=0, trace_steps=0)
     s = r.trace.summary
     entry = b.data.setdefault("prefill", {}).setdefault(label, {})
@@ -848,6 +863,9 @@ def main() -> int:
         "decode64k_compiled": lambda: stage_resident_decode(b, 64 * K, fused=True, norms=True, compiled=True),
         "prefill128k": lambda: stage_prefill(
             b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident"
+        ),
+        "prefill128k_compiled": lambda: stage_prefill(
+            b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident_compiled", compiled=True
         ),
         "attn": lambda: stage_attention_kernels(b),
         "fp8_256k": lambda: stage_stream(b, 256 * K, 5, fp8_plan(), "256K_fp8", False),
