@@ -359,9 +359,6 @@ class RoofCache(Cache):
         self.runtime = runtime
         runtime.layers = layers
 
-    # compiled decoder layers (fuse.compile_layers) call this and the attention function as opaque calls: dynamo
-    # must not trace the layers' host-side bookkeeping (token counts, the pending layer), which changes every step
-    @torch.compiler.disable
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         layer = self.layers[layer_idx]
         k, v = layer.update(key_states, value_states)
@@ -410,7 +407,6 @@ class RoofCache(Cache):
         self.runtime.close()
 
 
-@torch.compiler.disable
 def roofsim_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The registered attention function: (out [B, C, Hq, D], None)."""
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -426,4 +422,19 @@ def roofsim_attention(module, query, key, value, attention_mask, scaling=None, d
 def register_attention() -> None:
     from transformers import AttentionInterface
 
-    AttentionInterface.register(ATTN_NAME, roofsim_attention)
+    AttentionInterface.register(ATTN_NAME, _opaque.get("attention", roofsim_attention))
+
+
+_opaque: dict = {}
+
+
+def opaque_to_dynamo() -> None:
+    """Make the cache's update and the registered attention function opaque calls to dynamo, for compiled decoder
+    layers (fuse.compile_layers): dynamo must not trace the layers' host-side bookkeeping (token counts, the
+    pending layer), which changes at every call. Done once, on first use, not at import: `torch.compiler.disable`
+    imports dynamo, seconds of every fresh process's start."""
+    if _opaque:
+        return
+    _opaque["attention"] = torch.compiler.disable(roofsim_attention)
+    RoofCache.update = torch.compiler.disable(RoofCache.update)
+    register_attention()

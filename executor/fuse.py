@@ -135,7 +135,9 @@ def compile_layers(model, prefill: bool = False, backend: str = "inductor") -> i
     inductor's cache serves after the first). backend: torch.compile's (the CPU tests trace with "aot_eager",
     which checks dynamo's capture around the opaque calls without generating code)."""
     import torch._dynamo
+    from roofsim.executor.cache import opaque_to_dynamo
 
+    opaque_to_dynamo()
     base = getattr(model, "model", model)
     # a few frames a layer (its own, its attention's, the resumes after opaque calls), for a few shapes
     limit = 8 * len(getattr(base, "layers", ())) + 8
