@@ -147,8 +147,9 @@ def compile_layers(model, prefill: bool = False, backend: str = "inductor") -> i
     compiled: dict[type, object] = {}
     n = 0
     for layer in getattr(base, "layers", ()):
-        if "forward" in layer.__dict__:
-            continue
+        own = layer.__dict__.get("forward")
+        if own is not None and not getattr(own, "roofsim_compiled", False):
+            continue  # a forward of someone else's
         cls = type(layer)
         if cls not in compiled:
             compiled[cls] = torch.compile(cls.forward, dynamic=False, backend=backend)
@@ -167,4 +168,5 @@ def _compiled_forward(layer, compiled, prefill: bool):
             return compiled(layer, *args, **kwargs)
         return eager(layer, *args, **kwargs)
 
+    forward.roofsim_compiled = True  # a later compile_layers call may re-wrap it (prefill on, say)
     return forward

@@ -269,6 +269,8 @@ def test_compiled_layers_serve_the_calls_they_are_asked_for(monkeypatch, prefill
     ref = _logits_of(model, ids, "static")
     n_layers = len(model.model.layers)
     try:
+        if prefill:  # decode only first, then re-wrapped with prefill on
+            assert fuse.compile_layers(model) == n_layers
         assert fuse.compile_layers(model, prefill=prefill) == n_layers
         assert rel_err(_logits_of(model, ids, "static"), ref) < 1e-6
         chunks = -(-PROMPT // CHUNK)

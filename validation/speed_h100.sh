@@ -5,6 +5,8 @@
 #   TESTS=0 STAGES=bw,ceilings,512k bash validation/speed_h100.sh  # the 512K prefill under 24 GB
 #   TESTS=0 STAGES=bw,ceilings,decode16k_fused,decode16k_fusednorms,decode64k_fused,decode64k_fusednorms \
 #     bash validation/speed_h100.sh                                # replayed decode, fused projections, one-call norms
+#   TESTS=0 STAGES=bw,ceilings,decode64k_fusednorms,decode16k_compiled,decode64k_compiled,prefill128k_compiled \
+#     bash validation/speed_h100.sh      # also torch.compile'd layers (fuse.compile_layers); they stay for later stages
 # Results: $OUT/gpu-tests.log, $OUT/bench/executor_bench.json (+ traces), $OUT/bench.log, $OUT/gpu.txt
 set -uo pipefail
 . validation/device_setup.sh || exit 1
