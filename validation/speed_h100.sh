@@ -7,6 +7,7 @@
 #     bash validation/speed_h100.sh                                # replayed decode, fused projections, one-call norms
 #   TESTS=0 STAGES=bw,ceilings,decode64k_fusednorms,decode16k_compiled,decode64k_compiled,prefill128k_compiled \
 #     bash validation/speed_h100.sh      # also torch.compile'd layers (fuse.compile_layers); they stay for later stages
+# TEST_FILES (default tests/test_executor_graphs.py) names the GPU-marked test files run first, TEST_K a -k filter.
 # Results: $OUT/gpu-tests.log, $OUT/bench/executor_bench.json (+ traces), $OUT/bench.log, $OUT/gpu.txt
 set -uo pipefail
 . validation/device_setup.sh || exit 1
@@ -15,8 +16,10 @@ repo=$PWD
 STAGES=${STAGES:-bw,ceilings,decode16k,decode64k,decode64k_fused,decode16k_fused,hfdefault16k,hfdefault64k,exact,64k,attn,prefill128k,hf64k}
 if [ "${TESTS:-1}" = 1 ]; then
   # from another folder: the checkout's roofsim/ (no executor/ inside) would shadow the installed package
-  (cd /tmp && timeout 120 python3 -m pytest -p no:cacheprovider -m gpu -rs "$repo/tests/test_executor_graphs.py") \
-    > "$OUT/gpu-tests.log" 2>&1
+  files=()
+  for f in ${TEST_FILES:-tests/test_executor_graphs.py}; do files+=("$repo/$f"); done
+  (cd /tmp && timeout "${TEST_TIMEOUT:-120}" python3 -m pytest -p no:cacheprovider -m gpu -rA ${TEST_K:+-k "$TEST_K"} \
+    "${files[@]}") > "$OUT/gpu-tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
   tail -3 "$OUT/gpu-tests.log"
 fi
