@@ -7,6 +7,8 @@
 #     bash validation/speed_h100.sh                                # replayed decode, fused projections, one-call norms
 #   TESTS=0 STAGES=bw,ceilings,decode64k_fusednorms,decode16k_compiled,decode64k_compiled,prefill128k_compiled \
 #     bash validation/speed_h100.sh      # also torch.compile'd layers (fuse.compile_layers); they stay for later stages
+# PROFILE_FUSE=compiled (or none, projections, norms) then profiles a replayed decode step at PROFILE_CONTEXT
+# (65536) with validation/profile_decode.py, bounded by PROFILE_TIMEOUT (90 s): $OUT/profile/, $OUT/profile.log.
 # TEST_FILES (default tests/test_executor_graphs.py) names the GPU-marked test files run first, TEST_K a -k filter.
 # Results: $OUT/gpu-tests.log, $OUT/bench/executor_bench.json (+ traces), $OUT/bench.log, $OUT/gpu.txt
 set -uo pipefail
@@ -35,3 +37,9 @@ for k, v in d.get("must_hold", {}).items():
     print(k, {x: v.get(x) for x in ("ratio", "holds")})
 print("errors:", list(d.get("errors", {})))
 PY
+if [ -n "${PROFILE_FUSE:-}" ]; then
+  (cd /tmp && timeout "${PROFILE_TIMEOUT:-90}" python3 "$repo/validation/profile_decode.py" \
+    --context "${PROFILE_CONTEXT:-65536}" --fuse "$PROFILE_FUSE" --out "$OUT/profile") > "$OUT/profile.log" 2>&1
+  echo "profile rc=$?" >> "$OUT/profile.log"
+  tail -4 "$OUT/profile.log"
+fi
