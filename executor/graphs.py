@@ -7,8 +7,8 @@ position_ids) and the key count of every attention (position + 1). A cache can b
 decode GPU work has fixed shapes (`PlanLayer.graph_ready`): resident slots preallocated to the capacity, where
 the new K/V is written at the device position (index_copy_) and attention reads the buffer up to the device key
 count (`attention.decode_attend`); evict's kept KV, which decode only appends to, likewise, each index less the
-tokens its prefill evicted. Plans that copy over PCIe at decode (sizes that grow with the context, host waits)
-run eager.
+tokens its prefill evicted; window layers' kept rows, moved into a ring of the window's length (executor/window.py).
+Plans that copy over PCIe at decode (sizes that grow with the context, host waits) run eager.
 
 Per step, outside the graph: three small writes into the static inputs, the replay, and the layers' host-side
 token counts advanced by one. The recorder is off inside a replayed step; the runner records the step as a whole.
@@ -77,7 +77,8 @@ class GraphDecoder:
         sh = self.rt.shape
         for layer in self.rt.layers:
             layer.prepare_graph()
-        K, V = self.rt.layers[0].graph_kv()
+        # the longest buffer: a window layer's ring is only `window` rows long, the global layers' the capacity
+        K, V = max((layer.graph_kv() for layer in self.rt.layers), key=lambda kv: kv[0].shape[2])
         heads = K.shape[1] * sh.group
         q = torch.randn(sh.batch, 1, heads, sh.head_dim, device=sh.device, dtype=sh.dtype).transpose(1, 2)
         # keys the buffer holds: an evict layer's buffer is shorter than the position n (a key count past it

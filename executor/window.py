@@ -3,12 +3,18 @@ tokens, which is all a later query can see. The plan's family places the global 
 
 A query at position t attends keys t - window + 1 .. t (transformers' sliding mask: kv > q - window, kv <= q):
 the cached rows, then the chunk's own keys, under a banded causal mask.
+
+Replayed decode (executor/graphs.py): before a capture the kept rows move into a ring of `window` rows, the row of
+position p at p mod window, so a step writes its row at the device position mod window and attends the first
+min(position + 1, window) rows: fixed shapes, and softmax does not care in which order the keys lie (each was
+rotated at its own position when it was written). An eager forward after replayed steps puts the rows back in
+position order first.
 """
 
 from __future__ import annotations
 
 import torch
-from roofsim.executor.attention import attend, merge
+from roofsim.executor.attention import attend, decode_attend, merge
 from roofsim.executor.cache import PlanLayer, Runtime
 from roofsim.executor.slots import with_sinks
 
@@ -20,14 +26,59 @@ class WindowLayer(PlanLayer):
         super().__init__(rt, idx)
         self.window = window
         self.k = self.v = None
+        self.ring = False  # k, v are the replay's ring of `window` rows (position p at row p mod window)
+        self.sinks = False  # the module has attention sinks (gpt-oss): its decode needs the LSE, not replayed
 
     def gpu_bytes(self) -> dict[str, int]:
         if self.k is None:
             return {"kv_window": 0}
         return {"kv_window": 2 * self.k.numel() * self.k.element_size()}
 
+    def graph_ready(self) -> bool:
+        """After the prefill (the kept rows exist), without sinks: prepare_graph makes the decode shapes fixed."""
+        return self.rt.capacity is not None and self.k is not None and not self.sinks
+
+    def prepare_graph(self) -> None:
+        """Move the kept rows (positions seen - kept .. seen - 1) into a ring of `window` rows at position mod
+        window; the rows no position holds yet are zeroed (the masked decode kernel multiplies them by a
+        probability of 0, and 0 x a NaN left in fresh memory is NaN)."""
+        if self.ring:
+            return
+        W, kept = self.window, self.k.shape[2]
+        rows = torch.arange(self.seen - kept, self.seen, device=self.k.device) % W
+        k = self.k.new_zeros(*self.k.shape[:2], W, self.k.shape[3])
+        v = torch.zeros_like(k)
+        k.index_copy_(2, rows, self.k)
+        v.index_copy_(2, rows, self.v)
+        self.k, self.v, self.ring = k, v, True
+
+    def graph_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k, self.v
+
+    def _attend_replayed(self, q: torch.Tensor, scale: float, graph) -> torch.Tensor:
+        """The decode step at the graph's device position p: its row written at p mod window, attention over the
+        first min(p + 1, window) rows of the ring (device ops only, so a capture holds them)."""
+        W = self.window
+        at = graph.pos.view(1) % W
+        self.k.index_copy_(2, at, self.k_new)
+        self.v.index_copy_(2, at, self.v_new)
+        return decode_attend(q, self.k, self.v, graph.n_keys.clamp(max=W), scale)
+
+    def _unring(self) -> None:
+        """Back from the ring to the eager layout: the last min(window - 1, seen) positions' rows in order."""
+        P, W = self.P, self.window
+        keep = min(W - 1, P)
+        rows = torch.arange(P - keep, P, device=self.k.device) % W
+        self.k = self.k.index_select(2, rows)
+        self.v = self.v.index_select(2, rows)
+        self.ring = False
+
     def _attend(self, module, q: torch.Tensor, scale: float) -> torch.Tensor:
         """q [B, Hq, C, D] -> out [B, Hq, C, D]."""
+        if self.rt.graph is not None:
+            return self._attend_replayed(q, scale, self.rt.graph)
+        if self.ring:
+            self._unring()
         rec, eng = self.rt.rec, self.rt.engine
         a0 = rec.mark(eng.compute)
         C, W = self.C, self.window
@@ -37,6 +88,7 @@ class WindowLayer(PlanLayer):
             K, V = torch.cat([self.k, self.k_new], dim=2), torch.cat([self.v, self.v_new], dim=2)
         out, lse = banded_attention(q, K, V, K.shape[2] - C, W, scale)
         sinks = getattr(module, "sinks", None)
+        self.sinks = sinks is not None
         if sinks is not None:  # gpt-oss: one more logit per head, its sink, with no value
             out = with_sinks(out, lse, sinks)
         keep = min(W - 1, K.shape[2])

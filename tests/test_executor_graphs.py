@@ -185,6 +185,72 @@ def test_a_graph_run_replays_and_matches_eager_on_the_gpu():
     assert len(r.trace.summary.decode.step_s) == 5
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_gemma3_run_replays_its_window_layers_from_a_ring_on_the_gpu():
+    """Window layers no longer keep a model's decode eager: the run replays (its window of 5 wrapping during the
+    decode) and its logits are the eager run's."""
+    model = random_model(tiny_config("gemma3", layers=3), "cuda", torch.bfloat16, seed=1)
+    kw = dict(model_name="tiny", prompt_len=300, gen=8, keep_logits=True)
+    r = run_plan(ResidentPlan(decode_graphs=True), model, **kw)
+    ref = run_plan(ResidentPlan(decode_graphs=False), model, **kw)
+    assert any("replayed from a CUDA graph" in n for n in r.trace.header.notes), r.trace.header.notes
+    assert rel_err(torch.stack(r.logits), torch.stack(ref.logits)) < 2e-2
+
+
+@pytest.mark.parametrize("prompt", [3, PROMPT], ids=["prompt_shorter_than_the_window", "prompt_past_it"])
+def test_window_layers_replay_from_a_ring_and_give_the_eager_logits(prompt):
+    """Gemma 3's window layers (window 5 in the tiny config) in the static-input step: the kept rows move into a
+    ring of 5 rows, each step writes at position mod 5 and attends min(position + 1, 5) rows; the decode runs past
+    the window and wraps the ring, the buffer keeps one shape, and the logits are the eager ones."""
+    from roofsim.executor.window import WindowLayer
+
+    model = random_model(tiny_config("gemma3", layers=3), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, prompt), generator=torch.Generator().manual_seed(2))
+    gen = 7  # past the window of 5 from either prompt
+    got, shapes = {}, {}
+    for mode in (None, "static"):
+        cache = make_cache(model, ResidentPlan(), max_tokens=prompt + gen)
+        try:
+            got[mode] = greedy_logits(model, cache, ids, CHUNK, gen, graphs=mode)
+            windows = [layer for layer in cache.layers if isinstance(layer, WindowLayer)]
+            assert len(windows) == 2 and all(layer.graph_ready() for layer in windows)
+            shapes[mode] = {(layer.ring, layer.k.shape[2]) for layer in windows}
+        finally:
+            cache.close()
+    assert shapes == {None: {(False, 4)}, "static": {(True, 5)}}
+    assert rel_err(got["static"], got[None]) < 1e-5
+
+
+def test_an_eager_chunk_after_replayed_steps_finds_the_window_rows_in_order():
+    """After steps through the ring, a chunk of three tokens run eagerly (a second turn's prompt) puts the window
+    layers' rows back in position order: its logits are those of a run that never replayed."""
+    from roofsim.executor.graphs import GraphDecoder
+
+    model = random_model(tiny_config("gemma3", layers=3), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    steps = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(3))
+    turn = torch.randint(0, 128, (1, 3), generator=torch.Generator().manual_seed(4))
+    got = []
+    for static in (False, True):
+        cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + 6 + 3)
+        try:
+            model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            decoder = GraphDecoder(model, cache, capture=False) if static else None
+            for i in range(6):
+                tok = steps[:, i : i + 1]
+                if decoder is None:
+                    model(tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                else:
+                    decoder.step(tok)
+            out = model(turn, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            got.append(out.float())
+            assert not any(getattr(layer, "ring", False) for layer in cache.layers)
+        finally:
+            cache.close()
+    assert rel_err(got[1], got[0]) < 1e-5
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_fused_projections_give_the_same_logits(family):
     from roofsim.executor.fuse import fuse_projections
