@@ -365,13 +365,7 @@ def _decode_flash_varlen(q, K, V, n_keys, scale):
     read disjoint keys, so a batch costs its bytes plus a launch per sequence."""
     B, Hq, _, D = q.shape
     T = K.shape[2]
-    key = (q.device, T)
-    if key not in _cu_seqlens:  # made before a capture (pick_decode_kernel): a host copy cannot be captured
-        _cu_seqlens[key] = (
-            torch.tensor([0, 1], dtype=torch.int32, device=q.device),
-            torch.tensor([0, T], dtype=torch.int32, device=q.device),
-        )
-    cu_q, cu_k = _cu_seqlens[key]
+    cu_q, cu_k = decode_lengths(q.device, T)
     outs = [
         torch.ops.aten._flash_attention_forward(
             q[b : b + 1, :, 0].contiguous(),
@@ -394,6 +388,21 @@ def _decode_flash_varlen(q, K, V, n_keys, scale):
 
 
 _cu_seqlens: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def decode_lengths(device, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The varlen decode call's cumulative query and key lengths for a buffer of T keys, made once per device and
+    T. Making them copies from the host, which a CUDA graph capture cannot hold: a capture first calls this for
+    every buffer length its layers attend (GraphDecoder)."""
+    key = (device, T)
+    if key not in _cu_seqlens:
+        _cu_seqlens[key] = (
+            torch.tensor([0, 1], dtype=torch.int32, device=device),
+            torch.tensor([0, T], dtype=torch.int32, device=device),
+        )
+    return _cu_seqlens[key]
+
+
 _DECODE_KERNELS = {"flash_varlen": _decode_flash_varlen, "masked": _decode_masked}
 _decode_choice: dict[tuple, str] = {}
 

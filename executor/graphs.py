@@ -17,7 +17,7 @@ token counts advanced by one. The recorder is off inside a replayed step; the ru
 from __future__ import annotations
 
 import torch
-from roofsim.executor.attention import pick_decode_kernel
+from roofsim.executor.attention import decode_lengths, pick_decode_kernel
 
 from roofsim.errors import UserError
 
@@ -77,8 +77,14 @@ class GraphDecoder:
         sh = self.rt.shape
         for layer in self.rt.layers:
             layer.prepare_graph()
-        # the longest buffer: a window layer's ring is only `window` rows long, the global layers' the capacity
-        K, V = max((layer.graph_kv() for layer in self.rt.layers), key=lambda kv: kv[0].shape[2])
+        buffers = [layer.graph_kv() for layer in self.rt.layers]
+        for device, T in {(k.device, k.shape[2]) for k, _ in buffers}:  # every length the step attends
+            decode_lengths(
+                device, T
+            )  # (window rings, the capacity), made on the tensors' own device (cuda:0)
+        # picked on the longest buffer: a window layer's ring is only `window` rows long, the global layers' the
+        # capacity
+        K, V = max(buffers, key=lambda kv: kv[0].shape[2])
         heads = K.shape[1] * sh.group
         q = torch.randn(sh.batch, 1, heads, sh.head_dim, device=sh.device, dtype=sh.dtype).transpose(1, 2)
         # keys the buffer holds: an evict layer's buffer is shorter than the position n (a key count past it

@@ -222,6 +222,24 @@ def test_window_layers_replay_from_a_ring_and_give_the_eager_logits(prompt):
     assert rel_err(got["static"], got[None]) < 1e-5
 
 
+def test_the_decode_lengths_of_every_buffer_exist_before_a_capture():
+    """A capture cannot copy from the host: the varlen decode call's key lengths are made beforehand for each buffer
+    length the step attends, the window layers' ring (5 rows) and the global layer's capacity."""
+    from roofsim.executor import attention
+    from roofsim.executor.graphs import GraphDecoder
+
+    model = random_model(tiny_config("gemma3", layers=3), "cpu", torch.float32, seed=1)
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    cache = make_cache(model, ResidentPlan(), max_tokens=PROMPT + GEN)
+    try:
+        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        attention._cu_seqlens.clear()
+        GraphDecoder(model, cache, capture=False)._pick_kernel(PROMPT)
+        assert {T for _, T in attention._cu_seqlens} == {5, PROMPT + GEN}
+    finally:
+        cache.close()
+
+
 def test_an_eager_chunk_after_replayed_steps_finds_the_window_rows_in_order():
     """After steps through the ring, a chunk of three tokens run eagerly (a second turn's prompt) puts the window
     layers' rows back in position order: its logits are those of a run that never replayed."""
