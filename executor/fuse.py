@@ -119,7 +119,7 @@ def _one_call_norm(mod, eps: float):
     return forward
 
 
-def compile_layers(model, prefill: bool = False, backend: str = "inductor") -> int:
+def compile_layers(model, prefill: bool = False, backend: str = "inductor", mode: str | None = None) -> int:
     """Give every decoder layer of `model` a torch.compile'd forward for replayed decode steps, and with
     `prefill` for every forward through a plan's cache (prefill chunks, eager decode); other calls keep the
     layer's own forward. Returns the number of layers changed.
@@ -133,7 +133,9 @@ def compile_layers(model, prefill: bool = False, backend: str = "inductor") -> i
     compilation per shape, a replayed step's in the warm-up before capture. Integer attributes of the layers
     (their index) are constants to dynamo, so each layer compiles once per shape (the same graph each time, which
     inductor's cache serves after the first). backend: torch.compile's (the CPU tests trace with "aot_eager",
-    which checks dynamo's capture around the opaque calls without generating code)."""
+    which checks dynamo's capture around the opaque calls without generating code). mode: torch.compile's
+    ("max-autotune-no-cudagraphs" also times Triton templates against cuBLAS for each matrix product's shape and
+    keeps the faster; the step's graph is the executor's own, so never a mode that captures one)."""
     import torch._dynamo
     from roofsim.executor.cache import opaque_to_dynamo
 
@@ -152,7 +154,7 @@ def compile_layers(model, prefill: bool = False, backend: str = "inductor") -> i
             continue  # a forward of someone else's
         cls = type(layer)
         if cls not in compiled:
-            compiled[cls] = torch.compile(cls.forward, dynamic=False, backend=backend)
+            compiled[cls] = torch.compile(cls.forward, dynamic=False, backend=backend, mode=mode)
         layer.forward = _compiled_forward(layer, compiled[cls], prefill)
         n += 1
     return n

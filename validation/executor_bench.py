@@ -287,7 +287,13 @@ def _summarize_speed(b: Bench, s: dict) -> None:
         # the executor's faster configuration: graphs, or graphs over fused projections
         options = [
             x
-            for x in (label, f"{label}_fused", f"{label}_fusednorms", f"{label}_fusednorms_compiled")
+            for x in (
+                label,
+                f"{label}_fused",
+                f"{label}_fusednorms",
+                f"{label}_fusednorms_compiled",
+                f"{label}_fusednorms_compiled_autotune",
+            )
             if decode.get(x, {}).get("graphs", {}).get("ratio_to_hbm_bound")
         ]
         if not options:
@@ -298,7 +304,8 @@ def _summarize_speed(b: Bench, s: dict) -> None:
             "configuration": "graphs"
             + (", fused projections" if "_fused" in best else "")
             + (", one-call norms" if "norms" in best else "")
-            + (", compiled layers" if best.endswith("_compiled") else ""),
+            + (", compiled layers" if "_compiled" in best else "")
+            + (" (max-autotune)" if best.endswith("_autotune") else ""),
             "decode_s_per_token": g["decode_s_per_token"],
             "eager_decode_s_per_token": e.get("eager", {}).get("decode_s_per_token"),
             "hf_default_s_per_token": e.get("hf_default_s_per_token"),
@@ -565,19 +572,27 @@ def prefill_flops(model, n: int) -> float:
 
 
 def stage_resident_decode(
-    b: Bench, context: int, gen: int = 12, fused: bool = False, norms: bool = False, compiled: bool = False
+    b: Bench,
+    context: int,
+    gen: int = 12,
+    fused: bool = False,
+    norms: bool = False,
+    compiled: bool = False,
+    autotune: bool = False,
 ) -> None:
     """The resident plan's decode at `context`, eager and replayed from a CUDA graph, against the HBM bound: the
     weights a step reads and the context's KV over this run's HBM read rate. fused: the model's q/k/v and gate/up
     projections fused first (executor/fuse.py; it stays fused for the stages after), graphs only. norms: its
     RMSNorms made one call each too (fuse.fuse_norms; they stay so for the stages after). compiled: its decoder
-    layers torch.compile'd for the replayed step too (fuse.compile_layers; likewise)."""
+    layers torch.compile'd for the replayed step too (fuse.compile_layers; likewise); autotune: compiled with
+    mode "max-autotune-no-cudagraphs" (Triton templates timed against cuBLAS per matrix product; likewise)."""
     model = b.get_model(524 * K)
     label = (
         f"{context // K}K"
         + ("_fused" if fused else "")
         + ("norms" if norms else "")
         + ("_compiled" if compiled else "")
+        + ("_autotune" if autotune else "")
     )
     if fused:
         from roofsim.executor.fuse import fuse_projections
@@ -592,7 +607,7 @@ def stage_resident_decode(
     if compiled:
         from roofsim.executor.fuse import compile_layers
 
-        n = compile_layers(model)
+        n = compile_layers(model, mode="max-autotune-no-cudagraphs" if autotune else None)
         b.data["compiled_layers"] = n or b.data.get("compiled_layers")
     context //= SCALE
     entry = b.data.setdefault("resident_decode", {}).setdefault(label, {})
@@ -861,6 +876,12 @@ def main() -> int:
         "decode64k_fusednorms": lambda: stage_resident_decode(b, 64 * K, fused=True, norms=True),
         "decode16k_compiled": lambda: stage_resident_decode(b, 16 * K, fused=True, norms=True, compiled=True),
         "decode64k_compiled": lambda: stage_resident_decode(b, 64 * K, fused=True, norms=True, compiled=True),
+        "decode16k_autotune": lambda: stage_resident_decode(
+            b, 16 * K, fused=True, norms=True, compiled=True, autotune=True
+        ),
+        "decode64k_autotune": lambda: stage_resident_decode(
+            b, 64 * K, fused=True, norms=True, compiled=True, autotune=True
+        ),
         "prefill128k": lambda: stage_prefill(
             b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident"
         ),

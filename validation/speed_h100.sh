@@ -7,6 +7,8 @@
 #     bash validation/speed_h100.sh                                # replayed decode, fused projections, one-call norms
 #   TESTS=0 STAGES=bw,ceilings,decode64k_fusednorms,decode16k_compiled,decode64k_compiled,prefill128k_compiled \
 #     bash validation/speed_h100.sh      # also torch.compile'd layers (fuse.compile_layers); they stay for later stages
+#   TESTS=0 STAGES=bw,ceilings,decode16k_autotune,decode64k_autotune bash validation/speed_h100.sh
+#                                      # compiled with mode max-autotune-no-cudagraphs (Triton GEMM templates timed)
 # PROFILE_FUSE=compiled (or none, projections, norms) then profiles a replayed decode step at PROFILE_CONTEXT
 # (65536) with validation/profile_decode.py, bounded by PROFILE_TIMEOUT (90 s): $OUT/profile/, $OUT/profile.log.
 # TEST_FILES (default tests/test_executor_graphs.py) names the GPU-marked test files run first, TEST_K a -k filter.
