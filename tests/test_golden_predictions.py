@@ -143,43 +143,27 @@ def test_readme_accuracy_is_what_summarize_computes():
         assert f"| {family} | {len(rs)} | {prefill} | {decode} |" in readme, family
 
 
-def test_the_held_out_figures_quoted_are_what_summarize_computes():
-    """The held-out set ran once; docs/validation.md quotes its summary line whole and the README three of its
+@pytest.mark.parametrize(
+    "folder, quoted_keys",
+    [
+        ("h100-heldout", ("decode_p90_abs_err_pct", "prefill_p90_abs_err_pct", "regret_max_pct")),
+        ("h100-heldout2", ("decode_p90_abs_err_pct", "mem_err_max_pct", "band_coverage_pct")),
+        ("h100-heldout3", ("decode_p90_abs_err_pct", "prefill_p90_abs_err_pct", "band_coverage_pct")),
+    ],
+)
+def test_the_held_out_figures_quoted_are_what_summarize_computes(folder, quoted_keys):
+    """Each held-out set ran once; docs/validation.md quotes its summary line whole and the README three of its
     figures, each as summarize computes them from the committed results."""
-    _, line = summarize(ROOT / "validation" / "results" / "h100-heldout")
-    assert line in DOC.read_text()
-    got = dict(kv.split("=") for kv in line.split()[1:])
-    readme = (ROOT / "README.md").read_text()
-    quoted = (
-        f"decode p90 {got['decode_p90_abs_err_pct']}%, prefill p90 {got['prefill_p90_abs_err_pct']}%, "
-        f"regret {got['regret_max_pct']}%"
-    )
-    assert quoted in " ".join(readme.split())
-
-
-def test_the_second_held_out_figures_quoted_are_what_summarize_computes():
-    """The second held-out set ran once too; docs/validation.md quotes its summary line whole and the README
-    three of its figures, each as summarize computes them from the committed results."""
-    _, line = summarize(ROOT / "validation" / "results" / "h100-heldout2")
+    _, line = summarize(ROOT / "validation" / "results" / folder)
     assert line in DOC.read_text()
     got = dict(kv.split("=") for kv in line.split()[1:])
     readme = " ".join((ROOT / "README.md").read_text().split())
-    quoted = (
-        f"decode p90 {got['decode_p90_abs_err_pct']}%, memory {got['mem_err_max_pct']}%, "
-        f"band {got['band_coverage_pct']}%"
-    )
-    assert quoted in readme
-
-
-def test_the_third_held_out_figures_quoted_are_what_summarize_computes():
-    """The third held-out set ran once too; docs/validation.md quotes its summary line whole and the README three
-    of its figures, each as summarize computes them from the committed results."""
-    _, line = summarize(ROOT / "validation" / "results" / "h100-heldout3")
-    assert line in DOC.read_text()
-    got = dict(kv.split("=") for kv in line.split()[1:])
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    quoted = (
-        f"decode p90 {got['decode_p90_abs_err_pct']}%, prefill p90 {got['prefill_p90_abs_err_pct']}%, "
-        f"band {got['band_coverage_pct']}%"
-    )
+    words = {
+        "decode_p90_abs_err_pct": "decode p90",
+        "prefill_p90_abs_err_pct": "prefill p90",
+        "regret_max_pct": "regret",
+        "mem_err_max_pct": "memory",
+        "band_coverage_pct": "band",
+    }
+    quoted = ", ".join(f"{words[k]} {got[k]}%" for k in quoted_keys)
     assert quoted in readme
