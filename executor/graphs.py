@@ -78,10 +78,10 @@ class GraphDecoder:
         for layer in self.rt.layers:
             layer.prepare_graph()
         buffers = [layer.graph_kv() for layer in self.rt.layers]
-        for device, T in {(k.device, k.shape[2]) for k, _ in buffers}:  # every length the step attends
-            decode_lengths(
-                device, T
-            )  # (window rings, the capacity), made on the tensors' own device (cuda:0)
+        # the varlen call's lengths for every buffer length the step attends (window rings, the capacity), on the
+        # tensors' own device (cuda:0): a capture cannot make them
+        for device, T in {(k.device, k.shape[2]) for k, _ in buffers}:
+            decode_lengths(device, T)
         # picked on the longest buffer: a window layer's ring is only `window` rows long, the global layers' the
         # capacity
         K, V = max(buffers, key=lambda kv: kv[0].shape[2])
