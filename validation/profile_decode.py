@@ -73,6 +73,10 @@ def table(kernels: list[dict]) -> dict:
     }
 
 
+FUSE_LEVELS = ["none", "projections", "norms", "compiled"]
+"""--fuse's choices, in order: each applies the ones before it too."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="llama-3-8b")
@@ -80,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument(
         "--fuse",
-        choices=["none", "projections", "norms", "compiled"],
+        choices=FUSE_LEVELS,
         default="none",
         help="executor/fuse.py first, each choice with the ones before it: fused q/k/v and gate/up, one-call norms, "
         "torch.compile'd layers in the replayed step",
@@ -89,8 +93,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, name = load_model(args.model, device="cuda", max_positions=args.context + 64)
-    levels = ["none", "projections", "norms", "compiled"]
-    level = levels.index(args.fuse)
+    level = FUSE_LEVELS.index(args.fuse)
     if level >= 1:
         fuse.fuse_projections(model)
     if level >= 2:
