@@ -241,9 +241,11 @@ class TextModel:
         out.cache_setup_s = setup_s
         seen = ids  # prompt and generated ids (the repetition penalty looks at both, as generate's does)
         try:
-            if not self._warm and plan.weights == "resident":
-                warm_up_kernels(self.model, ids[:, :chunk], engine, cache, n)
-                self._warm = True
+            if not self._warm:
+                warm_up_kernels(
+                    self.model, ids[:, :chunk], engine, cache, n, forward=plan.weights == "resident"
+                )
+                self._warm = plan.weights == "resident"  # streamed: the attention calls again, no forward yet
             first = logits = nxt = decoder = None
             for i in range(chunks):
                 if cancel is not None and cancel.is_set():

@@ -51,15 +51,18 @@ def _oom_types():
 
 
 @torch.no_grad()
-def warm_up_kernels(model, ids: torch.Tensor, engine, cache, prompt_len: int) -> None:
+def warm_up_kernels(model, ids: torch.Tensor, engine, cache, prompt_len: int, forward: bool = True) -> None:
     """One forward of a prefill-sized chunk with no cache (the registered attention then attends the chunk alone),
     then the attention calls of a chunk after a past and of a decode step at the plan's head counts: the first
     use of each kernel, cuBLAS's handle and workspace and the allocator's growth happen here, so that the timed
     prefill is the steady state the model predicts (docs/evidence.md#ev-warm-up-first-chunk). Before all of it,
-    the prefill kernel race on the past part a chunk attends."""
+    the prefill kernel race on the past part a chunk attends. forward=False (streamed weights: a forward would
+    stream every layer's weights once more) keeps the race and the attention calls, which touch no weight and are
+    most of a cold first chunk's cost (docs/evidence.md#ev-streamed-weights-cold-attention)."""
     heads = cache.kv_heads_per_call()
     race_prefill(cache.runtime.shape, ids.shape[1], min(heads), prompt_len)
-    model(ids, use_cache=False, logits_to_keep=1)
+    if forward:
+        model(ids, use_cache=False, logits_to_keep=1)
     warm_attention(cache.runtime.shape, ids.shape[1], heads)
     warm_up_windows(cache.layers, ids.shape[1])
     engine.synchronize()
@@ -141,12 +144,16 @@ def run_plan(
         ids = torch.randint(0, vocab, (batch, prompt_len), generator=g).to(device)
         chunk = min(plan.prefill_chunk or prompt_len, prompt_len)
         n_chunks = math.ceil(prompt_len / chunk)
-        if prefill_warmup and plan.weights == "resident":
-            warm_up_kernels(model, ids[:, :chunk], engine, cache, prompt_len)
+        if prefill_warmup:
+            resident = plan.weights == "resident"
+            warm_up_kernels(model, ids[:, :chunk], engine, cache, prompt_len, forward=resident)
             header.notes.append(
                 f"prefill: one untimed forward of a {chunk}-token chunk without the cache, and the attention calls "
                 "of a chunk after a past and of a decode step, ran first (kernel loading, library handles, "
                 "allocator growth are not prefill time)"
+                if resident
+                else f"prefill: the attention calls of a {chunk}-token chunk, of a chunk after a past and of a "
+                "decode step ran first, untimed (streamed weights: no warm-up forward)"
             )
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)

@@ -265,3 +265,30 @@ def test_roofsim_run_with_streamed_weights(tmp_path, capsys):
         ("decode", i) for i in range(4)
     }
     assert {s.layer for s in weights} == {0, 1}
+
+
+def test_streamed_weights_warm_up_attends_but_streams_no_weight(tiny):
+    """With streamed weights the warm-up before the prefill runs the kernel race and the attention calls, not a
+    forward: the run copies exactly its own forwards' weights, and its logits are a cold run's."""
+    from roofsim.executor.runner import run_plan
+
+    model = tiny[0]
+    runs, copied = [], []
+    for warm in (False, True):
+        r = run_plan(
+            ResidentPlan(weights="streamed", prefill_chunk=CHUNK),
+            model,
+            model_name="tiny",
+            prompt_len=PROMPT,
+            gen=GEN,
+            keep_logits=True,
+            prefill_warmup=warm,
+            keep_cache=True,
+        )
+        copied.append(r.cache.runtime.weights.bytes_copied)
+        r.cache.close()
+        runs.append(r)
+    assert copied == [FORWARDS * sum(_layer_bytes(model))] * 2
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].logits, runs[1].logits, strict=True))
+    assert any("no warm-up forward" in n for n in runs[1].trace.header.notes)
+    assert not any("ran first, untimed" in n for n in runs[0].trace.header.notes)
