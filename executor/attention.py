@@ -129,7 +129,10 @@ def backend_name(device, dtype, head_dim: int) -> str:
 def kernels_used() -> str:
     """What the runs in this process attend with, for a trace's notes."""
     short = ", ".join(f"{k[0]} {str(k[1]).removeprefix('torch.')}: {v[0]}" for k, v in _checked.items())
-    raced = ", ".join(f"d={k[2]}: {v}" for k, v in _raced.items())
+    raced = ", ".join(
+        f"d={k[2]}: {v}" + (" (one call per KV head over a past)" if _per_head.get(k) else "")
+        for k, v in _raced.items()
+    )
     return f"attention kernels: {short or '-'}; prefill shapes raced: {raced or '-'}"
 
 
@@ -176,6 +179,22 @@ def _kernel(q, k, v, causal: bool, scale: float):
     return _KERNELS[names[0]](q, k, v, causal, scale)
 
 
+_per_head: dict[tuple, bool] = {}
+"""Per (device type, dtype, head dim): whether race_heads found a prefill call over a past faster as one call per
+KV head than as one call of all of them."""
+
+
+def _past_kernel(qf, k, v, scale: float):
+    """_kernel of an unmasked prefill-sized call (GQA folded: qf [B, Hkv, G*C, D]), as one call per KV head where
+    race_heads chose that: each head's call sweeps only its own keys, so the SMs that share the L2 read the same
+    K/V rows, where one call of all heads spreads them over every head's keys. Same result either way."""
+    H = qf.shape[1]
+    if H > 1 and qf.shape[-2] >= _LONG and _per_head.get((qf.device.type, qf.dtype, qf.shape[-1])):
+        parts = [_kernel(qf[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], False, scale) for h in range(H)]
+        return torch.cat([o for o, _ in parts], 1), torch.cat([x for _, x in parts], 1)
+    return _kernel(qf, k, v, False, scale)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float):
     """q [B, Hq, C, D] against k, v [B, Hkv, S, D] (any strides, last dim contiguous).
 
@@ -189,7 +208,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, s
         if splits > 1:
             out, lse = _split_keys(qf, k, v, splits, scale)
         else:
-            out, lse = _kernel(qf, k, v, False, scale)
+            out, lse = _past_kernel(qf, k, v, scale)
         return out.reshape(B, Hq, C, D), lse.reshape(B, Hq, C)
     if k.shape[-2] != C:
         raise ValueError(f"a causal part must be square, got {C} queries and {k.shape[-2]} keys")
@@ -312,6 +331,27 @@ def race_prefill(shape, chunk: int, heads: int, prompt_len: int) -> str | None:
     key = (torch.device(shape.device).type, shape.dtype, D)
     _raced[key] = _race(names, q, k, v, False, D**-0.5)
     return _raced[key]
+
+
+@torch.no_grad()
+def race_heads(shape, chunk: int, heads: int, prompt_len: int) -> bool | None:
+    """After race_prefill: time the raced kernel on the same past call of `heads` KV heads (the most one call of
+    the plan attends) as one call and as one call per head, and keep the faster for every such call (`_per_head`).
+    Returns the choice (None where no kernel was raced or a call has one head)."""
+    D, G, B = shape.head_dim, shape.group, shape.batch
+    key = (torch.device(shape.device).type, shape.dtype, D)
+    if heads < 2 or key not in _raced or G * chunk < _LONG:
+        return None
+    past = min(max(chunk, prompt_len // 2), RACE_PAST_MAX)
+    q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)
+    k, v = kv_views(torch.randn(past, B, 2, heads, D, device=shape.device, dtype=shape.dtype), 0, past)
+    times = {}
+    for split in (False, True):
+        _per_head[key] = split
+        _past_kernel(q, k, v, D**-0.5)  # warm: each variant's first call builds its plan
+        times[split] = _seconds(lambda: _past_kernel(q, k, v, D**-0.5), q.device)
+    _per_head[key] = times[True] < times[False]
+    return _per_head[key]
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from roofsim.executor.attention import race_prefill
+from roofsim.executor.attention import race_heads, race_prefill
 from roofsim.executor.attention import warm_up as warm_attention
 from roofsim.executor.build import make_cache
 from roofsim.executor.engine import make_engine
@@ -61,6 +61,7 @@ def warm_up_kernels(model, ids: torch.Tensor, engine, cache, prompt_len: int, fo
     most of a cold first chunk's cost (docs/evidence.md#ev-streamed-weights-cold-attention)."""
     heads = cache.kv_heads_per_call()
     race_prefill(cache.runtime.shape, ids.shape[1], min(heads), prompt_len)
+    race_heads(cache.runtime.shape, ids.shape[1], max(heads), prompt_len)
     if forward:
         model(ids, use_cache=False, logits_to_keep=1)
     warm_attention(cache.runtime.shape, ids.shape[1], heads)

@@ -398,6 +398,52 @@ def test_the_prefill_race_runs_on_a_chunk_after_half_the_prompt(monkeypatch):
     assert A.race_prefill(shape, 16, 1, 1000) is None  # 4 x 16 query rows: no prefill-sized call to race
 
 
+def test_a_past_call_one_kv_head_at_a_time_gives_the_same_attention_and_the_race_keeps_the_faster(
+    monkeypatch,
+):
+    """race_heads times the raced kernel on a chunk's call over a past as one call of all KV heads and as one call
+    per head, and keeps the faster for every such call; either way attend returns the same output and LSE."""
+    from roofsim.executor import attention as A
+    from roofsim.executor.cache import Shape
+
+    heads_seen = []
+    flash = A._KERNELS["flash_cpu"]
+
+    def recording(q, k, v, causal, scale):
+        heads_seen.append(q.shape[1])
+        return flash(q, k, v, causal, scale)
+
+    def timed(fn, device):  # the race's timer, made deterministic: calls of one head are the fast ones
+        heads_seen.clear()
+        fn()
+        return 0.001 * len(heads_seen) if set(heads_seen) == {1} else 0.01
+
+    monkeypatch.setitem(A._KERNELS, "flash_cpu", recording)
+    monkeypatch.setattr(A, "_seconds", timed)
+    key = ("cpu", torch.float32, 8)
+    monkeypatch.setattr(A, "_raced", {key: "flash_cpu"})
+    monkeypatch.setattr(A, "_per_head", {})
+    shape = Shape(n_layers=2, n_heads=8, n_kv_heads=2, head_dim=8, hidden=64, batch=1, dtype=torch.float32,
+                  device=torch.device("cpu"))  # fmt: skip
+    assert A.race_heads(shape, 64, 1, 1000) is None  # one head a call: nothing to split
+    assert A.race_heads(shape, 64, 2, 1000) is True
+    q, k, v = torch.randn(1, 8, 64, 8), torch.randn(1, 2, 500, 8), torch.randn(1, 2, 500, 8)
+    heads_seen.clear()
+    split = A.attend(q, k, v, causal=False, scale=0.35)
+    assert heads_seen == [1, 1]
+    A._per_head[key] = False
+    heads_seen.clear()
+    whole = A.attend(q, k, v, causal=False, scale=0.35)
+    assert heads_seen == [2]
+    assert torch.allclose(split[0], whole[0], atol=1e-6) and torch.allclose(split[1], whole[1], atol=1e-6)
+    ref = A._math(q.reshape(1, 2, 4 * 64, 8), k, v, False, 0.35)[0].reshape(1, 8, 64, 8)
+    assert torch.allclose(split[0], ref, atol=1e-5)
+    heads_seen.clear()
+    A._per_head[key] = True
+    A.attend(q[:, :, :1], k, v, causal=False, scale=0.35)  # a decode-sized call is never split
+    assert heads_seen == [2]
+
+
 def test_a_raced_kernel_that_fails_a_later_shape_hands_back_to_the_preferred(monkeypatch):
     from roofsim.executor import attention as A
 

@@ -46,11 +46,17 @@ def attention_points(model: ModelSpec) -> tuple[list[FlopPoint], list[FlopPoint]
     """(prefill, short prefill, decode) points through the executor's own kernels: prefill calls of whole layers
     and one-KV-head slots, a chunk alone and after a cached past (chunk_call); SHORT_PREFILL_CALLS; decode calls
     (one query token) over 4K, 32K and 128K keys with the KV bytes they read."""
-    from roofsim.executor.attention import attend, kv_views
+    from roofsim.executor.attention import attend, kv_views, race_heads, race_prefill
+    from roofsim.executor.cache import Shape
 
     hq, hk, d = model.n_heads, model.n_kv_heads, model.head_dim
     g = hq // hk
     scale = d**-0.5
+    # the choices a resident plan's warm-up makes at 128K in 16K chunks (the kernel, one call or one per KV head),
+    # so that the whole-layer calls below are timed as such a run makes them
+    shape = Shape(model.n_layers, hq, hk, d, hq * d, 1, torch.bfloat16, torch.device("cuda"))
+    race_prefill(shape, 16384, hk, 131072)
+    race_heads(shape, 16384, hk, 131072)
     prefill, short, decode = [], [], []
     shorts = [(h or hk, C, P) for h, C, P in SHORT_PREFILL_CALLS]
     for heads, C, P in (
