@@ -179,6 +179,10 @@ def _kernel(q, k, v, causal: bool, scale: float):
     return _KERNELS[names[0]](q, k, v, causal, scale)
 
 
+_PER_HEAD_ROWS = (
+    16384  # query rows (GQA folded) from which a call over a past may be split by head: fewer, and
+)
+# a call's fixed cost (its launch, its first wave) outweighs what the split saves
 _per_head: dict[tuple, bool] = {}
 """Per (device type, dtype, head dim): whether race_heads found a prefill call over a past faster as one call per
 KV head than as one call of all of them."""
@@ -189,7 +193,7 @@ def _past_kernel(qf, k, v, scale: float):
     race_heads chose that: each head's call sweeps only its own keys, so the SMs that share the L2 read the same
     K/V rows, where one call of all heads spreads them over every head's keys. Same result either way."""
     H = qf.shape[1]
-    if H > 1 and qf.shape[-2] >= _LONG and _per_head.get((qf.device.type, qf.dtype, qf.shape[-1])):
+    if H > 1 and qf.shape[-2] >= _PER_HEAD_ROWS and _per_head.get((qf.device.type, qf.dtype, qf.shape[-1])):
         parts = [_kernel(qf[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], False, scale) for h in range(H)]
         return torch.cat([o for o, _ in parts], 1), torch.cat([x for _, x in parts], 1)
     return _kernel(qf, k, v, False, scale)
@@ -340,7 +344,7 @@ def race_heads(shape, chunk: int, heads: int, prompt_len: int) -> bool | None:
     Returns the choice (None where no kernel was raced or a call has one head)."""
     D, G, B = shape.head_dim, shape.group, shape.batch
     key = (torch.device(shape.device).type, shape.dtype, D)
-    if heads < 2 or key not in _raced or G * chunk < _LONG:
+    if heads < 2 or key not in _raced or G * chunk < _PER_HEAD_ROWS:
         return None
     past = min(max(chunk, prompt_len // 2), RACE_PAST_MAX)
     q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)

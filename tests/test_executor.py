@@ -423,9 +423,11 @@ def test_a_past_call_one_kv_head_at_a_time_gives_the_same_attention_and_the_race
     key = ("cpu", torch.float32, 8)
     monkeypatch.setattr(A, "_raced", {key: "flash_cpu"})
     monkeypatch.setattr(A, "_per_head", {})
+    monkeypatch.setattr(A, "_PER_HEAD_ROWS", 256)
     shape = Shape(n_layers=2, n_heads=8, n_kv_heads=2, head_dim=8, hidden=64, batch=1, dtype=torch.float32,
                   device=torch.device("cpu"))  # fmt: skip
     assert A.race_heads(shape, 64, 1, 1000) is None  # one head a call: nothing to split
+    assert A.race_heads(shape, 32, 2, 1000) is None  # 4 x 32 query rows: under the rows a split needs
     assert A.race_heads(shape, 64, 2, 1000) is True
     q, k, v = torch.randn(1, 8, 64, 8), torch.randn(1, 2, 500, 8), torch.randn(1, 2, 500, 8)
     heads_seen.clear()
