@@ -2,7 +2,9 @@
 plan, each chunk timed, the second run under torch.profiler (CUPTI). The first run pays what a shape costs the
 first time (compilation, cuDNN plan builds, allocator growth) for every chunk, not only the first; the difference
 between the two runs' chunks is that cost. The second run's kernels are grouped (attention, matrix products,
-Triton-fused, the rest) with their time, and attention's and the matrix products' FLOP rates.
+Triton-fused, the rest) with their time, and the prefill's attention and linear FLOPs over those times. The
+profiler covers the whole second `run_plan` call, its untimed warm-up (a cache-less forward of one chunk, the
+kernel races) included, so those rates are lower bounds on the prefill's own.
 
     cd /tmp && TORCH_LOGS=recompiles python REPO/validation/profile_prefill.py --context 131072 --chunk 32768 \
         --fuse compiled --out $OUT/profile
