@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Source this on the GPU machine (no package index there): installs the carried wheels (.whl/: pydantic, simpy,
 # plotly; stage them here with ../shared/device/stage-wheels.sh) and roofsim itself, so that roofsim.executor
-# and the shipped hw_specs resolve as in a normal install.
+# and the shipped hw_specs resolve as in a normal install. Nothing run on the GPU machine renders a report, so
+# plotly's wheel (10 MB) can stay behind: the tree (about 55 MB) with every wheel passes the 64 MiB a call carries.
+#   bash ../shared/device/stage-wheels.sh && rm .whl/plotly-*.whl
 #   . validation/device_setup.sh && roofsim calibrate --gpu h100-sxm -o "$OUT/calibrated"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade --target /tmp/roofsim . || return 1  # --upgrade: a warm machine takes the new code
