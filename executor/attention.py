@@ -266,7 +266,23 @@ def merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Ten
     """Combine partial attention outputs over disjoint key sets, in fp32."""
     if len(outs) == 1:
         return outs[0], lses[0]
+    if len(outs) == 2 and _merge_two_fn is not None and outs[0].shape[-2] >= _LONG:
+        return _merge_two_fn(outs[0], lses[0], outs[1], lses[1])
     return merge_stacked(torch.stack(outs), torch.stack(lses))
+
+
+def merge_two(oa: torch.Tensor, la: torch.Tensor, ob: torch.Tensor, lb: torch.Tensor):
+    """merge() of two parts (a chunk's past and its own keys), the same fp32 arithmetic without stacking them:
+    compiled (fuse.compile_merge) it is one pass over the two outputs, where the eager merge makes a stacked copy,
+    an fp32 copy, a product, a sum and a cast, each a pass over a chunk-sized tensor."""
+    la, lb = la.float(), lb.float()
+    total = torch.logaddexp(la, lb)
+    acc = oa.float() * torch.exp(la - total)[..., None] + ob.float() * torch.exp(lb - total)[..., None]
+    return acc.to(oa.dtype), total
+
+
+_merge_two_fn = None
+"""merge_two compiled (fuse.compile_merge), for prefill-sized merges of two parts; None: the eager stacked merge."""
 
 
 def merge_stacked(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -172,3 +172,14 @@ def _compiled_forward(layer, compiled, prefill: bool):
 
     forward.roofsim_compiled = True  # a later compile_layers call may re-wrap it (prefill on, say)
     return forward
+
+
+def compile_merge(backend: str = "inductor") -> None:
+    """Merge a prefill chunk's two attention parts (its past's and its own keys') with a torch.compile'd
+    attention.merge_two from now on in this process: one generated kernel instead of the eager merge's five
+    passes. Merges of fewer query rows (decode steps, which may be captured in a CUDA graph) stay eager. The
+    attention call is opaque to dynamo (compile_layers), so compiled layers do not reach the merge by themselves.
+    Shapes are fixed per call (dynamic=False): one compilation per chunk shape, made by the first such chunk."""
+    from roofsim.executor import attention
+
+    attention._merge_two_fn = torch.compile(attention.merge_two, dynamic=False, backend=backend)

@@ -385,6 +385,29 @@ def test_compiled_layers_give_the_stock_logits_in_prefill_and_decode():
             del layer.forward
 
 
+def test_a_compiled_merge_gives_the_stacked_merge_and_serves_only_prefill_sized_merges(monkeypatch):
+    """fuse.compile_merge (through dynamo, the aot_eager backend) merges a chunk's two parts as the eager stacked
+    merge does; merges of fewer query rows than a prefill call's and of more than two parts stay eager."""
+    from roofsim.executor import attention as A
+    from roofsim.executor import fuse
+
+    monkeypatch.setattr(A, "_merge_two_fn", None)
+    fuse.compile_merge(backend="aot_eager")
+    compiled = A._merge_two_fn
+    seen = []
+    monkeypatch.setattr(A, "_merge_two_fn", lambda *a: seen.append(a[0].shape) or compiled(*a))
+    g = torch.Generator().manual_seed(3)
+    outs = [torch.randn(1, 4, 300, 8, generator=g) for _ in range(3)]
+    lses = [torch.randn(1, 4, 300, generator=g) * 3 for _ in range(3)]
+    got = A.merge(outs[:2], lses[:2])
+    ref = A.merge_stacked(torch.stack(outs[:2]), torch.stack(lses[:2]))
+    assert seen == [outs[0].shape]
+    assert torch.allclose(got[0], ref[0], atol=1e-6) and torch.allclose(got[1], ref[1], atol=1e-6)
+    A.merge(outs, lses)  # three parts
+    A.merge([o[..., :1, :] for o in outs[:2]], [x[..., :1] for x in lses[:2]])  # a decode step's rows
+    assert len(seen) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_layers_replayed_from_a_graph_give_the_eager_logits_on_the_gpu():
@@ -408,3 +431,22 @@ def test_compiled_layers_replayed_from_a_graph_give_the_eager_logits_on_the_gpu(
     finally:
         cache.close()
     assert rel_err(got, ref) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_inductor_merge_of_two_parts_gives_the_stacked_merge_on_the_gpu(monkeypatch):
+    """fuse.compile_merge's generated kernel at a prefill chunk's shape (bf16 outputs, fp32 LSEs) against the eager
+    stacked merge."""
+    from roofsim.executor import attention as A
+    from roofsim.executor import fuse
+
+    monkeypatch.setattr(A, "_merge_two_fn", None)
+    fuse.compile_merge()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    outs = [torch.randn(1, 32, 4096, 128, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    lses = [torch.randn(1, 32, 4096, generator=g, device="cuda") * 3 for _ in range(2)]
+    got = A.merge(outs, lses)
+    ref = A.merge_stacked(torch.stack(outs), torch.stack(lses))
+    assert rel_err(got[0].float(), ref[0].float()) < 1e-2
+    assert torch.allclose(got[1], ref[1], atol=1e-5)

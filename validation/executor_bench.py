@@ -314,13 +314,19 @@ def _summarize_speed(b: Bench, s: dict) -> None:
             "holds": g["ratio_to_hbm_bound"] <= 1.3,
         }
     prefills = b.data.get("prefill", {})
-    labels = ("128K_resident", "128K_resident_compiled", "128K_resident_compiled_64K")
+    labels = (
+        "128K_resident",
+        "128K_resident_compiled",
+        "128K_resident_compiled_64K",
+        "128K_resident_compiled_merge",
+    )
     options = [x for x in labels if prefills.get(x, {}).get("prefill_s")]
     best = min(options, key=lambda x: prefills[x]["prefill_s"]) if options else None
     p = prefills[best] if best else {}
     if p.get("ratio_to_compute_bound"):
         s["prefill_128K_resident_within_1.3x_of_compute_bound"] = {
             "configuration": ("compiled layers" if "_compiled" in best else "stock layers")
+            + (", compiled merge" if best.endswith("_merge") else "")
             + f", {p['plan'].get('prefill_chunk')}-token chunks",
             "prefill_s": p["prefill_s"],
             "compute_bound_s": p["compute_bound_s"],
@@ -640,12 +646,15 @@ def stage_resident_decode(
         entry["graphs_speedup"] = entry["eager"]["decode_s_per_token"] / entry["graphs"]["decode_s_per_token"]
 
 
-def stage_prefill(b: Bench, context: int, plan, label: str, compiled: bool = False) -> None:
+def stage_prefill(
+    b: Bench, context: int, plan, label: str, compiled: bool = False, merge: bool = False
+) -> None:
     """A prefill of `context` tokens under `plan` against the compute bound: its FLOPs over this run's bf16 GEMM
     rate. compiled: the projections and norms fused and the layers torch.compile'd for prefill too
     (executor/fuse.py; they stay so for the stages after), compiled first by an untimed run of two chunks: a chunk
     after a past hands the code after the attention call an output of other strides than the first chunk's (the
-    merge of the past's and the chunk's parts), which dynamo compiles apart."""
+    merge of the past's and the chunk's parts), which dynamo compiles apart. merge: a chunk's two attention parts
+    merged by a compiled kernel too (fuse.compile_merge; it stays for the stages after)."""
     model = b.get_model(524 * K)
     context //= SCALE
     if compiled:
@@ -654,6 +663,9 @@ def stage_prefill(b: Bench, context: int, plan, label: str, compiled: bool = Fal
         fuse.fuse_projections(model)
         fuse.fuse_norms(model)
         b.data["compiled_layers_prefill"] = fuse.compile_layers(model, prefill=True)
+        if merge:
+            fuse.compile_merge()
+            b.data["compiled_merge"] = True
         t0 = time.perf_counter()
         warm = min(context, 2 * plan.prefill_chunk)
         run_plan(plan, model, model_name=MODEL, prompt_len=warm, gen=1, warmup=0, trace_steps=0)
@@ -891,6 +903,14 @@ def main() -> int:
         ),
         "prefill128k_compiled": lambda: stage_prefill(
             b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident_compiled", compiled=True
+        ),
+        "prefill128k_compiled_merge": lambda: stage_prefill(
+            b,
+            128 * K,
+            ResidentPlan(prefill_chunk=32 * K // SCALE),
+            "128K_resident_compiled_merge",
+            compiled=True,
+            merge=True,
         ),
         "prefill128k_compiled_64k": lambda: stage_prefill(
             b,

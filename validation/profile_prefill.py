@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=131072)
     ap.add_argument("--chunk", type=int, default=32768)
     ap.add_argument("--fuse", choices=FUSE_LEVELS, default="compiled")
+    ap.add_argument("--merge", action="store_true", help="merge a chunk's two attention parts compiled")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -77,8 +78,16 @@ def main() -> None:
         fuse.fuse_norms(model)
     if level >= 3:
         fuse.compile_layers(model, prefill=True)
+    if args.merge:
+        fuse.compile_merge()
     plan = ResidentPlan(prefill_chunk=args.chunk)
-    got: dict = {"model": name, "context": args.context, "chunk": args.chunk, "fuse": args.fuse}
+    got: dict = {
+        "model": name,
+        "context": args.context,
+        "chunk": args.chunk,
+        "fuse": args.fuse,
+        "merge": args.merge,
+    }
     got["gpu"] = torch.cuda.get_device_name()
 
     def once() -> list[float]:
@@ -110,7 +119,7 @@ def main() -> None:
         got["attention_TFLOPs"] = attn / groups["attention"] / 1e12
     if groups.get("gemm"):
         got["gemm_TFLOPs"] = linear / groups["gemm"] / 1e12
-    path = out / f"prefill-{name}-{args.context}-{args.fuse}.json"
+    path = out / f"prefill-{name}-{args.context}-{args.fuse}{'-merge' if args.merge else ''}.json"
     path.write_text(json.dumps(got, indent=1))
     print(json.dumps({k: v for k, v in got.items() if k != "kernels"}, indent=1))
     print(f"busy {got['kernels']['busy_us'] / 1e6:.3f} s, span {got['kernels']['span_us'] / 1e6:.3f} s")

@@ -9,6 +9,9 @@
 #     bash validation/speed_h100.sh      # also torch.compile'd layers (fuse.compile_layers); they stay for later stages
 #   TESTS=0 STAGES=bw,ceilings,decode16k_autotune,decode64k_autotune bash validation/speed_h100.sh
 #                                      # compiled with mode max-autotune-no-cudagraphs (Triton GEMM templates timed)
+#   TESTS=0 STAGES=bw,ceilings,prefill128k_compiled_merge,prefill128k_compiled_64k bash validation/speed_h100.sh
+#                                      # the 128K prefill with the chunk's two attention parts merged by a compiled
+#                                      # kernel (fuse.compile_merge), and in 64K chunks
 # PROFILE_FUSE=compiled (or none, projections, norms) then profiles a replayed decode step at PROFILE_CONTEXT
 # (65536) with validation/profile_decode.py, bounded by PROFILE_TIMEOUT (90 s): $OUT/profile/, $OUT/profile.log.
 # TEST_FILES (default tests/test_executor_graphs.py) names the GPU-marked test files run first, TEST_K a -k filter.
