@@ -357,19 +357,25 @@ def race_prefill(shape, chunk: int, heads: int, prompt_len: int) -> str | None:
 def race_heads(shape, chunk: int, heads: int, prompt_len: int) -> bool | None:
     """After race_prefill: time the raced kernel on the same past call of `heads` KV heads (the most one call of
     the plan attends) as one call and as one call per head, and keep the faster for every such call (`_per_head`).
-    Returns the choice (None where no kernel was raced or a call has one head)."""
+    Returns the choice (None where no kernel was raced, a call has one head, or the race's tensors did not fit
+    beside the plan's cache: then one call of all heads, as without the race)."""
     D, G, B = shape.head_dim, shape.group, shape.batch
     key = (torch.device(shape.device).type, shape.dtype, D)
+    _per_head.pop(key, None)
     if heads < 2 or key not in _raced or G * chunk < _PER_HEAD_ROWS:
         return None
     past = min(max(chunk, prompt_len // 2), RACE_PAST_MAX)
-    q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)
-    k, v = kv_views(torch.randn(past, B, 2, heads, D, device=shape.device, dtype=shape.dtype), 0, past)
     times = {}
-    for split in (False, True):
-        _per_head[key] = split
-        _past_kernel(q, k, v, D**-0.5)  # warm: each variant's first call builds its plan
-        times[split] = _seconds(lambda: _past_kernel(q, k, v, D**-0.5), q.device)
+    try:
+        q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)
+        k, v = kv_views(torch.randn(past, B, 2, heads, D, device=shape.device, dtype=shape.dtype), 0, past)
+        for split in (False, True):
+            _per_head[key] = split
+            _past_kernel(q, k, v, D**-0.5)  # warm: each variant's first call builds its plan
+            times[split] = _seconds(lambda: _past_kernel(q, k, v, D**-0.5), q.device)
+    except torch.OutOfMemoryError:
+        _per_head.pop(key, None)
+        return None
     _per_head[key] = times[True] < times[False]
     return _per_head[key]
 

@@ -445,6 +445,13 @@ def test_a_past_call_one_kv_head_at_a_time_gives_the_same_attention_and_the_race
     A.attend(q[:, :, :1], k, v, causal=False, scale=0.35)  # a decode-sized call is never split
     assert heads_seen == [2]
 
+    def no_memory(*a, **k):
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(A, "_past_kernel", no_memory)
+    assert A.race_heads(shape, 64, 2, 1000) is None  # no room beside the cache: one call of all heads
+    assert key not in A._per_head
+
 
 def test_a_raced_kernel_that_fails_a_later_shape_hands_back_to_the_preferred(monkeypatch):
     from roofsim.executor import attention as A
