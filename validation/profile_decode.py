@@ -77,6 +77,20 @@ FUSE_LEVELS = ["none", "projections", "norms", "compiled"]
 """--fuse's choices, in order: each applies the ones before it too."""
 
 
+def fused_model(model_name: str, context: int, fuse_level: str, prefill: bool = False):
+    """(model, name) on CUDA for `context` tokens, with executor/fuse.py applied up to `fuse_level`; compiled
+    layers serve prefill chunks too where `prefill`."""
+    model, name = load_model(model_name, device="cuda", max_positions=context + 64)
+    level = FUSE_LEVELS.index(fuse_level)
+    if level >= 1:
+        fuse.fuse_projections(model)
+    if level >= 2:
+        fuse.fuse_norms(model)
+    if level >= 3:
+        fuse.compile_layers(model, prefill=prefill)
+    return model, name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="llama-3-8b")
@@ -92,14 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, name = load_model(args.model, device="cuda", max_positions=args.context + 64)
-    level = FUSE_LEVELS.index(args.fuse)
-    if level >= 1:
-        fuse.fuse_projections(model)
-    if level >= 2:
-        fuse.fuse_norms(model)
-    if level >= 3:
-        fuse.compile_layers(model)
+    model, name = fused_model(args.model, args.context, args.fuse)
     plan = ResidentPlan(prefill_chunk=min(args.context, 16384), decode_graphs=True)
     run_plan(plan, model, model_name=name, prompt_len=args.context, gen=3, warmup=1, trace_steps=0)  # warm
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

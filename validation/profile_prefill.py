@@ -23,14 +23,13 @@ from pathlib import Path
 
 import torch
 from roofsim.executor import fuse
-from roofsim.executor.models import load_model
 from roofsim.executor.runner import run_plan
 from torch.profiler import ProfilerActivity, profile
 
 from roofsim.families import ResidentPlan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_decode import FUSE_LEVELS, _events, table  # noqa: E402
+from profile_decode import FUSE_LEVELS, _events, fused_model, table  # noqa: E402
 
 GROUPS = {
     "attention": ("attn", "fmha", "flash", "cudnn", "sdpa"),
@@ -70,14 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, name = load_model(args.model, device="cuda", max_positions=args.context + 64)
-    level = FUSE_LEVELS.index(args.fuse)
-    if level >= 1:
-        fuse.fuse_projections(model)
-    if level >= 2:
-        fuse.fuse_norms(model)
-    if level >= 3:
-        fuse.compile_layers(model, prefill=True)
+    model, name = fused_model(args.model, args.context, args.fuse, prefill=True)
     if args.merge:
         fuse.compile_merge()
     plan = ResidentPlan(prefill_chunk=args.chunk)
