@@ -179,10 +179,9 @@ def _kernel(q, k, v, causal: bool, scale: float):
     return _KERNELS[names[0]](q, k, v, causal, scale)
 
 
-_PER_HEAD_ROWS = (
-    16384  # query rows (GQA folded) from which a call over a past may be split by head: fewer, and
-)
-# a call's fixed cost (its launch, its first wave) outweighs what the split saves
+# query rows (GQA folded) from which a call over a past may be split by head: with fewer, each call's fixed cost
+# (its launch, its first wave) outweighs what a split could save
+_PER_HEAD_ROWS = 16384
 _per_head: dict[tuple, bool] = {}
 """Per (device type, dtype, head dim): whether race_heads found a prefill call over a past faster as one call per
 KV head than as one call of all of them."""
@@ -190,8 +189,9 @@ KV head than as one call of all of them."""
 
 def _past_kernel(qf, k, v, scale: float):
     """_kernel of an unmasked prefill-sized call (GQA folded: qf [B, Hkv, G*C, D]), as one call per KV head where
-    race_heads chose that: each head's call sweeps only its own keys, so the SMs that share the L2 read the same
-    K/V rows, where one call of all heads spreads them over every head's keys. Same result either way."""
+    race_heads chose that. A call of all heads spreads the SMs over every head's keys at once, a call per head
+    keeps them on one head's; which is faster depends on the kernel and the GPU, hence the race. Same result
+    either way (each head's rows attend only its own keys)."""
     H = qf.shape[1]
     if H > 1 and qf.shape[-2] >= _PER_HEAD_ROWS and _per_head.get((qf.device.type, qf.dtype, qf.shape[-1])):
         parts = [_kernel(qf[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], False, scale) for h in range(H)]

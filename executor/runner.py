@@ -56,7 +56,8 @@ def warm_up_kernels(model, ids: torch.Tensor, engine, cache, prompt_len: int, fo
     then the attention calls of a chunk after a past and of a decode step at the plan's head counts: the first
     use of each kernel, cuBLAS's handle and workspace and the allocator's growth happen here, so that the timed
     prefill is the steady state the model predicts (docs/evidence.md#ev-warm-up-first-chunk). Before all of it,
-    the prefill kernel race on the past part a chunk attends. forward=False (streamed weights: a forward would
+    the prefill kernel race on the past part a chunk attends, then the race of that call whole against one call per
+    KV head (attention.race_heads). forward=False (streamed weights: a forward would
     stream every layer's weights once more) keeps the race and the attention calls, which touch no weight and are
     most of a cold first chunk's cost (docs/evidence.md#ev-streamed-weights-cold-attention)."""
     heads = cache.kv_heads_per_call()
