@@ -340,14 +340,18 @@ def race_prefill(shape, chunk: int, heads: int, prompt_len: int) -> str | None:
     of half the prompt (at most RACE_PAST_MAX keys), unmasked, at `heads` KV heads (the fewest one call of the
     plan attends), and keep the winner for every prefill-sized call. Left to the warm-up forward's causal chunk,
     the race would choose by a square the prefill barely runs, and can pick a kernel slower on the past
-    (docs/evidence.md#ev-prefill-race-on-past). Returns the winner (None without a choice)."""
+    (docs/evidence.md#ev-prefill-race-on-past). Returns the winner (None without a choice, or where the race's
+    tensors do not fit beside the plan's cache: then the first prefill-sized call races on its own tensors)."""
     D, G, B = shape.head_dim, shape.group, shape.batch
     names = _candidates(torch.device(shape.device), shape.dtype, D)
     if len(names) < 2 or G * chunk < _LONG:
         return None
     past = min(max(chunk, prompt_len // 2), RACE_PAST_MAX)
-    q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)
-    k, v = kv_views(torch.randn(past, B, 2, heads, D, device=shape.device, dtype=shape.dtype), 0, past)
+    try:
+        q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)
+        k, v = kv_views(torch.randn(past, B, 2, heads, D, device=shape.device, dtype=shape.dtype), 0, past)
+    except torch.OutOfMemoryError:
+        return None
     key = (torch.device(shape.device).type, shape.dtype, D)
     _raced[key] = _race(names, q, k, v, False, D**-0.5)
     return _raced[key]

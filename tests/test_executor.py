@@ -397,6 +397,14 @@ def test_the_prefill_race_runs_on_a_chunk_after_half_the_prompt(monkeypatch):
     assert seen == [("quick", 1, 300, 300, True)]
     assert A.race_prefill(shape, 16, 1, 1000) is None  # 4 x 16 query rows: no prefill-sized call to race
 
+    def no_memory(*a, **k):
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(A, "_raced", {})
+    monkeypatch.setattr(A, "kv_views", no_memory)
+    assert A.race_prefill(shape, 64, 1, 1000) is None  # no room beside the cache: no race before the prefill
+    assert A._raced == {}
+
 
 def test_a_past_call_one_kv_head_at_a_time_gives_the_same_attention_and_the_race_keeps_the_faster(
     monkeypatch,
