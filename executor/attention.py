@@ -342,19 +342,30 @@ def race_prefill(shape, chunk: int, heads: int, prompt_len: int) -> str | None:
     the race would choose by a square the prefill barely runs, and can pick a kernel slower on the past
     (docs/evidence.md#ev-prefill-race-on-past). Returns the winner (None without a choice, or where the race's
     tensors do not fit beside the plan's cache: then the first prefill-sized call races on its own tensors)."""
-    D, G, B = shape.head_dim, shape.group, shape.batch
+    D, G = shape.head_dim, shape.group
     names = _candidates(torch.device(shape.device), shape.dtype, D)
     if len(names) < 2 or G * chunk < _LONG:
         return None
+    call = _race_call(shape, chunk, heads, prompt_len)
+    if call is None:
+        return None
+    key = (torch.device(shape.device).type, shape.dtype, D)
+    _raced[key] = _race(names, *call, False, D**-0.5)
+    return _raced[key]
+
+
+def _race_call(shape, chunk: int, heads: int, prompt_len: int):
+    """(q, k, v) of the call the races time: a chunk's queries (GQA folded) at `heads` KV heads against a past of
+    half the prompt (at most RACE_PAST_MAX keys), K/V token-major as the cache lays them out; None where they do
+    not fit beside the plan's cache."""
+    D, G, B = shape.head_dim, shape.group, shape.batch
     past = min(max(chunk, prompt_len // 2), RACE_PAST_MAX)
     try:
         q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)
         k, v = kv_views(torch.randn(past, B, 2, heads, D, device=shape.device, dtype=shape.dtype), 0, past)
     except torch.OutOfMemoryError:
         return None
-    key = (torch.device(shape.device).type, shape.dtype, D)
-    _raced[key] = _race(names, q, k, v, False, D**-0.5)
-    return _raced[key]
+    return q, k, v
 
 
 @torch.no_grad()
@@ -363,16 +374,17 @@ def race_heads(shape, chunk: int, heads: int, prompt_len: int) -> bool | None:
     the plan attends) as one call and as one call per head, and keep the faster for every such call (`_per_head`).
     Returns the choice (None where no kernel was raced, a call has one head, or the race's tensors did not fit
     beside the plan's cache: then one call of all heads, as without the race)."""
-    D, G, B = shape.head_dim, shape.group, shape.batch
+    D, G = shape.head_dim, shape.group
     key = (torch.device(shape.device).type, shape.dtype, D)
     _per_head.pop(key, None)
     if heads < 2 or key not in _raced or G * chunk < _PER_HEAD_ROWS:
         return None
-    past = min(max(chunk, prompt_len // 2), RACE_PAST_MAX)
+    call = _race_call(shape, chunk, heads, prompt_len)
+    if call is None:
+        return None
+    q, k, v = call
     times = {}
     try:
-        q = torch.randn(B, heads, G * chunk, D, device=shape.device, dtype=shape.dtype)
-        k, v = kv_views(torch.randn(past, B, 2, heads, D, device=shape.device, dtype=shape.dtype), 0, past)
         for split in (False, True):
             _per_head[key] = split
             _past_kernel(q, k, v, D**-0.5)  # warm: each variant's first call builds its plan

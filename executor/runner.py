@@ -57,9 +57,9 @@ def warm_up_kernels(model, ids: torch.Tensor, engine, cache, prompt_len: int, fo
     use of each kernel, cuBLAS's handle and workspace and the allocator's growth happen here, so that the timed
     prefill is the steady state the model predicts (docs/evidence.md#ev-warm-up-first-chunk). Before all of it,
     the prefill kernel race on the past part a chunk attends, then the race of that call whole against one call per
-    KV head (attention.race_heads). forward=False (streamed weights: a forward would
-    stream every layer's weights once more) keeps the race and the attention calls, which touch no weight and are
-    most of a cold first chunk's cost (docs/evidence.md#ev-streamed-weights-cold-attention)."""
+    KV head (attention.race_heads). forward=False (streamed weights: a forward would stream every layer's weights
+    once more) keeps the races and the attention calls, which touch no weight and are most of a cold first chunk's
+    cost (docs/evidence.md#ev-streamed-weights-cold-attention)."""
     heads = cache.kv_heads_per_call()
     race_prefill(cache.runtime.shape, ids.shape[1], min(heads), prompt_len)
     race_heads(cache.runtime.shape, ids.shape[1], max(heads), prompt_len)
