@@ -722,6 +722,74 @@ def stage_attention_kernels(b: Bench) -> None:
     b.data["attention_TFLOPs"] = out
 
 
+def _rate(flops: float, fn) -> float | str:
+    """TFLOP/s of fn (CUDA events, 3 timed after 1 warm-up), or why it failed (a kernel that does not take the
+    shape is said, not fatal)."""
+    try:
+        return flops / cuda_time_s(fn, repeat=3, warmup=1) / 1e12
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e)[:160]}"
+
+
+def _layout_row(g: int, G: int, C: int, P: int, D: int, dtype) -> dict:
+    """cuDNN and flash over a past of g KV heads in the cache's token-major layout [P, B, 2, g, D], the same keys
+    contiguous, and a contiguous copy made first (its time included); C queries a KV head, GQA folded."""
+    from roofsim.executor.attention import _KERNELS
+
+    buf = torch.randn(P, 1, 2, g, D, device=DEVICE, dtype=dtype)
+    k, v = buf[:, :, 0].permute(1, 2, 0, 3), buf[:, :, 1].permute(1, 2, 0, 3)
+    kc, vc = k.contiguous(), v.contiguous()
+    q = torch.randn(1, g, G * C, D, device=DEVICE, dtype=dtype)
+    flops, scale = 4.0 * g * G * C * P * D, D**-0.5
+    row = {}
+    for name in ("cudnn_cuda", "flash_cuda"):
+        fn = _KERNELS[name]
+        row[f"{name}_strided"] = _rate(flops, lambda fn=fn: fn(q, k, v, False, scale))
+        row[f"{name}_contiguous"] = _rate(flops, lambda fn=fn: fn(q, kc, vc, False, scale))
+        row[f"{name}_copy_then"] = _rate(
+            flops, lambda fn=fn: fn(q, k.contiguous(), v.contiguous(), False, scale)
+        )
+    return row
+
+
+def _flex_row(mode: str, C: int, P: int, D: int, dtype) -> dict:
+    """FlexAttention compiled in `mode`: 32 query heads over 8 KV heads (GQA), over a past of P keys, and over
+    the chunk's whole key range P + C with the causal diagonal aligned bottom-right (one call, no merge)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False, **({} if mode == "default" else {"mode": mode}))
+    q = torch.randn(1, 32, C, D, device=DEVICE, dtype=dtype)
+    kv = torch.randn(1, 8, P + C, D, device=DEVICE, dtype=dtype)
+    kp, scale = kv[:, :, :P], D**-0.5
+    mask = create_block_mask(
+        lambda b_, h, qi, ki: qi + P >= ki, B=None, H=None, Q_LEN=C, KV_LEN=P + C, device=DEVICE
+    )
+    return {
+        f"past_{mode}": _rate(4.0 * 32 * C * P * D, lambda: flex(q, kp, kp, scale=scale, enable_gqa=True)),
+        f"bottom_right_{mode}": _rate(
+            4.0 * 32 * C * (P + C / 2) * D,
+            lambda: flex(q, kv, kv, block_mask=mask, scale=scale, enable_gqa=True),
+        ),
+    }
+
+
+def stage_attention_layout(b: Bench) -> None:
+    """TFLOP/s over a long prefill's past: the cache's strided layout against contiguous keys (_layout_row), and
+    FlexAttention (_flex_row); 16K queries a KV head, 128K past."""
+    D, G, C, P = 128, 4, 16 * K // SCALE, 128 * K // SCALE
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    out = {f"past_{g}head": _layout_row(g, G, C, P, D, dtype) for g in (1, 8)}
+    b.data["attention_layout_TFLOPs"] = out
+    b.save()
+    out["flex"] = {}
+    for mode in ("default", "max-autotune-no-cudagraphs"):
+        try:
+            out["flex"].update(_flex_row(mode, C, P, D, dtype))
+        except Exception as e:
+            out["flex"][mode] = f"{type(e).__name__}: {str(e)[:300]}"
+        b.save()
+
+
 def planner_pick(context: int):
     """The planner's pick for MODEL on the H100 profile at `context` tokens, 16 generated, no memory cap."""
     from roofsim.limits import Limits
@@ -920,6 +988,7 @@ def main() -> int:
             compiled=True,
         ),
         "attn": lambda: stage_attention_kernels(b),
+        "attn_layout": lambda: stage_attention_layout(b),
         "fp8_256k": lambda: stage_stream(b, 256 * K, 5, fp8_plan(), "256K_fp8", False),
         "fp8_512k": lambda: stage_stream(
             b, 512 * K, 5, fp8_plan(), "512K_fp8_24GB", False, gpu_mem_bytes=24e9

@@ -12,6 +12,8 @@
 #   TESTS=0 STAGES=bw,ceilings,prefill128k_compiled_merge,prefill128k_compiled_64k bash validation/speed_h100.sh
 #                                      # the 128K prefill with the chunk's two attention parts merged by a compiled
 #                                      # kernel (fuse.compile_merge), and in 64K chunks
+#   TESTS=0 STAGES=bw,attn_layout bash validation/speed_h100.sh   # cuDNN over the cache's strided past against
+#                                      # contiguous keys, and FlexAttention (bottom-right causal, one call a layer)
 # PROFILE_FUSE=compiled (or none, projections, norms) then profiles a replayed decode step at PROFILE_CONTEXT
 # (65536) with validation/profile_decode.py, bounded by PROFILE_TIMEOUT (90 s): $OUT/profile/, $OUT/profile.log.
 # TEST_FILES (default tests/test_executor_graphs.py) names the GPU-marked test files run first, TEST_K a -k filter.
