@@ -319,6 +319,7 @@ def _summarize_speed(b: Bench, s: dict) -> None:
         "128K_resident_compiled",
         "128K_resident_compiled_64K",
         "128K_resident_compiled_merge",
+        "128K_resident_compiled_128K",
     )
     options = [x for x in labels if prefills.get(x, {}).get("prefill_s")]
     best = min(options, key=lambda x: prefills[x]["prefill_s"]) if options else None
@@ -985,6 +986,13 @@ def main() -> int:
             128 * K,
             ResidentPlan(prefill_chunk=64 * K // SCALE),
             "128K_resident_compiled_64K",
+            compiled=True,
+        ),
+        "prefill128k_compiled_128k": lambda: stage_prefill(
+            b,
+            128 * K,
+            ResidentPlan(prefill_chunk=128 * K // SCALE),
+            "128K_resident_compiled_128K",
             compiled=True,
         ),
         "attn": lambda: stage_attention_kernels(b),
