@@ -320,6 +320,8 @@ def _summarize_speed(b: Bench, s: dict) -> None:
         "128K_resident_compiled_64K",
         "128K_resident_compiled_merge",
         "128K_resident_compiled_128K",
+        "128K_resident_compiled_merge_16K",
+        "128K_resident_compiled_merge_autotune",
     )
     options = [x for x in labels if prefills.get(x, {}).get("prefill_s")]
     best = min(options, key=lambda x: prefills[x]["prefill_s"]) if options else None
@@ -327,7 +329,8 @@ def _summarize_speed(b: Bench, s: dict) -> None:
     if p.get("ratio_to_compute_bound"):
         s["prefill_128K_resident_within_1.3x_of_compute_bound"] = {
             "configuration": ("compiled layers" if "_compiled" in best else "stock layers")
-            + (", compiled merge" if best.endswith("_merge") else "")
+            + (", compiled merge" if "_merge" in best else "")
+            + (" (max-autotune)" if best.endswith("_autotune") else "")
             + f", {p['plan'].get('prefill_chunk')}-token chunks",
             "prefill_s": p["prefill_s"],
             "compute_bound_s": p["compute_bound_s"],
@@ -648,14 +651,22 @@ def stage_resident_decode(
 
 
 def stage_prefill(
-    b: Bench, context: int, plan, label: str, compiled: bool = False, merge: bool = False
+    b: Bench,
+    context: int,
+    plan,
+    label: str,
+    compiled: bool = False,
+    merge: bool = False,
+    autotune: bool = False,
 ) -> None:
     """A prefill of `context` tokens under `plan` against the compute bound: its FLOPs over this run's bf16 GEMM
     rate. compiled: the projections and norms fused and the layers torch.compile'd for prefill too
     (executor/fuse.py; they stay so for the stages after), compiled first by an untimed run of two chunks: a chunk
     after a past hands the code after the attention call an output of other strides than the first chunk's (the
     merge of the past's and the chunk's parts), which dynamo compiles apart. merge: a chunk's two attention parts
-    merged by a compiled kernel too (fuse.compile_merge; it stays for the stages after)."""
+    merged by a compiled kernel too (fuse.compile_merge; it stays for the stages after). autotune: the layers
+    compiled in mode "max-autotune-no-cudagraphs" (Triton GEMM templates timed against cuBLAS at the chunk's shapes;
+    likewise)."""
     model = b.get_model(524 * K)
     context //= SCALE
     if compiled:
@@ -663,7 +674,8 @@ def stage_prefill(
 
         fuse.fuse_projections(model)
         fuse.fuse_norms(model)
-        b.data["compiled_layers_prefill"] = fuse.compile_layers(model, prefill=True)
+        mode = "max-autotune-no-cudagraphs" if autotune else None
+        b.data["compiled_layers_prefill"] = fuse.compile_layers(model, prefill=True, mode=mode)
         if merge:
             fuse.compile_merge()
             b.data["compiled_merge"] = True
@@ -987,6 +999,23 @@ def main() -> int:
             ResidentPlan(prefill_chunk=64 * K // SCALE),
             "128K_resident_compiled_64K",
             compiled=True,
+        ),
+        "prefill128k_compiled_16k": lambda: stage_prefill(
+            b,
+            128 * K,
+            ResidentPlan(prefill_chunk=16 * K // SCALE),
+            "128K_resident_compiled_merge_16K",
+            compiled=True,
+            merge=True,
+        ),
+        "prefill128k_autotune": lambda: stage_prefill(
+            b,
+            128 * K,
+            ResidentPlan(prefill_chunk=32 * K // SCALE),
+            "128K_resident_compiled_merge_autotune",
+            compiled=True,
+            merge=True,
+            autotune=True,
         ),
         "prefill128k_compiled_128k": lambda: stage_prefill(
             b,
