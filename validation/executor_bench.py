@@ -786,6 +786,36 @@ def _flex_row(mode: str, C: int, P: int, D: int, dtype) -> dict:
     }
 
 
+def _head_of_layer_row(P: int, G: int, C: int, D: int, dtype) -> dict:
+    """cuDNN over one KV head of a resident layer's token-major buffer [P, B, 2, 8, D] (each key row of 256 B,
+    4 KB from the next), as the per-head split calls it, against that head's keys copied contiguous first."""
+    from roofsim.executor.attention import _KERNELS
+
+    buf = torch.randn(P, 1, 2, 8, D, device=DEVICE, dtype=dtype)
+    k, v = buf[:, :, 0, 0:1].permute(1, 2, 0, 3), buf[:, :, 1, 0:1].permute(1, 2, 0, 3)
+    q = torch.randn(1, 1, G * C, D, device=DEVICE, dtype=dtype)
+    flops, scale, fn = 4.0 * G * C * P * D, D**-0.5, _KERNELS["cudnn_cuda"]
+    return {
+        "strided": _rate(flops, lambda: fn(q, k, v, False, scale)),
+        "copy_then": _rate(flops, lambda: fn(q, k.contiguous(), v.contiguous(), False, scale)),
+        "copy_only_GBps": 4
+        * P
+        * D
+        * 2
+        / cuda_time_s(lambda: (k.contiguous(), v.contiguous()), repeat=3)
+        / 1e9,
+    }
+
+
+def stage_head_of_layer(b: Bench) -> None:
+    """_head_of_layer_row at a 32K chunk's pasts (32K, 64K, 96K)."""
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    out = b.data.setdefault("attention_head_of_layer_TFLOPs", {})
+    for P in (32 * K, 64 * K, 96 * K):
+        out[str(P)] = _head_of_layer_row(P // SCALE, 4, 32 * K // SCALE, 128, dtype)
+        b.save()
+
+
 def stage_attention_layout(b: Bench) -> None:
     """TFLOP/s over a long prefill's past: the cache's strided layout against contiguous keys (_layout_row), and
     FlexAttention (_flex_row); 16K queries a KV head, 128K past."""
@@ -1026,6 +1056,7 @@ def main() -> int:
         ),
         "attn": lambda: stage_attention_kernels(b),
         "attn_layout": lambda: stage_attention_layout(b),
+        "attn_head_of_layer": lambda: stage_head_of_layer(b),
         "fp8_256k": lambda: stage_stream(b, 256 * K, 5, fp8_plan(), "256K_fp8", False),
         "fp8_512k": lambda: stage_stream(
             b, 512 * K, 5, fp8_plan(), "512K_fp8_24GB", False, gpu_mem_bytes=24e9
