@@ -329,7 +329,7 @@ def _summarize_speed(b: Bench, s: dict) -> None:
     if p.get("ratio_to_compute_bound"):
         s["prefill_128K_resident_within_1.3x_of_compute_bound"] = {
             "configuration": ("compiled layers" if "_compiled" in best else "stock layers")
-            + (", compiled merge" if "_merge" in best else "")
+            + (", compiled merge" if p.get("compiled_merge") or "_merge" in best else "")
             + (" (max-autotune)" if best.endswith("_autotune") else "")
             + f", {p['plan'].get('prefill_chunk')}-token chunks",
             "prefill_s": p["prefill_s"],
@@ -687,8 +687,11 @@ def stage_prefill(
     s = r.trace.summary
     entry = b.data.setdefault("prefill", {}).setdefault(label, {})
     flops = prefill_flops(model, context)
+    from roofsim.executor import attention
+
     entry.update(
         plan=plan.model_dump(),
+        compiled_merge=attention._merge_two_fn is not None,  # on from this stage or an earlier one
         prefill_s=s.prefill_s,
         chunk_s=s.prefill.step_s,
         peak_gpu_bytes=s.peak_gpu_bytes,
