@@ -41,6 +41,13 @@ def add_arguments(p) -> None:
         "--force", action="store_true", help="run a plan even where the model says it does not fit in memory"
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="fuse projections and norms and torch.compile the decoder layers and the merge of a chunk's attention "
+        "parts (compiled by an untimed run of two chunks first); faster on CUDA, while roofsim's model prices the "
+        "stock layers; needs resident weights and experts and one GPU",
+    )
+    p.add_argument(
         "--tp",
         type=int,
         help="tensor-parallel degree: run the plan on this many GPUs of this host (torchrun), each holding and "
@@ -250,6 +257,11 @@ def run(args) -> int:
             f"plan {plan.family} ({plan.knobs()}) for {spec.name} at {prompt_len} tokens does not fit: it needs "
             f"{' and '.join(short)} (priced with {gpu.name}); --force runs it anyway"
         )
+    if getattr(args, "compile", False) and (tp > 1 or "streamed" in (plan.weights, plan.experts)):
+        raise UserError(
+            "--compile needs the plan's weights and experts resident and one GPU (tp 1): a compiled layer would "
+            "capture weights that stream, or one rank's shard; run without --compile"
+        )
     if tp > 1 and not ranked:
         from roofsim.executor.launch import launch
 
@@ -286,6 +298,26 @@ def run(args) -> int:
             )
             if node is not None:
                 notes.append(f"rank 0's threads and pinned store on NUMA node {node}, its GPU's")
+        if getattr(args, "compile", False):
+            from roofsim.executor.fuse import compile_for_run
+
+            progress.stage("compiling (an untimed run of two chunks)")
+            notes.append(compile_for_run(model, device))
+            chunk = plan.prefill_chunk or prompt_len
+            run_plan(
+                plan,
+                model,
+                model_name=name,
+                prompt_len=min(prompt_len, 2 * chunk),
+                gen=2,
+                batch=batch,
+                warmup=0,
+                seed=args.seed,
+                trace_steps=0,
+                gpu_spec=gpu_arg,
+                gpu_mem_bytes=gpu_mem,
+            )
+            progress.stage("compiled")
         res = run_plan(
             plan,
             model,

@@ -55,6 +55,40 @@ def test_roofsim_run_writes_a_measured_trace(tmp_path, config_path, capsys):
     assert t.header.fingerprint.torch == torch.__version__
 
 
+def test_roofsim_run_compile_compiles_first_and_says_so(tmp_path, config_path, capsys, monkeypatch):
+    """--compile: the layers compiled (aot_eager on the CPU) by an untimed run first, the trace's notes say so;
+    a plan whose weights stream is refused in one line."""
+    from roofsim.executor import attention
+
+    monkeypatch.setattr(attention, "_merge_two_fn", None)
+    out = tmp_path / "measured.json"
+    args = [
+        "run",
+        "resident",
+        "--model",
+        str(config_path),
+        "--prompt-len",
+        "40",
+        "--gen",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    assert main([*args, "--dtype", "fp32", "--compile", "-o", str(out)]) == 0
+    assert "compiling" in capsys.readouterr().err
+    t = Trace.read(out)
+    assert t.complete and any("compiled (aot_eager)" in n for n in t.header.notes)
+    plan = tmp_path / "streamed.json"
+    plan.write_text(json.dumps({"plan": {"family": "resident", "weights": "streamed"}}))
+    args[1] = str(plan)
+    assert main([*args, "--compile", "-o", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--compile needs the plan's weights and experts resident" in err
+        and len(err.strip().splitlines()) == 1
+    )
+
+
 def test_run_errors_are_one_line(tmp_path, config_path, capsys):
     out = tmp_path / "m.json"
     assert main(["run", "no-such-plan", "--model", str(config_path), "-o", str(out), "--device", "cpu"]) == 2

@@ -385,6 +385,24 @@ def test_compiled_layers_give_the_stock_logits_in_prefill_and_decode():
             del layer.forward
 
 
+@pytest.mark.parametrize("plan", [ResidentPlan(prefill_chunk=CHUNK), HeadOffloadPlan(prefill_chunk=CHUNK)])
+def test_a_run_compiled_for_roofsim_run_gives_the_stock_logits(plan, monkeypatch):
+    """fuse.compile_for_run on the CPU (aot_eager: dynamo's capture around the cache's update and attention, no
+    generated code): fused projections and norms, compiled layers and merge give the stock model's logits over a
+    chunked prefill and decode steps, resident and streamed slots alike."""
+    from roofsim.executor import attention as A
+    from roofsim.executor import fuse
+
+    monkeypatch.setattr(A, "_merge_two_fn", None)
+    kw = dict(model_name="tiny", prompt_len=PROMPT, gen=3, keep_logits=True)
+    model = random_model(tiny_config("llama"), "cpu", torch.float32, seed=7)
+    ref = run_plan(plan, model, **kw)
+    note = fuse.compile_for_run(model, "cpu")
+    assert "aot_eager" in note and "2 decoder layers" in note and A._merge_two_fn is not None
+    got = run_plan(plan, model, **kw)
+    assert rel_err(torch.stack(got.logits), torch.stack(ref.logits)) < 1e-5
+
+
 def test_a_compiled_merge_gives_the_stacked_merge_and_serves_only_prefill_sized_merges(monkeypatch):
     """fuse.compile_merge (through dynamo, the aot_eager backend) merges a chunk's two parts as the eager stacked
     merge does; merges of fewer query rows than a prefill call's and of more than two parts stay eager."""
