@@ -3,6 +3,7 @@
 # replayed decode, then executor_bench stages, each run bounded so that one call stays under ~8 minutes.
 #   bash validation/speed_h100.sh                                  # tests + decode, prefill, streamed decode
 #   TESTS=0 STAGES=bw,ceilings,512k bash validation/speed_h100.sh  # the 512K prefill under 24 GB
+#   TESTS=0 STAGES=bw,ceilings,512k_compiled bash validation/speed_h100.sh   # the same with `roofsim run --compile`
 #   TESTS=0 STAGES=bw,ceilings,decode16k_fused,decode16k_fusednorms,decode64k_fused,decode64k_fusednorms \
 #     bash validation/speed_h100.sh                                # replayed decode, fused projections, one-call norms
 #   TESTS=0 STAGES=bw,ceilings,decode64k_fusednorms,decode16k_compiled,decode64k_compiled,prefill128k_compiled \
