@@ -983,6 +983,13 @@ def main() -> int:
     }
     b.save()
     repo = Path(__file__).resolve().parent.parent
+
+    def p128(chunk_k: int, label: str, **kw):
+        """stage_prefill of 128K tokens, resident, in chunks of chunk_k K tokens."""
+        return lambda: stage_prefill(
+            b, 128 * K, ResidentPlan(prefill_chunk=chunk_k * K // SCALE), label, **kw
+        )
+
     stages = {
         "bw": lambda: stage_bw(b),
         "exact": lambda: stage_exact(b),
@@ -1020,51 +1027,15 @@ def main() -> int:
         "decode64k_autotune": lambda: stage_resident_decode(
             b, 64 * K, fused=True, norms=True, compiled=True, autotune=True
         ),
-        "prefill128k": lambda: stage_prefill(
-            b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident"
+        "prefill128k": p128(32, "128K_resident"),
+        "prefill128k_compiled": p128(32, "128K_resident_compiled", compiled=True),
+        "prefill128k_compiled_merge": p128(32, "128K_resident_compiled_merge", compiled=True, merge=True),
+        "prefill128k_compiled_64k": p128(64, "128K_resident_compiled_64K", compiled=True),
+        "prefill128k_compiled_16k": p128(16, "128K_resident_compiled_merge_16K", compiled=True, merge=True),
+        "prefill128k_autotune": p128(
+            32, "128K_resident_compiled_merge_autotune", compiled=True, merge=True, autotune=True
         ),
-        "prefill128k_compiled": lambda: stage_prefill(
-            b, 128 * K, ResidentPlan(prefill_chunk=32 * K // SCALE), "128K_resident_compiled", compiled=True
-        ),
-        "prefill128k_compiled_merge": lambda: stage_prefill(
-            b,
-            128 * K,
-            ResidentPlan(prefill_chunk=32 * K // SCALE),
-            "128K_resident_compiled_merge",
-            compiled=True,
-            merge=True,
-        ),
-        "prefill128k_compiled_64k": lambda: stage_prefill(
-            b,
-            128 * K,
-            ResidentPlan(prefill_chunk=64 * K // SCALE),
-            "128K_resident_compiled_64K",
-            compiled=True,
-        ),
-        "prefill128k_compiled_16k": lambda: stage_prefill(
-            b,
-            128 * K,
-            ResidentPlan(prefill_chunk=16 * K // SCALE),
-            "128K_resident_compiled_merge_16K",
-            compiled=True,
-            merge=True,
-        ),
-        "prefill128k_autotune": lambda: stage_prefill(
-            b,
-            128 * K,
-            ResidentPlan(prefill_chunk=32 * K // SCALE),
-            "128K_resident_compiled_merge_autotune",
-            compiled=True,
-            merge=True,
-            autotune=True,
-        ),
-        "prefill128k_compiled_128k": lambda: stage_prefill(
-            b,
-            128 * K,
-            ResidentPlan(prefill_chunk=128 * K // SCALE),
-            "128K_resident_compiled_128K",
-            compiled=True,
-        ),
+        "prefill128k_compiled_128k": p128(128, "128K_resident_compiled_128K", compiled=True),
         "attn": lambda: stage_attention_kernels(b),
         "attn_layout": lambda: stage_attention_layout(b),
         "attn_head_of_layer": lambda: stage_head_of_layer(b),
