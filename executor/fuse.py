@@ -185,20 +185,23 @@ def compile_merge(backend: str = "inductor") -> None:
     attention._merge_two_fn = torch.compile(attention.merge_two, dynamic=False, backend=backend)
 
 
-def compile_for_run(model, device) -> str:
+def compile_for_run(model, device, mode: str | None = None, merge: bool = True) -> str:
     """Everything above at once, for a run (`roofsim run --compile`): fused projections and norms, every decoder
-    layer compiled for prefill chunks and the replayed decode step, a chunk's two attention parts merged by one
-    compiled kernel. On CUDA with inductor (generated Triton kernels); on the CPU with aot_eager (dynamo's capture
-    without generated code: a check that the run compiles, not a speed-up). The compilations happen on the first
-    calls of each shape, so the caller runs the plan untimed first (two chunks: the first chunk after a past hands
-    the code after the attention call other strides, which dynamo compiles apart). Returns the trace's note."""
+    layer compiled for prefill chunks and the replayed decode step (in torch.compile's `mode`), and with `merge` a
+    chunk's two attention parts merged by one compiled kernel. On CUDA with inductor (generated Triton kernels); on
+    the CPU with aot_eager (dynamo's capture without generated code: a check that the run compiles, not a
+    speed-up). The compilations happen on the first calls of each shape, so the caller runs the plan untimed first
+    (two chunks: the first chunk after a past hands the code after the attention call other strides, which dynamo
+    compiles apart). Returns the trace's note."""
     backend = "inductor" if torch.device(device).type == "cuda" else "aot_eager"
     fused = fuse_projections(model)
     norms = fuse_norms(model)
-    layers = compile_layers(model, prefill=True, backend=backend)
-    compile_merge(backend=backend)
+    layers = compile_layers(model, prefill=True, backend=backend, mode=mode)
+    if merge:
+        compile_merge(backend=backend)
     return (
-        f"compiled ({backend}): {fused} fused projection groups, {norms} one-call norms, {layers} decoder layers "
-        "torch.compile'd (prefill chunks and the replayed decode step) and the merge of a chunk's two attention "
-        "parts, compiled by an untimed run of two chunks first; roofsim's model prices the stock layers"
+        f"compiled ({backend}{', ' + mode if mode else ''}): {fused} fused projection groups, {norms} one-call "
+        f"norms, {layers} decoder layers torch.compile'd (prefill chunks and the replayed decode step)"
+        + (" and the merge of a chunk's two attention parts" if merge else "")
+        + ", compiled by an untimed run of two chunks first; roofsim's model prices the stock layers"
     )

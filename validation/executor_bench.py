@@ -676,13 +676,8 @@ def stage_prefill(
     if compiled:
         from roofsim.executor import fuse
 
-        fuse.fuse_projections(model)
-        fuse.fuse_norms(model)
         mode = "max-autotune-no-cudagraphs" if autotune else None
-        b.data["compiled_layers_prefill"] = fuse.compile_layers(model, prefill=True, mode=mode)
-        if merge:
-            fuse.compile_merge()
-            b.data["compiled_merge"] = True
+        b.data["compiled_prefill"] = fuse.compile_for_run(model, DEVICE, mode=mode, merge=merge)
         t0 = time.perf_counter()
         warm = min(context, 2 * plan.prefill_chunk)
         run_plan(plan, model, model_name=MODEL, prompt_len=warm, gen=1, warmup=0, trace_steps=0)
