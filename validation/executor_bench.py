@@ -704,6 +704,15 @@ def stage_prefill(
         entry["achieved_TFLOPs"] = flops / s.prefill_s / 1e12
 
 
+def _rate(flops: float, fn) -> float | str:
+    """TFLOP/s of fn (CUDA events, 3 timed after 1 warm-up), or why it failed (a kernel that does not take the
+    shape is said, not fatal)."""
+    try:
+        return flops / cuda_time_s(fn, repeat=3, warmup=1) / 1e12
+    except (RuntimeError, NotImplementedError) as e:
+        return f"{type(e).__name__}: {str(e)[:120]}"
+
+
 def stage_attention_kernels(b: Bench) -> None:
     """TFLOP/s of each attention kernel on a long prefill's call shapes: a 16K chunk's queries (GQA folded)
     against a 128K past, one KV head per call and all eight in one call, and the chunk's causal square."""
@@ -722,28 +731,12 @@ def stage_attention_kernels(b: Bench) -> None:
         k = torch.randn(1, h, S, D, device=DEVICE, dtype=dtype)
         v = torch.randn_like(k)
         flops = 4.0 * h * L * S * D * (0.5 if causal else 1.0)
-        row = {}
-        for name in names:
-            fn = _KERNELS[name]
-            try:
-                t = cuda_time_s(
-                    lambda fn=fn, q=q, k=k, v=v, c=causal: fn(q, k, v, c, D**-0.5), repeat=3, warmup=1
-                )
-                row[name] = flops / t / 1e12
-            except (RuntimeError, NotImplementedError) as e:
-                row[name] = f"{type(e).__name__}: {str(e)[:120]}"
-        out[label] = row
+        out[label] = {
+            name: _rate(flops, lambda fn=_KERNELS[name], q=q, k=k, v=v, c=causal: fn(q, k, v, c, D**-0.5))
+            for name in names
+        }
         del q, k, v
     b.data["attention_TFLOPs"] = out
-
-
-def _rate(flops: float, fn) -> float | str:
-    """TFLOP/s of fn (CUDA events, 3 timed after 1 warm-up), or why it failed (a kernel that does not take the
-    shape is said, not fatal)."""
-    try:
-        return flops / cuda_time_s(fn, repeat=3, warmup=1) / 1e12
-    except Exception as e:
-        return f"{type(e).__name__}: {str(e)[:160]}"
 
 
 def _layout_row(g: int, G: int, C: int, P: int, D: int, dtype) -> dict:
@@ -797,15 +790,11 @@ def _head_of_layer_row(P: int, G: int, C: int, D: int, dtype) -> dict:
     k, v = buf[:, :, 0, 0:1].permute(1, 2, 0, 3), buf[:, :, 1, 0:1].permute(1, 2, 0, 3)
     q = torch.randn(1, 1, G * C, D, device=DEVICE, dtype=dtype)
     flops, scale, fn = 4.0 * G * C * P * D, D**-0.5, _KERNELS["cudnn_cuda"]
+    copied = 2 * 2 * P * D * k.element_size()  # K and V, each read and written once
     return {
         "strided": _rate(flops, lambda: fn(q, k, v, False, scale)),
         "copy_then": _rate(flops, lambda: fn(q, k.contiguous(), v.contiguous(), False, scale)),
-        "copy_only_GBps": 4
-        * P
-        * D
-        * 2
-        / cuda_time_s(lambda: (k.contiguous(), v.contiguous()), repeat=3)
-        / 1e9,
+        "copy_only_GBps": copied / cuda_time_s(lambda: (k.contiguous(), v.contiguous()), repeat=3) / 1e9,
     }
 
 
