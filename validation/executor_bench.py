@@ -16,6 +16,7 @@ Stages (--stages, comma-separated, in this order):
           the pinned H2D rate of the bw stage + the resident fp8 decode step over the same KV (resident_copy)
   fp8_512k  the same at 512K, the run capped at 24 GB (the resident reference after it, uncapped)
   fp8_768k  `roofsim run` of the fp8 plan at 768K under --gpu-mem 24GB, prefill and 16 measured decode steps
+  sustained the bf16 GEMM and cuDNN attention each run back to back for 10 s beside nvidia-smi's clock samples
 
 Writes OUT/executor_bench.json after every stage (a timeout still leaves data) and a few traces.
 Run from outside the checkout so that the installed roofsim (validation/device_setup.sh) is imported.
@@ -824,6 +825,79 @@ def stage_attention_layout(b: Bench) -> None:
         b.save()
 
 
+def _smi_sampler():
+    """nvidia-smi sampling the SM clock, power and temperature every 100 ms into a list of CSV lines (a
+    subprocess; stop() ends it and returns the lines). None where nvidia-smi is missing."""
+    fields = "timestamp,clocks.sm,clocks.max.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
+    try:
+        p = subprocess.Popen(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-lms", "100"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:
+        return None
+
+    def stop() -> list[str]:
+        p.terminate()
+        out, _ = p.communicate(timeout=10)
+        return [line for line in out.splitlines() if line.strip()]
+
+    return stop
+
+
+def _sustained_rates(fn, flops: float, seconds: float, window_s: float = 0.25) -> list[float]:
+    """TFLOP/s of fn run back to back for about `seconds`, one CUDA-event pair per window of about window_s: the
+    first windows run at the clock an idle GPU boosts to, the last ones at the clock the GPU holds under the
+    load (power and temperature limits lower it)."""
+    one = cuda_time_s(fn, repeat=3, warmup=1)
+    per = max(1, round(window_s / one))
+    windows = max(2, round(seconds / (per * one)))
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(windows + 1)]
+    events[0].record()
+    for i in range(windows):
+        for _ in range(per):
+            fn()
+        events[i + 1].record()
+    torch.cuda.synchronize()
+    return [per * flops / (events[i].elapsed_time(events[i + 1]) / 1e3) / 1e12 for i in range(windows)]
+
+
+def stage_sustained(b: Bench, seconds: float = 10.0) -> None:
+    """The bf16 GEMM (8192^3, as stage_ceilings) and cuDNN attention over a past (16K queries a KV head, GQA
+    folded, against 128K keys of one head) each run back to back for `seconds`, with nvidia-smi sampling the
+    clock beside them: whether the rate of a burst (what stage_ceilings times) holds over a prefill's seconds."""
+    if DEVICE != "cuda":
+        return
+    from roofsim.executor.attention import _KERNELS
+
+    m, D, G, C, P = 8192, 128, 4, 16 * K, 128 * K
+    a = torch.randn(m, m, dtype=torch.bfloat16, device=DEVICE)
+    q = torch.randn(1, 1, G * C, D, device=DEVICE, dtype=torch.bfloat16)
+    kv = torch.randn(1, 1, P, D, device=DEVICE, dtype=torch.bfloat16)
+    attn = _KERNELS["cudnn_cuda"]
+    out = b.data["sustained"] = {}
+    for label, fn, flops in (
+        ("gemm_8192", lambda: a @ a, 2.0 * m**3),
+        ("cudnn_past_1head", lambda: attn(q, kv, kv, False, D**-0.5), 4.0 * G * C * P * D),
+    ):
+        time.sleep(5)  # an idle GPU first, as before stage_ceilings' burst
+        stop = _smi_sampler()
+        t0 = time.time()
+        rates = _sustained_rates(fn, flops, seconds)
+        n = len(rates)
+        out[label] = {
+            "started_unix": t0,
+            "window_TFLOPs": rates,
+            "first_window_TFLOPs": rates[0],
+            "last_half_median_TFLOPs": statistics.median(rates[n // 2 :]),
+            "whole_TFLOPs": n / sum(1 / r for r in rates),
+            "smi": stop() if stop else None,
+        }
+        b.save()
+
+
 def planner_pick(context: int):
     """The planner's pick for MODEL on the H100 profile at `context` tokens, 16 generated, no memory cap."""
     from roofsim.limits import Limits
@@ -995,6 +1069,7 @@ def main() -> int:
         "512k": lambda: stage_512k(b, repo),
         "512k_compiled": lambda: stage_512k(b, repo, label="512K_compiled", extra=("--compile",)),
         "ceilings": lambda: stage_ceilings(b),
+        "sustained": lambda: stage_sustained(b),
         "decode16k": lambda: stage_resident_decode(b, 16 * K),
         "decode64k": lambda: stage_resident_decode(b, 64 * K),
         "hfdefault16k": lambda: stage_hf(b, 16 * K, offloading=False),
@@ -1051,7 +1126,7 @@ def main() -> int:
     }
     for name in args.stages.split(","):
         t0 = time.perf_counter()
-        print(f"== stage {name}", flush=True)
+        print(f"== stage {name} at {time.time():.1f}", flush=True)
         try:
             stages[name]()
             b.data.setdefault("stage_s", {})[name] = time.perf_counter() - t0

@@ -23,6 +23,13 @@ set -uo pipefail
 . validation/device_setup.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv > "$OUT/gpu.txt"
 repo=$PWD
+# SMI_LOG=1: the GPU's clock, power and temperature every 200 ms through the whole call, beside the bench's stage
+# start times (bench.log prints them): $OUT/smi.csv
+if [ "${SMI_LOG:-0}" = 1 ]; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active \
+    --format=csv,nounits -lms 200 > "$OUT/smi.csv" 2>&1 &
+  smi_pid=$!
+fi
 STAGES=${STAGES:-bw,ceilings,decode16k,decode64k,decode64k_fused,decode16k_fused,hfdefault16k,hfdefault64k,exact,64k,attn,prefill128k,hf64k}
 if [ "${TESTS:-1}" = 1 ]; then
   # from another folder: the checkout's roofsim/ (no executor/ inside) would shadow the installed package
@@ -51,3 +58,5 @@ if [ -n "${PROFILE_FUSE:-}" ]; then
   echo "profile rc=$?" >> "$OUT/profile.log"
   tail -4 "$OUT/profile.log"
 fi
+[ -n "${smi_pid:-}" ] && kill "$smi_pid"
+true
