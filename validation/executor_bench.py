@@ -322,6 +322,7 @@ def _summarize_speed(b: Bench, s: dict) -> None:
         "128K_resident_compiled_merge",
         "128K_resident_compiled_128K",
         "128K_resident_compiled_merge_16K",
+        "128K_resident_compiled_merge_64K",
         "128K_resident_compiled_merge_autotune",
     )
     options = [x for x in labels if prefills.get(x, {}).get("prefill_s")]
@@ -1126,6 +1127,9 @@ def main() -> int:
         "prefill128k_compiled": p128(32, "128K_resident_compiled", compiled=True),
         "prefill128k_compiled_merge": p128(32, "128K_resident_compiled_merge", compiled=True, merge=True),
         "prefill128k_compiled_64k": p128(64, "128K_resident_compiled_64K", compiled=True),
+        "prefill128k_compiled_merge_64k": p128(
+            64, "128K_resident_compiled_merge_64K", compiled=True, merge=True
+        ),
         "prefill128k_compiled_16k": p128(16, "128K_resident_compiled_merge_16K", compiled=True, merge=True),
         "prefill128k_autotune": p128(
             32, "128K_resident_compiled_merge_autotune", compiled=True, merge=True, autotune=True
