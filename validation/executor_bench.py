@@ -1021,13 +1021,14 @@ def stage_512k(
 
 
 def merge(paths: list[str], out: Path) -> None:
-    """Combine runs (later runs override per stage and per context entry) and redo the must-hold summary."""
+    """Combine runs (later runs override per stage, per context entry and per decode or prefill label) and redo the
+    must-hold summary; each entry keeps the bound its own run measured. Runs are named by their paths as given."""
     b = Bench(out.parent)
     b.path = out
-    b.data = {"merged_from": [Path(p).name for p in paths], "sources": {}}
+    b.data = {"merged_from": list(paths), "sources": {}}
     for p in paths:
         d = json.loads(Path(p).read_text())
-        name = Path(p).name
+        name = p
         for key, value in d.items():
             if key == "contexts":
                 for label, entry in value.items():
@@ -1035,6 +1036,10 @@ def merge(paths: list[str], out: Path) -> None:
                     b.data.setdefault("contexts", {}).setdefault(label, {}).update(entry)
                     for field in entry:
                         b.data["sources"][f"contexts.{label}.{field}"] = name
+            elif key in ("resident_decode", "prefill"):  # one entry per label (16K, 128K_resident_...), whole
+                for label, entry in value.items():
+                    b.data.setdefault(key, {})[label] = entry
+                    b.data["sources"][f"{key}.{label}"] = name
             elif key not in ("stage_s", "errors", "must_hold", "command", "started"):
                 b.data[key] = value
                 b.data["sources"][key] = name
