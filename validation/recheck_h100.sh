@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, after a change that should not move how fast the executor runs (a refactor): the GPU-marked
-# tests (window layers' flash call and replayed decode among them), then three committed campaign configurations
-# (head_offload, kvpr, cpu_attention) run again, to compare with their committed measurements. From the repo root,
+# tests (window layers' flash call and replayed decode among them), then four committed campaign configurations
+# (validation/campaign-recheck-h100.toml: head_offload, kvpr, two cpu_attention) run again, to compare with their
+# committed measurements. From the repo root,
 # with .whl carried:
 #   bash validation/recheck_h100.sh            # ~6 min; $OUT/gpu-tests.log, $OUT/campaign-recheck.tar.gz
 # Then, here: extract the archive into a folder and compare the measured traces:
@@ -20,5 +21,6 @@ repo=$PWD
   > "$OUT/gpu-tests.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
 tail -3 "$OUT/gpu-tests.log"
-PROFILE=validation/results/h100/s22/h100-sxm-calibrated.toml LABEL=recheck \
-  bash validation/run_campaign.sh only "${CONFIGS:-l3-head-g4-r1-128k,l3-kvpr-64k,q7-cpu1-64k}"
+CAMPAIGN=validation/campaign-recheck-h100.toml PROFILE=validation/results/h100/s22/h100-sxm-calibrated.toml \
+  LABEL=recheck bash validation/run_campaign.sh only \
+  "${CONFIGS:-l3-head-g4-r1-128k,l3-kvpr-64k,q7-cpu1-64k,l2-planner-32k-24gb}"
