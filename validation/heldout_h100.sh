@@ -19,6 +19,9 @@
 # HELDOUT=3 the third (validation/campaign-heldout3.toml) into validation/results/h100-heldout3/, likewise:
 #   HELDOUT=3 bash validation/heldout_h100.sh calibrate a   # ~3 min + 10 fixed plans, ~3.5 min
 #   HELDOUT=3 bash validation/heldout_h100.sh b             # the two planner configurations, ~6 min
+# HELDOUT=4 the fourth (validation/campaign-heldout4.toml) into validation/results/h100-heldout4/, likewise:
+#   HELDOUT=4 bash validation/heldout_h100.sh calibrate a   # ~3 min + 9 fixed plans, ~3 min
+#   HELDOUT=4 bash validation/heldout_h100.sh b             # the two planner configurations, ~5.5 min
 # Several parts in one call run in turn (`bash validation/heldout_h100.sh calibrate a`). A part that runs past its
 # call: call it again on the same warm machine (it resumes); on a fresh machine run `calibrate` first, and say so in
 # validation/results/h100-heldout/README.md. HOST_MONITOR=1 writes $OUT/host-<part>.csv beside the part. Then, here:
@@ -26,14 +29,15 @@
 #   python validation/compress_traces.py validation/results/h100-heldout/campaign
 #   python validation/summarize.py validation/results/h100-heldout
 set -euo pipefail
-[ $# -gt 0 ] || { echo "parts: calibrate, a, b, c, d or e (HELDOUT=2 or 3: calibrate, a or b; several run in turn)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "parts: calibrate, a, b, c, d or e (HELDOUT=2, 3 or 4: calibrate, a or b; several run in turn)" >&2; exit 2; }
 . validation/device_setup.sh
 set_n="${HELDOUT:-1}"
 case "$set_n" in
   1) results=validation/results/h100-heldout; campaign=validation/campaign-heldout.toml; name=heldout ;;
   2) results=validation/results/h100-heldout2; campaign=validation/campaign-heldout2.toml; name=heldout2 ;;
   3) results=validation/results/h100-heldout3; campaign=validation/campaign-heldout3.toml; name=heldout3 ;;
-  *) echo "HELDOUT=$set_n: the held-out sets are 1, 2 and 3" >&2; exit 2 ;;
+  4) results=validation/results/h100-heldout4; campaign=validation/campaign-heldout4.toml; name=heldout4 ;;
+  *) echo "HELDOUT=$set_n: the held-out sets are 1, 2, 3 and 4" >&2; exit 2 ;;
 esac
 calib=calibrated
 profile="$results/$calib/h100-sxm-calibrated.toml"
@@ -51,6 +55,8 @@ parts_of() {  # the configurations of one part of held-out set $1
     2:b) echo "g12-planner-160k-24gb,q3-8b-planner-160k-20gb" ;;
     3:a) echo "g27-resident-32k,g12-head-g1-r2-128k-c32k,goss20-resident-64k,q7-kvpr-inter-160k,m7-cpu3-128k,q25-14b-evict-b8k-b2-96k,l31-resident-b2-64k,q3-14b-layer-full-48k,l2-head-g4-r2-48k,q3-8b-sparse-f15-96k" ;;
     3:b) echo "l31-planner-224k-24gb,q7-planner-96k-16gb" ;;
+    4:a) echo "q25-32b-resident-12k,q3-32b-head-g2-r2-40k-76gb,p3-head-g8-r3-80k,l31-layer-full-112k-32gb,q3-8b-kvpr-inter-80k,m7-sparse-f25-144k,q25-14b-head-g8-r0-40k,l2-evict-b4k-80k,q3-14b-resident-b2-40k" ;;
+    4:b) echo "p3-planner-112k-12gb,q3-8b-planner-144k-20gb" ;;
     *) return 1 ;;
   esac
 }
