@@ -124,6 +124,12 @@ class Measurements(BaseModel):
         default=None,
         description="tiny_layer_s while the CPU worker scans cold host KV back to back (cpu_attention's decode)",
     )
+    tiny_layer_beside_link_s: float | None = Field(
+        default=None,
+        description="tiny_layer_s while pinned host-to-device copies stream back to back on a side stream (an "
+        "offload family's decode issues while its KV streams); recorded for comparison with tiny_layer_samples_s, "
+        "not yet read into the profile",
+    )
     worker_round_trip_s: float | None = Field(
         default=None,
         description="handing cpu_attention's CPU part (less its scan) to the CPU worker and having it back, median",

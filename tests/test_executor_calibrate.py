@@ -194,6 +194,34 @@ def test_decode_layer_cost_at_the_models_width_times_its_layer_shapes():
     assert spec.hidden == 4096 and spec.n_layers == 1 and spec.vocab == 128
 
 
+def test_the_layer_cost_beside_the_link_needs_a_link():
+    """Without CUDA nothing streams over a link, so the measurement is absent rather than a CPU stand-in."""
+    from roofsim.executor.calibrate import host
+
+    from roofsim.specs import load_model
+
+    assert host.decode_layer_cost_beside_link(load_model("llama-3-8b"), "cpu", steps=2) is None
+
+
+@pytest.mark.gpu
+def test_the_layer_cost_beside_the_link_is_timed_while_copies_stream():
+    """On a GPU: the model-width layer's issue cost with pinned copies streaming on a side stream, a positive
+    figure in the layer cost's range; the helper thread's copies stop with it (nothing is left queued)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from roofsim.executor.calibrate import host
+
+    from roofsim.specs import load_model
+
+    per_layer_s = host.decode_layer_cost_beside_link(
+        load_model("llama-3-8b"), "cuda", steps=5, nbytes=64 << 20
+    )
+    assert 0 < per_layer_s < 0.05
+    torch.cuda.synchronize()
+
+
 @pytest.mark.gpu
 def test_the_gathered_stage_copy_is_timed_with_its_control():
     """On the GPU: the copy of rows just gathered into a pinned stage and the same stage again both give a rate
@@ -233,7 +261,7 @@ MEASURE_ORDER = (
     + ["sync_us", "gpu_kernel_us", "decode_gemv_points", "graph_kernel_us", "decode_replay_points"]
     + ["topk_points", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost"]  # the MoE layer's diagnostic
-    + ["decode_layer_cost_beside_cpu", "worker_round_trip_s", "decode_layer_cost"]
+    + ["decode_layer_cost_beside_cpu", "decode_layer_cost_beside_link", "worker_round_trip_s", "decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
     + ["cpu_attention_groups", "cpu_attention_slots", "cpu_gather_gbps", "h2d_after_gather", "matmul_tflops"]
     + ["fingerprint"]
@@ -295,6 +323,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(attention, "attention_new_shape_s", 8.0)
     fake(attention, "prefill_call_extra_s", 9.0)
     fake(host, "decode_layer_cost_beside_cpu", 10.0)
+    fake(host, "decode_layer_cost_beside_link", 10.5)
     fake(host, "worker_round_trip_s", 11.0)
     fake(cpu, "memcpy_gbps", 12.0)
     fake(cpu, "cpu_attention_point", (point, 13.0))
@@ -322,6 +351,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     assert len(m.host_pace_us) == len(m.launch_pace_us) == len(m.step_pace_us) == 8
     assert m.fingerprint == {"gpu_name": "stand-in"} and m.cpu_scan_gap_s == cpu.SCAN_GAP_S
     assert (m.cpu_copy_gbps, m.h2d_beside_cpu_gbps) == (12.0, 13.0)
+    assert (m.tiny_layer_beside_cpu_s, m.tiny_layer_beside_link_s) == (10.0, 10.5)
     assert (m.cpu_gather_gbps, m.cpu_matmul_tflops) == (14.0, 17.0)
     assert (m.h2d_after_gather_gbps, m.h2d_stage_again_gbps) == (15.0, 16.0)
     assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1

@@ -161,6 +161,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     )
     progress("CPU")
     tiny_beside_cpu = host.decode_layer_cost_beside_cpu(model, "cuda")
+    tiny_beside_link = host.decode_layer_cost_beside_link(model, "cuda")
     round_trip = host.worker_round_trip_s()
     tiny.append(tiny_layer())
     label("layer2")
@@ -188,6 +189,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         tiny_layer_samples_s=[t[0] for t in tiny],
         tiny_step_s=tiny_step,
         tiny_layer_beside_cpu_s=tiny_beside_cpu,
+        tiny_layer_beside_link_s=tiny_beside_link,
         worker_round_trip_s=round_trip,
         vector_ops=vector,
         cpu_copy_gbps=side.cpu_copy_gbps,

@@ -79,6 +79,7 @@ def decode_layer_cost(
     width: ModelSpec | None = None,
     launch: list[float] | None = None,
     step_pace: list[float] | None = None,
+    engine_sync: bool = False,
 ) -> tuple[float, ModelSpec, float]:
     """Seconds one decoder layer adds to a decode step's host issue, through the executor itself (stock
     transformers layer, the plan's cache, the registered attention, the recorder on as in a measured run's traced
@@ -90,7 +91,9 @@ def decode_layer_cost(
     Third: the intercept, the seconds of a step outside its layers (the forward's preamble, embedding, final norm
     and LM head). `pace`, where given, gets the host's pace (roofsim.hostpace) timed once per pair of steps, and
     `launch` the launch pace (roofsim.executor.launchpace) right after it, and `step_pace` its tiny decode step
-    after that."""
+    after that. engine_sync: "idle" means the cache's own streams idle (its engine synchronised), not the whole
+    device, so that work queued on another stream (decode_layer_cost_beside_link's copies) runs on through the
+    timing."""
     from roofsim.families import ResidentPlan
 
     if device != "cuda":
@@ -108,7 +111,7 @@ def decode_layer_cost(
         for _ in range(steps):
             time_gauges(device, pace, launch, step_pace)
             for layers, step, cache in ((2, step2, c2), (6, step6, c6)):
-                spent[layers] += issue_s(step, sync)
+                spent[layers] += issue_s(step, cache.runtime.engine.synchronize if engine_sync else sync)
                 cache.runtime.rec.flush()  # outside the timing, as a run flushes after its step's sync
                 cache.runtime.rec.spans.clear()
     two, six = spent[2] / steps, spent[6] / steps
@@ -160,6 +163,46 @@ def decode_layer_cost_beside_cpu(
     finally:
         stop.set()
         job.result()
+    return per_layer
+
+
+def decode_layer_cost_beside_link(
+    model: ModelSpec, device: str = "cuda", steps: int = 20, nbytes: int = 256 << 20, in_flight: int = 4
+) -> float | None:
+    """decode_layer_cost's seconds per layer while the link streams: pinned host-to-device copies of `nbytes`,
+    `in_flight` of them queued at a time on a side stream by a helper thread that only enqueues and waits (it
+    holds the GIL a few microseconds a copy), so that the issuing thread shares the host with the DMA engine's
+    reads of pinned memory, as an offload family's decode issues while its KV streams. The steps are timed from
+    their own streams idle (engine_sync), so the copies run on through them. None without CUDA: nothing streams."""
+    import threading
+    from collections import deque
+
+    if device != "cuda" or not torch.cuda.is_available():
+        return None
+    src = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    side = torch.cuda.Stream()
+    stop = threading.Event()
+
+    def stream() -> None:
+        queued: deque = deque()
+        while not stop.is_set():
+            with torch.cuda.stream(side):
+                dst.copy_(src, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(side)
+            queued.append(done)
+            if len(queued) >= in_flight:
+                queued.popleft().synchronize()  # releases the GIL while the oldest copy runs
+        side.synchronize()
+
+    t = threading.Thread(target=stream, daemon=True)
+    t.start()
+    try:
+        per_layer, _, _ = decode_layer_cost(device, steps, width=model, engine_sync=True)
+    finally:
+        stop.set()
+        t.join()
     return per_layer
 
 
