@@ -124,6 +124,12 @@ class Measurements(BaseModel):
         default=None,
         description="tiny_layer_s while the CPU worker scans cold host KV back to back (cpu_attention's decode)",
     )
+    attention_calls_at_width_s: list[float] | None = Field(
+        default=None,
+        description="attention_call_s, streamed_call_s and fp8_call_s timed again at the calibrated model's layer "
+        "shapes and KV heads (6 layers, one slot of all heads against one-head slots); recorded for comparison "
+        "with the tiny ones, not yet read into the profile",
+    )
     tiny_layer_beside_link_s: float | None = Field(
         default=None,
         description="tiny_layer_s while pinned host-to-device copies stream back to back on a side stream (an "

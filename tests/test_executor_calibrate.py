@@ -223,6 +223,22 @@ def test_the_layer_cost_beside_the_link_is_timed_while_copies_stream():
 
 
 @pytest.mark.gpu
+def test_attention_call_costs_at_the_models_width_compare_its_own_heads():
+    """On a GPU the call costs are also timed at Llama-3-8B's layer shapes, one slot of its 8 KV heads against 8
+    one-head slots: three non-negative per-call figures under a millisecond each."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from roofsim.executor.calibrate.attention import attention_call_costs
+
+    from roofsim.specs import load_model
+
+    costs = attention_call_costs("cuda", steps=3, width=load_model("llama-3-8b"))
+    assert len(costs) == 3 and all(0 <= c < 1e-3 for c in costs)
+
+
+@pytest.mark.gpu
 def test_the_gathered_stage_copy_is_timed_with_its_control():
     """On the GPU: the copy of rows just gathered into a pinned stage and the same stage again both give a rate
     below the link's physical ceiling (PCIe 5.0 x16: 64 GB/s) and above a tenth of it."""
@@ -259,7 +275,7 @@ MEASURE_ORDER = (
     + ["fp8_passes", "fp8_writes"]
     + ["decode_layer_cost"]
     + ["sync_us", "gpu_kernel_us", "decode_gemv_points", "graph_kernel_us", "decode_replay_points"]
-    + ["topk_points", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
+    + ["topk_points", "attention_call_costs", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost"]  # the MoE layer's diagnostic
     + ["decode_layer_cost_beside_cpu", "decode_layer_cost_beside_link", "worker_round_trip_s", "decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
@@ -352,6 +368,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     assert m.fingerprint == {"gpu_name": "stand-in"} and m.cpu_scan_gap_s == cpu.SCAN_GAP_S
     assert (m.cpu_copy_gbps, m.h2d_beside_cpu_gbps) == (12.0, 13.0)
     assert (m.tiny_layer_beside_cpu_s, m.tiny_layer_beside_link_s) == (10.0, 10.5)
+    assert m.attention_calls_at_width_s == [6.0, 7.0, 0.5]
     assert (m.cpu_gather_gbps, m.cpu_matmul_tflops) == (14.0, 17.0)
     assert (m.h2d_after_gather_gbps, m.h2d_stage_again_gbps) == (15.0, 16.0)
     assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1

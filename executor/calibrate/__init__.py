@@ -149,6 +149,11 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     call_s, streamed_s, fp8_call = attention.attention_call_costs(
         "cuda", pace=pace, launch=launch, step_pace=step_pace
     )
+    # the same three costs at the model's layer shapes and KV heads, recorded beside the tiny ones (no gauges)
+    calls_at_width = _recorded(
+        "attention calls at the model's width",
+        lambda: list(attention.attention_call_costs("cuda", width=model)),
+    )
     # any model: a tiny layer of its own; restated at the calls' pace
     expert_call, expert_fetch = kernels.expert_costs_s()
     label("calls")
@@ -161,7 +166,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     )
     progress("CPU")
     tiny_beside_cpu = host.decode_layer_cost_beside_cpu(model, "cuda")
-    tiny_beside_link = host.decode_layer_cost_beside_link(model, "cuda")
+    tiny_beside_link = _recorded("layers beside the link", lambda: host.decode_layer_cost_beside_link(model))
     round_trip = host.worker_round_trip_s()
     tiny.append(tiny_layer())
     label("layer2")
@@ -190,6 +195,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         tiny_step_s=tiny_step,
         tiny_layer_beside_cpu_s=tiny_beside_cpu,
         tiny_layer_beside_link_s=tiny_beside_link,
+        attention_calls_at_width_s=calls_at_width,
         worker_round_trip_s=round_trip,
         vector_ops=vector,
         cpu_copy_gbps=side.cpu_copy_gbps,

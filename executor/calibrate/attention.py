@@ -191,29 +191,36 @@ def attention_call_costs(
     pace: list[float] | None = None,
     launch: list[float] | None = None,
     step_pace: list[float] | None = None,
+    width=None,
 ) -> tuple[float, float, float]:
     """Host seconds of one attention call of the executor over GPU-resident KV, what a streamed unit's call
     adds (ring, staging, events, the issue of its two copies), and what an fp8 store adds to a call (the write of
     its new rows, the dequantisation): decode steps of a tiny 6-layer model (4 KV heads) under head_offload plans
     that differ only in their slots or their KV dtype, recorded as a measured run records them. At tiny shapes the
     step is the host's time, so the differences are the calls' host cost. `pace`, `launch` and `step_pace` get
-    one sample of each host-pace gauge per round of the plans' steps (host.time_gauges)."""
+    one sample of each host-pace gauge per round of the plans' steps (host.time_gauges). width: a ModelSpec whose
+    layer shapes the 6 layers take, with its own KV heads H in place of the 4 (one slot of H heads against H one-head
+    slots), as decode_layer_cost's width (on the CPU it is ignored: a step there is its compute)."""
     from roofsim.families import HeadOffloadPlan
 
     layers = 6
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-
-    config = dict(layers=layers, kv_heads=4, heads=8)
+    if device != "cuda":
+        width = None
+    H = 4 if width is None else width.n_kv_heads
+    config = dict(layers=layers) if width is not None else dict(layers=layers, kv_heads=4, heads=8)
     plans = {
-        "one": HeadOffloadPlan(kv_heads_per_slot=4, resident_slots=1),
-        "four": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4),
+        "one": HeadOffloadPlan(kv_heads_per_slot=H, resident_slots=1),
+        "four": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=H),
         "streamed": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=0),
-        "four_fp8": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=4, kv_dtype="fp8_e4m3"),
+        "four_fp8": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=H, kv_dtype="fp8_e4m3"),
         "streamed_fp8": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=0, kv_dtype="fp8_e4m3"),
     }
     with ExitStack() as stack:
         runs = {
-            name: stack.enter_context(tiny_decoding(plan, device, dtype, steps, record=True, **config))
+            name: stack.enter_context(
+                tiny_decoding(plan, device, dtype, steps, record=True, width=width, **config)
+            )
             for name, plan in plans.items()
         }
         for _, cache in runs.values():
@@ -228,9 +235,9 @@ def attention_call_costs(
             for name, (step, cache) in runs.items():
                 took[name] = wall_s(step, cache.runtime.engine.synchronize)
                 cache.runtime.rec.flush()
-            calls.append((took["four"] - took["one"]) / (layers * 3))
-            streamed.append((took["streamed"] - took["four"]) / (layers * 4))
-            # resident and streamed calls alike: each fp8 call's extra, over both plans' 2 x 4 calls a layer
+            calls.append((took["four"] - took["one"]) / (layers * (H - 1)))
+            streamed.append((took["streamed"] - took["four"]) / (layers * H))
+            # resident and streamed calls alike: each fp8 call's extra, over both plans' 2 x H calls a layer
             fp8_extra = took["four_fp8"] - took["four"] + took["streamed_fp8"] - took["streamed"]
-            fp8.append(fp8_extra / (layers * 8))
+            fp8.append(fp8_extra / (layers * 2 * H))
     return max(0.0, trimmed_mean(calls)), max(0.0, trimmed_mean(streamed)), max(0.0, trimmed_mean(fp8))
