@@ -124,10 +124,11 @@ class Measurements(BaseModel):
         default=None,
         description="tiny_layer_s while the CPU worker scans cold host KV back to back (cpu_attention's decode)",
     )
-    attention_calls_at_width_s: list[float] | None = Field(
+    attention_calls_at_width_s: dict[str, float] | None = Field(
         default=None,
-        description="attention_call_s, streamed_call_s and fp8_call_s timed again at the calibrated model's layer "
-        "shapes and KV heads (6 layers, one slot of all heads against one-head slots); recorded for comparison "
+        description="attention_call_s, streamed_call_s and fp8_call_s (call, streamed, fp8) timed again at the "
+        "calibrated model's layer shapes and KV heads, with the fp8 extra apart for resident and streamed calls "
+        "and a one-slot head_offload layer over the resident plan's (layer_over_resident); recorded for comparison "
         "with the tiny ones, not yet read into the profile",
     )
     tiny_layer_beside_link_s: float | None = Field(

@@ -89,6 +89,21 @@ def test_attention_call_costs_are_measured_through_the_executor(clock):
     assert fp8_s == pytest.approx(FP8_EXTRA_S)
 
 
+def test_attention_calls_at_width_split_the_fp8_extra_and_price_the_offload_layer(clock):
+    """The at-width figures (tiny shapes on the CPU): the same three costs, the fp8 extra apart for resident and
+    streamed calls, and a one-slot head_offload layer over the resident plan's layer, which does the same work
+    (one layer, one call) and so adds nothing on the virtual clock."""
+    from roofsim.executor.calibrate.attention import attention_calls_at_width
+
+    from roofsim.specs.model import load_model
+
+    c = attention_calls_at_width(load_model("llama-3-8b"), "cpu", steps=5)
+    assert c["call"] == pytest.approx(CALL_S) and c["streamed"] == pytest.approx(STREAMED_EXTRA_S)
+    for key in ("fp8", "fp8_resident", "fp8_streamed"):
+        assert c[key] == pytest.approx(FP8_EXTRA_S), key
+    assert c["layer_over_resident"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_new_shape_cost_is_the_first_call_at_a_new_past_less_a_repeat(monkeypatch):
     """A kernel that spends 30 ms setting up each new shape (as cuDNN's fused attention builds a plan per key
     length) is measured as 30 ms; one that does not is measured as nothing (a virtual clock: each call 1 ms)."""
@@ -225,17 +240,19 @@ def test_the_layer_cost_beside_the_link_is_timed_while_copies_stream():
 @pytest.mark.gpu
 def test_attention_call_costs_at_the_models_width_compare_its_own_heads():
     """On a GPU the call costs are also timed at Llama-3-8B's layer shapes, one slot of its 8 KV heads against 8
-    one-head slots: three non-negative per-call figures under a millisecond each."""
+    one-head slots, with the fp8 extras apart and the one-slot layer over the resident one: non-negative figures
+    under 10 ms each."""
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from roofsim.executor.calibrate.attention import attention_call_costs
+    from roofsim.executor.calibrate.attention import attention_calls_at_width
 
     from roofsim.specs import load_model
 
-    costs = attention_call_costs("cuda", steps=3, width=load_model("llama-3-8b"))
-    assert len(costs) == 3 and all(0 <= c < 1e-3 for c in costs)
+    costs = attention_calls_at_width(load_model("llama-3-8b"), "cuda", steps=3)
+    assert set(costs) == {"call", "streamed", "fp8", "fp8_resident", "fp8_streamed", "layer_over_resident"}
+    assert all(0 <= c < 1e-2 for c in costs.values())
 
 
 @pytest.mark.gpu
@@ -275,7 +292,7 @@ MEASURE_ORDER = (
     + ["fp8_passes", "fp8_writes"]
     + ["decode_layer_cost"]
     + ["sync_us", "gpu_kernel_us", "decode_gemv_points", "graph_kernel_us", "decode_replay_points"]
-    + ["topk_points", "attention_call_costs", "attention_call_costs", "expert_costs_s", "attention_new_shape_s"]
+    + ["topk_points", "attention_call_costs", "attention_calls_at_width", "expert_costs_s", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost"]  # the MoE layer's diagnostic
     + ["decode_layer_cost_beside_cpu", "decode_layer_cost_beside_link", "worker_round_trip_s", "decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
@@ -335,6 +352,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(kernels, "fp8_passes", [point])
     fake(kernels, "fp8_writes", [point])
     fake(attention, "attention_call_costs", (6.0, 7.0, 0.5))
+    fake(attention, "attention_calls_at_width", {"call": 6.5})
     fake(kernels, "expert_costs_s", (2.5e-4, 3e-5))
     fake(attention, "attention_new_shape_s", 8.0)
     fake(attention, "prefill_call_extra_s", 9.0)
@@ -368,7 +386,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     assert m.fingerprint == {"gpu_name": "stand-in"} and m.cpu_scan_gap_s == cpu.SCAN_GAP_S
     assert (m.cpu_copy_gbps, m.h2d_beside_cpu_gbps) == (12.0, 13.0)
     assert (m.tiny_layer_beside_cpu_s, m.tiny_layer_beside_link_s) == (10.0, 10.5)
-    assert m.attention_calls_at_width_s == [6.0, 7.0, 0.5]
+    assert m.attention_calls_at_width_s == {"call": 6.5}
     assert (m.cpu_gather_gbps, m.cpu_matmul_tflops) == (14.0, 17.0)
     assert (m.h2d_after_gather_gbps, m.h2d_stage_again_gbps) == (15.0, 16.0)
     assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1

@@ -151,8 +151,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     )
     # the same three costs at the model's layer shapes and KV heads, recorded beside the tiny ones (no gauges)
     calls_at_width = _recorded(
-        "attention calls at the model's width",
-        lambda: list(attention.attention_call_costs("cuda", width=model)),
+        "attention calls at the model's width", lambda: attention.attention_calls_at_width(model)
     )
     # any model: a tiny layer of its own; restated at the calls' pace
     expert_call, expert_fetch = kernels.expert_costs_s()

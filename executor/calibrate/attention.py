@@ -191,22 +191,41 @@ def attention_call_costs(
     pace: list[float] | None = None,
     launch: list[float] | None = None,
     step_pace: list[float] | None = None,
-    width=None,
 ) -> tuple[float, float, float]:
     """Host seconds of one attention call of the executor over GPU-resident KV, what a streamed unit's call
     adds (ring, staging, events, the issue of its two copies), and what an fp8 store adds to a call (the write of
     its new rows, the dequantisation): decode steps of a tiny 6-layer model (4 KV heads) under head_offload plans
     that differ only in their slots or their KV dtype, recorded as a measured run records them. At tiny shapes the
     step is the host's time, so the differences are the calls' host cost. `pace`, `launch` and `step_pace` get
-    one sample of each host-pace gauge per round of the plans' steps (host.time_gauges). width: a ModelSpec whose
-    layer shapes the 6 layers take, with its own KV heads H in place of the 4 (one slot of H heads against H one-head
-    slots), as decode_layer_cost's width (on the CPU it is ignored: a step there is its compute)."""
-    from roofsim.families import HeadOffloadPlan
+    one sample of each host-pace gauge per round of the plans' steps (host.time_gauges)."""
+    c = _call_costs(device, steps, pace, launch, step_pace)
+    return c["call"], c["streamed"], c["fp8"]
+
+
+def attention_calls_at_width(model, device: str = "cuda", steps: int = 20) -> dict[str, float]:
+    """attention_call_costs' figures at `model`'s layer shapes and KV heads H (one slot of H heads against H one-head
+    slots) instead of the tiny ones, and beside them: each fp8 extra apart for resident and streamed calls
+    (fp8_resident, fp8_streamed), and what a head_offload layer of one resident slot of every head adds to the
+    resident plan's layer (layer_over_resident: the offload cache's own per-layer path; the same kernels). On the
+    CPU the tiny shapes serve (a step there is its compute)."""
+    return _call_costs(device, steps, width=None if device != "cuda" else model, resident=True)
+
+
+def _call_costs(
+    device: str,
+    steps: int,
+    pace: list[float] | None = None,
+    launch: list[float] | None = None,
+    step_pace: list[float] | None = None,
+    width=None,
+    resident: bool = False,
+) -> dict[str, float]:
+    """The per-call host costs (and, with `resident`, the per-layer one) from decode steps of 6-layer models under
+    plans that differ in one thing each, timed interleaved (see attention_call_costs); trimmed means."""
+    from roofsim.families import HeadOffloadPlan, ResidentPlan
 
     layers = 6
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if device != "cuda":
-        width = None
     H = 4 if width is None else width.n_kv_heads
     config = dict(layers=layers) if width is not None else dict(layers=layers, kv_heads=4, heads=8)
     plans = {
@@ -215,6 +234,7 @@ def attention_call_costs(
         "streamed": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=0),
         "four_fp8": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=H, kv_dtype="fp8_e4m3"),
         "streamed_fp8": HeadOffloadPlan(kv_heads_per_slot=1, resident_slots=0, kv_dtype="fp8_e4m3"),
+        **({"resident": ResidentPlan()} if resident else {}),
     }
     with ExitStack() as stack:
         runs = {
@@ -226,18 +246,27 @@ def attention_call_costs(
         for _, cache in runs.values():
             cache.runtime.engine.synchronize()
             cache.runtime.rec.flush()
-        # the three plans' steps interleaved, so that each difference is taken within one spell of the host: one
-        # plan timed after another would put a slow spell into one difference
-        calls, streamed, fp8 = [], [], []
+        # the plans' steps interleaved, so that each difference is taken within one spell of the host: one plan
+        # timed after another would put a slow spell into one difference
+        out: dict[str, list[float]] = {
+            k: [] for k in ("call", "streamed", "fp8", "fp8_resident", "fp8_streamed")
+        }
+        if resident:
+            out["layer_over_resident"] = []
         for _ in range(steps):
             time_gauges(device, pace, launch, step_pace)
             took = {}
             for name, (step, cache) in runs.items():
                 took[name] = wall_s(step, cache.runtime.engine.synchronize)
                 cache.runtime.rec.flush()
-            calls.append((took["four"] - took["one"]) / (layers * (H - 1)))
-            streamed.append((took["streamed"] - took["four"]) / (layers * H))
+            out["call"].append((took["four"] - took["one"]) / (layers * (H - 1)))
+            out["streamed"].append((took["streamed"] - took["four"]) / (layers * H))
             # resident and streamed calls alike: each fp8 call's extra, over both plans' 2 x H calls a layer
-            fp8_extra = took["four_fp8"] - took["four"] + took["streamed_fp8"] - took["streamed"]
-            fp8.append(fp8_extra / (layers * 2 * H))
-    return max(0.0, trimmed_mean(calls)), max(0.0, trimmed_mean(streamed)), max(0.0, trimmed_mean(fp8))
+            fp8_resident = took["four_fp8"] - took["four"]
+            fp8_streamed = took["streamed_fp8"] - took["streamed"]
+            out["fp8"].append((fp8_resident + fp8_streamed) / (layers * 2 * H))
+            out["fp8_resident"].append(fp8_resident / (layers * H))
+            out["fp8_streamed"].append(fp8_streamed / (layers * H))
+            if resident:
+                out["layer_over_resident"].append((took["one"] - took["resident"]) / layers)
+    return {k: max(0.0, trimmed_mean(v)) for k, v in out.items()}
