@@ -517,7 +517,6 @@ def stage_ceilings(b: Bench) -> None:
     b.data["ceilings"] = out
     if DEVICE == "cuda":
         out.update(_sustained_gemm(m))
-    if DEVICE == "cuda":
         torch.cuda.empty_cache()
 
 
@@ -869,20 +868,39 @@ def _sustained_rates(fn, flops: float, seconds: float, window_s: float = 0.25) -
     return [per * flops / (events[i].elapsed_time(events[i + 1]) / 1e3) / 1e12 for i in range(windows)]
 
 
-def _sustained_gemm(m: int, seconds: float = 10.0) -> dict:
-    """The bf16 GEMM (m^3) back to back for `seconds` from an idle GPU: its rate over the whole time (what a
-    compute-bound phase of that length can reach) and the SM clock nvidia-smi saw over its second half."""
-    a = torch.randn(m, m, dtype=torch.bfloat16, device=DEVICE)
-    time.sleep(2)  # idle first, as the burst
+def _sustained(fn, flops: float, seconds: float, idle_s: float) -> dict:
+    """fn back to back for `seconds` after `idle_s` of an idle GPU (as before stage_ceilings' burst), beside
+    nvidia-smi: each window's TFLOP/s (_sustained_rates), the first window's, the median of the second half's, the
+    whole run's, and the SM clock nvidia-smi saw over the second half."""
+    time.sleep(idle_s)
     stop = _smi_sampler()
-    rates = _sustained_rates(lambda: a @ a, 2.0 * m**3, seconds)
+    t0 = time.time()
+    rates = _sustained_rates(fn, flops, seconds)
     smi = stop() if stop else []
-    clocks = [int(x.split(",")[1]) for x in smi[len(smi) // 2 :] if x.split(",")[1].strip().isdigit()]
+    n = len(rates)
+    rows = [x.split(",") for x in smi[len(smi) // 2 :]]
+    clocks = [int(r[1]) for r in rows if len(r) > 1 and r[1].strip().isdigit()]
     return {
-        "bf16_gemm_sustained_TFLOPs": len(rates) / sum(1 / r for r in rates),
-        "bf16_gemm_sustained_last_half_TFLOPs": statistics.median(rates[len(rates) // 2 :]),
+        "started_unix": t0,
+        "window_TFLOPs": rates,
+        "first_window_TFLOPs": rates[0],
+        "last_half_median_TFLOPs": statistics.median(rates[n // 2 :]),
+        "whole_TFLOPs": n / sum(1 / r for r in rates),
+        "sm_clock_MHz_second_half": statistics.median(clocks) if clocks else None,
+        "smi": smi,
+    }
+
+
+def _sustained_gemm(m: int, seconds: float = 10.0) -> dict:
+    """The bf16 GEMM (m^3) sustained (_sustained): its rate over the whole time (what a compute-bound phase of that
+    length can reach) and the SM clock over its second half."""
+    a = torch.randn(m, m, dtype=torch.bfloat16, device=DEVICE)
+    r = _sustained(lambda: a @ a, 2.0 * m**3, seconds, idle_s=2)
+    return {
+        "bf16_gemm_sustained_TFLOPs": r["whole_TFLOPs"],
+        "bf16_gemm_sustained_last_half_TFLOPs": r["last_half_median_TFLOPs"],
         "bf16_gemm_sustained_s": seconds,
-        "sm_clock_MHz_sustained_gemm": statistics.median(clocks) if clocks else None,
+        "sm_clock_MHz_sustained_gemm": r["sm_clock_MHz_second_half"],
     }
 
 
@@ -894,9 +912,10 @@ def compute_bound(b: Bench, flops: float, seconds: float) -> dict:
     rate = held or burst
     if not rate:
         return {}
+    bound = flops / (rate * 1e12)
     out = {
-        "compute_bound_s": flops / (rate * 1e12),
-        "ratio_to_compute_bound": seconds / (flops / (rate * 1e12)),
+        "compute_bound_s": bound,
+        "ratio_to_compute_bound": seconds / bound,
         "compute_bound_rate": "bf16 GEMM sustained 10 s" if held else "bf16 GEMM burst",
         "achieved_TFLOPs": flops / seconds / 1e12,
     }
@@ -924,19 +943,7 @@ def stage_sustained(b: Bench, seconds: float = 10.0) -> None:
         ("gemm_8192", lambda: a @ a, 2.0 * m**3),
         ("cudnn_past_1head", lambda: attn(q, kv, kv, False, D**-0.5), 4.0 * G * C * P * D),
     ):
-        time.sleep(5)  # an idle GPU first, as before stage_ceilings' burst
-        stop = _smi_sampler()
-        t0 = time.time()
-        rates = _sustained_rates(fn, flops, seconds)
-        n = len(rates)
-        out[label] = {
-            "started_unix": t0,
-            "window_TFLOPs": rates,
-            "first_window_TFLOPs": rates[0],
-            "last_half_median_TFLOPs": statistics.median(rates[n // 2 :]),
-            "whole_TFLOPs": n / sum(1 / r for r in rates),
-            "smi": stop() if stop else None,
-        }
+        out[label] = _sustained(fn, flops, seconds, idle_s=5)
         b.save()
 
 
