@@ -7,10 +7,10 @@ measures them, docs/calibration.md#spread): the host's pace (every host-side cos
 copy rates, and the CPU attention kernel's scan rate. Taking the slow ends together prices the worst moment a
 run can meet within what the calibration saw; the point lies between the ends (the spread band).
 
-The model's own error (ModelError, model_error.json): what the spread band misses of the development set's
-measured runs, as a split-conformal quantile per phase (validation/fit_model_error.py): the spread band's lower
-end times (1 - q) and its upper end times (1 + q) holds 90% of those runs, and, where a new run is like them, about
-as many of new ones. A profile without a spread (a datasheet spec, never calibrated) gives a zero-width band, not
+The model's own error (ModelError, model_error.json): what the spread band misses of the development set's and
+the spent held-out sets' measured runs, as a split-conformal quantile per phase (validation/fit_model_error.py):
+the spread band's lower end times (1 - q) and its upper end times (1 + q) holds 90% of those runs, and, where a new
+run is like them, about as many of new ones. A profile without a spread (a datasheet spec, never calibrated) gives a zero-width band, not
 widened: the error was fitted against calibrated profiles.
 """
 
@@ -26,7 +26,8 @@ from roofsim.specs.hardware import GpuSpec, HostSpec
 
 
 class ModelError(BaseModel):
-    """The widening of the spread band by phase, fitted on the development set (validation/fit_model_error.py)."""
+    """The widening of the spread band by phase, fitted on the development set and the spent held-out sets
+    (validation/fit_model_error.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +35,9 @@ class ModelError(BaseModel):
     prefill: float = Field(ge=0, description="q of the prefill band: (lower (1 - q), upper (1 + q))")
     decode: float = Field(ge=0, description="q of the decode band")
     runs: dict[str, int] = Field(description="measured runs fitted, by phase")
+    excluded: dict[str, int] = Field(
+        default={}, description="measured runs left out, by phase: each measured a defect fixed since"
+    )
     source: list[str] = Field(description="the results folders fitted")
     command: str = Field(description="the command that wrote this file")
 

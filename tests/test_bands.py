@@ -3,6 +3,7 @@ prices the plan at their slow and fast ends, the planner's decode-worst objectiv
 validation summary counts how often the band holds the measured time."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from roofsim.workload import Workload
 ROOT = Path(__file__).parent.parent
 S22 = ROOT / "validation" / "results" / "h100" / "s22"
 PROFILE = str(S22 / "h100-sxm-calibrated.toml")
+SETS = ROOT / "validation" / "model_error_sets.toml"
 L3 = load_model("llama-3-8b")
 WORK = Workload(context=65536, gen=8)
 
@@ -224,16 +226,53 @@ def test_the_split_conformal_widening_holds_the_share_it_promises(tmp_path):
     assert held(err.model_copy(update={"decode": err.decode * 0.9})) < 0.9
 
 
-def test_the_shipped_model_error_is_the_fit_of_the_committed_development_set():
+def test_the_shipped_model_error_is_the_fit_of_the_committed_runs():
     """roofsim/model_error.json is what validation/fit_model_error.py gives from the committed development set (its
-    rows' spread bands, written by validation/repredict_h100.sh): never edited by hand, never stale."""
+    rows' spread bands, written by validation/repredict_h100.sh) and the kept re-predicted rows of the spent held-out
+    sets, less the exclusions: never edited by hand, never stale."""
     from roofsim.band import model_error
 
     fme = _fit_model_error()
-    shipped = model_error()
-    refit = fme.fit([ROOT / p for p in shipped.source], shipped.command)
-    refit = refit.model_copy(update={"source": shipped.source})
-    assert refit == shipped
+    assert fme.fit_sets(SETS, refit=True) == model_error()
+
+
+def test_the_kept_rows_of_a_spent_set_are_its_committed_measurements():
+    """Each spent held-out set's kept rows carry the measured times of its committed runs, run for run (only the
+    prices are the current model's), and the held-out set not yet run is not among the fitted sets."""
+    fme = _fit_model_error()
+    sets = fme.load_sets(SETS)
+    spent = [rs for rs in sets.set if rs.profile is not None]
+    assert spent and all("heldout4" not in rs.campaign for rs in sets.set)
+    for rs in spent:
+        kept = json.loads((fme.KEPT / f"{rs.name}.json").read_text())
+        committed = {(r["config"], r["run"]): r for r in fme.rows_of(ROOT / rs.campaign)}
+        assert kept["campaign"] == rs.campaign and len(kept["rows"]) == len(committed)
+        for row in kept["rows"]:
+            c = committed[row["config"], row["run"]]
+            for key in ("prefill_s_measured", "decode_s_per_token_measured"):
+                assert row.get(key) == c.get(key)
+
+
+def test_an_excluded_run_leaves_the_fit(tmp_path):
+    """Leaving out the one run far outside its band brings q down to the others' and counts it as excluded; an
+    exclusion of another phase leaves the phase it does not name alone."""
+    fme = _fit_model_error()
+    rows = [_row(f"c{i}", 1.0 + (0.5 if i == 0 else 0.01 * (i % 3))) for i in range(12)]
+    kept = fme.fit_rows({"s": rows}, [], "t", ["s"])
+    ex = fme.Exclusion(
+        set="s", config="c0", phases=["decode"], why="a fixed defect", evidence="docs/evidence.md"
+    )
+    fitted = fme.fit_rows({"s": rows}, [ex], "t", ["s"])
+    assert kept.decode == pytest.approx(0.5) and fitted.decode == pytest.approx(0.02)
+    assert fitted.excluded == {"prefill": 0, "decode": 1} and fitted.runs == {"prefill": 12, "decode": 11}
+    assert fitted.prefill == kept.prefill
+
+
+def _row(config: str, measured: float) -> dict:
+    row = {"config": config, "run": "pick", "complete": True}
+    for key in ("prefill_s", "decode_s_per_token"):
+        row |= {f"{key}_measured": measured, f"{key}_spread_low": 1.0, f"{key}_spread_high": 1.0}
+    return row
 
 
 def _fit_model_error():
@@ -244,5 +283,6 @@ def _fit_model_error():
         "fit_model_error", ROOT / "validation" / "fit_model_error.py"
     )
     fme = importlib.util.module_from_spec(spec)
+    sys.modules["fit_model_error"] = fme  # pydantic resolves the script's annotations through its module
     spec.loader.exec_module(fme)
     return fme
