@@ -66,7 +66,9 @@ class FlopPoint(BaseModel):
     label: str
     flops: float
     seconds: float
-    rows: float | None = None  # attention over a chunk after a past: its GQA-folded query rows
+    rows: float | None = (
+        None  # attention over a chunk after a past: its GQA-folded query rows; a GEMM: its rows
+    )
 
 
 class Measurements(BaseModel):
@@ -86,6 +88,13 @@ class Measurements(BaseModel):
     bidirectional_total_gbps: float
     d2d_copy_gbps: float = Field(description="device-to-device copy, bytes read plus written per second")
     gemm: list[FlopPoint]
+    gemm_held: list[FlopPoint] | None = Field(
+        default=None,
+        description="the layer's GEMMs at 16384 rows round after round for seconds from an idle GPU, one point per "
+        "window in order (executor.calibrate.kernels.gemms_held): the first windows at the boosted clock that `gemm` "
+        "sees, the later ones at the clock the power limit holds (gemm_held_ratio); recorded, not yet read into the "
+        "profile",
+    )
     attention_prefill: list[FlopPoint]
     attention_decode: list[CopyPoint] = Field(description="KV bytes read per decode attention call")
     attention_prefill_short: list[FlopPoint] = Field(
@@ -743,6 +752,20 @@ def _quantile(xs: list[float], q: float) -> float:
     k = (len(s) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def gemm_held_ratio(m: Measurements) -> float | None:
+    """The rate of gemm_held's second half (total FLOPs over total time) over the rate `gemm` timed at the same rows
+    (its points of that many rows): below 1 where the clock a long prefill holds is lower than a short timing's.
+    None without gemm_held."""
+    if not m.gemm_held:
+        return None
+    held = m.gemm_held[len(m.gemm_held) // 2 :]
+    burst = [p for p in m.gemm if p.rows is not None and p.rows == held[0].rows]
+    if held[0].rows is None or not burst:
+        return None
+    rate = sum(p.flops for p in held) / sum(p.seconds for p in held)
+    return rate / (sum(p.flops for p in burst) / sum(p.seconds for p in burst))
 
 
 def host_pace_ratios(m: Measurements) -> list[float]:

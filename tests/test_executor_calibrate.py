@@ -1,5 +1,7 @@
 """The calibration's framework-cost measurement runs the executor's real decode path (on the CPU here)."""
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("torch")
@@ -294,7 +296,8 @@ MEASURE_ORDER = (
     + ["sync_us", "gpu_kernel_us", "decode_gemv_points", "graph_kernel_us", "decode_replay_points"]
     + ["topk_points", "attention_call_costs", "attention_calls_at_width", "expert_costs_s", "attention_new_shape_s"]
     + ["prefill_call_extra_s", "decode_layer_cost"]  # the MoE layer's diagnostic
-    + ["decode_layer_cost_beside_cpu", "decode_layer_cost_beside_link", "worker_round_trip_s", "decode_layer_cost"]
+    + ["decode_layer_cost_beside_cpu", "decode_layer_cost_beside_link", "worker_round_trip_s", "gemms_held"]
+    + ["decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
     + ["cpu_attention_groups", "cpu_attention_slots", "cpu_gather_gbps", "h2d_after_gather", "matmul_tflops"]
     + ["fingerprint"]
@@ -359,6 +362,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(host, "decode_layer_cost_beside_cpu", 10.0)
     fake(host, "decode_layer_cost_beside_link", 10.5)
     fake(host, "worker_round_trip_s", 11.0)
+    fake(kernels, "gemms_held", [FlopPoint(label="w", flops=1.0, seconds=1.0, rows=4.0)])
     fake(cpu, "memcpy_gbps", 12.0)
     fake(cpu, "cpu_attention_point", (point, 13.0))
     fake(cpu, "cpu_attention_groups", {1: point})
@@ -386,7 +390,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     assert m.fingerprint == {"gpu_name": "stand-in"} and m.cpu_scan_gap_s == cpu.SCAN_GAP_S
     assert (m.cpu_copy_gbps, m.h2d_beside_cpu_gbps) == (12.0, 13.0)
     assert (m.tiny_layer_beside_cpu_s, m.tiny_layer_beside_link_s) == (10.0, 10.5)
-    assert m.attention_calls_at_width_s == {"call": 6.5}
+    assert m.attention_calls_at_width_s == {"call": 6.5} and m.gemm_held[0].rows == 4.0
     assert (m.cpu_gather_gbps, m.cpu_matmul_tflops) == (14.0, 17.0)
     assert (m.h2d_after_gather_gbps, m.h2d_stage_again_gbps) == (15.0, 16.0)
     assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1
@@ -421,6 +425,32 @@ def test_the_decode_gemvs_are_the_layers_shapes_and_the_lm_head_one_token_each()
     assert [p.label for p in points] == [f"decode {n} 1x{k}x{m}" for n, k, m in shapes]
     assert [p.nbytes for p in points] == [2 * k * m for _, k, m in shapes]
     assert all(p.seconds > 0 for p in points)
+
+
+@pytest.mark.gpu
+def test_the_layers_gemms_held_are_timed_window_by_window():
+    """gemms_held gives one point per window, in order, each a whole number of rounds of the layer's GEMMs at the
+    rows asked for, and a measurements file with them gives the held ratio against gemm's points of those rows."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from roofsim.executor.calibrate.kernels import gemms, gemms_held, layer_gemm_shapes
+
+    from roofsim.calibration import Measurements, gemm_held_ratio
+    from roofsim.specs.model import load_model
+
+    m = load_model("llama-3-8b")
+    held = gemms_held(m, seconds=0.5, window_s=0.05, idle_s=0.1)
+    per_round = sum(2.0 * 16384 * k * n for _, k, n in layer_gemm_shapes(m))
+    assert len(held) >= 2 and all(p.rows == 16384 and p.seconds > 0 for p in held)
+    assert all((p.flops / per_round).is_integer() for p in held)
+    root = Path(__file__).parent.parent
+    base = Measurements.model_validate_json(
+        (root / "validation/results/h100/s22/h100-sxm-calibrated-measurements.json").read_text()
+    )
+    ratio = gemm_held_ratio(base.model_copy(update={"gemm": gemms(m), "gemm_held": held}))
+    assert 0.5 < ratio < 1.5
 
 
 @pytest.mark.gpu

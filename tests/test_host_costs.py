@@ -35,3 +35,25 @@ def test_the_ratios_are_over_the_last_layer_sample_and_the_tiny_calls():
 def test_a_calibration_without_the_new_figures_still_reads():
     out = _lines({"tiny_layer_s": 8e-4})
     assert out == ["layer alone, each sample: 800 us"]
+
+
+def test_the_held_gemms_read_against_the_short_timing_of_their_rows():
+    """The layer's GEMMs held for seconds: the first and last windows' rates, and the second half's rate over the
+    short timing's at the same rows (roofsim.calibration.gemm_held_ratio)."""
+    import json
+
+    base = json.loads(
+        (ROOT / "validation/results/h100/s22/h100-sxm-calibrated-measurements.json").read_text()
+    )
+    burst = [{"label": "layer q 16384", "flops": 8e12, "seconds": 0.01, "rows": 16384}]
+    # 800 TFLOP/s for two windows, then 640 (x0.8 of the burst) for two
+    held = [
+        {"label": f"w{i}", "flops": 8e12, "seconds": s, "rows": 16384}
+        for i, s in enumerate((0.01, 0.01, 0.0125, 0.0125))
+    ]
+    out = _lines(base | {"gemm": burst + [{"label": "4096 rows", "flops": 1.0, "seconds": 1.0, "rows": 4096}],
+                         "gemm_held": held})  # fmt: skip
+    assert (
+        "layer GEMMs held: first window 800 TFLOP/s, last 640, second half x0.800 of the burst timing (gemm)"
+        in out
+    )

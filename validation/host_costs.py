@@ -1,7 +1,9 @@
 """The host-side costs a calibration timed, side by side: the model-width layer alone (each sample) and beside the
 streaming link and the CPU worker, and the attention calls at tiny shapes against the model's shapes
 (Measurements.attention_calls_at_width_s). A diagnostic for whether an offload family's decode issues slower than
-its tiny-shape price (docs/calibration.md); nothing in roofsim reads it.
+its tiny-shape price (docs/calibration.md); nothing in roofsim reads it. Beside them, the layer's GEMMs held for
+seconds against their short timing (Measurements.gemm_held): whether a prefill runs at a lower clock than the
+profile's GEMM rate was timed at.
 
     python validation/host_costs.py validation/results/h100-heldout3/calibrated/h100-sxm-calibrated-measurements.json
 """
@@ -41,6 +43,14 @@ def lines(m: dict) -> list[str]:
         if w is not None:
             row += f", at width {w * 1e6:.0f} us" + (f" (x{w / t:.3f})" if t else "")
         out.append(row)
+    held = m.get("gemm_held") or []
+    if held:
+        from roofsim.calibration import Measurements, gemm_held_ratio
+
+        rates = [p["flops"] / p["seconds"] / 1e12 for p in held]
+        ratio = gemm_held_ratio(Measurements.model_validate(m))
+        row = f"layer GEMMs held: first window {rates[0]:.0f} TFLOP/s, last {rates[-1]:.0f}"
+        out.append(row + (f", second half x{ratio:.3f} of the burst timing (gemm)" if ratio else ""))
     paces = m.get("host_pace_us") or []
     if paces:
         out.append(f"host pace (loop gauge) over the calibration: median {statistics.median(paces):.0f} us")

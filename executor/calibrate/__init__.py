@@ -167,6 +167,8 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
     tiny_beside_cpu = host.decode_layer_cost_beside_cpu(model, "cuda")
     tiny_beside_link = _recorded("layers beside the link", lambda: host.decode_layer_cost_beside_link(model))
     round_trip = host.worker_round_trip_s()
+    # last of the GPU timings, so that its seconds of full load heat nothing the profile is fitted from
+    gemm_held = _recorded("GEMMs held for seconds", lambda: kernels.gemms_held(model))
     tiny.append(tiny_layer())
     label("layer2")
     tiny_s, tiny_model, tiny_step = host.mean_tiny(tiny)
@@ -182,6 +184,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         bidirectional_total_gbps=bidir,
         d2d_copy_gbps=d2d,
         gemm=gemm,
+        gemm_held=gemm_held,
         attention_prefill=prefill,
         attention_prefill_short=short,
         attention_decode=decode,

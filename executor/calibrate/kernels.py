@@ -36,8 +36,58 @@ def gemms(model: ModelSpec) -> list[FlopPoint]:
             a = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)  # nn.Linear's weight layout
             t = cuda_time_s(lambda a=a, b=b: torch.nn.functional.linear(a, b))
-            out.append(FlopPoint(label=f"layer {name} {rows}x{k}x{n}", flops=2.0 * rows * k * n, seconds=t))
+            out.append(
+                FlopPoint(
+                    label=f"layer {name} {rows}x{k}x{n}", flops=2.0 * rows * k * n, seconds=t, rows=rows
+                )
+            )
     return out
+
+
+def gemms_held(
+    model: ModelSpec, seconds: float = 4.0, rows: int = 16384, window_s: float = 0.25, idle_s: float = 1.0
+) -> list[FlopPoint]:
+    """One decoder layer's GEMMs at `rows` rows (gemms' larger chunk) issued round after round for about `seconds`
+    after `idle_s` of an idle GPU, one CUDA-event pair per window of about `window_s`: a FlopPoint per window, in
+    order. The first windows run at the clock an idle GPU boosts to, which is what gemms' short timings see; within
+    a fraction of a second of full load the GPU's power limit lowers the clock, and the later windows run at the
+    clock a prefill of seconds holds."""
+    import time
+
+    pairs = [
+        (
+            torch.randn(rows, k, device="cuda", dtype=torch.bfloat16),
+            torch.randn(n, k, device="cuda", dtype=torch.bfloat16),
+        )
+        for _, k, n in layer_gemm_shapes(model)
+    ]
+    flops = sum(2.0 * rows * b.shape[0] * b.shape[1] for _, b in pairs)
+
+    def layer_round() -> None:
+        for a, b in pairs:
+            torch.nn.functional.linear(a, b)
+
+    one = cuda_time_s(layer_round, repeat=3)
+    per = max(1, round(window_s / one))
+    windows = max(2, round(seconds / (per * one)))
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(windows + 1)]
+    torch.cuda.synchronize()
+    time.sleep(idle_s)
+    events[0].record()
+    for i in range(windows):
+        for _ in range(per):
+            layer_round()
+        events[i + 1].record()
+    torch.cuda.synchronize()
+    return [
+        FlopPoint(
+            label=f"layer GEMMs at {rows} rows, window {i + 1} of {windows} ({per} rounds)",
+            flops=per * flops,
+            seconds=events[i].elapsed_time(events[i + 1]) / 1e3,
+            rows=rows,
+        )
+        for i in range(windows)
+    ]
 
 
 def vector_ops(model: ModelSpec, device: str = "cuda", tokens: int = 16384) -> list[CopyPoint]:
