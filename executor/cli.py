@@ -299,23 +299,21 @@ def run(args) -> int:
             if node is not None:
                 notes.append(f"rank 0's threads and pinned store on NUMA node {node}, its GPU's")
         if getattr(args, "compile", False):
-            from roofsim.executor.fuse import compile_for_run
+            from roofsim.executor.runner import compile_and_warm
 
             progress.stage("compiling (an untimed run of two chunks)")
-            notes.append(compile_for_run(model, device))
-            chunk = plan.prefill_chunk or prompt_len
-            run_plan(
-                plan,
-                model,
-                model_name=name,
-                prompt_len=min(prompt_len, 2 * chunk),
-                gen=2,
-                batch=batch,
-                warmup=0,
-                seed=args.seed,
-                trace_steps=0,
-                gpu_spec=gpu_arg,
-                gpu_mem_bytes=gpu_mem,
+            notes.append(
+                compile_and_warm(
+                    plan,
+                    model,
+                    device,
+                    prompt_len=prompt_len,
+                    model_name=name,
+                    batch=batch,
+                    seed=args.seed,
+                    gpu_spec=gpu_arg,
+                    gpu_mem_bytes=gpu_mem,
+                )
             )
             progress.stage("compiled")
         res = run_plan(

@@ -70,6 +70,21 @@ def warm_up_kernels(model, ids: torch.Tensor, engine, cache, prompt_len: int, fo
     engine.synchronize()
 
 
+def compile_and_warm(
+    plan, model, device, *, prompt_len: int, mode: str | None = None, merge: bool = True, **run
+):
+    """fuse.compile_for_run, then the untimed run that compiles every shape the timed run will meet: two chunks of
+    the prompt at most (the first chunk after a past hands the code after the attention call other strides, which
+    dynamo compiles apart) and two decode steps (the replayed step's graph). `run` are run_plan's arguments for
+    both runs (model_name, batch, seed, gpu_spec, gpu_mem_bytes). Returns compile_for_run's note for the trace."""
+    from roofsim.executor.fuse import compile_for_run
+
+    note = compile_for_run(model, device, mode=mode, merge=merge)
+    chunk = plan.prefill_chunk or prompt_len
+    run_plan(plan, model, prompt_len=min(prompt_len, 2 * chunk), gen=2, warmup=0, trace_steps=0, **run)
+    return note
+
+
 def run_plan(
     plan,
     model,

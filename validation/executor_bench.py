@@ -674,13 +674,13 @@ def stage_prefill(
     model = b.get_model(524 * K)
     context //= SCALE
     if compiled:
-        from roofsim.executor import fuse
+        from roofsim.executor.runner import compile_and_warm
 
         mode = "max-autotune-no-cudagraphs" if autotune else None
-        b.data["compiled_prefill"] = fuse.compile_for_run(model, DEVICE, mode=mode, merge=merge)
         t0 = time.perf_counter()
-        warm = min(context, 2 * plan.prefill_chunk)
-        run_plan(plan, model, model_name=MODEL, prompt_len=warm, gen=1, warmup=0, trace_steps=0)
+        b.data["compiled_prefill"] = compile_and_warm(
+            plan, model, DEVICE, prompt_len=context, mode=mode, merge=merge, model_name=MODEL
+        )
         b.data["prefill_compile_run_s"] = time.perf_counter() - t0
     r = run_plan(plan, model, model_name=MODEL, prompt_len=context, gen=1, warmup=0, trace_steps=0)
     s = r.trace.summary
