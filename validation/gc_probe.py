@@ -45,7 +45,9 @@ def main() -> None:
     cfg = tiny_config("llama", kv_heads=8, heads=32, layers=32, head_dim=16)
     model = AutoModelForCausalLM.from_config(cfg).eval()
     for kv in ("bf16", "fp8_e4m3"):
-        plan = HeadOffloadPlan(kv_heads_per_slot=1, prefetch_depth=2, slot_buffers=3, prefill_chunk=512, kv_dtype=kv)
+        plan = HeadOffloadPlan(
+            kv_heads_per_slot=1, prefetch_depth=2, slot_buffers=3, prefill_chunk=512, kv_dtype=kv
+        )
         short, _ = gc_seconds(plan, model, 1)
         long, step = gc_seconds(plan, model, 1 + STEPS)
         per = (long - short) / STEPS
