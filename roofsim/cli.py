@@ -847,8 +847,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _no_bare_double_dash(argv: list[str]) -> None:
+    """argparse reads `--opt=--` as an empty list, not the string '--' (it drops the '--' it takes for the end of
+    the options), and a command would then fail on a list where it expects a name: said as a user error first."""
+    for a in argv:
+        if a.startswith("--") and a.endswith("=--"):
+            opt = a.split("=", 1)[0]
+            raise UserError(f"{a}: '--' is not a value for {opt}; give {opt} a value (see roofsim -h)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        _no_bare_double_dash(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UserError as e:

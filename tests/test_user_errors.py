@@ -284,6 +284,20 @@ def _at(spec: dict, path: str) -> tuple[dict, str]:
     return spec, key
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "--gpu=--", "--model", "llama-3-8b", "--context", "32K"],
+        ["predict", "--gpu", "h100-sxm", "--model=--", "--context", "32K"],
+        ["run", "resident", "--device=cpu", "--model=--", "-o", "m.json"],
+    ],
+)
+def test_a_bare_double_dash_as_an_options_value_is_one_line_exit_2(argv):
+    """argparse reads `--opt=--` as an empty list; the command line is refused before any command sees it."""
+    code, _, err = run_cli(argv)
+    assert code == 2 and err.count("\n") == 1 and "'--' is not a value for" in err
+
+
 @st.composite
 def bad_specs(draw, base: dict, sections: tuple[str, ...]) -> str:
     """A GPU or host spec with one mistake: a field removed, a number that is no finite non-negative number (or 0
