@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The band's coverage on runs its model-error term was not fitted on (roofsim/model_error.json is fitted on the
-# development set, validation/fit_model_error.py): the architecture set (validation/gather_archs.sh) and the fp8
+# development set and the spent held-out sets, validation/model_error_sets.toml): the architecture set (validation/gather_archs.sh) and the fp8
 # campaign, each re-predicted on a copy with its own profile by the current model, then summarize.py (its "band
 # holds" line and band_coverage_pct). No GPU; the committed folders are left as they are.
 #   bash validation/band_out_of_sample.sh
