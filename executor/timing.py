@@ -107,6 +107,24 @@ def cuda_time_s(fn: Callable[[], None], repeat: int = 5, warmup: int = 2, sleep_
     return upper_median(cuda_times(fn, repeat, warmup, sleep_cycles))
 
 
+def window_times(fn: Callable[[], None], seconds: float, window_s: float = 0.25) -> tuple[int, list[float]]:
+    """fn run back to back for about `seconds`, one CUDA-event pair per window of about `window_s`: (calls per
+    window, each window's seconds, in order). The first windows run at the clock an idle GPU boosts to; within a
+    fraction of a second of full load its power limit lowers the clock, and the later windows run at the clock
+    the GPU holds (a CUDA device; the call count per window comes from a short cuda_time_s first)."""
+    one = cuda_time_s(fn, repeat=3, warmup=1)
+    per = max(1, round(window_s / one))
+    windows = max(2, round(seconds / (per * one)))
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(windows + 1)]
+    events[0].record()
+    for i in range(windows):
+        for _ in range(per):
+            fn()
+        events[i + 1].record()
+    torch.cuda.synchronize()
+    return per, [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(windows)]
+
+
 def copy_once_s(dst: torch.Tensor, src: torch.Tensor) -> float:
     """Seconds of one copy of src into dst (non_blocking), CUDA-event timed from an idle device, with no warm-up
     copy: a copy between a CPU write of src and the timed one would change what is timed (the first read of

@@ -39,7 +39,7 @@ from roofsim.executor.check import greedy_logits, rel_err
 from roofsim.executor.hostpool import HostPool
 from roofsim.executor.models import load_model
 from roofsim.executor.runner import run_plan
-from roofsim.executor.timing import QUEUE_CYCLES, Stopwatch, cuda_time_s, fingerprint
+from roofsim.executor.timing import QUEUE_CYCLES, Stopwatch, cuda_time_s, fingerprint, window_times
 
 from roofsim.families import (
     CpuAttentionPlan,
@@ -843,20 +843,9 @@ def _smi_sampler():
 
 
 def _sustained_rates(fn, flops: float, seconds: float, window_s: float = 0.25) -> list[float]:
-    """TFLOP/s of fn run back to back for about `seconds`, one CUDA-event pair per window of about window_s: the
-    first windows run at the clock an idle GPU boosts to, the last ones at the clock the GPU holds under the
-    load (power and temperature limits lower it)."""
-    one = cuda_time_s(fn, repeat=3, warmup=1)
-    per = max(1, round(window_s / one))
-    windows = max(2, round(seconds / (per * one)))
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(windows + 1)]
-    events[0].record()
-    for i in range(windows):
-        for _ in range(per):
-            fn()
-        events[i + 1].record()
-    torch.cuda.synchronize()
-    return [per * flops / (events[i].elapsed_time(events[i + 1]) / 1e3) / 1e12 for i in range(windows)]
+    """TFLOP/s of each window of fn run back to back for about `seconds` (timing.window_times)."""
+    per, times = window_times(fn, seconds, window_s)
+    return [per * flops / t / 1e12 for t in times]
 
 
 def _sustained(fn, flops: float, seconds: float, idle_s: float) -> dict:

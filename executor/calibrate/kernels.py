@@ -5,7 +5,7 @@ host's issue is not in them."""
 from __future__ import annotations
 
 import torch
-from roofsim.executor.timing import QUEUE_CYCLES, cuda_time_s, wall_time_s
+from roofsim.executor.timing import QUEUE_CYCLES, cuda_time_s, wall_time_s, window_times
 
 from roofsim.calibration import CopyPoint, FlopPoint, KernelPoint
 from roofsim.specs.model import ModelSpec
@@ -48,10 +48,9 @@ def gemms_held(
     model: ModelSpec, seconds: float = 4.0, rows: int = 16384, window_s: float = 0.25, idle_s: float = 1.0
 ) -> list[FlopPoint]:
     """One decoder layer's GEMMs at `rows` rows (gemms' larger chunk) issued round after round for about `seconds`
-    after `idle_s` of an idle GPU, one CUDA-event pair per window of about `window_s`: a FlopPoint per window, in
-    order. The first windows run at the clock an idle GPU boosts to, which is what gemms' short timings see; within
-    a fraction of a second of full load the GPU's power limit lowers the clock, and the later windows run at the
-    clock a prefill of seconds holds."""
+    after `idle_s` of an idle GPU, timed in windows (timing.window_times): a FlopPoint per window, in order. The
+    first windows run at the clock an idle GPU boosts to, which is what gemms' short timings see; the later ones at
+    the clock a prefill of seconds holds."""
     import time
 
     pairs = [
@@ -67,26 +66,17 @@ def gemms_held(
         for a, b in pairs:
             torch.nn.functional.linear(a, b)
 
-    one = cuda_time_s(layer_round, repeat=3)
-    per = max(1, round(window_s / one))
-    windows = max(2, round(seconds / (per * one)))
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(windows + 1)]
     torch.cuda.synchronize()
     time.sleep(idle_s)
-    events[0].record()
-    for i in range(windows):
-        for _ in range(per):
-            layer_round()
-        events[i + 1].record()
-    torch.cuda.synchronize()
+    per, times = window_times(layer_round, seconds, window_s)
     return [
         FlopPoint(
-            label=f"layer GEMMs at {rows} rows, window {i + 1} of {windows} ({per} rounds)",
+            label=f"layer GEMMs at {rows} rows, window {i + 1} of {len(times)} ({per} rounds)",
             flops=per * flops,
-            seconds=events[i].elapsed_time(events[i + 1]) / 1e3,
+            seconds=t,
             rows=rows,
         )
-        for i in range(windows)
+        for i, t in enumerate(times)
     ]
 
 
