@@ -38,7 +38,7 @@ class ModelError(BaseModel):
     excluded: dict[str, int] = Field(
         default={}, description="measured runs left out, by phase: each measured a defect fixed since"
     )
-    source: list[str] = Field(description="the results folders fitted")
+    source: list[str] = Field(description="the results folders fitted, or the file that lists them")
     command: str = Field(description="the command that wrote this file")
 
 

@@ -42,6 +42,7 @@ ROOT = Path(__file__).parent.parent
 KEPT = ROOT / "validation" / "results" / "model-error"
 PHASES = {"prefill": "prefill_s", "decode": "decode_s_per_token"}
 COVERAGE = 0.9
+COMMAND = "python validation/fit_model_error.py validation/model_error_sets.toml"
 ROW_FIELDS = ("config", "run", "complete") + tuple(
     f"{key}_{part}"
     for key in PHASES.values()
@@ -179,11 +180,7 @@ def fit(folders: list[Path], command: str, coverage: float = COVERAGE) -> ModelE
 def fit_sets(path: Path, refit: bool) -> ModelError:
     sets = load_sets(path)
     rows = {rs.name: set_rows(rs, refit) for rs in sets.set}
-    sources = [rs.campaign for rs in sets.set]
-    return fit_rows(rows, sets.exclude, COMMAND, sources)
-
-
-COMMAND = "python validation/fit_model_error.py validation/model_error_sets.toml"
+    return fit_rows(rows, sets.exclude, COMMAND, [str(path.resolve().relative_to(ROOT))])
 
 
 def main() -> None:
