@@ -11,6 +11,9 @@ the rows divided by it, cast and stored. A power-of-two scale keeps earlier rows
 the stored bytes do not depend on how the tokens were chunked, except where a later outlier re-scales its block so
 far that the earlier rows become fp8 subnormals.
 
+On CUDA the write of one row (a decode call's, eager or replayed) is one Triton kernel of the same arithmetic
+(executor/fp8_triton.py), used once `fused_row_write` has found it equal bit for bit to the op-by-op path here.
+
 Dequantisation (`dequantize`): whole blocks copied into the scratch (fp8 -> model dtype), then multiplied by their
 scales in place; both exact for bf16 and fp32 scratches. A bf16 scratch on the CPU (cpu_attention's worker) takes
 the bits instead of torch's fp8 cast, which converts element by element on the CPU (`_e4m3_bits_to_bf16`).
@@ -106,6 +109,16 @@ def write(lay: Layout, buf, P: int, new: torch.Tensor) -> tuple[int, int]:
 
 def _write(st: Store, P: int, new: torch.Tensor) -> None:
     lay, C = st.lay, new.shape[0]
+    if C == 1 and fused_row_write(lay, new.dtype, new.device):
+        from roofsim.executor import fp8_triton
+
+        fp8_triton.write_row(st, new, P)
+        return
+    _write_op_by_op(st, P, new)
+
+
+def _write_op_by_op(st: Store, P: int, new: torch.Tensor) -> None:
+    lay, C = st.lay, new.shape[0]
     b0, b1 = P // BLK, blocks(P + C)
     n = b1 - b0
     head = P - b0 * BLK  # rows of block b0 already stored
@@ -138,6 +151,67 @@ def write_row_at(st: Store, pos: torch.Tensor, new: torch.Tensor) -> None:
     scale = torch.exp2(e.float())
     st.rows.view(torch.uint8).index_copy_(0, b, x.div_(scale).to(FP8).view(torch.uint8))
     st.row_scales.index_copy_(0, b, scale)
+
+
+_row_write: dict = {}  # (head_dim, input dtype, device type) -> "triton" or why the op-by-op path serves
+
+
+def fused_row_write(lay: Layout, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether one row is written by fp8_triton's kernel: on CUDA (or Triton's interpreter, TRITON_INTERPRET=1),
+    with Triton importable, once the kernel has stored the same bytes and scales as the op-by-op path on a scratch
+    store of this layout (checked at the first call per head size and input dtype; never inside a CUDA graph's
+    capture, where the op-by-op path serves until a call outside it has checked)."""
+    import os
+
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    key = (lay.head_dim, dtype, device.type)
+    if key not in _row_write:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return False
+        _row_write[key] = _check_row_write(lay, dtype, device)
+    return _row_write[key] == "triton"
+
+
+def _check_row_write(lay: Layout, dtype: torch.dtype, device: torch.device) -> str:
+    """'triton' where the kernel writes rows at a block's first, middle and last place (a new maximum re-scaling
+    the block, and a small row) into the same bytes as the op-by-op path, from a strided input; else why not."""
+    try:
+        from roofsim.executor import fp8_triton
+    except Exception as e:  # noqa: BLE001 - no Triton, or none that loads: op by op
+        return f"op by op (no Triton: {type(e).__name__})"
+    g = torch.Generator(device="cpu").manual_seed(0)
+    lay = Layout(lay.batch, lay.heads, lay.head_dim)
+    try:
+        for P, size in ((BLK, 100.0), (BLK + 5, 0.01), (2 * BLK - 1, 3.0), (5, 1e-3)):
+            buf = torch.zeros(lay.nbytes(2 * BLK), dtype=torch.uint8, device=device)
+            past = torch.randn(P, lay.batch, 2, lay.heads, lay.head_dim, generator=g)
+            past[:, :, 0, :, 1] *= 20.0  # an outlier channel in the keys
+            write(lay, Store(lay, buf), 0, past.to(device, dtype))
+            wide = torch.randn(1, lay.batch, 2, lay.heads + 1, lay.head_dim, generator=g) * size
+            new = wide.to(device, dtype)[:, :, :, 1:]  # strided, as a slot's heads of a layer's rows
+            ref, got = Store(lay, buf.clone()), Store(lay, buf.clone())
+            _write_op_by_op(ref, P, new)
+            fp8_triton.write_row(got, new, P)
+            if not torch.equal(ref.buf, got.buf):
+                return "op by op (the Triton kernel's bytes differ)"
+            pos = torch.tensor([P], device=device)
+            got = Store(lay, buf.clone())
+            fp8_triton.write_row(got, new, pos)
+            if not torch.equal(ref.buf, got.buf):
+                return "op by op (the Triton kernel's bytes differ at a device position)"
+    except Exception as e:  # noqa: BLE001 - a kernel that fails to build or run: op by op
+        return f"op by op (the Triton kernel failed: {type(e).__name__}: {str(e)[:80]})"
+    return "triton"
+
+
+def row_writes_used() -> str:
+    """How this process wrote fp8 decode rows, for a trace's notes ('' where it wrote none)."""
+    if not _row_write:
+        return ""
+    return "fp8 row writes: " + ", ".join(
+        f"{dev} d={d} {str(dt).removeprefix('torch.')}: {how}" for (d, dt, dev), how in _row_write.items()
+    )
 
 
 def dequantize(lay: Layout, buf, tokens: int, scratch: torch.Tensor) -> torch.Tensor:

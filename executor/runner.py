@@ -231,8 +231,14 @@ def run_plan(
                 f"decode: first {min(warmup, gen)} step(s) are warm-up, excluded from the decode step times"
             )
         from roofsim.executor.attention import kernels_used
+        from roofsim.executor.kvquant import row_writes_used
 
-        header.notes += [*rt.notes, *filter(None, (note() for note in rt.end_notes)), kernels_used()]
+        header.notes += [
+            *rt.notes,
+            *filter(None, (note() for note in rt.end_notes)),
+            kernels_used(),
+            *filter(None, [row_writes_used()]),
+        ]
         trace.complete = True
         if keep_cache:
             result.cache = cache

@@ -527,6 +527,9 @@ def make_ring(rt: Runtime, n: int, tokens: int, heads: int, depth: int, extra: i
 
 def reserve_scratch(rt: Runtime, heads: int) -> None:
     """An fp8 plan's dequantisation scratch for a whole slot of `heads` KV heads at the cache's capacity, made up
-    front (nothing for bf16, or without a capacity: then the first calls grow it)."""
+    front (nothing for bf16, or without a capacity: then the first calls grow it). The fused row write is checked
+    (and built) here, before any timed phase (kvquant.fused_row_write)."""
+    if rt.fp8:
+        kvquant.fused_row_write(kvquant.layout_of(rt.shape, heads), rt.shape.dtype, rt.shape.device)
     if rt.fp8 and rt.capacity:
         rt.kv_scratch(kvquant.scratch_numel(kvquant.layout_of(rt.shape, heads), rt.capacity))
