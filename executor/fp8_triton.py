@@ -54,7 +54,18 @@ def _f32_to_e4m3(y):
     return (sign | mag).to(tl.uint8)
 
 
-@triton.jit(do_not_specialize=["pos", "n_heads", "block_bytes", "data_bytes", "row_bytes"])
+@triton.jit(
+    do_not_specialize=[
+        "pos",
+        "n_heads",
+        "block_bytes",
+        "data_bytes",
+        "row_bytes",
+        "new_sb",
+        "new_skv",
+        "new_sh",
+    ]
+)
 def _write_row(
     buf_ptr,  # the store's flat bytes (uint8): block i at i * block_bytes, its rows then its fp32 scales
     new_ptr,  # the new row [1, B, 2, heads, D], any float dtype, strided
