@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine, after a change that should not move how fast the executor runs (a refactor): the GPU-marked
-# tests (window layers' flash call and replayed decode among them), then four committed campaign configurations
+# tests of one GPU (window layers' flash call, replayed decode and the fused fp8 row write among them), then four committed campaign configurations
 # (validation/campaign-recheck-h100.toml: head_offload, kvpr, two cpu_attention) run again, to compare with their
 # committed measurements. From the repo root,
 # with .whl carried:
@@ -17,7 +17,8 @@ nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max
 repo=$PWD
 (cd /tmp && python3 -m pytest -p no:cacheprovider -m gpu -rs "$repo/tests/test_executor_calibrate.py" \
   "$repo/tests/test_executor_cli.py" "$repo/tests/test_executor_timing.py" "$repo/tests/test_executor_transfers.py" \
-  "$repo/tests/test_executor_archs.py" "$repo/tests/test_executor_graphs.py") \
+  "$repo/tests/test_executor_archs.py" "$repo/tests/test_executor_graphs.py" "$repo/tests/test_fp8_triton.py" \
+  "$repo/tests/test_generate.py" "$repo/tests/test_random_init.py") \
   > "$OUT/gpu-tests.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/gpu-tests.log"
 tail -3 "$OUT/gpu-tests.log"
