@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, after a change that should not move how fast the executor runs (a refactor): the GPU-marked
-# tests of one GPU (window layers' flash call, replayed decode and the fused fp8 row write among them), then four committed campaign configurations
-# (validation/campaign-recheck-h100.toml: head_offload, kvpr, two cpu_attention) run again, to compare with their
-# committed measurements. From the repo root,
+# tests of one GPU (window layers' flash call, replayed decode and the fused fp8 row write among them), then four
+# committed campaign configurations (validation/campaign-recheck-h100.toml: head_offload, kvpr, two cpu_attention)
+# run again, to compare with their committed measurements. From the repo root,
 # with .whl carried:
 #   bash validation/recheck_h100.sh            # ~6 min; $OUT/gpu-tests.log, $OUT/campaign-recheck.tar.gz
 # Then, here: extract the archive into a folder and compare the measured traces:
