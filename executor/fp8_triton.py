@@ -7,8 +7,9 @@ row (fp8 times the block's old scale), puts the new row at its place and zeros a
 magnitude, picks the power-of-two scale 2^e just above amax / 448 (frexp's exponent, read from the bits of the
 correctly rounded quotient), and stores the block's rows divided by it with the scale. fp8 is read and written by
 its bits (round to nearest even), so the kernel needs no fp8 type of the GPU's or of Triton's interpreter: the same
-arithmetic as the op-by-op path, bit for bit. `fused_row_write` checks that once per layout and input dtype
-against the op-by-op path on a scratch store and answers False (op by op) where it differs or Triton is missing.
+arithmetic as the op-by-op path, bit for bit. kvquant.fused_row_write checks that once per head size and input
+dtype against the op-by-op path on a scratch store and answers False (op by op) where it differs or Triton is
+missing.
 
 The row's position is a host int (eager decode) or a device int64 tensor (a replayed CUDA graph, as write_row_at).
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from roofsim.kvformat import FP8_MAX, KV_SCALE_BLOCK
 
 TWO_POW_64 = tl.constexpr(18446744073709551616.0)
 TWO_POW_MINUS_64 = tl.constexpr(5.421010862427522e-20)
@@ -45,9 +48,8 @@ def _f32_to_e4m3(y):
     a = bits & 0x7FFFFFFF
     rounded = a + 0x7FFFF + ((a >> 20) & 1)
     normal = ((((rounded >> 23) - 120) << 3) | ((rounded >> 20) & 0x7)) & 0x7F
-    shift = tl.maximum(
-        tl.minimum(141 - (a >> 23), 30), 1
-    )  # 23 - 9 - (exponent - 127), for results below 2^-6
+    # for results below 2^-6: k = sig >> (23 - 9 - (exponent - 127)), the shift kept in [1, 30]
+    shift = tl.maximum(tl.minimum(141 - (a >> 23), 30), 1)
     sig = (a & 0x7FFFFF) | 0x800000
     k = (sig + (1 << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift
     mag = tl.where(a < 0x3C800000, k, normal)  # 0x3c800000: 2^-6, e4m3's smallest normal
@@ -140,7 +142,7 @@ def write_row(st, new, pos) -> None:
         new.stride(4),
         D=lay.head_dim,
         BLOCK_D=triton.next_power_of_2(lay.head_dim),
-        BLK=st.rows.shape[1],
-        FP8_MAX=448.0,
+        BLK=KV_SCALE_BLOCK,
+        FP8_MAX=FP8_MAX,
         FROM_PTR=from_ptr,
     )

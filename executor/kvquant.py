@@ -21,6 +21,7 @@ the bits instead of torch's fp8 cast, which converts element by element on the C
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -161,8 +162,6 @@ def fused_row_write(lay: Layout, dtype: torch.dtype, device: torch.device) -> bo
     with Triton importable, once the kernel has stored the same bytes and scales as the op-by-op path on a scratch
     store of this layout (checked at the first call per head size and input dtype; never inside a CUDA graph's
     capture, where the op-by-op path serves until a call outside it has checked)."""
-    import os
-
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return False
     key = (lay.head_dim, dtype, device.type)
@@ -181,7 +180,6 @@ def _check_row_write(lay: Layout, dtype: torch.dtype, device: torch.device) -> s
     except Exception as e:  # noqa: BLE001 - no Triton, or none that loads: op by op
         return f"op by op (no Triton: {type(e).__name__})"
     g = torch.Generator(device="cpu").manual_seed(0)
-    lay = Layout(lay.batch, lay.heads, lay.head_dim)
     try:
         for P, size in ((BLK, 100.0), (BLK + 5, 0.01), (2 * BLK - 1, 3.0), (5, 1e-3)):
             buf = torch.zeros(lay.nbytes(2 * BLK), dtype=torch.uint8, device=device)
