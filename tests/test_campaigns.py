@@ -30,6 +30,7 @@ def test_every_campaign_configuration_passes_validates_checks(path):
         ("2", "campaign-heldout2.toml"),
         ("3", "campaign-heldout3.toml"),
         ("4", "campaign-heldout4.toml"),
+        ("5", "campaign-heldout5.toml"),
     ],
 )
 def test_the_held_out_parts_cover_each_set_once(n, toml):
@@ -50,7 +51,7 @@ def test_the_second_held_out_set_shares_no_configuration_with_the_others():
         assert not names & _names(other), other
 
 
-@pytest.mark.parametrize("toml", ["campaign-heldout3.toml", "campaign-heldout4.toml"])
+@pytest.mark.parametrize("toml", ["campaign-heldout3.toml", "campaign-heldout4.toml", "campaign-heldout5.toml"])
 def test_the_later_held_out_sets_share_no_configuration_with_any_other_campaign(toml):
     names = _names(toml)
     for other in CAMPAIGNS:

@@ -22,6 +22,9 @@
 # HELDOUT=4 the fourth (validation/campaign-heldout4.toml) into validation/results/h100-heldout4/, likewise:
 #   HELDOUT=4 bash validation/heldout_h100.sh calibrate a   # ~3 min + 9 fixed plans, ~3 min
 #   HELDOUT=4 bash validation/heldout_h100.sh b             # the two planner configurations, ~5.5 min
+# HELDOUT=5 the fifth (validation/campaign-heldout5.toml) into validation/results/h100-heldout5/, likewise:
+#   HELDOUT=5 bash validation/heldout_h100.sh calibrate a   # ~4 min + 10 fixed plans, ~3.5 min
+#   HELDOUT=5 bash validation/heldout_h100.sh b             # the two planner configurations, ~6 min
 # Several parts in one call run in turn (`bash validation/heldout_h100.sh calibrate a`). A part that runs past its
 # call: call it again on the same warm machine (it resumes); on a fresh machine run `calibrate` first, and say so in
 # validation/results/h100-heldout/README.md. HOST_MONITOR=1 writes $OUT/host-<part>.csv beside the part. Then, here:
@@ -29,7 +32,7 @@
 #   python validation/compress_traces.py validation/results/h100-heldout/campaign
 #   python validation/summarize.py validation/results/h100-heldout
 set -euo pipefail
-[ $# -gt 0 ] || { echo "parts: calibrate, a, b, c, d or e (HELDOUT=2, 3 or 4: calibrate, a or b; several run in turn)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "parts: calibrate, a, b, c, d or e (HELDOUT=2 to 5: calibrate, a or b; several run in turn)" >&2; exit 2; }
 . validation/device_setup.sh
 set_n="${HELDOUT:-1}"
 case "$set_n" in
@@ -37,7 +40,8 @@ case "$set_n" in
   2) results=validation/results/h100-heldout2; campaign=validation/campaign-heldout2.toml; name=heldout2 ;;
   3) results=validation/results/h100-heldout3; campaign=validation/campaign-heldout3.toml; name=heldout3 ;;
   4) results=validation/results/h100-heldout4; campaign=validation/campaign-heldout4.toml; name=heldout4 ;;
-  *) echo "HELDOUT=$set_n: the held-out sets are 1, 2, 3 and 4" >&2; exit 2 ;;
+  5) results=validation/results/h100-heldout5; campaign=validation/campaign-heldout5.toml; name=heldout5 ;;
+  *) echo "HELDOUT=$set_n: the held-out sets are 1, 2, 3, 4 and 5" >&2; exit 2 ;;
 esac
 calib=calibrated
 profile="$results/$calib/h100-sxm-calibrated.toml"
@@ -57,6 +61,8 @@ parts_of() {  # the configurations of one part of held-out set $1
     3:b) echo "l31-planner-224k-24gb,q7-planner-96k-16gb" ;;
     4:a) echo "q25-32b-resident-12k,q3-32b-head-g2-r2-40k-76gb,p3-head-g8-r3-80k,l31-layer-full-112k-32gb,q3-8b-kvpr-inter-80k,m7-sparse-f25-144k,q25-14b-head-g8-r0-40k,l2-evict-b4k-80k,q3-14b-resident-b2-40k" ;;
     4:b) echo "p3-planner-112k-12gb,q3-8b-planner-144k-20gb" ;;
+    5:a) echo "l31-head-g1-r6-d3-176k-40gb,q25-14b-kvpr-inter-56k,m7-evict-b2k-64k,g12-layer-full-64k-32gb,goss20-head-g2-96k-48gb,p3-kvpr-intra-40k,q3-14b-sparse-f30-64k,l31-resident-c2k-20k,q3-8b-cpu2-96k,l3-layer-inc-b2-96k-28gb" ;;
+    5:b) echo "q25-14b-planner-96k-28gb,m7-planner-176k-24gb" ;;
     *) return 1 ;;
   esac
 }
