@@ -149,6 +149,7 @@ def test_readme_accuracy_is_what_summarize_computes():
         ("h100-heldout", ("decode_p90_abs_err_pct", "prefill_p90_abs_err_pct", "regret_max_pct")),
         ("h100-heldout2", ("decode_p90_abs_err_pct", "mem_err_max_pct", "band_coverage_pct")),
         ("h100-heldout3", ("decode_p90_abs_err_pct", "prefill_p90_abs_err_pct", "band_coverage_pct")),
+        ("h100-heldout4", ("decode_p90_abs_err_pct", "band_coverage_pct")),
     ],
 )
 def test_the_held_out_figures_quoted_are_what_summarize_computes(folder, quoted_keys):
