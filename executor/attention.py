@@ -474,18 +474,101 @@ _cu_seqlens: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 def decode_lengths(device, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The varlen decode call's cumulative query and key lengths for a buffer of T keys, made once per device and
-    T. Making them copies from the host, which a CUDA graph capture cannot hold: a capture first calls this for
-    every buffer length its layers attend (GraphDecoder)."""
+    T (and the split call's, `split_lengths`). Making them copies from the host, which a CUDA graph capture cannot
+    hold: a capture first calls this for every buffer length its layers attend (GraphDecoder)."""
     key = (device, T)
     if key not in _cu_seqlens:
         _cu_seqlens[key] = (
             torch.tensor([0, 1], dtype=torch.int32, device=device),
             torch.tensor([0, T], dtype=torch.int32, device=device),
         )
+        split_lengths(device, T)
     return _cu_seqlens[key]
 
 
-_DECODE_KERNELS = {"flash_varlen": _decode_flash_varlen, "masked": _decode_masked}
+# keys per segment of the split decode call, and the most segments one call makes
+SPLIT_KEYS = 512
+MAX_SPLITS = 16
+_splits: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def split_lengths(device, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The split decode call's segments of a buffer of T keys: S = ceil(T / SPLIT_KEYS) (at most MAX_SPLITS)
+    consecutive key ranges of equal length (the last shorter), each a sequence of its own with one query. Returns
+    the cumulative query lengths [S+1] (0..S), the cumulative key lengths [S+1] (the ranges' bounds), each range's
+    first key [S] and its length [S], on `device`, made once per device and T (before any capture)."""
+    key = (device, T)
+    if key not in _splits:
+        S = max(1, min(MAX_SPLITS, -(-T // SPLIT_KEYS)))
+        L = -(-T // S)
+        bounds = [min(i * L, T) for i in range(S + 1)]
+        starts = torch.tensor(bounds[:-1], dtype=torch.int32, device=device)
+        _splits[key] = (
+            torch.arange(S + 1, dtype=torch.int32, device=device),
+            torch.tensor(bounds, dtype=torch.int32, device=device),
+            starts,
+            torch.tensor(bounds[1:], dtype=torch.int32, device=device) - starts,
+        )
+    return _splits[key]
+
+
+def merge_segments(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """One query's attention over S key ranges, from each range's output out [S, H, D] and log-sum-exp lse [S, H]
+    (fp32): the outputs weighted by exp(lse - max lse). A range without keys carries no weight whatever its lse says
+    (FlashAttention writes +inf there, a masked softmax -inf or NaN); at least one range has keys. Returns [H, D]."""
+    lse = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("-inf")))
+    w = torch.exp(lse - lse.amax(dim=0, keepdim=True))
+    return ((w[..., None] * out.float()).sum(0) / w.sum(0)[..., None]).to(out.dtype)
+
+
+def split_decode(q, K, V, n_keys, scale, segments) -> torch.Tensor:
+    """Decode attention of q [B, Hq, 1, D] over keys [0, n_keys[b]) of K, V [B, g, T, D], with the keys cut into
+    the `split_lengths` ranges: `segments(qs, k, v, cu_q, cu_k, used, L, scale)` attends S copies of one sequence's
+    query qs [S, Hq, D], copy s over keys cu_k[s]..cu_k[s] + used[s] of k, v [T, g, D] (L: the longest range), and
+    returns each copy's output [S, Hq, D] and log-sum-exp [S, Hq]; merge_segments combines them. `used`, each
+    range's keys below n_keys, is computed on the device, so a replayed graph reads the step's key count."""
+    B, Hq, _, D = q.shape
+    T = K.shape[2]
+    cu_q, cu_k, starts, lengths = split_lengths(q.device, T)
+    S = starts.numel()
+    L = -(-T // S)
+    outs = []
+    for b in range(B):
+        used = torch.minimum((n_keys[b] - starts).clamp_min(0), lengths).to(torch.int32)
+        qs = q[b, :, 0].unsqueeze(0).expand(S, Hq, D).contiguous()
+        out, lse = segments(qs, K[b].transpose(0, 1), V[b].transpose(0, 1), cu_q, cu_k, used, L, scale)
+        outs.append(merge_segments(out, lse))
+    return torch.stack(outs).reshape(B, Hq, 1, D)
+
+
+def _flash_segments(qs, k, v, cu_q, cu_k, used, L, scale):
+    """FlashAttention-2's varlen call over the split ranges as S sequences of one query each (its log-sum-exp is
+    [Hq, total queries] for a varlen call)."""
+    out, lse = torch.ops.aten._flash_attention_forward(
+        qs, k, v, cu_q, cu_k, 1, L, 0.0, False, False, scale=scale, seqused_k=used
+    )[:2]
+    if tuple(lse.shape) != (qs.shape[1], qs.shape[0]):
+        raise RuntimeError(f"varlen log-sum-exp of shape {tuple(lse.shape)}, expected [heads, queries]")
+    return out, lse.transpose(0, 1)
+
+
+def _decode_flash_split(q, K, V, n_keys, scale):
+    """CUDA: flash-decoding by hand for the shapes FlashAttention-2's varlen call does not split over the keys
+    itself (one query per KV head: with MHA that call makes only heads x batch blocks, too few to stream the keys at
+    HBM rate). The keys are cut into up to MAX_SPLITS ranges that run as the sequences of one varlen call, each with
+    its own device key count, and merged by their log-sum-exp (split_decode). pick_decode_kernel keeps it only where
+    it agrees with the reference and is the fastest. With GQA (several queries per KV head) the varlen call already
+    splits the keys (its one-query GQA path), so this kernel is offered for MHA only."""
+    if q.shape[1] != K.shape[1]:
+        raise NotImplementedError("the split decode serves one query head per KV head")
+    return split_decode(q, K, V, n_keys, scale, _flash_segments)
+
+
+_DECODE_KERNELS = {
+    "flash_varlen": _decode_flash_varlen,
+    "flash_split": _decode_flash_split,
+    "masked": _decode_masked,
+}
 _decode_choice: dict[tuple, str] = {}
 
 

@@ -40,6 +40,62 @@ def test_decode_over_a_device_key_count_matches_attention_over_the_keys(batch):
         assert torch.allclose(out[b : b + 1], ref, atol=1e-5), (b, n)
 
 
+def _varlen_segments(qs, k, v, cu_q, cu_k, used, L, scale):
+    """What FlashAttention-2's varlen call returns for the split decode's ranges, written out: range s attends keys
+    cu_k[s]..cu_k[s] + used[s] of k, v [T, g, D] (query head h reads KV head h // G); a range without keys gives
+    zeros and a log-sum-exp of +inf, as FlashAttention writes."""
+    S, Hq, D = qs.shape
+    g = k.shape[1]
+    outs, lses = [], []
+    for s in range(S):
+        a, n = int(cu_k[s]), int(used[s])
+        if n == 0:
+            outs.append(torch.zeros(Hq, D, dtype=qs.dtype))
+            lses.append(torch.full((Hq,), float("inf")))
+            continue
+        ks = k[a : a + n].repeat_interleave(Hq // g, dim=1)  # [n, Hq, D]
+        vs = v[a : a + n].repeat_interleave(Hq // g, dim=1)
+        sc = torch.einsum("hd,nhd->hn", qs[s].float(), ks.float()) * scale
+        lses.append(torch.logsumexp(sc, dim=-1))
+        outs.append(torch.einsum("hn,nhd->hd", torch.softmax(sc, dim=-1), vs.float()).to(qs.dtype))
+    return torch.stack(outs), torch.stack(lses)
+
+
+@pytest.mark.parametrize("heads,group", [(4, 1), (2, 4)])
+def test_the_split_decode_merges_its_key_ranges_into_attention_over_the_keys(heads, group):
+    """The split decode (flash-decoding by hand for MHA) cuts 1300 keys into 3 ranges of 434; for key counts inside
+    the first range (the others then empty), on a boundary and past it, and per sequence of a batch, merging the
+    ranges by their log-sum-exp gives attention over the first n keys."""
+    from roofsim.executor.attention import split_decode, split_lengths
+
+    g = torch.Generator().manual_seed(3)
+    T, D = 1300, 16
+    cu_q, cu_k, starts, lengths = split_lengths(torch.device("cpu"), T)
+    assert (
+        cu_k.tolist() == [0, 434, 868, 1300]
+        and lengths.tolist() == [434, 434, 432]
+        and cu_q.tolist() == [0, 1, 2, 3]
+    )
+    buf = torch.randn(T, 2, 2, heads, D, generator=g)
+    q = torch.randn(2, heads * group, 1, D, generator=g)
+    for counts in ([1, 5], [433, 434], [435, 1300], [868, 869]):
+        n_keys = torch.tensor(counts, dtype=torch.int32)
+        out = split_decode(q, *kv_views(buf, 0, T), n_keys, D**-0.5, _varlen_segments)
+        for b, n in enumerate(counts):
+            K, V = kv_views(buf[:, b : b + 1], 0, n)
+            ref, _ = attend(q[b : b + 1], K, V, causal=False, scale=D**-0.5)
+            assert torch.allclose(out[b : b + 1], ref, atol=1e-5), (counts, b)
+
+
+def test_a_key_range_without_keys_carries_no_weight_whatever_its_lse():
+    from roofsim.executor.attention import merge_segments
+
+    out = torch.stack([torch.ones(2, 3), torch.full((2, 3), 7.0), torch.full((2, 3), 9.0)])
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        lse = torch.tensor([[0.5, 0.5], [bad, bad], [0.5, 0.5]])
+        assert torch.allclose(merge_segments(out, lse), torch.full((2, 3), 5.0))
+
+
 def test_keys_past_the_count_do_not_matter():
     g = torch.Generator().manual_seed(1)
     buf = torch.randn(30, 1, 2, 2, 8, generator=g)
@@ -159,13 +215,19 @@ def test_replayed_graph_gives_the_eager_logits_on_the_gpu(plan):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("batch", [1, 3])
-def test_every_decode_kernel_matches_attention_per_sequence_on_the_gpu(batch):
+@pytest.mark.parametrize("H,G,T", [(2, 4, 300), (4, 1, 1300)])
+def test_every_decode_kernel_matches_attention_per_sequence_on_the_gpu(batch, H, G, T):
+    """Every decode kernel offered for the shape (the split one for MHA only, over 1300 keys in 3 ranges)."""
     g = torch.Generator().manual_seed(0)
-    T, H, G, D = 300, 2, 4, 128
+    D = 128
     buf = torch.randn(T, batch, 2, H, D, generator=g).to("cuda", torch.bfloat16)
     q = torch.randn(batch, H * G, 1, D, generator=g).to("cuda", torch.bfloat16)
-    counts = torch.tensor([37, 300, 151][:batch], dtype=torch.int32, device="cuda")
+    counts = torch.tensor([37, T, 151][:batch], dtype=torch.int32, device="cuda")
     for name, kernel in _DECODE_KERNELS.items():
+        if name == "flash_split" and G > 1:
+            with pytest.raises(NotImplementedError):
+                kernel(q, *kv_views(buf, 0, T), counts, D**-0.5)
+            continue
         out = kernel(q, *kv_views(buf, 0, T), counts, D**-0.5)
         for b, n in enumerate(counts.tolist()):
             K, V = kv_views(buf[:, b : b + 1], 0, n)
