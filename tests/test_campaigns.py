@@ -51,7 +51,9 @@ def test_the_second_held_out_set_shares_no_configuration_with_the_others():
         assert not names & _names(other), other
 
 
-@pytest.mark.parametrize("toml", ["campaign-heldout3.toml", "campaign-heldout4.toml", "campaign-heldout5.toml"])
+@pytest.mark.parametrize(
+    "toml", ["campaign-heldout3.toml", "campaign-heldout4.toml", "campaign-heldout5.toml"]
+)
 def test_the_later_held_out_sets_share_no_configuration_with_any_other_campaign(toml):
     names = _names(toml)
     for other in CAMPAIGNS:
