@@ -19,6 +19,7 @@ them out, and skipped if it disagrees.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -489,25 +490,39 @@ def decode_lengths(device, T: int) -> tuple[torch.Tensor, torch.Tensor]:
 # keys per segment of the split decode call, and the most segments one call makes
 SPLIT_KEYS = 512
 MAX_SPLITS = 16
-_splits: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def split_lengths(device, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The split decode call's segments of a buffer of T keys: S = ceil(T / SPLIT_KEYS) (at most MAX_SPLITS)
-    consecutive key ranges of equal length (the last shorter), each a sequence of its own with one query. Returns
-    the cumulative query lengths [S+1] (0..S), the cumulative key lengths [S+1] (the ranges' bounds), each range's
-    first key [S] and its length [S], on `device`, made once per device and T (before any capture)."""
+class Splits(NamedTuple):
+    """The split decode call's key ranges of one buffer length, on its device: the cumulative query lengths [S+1]
+    (0..S), the cumulative key lengths [S+1] (the ranges' bounds), each range's first key [S] and its length [S], and
+    the longest range's length."""
+
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    starts: torch.Tensor
+    lengths: torch.Tensor
+    longest: int
+
+
+_splits: dict[tuple, Splits] = {}
+
+
+def split_lengths(device, T: int) -> Splits:
+    """The split decode call's ranges of a buffer of T keys: S = ceil(T / SPLIT_KEYS) (at most MAX_SPLITS)
+    consecutive ranges of equal length (the last shorter), each a sequence of its own with one query; made once per
+    device and T (before any capture)."""
     key = (device, T)
     if key not in _splits:
         S = max(1, min(MAX_SPLITS, -(-T // SPLIT_KEYS)))
         L = -(-T // S)
         bounds = [min(i * L, T) for i in range(S + 1)]
         starts = torch.tensor(bounds[:-1], dtype=torch.int32, device=device)
-        _splits[key] = (
+        _splits[key] = Splits(
             torch.arange(S + 1, dtype=torch.int32, device=device),
             torch.tensor(bounds, dtype=torch.int32, device=device),
             starts,
             torch.tensor(bounds[1:], dtype=torch.int32, device=device) - starts,
+            L,
         )
     return _splits[key]
 
@@ -528,15 +543,15 @@ def split_decode(q, K, V, n_keys, scale, segments) -> torch.Tensor:
     returns each copy's output [S, Hq, D] and log-sum-exp [S, Hq]; merge_segments combines them. `used`, each
     range's keys below n_keys, is computed on the device, so a replayed graph reads the step's key count."""
     B, Hq, _, D = q.shape
-    T = K.shape[2]
-    cu_q, cu_k, starts, lengths = split_lengths(q.device, T)
-    S = starts.numel()
-    L = -(-T // S)
+    sp = split_lengths(q.device, K.shape[2])
+    S = sp.starts.numel()
     outs = []
     for b in range(B):
-        used = torch.minimum((n_keys[b] - starts).clamp_min(0), lengths).to(torch.int32)
+        used = torch.minimum((n_keys[b] - sp.starts).clamp_min(0), sp.lengths).to(torch.int32)
         qs = q[b, :, 0].unsqueeze(0).expand(S, Hq, D).contiguous()
-        out, lse = segments(qs, K[b].transpose(0, 1), V[b].transpose(0, 1), cu_q, cu_k, used, L, scale)
+        out, lse = segments(
+            qs, K[b].transpose(0, 1), V[b].transpose(0, 1), sp.cu_q, sp.cu_k, used, sp.longest, scale
+        )
         outs.append(merge_segments(out, lse))
     return torch.stack(outs).reshape(B, Hq, 1, D)
 

@@ -70,12 +70,9 @@ def test_the_split_decode_merges_its_key_ranges_into_attention_over_the_keys(hea
 
     g = torch.Generator().manual_seed(3)
     T, D = 1300, 16
-    cu_q, cu_k, starts, lengths = split_lengths(torch.device("cpu"), T)
-    assert (
-        cu_k.tolist() == [0, 434, 868, 1300]
-        and lengths.tolist() == [434, 434, 432]
-        and cu_q.tolist() == [0, 1, 2, 3]
-    )
+    sp = split_lengths(torch.device("cpu"), T)
+    assert sp.cu_k.tolist() == [0, 434, 868, 1300] and sp.lengths.tolist() == [434, 434, 432]
+    assert sp.cu_q.tolist() == [0, 1, 2, 3] and sp.longest == 434
     buf = torch.randn(T, 2, 2, heads, D, generator=g)
     q = torch.randn(2, heads * group, 1, D, generator=g)
     for counts in ([1, 5], [433, 434], [435, 1300], [868, 869]):
