@@ -270,6 +270,12 @@ class Measurements(BaseModel):
         default=None,
         description="gather of scattered KV rows into pinned memory, bytes read plus written per second",
     )
+    cpu_gather_by_region_gbps: dict[int, float] | None = Field(
+        default=None,
+        description="the same gather from the blocks of one region of 1 GiB and of one of 8 GiB, timed in turn, "
+        "by region bytes (a run's host store is one region of tens of GB). Recorded; no profile value is fitted "
+        "from it yet",
+    )
     cpu_attention_beside_h2d: list[CopyPoint] = Field(
         default=[],
         description="CPU decode attention, as cpu_attention, while pinned H2D copies stream from host RAM",

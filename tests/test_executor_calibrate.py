@@ -81,6 +81,24 @@ def test_cpu_gather_rate_is_positive():
     assert cpu_gather_gbps(load_model("llama-3-8b"), tokens=4096) > 0
 
 
+def test_the_gather_is_timed_over_a_small_and_a_large_region():
+    """Both regions' rates, keyed by region bytes; the measurements keep them through a JSON round trip."""
+    from roofsim.executor.calibrate.cpu import cpu_gather_by_region_gbps
+
+    from roofsim.calibration import Measurements
+    from roofsim.specs.model import load_model
+
+    small, large = 8 << 20, 32 << 20
+    rates = cpu_gather_by_region_gbps(
+        load_model("llama-3-8b"), tokens=1024, small=small, large=large, rounds=1
+    )
+    assert set(rates) == {small, large} and all(r > 0 for r in rates.values())
+    committed = Path(__file__).parent.parent / "validation/results/h100-heldout4/calibrated"
+    m = Measurements.model_validate_json((committed / "h100-sxm-calibrated-measurements.json").read_text())
+    m = m.model_copy(update={"cpu_gather_by_region_gbps": rates})
+    assert Measurements.model_validate_json(m.model_dump_json()).cpu_gather_by_region_gbps == rates
+
+
 def test_attention_call_costs_are_measured_through_the_executor(clock):
     """One call over resident KV, what a streamed slot's call adds, and what an fp8 store adds to a call, from plans
     that differ only in their slots or their KV dtype."""

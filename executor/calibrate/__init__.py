@@ -44,6 +44,7 @@ class CpuSide:
     cpu_attention_groups: dict[int, CopyPoint]
     cpu_attention_slots: dict[int, dict[int, list[CopyPoint]]]
     cpu_gather_gbps: float
+    cpu_gather_by_region_gbps: dict[int, float] | None
     h2d_after_gather_gbps: float
     h2d_stage_again_gbps: float
     cpu_matmul_tflops: float
@@ -62,6 +63,7 @@ def cpu_side(model: ModelSpec) -> CpuSide:
     groups = cpu.cpu_attention_groups(model)
     slots = cpu.cpu_attention_slots(model)
     gather = cpu.cpu_gather_gbps(model)
+    by_region = _recorded("gather by region size", lambda: cpu.cpu_gather_by_region_gbps(model))
     after, again = link.h2d_after_gather(model)
     return CpuSide(
         cpu_copy_gbps=copy_gbps,
@@ -71,6 +73,7 @@ def cpu_side(model: ModelSpec) -> CpuSide:
         cpu_attention_groups=groups,
         cpu_attention_slots=slots,
         cpu_gather_gbps=gather,
+        cpu_gather_by_region_gbps=by_region,
         h2d_after_gather_gbps=after / 1e9,
         h2d_stage_again_gbps=again / 1e9,
         cpu_matmul_tflops=cpu.matmul_tflops(),
@@ -204,6 +207,7 @@ def measure(model: ModelSpec, progress: Callable[[str], None] = lambda step: Non
         cpu_attention=side.cpu_attention,
         cpu_matmul_tflops=side.cpu_matmul_tflops,
         cpu_gather_gbps=side.cpu_gather_gbps,
+        cpu_gather_by_region_gbps=side.cpu_gather_by_region_gbps,
         h2d_after_gather_gbps=side.h2d_after_gather_gbps,
         h2d_stage_again_gbps=side.h2d_stage_again_gbps,
         cpu_attention_beside_h2d=side.cpu_attention_beside_h2d,

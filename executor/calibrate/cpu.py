@@ -159,6 +159,41 @@ def cpu_gather_gbps(
     return 2 * out.numel() * out.element_size() / statistics.median(times) / 1e9
 
 
+def cpu_gather_by_region_gbps(
+    model: ModelSpec,
+    tokens: int = 65536,
+    fraction: float = 0.2,
+    small: int = 1 << 30,
+    large: int = 8 << 30,
+    rounds: int = 3,
+) -> dict[int, float]:
+    """cpu_gather_gbps's gather from the blocks of one filled region of `small` bytes and of one of `large` bytes,
+    the two timed call by call in turn (a spell of the host weighs on both). A run gathers from its host store, one
+    allocation of every layer's KV (tens of GB), whose page tables outgrow the caches that hold a 1 GiB region's; a
+    lower rate over the large region is the page walks' price. Median bytes read plus written per second (G), by
+    region size. Recorded beside the profile, not fitted into it."""
+    hk, d = model.n_kv_heads, model.head_dim
+    n = int(tokens * fraction)
+    regions = {}
+    for size in (small, large):
+        region = torch.empty(size // 2, dtype=torch.bfloat16)
+        region.fill_(1.0)  # faults every page in
+        regions[size] = carve_kv_blocks(region, hk, tokens, d, size)
+    picks = [gather_rows(tokens, n, hk) for _ in range(4)]
+    out = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=torch.cuda.is_available())
+    times: dict[int, list[float]] = {size: [] for size in regions}
+    calls = max(len(b) for b in regions.values())
+    for r in range(rounds):
+        for i in range(calls):
+            for size, blocks in regions.items():
+                src = blocks[i % len(blocks)].view(-1, d)
+                t0 = time.perf_counter()
+                torch.index_select(src, 0, picks[(r + i) % len(picks)], out=out)
+                times[size].append(time.perf_counter() - t0)
+    nbytes = 2 * out.numel() * out.element_size()
+    return {size: nbytes / statistics.median(t) / 1e9 for size, t in times.items()}
+
+
 def memcpy_gbps(n: int = 1 << 30) -> float:
     """Host memcpy of n bytes, three times: bytes read plus written per second (G). Both buffers are written first,
     so that the timed copies pay no first-touch page faults."""
