@@ -78,7 +78,7 @@ def test_cpu_gather_rate_is_positive():
 
     from roofsim.specs.model import load_model
 
-    assert cpu_gather_gbps(load_model("llama-3-8b"), tokens=4096) > 0
+    assert cpu_gather_gbps(load_model("llama-3-8b"), tokens=4096, cold_bytes=64 << 20) > 0
 
 
 def test_the_gather_is_timed_over_a_small_and_a_large_region():
@@ -317,7 +317,8 @@ MEASURE_ORDER = (
     + ["decode_layer_cost_beside_cpu", "decode_layer_cost_beside_link", "worker_round_trip_s", "gemms_held"]
     + ["decode_layer_cost"]
     + ["memcpy_gbps"] + ["cpu_attention_point"] * 4
-    + ["cpu_attention_groups", "cpu_attention_slots", "cpu_gather_gbps", "h2d_after_gather", "matmul_tflops"]
+    + ["cpu_attention_groups", "cpu_attention_slots", "cpu_gather_gbps", "cpu_gather_by_region_gbps"]
+    + ["h2d_after_gather", "matmul_tflops"]
     + ["fingerprint"]
 )  # fmt: skip
 
@@ -386,6 +387,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     fake(cpu, "cpu_attention_groups", {1: point})
     fake(cpu, "cpu_attention_slots", {1: {1: [point]}})
     fake(cpu, "cpu_gather_gbps", 14.0)
+    fake(cpu, "cpu_gather_by_region_gbps", {1 << 30: 14.0, 8 << 30: 7.0})
     fake(link, "h2d_after_gather", (15e9, 16e9))
     fake(cpu, "matmul_tflops", 17.0)
     fake(calibrate, "fingerprint", Fingerprint(gpu_name="stand-in"))
@@ -410,6 +412,7 @@ def test_measure_runs_its_timings_in_order_and_labels_each_gauge_sample(monkeypa
     assert (m.tiny_layer_beside_cpu_s, m.tiny_layer_beside_link_s) == (10.0, 10.5)
     assert m.attention_calls_at_width_s == {"call": 6.5} and m.gemm_held[0].rows == 4.0
     assert (m.cpu_gather_gbps, m.cpu_matmul_tflops) == (14.0, 17.0)
+    assert m.cpu_gather_by_region_gbps == {1 << 30: 14.0, 8 << 30: 7.0}
     assert (m.h2d_after_gather_gbps, m.h2d_stage_again_gbps) == (15.0, 16.0)
     assert len(m.cpu_attention) == 3 and len(m.cpu_attention_beside_h2d) == 1
     assert set(m.attention_head_dims) == {128} and m.attention_head_dim_at == 128
