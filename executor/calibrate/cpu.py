@@ -171,16 +171,21 @@ def cpu_gather_by_region_gbps(
     the two timed call by call in turn (a spell of the host weighs on both). A run gathers from its host store, one
     allocation of every layer's KV (tens of GB), whose page tables outgrow the caches that hold a 1 GiB region's; a
     lower rate over the large region is the page walks' price. Median bytes read plus written per second (G), by
-    region size. Recorded beside the profile, not fitted into it."""
+    region bytes (each region holds at least two of the model's blocks, the large one four). Recorded beside the
+    profile, not fitted into it."""
     hk, d = model.n_kv_heads, model.head_dim
     n = int(tokens * fraction)
+    block = tokens * 2 * hk * d * 2
     regions = {}
-    for size in (small, large):
+    # at least two blocks to cycle through in the small region, and more in the large one
+    for size in (max(small, 2 * block), max(large, 4 * block)):
         region = torch.empty(size // 2, dtype=torch.bfloat16)
         region.fill_(1.0)  # faults every page in
         regions[size] = carve_kv_blocks(region, hk, tokens, d, size)
     picks = [gather_rows(tokens, n, hk) for _ in range(4)]
     out = torch.empty(hk * n * 2, d, dtype=torch.bfloat16, pin_memory=torch.cuda.is_available())
+    for blocks in regions.values():
+        torch.index_select(blocks[0].view(-1, d), 0, picks[0], out=out)  # first call
     times: dict[int, list[float]] = {size: [] for size in regions}
     calls = max(len(b) for b in regions.values())
     for r in range(rounds):
