@@ -10,7 +10,7 @@ import time
 from functools import partial
 
 import torch
-from roofsim.executor.calibrate.hostkv import carve_kv_blocks, cold_kv_blocks, gather_rows
+from roofsim.executor.calibrate.hostkv import carve_kv_blocks, cold_kv_blocks, gather_rows, kv_block_bytes
 from roofsim.executor.calibrate.link import stream_h2d
 
 from roofsim.calibration import CopyPoint
@@ -175,7 +175,7 @@ def cpu_gather_by_region_gbps(
     profile, not fitted into it."""
     hk, d = model.n_kv_heads, model.head_dim
     n = int(tokens * fraction)
-    block = tokens * 2 * hk * d * 2
+    block = kv_block_bytes(hk, tokens, d)
     regions = {}
     # at least two blocks to cycle through in the small region, and more in the large one
     for size in (max(small, 2 * block), max(large, 4 * block)):

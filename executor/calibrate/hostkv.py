@@ -8,11 +8,16 @@ from __future__ import annotations
 import torch
 
 
+def kv_block_bytes(heads: int, L: int, head_dim: int) -> int:
+    """Bytes of one host KV block [L, 1, 2, heads, head_dim] in bf16."""
+    return L * 2 * heads * head_dim * 2
+
+
 def cold_kv_blocks(heads: int, L: int, head_dim: int, cold_bytes: int = 1 << 30) -> list[torch.Tensor]:
     """Distinct host KV blocks [L, 1, 2, heads, head_dim] (bf16, filled) of at least `cold_bytes` together, so
     that a call cycling through them reads each from RAM (one block of a few tens of MB repeated would come from
     the last-level cache)."""
-    size = L * 2 * heads * head_dim * 2
+    size = kv_block_bytes(heads, L, head_dim)
     bufs = [
         torch.empty(L, 1, 2, heads, head_dim, dtype=torch.bfloat16)
         for _ in range(max(2, -(-cold_bytes // size)))
@@ -27,7 +32,7 @@ def carve_kv_blocks(
 ) -> list[torch.Tensor]:
     """Consecutive host blocks [L, 1, 2, heads, head_dim] over a filled bf16 region, enough to cover cold_bytes (at
     least `least`, at most what the region holds), so that calls cycling through them read RAM."""
-    n = L * 2 * heads * head_dim
+    n = kv_block_bytes(heads, L, head_dim) // 2  # bf16 elements
     count = max(least, min(cold_bytes // (2 * n), region.numel() // n))
     return [region[i * n : (i + 1) * n].view(L, 1, 2, heads, head_dim) for i in range(count)]
 
